@@ -1,0 +1,1 @@
+"""The HTTP gateway: Segment-compatible ingest, queries, health. The only HTTP code."""

@@ -1,0 +1,45 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api import ingest, queries
+from api.dependencies import Gateway
+from api.errors import install_error_handlers
+
+
+def create_api(gateway: Gateway) -> FastAPI:
+    """The gateway's HTTP application, wired to ``gateway``'s collaborators."""
+    app = FastAPI(
+        title="Customer Journeys",
+        version="0.1.0",
+        description="Segment-compatible tracking API and customer-journey analysis.",
+    )
+    app.state.gateway = gateway
+    install_error_handlers(app)
+    app.include_router(ingest.router)
+    app.include_router(queries.router)
+
+    @app.get("/health", tags=["operations"])
+    async def health(request: Request) -> JSONResponse:
+        """Each component's state; 200 when all are healthy, else 503."""
+        checks = request.app.state.gateway.health_checks
+        results = await asyncio.gather(*(_checked(check) for check in checks.values()))
+        components = dict(zip(checks.keys(), results, strict=True))
+        healthy = all(component["ok"] for component in components.values())
+        body = {"status": "ok" if healthy else "degraded", "components": components}
+        return JSONResponse(status_code=200 if healthy else 503, content=body)
+
+    return app
+
+
+async def _checked(check: Any) -> dict[str, Any]:
+    try:
+        return dict(await asyncio.wait_for(check(), timeout=5))
+    except Exception as error:
+        return {"ok": False, "error": f"{type(error).__name__}: {error}"}

@@ -1,0 +1,48 @@
+"""What the gateway needs from the rest of the platform, handed in by the bootstrap."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from events.sink import EventSink
+from projections.customer_stages import CustomerStageView
+from projections.event_log import EventLog
+
+# A component's health: {"ok": bool, ...details}.
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class AccessKeys:
+    """Keys that may write events and read results."""
+
+    write_keys: frozenset[str]
+    read_keys: frozenset[str]
+
+    def can_write(self, key: str | None) -> bool:
+        """True for a known write key (constant-time comparison)."""
+        return _known(key, self.write_keys)
+
+    def can_read(self, key: str | None) -> bool:
+        """True for a known read key (constant-time comparison)."""
+        return _known(key, self.read_keys)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The gateway's collaborators."""
+
+    sink: EventSink
+    keys: AccessKeys
+    event_log: EventLog
+    stages: CustomerStageView
+    health_checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+
+
+def _known(key: str | None, keys: frozenset[str]) -> bool:
+    if not key:
+        return False
+    return any(hmac.compare_digest(key.encode(), known.encode()) for known in keys)

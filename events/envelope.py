@@ -1,0 +1,51 @@
+"""The canonical envelope every accepted event travels in, on Kafka and beyond."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from events.types import EventType
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedEvent:
+    """One accepted tracking event, as the gateway produced it to Kafka.
+
+    ``event_id`` is the sender's messageId: together with the customer key it
+    identifies the event everywhere downstream (event store, ClickHouse), which
+    is what makes re-deliveries harmless.
+    """
+
+    event_id: str
+    customer_key: str
+    call_type: str
+    event_type: EventType
+    event_name: str
+    timestamp: datetime
+    received_at: datetime
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """Serialise for Kafka (orjson writes datetimes as RFC 3339)."""
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> TrackedEvent:
+        """Parse what :meth:`to_json` wrote."""
+        data = orjson.loads(payload)
+        data["event_type"] = EventType(data["event_type"])
+        data["timestamp"] = _parse_time(data["timestamp"])
+        data["received_at"] = _parse_time(data["received_at"])
+        return cls(**data)
+
+
+def _parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""The customer-journey domain, pure: stages, their rules and the journey aggregate."""

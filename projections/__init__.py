@@ -1,0 +1,1 @@
+"""Read models and their stores: the ClickHouse event log and the stage projection."""

@@ -1,0 +1,111 @@
+"""The ClickHouse event log: every recorded event and stage change, for analysis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+from events import TrackedEvent
+from journeys.application import StageChange
+from journeys.funnels import Funnel
+
+_EVENT_COLUMNS = [
+    "event_id",
+    "customer_key",
+    "user_id",
+    "anonymous_id",
+    "call_type",
+    "event_type",
+    "event_name",
+    "timestamp",
+    "received_at",
+    "properties",
+]
+_STAGE_CHANGE_COLUMNS = ["customer_key", "stage", "previous_stage", "reason", "event_id", "at"]
+
+
+class EventLog:
+    """Appends to and queries the ``events`` and ``stage_changes`` tables."""
+
+    def __init__(self, client: Client, database: str) -> None:
+        self._client = client
+        self._db = database
+
+    def append(self, events: Sequence[TrackedEvent]) -> None:
+        """Insert events; re-inserting the same event leaves one row (see migrations)."""
+        if not events:
+            return
+        rows = [
+            [
+                e.event_id,
+                e.customer_key,
+                e.user_id or "",
+                e.anonymous_id or "",
+                e.call_type,
+                e.event_type.value,
+                e.event_name,
+                e.timestamp,
+                e.received_at,
+                orjson.dumps(e.properties).decode(),
+            ]
+            for e in events
+        ]
+        self._client.insert(f"{self._db}.events", rows, column_names=_EVENT_COLUMNS)
+
+    def append_stage_changes(self, changes: Sequence[StageChange]) -> None:
+        """Insert stage transitions; idempotent like :meth:`append`."""
+        if not changes:
+            return
+        rows = [
+            [
+                c.customer_key,
+                c.stage.value,
+                c.previous.value if c.previous else "",
+                c.reason,
+                c.at_event_id,
+                c.at,
+            ]
+            for c in changes
+        ]
+        self._client.insert(f"{self._db}.stage_changes", rows, column_names=_STAGE_CHANGE_COLUMNS)
+
+    def event_count(self, customer_key: str | None = None) -> int:
+        """Distinct events in the log, for one customer or all."""
+        where, params = "", {}
+        if customer_key is not None:
+            where, params = "WHERE customer_key = {customer:String}", {"customer": customer_key}
+        result = self._client.query(
+            f"SELECT count() FROM {self._db}.events FINAL {where}", parameters=params
+        )
+        return int(result.result_rows[0][0])
+
+    def funnel_counts(self, funnel: Funnel) -> list[int]:
+        """Customers reaching each step, in order, within the window (ClickHouse windowFunnel)."""
+        params: dict[str, Any] = {"window_ms": int(funnel.window.total_seconds() * 1000)}
+        conditions = []
+        for index, step in enumerate(funnel.steps):
+            name = f"s{index}"
+            if step.event_type is not None:
+                conditions.append(f"event_type = {{{name}:String}}")
+                params[name] = step.event_type.value
+            else:
+                conditions.append(f"event_name = {{{name}:String}}")
+                params[name] = step.event_name
+        reached = ", ".join(f"countIf(level >= {i + 1})" for i in range(len(funnel.steps)))
+        sql = f"""
+            SELECT {reached}
+            FROM (
+                SELECT customer_key,
+                       windowFunnel({{window_ms:UInt64}})(
+                           toUInt64(toUnixTimestamp64Milli(timestamp)), {", ".join(conditions)}
+                       ) AS level
+                FROM {self._db}.events FINAL
+                WHERE {" OR ".join(f"({c})" for c in conditions)}
+                GROUP BY customer_key
+            )
+        """
+        row = self._client.query(sql, parameters=params).result_rows[0]
+        return [int(value) for value in row]

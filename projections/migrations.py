@@ -1,0 +1,91 @@
+"""Versioned ClickHouse schema, applied in order and recorded in ``schema_migrations``.
+
+Add a migration by appending to ``MIGRATIONS``; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from clickhouse_connect.driver.client import Client
+
+# Each migration: (version, description, statements). ``{db}`` is the database.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "event log, stage changes and the customer stage projection",
+        [
+            # ReplacingMergeTree on (customer, time, id): a re-inserted event (a
+            # replayed batch) collapses into one row; queries read with FINAL.
+            # Plain insert deduplication would not do: it is off for
+            # non-replicated tables and only catches byte-identical blocks.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.events (
+                event_id String,
+                customer_key String,
+                user_id String,
+                anonymous_id String,
+                call_type LowCardinality(String),
+                event_type LowCardinality(String),
+                event_name LowCardinality(String),
+                timestamp DateTime64(3, 'UTC'),
+                received_at DateTime64(3, 'UTC'),
+                properties String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(timestamp)
+            ORDER BY (customer_key, timestamp, event_id)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS {db}.stage_changes (
+                customer_key String,
+                stage LowCardinality(String),
+                previous_stage LowCardinality(String),
+                reason String,
+                event_id String,
+                at DateTime64(3, 'UTC')
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(at)
+            ORDER BY (customer_key, at, stage)
+            """,
+            # Current state per customer; the highest aggregate version wins.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.customer_stages (
+                customer_key String,
+                stage LowCardinality(String),
+                stage_since DateTime64(3, 'UTC'),
+                event_count UInt64,
+                orders UInt32,
+                first_seen DateTime64(3, 'UTC'),
+                last_seen DateTime64(3, 'UTC'),
+                version UInt64
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY customer_key
+            """,
+        ],
+    ),
+]
+
+
+def migrate(client: Client, database: str) -> int:
+    """Create ``database`` and apply every migration it lacks; returns its version."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.command(
+        f"""
+        CREATE TABLE IF NOT EXISTS {database}.schema_migrations (
+            version UInt32, description String, applied_at DateTime DEFAULT now()
+        ) ENGINE = ReplacingMergeTree ORDER BY version
+        """
+    )
+    applied = {
+        row[0]
+        for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows
+    }
+    for version, description, statements in MIGRATIONS:
+        if version in applied:
+            continue
+        for statement in statements:
+            client.command(statement.format(db=database))
+        client.insert(
+            f"{database}.schema_migrations",
+            [[version, description]],
+            column_names=["version", "description"],
+        )
+    return max(version for version, _, _ in MIGRATIONS)

@@ -1,0 +1,1 @@
+"""The composition root: settings, wiring, the local stack and the `journeys` CLI."""

@@ -1,0 +1,166 @@
+"""Processes of the platform: the embedded node (worker and API in one), or either alone.
+
+chdb allows one process per data folder, so on one machine the worker (which
+writes ClickHouse) and the API (which queries it) share a process and one
+event loop. In scale-out, against a ClickHouse server, they run apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+
+import faust
+import uvicorn
+from mode import Service
+from mode.types import ServiceT
+
+from api.app import create_api
+from stack.bootstrap import Platform, build_gateway, build_platform
+from stack.settings import Settings
+from streams.app import JourneyStreams
+from streams.producer import KafkaEventSink
+from streams.topics import end_offsets
+
+log = logging.getLogger(__name__)
+
+# How long a stopping node waits for the worker to catch up with what was accepted.
+DRAIN_TIMEOUT_S = 60.0
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the Faust worker owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiServer(Service):
+    """The gateway, run as a service of the Faust worker.
+
+    Stopping it stops ingest first, then (when the broker keeps its log only in
+    memory) waits until the worker has committed everything that was accepted,
+    so a clean shutdown loses nothing.
+    """
+
+    def __init__(self, platform: Platform, streams: JourneyStreams | None) -> None:
+        super().__init__()
+        self.platform = platform
+        self.streams = streams
+        settings = platform.settings
+        self.sink = KafkaEventSink(
+            settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic
+        )
+        api = create_api(build_gateway(platform, self.sink, streams))
+        config = uvicorn.Config(
+            api,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=settings.log_level,
+            lifespan="off",
+            access_log=False,
+        )
+        self.server = _EmbeddedUvicorn(config)
+        self._serving: asyncio.Future[None] | None = None
+
+    async def on_start(self) -> None:
+        """Connect the producer, then serve HTTP."""
+        await self.sink.start()
+        self._serving = asyncio.ensure_future(self.server.serve())
+        while not self.server.started:
+            if self._serving.done():
+                self._serving.result()  # re-raises why it could not serve (port in use…)
+                raise RuntimeError("the API server stopped while starting")
+            await asyncio.sleep(0.05)
+
+    async def on_stop(self) -> None:
+        """Stop taking events, flush the producer, then let the worker catch up."""
+        self.server.should_exit = True
+        if self._serving is not None:
+            await self._serving
+        await self.sink.stop()
+        if self.streams is not None and self.platform.settings.kafka_epoch:
+            await drain(self.streams, self.platform.settings)
+
+
+async def drain(streams: JourneyStreams, settings: Settings) -> bool:
+    """Wait until every accepted event is committed by the journey worker."""
+    ends = await end_offsets(settings.kafka_bootstrap_servers, settings.events_topic)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:
+        positions = await asyncio.to_thread(streams.consumed_positions, list(ends))
+        behind = {p: ends[p] - positions[p] for p in ends if positions[p] < ends[p]}
+        if not behind:
+            return True
+        if time.monotonic() > deadline:
+            log.warning("stopping with events not yet processed, per partition: %s", behind)
+            return False
+        await asyncio.sleep(0.1)
+
+
+class NodeWorker(faust.Worker):
+    """Faust's worker, starting the app before the API and stopping the API first."""
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        """The app first, then the other services (mode stops them in reverse)."""
+        services = [s for s in super().on_init_dependencies() if s is not self.app]
+        return [self.app, *services]
+
+
+def run_node(settings: Settings) -> None:
+    """The embedded shape: journey worker and API in this process, until SIGTERM/SIGINT."""
+    _run_worker(settings, with_api=True)
+
+
+def run_worker(settings: Settings) -> None:
+    """The journey worker alone (scale-out: one per partition group)."""
+    _run_worker(settings, with_api=False)
+
+
+def _run_worker(settings: Settings, *, with_api: bool) -> None:
+    platform = build_platform(settings)
+    streams = JourneyStreams(settings, platform.pipeline())
+    services: list[ServiceT] = [ApiServer(platform, streams)] if with_api else []
+    node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
+    try:
+        node.execute_from_commandline()
+    finally:
+        platform.close()
+
+
+def run_api(settings: Settings) -> None:
+    """The API alone (scale-out), against a ClickHouse server."""
+    if settings.uses_embedded_clickhouse:
+        raise SystemExit(
+            "the API alone needs a ClickHouse server (JOURNEYS_CLICKHOUSE_URL): chdb's data "
+            "folder can be opened by one process only, the worker's; use `journeys node`"
+        )
+    platform = build_platform(settings)
+    sink = KafkaEventSink(
+        settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic
+    )
+    api = create_api(build_gateway(platform, sink, streams=None))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        await sink.start()
+        try:
+            yield
+        finally:
+            await sink.stop()
+
+    api.router.lifespan_context = lifespan
+    try:
+        uvicorn.run(
+            api,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=settings.log_level,
+            access_log=False,
+        )
+    finally:
+        platform.close()

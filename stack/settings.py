@@ -1,0 +1,123 @@
+"""The platform's one configuration object.
+
+Every setting is an environment variable with the prefix ``JOURNEYS_`` (for
+example ``JOURNEYS_KAFKA_BOOTSTRAP_SERVERS``). ``Settings()`` is built once at
+start-up by the CLI and handed down; nothing else reads the environment. Child
+processes receive the same settings through :meth:`Settings.to_env`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "JOURNEYS_"
+
+
+class Settings(BaseSettings):
+    """Configuration of every process of the platform (gateway, worker, CLI)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # Where the embedded stack keeps its files: chdb folder, SQLite event store, keys.
+    data_dir: Path = Path("data")
+
+    # Kafka. Empty means "the embedded broker": `journeys up` starts Tansu and fills it in.
+    kafka_bootstrap_servers: str = ""
+    # Set by `journeys up` for its memory-only broker: offsets restart with each
+    # broker, so consumed positions are tracked per broker epoch.
+    kafka_epoch: str = ""
+    topic_prefix: str = "journey"
+    topic_partitions: int = Field(default=4, ge=1, le=1024)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    worker_group: str = "journeys-worker"
+    # Short enough that a restarted worker rejoins quickly, long enough for GC pauses.
+    kafka_session_timeout_s: float = Field(default=10.0, gt=0)
+    kafka_heartbeat_interval_s: float = Field(default=1.0, gt=0)
+
+    # ClickHouse: empty means the embedded engine (chdb) in ``data_dir/clickhouse``;
+    # otherwise ``http(s)://user:password@host:8123``, or ``chdb:///abs/path``.
+    clickhouse_url: str = ""
+    clickhouse_database: str = "journeys"
+
+    # Event store: SQLite file in ``data_dir`` by default, PostgreSQL for scale-out.
+    event_store: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_dsn: str = ""
+
+    # HTTP gateway.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    # Development keys. `journeys up` generates and keeps them in data_dir when unset.
+    write_key: str = ""
+    read_key: str = ""
+
+    # Journey worker batching: one event-store transaction and one ClickHouse
+    # insert per batch; `batch_within_s` bounds how long an event waits for company.
+    batch_max_events: int = Field(default=2000, ge=1)
+    batch_within_s: float = Field(default=0.2, gt=0)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _known_clickhouse_scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in {"chdb", "http", "https"}:
+            raise ValueError("must start with chdb://, http:// or https://")
+        return value
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _postgres_scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in {"postgres", "postgresql"}:
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    # --- derived names -------------------------------------------------------------
+
+    @property
+    def events_topic(self) -> str:
+        """The ordered log of accepted tracking events, keyed by customer."""
+        return f"{self.topic_prefix}.events"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """Rejected events with the reason they were rejected."""
+        return f"{self.topic_prefix}.events.dlq"
+
+    @property
+    def stage_changes_topic(self) -> str:
+        """Every stage a customer reaches, for downstream consumers."""
+        return f"{self.topic_prefix}.stage-changes"
+
+    @property
+    def all_topics(self) -> list[str]:
+        """Topics the platform creates at start-up."""
+        return [self.events_topic, self.dead_letter_topic, self.stage_changes_topic]
+
+    @property
+    def chdb_path(self) -> Path:
+        """Folder of the embedded ClickHouse engine, when no server is configured."""
+        if self.clickhouse_url.startswith("chdb://"):
+            return Path(urlsplit(self.clickhouse_url).path)
+        return self.data_dir / "clickhouse"
+
+    @property
+    def uses_embedded_clickhouse(self) -> bool:
+        """True when ClickHouse is chdb in this process, not a server."""
+        return not self.clickhouse_url or self.clickhouse_url.startswith("chdb://")
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite event store file."""
+        return self.data_dir / "events.sqlite"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``JOURNEYS_*`` variables, for child processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env

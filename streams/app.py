@@ -1,0 +1,123 @@
+"""The Faust app: topics and the journey agent.
+
+The agent takes events in batches (one event-store transaction and one
+ClickHouse insert per partition per batch) and does the blocking work in a
+thread, so the event loop (and, in the embedded node, the API) stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT
+
+from stack.settings import Settings
+from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
+
+
+class JourneyStreams:
+    """The Faust app of the worker, with its topics and the journey agent."""
+
+    def __init__(self, settings: Settings, pipeline: JourneyPipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.app = faust.App(
+            settings.worker_group,
+            broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
+            store="memory://",
+            datadir=str(settings.data_dir / "faust"),
+            web_enabled=False,
+            autodiscover=False,
+            # Faust's leader topic and changelogs are unused: state lives in the event store.
+            topic_disable_leader=True,
+            topic_partitions=settings.topic_partitions,
+            topic_replication_factor=settings.topic_replication_factor,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=settings.kafka_session_timeout_s,
+            broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
+            producer_acks=-1,
+        )
+        self.events_topic = self.app.topic(
+            settings.events_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.stage_changes_topic = self.app.topic(
+            settings.stage_changes_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.dead_letter_topic = self.app.topic(
+            settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.app.agent(self.events_topic, name="journey")(self._journey_agent)
+
+    async def _journey_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(
+            self.settings.batch_max_events, within=self.settings.batch_within_s
+        ):
+            for batch in self._by_partition(events):
+                prepared = await asyncio.to_thread(self.pipeline.prepare, batch)
+                if prepared is None:
+                    continue
+                # Published before the commit: at least once, never lost.
+                await self._publish_outcomes(prepared)
+                await asyncio.to_thread(self.pipeline.commit, prepared)
+
+    def _by_partition(self, events: Sequence[EventT]) -> list[PartitionBatch]:
+        records: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for event in events:
+            message = event.message
+            records[message.partition].append((message.offset, message.value))
+        return [
+            PartitionBatch(
+                source=source_name(
+                    self.settings.events_topic, partition, self.settings.kafka_epoch
+                ),
+                records=sorted(items),
+            )
+            for partition, items in records.items()
+        ]
+
+    async def _publish_outcomes(self, prepared: PreparedBatch) -> None:
+        pending: list[Any] = []
+        for change in prepared.update.stage_changes:
+            record = {
+                "customer_key": change.customer_key,
+                "stage": change.stage.value,
+                "previous_stage": change.previous.value if change.previous else None,
+                "reason": change.reason,
+                "event_id": change.at_event_id,
+                "at": change.at,
+            }
+            pending.append(
+                await self.stage_changes_topic.send(
+                    key=change.customer_key.encode(), value=orjson.dumps(record)
+                )
+            )
+        for payload, reasons in prepared.rejected:
+            record = {"reasons": reasons, "payload": payload.decode("utf-8", "replace")}
+            pending.append(await self.dead_letter_topic.send(value=orjson.dumps(record)))
+        if pending:
+            await asyncio.gather(*pending)
+
+    def status(self) -> dict[str, Any]:
+        """What the worker is doing, for the health endpoint."""
+        consumer = self.app.consumer if self.app.started else None
+        assigned = sorted(tp.partition for tp in consumer.assignment()) if consumer else []
+        return {
+            "ok": bool(assigned) and not self.app.rebalancing,
+            "assigned_partitions": assigned,
+            "rebalancing": bool(self.app.rebalancing),
+        }
+
+    def consumed_positions(self, partitions: Sequence[int]) -> dict[int, int]:
+        """The committed position of each partition, from the event store's tracking."""
+        topic, epoch = self.settings.events_topic, self.settings.kafka_epoch
+        return {
+            partition: self.pipeline.journeys.consumed_position(
+                source_name(topic, partition, epoch)
+            )
+            for partition in partitions
+        }

@@ -1,0 +1,74 @@
+"""The gateway's Kafka producer: accepted events and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from events import TrackedEvent
+
+
+class KafkaEventSink:
+    """Produces accepted events keyed by customer, so one customer's events stay in order."""
+
+    def __init__(self, bootstrap_servers: str, events_topic: str, dead_letter_topic: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._events_topic = events_topic
+        self._dead_letter_topic = dead_letter_topic
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect to the broker (aiokafka binds to the running loop, so not before)."""
+        # acks="all": a 200 is only sent once the broker has the event.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap_servers,
+            acks="all",
+            linger_ms=2,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=15000,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush what is in flight and disconnect."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the event sink is not started")
+        return self._producer
+
+    async def publish(self, events: Sequence[TrackedEvent]) -> None:
+        """Produce every event and wait for all acknowledgements."""
+        sends = [
+            await self._started.send(
+                self._events_topic, value=event.to_json(), key=event.customer_key.encode()
+            )
+            for event in events
+        ]
+        await asyncio.gather(*sends)
+
+    async def dead_letter(self, payload: bytes, reasons: Sequence[dict[str, Any]]) -> None:
+        """Keep the rejected payload, its reasons and when it was rejected."""
+        record = {
+            "rejected_at": datetime.now(UTC).isoformat(),
+            "reasons": list(reasons),
+            "payload": payload.decode("utf-8", errors="replace"),
+        }
+        await self._started.send_and_wait(self._dead_letter_topic, orjson.dumps(record))
+
+    async def connected(self) -> bool:
+        """True when the broker answers a metadata request."""
+        try:
+            await asyncio.wait_for(self._started.client.fetch_all_metadata(), timeout=3)
+        except Exception:
+            return False
+        return True
