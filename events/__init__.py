@@ -4,6 +4,6 @@ This package imports nothing else of ours; every other layer depends on it.
 """
 
 from events.envelope import TrackedEvent
-from events.types import EventType, event_type_for
+from events.types import EventType, event_type_for, normalized_name
 
-__all__ = ["EventType", "TrackedEvent", "event_type_for"]
+__all__ = ["EventType", "TrackedEvent", "event_type_for", "normalized_name"]

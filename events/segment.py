@@ -22,9 +22,9 @@ from pydantic import (
 from events.envelope import TrackedEvent
 from events.types import event_type_for
 
-# Events claiming to come from further ahead than this are clamped to the
-# receive time: a device clock that far off is wrong, and a future timestamp
-# would otherwise sit at the end of every funnel.
+# Events claiming to come from further ahead than this are clamped to
+# receivedAt + MAX_FUTURE_SKEW: a device clock that far off is wrong, and a far
+# future timestamp would otherwise sit at the end of every funnel.
 MAX_FUTURE_SKEW = timedelta(hours=1)
 
 Identifier = Annotated[str, Field(min_length=1, max_length=255)]
@@ -90,7 +90,11 @@ def event_time(call: SegmentCall, received_at: datetime) -> datetime:
     """
     original = call.originalTimestamp
     if original is not None and call.sentAt is not None:
-        happened = received_at - (_utc(call.sentAt) - _utc(original))
+        try:
+            happened = received_at - (_utc(call.sentAt) - _utc(original))
+        except OverflowError:
+            # A skew of millennia: the device clock says nothing; arrival is the best guess.
+            happened = received_at
     elif call.timestamp is not None:
         happened = _utc(call.timestamp)
     elif original is not None:
@@ -102,15 +106,15 @@ def event_time(call: SegmentCall, received_at: datetime) -> datetime:
 
 def to_tracked_event(call: SegmentCall, received_at: datetime) -> TrackedEvent:
     """The canonical envelope for a validated call."""
+    call_type: str
     if isinstance(call, TrackCall):
-        name, properties = call.event, call.properties
+        call_type, name, properties = call.type, call.event, call.properties
     elif isinstance(call, PageCall):
-        name, properties = call.name or "Page Viewed", call.properties
+        call_type, name, properties = call.type, call.name or "Page Viewed", call.properties
     elif isinstance(call, IdentifyCall):
-        name, properties = "Identify", call.traits
+        call_type, name, properties = call.type, "Identify", call.traits
     else:  # pragma: no cover - every call model is listed above
         raise TypeError(f"unsupported call {type(call).__name__}")
-    call_type = call.type  # type: ignore[attr-defined]
     return TrackedEvent(
         event_id=call.messageId or str(uuid.uuid4()),
         customer_key=call.customer_key,

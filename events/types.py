@@ -35,6 +35,7 @@ _SPEC_EVENTS: dict[str, EventType] = {
     "product reviewed": EventType.BROWSE,
     "product added to wishlist": EventType.BROWSE,
     "product removed from wishlist": EventType.BROWSE,
+    "wishlist product added to cart": EventType.CART,
     "product added": EventType.CART,
     "product removed": EventType.CART,
     "cart viewed": EventType.CART,
@@ -58,10 +59,15 @@ _SPEC_EVENTS: dict[str, EventType] = {
 }
 
 
+def normalized_name(event_name: str) -> str:
+    """The form event names are compared in: case and surrounding space do not matter."""
+    return event_name.strip().lower()
+
+
 def event_type_for(call_type: str, event_name: str) -> EventType:
     """Canonical type of a Segment call: page and screen calls are browsing."""
     if call_type in ("page", "screen"):
         return EventType.BROWSE
     if call_type in ("identify", "alias", "group"):
         return EventType.IDENTIFY
-    return _SPEC_EVENTS.get(event_name.strip().lower(), EventType.CUSTOM)
+    return _SPEC_EVENTS.get(normalized_name(event_name), EventType.CUSTOM)

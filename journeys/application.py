@@ -8,27 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import ProcessRecorder, Tracking
 
 from events import TrackedEvent
-from journeys.domainmodel import CustomerJourney
-from journeys.stages import Stage, StageRules
-
-
-@dataclass(frozen=True, slots=True)
-class StageChange:
-    """A customer reached a stage: what the stage projection and topic receive."""
-
-    customer_key: str
-    stage: Stage
-    previous: Stage | None
-    reason: str
-    at_event_id: str
-    at: datetime
+from journeys.domainmodel import CustomerJourney, StageChange
+from journeys.stages import StageRules
 
 
 @dataclass
@@ -63,7 +50,10 @@ class JourneyApplication(Application[UUID]):
         return self.factory.process_recorder()
 
     def consumed_position(self, source: str) -> int:
-        """The next position to consume from ``source`` (0 when nothing was)."""
+        """The committed position of ``source``: the offset of the next record to process.
+
+        0 when nothing was committed. Kafka's convention: after offset 41, it is 42.
+        """
         recorder = self.recorder
         assert isinstance(recorder, ProcessRecorder)
         return recorder.max_tracking_id(source) or 0
@@ -71,7 +61,7 @@ class JourneyApplication(Application[UUID]):
     def journey(self, customer_key: str) -> CustomerJourney | None:
         """The customer's journey, or None when the customer was never seen."""
         try:
-            found = self.repository.get(CustomerJourney.create_id(customer_key))
+            found: object = self.repository.get(CustomerJourney.create_id(customer_key))
         except AggregateNotFoundError:
             return None
         assert isinstance(found, CustomerJourney)
@@ -90,21 +80,9 @@ class JourneyApplication(Application[UUID]):
                 )
                 update.journeys[touch.customer_key] = journey
             before = journey.touchpoints
-            previous = journey.stage
-            reached = journey.record(touch, self.rules)
+            update.stage_changes.extend(journey.record(touch, self.rules))
             if journey.touchpoints != before:
                 update.recorded.append(touch)
-            if reached is not None:
-                update.stage_changes.append(
-                    StageChange(
-                        customer_key=touch.customer_key,
-                        stage=reached,
-                        previous=previous,
-                        reason=journey.stage_reason,
-                        at_event_id=touch.event_id,
-                        at=touch.timestamp,
-                    )
-                )
         return update
 
     def commit(self, update: JourneyUpdate) -> None:

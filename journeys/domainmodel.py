@@ -6,13 +6,14 @@ every projection can be rebuilt by replaying these events.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from events import EventType, TrackedEvent
+from events import EventType, TrackedEvent, normalized_name
 from journeys.stages import Stage, StageRules
 
 _JOURNEY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:journey")
@@ -42,22 +43,41 @@ class CustomerJourney(Aggregate):
         # Ids of recorded events: a re-delivered event is recognised and ignored.
         self.recorded_ids: dict[str, None] = {}
 
-    def record(self, touch: TrackedEvent, rules: StageRules) -> Stage | None:
-        """Record a touchpoint once; returns the stage it moved the customer to, if any."""
+    def record(self, touch: TrackedEvent, rules: StageRules) -> list[StageChange]:
+        """Record a touchpoint once; returns the stage changes it caused, in order.
+
+        Every journey begins at awareness, so a first touch that already shows
+        more (a cart, an order) reaches awareness and then the further stage.
+        """
         if touch.event_id in self.recorded_ids:
-            return None
+            return []
         self._record_touchpoint(
             event_id=touch.event_id,
             event_type=touch.event_type.value,
             event_name=touch.event_name,
             at=touch.timestamp,
         )
+        changes = []
+        if self.stage is None:
+            changes.append(
+                self._change_to(Stage.AWARENESS, f"first touch: {touch.event_name}", touch)
+            )
         decision = self._next_stage(touch, rules)
-        if decision is None:
-            return None
-        stage, reason = decision
+        if decision is not None:
+            changes.append(self._change_to(*decision, touch))
+        return changes
+
+    def _change_to(self, stage: Stage, reason: str, touch: TrackedEvent) -> StageChange:
+        previous = self.stage
         self._reach_stage(stage=stage.value, reason=reason, at=touch.timestamp)
-        return stage
+        return StageChange(
+            customer_key=self.customer_key,
+            stage=stage,
+            previous=previous,
+            reason=reason,
+            at_event_id=touch.event_id,
+            at=touch.timestamp,
+        )
 
     @event("TouchpointRecorded")
     def _record_touchpoint(
@@ -67,10 +87,10 @@ class CustomerJourney(Aggregate):
         self.touchpoints += 1
         self.first_seen = min(self.first_seen, at)
         self.last_seen = max(self.last_seen, at)
-        name = event_name.lower()
+        name = normalized_name(event_name)
         if name == "product viewed":
             self.product_views += 1
-        if name == "order completed":
+        if _is_order(event_type, name):
             self.order_times.append(at)
 
     @event("StageReached")
@@ -81,9 +101,9 @@ class CustomerJourney(Aggregate):
 
     def _next_stage(self, touch: TrackedEvent, rules: StageRules) -> tuple[Stage, str] | None:
         """The stage this touch moves the customer to, with the reason."""
-        name = touch.event_name.lower()
+        name = normalized_name(touch.event_name)
         current = self.stage
-        if name == "order completed":
+        if _is_order(touch.event_type, name):
             if self.orders == 1 and _below(current, Stage.PURCHASE):
                 return Stage.PURCHASE, "first order"
             window = timedelta(days=rules.loyalty_repeat_window_days)
@@ -107,8 +127,6 @@ class CustomerJourney(Aggregate):
                 return Stage.CONSIDERATION, "product search"
             if self.product_views >= rules.consideration_product_views:
                 return Stage.CONSIDERATION, f"{self.product_views} product views"
-        if current is None:
-            return Stage.AWARENESS, f"first touch: {touch.event_name}"
         return None
 
     @property
@@ -133,6 +151,23 @@ class CustomerJourney(Aggregate):
             "orders": self.orders,
             "version": self.version,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class StageChange:
+    """A customer reached a stage: what the stage projection and topic receive."""
+
+    customer_key: str
+    stage: Stage
+    previous: Stage | None
+    reason: str
+    at_event_id: str
+    at: datetime
+
+
+def _is_order(event_type: str, name: str) -> bool:
+    # A page named "Order Completed" is a page view, not an order.
+    return event_type == EventType.PURCHASE and name == "order completed"
 
 
 def _below(current: Stage | None, stage: Stage) -> bool:

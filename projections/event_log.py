@@ -9,7 +9,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from events import TrackedEvent
-from journeys.application import StageChange
+from journeys.domainmodel import StageChange
 from journeys.funnels import Funnel
 
 _EVENT_COLUMNS = [

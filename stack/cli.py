@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "up":
         return up(settings)
+    if not settings.kafka_bootstrap_servers:
+        parser.error(
+            f"`journeys {args.command}` needs JOURNEYS_KAFKA_BOOTSTRAP_SERVERS "
+            "(only `journeys up` starts a broker of its own)"
+        )
     if args.command == "topics":
         created = ensure_topics(
             settings.kafka_bootstrap_servers,

@@ -54,6 +54,7 @@ class JourneyStreams:
         self.app.agent(self.events_topic, name="journey")(self._journey_agent)
 
     async def _journey_agent(self, stream: faust.StreamT[bytes]) -> None:
+        assert isinstance(stream, faust.Stream)  # take_events is missing from StreamT
         async for events in stream.take_events(
             self.settings.batch_max_events, within=self.settings.batch_within_s
         ):
@@ -69,7 +70,8 @@ class JourneyStreams:
         records: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for event in events:
             message = event.message
-            records[message.partition].append((message.offset, message.value))
+            # A null value (tombstone) is not an event: the pipeline sets it aside.
+            records[message.partition].append((message.offset, message.value or b""))
         return [
             PartitionBatch(
                 source=source_name(
@@ -83,7 +85,7 @@ class JourneyStreams:
     async def _publish_outcomes(self, prepared: PreparedBatch) -> None:
         pending: list[Any] = []
         for change in prepared.update.stage_changes:
-            record = {
+            record: dict[str, Any] = {
                 "customer_key": change.customer_key,
                 "stage": change.stage.value,
                 "previous_stage": change.previous.value if change.previous else None,
@@ -97,8 +99,11 @@ class JourneyStreams:
                 )
             )
         for payload, reasons in prepared.rejected:
-            record = {"reasons": reasons, "payload": payload.decode("utf-8", "replace")}
-            pending.append(await self.dead_letter_topic.send(value=orjson.dumps(record)))
+            rejected: dict[str, Any] = {
+                "reasons": reasons,
+                "payload": payload.decode("utf-8", "replace"),
+            }
+            pending.append(await self.dead_letter_topic.send(value=orjson.dumps(rejected)))
         if pending:
             await asyncio.gather(*pending)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -17,12 +19,11 @@ def ensure_topics(
         existing = set(admin.list_topics())
         missing = [name for name in names if name not in existing]
         if missing:
-            try:
+            # Created meanwhile by another process: that is what we wanted.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [NewTopic(name, partitions, replication_factor) for name in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # created meanwhile by another process: that is what we wanted
         return missing
     finally:
         admin.close()

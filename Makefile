@@ -1,0 +1,16 @@
+# The two commands of the Quickstart; each does its own setup, idempotently.
+.PHONY: up test lint setup
+
+up: setup
+	.venv/bin/journeys up
+
+test: setup lint
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+setup:
+	@scripts/setup.sh

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Idempotent setup for `make up` and `make test`: a Python >= 3.11, the .venv,
+# and the project installed in it. Re-installs only when pyproject.toml changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {
+  for candidate in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+if ! python=$(find_python); then
+  echo "setup: no Python >= 3.11 with venv; installing Debian's python3 …" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3 python3-venv python3-dev >/dev/null
+  python=$(find_python) || { echo "setup: still no Python >= 3.11" >&2; exit 1; }
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $python" >&2
+  "$python" -m venv .venv
+fi
+
+stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing the project and its dependencies into .venv (first run takes a minute or two) …" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi

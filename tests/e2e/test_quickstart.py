@@ -1,0 +1,167 @@
+"""The whole stack as a user starts it: ``journeys up``, HTTP in, stage and funnel out.
+
+Then Ctrl-C: everything stops, nothing is left running, and a second ``up`` on
+the same data folder still knows the customer (nothing corrupted or lost).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from stack.processes import free_port
+
+pytestmark = pytest.mark.e2e
+
+BANNER_TIMEOUT_S = 180
+
+
+class RunningStack:
+    """``journeys up`` in a subprocess, as from a terminal."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_")}
+        env["JOURNEYS_API_PORT"] = str(port)
+        env["JOURNEYS_KAFKA_SESSION_TIMEOUT_S"] = "6"
+        self.output_path = workdir / "up.out"
+        self._output = open(self.output_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stack.cli", "up"],
+            cwd=workdir,
+            env=env,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+        )
+        self.base = f"http://127.0.0.1:{port}"
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def wait_for_banner(self) -> tuple[str, str]:
+        """Wait for 'is up'; return the printed write and read keys."""
+        deadline = time.monotonic() + BANNER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = self.output()
+            if "is up" in text:
+                write = re.search(r"write key\s+(\S+)", text)
+                read = re.search(r"read key\s+(\S+)", text)
+                assert write and read, text
+                assert f"{self.base}/docs" in text
+                return write.group(1), read.group(1)
+            assert self.process.poll() is None, f"journeys up exited early:\n{text}"
+            time.sleep(0.3)
+        raise AssertionError(f"no banner within {BANNER_TIMEOUT_S}s:\n{self.output()}")
+
+    def interrupt(self) -> tuple[int, list[int]]:
+        """Ctrl-C; returns the exit code and the pids of the children it had."""
+        children = [c.pid for c in psutil.Process(self.process.pid).children(recursive=True)]
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=120)
+        self._output.close()
+        return code, children
+
+
+def wait_for(check, timeout: float = 60):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    return check()
+
+
+def test_quickstart_up_track_query_and_stop(tmp_path: Path) -> None:
+    port = free_port()
+    stack = RunningStack(tmp_path, port)
+    write_key, read_key = stack.wait_for_banner()
+    reader = {"Authorization": f"Bearer {read_key}"}
+    try:
+        health = httpx.get(f"{stack.base}/health", timeout=10).json()
+        assert set(health["components"]) == {"broker", "clickhouse", "event_store", "worker"}
+        assert all(c["ok"] for c in health["components"].values()), health
+
+        def track(user: str, event: str, message_id: str) -> int:
+            return httpx.post(
+                f"{stack.base}/v1/track",
+                auth=(write_key, ""),
+                timeout=30,
+                json={"userId": user, "event": event, "messageId": message_id},
+            ).status_code
+
+        assert track("ann", "Product Viewed", "m1") == 200
+        assert track("ben", "Product Viewed", "m2") == 200
+
+        def stage_of(user: str) -> str | None:
+            response = httpx.get(f"{stack.base}/v1/customers/{user}", headers=reader, timeout=30)
+            return response.json()["stage"] if response.status_code == 200 else None
+
+        assert wait_for(lambda: stage_of("ann") == "awareness")
+
+        def funnel() -> list[int]:
+            response = httpx.post(
+                f"{stack.base}/v1/funnels",
+                headers=reader,
+                timeout=30,
+                json={
+                    "steps": [
+                        {"event_type": "browse"},
+                        {"event_type": "cart"},
+                        {"event_type": "purchase"},
+                    ]
+                },
+            )
+            assert response.status_code == 200, response.text
+            return [step["customers"] for step in response.json()["steps"]]
+
+        assert wait_for(lambda: funnel() == [2, 0, 0])
+        assert track("ann", "Product Added", "m3") == 200
+        assert wait_for(lambda: stage_of("ann") == "consideration")
+        assert track("ann", "Order Completed", "m4") == 200
+        assert wait_for(lambda: stage_of("ann") == "purchase")
+        assert wait_for(lambda: funnel() == [2, 1, 1])
+
+        # Bad input: a named field and rule, never a 500.
+        bad = httpx.post(
+            f"{stack.base}/v1/track",
+            auth=(write_key, ""),
+            timeout=30,
+            json={"event": "Product Viewed"},
+        )
+        assert bad.status_code == 400
+        assert bad.json()["errors"][0]["field"] == "userId"
+        unknown = httpx.get(f"{stack.base}/v1/customers/nobody", headers=reader, timeout=30)
+        assert unknown.status_code == 404
+        assert httpx.get(f"{stack.base}/v1/customers/ann", timeout=30).status_code == 401
+    finally:
+        code, children = stack.interrupt()
+    assert code == 0, stack.output()
+    assert "stopped." in stack.output()
+    assert children, "journeys up should have run a broker and a node"
+    leftovers = [
+        pid
+        for pid in children
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert leftovers == [], f"processes left running: {leftovers}"
+
+    # A second start on the same data folder: same keys, the customer is still there.
+    again = RunningStack(tmp_path, port)
+    try:
+        assert again.wait_for_banner() == (write_key, read_key)
+        response = httpx.get(f"{again.base}/v1/customers/ann", headers=reader, timeout=30)
+        assert response.status_code == 200
+        assert response.json()["stage"] == "purchase"
+        assert response.json()["event_count"] == 3
+    finally:
+        code, _ = again.interrupt()
+    assert code == 0, again.output()

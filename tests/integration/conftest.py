@@ -1,0 +1,52 @@
+"""Real parts for integration tests: a Tansu broker, the chdb engine, SQLite.
+
+chdb allows one data folder per process, so the test process opens one for the
+whole session and tests keep apart by database name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from projections.clickhouse import connect
+from stack.broker import EmbeddedBroker
+from stack.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A real Kafka-protocol broker (Tansu, memory storage) on a free loopback port."""
+    running = EmbeddedBroker(tmp_path_factory.mktemp("broker") / "broker.log")
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    """The ClickHouse engine in this process (chdb), in a temporary folder."""
+    client = connect("", tmp_path_factory.mktemp("chdb"))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, unique: str, broker: EmbeddedBroker) -> Settings:
+    """Settings of a test's own platform: own topics, group, database and data folder."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        kafka_epoch=f"test{unique}",
+        topic_prefix=f"t{unique}",
+        topic_partitions=2,
+        worker_group=f"g{unique}",
+        kafka_session_timeout_s=6,
+        clickhouse_database=f"db_{unique}",
+        write_key=f"wk_{unique}",
+        read_key=f"rk_{unique}",
+        batch_within_s=0.05,
+    )
