@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import ingest, queries
+from api import analysis, customers, ingest
 from api.dependencies import Gateway
 from api.errors import install_error_handlers
 
@@ -23,7 +23,8 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
     install_error_handlers(app)
     app.include_router(ingest.router)
-    app.include_router(queries.router)
+    app.include_router(customers.router)
+    app.include_router(analysis.router)
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:

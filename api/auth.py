@@ -24,12 +24,23 @@ def basic_user(request: Request) -> str | None:
 
 
 def presented_read_key(request: Request) -> str | None:
-    """A read key from ``Authorization: Bearer <key>`` or HTTP Basic."""
+    """A read or admin key from ``Authorization: Bearer <key>`` or HTTP Basic."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token:
         return token.strip()
     return basic_user(request)
+
+
+def require_admin_key(request: Request) -> None:
+    """FastAPI dependency: 401 unless a valid admin key is presented."""
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.keys.can_administer(presented_read_key(request)):
+        raise HTTPException(
+            status_code=401,
+            detail="a valid admin key is required (Authorization: Bearer <admin key>)",
+            headers={"WWW-Authenticate": 'Bearer realm="journeys"'},
+        )
 
 
 def require_read_key(request: Request) -> None:

@@ -21,14 +21,19 @@ class AccessKeys:
 
     write_keys: frozenset[str]
     read_keys: frozenset[str]
+    admin_keys: frozenset[str] = frozenset()
 
     def can_write(self, key: str | None) -> bool:
         """True for a known write key (constant-time comparison)."""
         return _known(key, self.write_keys)
 
     def can_read(self, key: str | None) -> bool:
-        """True for a known read key (constant-time comparison)."""
-        return _known(key, self.read_keys)
+        """True for a known read key or admin key (constant-time comparison)."""
+        return _known(key, self.read_keys) or _known(key, self.admin_keys)
+
+    def can_administer(self, key: str | None) -> bool:
+        """True for a known admin key (constant-time comparison)."""
+        return _known(key, self.admin_keys)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
 """Versioned ClickHouse schema, applied in order and recorded in ``schema_migrations``.
 
-Add a migration by appending to ``MIGRATIONS``; never edit one that has shipped.
+Add a migration by appending to ``MIGRATIONS``; never edit one that has shipped
+(version 1 has not shipped yet: it may still change before the first release).
+
+Versions reserved while work is in flight: 2 tracking API (dead letters, keys),
+3 journeys (profiles), 4 analysis, 5 outreach.
 """
 
 from __future__ import annotations

@@ -112,6 +112,7 @@ def build_gateway(
         keys=AccessKeys(
             write_keys=frozenset(k for k in [settings.write_key] if k),
             read_keys=frozenset(k for k in [settings.read_key] if k),
+            admin_keys=frozenset(k for k in [settings.admin_key] if k),
         ),
         event_log=platform.event_log,
         stages=platform.stages,

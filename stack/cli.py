@@ -31,12 +31,13 @@ NODE_STOP_TIMEOUT_S = 90.0
 
 
 def dev_keys(settings: Settings) -> Settings:
-    """Settings with a write and read key: given ones, or kept in ``data_dir``."""
+    """Settings with write, read and admin keys: given ones, or kept in ``data_dir``."""
     path = settings.data_dir / "dev-keys.json"
     stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     keys = {
         "write_key": settings.write_key or stored.get("write_key") or f"wk_{secrets.token_hex(12)}",
         "read_key": settings.read_key or stored.get("read_key") or f"rk_{secrets.token_hex(12)}",
+        "admin_key": settings.admin_key or stored.get("admin_key") or f"ak_{secrets.token_hex(12)}",
     }
     if keys != stored:
         path.write_text(json.dumps(keys, indent=2))
@@ -146,6 +147,7 @@ Customer Journeys is up.
   API docs    {base}/docs
   write key   {settings.write_key}   (HTTP Basic user, empty password)
   read key    {settings.read_key}   (Authorization: Bearer <read key>)
+  admin key   {settings.admin_key}   (Authorization: Bearer <admin key>)
   broker      {settings.kafka_bootstrap_servers} ({where})
   data, logs  {settings.data_dir}/, {settings.data_dir / "logs"}/
 

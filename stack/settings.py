@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # Development keys. `journeys up` generates and keeps them in data_dir when unset.
     write_key: str = ""
     read_key: str = ""
+    # Manages keys, webhooks and rules, lists dead letters.
+    admin_key: str = ""
 
     # Journey worker batching: one event-store transaction and one ClickHouse
     # insert per batch; `batch_within_s` bounds how long an event waits for company.

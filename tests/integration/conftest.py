@@ -48,5 +48,6 @@ def settings(tmp_path: Path, unique: str, broker: EmbeddedBroker) -> Settings:
         clickhouse_database=f"db_{unique}",
         write_key=f"wk_{unique}",
         read_key=f"rk_{unique}",
+        admin_key=f"ak_{unique}",
         batch_within_s=0.05,
     )

@@ -397,7 +397,7 @@ def test_scaled_services_configure_the_external_stores(
 
 def test_api_keys_come_from_the_operator() -> None:
     raw = raw_compose()["x-journeys-env"]
-    for key in ("JOURNEYS_WRITE_KEY", "JOURNEYS_READ_KEY"):
+    for key in ("JOURNEYS_WRITE_KEY", "JOURNEYS_READ_KEY", "JOURNEYS_ADMIN_KEY"):
         assert re.fullmatch(r"\$\{" + key + r":\?[^}]+\}", str(raw.get(key, ""))), (
             f"{key} must be required from the host (${{{key}:?message}}), never a fixed value"
         )

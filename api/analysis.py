@@ -1,12 +1,12 @@
-"""Read side: a customer's stage, funnels. Requires a read key."""
+"""Analysis over the ClickHouse event log: funnels. Requires a read key."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, model_validator
 
 from api.auth import require_read_key
@@ -15,18 +15,6 @@ from events import EventType
 from journeys.funnels import MAX_STEPS, MIN_STEPS, Funnel, FunnelStep
 
 router = APIRouter(prefix="/v1", tags=["analysis"], dependencies=[Depends(require_read_key)])
-
-
-class CustomerView(BaseModel):
-    """A customer's current stage and counters."""
-
-    customer_id: str
-    stage: str
-    stage_since: datetime
-    event_count: int
-    orders: int
-    first_seen: datetime
-    last_seen: datetime
 
 
 class FunnelStepIn(BaseModel):
@@ -63,24 +51,6 @@ class FunnelResult(BaseModel):
 
     window_seconds: int
     steps: list[FunnelStepOut]
-
-
-@router.get("/customers/{customer_id}", response_model=CustomerView)
-async def customer(customer_id: str, request: Request) -> CustomerView:
-    """The customer's current journey stage and how many events they sent."""
-    gateway: Gateway = request.app.state.gateway
-    found = await asyncio.to_thread(gateway.stages.get, customer_id)
-    if found is None:
-        raise HTTPException(404, f"no customer {customer_id!r} has been seen")
-    return CustomerView(
-        customer_id=found.customer_key,
-        stage=found.stage,
-        stage_since=found.stage_since,
-        event_count=found.event_count,
-        orders=found.orders,
-        first_seen=found.first_seen,
-        last_seen=found.last_seen,
-    )
 
 
 @router.post("/funnels", response_model=FunnelResult)
