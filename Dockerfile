@@ -17,6 +17,7 @@ COPY streams/ streams/
 COPY api/ api/
 COPY stack/ stack/
 COPY schemas/ schemas/
+COPY simulation/ simulation/
 RUN pip install ".[postgres]" && rm -rf /src
 
 # Unprivileged user; JOURNEYS_DATA_DIR (Faust's folder) is the only place it writes.

@@ -1,0 +1,1 @@
+"""Synthetic storefront traffic for tests, demos and benchmarks."""
