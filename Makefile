@@ -1,5 +1,5 @@
 # The two commands of the Quickstart; each does its own setup, idempotently.
-.PHONY: up test lint setup
+.PHONY: up test lint setup bench
 
 up: setup
 	.venv/bin/journeys up
@@ -14,3 +14,7 @@ lint: setup
 
 setup:
 	@scripts/setup.sh
+
+# Speed, measured beside the raw limits of this machine (see docs/performance.md).
+bench: setup
+	.venv/bin/python bench/run.py

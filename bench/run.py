@@ -1,0 +1,474 @@
+"""The platform's benchmark: every figure beside the raw limit measured in the same run.
+
+    .venv/bin/python bench/run.py                 # default sizes
+    .venv/bin/python bench/run.py --events 2000   # tiny, as the test suite runs it
+
+Starts its own broker (Tansu, embedded) and node in a temporary folder; prints a
+table and writes JSON to bench/results/ so runs can be compared over time. The
+machine is shared and noisy: repeated figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+from aiokafka import AIOKafkaConsumer
+from confluent_kafka import Producer
+
+from events.segment import IdentifyCall, PageCall, SegmentCall, TrackCall, to_tracked_event
+from simulation.storefront import Storefront
+from stack.broker import EmbeddedBroker
+from stack.processes import free_port, spawn, stop, wait_until
+from stack.settings import Settings
+from streams.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CALL_MODELS: dict[str, type[SegmentCall]] = {
+    "track": TrackCall,
+    "page": PageCall,
+    "identify": IdentifyCall,
+}
+
+
+@dataclass
+class Figure:
+    """One measured figure and, where there is one, the raw limit beside it."""
+
+    name: str
+    value: float
+    unit: str
+    raw_name: str = ""
+    raw_value: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """value / raw limit, when both are rates."""
+        if self.raw_value in (None, 0):
+            return None
+        return self.value / self.raw_value
+
+
+@dataclass
+class Run:
+    """Everything one run measured."""
+
+    started_at: str
+    machine: dict[str, Any]
+    sizes: dict[str, int]
+    figures: list[Figure] = field(default_factory=list)
+
+
+# --- raw limits ---------------------------------------------------------------------
+
+
+def raw_produce_rate(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> float:
+    """Events/s a librdkafka producer (acks=all) gets into ``topic``."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    started = time.perf_counter()
+    for key, value in payloads:
+        while True:
+            try:
+                producer.produce(topic, value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    remaining = producer.flush(120)
+    elapsed = time.perf_counter() - started
+    if remaining:
+        raise RuntimeError(f"{remaining} events not acknowledged")
+    return len(payloads) / elapsed
+
+
+async def raw_consume_rate(bootstrap: str, topic: str, expected: int) -> float:
+    """Events/s an aiokafka consumer group reads and JSON-parses from ``topic``."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-raw-{time.time_ns()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        started: float | None = None
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batches.values():
+                if started is None:
+                    started = time.perf_counter()
+                for record in records:
+                    orjson.loads(record.value)
+                seen += len(records)
+        assert started is not None
+        return expected / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+# --- the platform -------------------------------------------------------------------
+
+
+class PeakMemory:
+    """Samples the resident memory of processes in the background; keeps each peak."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, int] = {}
+        self._watched: dict[str, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def watch(self, name: str, pid: int) -> None:
+        """Start sampling process ``pid`` under ``name``."""
+        self._watched[name] = psutil.Process(pid)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            for name, process in list(self._watched.items()):
+                try:
+                    rss = process.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peaks[name] = max(self.peaks.get(name, 0), rss)
+
+    def close(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        self._thread.join()
+
+
+def storefront_events(count: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """About ``count`` canonical events from the synthetic storefront, as (key, JSON)."""
+    shoppers = max(1, count // 12)
+    out: list[tuple[bytes, bytes]] = []
+    received = datetime.now(UTC)
+    while len(out) < count:
+        for call in Storefront(seed=seed + len(out), shoppers=shoppers).calls():
+            event = to_tracked_event(CALL_MODELS[call["type"]].model_validate(call), received)
+            out.append((event.customer_key.encode(), event.to_json()))
+            if len(out) == count:
+                break
+    return out
+
+
+def consumed_total(sqlite_path: Path) -> int:
+    """Events the worker has committed, summed over partitions (from tracking records)."""
+    import sqlite3
+
+    if not sqlite_path.exists():
+        return 0
+    with sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True, timeout=10) as db:
+        try:
+            rows = db.execute("SELECT notification_id FROM tracking").fetchall()
+        except sqlite3.OperationalError:
+            return 0
+    return sum(int(row[0]) for row in rows)
+
+
+class BenchNode:
+    """A `journeys node` of the benchmark's own, in a temporary folder."""
+
+    def __init__(self, settings: Settings, folder: Path, memory: PeakMemory) -> None:
+        self.settings = settings
+        self.folder = folder
+        self.memory = memory
+        self.base = f"http://127.0.0.1:{settings.api_port}"
+        self.process = spawn(
+            [sys.executable, "-m", "stack.cli", "node"], folder / "node.log", env=settings.to_env()
+        )
+        memory.watch("node", self.process.pid)
+        process = self.process
+        if not wait_until(self._healthy, 120, alive=lambda: process.poll() is None):
+            raise RuntimeError(f"node did not start; see {folder / 'node.log'}")
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        """Stop the node (it drains first)."""
+        stop(self.process, timeout=120)
+
+
+def pipeline_rate(node: BenchNode, payloads: list[tuple[bytes, bytes]]) -> float:
+    """Events/s from the events topic through the journey agent to committed state."""
+    sqlite_path = node.settings.sqlite_path
+    already = consumed_total(sqlite_path)
+    producer = Producer(
+        {"bootstrap.servers": node.settings.kafka_bootstrap_servers, "acks": "all", "linger.ms": 5}
+    )
+    started = time.perf_counter()
+    for key, value in payloads:
+        while True:
+            try:
+                producer.produce(node.settings.events_topic, value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(120)
+    target = already + len(payloads)
+    deadline = time.monotonic() + 3600
+    while consumed_total(sqlite_path) < target:
+        if time.monotonic() > deadline or node.process.poll() is not None:
+            raise RuntimeError("the worker did not finish the stream")
+        time.sleep(0.05)
+    return len(payloads) / (time.perf_counter() - started)
+
+
+async def track_to_stage_latency(
+    node: BenchNode, rate: float, seconds: float, probes_per_s: float = 50
+) -> dict[str, float]:
+    """p50/p99 ms from a /v1/track 200 to the customer's stage visible through the API.
+
+    Offers ``rate`` track calls/s for ``seconds``; about ``probes_per_s`` of them
+    are probes, each a new customer. The pipeline publishes a stage change only
+    after the customer's row is in the stage projection, so the change arriving
+    on the stage-changes topic is a moment the API already shows the stage: the
+    bench listens there instead of polling the API (which would load the node it
+    measures) and checks a few probes through the API to confirm.
+    """
+    settings = node.settings
+    auth = (settings.write_key, "")
+    probe_every = max(1, round(rate / probes_per_s))
+    accepted_at: dict[str, float] = {}
+    seen_at: dict[str, float] = {}
+    accepted_calls = 0
+    listener = AIOKafkaConsumer(
+        settings.stage_changes_topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        group_id=f"bench-latency-{time.time_ns()}",
+    )
+    await listener.start()
+    await asyncio.sleep(2)  # joined and positioned at the end before the first probe
+
+    async def listen() -> None:
+        async for record in listener:
+            customer = (record.key or b"").decode()
+            if customer in accepted_at and customer not in seen_at:
+                seen_at[customer] = time.perf_counter()
+
+    listening = asyncio.create_task(listen())
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=node.base, timeout=60, limits=limits) as client:
+
+        async def one(index: int) -> None:
+            nonlocal accepted_calls
+            probe = index % probe_every == 0
+            customer = f"lat-{index}-{time.time_ns()}" if probe else f"load-{index % 5000}"
+            body = {
+                "userId": customer,
+                "event": "Product Viewed",
+                "messageId": f"{customer}-{index}",
+            }
+            response = await client.post("/v1/track", json=body, auth=auth)
+            if response.status_code == 200:
+                accepted_calls += 1
+                if probe:
+                    accepted_at[customer] = time.perf_counter()
+
+        tasks = []
+        sent = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            due = int((time.perf_counter() - started) * rate)
+            while sent < due:
+                tasks.append(asyncio.create_task(one(sent)))
+                sent += 1
+            await asyncio.sleep(0.002)
+        offered_for = time.perf_counter() - started
+        await asyncio.gather(*tasks)
+        accepted_rate = accepted_calls / (time.perf_counter() - started)
+        deadline = time.perf_counter() + 120
+        while len(seen_at) < len(accepted_at) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        reader = {"Authorization": f"Bearer {settings.read_key}"}
+        for customer in list(seen_at)[:5]:
+            check = await client.get(f"/v1/customers/{customer}", headers=reader)
+            if check.status_code != 200:
+                raise RuntimeError(f"stage of {customer} announced but not visible: {check.text}")
+    listening.cancel()
+    await listener.stop()
+    if len(seen_at) < len(accepted_at):
+        raise RuntimeError(f"{len(accepted_at) - len(seen_at)} probes never reached a stage")
+    if not seen_at:
+        raise RuntimeError("no probe was accepted")
+    ordered = sorted((seen_at[c] - accepted_at[c]) * 1000 for c in seen_at)
+    return {
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "offered_per_s": sent / offered_for,
+        "accepted_per_s": accepted_rate,
+        "probes": len(ordered),
+    }
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+def measure(events: int, latency_rate: float, latency_seconds: float, repeats: int) -> Run:
+    """Run every measurement once (rates ``repeats`` times, median kept)."""
+    run = Run(
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine={
+            "cpus": psutil.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+        },
+        sizes={"events": events, "repeats": repeats},
+    )
+    memory = PeakMemory()
+    with tempfile.TemporaryDirectory(prefix="journeys-bench-") as tmp:
+        folder = Path(tmp)
+        broker = EmbeddedBroker(folder / "broker.log")
+        broker.start()
+        memory.watch("broker", broker.process.pid)  # type: ignore[union-attr]
+        try:
+            payloads = storefront_events(events, seed=1)
+            size = statistics.mean(len(v) for _, v in payloads)
+
+            raw_produce, raw_consume = [], []
+            for attempt in range(repeats):
+                topic = f"bench.raw.{attempt}"
+                ensure_topics(broker.bootstrap_servers, [topic], 4, 1)
+                raw_produce.append(raw_produce_rate(broker.bootstrap_servers, topic, payloads))
+                raw_consume.append(
+                    asyncio.run(raw_consume_rate(broker.bootstrap_servers, topic, len(payloads)))
+                )
+            produce_limit = statistics.median(raw_produce)
+            consume_limit = statistics.median(raw_consume)
+            run.figures.append(
+                Figure(
+                    "raw producer (librdkafka, acks=all)",
+                    produce_limit,
+                    "events/s",
+                    note=f"{size:.0f}-byte events",
+                )
+            )
+            run.figures.append(
+                Figure("raw consumer (aiokafka + JSON parse)", consume_limit, "events/s")
+            )
+
+            rates = []
+            for attempt in range(repeats):
+                settings = Settings(
+                    data_dir=folder / f"node{attempt}",
+                    kafka_bootstrap_servers=broker.bootstrap_servers,
+                    kafka_epoch=f"bench{attempt}",
+                    topic_prefix=f"bench{attempt}",
+                    worker_group=f"bench{attempt}",
+                    api_port=free_port(),
+                    write_key="wk_bench",
+                    read_key="rk_bench",
+                )
+                ensure_topics(
+                    broker.bootstrap_servers, settings.all_topics, settings.topic_partitions, 1
+                )
+                node = BenchNode(settings, folder / f"node{attempt}", memory)
+                try:
+                    rates.append(pipeline_rate(node, payloads))
+                    if attempt == repeats - 1:
+                        latency = asyncio.run(
+                            track_to_stage_latency(node, latency_rate, latency_seconds)
+                        )
+                finally:
+                    node.close()
+            run.figures.append(
+                Figure(
+                    "pipeline: journey agent → event store + ClickHouse",
+                    statistics.median(rates),
+                    "events/s",
+                    "raw consumer",
+                    consume_limit,
+                )
+            )
+            run.figures.append(
+                Figure(
+                    "latency p50: /v1/track 200 → stage visible",
+                    latency["p50_ms"],
+                    "ms",
+                    note=(
+                        f"offered {latency['offered_per_s']:.0f}/s, "
+                        f"accepted {latency['accepted_per_s']:.0f}/s, "
+                        f"{latency['probes']:.0f} probes"
+                    ),
+                )
+            )
+            run.figures.append(
+                Figure("latency p99: /v1/track 200 → stage visible", latency["p99_ms"], "ms")
+            )
+        finally:
+            broker.stop()
+            memory.close()
+    for name, peak in sorted(memory.peaks.items()):
+        run.figures.append(Figure(f"peak memory: {name}", peak / 2**20, "MiB"))
+    return run
+
+
+def render(run: Run) -> str:
+    """The run as a table: figure, value, raw limit, ratio."""
+    lines = [f"{'figure':<54} {'value':>14}   {'raw limit (same run)':<24} {'ratio':>6}", "-" * 104]
+    for f in run.figures:
+        value = f"{f.value:,.0f} {f.unit}" if f.value >= 100 else f"{f.value:,.1f} {f.unit}"
+        raw = f"{f.raw_name}: {f.raw_value:,.0f}" if f.raw_value is not None else ""
+        ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
+        lines.append(
+            f"{f.name:<54} {value:>14}   {raw:<24} {ratio:>6}" + (f"  ({f.note})" if f.note else "")
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, write the JSON."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000, help="events through each stage")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per rate; the median is kept")
+    parser.add_argument(
+        "--latency-rate", type=float, default=5000, help="offered /v1/track calls per second"
+    )
+    parser.add_argument("--latency-seconds", type=float, default=10)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    run = measure(args.events, args.latency_rate, args.latency_seconds, args.repeats)
+    print(render(run))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"run-{run.started_at.replace(':', '')}.json"
+    path.write_text(json.dumps(asdict(run), indent=2))
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

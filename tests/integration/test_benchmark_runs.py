@@ -1,0 +1,50 @@
+"""The benchmark runs end to end at a tiny size (speed itself is never asserted in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_prints_each_figure_beside_its_raw_limit_and_writes_json(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--events",
+            "400",
+            "--repeats",
+            "1",
+            "--latency-rate",
+            "20",
+            "--latency-seconds",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "raw limit (same run)" in done.stdout
+    [written] = list(tmp_path.glob("run-*.json"))
+    run = json.loads(written.read_text())
+    figures = {figure["name"]: figure for figure in run["figures"]}
+    pipeline = figures["pipeline: journey agent → event store + ClickHouse"]
+    assert pipeline["value"] > 0
+    assert pipeline["raw_value"] == figures["raw consumer (aiokafka + JSON parse)"]["value"] > 0
+    assert figures["raw producer (librdkafka, acks=all)"]["value"] > 0
+    latency_p50 = figures["latency p50: /v1/track 200 → stage visible"]["value"]
+    assert 0 < latency_p50 <= figures["latency p99: /v1/track 200 → stage visible"]["value"]
+    assert figures["peak memory: node"]["value"] > 0
+    assert run["sizes"]["events"] == 400
