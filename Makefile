@@ -4,7 +4,8 @@
 up: setup
 	.venv/bin/journeys up
 
-test: setup lint
+test: lint
+	@scripts/setup.sh --test
 	.venv/bin/python -m pytest
 
 lint: setup

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api import analysis, customers, ingest
+from api.dashboard import install_dashboard
 from api.dependencies import Gateway
 from api.errors import install_error_handlers
 
@@ -25,6 +26,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(customers.router)
     app.include_router(analysis.router)
+    install_dashboard(app)
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:

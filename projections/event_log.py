@@ -82,6 +82,15 @@ class EventLog:
         )
         return int(result.result_rows[0][0])
 
+    def received_since(self, seconds: int) -> int:
+        """Distinct events received in the last ``seconds`` seconds (the ingest rate)."""
+        result = self._client.query(
+            f"SELECT count() FROM {self._db}.events FINAL "
+            "WHERE received_at >= now64(3) - toIntervalSecond({seconds:UInt32})",
+            parameters={"seconds": seconds},
+        )
+        return int(result.result_rows[0][0])
+
     def funnel_counts(self, funnel: Funnel) -> list[int]:
         """Customers reaching each step, in order, within the window (ClickHouse windowFunnel)."""
         params: dict[str, Any] = {"window_ms": int(funnel.window.total_seconds() * 1000)}

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent setup for `make up` and `make test`: a Python >= 3.11, the .venv,
 # and the project installed in it. Re-installs only when pyproject.toml changes.
+# `setup.sh --test` also installs what the tests need from Debian (chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 find_python() {
   for candidate in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
@@ -17,7 +20,6 @@ find_python() {
 
 if ! python=$(find_python); then
   echo "setup: no Python >= 3.11 with venv; installing Debian's python3 …" >&2
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3 python3-venv python3-dev >/dev/null
   python=$(find_python) || { echo "setup: still no Python >= 3.11" >&2; exit 1; }
 fi
@@ -30,8 +32,18 @@ fi
 stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the project and its dependencies into .venv (first run takes a minute or two) …" >&2
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # Quiet unless it fails: the build backend is chatty.
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q -e ".[dev]"; } >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  # The dashboard's browser tests drive Debian's chromium (browser downloads fail here).
+  echo "setup: installing Debian's chromium for the browser tests …" >&2
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi

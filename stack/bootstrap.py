@@ -104,7 +104,8 @@ def build_gateway(
     if streams is not None:
 
         async def worker() -> dict[str, Any]:
-            return streams.status()
+            # Reads the event store's positions: off the event loop.
+            return await asyncio.to_thread(streams.status)
 
         checks["worker"] = worker
     return Gateway(

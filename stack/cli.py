@@ -1,10 +1,11 @@
 """``journeys``: start the local stack or one of its processes.
 
-journeys up       broker + node (worker and API), until Ctrl-C
+journeys up       broker + node (worker and API), until Ctrl-C (--demo: with traffic)
 journeys node     worker and API in one process (the embedded shape)
 journeys worker   the journey worker alone (scale-out)
 journeys api      the API alone (scale-out, needs a ClickHouse server)
 journeys topics   create the platform's topics
+journeys demo     stream synthetic storefront traffic to a running platform
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from types import FrameType
 
 import httpx
 
+from stack import demo
 from stack.broker import EmbeddedBroker
 from stack.processes import port_open, spawn, stop, wait_until
 from stack.settings import Settings
@@ -32,8 +35,8 @@ NODE_STOP_TIMEOUT_S = 90.0
 
 def dev_keys(settings: Settings) -> Settings:
     """Settings with write, read and admin keys: given ones, or kept in ``data_dir``."""
+    stored = _stored_keys(settings)
     path = settings.data_dir / "dev-keys.json"
-    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     keys = {
         "write_key": settings.write_key or stored.get("write_key") or f"wk_{secrets.token_hex(12)}",
         "read_key": settings.read_key or stored.get("read_key") or f"rk_{secrets.token_hex(12)}",
@@ -45,8 +48,16 @@ def dev_keys(settings: Settings) -> Settings:
     return settings.model_copy(update=keys)
 
 
-def up(settings: Settings) -> int:
-    """Start the broker (unless one is configured), the topics and the node; stop on a signal."""
+def _stored_keys(settings: Settings) -> dict[str, str]:
+    path = settings.data_dir / "dev-keys.json"
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def up(settings: Settings, demo_rate: float = 0) -> int:
+    """Start the broker (unless one is configured), the topics and the node; stop on a signal.
+
+    With ``demo_rate`` > 0, synthetic storefront traffic flows in at that many calls/s.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.data_dir / "logs"
     settings = dev_keys(settings)
@@ -108,11 +119,21 @@ def up(settings: Settings) -> int:
                 print(_tail(logs / "node.log"), file=sys.stderr)
             return 1
         _banner(settings, base, broker)
+        demo_stop = threading.Event()
+        if demo_rate > 0:
+            print(f"demo traffic: {demo_rate:g} storefront calls/s", flush=True)
+            threading.Thread(
+                target=demo.send,
+                args=(base, settings.write_key, demo_rate, demo.live_calls(seed=7, shoppers=200)),
+                kwargs={"stop": demo_stop},
+                daemon=True,
+            ).start()
         while not stopping and node.poll() is None:
             time.sleep(0.2)
         if node.poll() is not None and not stopping:
             print(f"the node stopped unexpectedly; see {logs / 'node.log'}", file=sys.stderr)
             return 1
+        demo_stop.set()
         print("stopping: API, then the worker once it has caught up, then the broker …", flush=True)
         return 0
     finally:
@@ -121,6 +142,36 @@ def up(settings: Settings) -> int:
         if broker is not None:
             broker.stop()
         print("stopped.", flush=True)
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    base = args.url or f"http://{settings.api_host}:{settings.api_port}"
+    write_key = args.write_key or settings.write_key or _stored_keys(settings).get("write_key")
+    if not write_key:
+        print(
+            "no write key: pass --write-key, or run in the folder where `journeys up` "
+            "keeps data/dev-keys.json",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        f"sending storefront traffic to {base} at {args.rate:g} calls/s; Ctrl-C stops", flush=True
+    )
+    try:
+        accepted, rejected = demo.send(
+            base,
+            write_key,
+            args.rate,
+            demo.live_calls(args.seed, args.shoppers),
+            limit=args.limit,
+            on_progress=lambda ok, bad: print(
+                f"\r{ok} accepted, {bad} rejected", end="", flush=True
+            ),
+        )
+    except KeyboardInterrupt:
+        return 0
+    print(f"\n{accepted} accepted, {rejected} rejected")
+    return 0 if rejected == 0 else 1
 
 
 def _healthy(base: str) -> bool:
@@ -144,6 +195,7 @@ def _banner(settings: Settings, base: str, broker: EmbeddedBroker | None) -> Non
         f"""
 Customer Journeys is up.
   API         {base}
+  dashboard   {base}/dashboard
   API docs    {base}/docs
   write key   {settings.write_key}   (HTTP Basic user, empty password)
   read key    {settings.read_key}   (Authorization: Bearer <read key>)
@@ -167,7 +219,27 @@ def main(argv: list[str] | None = None) -> int:
         prog="journeys", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start the local stack (broker, worker, API) until Ctrl-C")
+    up_command = commands.add_parser(
+        "up", help="start the local stack (broker, worker, API) until Ctrl-C"
+    )
+    up_command.add_argument(
+        "--demo",
+        type=float,
+        nargs="?",
+        const=20.0,
+        default=0.0,
+        metavar="CALLS_PER_S",
+        help="also stream synthetic storefront traffic (default 20 calls/s)",
+    )
+    demo_command = commands.add_parser(
+        "demo", help="stream synthetic storefront traffic to a running platform"
+    )
+    demo_command.add_argument("--url", default="", help="the API (default: from settings)")
+    demo_command.add_argument("--write-key", default="", help="default: JOURNEYS_WRITE_KEY")
+    demo_command.add_argument("--rate", type=float, default=20.0, help="calls per second")
+    demo_command.add_argument("--shoppers", type=int, default=200)
+    demo_command.add_argument("--seed", type=int, default=7)
+    demo_command.add_argument("--limit", type=int, default=None, help="stop after N calls")
     commands.add_parser("node", help="worker and API in one process")
     commands.add_parser("worker", help="the journey worker alone")
     commands.add_parser("api", help="the API alone (needs a ClickHouse server)")
@@ -176,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
 
     if args.command == "up":
-        return up(settings)
+        return up(settings, demo_rate=args.demo)
+    if args.command == "demo":
+        return _demo(settings, args)
     if not settings.kafka_bootstrap_servers:
         parser.error(
             f"`journeys {args.command}` needs JOURNEYS_KAFKA_BOOTSTRAP_SERVERS "

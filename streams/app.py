@@ -110,11 +110,20 @@ class JourneyStreams:
     def status(self) -> dict[str, Any]:
         """What the worker is doing, for the health endpoint."""
         consumer = self.app.consumer if self.app.started else None
-        assigned = sorted(tp.partition for tp in consumer.assignment()) if consumer else []
+        assignment = consumer.assignment() if consumer else set()
+        assigned = sorted(tp.partition for tp in assignment)
+        # Lag: what the broker has (highwater, as last fetched) beyond what is committed.
+        committed = self.consumed_positions(assigned)
+        lag = 0
+        for tp in assignment:
+            highwater = consumer.highwater(tp) if consumer else None
+            if highwater is not None:
+                lag += max(0, highwater - committed[tp.partition])
         return {
             "ok": bool(assigned) and not self.app.rebalancing,
             "assigned_partitions": assigned,
             "rebalancing": bool(self.app.rebalancing),
+            "lag": lag,
         }
 
     def consumed_positions(self, partitions: Sequence[int]) -> dict[int, int]:

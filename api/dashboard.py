@@ -1,0 +1,57 @@
+"""The marketers' dashboard (static page + Chart.js) and the live counters it polls."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from api.auth import require_read_key
+from api.dependencies import Gateway
+
+STATIC = Path(__file__).resolve().parent / "static"
+RATE_WINDOW_S = 60
+
+stats_router = APIRouter(
+    prefix="/v1", tags=["operations"], dependencies=[Depends(require_read_key)]
+)
+
+
+class LiveStats(BaseModel):
+    """Counters for the dashboard's live panel."""
+
+    events_last_minute: int
+    events_per_second: float
+    worker_lag: int | None
+
+
+@stats_router.get("/stats", response_model=LiveStats)
+async def stats(request: Request) -> LiveStats:
+    """Events received in the last minute, and how far the worker is behind."""
+    gateway: Gateway = request.app.state.gateway
+    recent = await asyncio.to_thread(gateway.event_log.received_since, RATE_WINDOW_S)
+    worker = gateway.health_checks.get("worker")
+    lag = (await worker()).get("lag") if worker else None
+    return LiveStats(
+        events_last_minute=recent,
+        events_per_second=round(recent / RATE_WINDOW_S, 2),
+        worker_lag=lag,
+    )
+
+
+def install_dashboard(app: FastAPI) -> None:
+    """Serve the dashboard at /dashboard. The page holds no data: it asks for the read key."""
+    app.include_router(stats_router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "dashboard" / "index.html")
