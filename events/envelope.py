@@ -31,6 +31,18 @@ class TrackedEvent:
     anonymous_id: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    # The write key's id the event arrived with: messageIds are unique per source.
+    source: str = ""
+    # The device's own clock readings, kept as sent (skew correction uses them).
+    original_timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    # True when the event claimed a time too far ahead and ``timestamp`` was clamped.
+    timestamp_clamped: bool = False
+
+    @property
+    def historical(self) -> bool:
+        """True for imported history (``context.historical``): no outreach fires for it."""
+        return self.context.get("historical") is True
 
     def to_json(self) -> bytes:
         """Serialise for Kafka (orjson writes datetimes as RFC 3339)."""
@@ -43,6 +55,9 @@ class TrackedEvent:
         data["event_type"] = EventType(data["event_type"])
         data["timestamp"] = _parse_time(data["timestamp"])
         data["received_at"] = _parse_time(data["received_at"])
+        for name in ("original_timestamp", "sent_at"):
+            if data.get(name) is not None:
+                data[name] = _parse_time(data[name])
         return cls(**data)
 
 

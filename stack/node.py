@@ -123,7 +123,7 @@ def run_worker(settings: Settings) -> None:
 
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
     platform = build_platform(settings)
-    streams = JourneyStreams(settings, platform.pipeline())
+    streams = JourneyStreams(settings, platform.pipeline(), platform.dead_letters)
     services: list[ServiceT] = [ApiServer(platform, streams)] if with_api else []
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
     try:
