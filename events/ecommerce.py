@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from events.types import EventType, normalized_name
 
@@ -17,11 +24,20 @@ from events.types import EventType, normalized_name
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Count = Annotated[int, Field(strict=True, ge=0)]
 Text = Annotated[str, Field(strict=True, max_length=1000)]
-# Storefronts use numeric and textual ids alike; both are ids.
-Id = (
-    Annotated[str, Field(strict=True, min_length=1, max_length=255)]
-    | Annotated[int, Field(strict=True)]
-)
+
+
+def _id(value: object) -> str | int:
+    # Storefronts use numeric and textual ids alike; both are ids. A plain validator
+    # (not a union) so an error names the property itself, not a union member.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("must be a string or an integer")
+    if isinstance(value, str) and not 1 <= len(value) <= 255:
+        raise ValueError("must be 1 to 255 characters")
+    return value
+
+
+_ID_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 255}, {"type": "integer"}]}
+Id = Annotated[str | int, PlainValidator(_id), WithJsonSchema(_ID_SCHEMA)]
 Currency = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z]{3}$")]
 
 
@@ -175,6 +191,7 @@ def check_properties(
         problems = []
         for item in error.errors(include_url=False):
             location = ".".join([field, *(str(part) for part in item["loc"])])
-            problems.append({"field": location, "rule": item["type"], "message": item["msg"]})
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append({"field": location, "rule": item["type"], "message": message})
         return problems
     return []
