@@ -1,128 +1,91 @@
-"""Produce rates of aiokafka and confluent-kafka against a local Tansu, /v1/batch-sized loads.
+"""Produce rates of the gateway's two sinks against a local Tansu, /v1/batch-sized loads.
 
-Each round produces one batch of ``--batch`` events (about 300 bytes, keyed by
-customer) with acks=all and waits for every acknowledgement, as the gateway
-does before answering 200. Run: ``python scripts/bench_gateway_producers.py``.
+``KafkaEventSink`` (aiokafka) and ``ConfluentEventSink`` (librdkafka) are run
+through their real ``publish``: each "request" produces a batch of envelopes
+(acks=all) and waits for every ack, as the gateway does before answering 200;
+``concurrency`` requests are in flight at once, as from many storefronts.
+Run: ``python scripts/bench_gateway_producers.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
-import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaProducer
-from confluent_kafka import Producer
-
+from events import EventType, TrackedEvent
 from stack.broker import EmbeddedBroker
+from streams.confluent_sink import ConfluentEventSink
+from streams.producer import KafkaEventSink
 from streams.topics import ensure_topics
 
+# (concurrent requests, events per request, total events)
+LOADS = [(1, 1, 1_000), (32, 1, 10_000), (1, 100, 20_000), (8, 100, 40_000),
+         (1, 500, 40_000), (4, 500, 60_000), (1, 2500, 60_000)]  # fmt: skip
 
-def _payloads(count: int) -> list[tuple[bytes, bytes]]:
+
+def _events(count: int) -> list[TrackedEvent]:
+    now = datetime.now(UTC)
     return [
-        (
-            f"customer-{i % 997}".encode(),
-            orjson.dumps(
-                {
-                    "event_id": f"m-{i}",
-                    "customer_key": f"customer-{i % 997}",
-                    "call_type": "track",
-                    "event_type": "cart",
-                    "event_name": "Product Added",
-                    "timestamp": "2026-03-01T12:00:00+00:00",
-                    "received_at": "2026-03-01T12:00:00+00:00",
-                    "properties": {"product_id": f"p-{i % 50}", "price": 19.99, "quantity": 1},
-                    "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
-                }
-            ),
+        TrackedEvent(
+            event_id=f"m-{i}",
+            customer_key=f"customer-{i % 997}",
+            call_type="track",
+            event_type=EventType.CART,
+            event_name="Product Added",
+            timestamp=now,
+            received_at=now,
+            user_id=f"customer-{i % 997}",
+            properties={"product_id": f"p-{i % 50}", "price": 19.99, "quantity": 1},
+            context={"library": {"name": "analytics-python", "version": "2.4.0"}},
+            source="bench",
         )
         for i in range(count)
     ]
 
 
-async def _aiokafka(
-    servers: str, topic: str, batch: list[tuple[bytes, bytes]], rounds: int
-) -> float:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=servers, acks="all", linger_ms=2, max_batch_size=256 * 1024
-    )
-    await producer.start()
+async def _rate(sink: Any, concurrency: int, size: int, total: int) -> float:
+    batch = _events(size)
+    requests = max(1, total // size)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(requests):
+        queue.put_nowait(n)
+
+    async def client() -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            await sink.publish(batch)
+
+    await sink.start()
     try:
+        await sink.publish(batch[:1])  # connected and warm
         start = time.perf_counter()
-        for _ in range(rounds):
-            sends = [await producer.send(topic, value=v, key=k) for k, v in batch]
-            await asyncio.gather(*sends)
-        return rounds * len(batch) / (time.perf_counter() - start)
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return requests * size / (time.perf_counter() - start)
     finally:
-        await producer.stop()
-
-
-class _Round:
-    """Counts a round's delivery reports; ``done`` is set by the last one."""
-
-    def __init__(self, size: int) -> None:
-        self.remaining = size
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-
-    def delivered(self, error: object, _message: object) -> None:
-        if error is not None:
-            raise RuntimeError(str(error))
-        with self.lock:
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.done.set()
-
-
-def _confluent(servers: str, topic: str, batch: list[tuple[bytes, bytes]], rounds: int) -> float:
-    producer = Producer(
-        {"bootstrap.servers": servers, "acks": "all", "linger.ms": 2, "enable.idempotence": False}
-    )
-    stop = threading.Event()
-
-    def poll() -> None:  # delivery callbacks run on this thread, as a gateway would do it
-        while not stop.is_set():
-            producer.poll(0.05)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
-        start = time.perf_counter()
-        for _ in range(rounds):
-            round_ = _Round(len(batch))
-            for key, value in batch:
-                producer.produce(topic, value=value, key=key, on_delivery=round_.delivered)
-            round_.done.wait()
-        return rounds * len(batch) / (time.perf_counter() - start)
-    finally:
-        stop.set()
-        poller.join()
-        producer.flush()
+        await sink.stop()
 
 
 def main() -> None:
-    """Print events/s for each client and batch size."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=50_000)
-    args = parser.parse_args()
+    """Print events/s of each sink per load."""
     with tempfile.TemporaryDirectory() as folder:
         broker = EmbeddedBroker(Path(folder) / "broker.log")
         broker.start()
         try:
             servers = broker.bootstrap_servers
-            ensure_topics(servers, ["bench.a", "bench.c"], 4, 1)
-            for size in (1, 100, 500, 2500):
-                batch = _payloads(size)
-                rounds = max(1, min(args.events // size, 2000))
-                a = asyncio.run(_aiokafka(servers, "bench.a", batch, rounds))
-                c = _confluent(servers, "bench.c", batch, rounds)
+            ensure_topics(servers, ["bench.events", "bench.dlq"], 4, 1)
+            for concurrency, size, total in LOADS:
+                rates = []
+                for kind in (KafkaEventSink, ConfluentEventSink):
+                    sink = kind(servers, "bench.events", "bench.dlq")
+                    rates.append(asyncio.run(_rate(sink, concurrency, size, total)))
+                aio, confluent = rates
                 print(
-                    f"batch {size:5d} x {rounds:5d} rounds: aiokafka {a:10.0f} ev/s   "
-                    f"confluent-kafka {c:10.0f} ev/s   ({c / a:.1f}x)",
+                    f"{concurrency:3d} concurrent x {size:5d} events: aiokafka {aio:9.0f} ev/s"
+                    f"   confluent-kafka {confluent:9.0f} ev/s   ({confluent / aio:.1f}x)",
                     flush=True,
                 )
         finally:

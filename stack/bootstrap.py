@@ -21,8 +21,11 @@ from projections.migrations import migrate
 from projections.write_keys import WriteKeyStore
 from stack.settings import Settings
 from streams.app import JourneyStreams
+from streams.confluent_sink import ConfluentEventSink
 from streams.pipeline import JourneyPipeline
 from streams.producer import KafkaEventSink
+
+GatewaySink = KafkaEventSink | ConfluentEventSink
 
 
 @dataclass
@@ -86,9 +89,13 @@ def build_platform(settings: Settings) -> Platform:
     )
 
 
-def build_gateway(
-    platform: Platform, sink: KafkaEventSink, streams: JourneyStreams | None
-) -> Gateway:
+def event_sink(settings: Settings) -> GatewaySink:
+    """The gateway's producer, as ``JOURNEYS_GATEWAY_PRODUCER`` chooses (see architecture.md)."""
+    kind = ConfluentEventSink if settings.gateway_producer == "confluent" else KafkaEventSink
+    return kind(settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic)
+
+
+def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams | None) -> Gateway:
     """The API's collaborators, with a health check per component."""
     settings = platform.settings
 

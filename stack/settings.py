@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # Per write key token bucket (events per second, burst); 0 turns it off.
     ingest_rate_per_s: float = Field(default=2000.0, ge=0)
     ingest_burst: int = Field(default=10000, ge=1)
+    # The gateway's Kafka producer: librdkafka (confluent-kafka) measured 1.2-2.7x
+    # aiokafka's rate under concurrent requests (docs/architecture.md).
+    gateway_producer: Literal["confluent", "aiokafka"] = "confluent"
     # Where the CLI's HTTP commands (keys, dead-letters, import) find the API;
     # empty: http://<api_host>:<api_port>.
     api_url: str = ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import gzip
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -25,12 +26,15 @@ from api.dependencies import AccessKeys, Gateway
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from events import TrackedEvent
+from events.segment import CALL_MODELS, to_tracked_event, validate_call
 from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.write_keys import WriteKeyStore
+from stack.bootstrap import event_sink
 from stack.settings import Settings
+from streams.confluent_sink import ConfluentEventSink
 from streams.producer import KafkaEventSink
 from streams.topics import ensure_topics
 
@@ -93,9 +97,7 @@ async def harness(settings: Settings, clickhouse: Client) -> AsyncIterator[Harne
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, 2, 1)
     database = settings.clickhouse_database
     migrate(clickhouse, database)
-    sink = KafkaEventSink(
-        settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic
-    )
+    sink = event_sink(settings)  # the configured producer (confluent-kafka by default)
     await sink.start()
     gateway = Gateway(
         sink=sink,
@@ -182,6 +184,26 @@ async def test_batch_accepts_valid_items_and_reports_invalid_ones_by_index(
         "b-4",
     ]
     assert all(d["source"] == DEV_SOURCE and d["reasons"] for d in letters)
+
+
+@pytest.mark.parametrize("kind", [KafkaEventSink, ConfluentEventSink])
+async def test_both_producers_publish_and_dead_letter_with_acks(
+    harness: Harness, kind: type[KafkaEventSink] | type[ConfluentEventSink]
+) -> None:
+    settings = harness.settings
+    sink = kind(settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic)
+    await sink.start()
+    try:
+        assert await sink.connected()
+        call = validate_call(CALL_MODELS["track"], track("p-1"))
+        event = to_tracked_event(call, datetime.now(UTC), source="s1")
+        await sink.publish([event])
+        await sink.dead_letter(b"{}", [{"field": "f", "rule": "r", "message": "m"}], "s1")
+    finally:
+        await sink.stop()
+    assert await harness.events() == [event]
+    [letter] = await harness.dead_letters()
+    assert (letter["source"], letter["payload"], letter["reasons"][0]["rule"]) == ("s1", "{}", "r")
 
 
 async def test_gzip_bodies_are_accepted(harness: Harness) -> None:
