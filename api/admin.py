@@ -85,7 +85,7 @@ async def create_write_key(body: WriteKeyIn, request: Request) -> CreatedWriteKe
 async def list_write_keys(request: Request) -> list[WriteKeyOut]:
     """Every write key, newest first, revoked ones included; secrets are never shown."""
     registry = _registry(request)
-    keys = await asyncio.to_thread(registry.store.keys)
+    keys = await asyncio.to_thread(registry.store.all_keys)
     return [WriteKeyOut(**_out(key)) for key in keys]
 
 

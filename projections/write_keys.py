@@ -97,7 +97,7 @@ class WriteKeyStore:
         )
         return revoked
 
-    def keys(self) -> list[WriteKey]:
+    def all_keys(self) -> list[WriteKey]:
         """Every key, newest first, revoked ones included."""
         return [key for key, _, _ in self._rows("", {})]
 
