@@ -42,6 +42,17 @@ MAX_DEAD_LETTER_PAYLOAD = 64 * 1024
 Problems = list[dict[str, Any]]
 
 
+def _documented_body(call_type: str) -> dict[str, Any]:
+    """OpenAPI text for a call's body: the same JSON Schema as ``/v1/schemas/<call>``.
+
+    The endpoints read the raw body themselves (gzip, limits, dead letters), so
+    FastAPI cannot derive it from a parameter.
+    """
+    schema = {k: v for k, v in call_schemas()[call_type].items() if k not in ("$schema", "$id")}
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 class _Refused(Exception):
     """A request refused before its events were looked at."""
 
@@ -230,7 +241,11 @@ def _batch_item(
     return to_tracked_event(call, received_at=received_at, source=source), []
 
 
-@router.post("/batch", summary="Many calls in one request (Segment batch)")
+@router.post(
+    "/batch",
+    summary="Many calls in one request (Segment batch)",
+    openapi_extra=_documented_body("batch"),
+)
 async def batch(request: Request) -> Response:
     """Segment ``batch``: ``{"batch": [{"type": "track", ...}, ...], "sentAt": ...}``.
 
@@ -311,37 +326,59 @@ async def batch(request: Request) -> Response:
     return JSONResponse(status_code=400, content=body_out)
 
 
-@router.post("/track", summary="Record an action the customer performed (Segment track)")
+@router.post(
+    "/track",
+    summary="Record an action the customer performed (Segment track)",
+    openapi_extra=_documented_body("track"),
+)
 async def track(request: Request) -> Response:
     """Segment ``track`` call: ``{"userId"|"anonymousId", "event", "properties", ...}``."""
     return await _ingest(request, CALL_MODELS["track"])
 
 
-@router.post("/page", summary="Record a page view (Segment page)")
+@router.post(
+    "/page", summary="Record a page view (Segment page)", openapi_extra=_documented_body("page")
+)
 async def page(request: Request) -> Response:
     """Segment ``page`` call; counts as browsing."""
     return await _ingest(request, CALL_MODELS["page"])
 
 
-@router.post("/screen", summary="Record an app screen view (Segment screen)")
+@router.post(
+    "/screen",
+    summary="Record an app screen view (Segment screen)",
+    openapi_extra=_documented_body("screen"),
+)
 async def screen(request: Request) -> Response:
     """Segment ``screen`` call; counts as browsing."""
     return await _ingest(request, CALL_MODELS["screen"])
 
 
-@router.post("/identify", summary="Say who the customer is (Segment identify)")
+@router.post(
+    "/identify",
+    summary="Say who the customer is (Segment identify)",
+    openapi_extra=_documented_body("identify"),
+)
 async def identify(request: Request) -> Response:
     """Segment ``identify`` call with traits."""
     return await _ingest(request, CALL_MODELS["identify"])
 
 
-@router.post("/group", summary="Put the customer in a group (Segment group)")
+@router.post(
+    "/group",
+    summary="Put the customer in a group (Segment group)",
+    openapi_extra=_documented_body("group"),
+)
 async def group(request: Request) -> Response:
     """Segment ``group`` call: ``groupId`` and group traits."""
     return await _ingest(request, CALL_MODELS["group"])
 
 
-@router.post("/alias", summary="Link an earlier id to the customer (Segment alias)")
+@router.post(
+    "/alias",
+    summary="Link an earlier id to the customer (Segment alias)",
+    openapi_extra=_documented_body("alias"),
+)
 async def alias(request: Request) -> Response:
     """Segment ``alias`` call: ``previousId`` and ``userId`` are one customer."""
     return await _ingest(request, CALL_MODELS["alias"])

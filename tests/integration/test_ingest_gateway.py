@@ -321,6 +321,10 @@ async def test_schemas_are_served(harness: Harness) -> None:
     price = (await harness.client.get("/v1/schemas/cart.properties")).json()["properties"]["price"]
     assert {"type": "number"} in price["anyOf"]
     assert (await harness.client.get("/v1/schemas/nope")).status_code == 404
+    openapi = (await harness.client.get("/openapi.json")).json()
+    body = openapi["paths"]["/v1/track"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["properties"]["event"]["maxLength"] == 200
+    assert {"/v1/write-keys", "/v1/dead-letters", "/v1/batch"} <= set(openapi["paths"])
 
 
 _json = st.recursive(
