@@ -25,13 +25,15 @@ IMPORT_BATCH_EVENTS = 200
 def add_commands(commands: Any) -> None:
     """Register ``keys``, ``dead-letters`` and ``import`` on the CLI's subparsers."""
     keys = commands.add_parser("keys", help="create, list or revoke write keys (admin key)")
-    _connection(keys, "admin")
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a new write key for a source")
     create.add_argument("name", help="the source, e.g. shop-eu")
-    actions.add_parser("list", help="every write key, without secrets")
+    listing = actions.add_parser("list", help="every write key, without secrets")
     revoke = actions.add_parser("revoke", help="refuse a key from now on")
     revoke.add_argument("key_id")
+    # On each action, so the flags go where users put them: `keys list --url …`.
+    for action in (create, listing, revoke):
+        _connection(action, "admin")
 
     letters = commands.add_parser("dead-letters", help="list rejected events, newest first")
     _connection(letters, "admin")

@@ -47,11 +47,11 @@ def test_keys_and_history_import_through_the_cli(settings: Settings, tmp_path: P
     admin = ["--url", node.base, "--admin-key", settings.admin_key]
     node.start()
     try:
-        created = journeys("keys", *admin, "create", "shop-history")
+        created = journeys("keys", "create", "shop-history", *admin)
         key = created.stdout.strip().splitlines()[-1]
         key_id = key.split("_")[1]
         assert key_id in created.stdout.splitlines()[0]
-        assert "shop-history" in journeys("keys", *admin, "list").stdout
+        assert "shop-history" in journeys("keys", "list", *admin).stdout
 
         imported = journeys(
             "import", "--url", node.base, "--write-key", key, str(customers), str(orders),
@@ -73,7 +73,7 @@ def test_keys_and_history_import_through_the_cli(settings: Settings, tmp_path: P
         # Importing again counts nothing twice (messageIds come from the rows' ids).
         journeys("import", "--url", node.base, "--write-key", key, str(orders), check=False)
 
-        journeys("keys", *admin, "revoke", key_id)
+        journeys("keys", "revoke", key_id, *admin)
         refused = httpx.post(
             f"{node.base}/v1/track",
             json={"userId": "h1", "event": "x"},
