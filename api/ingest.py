@@ -56,10 +56,14 @@ def _documented_body(call_type: str) -> dict[str, Any]:
 class _Refused(Exception):
     """A request refused before its events were looked at."""
 
-    def __init__(self, status: int, field: str, rule: str, message: str) -> None:
+    def __init__(
+        self, status: int, field: str, rule: str, message: str, payload: bytes = b""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = {"field": field, "rule": rule, "message": message}
+        # What was read of the body, for the dead letter.
+        self.payload = payload
 
 
 async def _read_body(request: Request) -> bytes:
@@ -68,13 +72,17 @@ async def _read_body(request: Request) -> bytes:
     if encoding not in ("identity", "gzip", ""):
         raise _Refused(
             415, "Content-Encoding", "encoding", f"unsupported Content-Encoding {encoding!r}"
-        )
+        )  # nothing read yet: the dead letter records the refusal itself
     raw = bytearray()
     async for chunk in request.stream():
         raw.extend(chunk)
         if len(raw) > MAX_READ_BYTES:
             raise _Refused(
-                413, "body", "max_request_size", "request body exceeds what is read (2 MB)"
+                413,
+                "body",
+                "max_request_size",
+                "request body exceeds what is read (2 MB)",
+                bytes(raw[:MAX_DEAD_LETTER_PAYLOAD]),
             )
     if encoding != "gzip":
         return bytes(raw)
@@ -83,12 +91,28 @@ async def _read_body(request: Request) -> bytes:
     try:
         body = inflater.decompress(bytes(raw), MAX_READ_BYTES + 1)
     except zlib.error as error:
-        raise _Refused(400, "body", "gzip", f"body is not valid gzip: {error}") from None
+        raise _Refused(
+            400, "body", "gzip", f"body is not valid gzip: {error}", bytes(raw)
+        ) from None
     if len(body) > MAX_READ_BYTES:
-        raise _Refused(413, "body", "max_request_size", "gunzipped body exceeds 2 MB")
+        raise _Refused(
+            413, "body", "max_request_size", "gunzipped body exceeds 2 MB", body[:MAX_READ_BYTES]
+        )
     if not inflater.eof:
-        raise _Refused(400, "body", "gzip", "gzip body is truncated")
+        raise _Refused(400, "body", "gzip", "gzip body is truncated", bytes(raw))
     return body
+
+
+async def _refused(request: Request, gateway: Gateway, refused: _Refused) -> Response:
+    """Answer a body that could not be read; dead-letter it when the sender is known.
+
+    Only an HTTP Basic key can be checked here (the body was not read); without
+    one, the refusal is answered but not kept, like any unauthenticated request.
+    """
+    source, _ = await _authenticate(request, gateway, None)
+    if source is not None:
+        await _dead_letter(gateway, refused.payload, [refused.reason], source)
+    return _rejection(refused.status, [refused.reason])
 
 
 def _parse(body: bytes) -> tuple[Any, str | None]:
@@ -175,7 +199,7 @@ async def _ingest(request: Request, model: type[SegmentCall]) -> Response:
     try:
         body = await _read_body(request)
     except _Refused as refused:
-        return _rejection(refused.status, [refused.reason])
+        return await _refused(request, gateway, refused)
     parsed, parse_error = _parse(body)
     source, denied = await _authenticate(request, gateway, parsed)
     if source is None:
@@ -257,7 +281,7 @@ async def batch(request: Request) -> Response:
     try:
         body = await _read_body(request)
     except _Refused as refused:
-        return _rejection(refused.status, [refused.reason])
+        return await _refused(request, gateway, refused)
     parsed, parse_error = _parse(body)
     source, denied = await _authenticate(request, gateway, parsed)
     if source is None:

@@ -274,6 +274,25 @@ async def test_rejections_name_field_and_rule_and_are_dead_lettered(
     assert await harness.events() == []
 
 
+@pytest.mark.parametrize(
+    ("encoding", "body", "status", "rule"),
+    [
+        ("gzip", b"\x1f\x8bnot gzip", 400, "gzip"),
+        ("gzip", gzip.compress(b'{"userId": "u", "event": "x"}')[:-9], 400, "gzip"),
+        ("br", b"{}", 415, "encoding"),
+    ],
+)
+async def test_unreadable_bodies_are_refused_and_dead_lettered(
+    harness: Harness, encoding: str, body: bytes, status: int, rule: str
+) -> None:
+    response = await harness.post("/v1/track", body, headers={"content-encoding": encoding})
+    assert response.status_code == status, response.text
+    assert response.json()["errors"][0]["rule"] == rule
+    [letter] = await harness.dead_letters()
+    assert letter["reasons"][0]["rule"] == rule and letter["source"] == DEV_SOURCE
+    assert await harness.events() == []
+
+
 async def test_no_write_key_no_ingest_and_no_dead_letter(harness: Harness) -> None:
     for key in ("wrong", "wk_0123abcd_notarealsecretatall"):
         response = await harness.post("/v1/track", track("m"), key=key)
