@@ -105,13 +105,17 @@ async def dead_letters(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[str | None, Query(max_length=200)] = None,
+    source: Annotated[str | None, Query(max_length=64)] = None,
 ) -> DeadLetterPage:
-    """Rejected events with their reasons, newest first, ``limit`` per page."""
+    """Rejected events with their reasons, newest first, ``limit`` per page.
+
+    ``before``: the ``next_before`` of the previous page; ``source``: one write key id.
+    """
     gateway: Gateway = request.app.state.gateway
     if gateway.dead_letters is None:
         raise HTTPException(404, "this gateway keeps no dead-letter list")
     try:
-        letters = await asyncio.to_thread(gateway.dead_letters.page, limit, before)
+        letters = await asyncio.to_thread(gateway.dead_letters.page, limit, before, source)
     except ValueError as error:
         raise HTTPException(400, f"before: {error}") from None
     return DeadLetterPage(

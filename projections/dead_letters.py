@@ -48,21 +48,27 @@ class DeadLetterLog:
         ]
         self._client.insert(self._table, rows, column_names=_COLUMNS)
 
-    def page(self, limit: int, before: str | None = None) -> list[DeadLetter]:
+    def page(
+        self, limit: int, before: str | None = None, source: str | None = None
+    ) -> list[DeadLetter]:
         """Up to ``limit`` letters, newest first, older than the cursor ``before``.
 
-        Raises ValueError for a cursor this log did not hand out.
+        ``source`` keeps one write key's letters. Raises ValueError for a cursor
+        this log did not hand out.
         """
-        where, parameters = "", dict[str, Any]({"limit": limit})
+        conditions, parameters = [], dict[str, Any]({"limit": limit})
+        if source is not None:
+            conditions.append("source = {source:String}")
+            parameters["source"] = source
         if before is not None:
             millis, _, letter_id = before.partition(":")
             if not millis.isdigit() or not letter_id:
                 raise ValueError("before must be a cursor from a previous page")
-            where = (
-                "WHERE (toUnixTimestamp64Milli(rejected_at), id) "
-                "< ({millis:Int64}, {letter_id:String})"
+            conditions.append(
+                "(toUnixTimestamp64Milli(rejected_at), id) < ({millis:Int64}, {letter_id:String})"
             )
             parameters.update({"millis": int(millis), "letter_id": letter_id})
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         result = self._client.query(
             f"SELECT {', '.join(_COLUMNS)} FROM {self._table} FINAL {where} "
             "ORDER BY rejected_at DESC, id DESC LIMIT {limit:UInt32}",

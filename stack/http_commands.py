@@ -39,6 +39,8 @@ def add_commands(commands: Any) -> None:
     _connection(letters, "admin")
     letters.add_argument("--limit", type=int, default=50)
     letters.add_argument("--json", action="store_true", help="one JSON object per line")
+    letters.add_argument("--source", help="only this write key id's letters")
+    letters.add_argument("--before", help="the cursor printed after a full page")
 
     history = commands.add_parser("import", help="import customers and orders from CSV files")
     _connection(history, "write")
@@ -124,7 +126,11 @@ def _keys(args: argparse.Namespace, url: str, admin_key: str) -> int:
 def _dead_letters(args: argparse.Namespace, url: str, admin_key: str) -> int:
     response = httpx.get(
         f"{url}/v1/dead-letters",
-        params={"limit": args.limit},
+        params={
+            k: v
+            for k, v in {"limit": args.limit, "source": args.source, "before": args.before}.items()
+            if v is not None
+        },
         headers={"Authorization": f"Bearer {admin_key}"},
         timeout=30,
     )
@@ -137,6 +143,9 @@ def _dead_letters(args: argparse.Namespace, url: str, admin_key: str) -> int:
         reasons = "; ".join(f"{r.get('field')}: {r.get('message')}" for r in letter["reasons"])
         print(f"{letter['rejected_at']}  {letter['source'] or '-':<10} {reasons}")
         print(f"    {letter['payload'][:200]}")
+    cursor = response.json()["next_before"]
+    if cursor and not args.json:
+        print(f"more: journeys dead-letters --before {cursor}")
     return 0
 
 

@@ -95,6 +95,9 @@ def test_dead_letters_page_newest_first_and_collapse_repeats(
     assert pages == [["id-6", "id-5", "id-4"], ["id-3", "id-2", "id-1"], ["id-0"]]
     with pytest.raises(ValueError):
         log.page(3, "yesterday")
+    log.append([DeadLetter("other", start, "s2", [], "{}")])
+    assert [d.id for d in log.page(10, source="s2")] == ["other"]
+    assert [d.id for d in log.page(2, letters[5].cursor, source="s")] == ["id-4", "id-3"]
 
 
 def test_foreign_and_worker_records_become_dead_letters_too(
