@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import analysis, customers, ingest
+from api import admin, analysis, customers, ingest
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
 from api.errors import install_error_handlers
@@ -26,6 +26,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(customers.router)
     app.include_router(analysis.router)
+    app.include_router(admin.router)
     install_dashboard(app)
 
     @app.get("/health", tags=["operations"])

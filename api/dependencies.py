@@ -7,8 +7,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.rate_limit import TokenBuckets
+from api.write_keys import WriteKeyRegistry
 from events.sink import EventSink
 from projections.customer_stages import CustomerStageView
+from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
 
 # A component's health: {"ok": bool, ...details}.
@@ -45,6 +48,11 @@ class Gateway:
     event_log: EventLog
     stages: CustomerStageView
     health_checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    # Tracking API (issue 3): write keys per source, dead letters, rate limit.
+    # Without a registry only the keys in ``keys.write_keys`` may write.
+    write_keys: WriteKeyRegistry | None = None
+    dead_letters: DeadLetterLog | None = None
+    rate_limit: TokenBuckets = field(default_factory=lambda: TokenBuckets(rate=0, burst=1))
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

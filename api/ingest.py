@@ -1,112 +1,423 @@
-"""Segment-compatible ingest: validate, then produce; 200 only after the broker acknowledged."""
+"""Segment-compatible ingest: validate, then produce; 200 only after the broker acknowledged.
+
+Every rejection is a 4xx whose body names the field and the rule, and (once
+the sender is authenticated) the rejected payload goes to the dead-letter
+topic with its reasons. Unauthenticated requests are not dead-lettered:
+anyone could fill the queue.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 from api.auth import basic_user
 from api.dependencies import Gateway
 from api.errors import problem
-from events.segment import (
-    IdentifyCall,
-    PageCall,
-    SegmentCall,
-    TrackCall,
-    describe_errors,
-    to_tracked_event,
-)
+from events.envelope import TrackedEvent
+from events.json_schemas import call_schemas
+from events.segment import CALL_MODELS, RejectedCall, SegmentCall, to_tracked_event, validate_call
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
-# Segment's limit for a single call.
+# Segment's limits: one call, one batch request, events per batch.
 MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_EVENTS = 2500
+# What is read at most, to find a writeKey in an oversize body and still name the
+# limit; beyond it the request is cut off unread (413, not dead-lettered).
+MAX_READ_BYTES = 4 * MAX_BATCH_BYTES
+# Dead letters keep at most this much of a payload (an oversize one is cut).
+MAX_DEAD_LETTER_PAYLOAD = 64 * 1024
+
+Problems = list[dict[str, Any]]
 
 
-async def _ingest(request: Request, model: type[SegmentCall]) -> Response:
-    gateway: Gateway = request.app.state.gateway
-    body = await request.body()
-    parsed: Any = None
-    parse_error: str | None = None
+def _documented_body(call_type: str) -> dict[str, Any]:
+    """OpenAPI text for a call's body: the same JSON Schema as ``/v1/schemas/<call>``.
+
+    The endpoints read the raw body themselves (gzip, limits, dead letters), so
+    FastAPI cannot derive it from a parameter.
+    """
+    schema = {k: v for k, v in call_schemas()[call_type].items() if k not in ("$schema", "$id")}
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+class _Refused(Exception):
+    """A request refused before its events were looked at."""
+
+    def __init__(
+        self, status: int, field: str, rule: str, message: str, payload: bytes = b""
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = {"field": field, "rule": rule, "message": message}
+        # What was read of the body, for the dead letter.
+        self.payload = payload
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, gunzipped when ``Content-Encoding: gzip``, at most MAX_READ_BYTES."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", ""):
+        raise _Refused(
+            415, "Content-Encoding", "encoding", f"unsupported Content-Encoding {encoding!r}"
+        )  # nothing read yet: the dead letter records the refusal itself
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > MAX_READ_BYTES:
+            raise _Refused(
+                413,
+                "body",
+                "max_request_size",
+                "request body exceeds what is read (2 MB)",
+                bytes(raw[:MAX_DEAD_LETTER_PAYLOAD]),
+            )
+    if encoding != "gzip":
+        return bytes(raw)
+    # wbits 16+: gzip framing. max_length bounds the output: no zip bombs.
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError as error:
-        parse_error = str(error)
+        body = inflater.decompress(bytes(raw), MAX_READ_BYTES + 1)
+    except zlib.error as error:
+        raise _Refused(
+            400, "body", "gzip", f"body is not valid gzip: {error}", bytes(raw)
+        ) from None
+    if len(body) > MAX_READ_BYTES:
+        raise _Refused(
+            413, "body", "max_request_size", "gunzipped body exceeds 2 MB", body[:MAX_READ_BYTES]
+        )
+    if not inflater.eof:
+        raise _Refused(400, "body", "gzip", "gzip body is truncated", bytes(raw))
+    return body
 
+
+async def _refused(request: Request, gateway: Gateway, refused: _Refused) -> Response:
+    """Answer a body that could not be read; dead-letter it when the sender is known.
+
+    Only an HTTP Basic key can be checked here (the body was not read); without
+    one, the refusal is answered but not kept, like any unauthenticated request.
+    """
+    source, _ = await _authenticate(request, gateway, None)
+    if source is not None:
+        await _dead_letter(gateway, refused.payload, [refused.reason], source)
+    return _rejection(refused.status, [refused.reason])
+
+
+def _parse(body: bytes) -> tuple[Any, str | None]:
+    try:
+        return (orjson.loads(body) if body else None), None
+    except orjson.JSONDecodeError as error:
+        return None, str(error)
+
+
+async def _authenticate(
+    request: Request, gateway: Gateway, parsed: Any
+) -> tuple[str | None, Response | None]:
+    """The sender's source id, or the 401 to answer."""
     key = basic_user(request)
-    if key is None and isinstance(parsed, dict):
-        key = parsed.get("writeKey") if isinstance(parsed.get("writeKey"), str) else None
-    if not gateway.keys.can_write(key):
-        # Unauthenticated payloads are not dead-lettered: anyone could fill the queue.
-        return problem(
+    if not key and isinstance(parsed, dict) and isinstance(parsed.get("writeKey"), str):
+        key = parsed["writeKey"]
+    source: str | None
+    if gateway.write_keys is not None:
+        source = await gateway.write_keys.source_of(key)
+    else:
+        source = "default" if gateway.keys.can_write(key) else None
+    if source is None:
+        return None, problem(
             401,
-            "a valid write key is required (HTTP Basic user, or writeKey)",
+            "a valid write key is required (HTTP Basic user with empty password, or writeKey)",
+            [{"field": "writeKey", "rule": "write_key", "message": "missing, unknown or revoked"}],
             headers={"WWW-Authenticate": 'Basic realm="journeys"'},
         )
+    return source, None
 
-    reasons: list[dict[str, Any]]
-    if len(body) > MAX_EVENT_BYTES:
+
+def _rate_limited(gateway: Gateway, source: str, events: int) -> Response | None:
+    wait = gateway.rate_limit.take(source, events)
+    if not wait:
+        return None
+    limit = f"{gateway.rate_limit.rate:g} events/s, bursts of {gateway.rate_limit.burst:g}"
+    return problem(
+        429,
+        f"rate limit of this write key exceeded ({limit}); retry later",
+        [{"field": "writeKey", "rule": "rate_limit", "message": limit}],
+        headers={"Retry-After": gateway.rate_limit.retry_after(wait)},
+    )
+
+
+async def _dead_letter(gateway: Gateway, payload: bytes, reasons: Problems, source: str) -> None:
+    if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+        payload = payload[:MAX_DEAD_LETTER_PAYLOAD]
         reasons = [
+            *reasons,
             {
-                "field": "body",
-                "rule": "max_size",
-                "message": f"an event may be at most {MAX_EVENT_BYTES // 1024} KB",
-            }
+                "field": "payload",
+                "rule": "truncated",
+                "message": f"payload cut to its first {MAX_DEAD_LETTER_PAYLOAD // 1024} KB",
+            },
         ]
-        await _dead_letter(gateway, body, reasons)
-        return problem(413, reasons[0]["message"], reasons)
-    if parse_error is not None or not isinstance(parsed, dict):
-        message = f"body is not a JSON object: {parse_error or 'got ' + type(parsed).__name__}"
-        reasons = [{"field": "body", "rule": "json_object", "message": message}]
-        await _dead_letter(gateway, body, reasons)
-        return problem(400, message, reasons)
     try:
-        call = model.model_validate(parsed)
-    except ValidationError as error:
-        reasons = describe_errors(error)
-        await _dead_letter(gateway, body, reasons)
-        return problem(400, "; ".join(f"{r['field']}: {r['message']}" for r in reasons), reasons)
-
-    event = to_tracked_event(call, received_at=datetime.now(UTC))
-    try:
-        await gateway.sink.publish([event])
-    except Exception:
-        log.exception("broker did not acknowledge event %s", event.event_id)
-        return problem(
-            503, "the event could not be stored; retry later", headers={"Retry-After": "1"}
-        )
-    return JSONResponse({"success": True})
-
-
-async def _dead_letter(gateway: Gateway, body: bytes, reasons: list[dict[str, Any]]) -> None:
-    try:
-        await gateway.sink.dead_letter(body, reasons)
+        await gateway.sink.dead_letter(payload, reasons, source)
     except Exception:
         # The sender still gets its 4xx; the loss of the dead letter itself is logged.
         log.exception("could not write dead letter: %s", reasons)
 
 
-@router.post("/track", summary="Record an action the customer performed (Segment track)")
+async def _publish(gateway: Gateway, events: list[TrackedEvent]) -> Response | None:
+    """Produce and wait for every ack; the 503 to answer when the broker did not ack."""
+    if not events:
+        return None
+    try:
+        await gateway.sink.publish(events)
+    except Exception:
+        log.exception("broker did not acknowledge %d events", len(events))
+        return problem(
+            503, "the events could not be stored; retry later", headers={"Retry-After": "1"}
+        )
+    return None
+
+
+def _rejection(status: int, reasons: Problems) -> Response:
+    return problem(status, "; ".join(f"{r['field']}: {r['message']}" for r in reasons), reasons)
+
+
+async def _ingest(request: Request, model: type[SegmentCall]) -> Response:
+    """One call: read, authenticate, limit, validate, produce."""
+    gateway: Gateway = request.app.state.gateway
+    try:
+        body = await _read_body(request)
+    except _Refused as refused:
+        return await _refused(request, gateway, refused)
+    parsed, parse_error = _parse(body)
+    source, denied = await _authenticate(request, gateway, parsed)
+    if source is None:
+        return denied or problem(401, "unauthenticated")
+    limited = _rate_limited(gateway, source, 1)
+    if limited is not None:
+        return limited
+
+    reasons: Problems
+    if len(body) > MAX_EVENT_BYTES:
+        reasons = [
+            {
+                "field": "body",
+                "rule": "max_event_size",
+                "message": f"an event may be at most {MAX_EVENT_BYTES // 1024} KB "
+                f"(this one is {len(body) / 1024:.1f} KB)",
+            }
+        ]
+        await _dead_letter(gateway, body, reasons, source)
+        return _rejection(413, reasons)
+    if parse_error is not None or not isinstance(parsed, dict):
+        message = f"body is not a JSON object: {parse_error or 'got ' + type(parsed).__name__}"
+        reasons = [{"field": "body", "rule": "json_object", "message": message}]
+        await _dead_letter(gateway, body, reasons, source)
+        return _rejection(400, reasons)
+    try:
+        call = validate_call(model, parsed)
+    except RejectedCall as rejected:
+        await _dead_letter(gateway, body, rejected.problems, source)
+        return _rejection(400, rejected.problems)
+
+    event = to_tracked_event(call, received_at=datetime.now(UTC), source=source)
+    failed = await _publish(gateway, [event])
+    return failed or JSONResponse({"success": True})
+
+
+def _batch_item(
+    index: int, item: Any, sent_at: Any, received_at: datetime, source: str
+) -> tuple[TrackedEvent | None, Problems]:
+    """One item of a batch as an envelope, or its problems (fields prefixed ``batch[i]``)."""
+    where = f"batch[{index}]"
+    if not isinstance(item, dict):
+        message = f"each item must be a JSON object, got {type(item).__name__}"
+        return None, [{"field": where, "rule": "json_object", "message": message}]
+    size = len(orjson.dumps(item))
+    if size > MAX_EVENT_BYTES:
+        message = f"an event may be at most {MAX_EVENT_BYTES // 1024} KB (this one is {size} B)"
+        return None, [{"field": where, "rule": "max_event_size", "message": message}]
+    call_type = item.get("type")
+    model = CALL_MODELS.get(call_type) if isinstance(call_type, str) else None
+    if model is None:
+        message = f"type must be one of {', '.join(CALL_MODELS)}; got {call_type!r}"
+        return None, [{"field": f"{where}.type", "rule": "call_type", "message": message}]
+    if sent_at is not None and "sentAt" not in item:
+        item = {**item, "sentAt": sent_at}  # the batch's sentAt stands for its items'
+    try:
+        call = validate_call(model, item)
+    except RejectedCall as rejected:
+        return None, [
+            {**p, "field": f"{where}.{p['field']}" if p["field"] != "body" else where}
+            for p in rejected.problems
+        ]
+    return to_tracked_event(call, received_at=received_at, source=source), []
+
+
+@router.post(
+    "/batch",
+    summary="Many calls in one request (Segment batch)",
+    openapi_extra=_documented_body("batch"),
+)
+async def batch(request: Request) -> Response:
+    """Segment ``batch``: ``{"batch": [{"type": "track", ...}, ...], "sentAt": ...}``.
+
+    Valid items are accepted (one round of broker acks for all); invalid ones
+    are reported by index and dead-lettered. All valid: 200. Any invalid: 400
+    with ``accepted``, ``rejected`` and the ``errors`` of each rejected item.
+    """
+    gateway: Gateway = request.app.state.gateway
+    try:
+        body = await _read_body(request)
+    except _Refused as refused:
+        return await _refused(request, gateway, refused)
+    parsed, parse_error = _parse(body)
+    source, denied = await _authenticate(request, gateway, parsed)
+    if source is None:
+        return denied or problem(401, "unauthenticated")
+    items = parsed.get("batch") if isinstance(parsed, dict) else None
+    limited = _rate_limited(gateway, source, len(items) if isinstance(items, list) else 1)
+    if limited is not None:
+        return limited
+
+    reasons: Problems
+    if len(body) > MAX_BATCH_BYTES:
+        reasons = [
+            {
+                "field": "body",
+                "rule": "max_batch_size",
+                "message": f"a batch request may be at most {MAX_BATCH_BYTES // 1024} KB "
+                f"(this one is {len(body) / 1024:.1f} KB)",
+            }
+        ]
+        await _dead_letter(gateway, body, reasons, source)
+        return _rejection(413, reasons)
+    if parse_error is not None or not isinstance(parsed, dict):
+        message = f"body is not a JSON object: {parse_error or 'got ' + type(parsed).__name__}"
+        reasons = [{"field": "body", "rule": "json_object", "message": message}]
+        await _dead_letter(gateway, body, reasons, source)
+        return _rejection(400, reasons)
+    if not isinstance(items, list):
+        reasons = [{"field": "batch", "rule": "list_type", "message": "batch must be a list"}]
+        await _dead_letter(gateway, body, reasons, source)
+        return _rejection(400, reasons)
+    if len(items) > MAX_BATCH_EVENTS:
+        message = f"a batch may hold at most {MAX_BATCH_EVENTS} events (this one has {len(items)})"
+        reasons = [{"field": "batch", "rule": "max_batch_events", "message": message}]
+        await _dead_letter(gateway, body, reasons, source)
+        return _rejection(400, reasons)
+
+    received_at = datetime.now(UTC)
+    sent_at = parsed.get("sentAt")
+    accepted: list[TrackedEvent] = []
+    errors: Problems = []
+    letters = []
+    for index, item in enumerate(items):
+        event, problems = _batch_item(index, item, sent_at, received_at, source)
+        if event is not None:
+            accepted.append(event)
+            continue
+        errors.extend({"index": index, **p} for p in problems)
+        letters.append(_dead_letter(gateway, orjson.dumps(item), problems, source))
+    failed = await _publish(gateway, accepted)
+    await asyncio.gather(*letters)
+    if failed is not None:
+        return failed
+    if not errors:
+        return JSONResponse({"success": True})
+    rejected = len({e["index"] for e in errors})
+    message = f"{rejected} of {len(items)} events rejected, {len(accepted)} accepted: " + "; ".join(
+        f"{e['field']}: {e['message']}" for e in errors[:20]
+    )
+    body_out = {
+        "success": False,
+        "message": message,
+        "accepted": len(accepted),
+        "rejected": rejected,
+        "errors": errors,
+    }
+    return JSONResponse(status_code=400, content=body_out)
+
+
+@router.post(
+    "/track",
+    summary="Record an action the customer performed (Segment track)",
+    openapi_extra=_documented_body("track"),
+)
 async def track(request: Request) -> Response:
     """Segment ``track`` call: ``{"userId"|"anonymousId", "event", "properties", ...}``."""
-    return await _ingest(request, TrackCall)
+    return await _ingest(request, CALL_MODELS["track"])
 
 
-@router.post("/page", summary="Record a page view (Segment page)")
+@router.post(
+    "/page", summary="Record a page view (Segment page)", openapi_extra=_documented_body("page")
+)
 async def page(request: Request) -> Response:
     """Segment ``page`` call; counts as browsing."""
-    return await _ingest(request, PageCall)
+    return await _ingest(request, CALL_MODELS["page"])
 
 
-@router.post("/identify", summary="Say who the customer is (Segment identify)")
+@router.post(
+    "/screen",
+    summary="Record an app screen view (Segment screen)",
+    openapi_extra=_documented_body("screen"),
+)
+async def screen(request: Request) -> Response:
+    """Segment ``screen`` call; counts as browsing."""
+    return await _ingest(request, CALL_MODELS["screen"])
+
+
+@router.post(
+    "/identify",
+    summary="Say who the customer is (Segment identify)",
+    openapi_extra=_documented_body("identify"),
+)
 async def identify(request: Request) -> Response:
     """Segment ``identify`` call with traits."""
-    return await _ingest(request, IdentifyCall)
+    return await _ingest(request, CALL_MODELS["identify"])
+
+
+@router.post(
+    "/group",
+    summary="Put the customer in a group (Segment group)",
+    openapi_extra=_documented_body("group"),
+)
+async def group(request: Request) -> Response:
+    """Segment ``group`` call: ``groupId`` and group traits."""
+    return await _ingest(request, CALL_MODELS["group"])
+
+
+@router.post(
+    "/alias",
+    summary="Link an earlier id to the customer (Segment alias)",
+    openapi_extra=_documented_body("alias"),
+)
+async def alias(request: Request) -> Response:
+    """Segment ``alias`` call: ``previousId`` and ``userId`` are one customer."""
+    return await _ingest(request, CALL_MODELS["alias"])
+
+
+@router.get("/schemas", summary="The JSON Schemas of every call and canonical event type")
+async def schemas() -> dict[str, Any]:
+    """Every schema document by name (``track``, ``batch``, ``cart.properties``, …)."""
+    return {"version": "v1", "schemas": call_schemas()}
+
+
+@router.get("/schemas/{name}", summary="One JSON Schema document")
+async def schema(name: str) -> dict[str, Any]:
+    """One schema document, e.g. ``/v1/schemas/track`` or ``/v1/schemas/cart.properties``."""
+    documents = call_schemas()
+    if name not in documents:
+        raise HTTPException(404, f"no schema {name!r}; known: {', '.join(sorted(documents))}")
+    return documents[name]

@@ -11,18 +11,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from events.segment import IdentifyCall, PageCall, SegmentCall, TrackCall
+from pydantic import BaseModel
+
+from events.ecommerce import PROPERTIES_BY_TYPE
+from events.segment import CALL_MODELS, BatchRequest
 
 SCHEMA_VERSION = "v1"
-CALLS: dict[str, type[SegmentCall]] = {
-    "track": TrackCall,
-    "page": PageCall,
-    "identify": IdentifyCall,
+# One document per call type (``track``…, ``batch``) and one per canonical event
+# type's properties (``cart.properties``…).
+CALLS: dict[str, type[BaseModel]] = {
+    **CALL_MODELS,
+    "batch": BatchRequest,
+    **{f"{kind.value}.properties": model for kind, model in PROPERTIES_BY_TYPE.items()},
 }
 
 
 def call_schemas() -> dict[str, dict[str, Any]]:
-    """Each call's JSON Schema, keyed by call type."""
+    """Each JSON Schema document, keyed by its name (the file's stem)."""
     documents = {}
     for name, model in CALLS.items():
         schema = model.model_json_schema()

@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
 )
 
+from events.ecommerce import check_properties
 from events.envelope import TrackedEvent
 from events.types import event_type_for
 
@@ -26,6 +27,9 @@ from events.types import event_type_for
 # receivedAt + MAX_FUTURE_SKEW: a device clock that far off is wrong, and a far
 # future timestamp would otherwise sit at the end of every funnel.
 MAX_FUTURE_SKEW = timedelta(hours=1)
+# Times before this are a broken clock too (and outside the event log's range):
+# they are replaced by the arrival time and flagged like a clamped future.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 Identifier = Annotated[str, Field(min_length=1, max_length=255)]
 
@@ -35,6 +39,8 @@ class SegmentCall(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
+    # Each call narrows this to its own literal ("track", "page", …).
+    type: str = ""
     anonymousId: Identifier | None = None
     # Declared after anonymousId so its validator sees it; validated even when absent.
     userId: Identifier | None = Field(default=None, validate_default=True)
@@ -75,6 +81,14 @@ class PageCall(SegmentCall):
     properties: dict[str, Any] = Field(default_factory=dict)
 
 
+class ScreenCall(SegmentCall):
+    """``/v1/screen``: the customer viewed an app screen (counts as browsing)."""
+
+    type: Literal["screen"] = "screen"
+    name: Annotated[str, Field(max_length=200)] | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
 class IdentifyCall(SegmentCall):
     """``/v1/identify``: who the customer is, with traits."""
 
@@ -82,12 +96,80 @@ class IdentifyCall(SegmentCall):
     traits: dict[str, Any] = Field(default_factory=dict)
 
 
+class GroupCall(SegmentCall):
+    """``/v1/group``: the customer belongs to a group (a company, a household)."""
+
+    type: Literal["group"] = "group"
+    groupId: Identifier
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+
+class AliasCall(SegmentCall):
+    """``/v1/alias``: ``previousId`` (an earlier id) and ``userId`` are the same customer."""
+
+    type: Literal["alias"] = "alias"
+    previousId: Identifier
+
+
+class BatchRequest(BaseModel):
+    """``/v1/batch``: calls, each with its ``type``; ``sentAt`` stands in for items lacking one."""
+
+    model_config = ConfigDict(extra="allow")
+
+    batch: list[dict[str, Any]]
+    sentAt: datetime | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    writeKey: str | None = None
+
+
+# Call type → model, for the endpoints and the items of a batch.
+CALL_MODELS: dict[str, type[SegmentCall]] = {
+    "track": TrackCall,
+    "page": PageCall,
+    "screen": ScreenCall,
+    "identify": IdentifyCall,
+    "group": GroupCall,
+    "alias": AliasCall,
+}
+
+
+class RejectedCall(ValueError):
+    """A call that failed validation; ``problems`` name each field and rule."""
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{p['field']}: {p['message']}" for p in problems))
+        self.problems = problems
+
+
+def validate_call(model: type[SegmentCall], payload: Any) -> SegmentCall:
+    """``payload`` as a call of ``model``, spec properties typed; raises :class:`RejectedCall`.
+
+    Unknown event names and unknown properties are kept; only spec properties of
+    the wrong type (``properties.price``) are rejected.
+    """
+    try:
+        call = model.model_validate(payload)
+    except ValidationError as error:
+        raise RejectedCall(describe_errors(error)) from None
+    name, properties, field = _content(call)
+    problems = check_properties(event_type_for(call.type, name), name, properties, field)
+    if problems:
+        raise RejectedCall(problems)
+    return call
+
+
 def event_time(call: SegmentCall, received_at: datetime) -> datetime:
     """When the event happened, corrected for the device's clock skew.
 
     Segment's rule: ``timestamp = receivedAt - (sentAt - originalTimestamp)``
     when the SDK sent both; else the explicit ``timestamp``; else arrival.
+    Times further ahead than :data:`MAX_FUTURE_SKEW` are clamped.
     """
+    return _event_time(call, received_at)[0]
+
+
+def _event_time(call: SegmentCall, received_at: datetime) -> tuple[datetime, bool]:
+    """The event time and whether it had to be clamped."""
     original = call.originalTimestamp
     if original is not None and call.sentAt is not None:
         try:
@@ -101,32 +183,51 @@ def event_time(call: SegmentCall, received_at: datetime) -> datetime:
         happened = _utc(original)
     else:
         happened = received_at
-    return min(happened, received_at + MAX_FUTURE_SKEW)
+    latest = received_at + MAX_FUTURE_SKEW
+    if happened > latest:
+        return latest, True
+    if happened < EARLIEST_EVENT_TIME:
+        return received_at, True
+    return happened, False
 
 
-def to_tracked_event(call: SegmentCall, received_at: datetime) -> TrackedEvent:
-    """The canonical envelope for a validated call."""
-    call_type: str
+def _content(call: SegmentCall) -> tuple[str, dict[str, Any], str]:
+    """The event name, the properties and where they sit in the call."""
     if isinstance(call, TrackCall):
-        call_type, name, properties = call.type, call.event, call.properties
-    elif isinstance(call, PageCall):
-        call_type, name, properties = call.type, call.name or "Page Viewed", call.properties
-    elif isinstance(call, IdentifyCall):
-        call_type, name, properties = call.type, "Identify", call.traits
-    else:  # pragma: no cover - every call model is listed above
-        raise TypeError(f"unsupported call {type(call).__name__}")
+        return call.event, call.properties, "properties"
+    if isinstance(call, PageCall):
+        return call.name or "Page Viewed", call.properties, "properties"
+    if isinstance(call, ScreenCall):
+        return call.name or "Screen Viewed", call.properties, "properties"
+    if isinstance(call, IdentifyCall):
+        return "Identify", call.traits, "traits"
+    if isinstance(call, GroupCall):
+        return "Group", {**call.traits, "group_id": call.groupId}, "traits"
+    if isinstance(call, AliasCall):
+        return "Alias", {"previous_id": call.previousId}, "previousId"
+    raise TypeError(f"unsupported call {type(call).__name__}")
+
+
+def to_tracked_event(call: SegmentCall, received_at: datetime, source: str = "") -> TrackedEvent:
+    """The canonical envelope for a validated call that arrived with write key ``source``."""
+    name, properties, _ = _content(call)
+    happened, clamped = _event_time(call, received_at)
     return TrackedEvent(
         event_id=call.messageId or str(uuid.uuid4()),
         customer_key=call.customer_key,
-        call_type=call_type,
-        event_type=event_type_for(call_type, name),
+        call_type=call.type,
+        event_type=event_type_for(call.type, name),
         event_name=name,
-        timestamp=event_time(call, received_at),
+        timestamp=happened,
         received_at=received_at,
         user_id=call.userId,
         anonymous_id=call.anonymousId,
         properties=properties,
         context=call.context,
+        source=source,
+        original_timestamp=_utc(call.originalTimestamp) if call.originalTimestamp else None,
+        sent_at=_utc(call.sentAt) if call.sentAt else None,
+        timestamp_clamped=clamped,
     )
 
 

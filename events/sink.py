@@ -18,5 +18,7 @@ class EventSink(Protocol):
     async def publish(self, events: Sequence[TrackedEvent]) -> None:
         """Return only once every event is durably stored (the broker acknowledged)."""
 
-    async def dead_letter(self, payload: bytes, reasons: Sequence[dict[str, Any]]) -> None:
-        """Keep a rejected payload with the reasons it was rejected."""
+    async def dead_letter(
+        self, payload: bytes, reasons: Sequence[dict[str, Any]], source: str = ""
+    ) -> None:
+        """Keep a rejected payload with the reasons it was rejected and its source (key id)."""

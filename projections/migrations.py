@@ -65,6 +65,38 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        2,
+        "tracking API: dead letters and write keys",
+        [
+            # One row per rejected event, keyed by the id the gateway gave it: the
+            # dead-letter agent consumes at least once, a re-insert collapses.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.dead_letters (
+                id String,
+                rejected_at DateTime64(3, 'UTC'),
+                source String,
+                reasons String,
+                payload String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(rejected_at)
+            ORDER BY (rejected_at, id)
+            """,
+            # Write keys: only a sha256 of the secret is kept. Revoking writes a newer
+            # version of the row; the highest version wins (queries read FINAL).
+            """
+            CREATE TABLE IF NOT EXISTS {db}.write_keys (
+                key_id String,
+                name String,
+                secret_sha256 String,
+                created_at DateTime64(3, 'UTC'),
+                revoked_at Nullable(DateTime64(3, 'UTC')),
+                version UInt64
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY key_id
+            """,
+        ],
+    ),
 ]
 
 

@@ -10,15 +10,22 @@ from urllib.parse import unquote, urlsplit
 from clickhouse_connect.driver.client import Client
 
 from api.dependencies import AccessKeys, Gateway, HealthCheck
+from api.rate_limit import TokenBuckets
+from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
 from projections.clickhouse import connect, database_name
 from projections.customer_stages import CustomerStageView
+from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
 from projections.migrations import migrate
+from projections.write_keys import WriteKeyStore
 from stack.settings import Settings
 from streams.app import JourneyStreams
+from streams.confluent_sink import ConfluentEventSink
 from streams.pipeline import JourneyPipeline
 from streams.producer import KafkaEventSink
+
+GatewaySink = KafkaEventSink | ConfluentEventSink
 
 
 @dataclass
@@ -30,6 +37,8 @@ class Platform:
     event_log: EventLog
     stages: CustomerStageView
     journeys: JourneyApplication
+    dead_letters: DeadLetterLog
+    write_keys: WriteKeyStore
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores."""
@@ -75,12 +84,18 @@ def build_platform(settings: Settings) -> Platform:
         event_log=EventLog(clickhouse, database),
         stages=CustomerStageView(clickhouse, database),
         journeys=JourneyApplication(env=event_store_env(settings)),
+        dead_letters=DeadLetterLog(clickhouse, database),
+        write_keys=WriteKeyStore(clickhouse, database),
     )
 
 
-def build_gateway(
-    platform: Platform, sink: KafkaEventSink, streams: JourneyStreams | None
-) -> Gateway:
+def event_sink(settings: Settings) -> GatewaySink:
+    """The gateway's producer, as ``JOURNEYS_GATEWAY_PRODUCER`` chooses (see architecture.md)."""
+    kind = ConfluentEventSink if settings.gateway_producer == "confluent" else KafkaEventSink
+    return kind(settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic)
+
+
+def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams | None) -> Gateway:
     """The API's collaborators, with a health check per component."""
     settings = platform.settings
 
@@ -118,4 +133,11 @@ def build_gateway(
         event_log=platform.event_log,
         stages=platform.stages,
         health_checks=checks,
+        write_keys=WriteKeyRegistry(
+            platform.write_keys,
+            {settings.write_key: DEV_SOURCE} if settings.write_key else {},
+            cache_seconds=settings.write_key_cache_s,
+        ),
+        dead_letters=platform.dead_letters,
+        rate_limit=TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst),
     )

@@ -6,6 +6,9 @@ journeys worker   the journey worker alone (scale-out)
 journeys api      the API alone (scale-out, needs a ClickHouse server)
 journeys topics   create the platform's topics
 journeys demo     stream synthetic storefront traffic to a running platform
+journeys keys create NAME | list | revoke KEY_ID   write keys (admin key, over HTTP)
+journeys dead-letters                            rejected events, newest first
+journeys import customers.csv orders.csv         history import through /v1/batch
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from types import FrameType
 
 import httpx
 
-from stack import demo
+from stack import demo, http_commands
 from stack.broker import EmbeddedBroker
 from stack.processes import port_open, spawn, stop, wait_until
 from stack.settings import Settings
@@ -244,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="the journey worker alone")
     commands.add_parser("api", help="the API alone (needs a ClickHouse server)")
     commands.add_parser("topics", help="create the platform's topics")
+    http_commands.add_commands(commands)
     args = parser.parse_args(argv)
     settings = Settings()
+    if args.command in http_commands.COMMANDS:
+        return http_commands.run(args, settings)
 
     if args.command == "up":
         return up(settings, demo_rate=args.demo)

@@ -19,10 +19,9 @@ from mode import Service
 from mode.types import ServiceT
 
 from api.app import create_api
-from stack.bootstrap import Platform, build_gateway, build_platform
+from stack.bootstrap import Platform, build_gateway, build_platform, event_sink
 from stack.settings import Settings
 from streams.app import JourneyStreams
-from streams.producer import KafkaEventSink
 from streams.topics import end_offsets
 
 log = logging.getLogger(__name__)
@@ -52,9 +51,7 @@ class ApiServer(Service):
         self.platform = platform
         self.streams = streams
         settings = platform.settings
-        self.sink = KafkaEventSink(
-            settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic
-        )
+        self.sink = event_sink(settings)
         api = create_api(build_gateway(platform, self.sink, streams))
         config = uvicorn.Config(
             api,
@@ -123,7 +120,7 @@ def run_worker(settings: Settings) -> None:
 
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
     platform = build_platform(settings)
-    streams = JourneyStreams(settings, platform.pipeline())
+    streams = JourneyStreams(settings, platform.pipeline(), platform.dead_letters)
     services: list[ServiceT] = [ApiServer(platform, streams)] if with_api else []
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
     try:
@@ -140,9 +137,7 @@ def run_api(settings: Settings) -> None:
             "folder can be opened by one process only, the worker's; use `journeys node`"
         )
     platform = build_platform(settings)
-    sink = KafkaEventSink(
-        settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic
-    )
+    sink = event_sink(settings)
     api = create_api(build_gateway(platform, sink, streams=None))
 
     @contextlib.asynccontextmanager

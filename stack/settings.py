@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     read_key: str = ""
     # Manages keys, webhooks and rules, lists dead letters.
     admin_key: str = ""
+    # Write keys created through the API are cached this long by each replica:
+    # a key revoked through another replica stops working within this time.
+    write_key_cache_s: float = Field(default=5.0, ge=0)
+    # Per write key token bucket (events per second, burst); 0 turns it off.
+    ingest_rate_per_s: float = Field(default=2000.0, ge=0)
+    ingest_burst: int = Field(default=10000, ge=1)
+    # The gateway's Kafka producer: librdkafka (confluent-kafka) measured 1.2-2.7x
+    # aiokafka's rate under concurrent requests (docs/architecture.md).
+    gateway_producer: Literal["confluent", "aiokafka"] = "confluent"
+    # Where the CLI's HTTP commands (keys, dead-letters, import) find the API;
+    # empty: http://<api_host>:<api_port>.
+    api_url: str = ""
 
     # Journey worker batching: one event-store transaction and one ClickHouse
     # insert per batch; `batch_within_s` bounds how long an event waits for company.
@@ -99,6 +111,11 @@ class Settings(BaseSettings):
     def all_topics(self) -> list[str]:
         """Topics the platform creates at start-up."""
         return [self.events_topic, self.dead_letter_topic, self.stage_changes_topic]
+
+    @property
+    def api_base_url(self) -> str:
+        """The API's URL for clients (the CLI's HTTP commands)."""
+        return self.api_url.rstrip("/") or f"http://{self.api_host}:{self.api_port}"
 
     @property
     def chdb_path(self) -> Path:

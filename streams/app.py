@@ -16,16 +16,24 @@ import faust
 import orjson
 from faust.types import EventT
 
+from projections.dead_letters import DeadLetterLog
 from stack.settings import Settings
+from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
 
 
 class JourneyStreams:
     """The Faust app of the worker, with its topics and the journey agent."""
 
-    def __init__(self, settings: Settings, pipeline: JourneyPipeline) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: JourneyPipeline,
+        dead_letters: DeadLetterLog | None = None,
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.dead_letters = dead_letters
         self.app = faust.App(
             settings.worker_group,
             broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
@@ -52,6 +60,8 @@ class JourneyStreams:
             settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
         )
         self.app.agent(self.events_topic, name="journey")(self._journey_agent)
+        if dead_letters is not None:
+            self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
 
     async def _journey_agent(self, stream: faust.StreamT[bytes]) -> None:
         assert isinstance(stream, faust.Stream)  # take_events is missing from StreamT
@@ -65,6 +75,24 @@ class JourneyStreams:
                 # Published before the commit: at least once, never lost.
                 await self._publish_outcomes(prepared)
                 await asyncio.to_thread(self.pipeline.commit, prepared)
+
+    async def _dead_letter_agent(self, stream: faust.StreamT[bytes]) -> None:
+        """Keep every dead letter in ClickHouse so the API can list it (at least once)."""
+        assert isinstance(stream, faust.Stream) and self.dead_letters is not None
+        log = self.dead_letters
+        async for events in stream.take_events(
+            self.settings.batch_max_events, within=self.settings.batch_within_s
+        ):
+            records = [
+                DeadLetterRecord(
+                    partition=event.message.partition,
+                    offset=event.message.offset,
+                    value=event.message.value or b"",
+                    timestamp=event.message.timestamp,
+                )
+                for event in events
+            ]
+            await asyncio.to_thread(store_dead_letters, log, records, self.settings.kafka_epoch)
 
     def _by_partition(self, events: Sequence[EventT]) -> list[PartitionBatch]:
         records: dict[int, list[tuple[int, bytes]]] = defaultdict(list)

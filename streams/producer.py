@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -56,9 +57,14 @@ class KafkaEventSink:
         ]
         await asyncio.gather(*sends)
 
-    async def dead_letter(self, payload: bytes, reasons: Sequence[dict[str, Any]]) -> None:
-        """Keep the rejected payload, its reasons and when it was rejected."""
+    async def dead_letter(
+        self, payload: bytes, reasons: Sequence[dict[str, Any]], source: str = ""
+    ) -> None:
+        """Keep the rejected payload, its reasons, its source and when it was rejected."""
         record = {
+            # The id makes the dead-letter agent's at-least-once inserts idempotent.
+            "id": str(uuid.uuid4()),
+            "source": source,
             "rejected_at": datetime.now(UTC).isoformat(),
             "reasons": list(reasons),
             "payload": payload.decode("utf-8", errors="replace"),

@@ -1,0 +1,177 @@
+"""CLI commands that talk to a running API: write keys, dead letters, history import.
+
+They are HTTP clients on purpose: the node holds the chdb folder (one process
+per folder), so the CLI cannot open it while the node runs; and in scale-out
+the API is the one way in anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from events.history import batches, plan_import
+from stack.settings import Settings
+
+# Requests of the import: well under the 500 KB and 2500-event batch limits.
+IMPORT_BATCH_EVENTS = 200
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``keys``, ``dead-letters`` and ``import`` on the CLI's subparsers."""
+    keys = commands.add_parser("keys", help="create, list or revoke write keys (admin key)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new write key for a source")
+    create.add_argument("name", help="the source, e.g. shop-eu")
+    listing = actions.add_parser("list", help="every write key, without secrets")
+    revoke = actions.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("key_id")
+    # On each action, so the flags go where users put them: `keys list --url …`.
+    for action in (create, listing, revoke):
+        _connection(action, "admin")
+
+    letters = commands.add_parser("dead-letters", help="list rejected events, newest first")
+    _connection(letters, "admin")
+    letters.add_argument("--limit", type=int, default=50)
+    letters.add_argument("--json", action="store_true", help="one JSON object per line")
+    letters.add_argument("--source", help="only this write key id's letters")
+    letters.add_argument("--before", help="the cursor printed after a full page")
+
+    history = commands.add_parser("import", help="import customers and orders from CSV files")
+    _connection(history, "write")
+    history.add_argument("files", nargs="+", type=Path, help="customers.csv, orders.csv")
+    history.add_argument("--dry-run", action="store_true", help="validate only; send nothing")
+
+
+COMMANDS = ("keys", "dead-letters", "import")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one of :data:`COMMANDS`; returns the exit code."""
+    url = args.url or settings.api_base_url
+    try:
+        if args.command == "keys":
+            return _keys(args, url, _key(args, settings, "admin"))
+        if args.command == "dead-letters":
+            return _dead_letters(args, url, _key(args, settings, "admin"))
+        return _import(args, url, _key(args, settings, "write"))
+    except httpx.HTTPError as error:
+        print(f"cannot reach the API at {url}: {error}", file=sys.stderr)
+        return 2
+
+
+def _connection(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument(
+        "--url", default="", help="the API (default: JOURNEYS_API_URL, or host:port)"
+    )
+    parser.add_argument(
+        f"--{kind}-key",
+        default="",
+        help=f"default: JOURNEYS_{kind.upper()}_KEY, or data/dev-keys.json of `journeys up`",
+    )
+
+
+def _key(args: argparse.Namespace, settings: Settings, kind: str) -> str:
+    given = getattr(args, f"{kind}_key") or getattr(settings, f"{kind}_key")
+    if given:
+        return str(given)
+    stored = settings.data_dir / "dev-keys.json"
+    if stored.exists():
+        return str(json.loads(stored.read_text()).get(f"{kind}_key", ""))
+    return ""
+
+
+def _failed(response: httpx.Response) -> bool:
+    if response.is_success:
+        return False
+    try:
+        message = response.json().get("message", response.text)
+    except ValueError:
+        message = response.text
+    print(f"the API answered {response.status_code}: {message}", file=sys.stderr)
+    return True
+
+
+def _keys(args: argparse.Namespace, url: str, admin_key: str) -> int:
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        if args.action == "create":
+            response = client.post("/v1/write-keys", json={"name": args.name})
+            if _failed(response):
+                return 1
+            created = response.json()
+            print(f"write key for {created['name']} (id {created['key_id']}), shown only now:")
+            print(created["write_key"])
+            return 0
+        if args.action == "revoke":
+            response = client.delete(f"/v1/write-keys/{args.key_id}")
+            if _failed(response):
+                return 1
+            print(f"revoked {args.key_id}")
+            return 0
+        response = client.get("/v1/write-keys")
+        if _failed(response):
+            return 1
+        for key in response.json():
+            state = "active" if key["active"] else f"revoked {key['revoked_at']}"
+            print(f"{key['key_id']}  {key['name']:<30} created {key['created_at']}  {state}")
+        return 0
+
+
+def _dead_letters(args: argparse.Namespace, url: str, admin_key: str) -> int:
+    response = httpx.get(
+        f"{url}/v1/dead-letters",
+        params={
+            k: v
+            for k, v in {"limit": args.limit, "source": args.source, "before": args.before}.items()
+            if v is not None
+        },
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=30,
+    )
+    if _failed(response):
+        return 1
+    for letter in response.json()["dead_letters"]:
+        if args.json:
+            print(json.dumps(letter))
+            continue
+        reasons = "; ".join(f"{r.get('field')}: {r.get('message')}" for r in letter["reasons"])
+        print(f"{letter['rejected_at']}  {letter['source'] or '-':<10} {reasons}")
+        print(f"    {letter['payload'][:200]}")
+    cursor = response.json()["next_before"]
+    if cursor and not args.json:
+        print(f"more: journeys dead-letters --before {cursor}")
+    return 0
+
+
+def _import(args: argparse.Namespace, url: str, write_key: str) -> int:
+    plans = []
+    for path in args.files:
+        if not path.exists():
+            print(f"{path}: no such file", file=sys.stderr)
+            return 2
+        plan = plan_import(path)
+        plans.append(plan)
+        print(f"{path}: {plan.rows} rows, {len(plan.calls)} events, {len(plan.problems)} bad rows")
+        for problem in plan.problems:
+            print(f"  {problem}", file=sys.stderr)
+    calls = [call for plan in plans for call in plan.calls]
+    bad = sum(len(plan.problems) for plan in plans)
+    if args.dry_run or not calls:
+        return 1 if bad else 0
+    sent = 0
+    with httpx.Client(base_url=url, auth=(write_key, ""), timeout=60) as client:
+        for chunk in batches(calls, IMPORT_BATCH_EVENTS):
+            response = client.post("/v1/batch", json={"batch": chunk})
+            if _failed(response):
+                print(f"stopped after {sent} of {len(calls)} events", file=sys.stderr)
+                return 1
+            sent += len(chunk)
+            print(f"\rsent {sent}/{len(calls)} events", end="", flush=True)
+    print(f"\nimported {sent} events as history; {bad} bad rows skipped")
+    return 1 if bad else 0

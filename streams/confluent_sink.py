@@ -1,0 +1,140 @@
+"""The gateway's producer on librdkafka (confluent-kafka), for the event loop.
+
+librdkafka produces from its own threads and reports deliveries through
+``poll()``; a thread of ours polls and resolves each request's future on the
+event loop. ``publish`` returns once every event of the request is acked
+(acks=all), as :class:`streams.producer.KafkaEventSink` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from events import TrackedEvent
+
+
+class _Acks:
+    """Counts one request's delivery reports; resolves ``future`` on the loop at the last."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expected: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = expected
+        self.error: KafkaError | None = None
+
+    def delivered(self, error: KafkaError | None, _message: Message) -> None:
+        # Runs on the poll thread, one report at a time (poll is not re-entered).
+        if error is not None and self.error is None:
+            self.error = error
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if self.future.done():
+            return
+        if self.error is not None:
+            self.future.set_exception(KafkaException(self.error))
+        else:
+            self.future.set_result(None)
+
+
+class ConfluentEventSink:
+    """Produces accepted events keyed by customer, acks=all, through librdkafka."""
+
+    def __init__(self, bootstrap_servers: str, events_topic: str, dead_letter_topic: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._events_topic = events_topic
+        self._dead_letter_topic = dead_letter_topic
+        self._producer: Producer | None = None
+        self._stopping = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    async def start(self) -> None:
+        """Create the producer and the thread that delivers its reports."""
+        self._producer = Producer(
+            {
+                "bootstrap.servers": self._bootstrap_servers,
+                "acks": "all",
+                "linger.ms": 2,
+                "message.timeout.ms": 15000,
+                # Retries cannot reorder one customer's events within a request.
+                "enable.idempotence": False,
+                "max.in.flight.requests.per.connection": 1,
+            }
+        )
+        self._stopping.clear()
+        self._poller = threading.Thread(target=self._poll, name="confluent-sink", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while not self._stopping.is_set():
+            producer.poll(0.05)
+
+    async def stop(self) -> None:
+        """Deliver what is in flight, then stop polling."""
+        if self._producer is None:
+            return
+        producer = self._producer
+        await asyncio.to_thread(producer.flush, 15)
+        self._stopping.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join)
+        self._producer = None
+
+    @property
+    def _started(self) -> Producer:
+        if self._producer is None:
+            raise RuntimeError("the event sink is not started")
+        return self._producer
+
+    async def _produce(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        producer = self._started
+        acks = _Acks(asyncio.get_running_loop(), len(records))
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, on_delivery=acks.delivered)
+                    break
+                except BufferError:
+                    # librdkafka's queue is full: let the poll thread drain it.
+                    await asyncio.sleep(0.005)
+        await acks.future
+
+    async def publish(self, events: Sequence[TrackedEvent]) -> None:
+        """Produce every event and wait for all acknowledgements."""
+        if events:
+            await self._produce(
+                self._events_topic, [(e.customer_key.encode(), e.to_json()) for e in events]
+            )
+
+    async def dead_letter(
+        self, payload: bytes, reasons: Sequence[dict[str, Any]], source: str = ""
+    ) -> None:
+        """Keep the rejected payload, its reasons, its source and when it was rejected."""
+        record = {
+            "id": str(uuid.uuid4()),
+            "source": source,
+            "rejected_at": datetime.now(UTC).isoformat(),
+            "reasons": list(reasons),
+            "payload": payload.decode("utf-8", errors="replace"),
+        }
+        await self._produce(self._dead_letter_topic, [(None, orjson.dumps(record))])
+
+    async def connected(self) -> bool:
+        """True when the broker answers a metadata request."""
+        try:
+            await asyncio.to_thread(self._started.list_topics, None, 3)
+        except Exception:
+            return False
+        return True
