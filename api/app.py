@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import analysis, customers, ingest
+from api import analysis, customers, ingest, stages
 from api.dependencies import Gateway
 from api.errors import install_error_handlers
 
@@ -24,6 +24,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ingest.router)
     app.include_router(customers.router)
+    app.include_router(stages.router)
     app.include_router(analysis.router)
 
     @app.get("/health", tags=["operations"])

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from events.sink import EventSink
+from journeys.application import JourneyApplication
 from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
+from projections.profiles import ProfileView
 
 # A component's health: {"ok": bool, ...details}.
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
@@ -45,6 +47,9 @@ class Gateway:
     event_log: EventLog
     stages: CustomerStageView
     health_checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    # Customer read side: profiles (ClickHouse) and journeys' history (event store).
+    profiles: ProfileView | None = None
+    journeys: JourneyApplication | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

@@ -226,3 +226,40 @@ class JourneyApplication(Application[UUID]):
             for notification in notifications:
                 yield UUID(str(notification.originator_id)), notification.originator_version
             start = notifications[-1].id + 1
+
+
+def timeline_entry(domain_event: Any) -> dict[str, Any]:
+    """One domain event of a journey as a timeline entry (plain data, with its time)."""
+    kind = type(domain_event).__name__
+    entry: dict[str, Any] = {"type": kind}
+    if kind in FACT_EVENTS:
+        touch = Touch.from_dict(domain_event.touch)
+        entry |= {
+            "at": touch.at,
+            "event_id": touch.event_id,
+            "event_name": touch.event_name,
+            "channel": touch.channel,
+        }
+        for name in ("category", "order_id", "ticket_id", "merged_from"):
+            if getattr(touch, name):
+                entry[name] = getattr(touch, name)
+        if kind in ("OrderPlaced", "OrderRefunded"):
+            entry["revenue"] = touch.revenue
+        if kind == "FeedbackGiven":
+            entry["rating"] = touch.rating
+    elif kind == "JourneyStarted":
+        entry |= {"at": domain_event.started_at, "customer_key": domain_event.customer_key}
+    else:
+        entry |= {
+            name: value
+            for name, value in vars(domain_event).items()
+            if name not in ("originator_id", "originator_version", "timestamp")
+        }
+    return entry
+
+
+def timeline_of(history: Iterable[Any]) -> list[dict[str, Any]]:
+    """A journey's domain events in time order (recording order among equal times)."""
+    entries = [timeline_entry(e) for e in history]
+    order = sorted(range(len(entries)), key=lambda i: (entries[i]["at"], i))
+    return [entries[i] for i in order]

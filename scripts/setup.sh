@@ -31,7 +31,7 @@ stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the project and its dependencies into .venv (first run takes a minute or two) …" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".[dev,postgres]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

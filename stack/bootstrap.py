@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from clickhouse_connect.driver.client import Client
 
 from api.dependencies import AccessKeys, Gateway, HealthCheck
 from journeys.application import JourneyApplication
+from journeys.stages import StageRules
 from projections.clickhouse import connect, database_name
 from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
 from projections.migrations import migrate
+from projections.profiles import ProfileView
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.pipeline import JourneyPipeline
@@ -30,15 +33,25 @@ class Platform:
     event_log: EventLog
     stages: CustomerStageView
     journeys: JourneyApplication
+    profiles: ProfileView
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores."""
-        return JourneyPipeline(self.journeys, self.event_log, self.stages)
+        return JourneyPipeline(self.journeys, self.event_log, self.stages, self.profiles)
 
     def close(self) -> None:
         """Release the stores (the chdb folder lock, the SQLite connection)."""
         self.journeys.close()
         self.clickhouse.close()
+
+
+def load_rules(settings: Settings) -> StageRules:
+    """The stage rules: ``settings.stage_rules_file``, or the defaults shipped with journeys/."""
+    if settings.stage_rules_file is not None:
+        text = settings.stage_rules_file.read_text(encoding="utf-8")
+    else:
+        text = resources.files("journeys").joinpath("stage_rules.toml").read_text("utf-8")
+    return StageRules.from_toml(text)
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:
@@ -47,10 +60,12 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         if not settings.postgres_dsn:
             raise ValueError("JOURNEYS_POSTGRES_DSN is required when JOURNEYS_EVENT_STORE=postgres")
         dsn = urlsplit(settings.postgres_dsn)
+        # libpq's ?host=/socket/dir form (a Unix socket, as the embedded test server uses).
+        socket_dir = parse_qs(dsn.query).get("host", [""])[0]
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": dsn.path.lstrip("/") or "journeys",
-            "POSTGRES_HOST": dsn.hostname or "localhost",
+            "POSTGRES_HOST": socket_dir or dsn.hostname or "localhost",
             "POSTGRES_PORT": str(dsn.port or 5432),
             "POSTGRES_USER": unquote(dsn.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(dsn.password or ""),
@@ -74,7 +89,8 @@ def build_platform(settings: Settings) -> Platform:
         clickhouse=clickhouse,
         event_log=EventLog(clickhouse, database),
         stages=CustomerStageView(clickhouse, database),
-        journeys=JourneyApplication(env=event_store_env(settings)),
+        journeys=JourneyApplication(rules=load_rules(settings), env=event_store_env(settings)),
+        profiles=ProfileView(clickhouse, database),
     )
 
 
@@ -117,4 +133,6 @@ def build_gateway(
         event_log=platform.event_log,
         stages=platform.stages,
         health_checks=checks,
+        profiles=platform.profiles,
+        journeys=platform.journeys,
     )

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     event_store: Literal["sqlite", "postgres"] = "sqlite"
     postgres_dsn: str = ""
 
+    # Stage rules (TOML). Empty: the documented defaults in journeys/stage_rules.toml.
+    stage_rules_file: Path | None = None
+
     # HTTP gateway.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
