@@ -124,5 +124,6 @@ class Settings(BaseSettings):
         """These settings as ``JOURNEYS_*`` variables, for child processes."""
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+            if value is not None:  # unset optional settings stay unset in the child
+                env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         return env

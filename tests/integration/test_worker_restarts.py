@@ -14,7 +14,7 @@ import pytest
 from stack.processes import wait_until
 from stack.settings import Settings
 from streams.topics import ensure_topics
-from tests.node_process import NodeProcess, query_chdb_folder
+from tests.node_process import NodeProcess, query_chdb_folder, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +97,23 @@ def test_accepted_events_survive_kill_and_restart_and_count_once(
         settings.chdb_path, f"SELECT count() FROM {database}.stage_changes FINAL"
     )
     assert changes == [[len(CUSTOMERS) * 3]]  # awareness, consideration, purchase each
+
+    # What the killed and restarted worker left is what a from-scratch replay of the
+    # event store gives: `journeys replay` empties the projections and rebuilds them.
+    before = projection_tables(settings)
+    assert before["customer_stages"] and before["customer_profiles"]
+    replayed = run_cli(node.settings, "replay")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "events/s" in replayed.stdout
+    assert projection_tables(settings) == before
+
+
+def projection_tables(settings: Settings) -> dict[str, list[list[object]]]:
+    """Every projection table the replay rebuilds, whole, in a stable order."""
+    return {
+        table: query_chdb_folder(
+            settings.chdb_path,
+            f"SELECT * FROM {settings.clickhouse_database}.{table} FINAL ORDER BY tuple(*)",
+        )
+        for table in ("stage_changes", "customer_stages", "customer_orders", "customer_profiles")
+    }
