@@ -9,7 +9,7 @@ identities merge, and replayed under other rules.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -87,7 +87,8 @@ class Touch:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (the time as ISO-8601), for domain events and messages."""
-        data = asdict(self)
+        # Not dataclasses.asdict: its deep copies were a fifth of the recording time.
+        data = {name: getattr(self, name) for name in _FIELDS}
         data["at"] = self.at.isoformat()
         data["action"] = self.action.value
         return data
@@ -103,6 +104,9 @@ class Touch:
     def merged(self, anonymous_key: str) -> Touch:
         """This touch as absorbed from ``anonymous_key``'s journey."""
         return replace(self, merged_from=self.merged_from or anonymous_key)
+
+
+_FIELDS = tuple(field.name for field in fields(Touch))
 
 
 def touch_from(event: TrackedEvent) -> Touch:
