@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     event_store: Literal["sqlite", "postgres"] = "sqlite"
     postgres_dsn: str = ""
 
+    # Journeys kept in memory by the worker (0: none). A cached journey is still
+    # fast-forwarded from the event store on every read, so it is never stale.
+    journey_cache_size: int = Field(default=10_000, ge=0)
+
     # Stage rules (TOML). Empty: the documented defaults in journeys/stage_rules.toml.
     stage_rules_file: Path | None = None
 
