@@ -149,6 +149,9 @@ def test_scripted_journey_merges_devices_and_answers_as_of(settings: Settings) -
         bad = node.read("GET", "/v1/stages", params={"as_of": "last tuesday"})
         assert bad.status_code == 400
         assert bad.json()["errors"][0]["field"] == "query.as_of"
+        bad = node.read("GET", "/v1/customers/uma", params={"as_of": "2026-13-45"})
+        assert bad.status_code == 400
+        assert bad.json()["errors"][0]["field"] == "query.as_of"
     finally:
         assert node.stop() == 0
 
