@@ -25,7 +25,13 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.persistence import ProcessRecorder, Tracking
 
 from events import EventType, TrackedEvent
-from journeys.domainmodel import FACT_EVENTS, CustomerJourney, StageChange, is_anonymous
+from journeys.domainmodel import (
+    ANONYMOUS_PREFIX,
+    FACT_EVENTS,
+    CustomerJourney,
+    StageChange,
+    is_anonymous,
+)
 from journeys.stages import StageRules
 from journeys.touches import Touch
 
@@ -140,23 +146,31 @@ class JourneyApplication(Application[UUID]):
         update.stage_changes.extend(journey.record(touch, self.rules))
         if journey.touchpoints != before:
             update.recorded.append(touch)
-        for anonymous_key in journey.linked_keys[links:]:
+        targets = list(journey.linked_keys[links:])
+        if targets and touch.call_type == "alias":
+            # An alias's previousId may be an earlier userId rather than an anonymousId:
+            # ask that customer too; if they exist, the merge is refused and logged.
+            targets.append(targets[-1].removeprefix(ANONYMOUS_PREFIX))
+        for key in targets:
             update.forwards.append(
                 TrackedEvent(
-                    event_id=f"link:{anonymous_key}:{journey.customer_key}",
-                    customer_key=anonymous_key,
+                    event_id=f"link:{key}:{journey.customer_key}",
+                    customer_key=key,
                     call_type=LINK_CALL,
                     event_type=EventType.IDENTIFY,
                     event_name="Identity Linked",
                     timestamp=touch.timestamp,
                     received_at=touch.received_at,
                     user_id=journey.customer_key,
-                    anonymous_id=anonymous_key.removeprefix("anon:"),
+                    anonymous_id=key.removeprefix(ANONYMOUS_PREFIX),
                 )
             )
 
     def _merge_request(self, request: TrackedEvent, update: JourneyUpdate) -> None:
-        journey = self._journey_for(update, request.customer_key, request.timestamp)
+        key = request.customer_key
+        if not is_anonymous(key) and key not in update.journeys and self.journey(key) is None:
+            return  # an alias's previousId that is no known customer: nothing to refuse
+        journey = self._journey_for(update, key, request.timestamp)
         into = request.user_id or ""
         outcome, changes = journey.merge_into(into, request.timestamp, request.event_id)
         if outcome == "refused":

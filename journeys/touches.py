@@ -118,8 +118,15 @@ def touch_from(event: TrackedEvent) -> Touch:
         action = _BY_TYPE[event.event_type]
     props = event.properties
     links = ""
-    if event.call_type in ("identify", "alias") and event.user_id and event.anonymous_id:
-        links = event.anonymous_id
+    if event.call_type in ("identify", "alias") and event.user_id:
+        # identify: the anonymousId it carries; alias: its previousId, which Segment
+        # allows to be an anonymousId (merged) or an earlier userId (refused: two
+        # identified customers are never merged; see JourneyApplication).
+        links = event.anonymous_id or ""
+        if event.call_type == "alias":
+            links = _text(props.get("previous_id") or props.get("previousId")) or links
+        if links == event.user_id:
+            links = ""
     return Touch(
         event_id=event.event_id,
         at=event.timestamp,

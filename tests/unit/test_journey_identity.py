@@ -176,3 +176,48 @@ def test_two_identified_customers_are_never_merged(app: JourneyApplication) -> N
     assert known is not None
     assert known.merged_into is None
     assert known.stage is Stage.PURCHASE
+
+
+def alias(user: str, previous: str, minutes: float) -> TrackedEvent:
+    """A Segment alias call: ``previous`` (an earlier id) is ``user``."""
+    when = T0 + timedelta(minutes=minutes)
+    return TrackedEvent(
+        event_id=f"alias-{next(_ids)}",
+        customer_key=user,
+        call_type="alias",
+        event_type=event_type_for("alias", "Alias"),
+        event_name="Alias",
+        timestamp=when,
+        received_at=when,
+        user_id=user,
+        properties={"previous_id": previous},
+    )
+
+
+def test_alias_of_an_anonymous_id_merges_it(app: JourneyApplication) -> None:
+    deliver(app, event("Product Added", 0, anon="old-device"))
+    links = deliver(app, alias("zoe", "old-device", 1)).forwards
+    assert sorted(link.customer_key for link in links) == ["anon:old-device", "old-device"]
+    outcomes = [deliver(app, link) for link in links]
+    assert [o.refusals for o in outcomes] == [[], []]  # "old-device" is no customer
+    (bundle,) = [f for o in outcomes for f in o.forwards]
+    deliver(app, bundle)
+    zoe = app.journey("zoe")
+    assert zoe is not None
+    assert (zoe.touchpoints, zoe.stage) == (2, Stage.CONSIDERATION)
+    assert app.journey("old-device") is None  # no journey is made up for the other reading
+
+
+def test_alias_of_two_identified_customers_is_refused(app: JourneyApplication) -> None:
+    deliver(app, event("Order Completed", 0, user="ann"))
+    links = deliver(app, alias("bea", "ann", 1)).forwards
+    outcomes = [deliver(app, link) for link in links]
+    refusals = [r for o in outcomes for r in o.refusals]
+    assert [(r.customer_key, r.requested_by) for r in refusals] == [("ann", "bea")]
+    ann = app.journey("ann")
+    assert ann is not None
+    assert (ann.merged_into, ann.stage, ann.touchpoints) == (None, Stage.PURCHASE, 1)
+    # The other reading (an anonymous id "ann") has nothing to merge: bea gains nothing.
+    for bundle in [f for o in outcomes for f in o.forwards]:
+        deliver(app, bundle)
+    assert app.journey("bea").touchpoints == 1  # type: ignore[union-attr]
