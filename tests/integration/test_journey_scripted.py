@@ -35,7 +35,17 @@ def send(node: NodeProcess, path: str, body: dict[str, Any]) -> None:
     assert response.status_code == 200, response.text
 
 
-def test_scripted_journey_merges_devices_and_answers_as_of(settings: Settings) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def node_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The node's settings on one event store: SQLite, or the session's real PostgreSQL."""
+    if request.param == "sqlite":
+        return settings
+    dsn = request.getfixturevalue("postgres_dsn")
+    return settings.model_copy(update={"event_store": "postgres", "postgres_dsn": dsn})
+
+
+def test_scripted_journey_merges_devices_and_answers_as_of(node_settings: Settings) -> None:
+    settings = node_settings
     ensure_topics(
         settings.kafka_bootstrap_servers,
         settings.all_topics,
@@ -142,6 +152,9 @@ def test_scripted_journey_merges_devices_and_answers_as_of(settings: Settings) -
         assert earlier["stages"]["awareness"] == 1  # the phone's one view
         assert earlier["total"] == 2
 
+        health = node.read("GET", "/health").json()
+        assert health["components"]["event_store"]["kind"] == settings.event_store
+
         missing = node.read("GET", "/v1/customers/nobody")
         assert missing.status_code == 404
         assert "nobody" in missing.json()["message"]
@@ -154,6 +167,12 @@ def test_scripted_journey_merges_devices_and_answers_as_of(settings: Settings) -
         assert bad.json()["errors"][0]["field"] == "query.as_of"
     finally:
         assert node.stop() == 0
+    if settings.event_store == "postgres":
+        import psycopg
+
+        with psycopg.connect(settings.postgres_dsn) as connection:
+            stored = connection.execute("SELECT count(*) FROM customerjourneys_events").fetchone()
+        assert stored is not None and stored[0] >= len(entries)
 
 
 def _absorbed(node: NodeProcess) -> int:
