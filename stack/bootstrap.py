@@ -47,11 +47,15 @@ class Platform:
 
 def load_rules(settings: Settings) -> StageRules:
     """The stage rules: ``settings.stage_rules_file``, or the defaults shipped with journeys/."""
-    if settings.stage_rules_file is not None:
-        text = settings.stage_rules_file.read_text(encoding="utf-8")
-    else:
+    if settings.stage_rules_file is None:
         text = resources.files("journeys").joinpath("stage_rules.toml").read_text("utf-8")
-    return StageRules.from_toml(text)
+        return StageRules.from_toml(text)
+    try:
+        return StageRules.from_toml(settings.stage_rules_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"JOURNEYS_STAGE_RULES_FILE={settings.stage_rules_file}: {error}"
+        ) from error
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:

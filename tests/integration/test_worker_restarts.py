@@ -157,6 +157,18 @@ def test_accepted_events_survive_kill_and_restart_and_count_once(
     assert "events/s" in replayed.stdout
     assert projection_tables(settings) == before
 
+    # Other rules: the counts now against what they would be, into a separate projection.
+    rules = settings.data_dir / "strict.toml"
+    rules.write_text("[consideration]\nproduct_views = 3\n")
+    what_if = run_cli(node.settings, "replay", "--rules", str(rules))
+    assert what_if.returncode == 0, what_if.stderr
+    assert "with rules" in what_if.stdout and "_whatif" in what_if.stdout
+    assert projection_tables(settings) == before
+    rules.write_text("[consideration]\nproduct_vews = 3\n")
+    refused = run_cli(node.settings, "replay", "--rules", str(rules))
+    assert refused.returncode == 2
+    assert "consideration.product_vews: unknown rule" in refused.stderr
+
 
 def projection_tables(settings: Settings) -> dict[str, list[list[object]]]:
     """Every projection table the replay rebuilds, whole, in a stable order."""
