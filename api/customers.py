@@ -55,7 +55,8 @@ class CustomerView(BaseModel):
     customer_id: str
     stage: str | None
     as_of: datetime
-    stage_since: datetime
+    # When the current stage was reached; null for an as_of answer (see the journey).
+    stage_since: datetime | None
     event_count: int
     orders: int
     first_seen: datetime
@@ -109,7 +110,7 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
         customer_id=found.customer_key,
         stage=stage,
         as_of=moment,
-        stage_since=found.stage_since,
+        stage_since=found.stage_since if as_of is None else None,
         event_count=found.event_count,
         orders=found.orders,
         first_seen=found.first_seen,
