@@ -65,12 +65,25 @@ class CustomerView(BaseModel):
     profile: Profile | None
 
 
+class StageStep(BaseModel):
+    """A stage the person reached, and when."""
+
+    stage: str
+    at: datetime
+
+
 class JourneyView(BaseModel):
-    """A customer's journey: every domain event and stage change, in time order."""
+    """A customer's journey: every domain event and stage change, in time order.
+
+    ``stages`` is the person's stage sequence across merged devices: this
+    journey's stage changes and those of the anonymous journeys merged into it,
+    keeping each that took the person further.
+    """
 
     customer_id: str
     stage: str | None
     as_of: datetime
+    stages: list[StageStep]
     entries: list[dict[str, Any]]
 
 
@@ -100,7 +113,9 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
     if as_of is None:
         stage: str | None = found.stage_at(moment, lapse_days)
     else:
-        stage = await asyncio.to_thread(gateway.stages.stage_as_of, customer_id, moment, lapse_days)
+        stage = await asyncio.to_thread(
+            gateway.stages.person_stage_as_of, found, moment, lapse_days
+        )
     profile = None
     if gateway.profiles is not None:
         row = await asyncio.to_thread(gateway.profiles.get, customer_id)
@@ -160,9 +175,15 @@ async def journey(customer_id: str, request: Request, as_of: AsOf = None) -> Jou
     history = await asyncio.to_thread(app.history, found)
     entries = [e for e in timeline_of(history) if e["at"] <= moment]
     stage = found.stage_as_of(moment, app.rules)
+    steps = [
+        StageStep(stage=step.value, at=at)
+        for step, at in found.person_stage_history()
+        if at <= moment
+    ]
     return JourneyView(
         customer_id=customer_id,
         stage=stage.value if stage else None,
         as_of=moment,
+        stages=steps,
         entries=entries,
     )

@@ -32,7 +32,7 @@ from journeys.domainmodel import (
     StageChange,
     is_anonymous,
 )
-from journeys.stages import StageRules
+from journeys.stages import Stage, StageRules
 from journeys.touches import Touch
 
 # Call types of the messages the worker itself puts on the events topic.
@@ -192,7 +192,16 @@ class JourneyApplication(Application[UUID]):
                 received_at=request.received_at,
                 user_id=into,
                 anonymous_id=journey.customer_key.removeprefix("anon:"),
-                properties={"from": journey.customer_key, "touches": facts},
+                properties={
+                    "from": journey.customer_key,
+                    "touches": facts,
+                    # The anonymous journey's stages, for "as of" before the merge.
+                    "stages": [
+                        [stage, at.isoformat()]
+                        for stage, at in journey.stage_history
+                        if stage != Stage.MERGED
+                    ],
+                },
             )
         )
 
@@ -201,9 +210,13 @@ class JourneyApplication(Application[UUID]):
         if not is_anonymous(anonymous_key):
             return
         touches = [Touch.from_dict(t) for t in message.properties.get("touches", [])]
+        stages = [
+            (str(stage), datetime.fromisoformat(at))
+            for stage, at in message.properties.get("stages", [])
+        ]
         journey = self._journey_for(update, message.customer_key, message.timestamp)
         update.stage_changes.extend(
-            journey.absorb(anonymous_key, touches, message.timestamp, self.rules)
+            journey.absorb(anonymous_key, touches, message.timestamp, self.rules, stages)
         )
 
     def commit(self, update: JourneyUpdate) -> None:
@@ -261,6 +274,13 @@ def timeline_entry(domain_event: Any) -> dict[str, Any]:
             entry["revenue"] = touch.revenue
         if kind == "FeedbackGiven":
             entry["rating"] = touch.rating
+    elif kind == "IdentityMerged":
+        entry |= {
+            "at": domain_event.at,
+            "anonymous_key": domain_event.anonymous_key,
+            "touches": domain_event.touches,
+            "stages": [{"stage": stage, "at": at} for stage, at in domain_event.stages],
+        }
     elif kind == "JourneyStarted":
         entry |= {"at": domain_event.started_at, "customer_key": domain_event.customer_key}
     else:

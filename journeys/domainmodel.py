@@ -86,6 +86,8 @@ class CustomerJourney(Aggregate):
         # history was absorbed; for an anonymous journey, the customer it merged into.
         self.linked_keys: list[str] = []
         self.absorbed_keys: list[str] = []
+        # The stage histories ([stage, at]) of the absorbed anonymous journeys.
+        self.absorbed_stages: dict[str, list[list[Any]]] = {}
         self.merged_into: str | None = None
 
     # --- commands ----------------------------------------------------------------------
@@ -146,19 +148,32 @@ class CustomerJourney(Aggregate):
         return "merged", [change]
 
     def absorb(
-        self, anonymous_key: str, touches: Iterable[Touch], at: datetime, rules: StageRules
+        self,
+        anonymous_key: str,
+        touches: Iterable[Touch],
+        at: datetime,
+        rules: StageRules,
+        stages: Iterable[tuple[str, datetime]] = (),
     ) -> list[StageChange]:
         """Take in the history of an anonymous journey merged into this one, in time order.
 
         Each touch goes through the same rules as a live one (an id seen
-        before counts once); stages are never rewritten backwards in time: a
-        stage the merged history reaches is reached at the later of the
-        touch's time and the current stage's.
+        before counts once). This journey's own stage changes are never
+        rewritten (they were published): a stage the merged touches reach is
+        reached at the later of the touch's time and the current stage's. The
+        anonymous journey's own stage history (``stages``) is kept beside it,
+        so the person's stage "as of" a moment before the merge is the furthest
+        any of their identities had reached (:meth:`stage_as_of`).
         """
         if anonymous_key in self.absorbed_keys or self.merged_into is not None:
             return []
         ordered = sorted(touches, key=lambda t: (t.at, t.event_id))
-        self._merge_identity(anonymous_key=anonymous_key, at=at, touches=len(ordered))
+        self._merge_identity(
+            anonymous_key=anonymous_key,
+            at=at,
+            touches=len(ordered),
+            stages=[[stage, when] for stage, when in stages if stage != Stage.MERGED],
+        )
         changes: list[StageChange] = []
         for touch in ordered:
             changes.extend(self.record_touch(touch.merged(anonymous_key), rules))
@@ -239,8 +254,11 @@ class CustomerJourney(Aggregate):
         self.linked_keys.append(anonymous_key)
 
     @event("IdentityMerged")
-    def _merge_identity(self, anonymous_key: str, at: datetime, touches: int) -> None:
+    def _merge_identity(
+        self, anonymous_key: str, at: datetime, touches: int, stages: list[list[Any]]
+    ) -> None:
         self.absorbed_keys.append(anonymous_key)
+        self.absorbed_stages[anonymous_key] = stages
 
     @event("MergedInto")
     def _merge_into(self, customer_key: str, at: datetime, event_id: str) -> None:
@@ -382,17 +400,47 @@ class CustomerJourney(Aggregate):
         return len(self.order_times)
 
     def stage_as_of(self, moment: datetime, rules: StageRules) -> Stage | None:
-        """The stage at ``moment``, lapse included; None before the first stage was reached."""
-        stage: Stage | None = None
-        for name, at in self.stage_history:
-            if at > moment:
-                break
-            stage = Stage(name)
+        """The person's stage at ``moment``, lapse included; None before any stage.
+
+        The furthest of this journey's stage and those the merged anonymous
+        journeys had reached by then (a person is as far along as the furthest
+        of their identities).
+        """
+        stage = _last_stage(self.stage_history, moment)
         if stage is Stage.LOYALTY:
             orders = [t for t in self.order_times if t <= moment]
             if orders and moment > max(orders) + timedelta(days=rules.loyalty_lapse_days):
-                return Stage.LAPSED
+                stage = Stage.LAPSED
+        for history in self.absorbed_stages.values():
+            other = _last_stage(history, moment)
+            if other is not None and (stage is None or other.rank > stage.rank):
+                stage = other
         return stage
+
+    def person_stage_history(self) -> list[tuple[Stage, datetime]]:
+        """Stages the person reached, in time order, across merged identities.
+
+        Every stage change of this journey and of the absorbed ones, keeping
+        those that take the person further (or lapse / win back loyalty).
+        """
+        entries = [(Stage(name), at) for name, at in self.stage_history]
+        for history in self.absorbed_stages.values():
+            entries.extend((Stage(name), at) for name, at in history)
+        entries.sort(key=lambda entry: (entry[1], entry[0].rank))
+        kept: list[tuple[Stage, datetime]] = []
+        for stage, at in entries:
+            current = kept[-1][0] if kept else None
+            cycle = (current, stage) in {
+                (Stage.LOYALTY, Stage.LAPSED),
+                (Stage.LAPSED, Stage.LOYALTY),
+            }
+            if (
+                current is None
+                or cycle
+                or (stage.rank > current.rank and stage is not Stage.LAPSED)
+            ):
+                kept.append((stage, at))
+        return kept
 
     def summary(self) -> dict[str, Any]:
         """The journey's state as plain data, for read models."""
@@ -406,6 +454,7 @@ class CustomerJourney(Aggregate):
             "orders": self.orders,
             "last_order_at": max(self.order_times) if self.order_times else None,
             "merged_into": self.merged_into or "",
+            "absorbed_keys": list(self.absorbed_keys),
             "version": self.version,
         }
 
@@ -442,6 +491,15 @@ class StageChange:
 
 def _order(touch: Touch) -> dict[str, Any]:
     return {"order_id": touch.order_id, "revenue": touch.revenue}
+
+
+def _last_stage(history: Iterable[list[Any]], moment: datetime) -> Stage | None:
+    stage: Stage | None = None
+    for name, at in history:
+        if at > moment:
+            break
+        stage = Stage(name)
+    return stage
 
 
 def _below(current: Stage | None, stage: Stage) -> bool:

@@ -23,6 +23,7 @@ _COLUMNS = [
     "last_seen",
     "last_order_at",
     "merged_into",
+    "absorbed_keys",
     "version",
 ]
 
@@ -40,6 +41,7 @@ class CustomerStage:
     last_seen: datetime
     last_order_at: datetime | None
     merged_into: str
+    absorbed_keys: list[str]
     version: int
 
     def stage_at(self, moment: datetime, lapse_days: int) -> str:
@@ -94,6 +96,7 @@ class CustomerStageView:
         for column in ("stage_since", "first_seen", "last_seen", "last_order_at"):
             if row[column] is not None:
                 row[column] = as_utc(row[column])
+        row["absorbed_keys"] = list(row["absorbed_keys"])
         return CustomerStage(**row)
 
     def stage_counts(self) -> dict[str, int]:
@@ -104,9 +107,24 @@ class CustomerStageView:
         return {str(stage): int(count) for stage, count in result.result_rows}
 
     def stage_as_of(self, customer_key: str, moment: datetime, lapse_days: int) -> str | None:
-        """The customer's stage at ``moment`` from the stage history; None before the first."""
+        """The journey's stage at ``moment`` from the stage history; None before the first."""
         rows = self._stages_as_of(moment, lapse_days, customer_key)
         return rows[0][1] if rows else None
+
+    def person_stage_as_of(
+        self, customer: CustomerStage, moment: datetime, lapse_days: int
+    ) -> str | None:
+        """The person's stage at ``moment``: the furthest of their journey's and of the
+        anonymous journeys merged into it (the aggregate's ``stage_as_of`` rule)."""
+        best: Stage | None = None
+        for key in [customer.customer_key, *customer.absorbed_keys]:
+            found = self.stage_as_of(key, moment, lapse_days)
+            if found is None or found == Stage.MERGED:
+                continue
+            stage = Stage(found)
+            if best is None or stage.rank > best.rank:
+                best = stage
+        return best.value if best is not None else None
 
     def distribution(self, moment: datetime, lapse_days: int) -> dict[str, int]:
         """Customers per stage at ``moment`` (every journey stage listed, merged ones left out)."""

@@ -70,12 +70,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "journeys: lapse and merge columns of customer_stages, customer_orders, customer_profiles",
         [
             # The last order decides when loyalty lapses (read side: "now" and as_of);
-            # merged_into names the known customer an anonymous journey merged into.
+            # merged_into names the known customer an anonymous journey merged into,
+            # absorbed_keys the anonymous journeys merged into a known one.
             """
             ALTER TABLE {db}.customer_stages
                 ADD COLUMN IF NOT EXISTS last_order_at Nullable(DateTime64(3, 'UTC'))
                     AFTER last_seen,
-                ADD COLUMN IF NOT EXISTS merged_into String DEFAULT '' AFTER last_order_at
+                ADD COLUMN IF NOT EXISTS merged_into String DEFAULT '' AFTER last_order_at,
+                ADD COLUMN IF NOT EXISTS absorbed_keys Array(String) AFTER merged_into
             """,
             # Orders per customer, for stages as of a moment (lapse) and RFM.
             """

@@ -162,7 +162,9 @@ def redecide(history: Iterable[Any], rules: StageRules) -> CustomerJourney:
         elif kind in FACT_EVENTS:
             journey.record_touch(Touch.from_dict(domain_event.touch), rules)
         elif kind == "IdentityMerged":
-            journey.absorb(domain_event.anonymous_key, [], domain_event.at, rules)
+            # The anonymous journey's stages as it recorded them (it is re-decided on its own).
+            stages = [(stage, at) for stage, at in domain_event.stages]
+            journey.absorb(domain_event.anonymous_key, [], domain_event.at, rules, stages)
         elif kind == "MergedInto":
             journey.merge_into(domain_event.customer_key, domain_event.at, domain_event.event_id)
     assert journey is not None

@@ -94,14 +94,17 @@ def test_scripted_journey_merges_devices_and_answers_as_of(node_settings: Settin
 
         timeline = node.read("GET", "/v1/customers/uma/journey").json()
         entries = timeline["entries"]
-        stages = [(e["stage"], e["at"]) for e in entries if e["type"] == "StageReached"]
-        assert [stage for stage, _ in stages] == [
-            "awareness",
-            "consideration",
-            "purchase",
-            "service",
-            "loyalty",
+        # The person's stages across both devices, in time order, from the first touch.
+        stages = [(step["stage"], step["at"]) for step in timeline["stages"]]
+        assert [(stage, datetime.fromisoformat(moment)) for stage, moment in stages] == [
+            ("awareness", START),
+            ("consideration", START + timedelta(hours=1)),  # the laptop's second view
+            ("purchase", START + timedelta(hours=6)),
+            ("service", START + timedelta(hours=7)),
+            ("loyalty", START + timedelta(hours=30)),
         ]
+        own = [e["stage"] for e in entries if e["type"] == "StageReached"]
+        assert own == ["awareness", "consideration", "purchase", "service", "loyalty"]
         facts = [e for e in entries if "event_name" in e]  # the fact events
         assert [e["event_id"] for e in facts] == [f"m{i}" for i in range(1, 10)]
         assert [e["type"] for e in facts] == [
@@ -140,6 +143,9 @@ def test_scripted_journey_merges_devices_and_answers_as_of(node_settings: Settin
             assert answer["stage"] == later[-1], (stage, moment)
             journey = node.read("GET", "/v1/customers/uma/journey", params={"as_of": moment})
             assert journey.json()["stage"] == later[-1]
+        # Before the identify, uma was the laptop's anonymous visitor, considering.
+        pre = node.read("GET", "/v1/customers/uma", params={"as_of": at(2.5)}).json()
+        assert pre["stage"] == "consideration"
         first = datetime.fromisoformat(stages[0][1]) - timedelta(seconds=1)
         before = node.read("GET", "/v1/customers/uma", params={"as_of": first.isoformat()})
         assert before.json()["stage"] is None

@@ -107,6 +107,7 @@ def test_new_journey_has_no_stage() -> None:
         "orders": 0,
         "last_order_at": None,
         "merged_into": "",
+        "absorbed_keys": [],
         "version": 1,
     }
 

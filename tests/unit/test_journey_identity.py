@@ -82,8 +82,20 @@ def test_anonymous_history_merges_into_the_known_customer(app: JourneyApplicatio
         "Product Viewed",
         "Product Viewed",
     ]
-    # Stage times never go backwards: consideration is reached when the merge happened.
+    # The known journey's own stage changes never go back in time: consideration is
+    # reached when the merge happened ...
     assert known.stage_history[-1][1] == T0 + timedelta(minutes=5)
+    # ... while the person, across devices, was considering since the second view.
+    assert known.person_stage_history() == [
+        (Stage.AWARENESS, T0),
+        (Stage.CONSIDERATION, T0 + timedelta(minutes=1)),
+    ]
+    assert known.stage_as_of(T0 + timedelta(minutes=2), app.rules) is Stage.CONSIDERATION
+    assert known.stage_as_of(T0 - timedelta(minutes=1), app.rules) is None
+    device = app.journey("anon:a1")
+    assert device is not None
+    assert device.stage_as_of(T0 + timedelta(minutes=4), app.rules) is Stage.CONSIDERATION
+    assert device.stage_as_of(T0 + timedelta(minutes=5), app.rules) is Stage.MERGED
 
     # Re-delivered link and bundle (a crash before commit): nothing counts twice.
     assert deliver(app, link).forwards == []
