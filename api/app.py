@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import admin, analysis, customers, ingest
+from api import admin, analysis, customers, ingest, stages
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
 from api.errors import install_error_handlers
@@ -25,6 +25,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ingest.router)
     app.include_router(customers.router)
+    app.include_router(stages.router)
     app.include_router(analysis.router)
     app.include_router(admin.router)
     install_dashboard(app)

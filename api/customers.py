@@ -1,44 +1,189 @@
-"""Customer read side: a customer's stage and counters. Requires a read key."""
+"""Customer read side: stage, profile and journey timeline. Requires a read key.
+
+Stages and profiles come from the ClickHouse projections; the timeline from the
+event store, the journey's own domain events.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
+from journeys.application import timeline_of
+from journeys.stages import StageRules
+from projections.profiles import rfm
 
 router = APIRouter(prefix="/v1", tags=["customers"], dependencies=[Depends(require_read_key)])
 
+AsOf = Annotated[
+    datetime | None,
+    Query(description="ISO-8601 time: answer as of this moment (UTC if no offset is given)"),
+]
+
+
+class Profile(BaseModel):
+    """What the customer is worth and likes; R/F/M raw values (quintiles need the population)."""
+
+    first_seen: datetime
+    last_seen: datetime
+    channels: list[str]
+    orders: int
+    revenue: float
+    refunded: float
+    average_order_value: float
+    last_order_at: datetime | None
+    recency_days: float | None
+    frequency: int
+    monetary: float
+    ltv_estimate: float
+    purchase_cycle_days: float | None
+    next_purchase_expected_at: datetime | None
+    interest_tags: list[str]
+    average_rating: float | None
+    open_tickets: int
+
 
 class CustomerView(BaseModel):
-    """A customer's current stage and counters."""
+    """A customer's stage (now, or as of a moment), counters and profile."""
 
     customer_id: str
-    stage: str
-    stage_since: datetime
+    stage: str | None
+    as_of: datetime
+    # When the current stage was reached; null for an as_of answer (see the journey).
+    stage_since: datetime | None
     event_count: int
     orders: int
     first_seen: datetime
     last_seen: datetime
+    merged_into: str | None
+    profile: Profile | None
+
+
+class StageStep(BaseModel):
+    """A stage the person reached, and when."""
+
+    stage: str
+    at: datetime
+
+
+class JourneyView(BaseModel):
+    """A customer's journey: every domain event and stage change, in time order.
+
+    ``stages`` is the person's stage sequence across merged devices: this
+    journey's stage changes and those of the anonymous journeys merged into it,
+    keeping each that took the person further.
+    """
+
+    customer_id: str
+    stage: str | None
+    as_of: datetime
+    stages: list[StageStep]
+    entries: list[dict[str, Any]]
+
+
+def _moment(as_of: datetime | None) -> datetime:
+    if as_of is None:
+        return datetime.now(UTC)
+    return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+
+
+def _rules(gateway: Gateway) -> StageRules:
+    return gateway.journeys.rules if gateway.journeys is not None else StageRules()
+
+
+def _unknown(customer_id: str) -> HTTPException:
+    return HTTPException(404, f"customer {customer_id!r}: no events from this customer were seen")
 
 
 @router.get("/customers/{customer_id}", response_model=CustomerView)
-async def customer(customer_id: str, request: Request) -> CustomerView:
-    """The customer's current journey stage and how many events they sent."""
+async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> CustomerView:
+    """The customer's journey stage now (or ``as_of`` a moment), counters and profile."""
     gateway: Gateway = request.app.state.gateway
+    moment = _moment(as_of)
+    lapse_days = _rules(gateway).loyalty_lapse_days
     found = await asyncio.to_thread(gateway.stages.get, customer_id)
     if found is None:
-        raise HTTPException(404, f"no customer {customer_id!r} has been seen")
+        raise _unknown(customer_id)
+    if as_of is None:
+        stage: str | None = found.stage_at(moment, lapse_days)
+    else:
+        stage = await asyncio.to_thread(
+            gateway.stages.person_stage_as_of, found, moment, lapse_days
+        )
+    profile = None
+    if gateway.profiles is not None:
+        row = await asyncio.to_thread(gateway.profiles.get, customer_id)
+        if row is not None:
+            profile = _profile(row, moment)
     return CustomerView(
         customer_id=found.customer_key,
-        stage=found.stage,
-        stage_since=found.stage_since,
+        stage=stage,
+        as_of=moment,
+        stage_since=found.stage_since if as_of is None else None,
         event_count=found.event_count,
         orders=found.orders,
         first_seen=found.first_seen,
         last_seen=found.last_seen,
+        merged_into=found.merged_into or None,
+        profile=profile,
+    )
+
+
+def _profile(row: dict[str, Any], moment: datetime) -> Profile:
+    raw = rfm(row, moment)
+    expected = None
+    if row["last_order_at"] is not None and row["purchase_cycle_days"]:
+        expected = row["last_order_at"] + timedelta(days=row["purchase_cycle_days"])
+    return Profile(
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        channels=row["channels"],
+        orders=row["orders"],
+        revenue=row["revenue"],
+        refunded=row["refunded"],
+        average_order_value=row["aov"],
+        last_order_at=row["last_order_at"],
+        recency_days=raw["recency_days"],
+        frequency=raw["frequency"],
+        monetary=raw["monetary"],
+        ltv_estimate=row["ltv_estimate"],
+        purchase_cycle_days=row["purchase_cycle_days"],
+        next_purchase_expected_at=expected,
+        interest_tags=row["interest_tags"],
+        average_rating=row["average_rating"],
+        open_tickets=row["open_tickets"],
+    )
+
+
+@router.get("/customers/{customer_id}/journey", response_model=JourneyView)
+async def journey(customer_id: str, request: Request, as_of: AsOf = None) -> JourneyView:
+    """The customer's timeline of domain events and stage changes (up to ``as_of`` if given)."""
+    gateway: Gateway = request.app.state.gateway
+    app = gateway.journeys
+    if app is None:
+        raise HTTPException(503, "the event store is not available to this API process")
+    moment = _moment(as_of)
+    found = await asyncio.to_thread(app.journey, customer_id)
+    if found is None:
+        raise _unknown(customer_id)
+    history = await asyncio.to_thread(app.history, found)
+    entries = [e for e in timeline_of(history) if e["at"] <= moment]
+    stage = found.stage_as_of(moment, app.rules)
+    steps = [
+        StageStep(stage=step.value, at=at)
+        for step, at in found.person_stage_history()
+        if at <= moment
+    ]
+    return JourneyView(
+        customer_id=customer_id,
+        stage=stage.value if stage else None,
+        as_of=moment,
+        stages=steps,
+        entries=entries,
     )

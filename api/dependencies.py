@@ -10,9 +10,11 @@ from typing import Any
 from api.rate_limit import TokenBuckets
 from api.write_keys import WriteKeyRegistry
 from events.sink import EventSink
+from journeys.application import JourneyApplication
 from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
+from projections.profiles import ProfileView
 
 # A component's health: {"ok": bool, ...details}.
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
@@ -53,6 +55,9 @@ class Gateway:
     write_keys: WriteKeyRegistry | None = None
     dead_letters: DeadLetterLog | None = None
     rate_limit: TokenBuckets = field(default_factory=lambda: TokenBuckets(rate=0, burst=1))
+    # Customer read side: profiles (ClickHouse) and journeys' history (event store).
+    profiles: ProfileView | None = None
+    journeys: JourneyApplication | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

@@ -1,30 +1,61 @@
-"""The journey application: records touchpoints on ``CustomerJourney`` aggregates.
+"""The journey application: records customer events on ``CustomerJourney`` aggregates.
 
 Persistence is chosen by the eventsourcing environment (POPO in unit tests,
 SQLite by default, PostgreSQL in scale-out); this module knows none of them.
+
+Identity merging works by re-keying (see docs/architecture.md): an identify
+call linking anonymousId A to user U is recorded on U's journey, which asks,
+through the events topic, for ``anon:A``'s journey to merge. That journey sits
+on its own partition, so every event it received before the request has been
+applied; it ends with ``MergedInto`` and its history travels to U in one
+message with a deterministic id. Events arriving for ``anon:A`` later are
+forwarded to U as they come. The messages this module asks to be sent are in
+:attr:`JourneyUpdate.forwards`; ``streams/`` sends them before committing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import ProcessRecorder, Tracking
 
-from events import TrackedEvent
-from journeys.domainmodel import CustomerJourney, StageChange
-from journeys.stages import StageRules
+from events import EventType, TrackedEvent
+from journeys.domainmodel import (
+    ANONYMOUS_PREFIX,
+    FACT_EVENTS,
+    CustomerJourney,
+    StageChange,
+    is_anonymous,
+)
+from journeys.stages import Stage, StageRules
+from journeys.touches import Touch
+
+# Call types of the messages the worker itself puts on the events topic.
+LINK_CALL = "journey.link"
+MERGE_CALL = "journey.merge"
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRefusal:
+    """A merge that was refused (two identified customers, or a second owner)."""
+
+    customer_key: str
+    requested_by: str
+    event_id: str
 
 
 @dataclass
 class JourneyUpdate:
     """The outcome of recording one batch, not yet committed.
 
-    Effects outside the event store (ClickHouse, read models) are written from
-    it first; :meth:`JourneyApplication.commit` then saves the aggregates and
-    the consumed position in one transaction. A crash in between replays the
+    Effects outside the event store (ClickHouse, messages) are written from it
+    first; :meth:`JourneyApplication.commit` then saves the aggregates and the
+    consumed position in one transaction. A crash in between replays the
     batch, which those idempotent effects absorb.
     """
 
@@ -32,6 +63,11 @@ class JourneyUpdate:
     journeys: dict[str, CustomerJourney] = field(default_factory=dict)
     recorded: list[TrackedEvent] = field(default_factory=list)
     stage_changes: list[StageChange] = field(default_factory=list)
+    # Messages for the events topic, keyed by their customer_key.
+    forwards: list[TrackedEvent] = field(default_factory=list)
+    refusals: list[MergeRefusal] = field(default_factory=list)
+    # New orders and their customer, for the orders projection.
+    orders: list[tuple[str, Touch]] = field(default_factory=list)
 
 
 class JourneyApplication(Application[UUID]):
@@ -70,20 +106,118 @@ class JourneyApplication(Application[UUID]):
     def record(
         self, touches: Iterable[TrackedEvent], position: Tracking | None = None
     ) -> JourneyUpdate:
-        """Apply touchpoints in order to their journeys; nothing is saved yet."""
+        """Apply events in order to their journeys; nothing is saved yet."""
         update = JourneyUpdate(processing=ProcessingEvent(tracking=position))
         for touch in touches:
-            journey = update.journeys.get(touch.customer_key)
-            if journey is None:
-                journey = self.journey(touch.customer_key) or CustomerJourney(
-                    customer_key=touch.customer_key, started_at=touch.timestamp
-                )
-                update.journeys[touch.customer_key] = journey
-            before = journey.touchpoints
-            update.stage_changes.extend(journey.record(touch, self.rules))
-            if journey.touchpoints != before:
-                update.recorded.append(touch)
+            if touch.call_type == LINK_CALL:
+                self._merge_request(touch, update)
+            elif touch.call_type == MERGE_CALL:
+                self._absorb(touch, update)
+            else:
+                self._record_one(touch, update)
+        for journey in update.journeys.values():
+            update.orders.extend(
+                (journey.customer_key, Touch.from_dict(e.touch))  # type: ignore[attr-defined]
+                for e in journey.pending_events
+                if type(e).__name__ == "OrderPlaced"
+            )
         return update
+
+    def _journey_for(self, update: JourneyUpdate, key: str, at: datetime) -> CustomerJourney:
+        journey = update.journeys.get(key)
+        if journey is None:
+            journey = self.journey(key) or CustomerJourney(customer_key=key, started_at=at)
+            update.journeys[key] = journey
+        return journey
+
+    def _record_one(self, touch: TrackedEvent, update: JourneyUpdate) -> None:
+        journey = self._journey_for(update, touch.customer_key, touch.timestamp)
+        if journey.merged_into is not None:
+            # Re-keyed: the known customer's journey records it (and drops a repeat).
+            update.forwards.append(
+                replace(
+                    touch,
+                    customer_key=journey.merged_into,
+                    context={**touch.context, "merged_from": journey.customer_key},
+                )
+            )
+            return
+        before, links = journey.touchpoints, len(journey.linked_keys)
+        update.stage_changes.extend(journey.record(touch, self.rules))
+        if journey.touchpoints != before:
+            update.recorded.append(touch)
+        targets = list(journey.linked_keys[links:])
+        if targets and touch.call_type == "alias":
+            # An alias's previousId may be an earlier userId rather than an anonymousId:
+            # ask that customer too; if they exist, the merge is refused and logged.
+            targets.append(targets[-1].removeprefix(ANONYMOUS_PREFIX))
+        for key in targets:
+            update.forwards.append(
+                TrackedEvent(
+                    event_id=f"link:{key}:{journey.customer_key}",
+                    customer_key=key,
+                    call_type=LINK_CALL,
+                    event_type=EventType.IDENTIFY,
+                    event_name="Identity Linked",
+                    timestamp=touch.timestamp,
+                    received_at=touch.received_at,
+                    user_id=journey.customer_key,
+                    anonymous_id=key.removeprefix(ANONYMOUS_PREFIX),
+                )
+            )
+
+    def _merge_request(self, request: TrackedEvent, update: JourneyUpdate) -> None:
+        key = request.customer_key
+        if not is_anonymous(key) and key not in update.journeys and self.journey(key) is None:
+            return  # an alias's previousId that is no known customer: nothing to refuse
+        journey = self._journey_for(update, key, request.timestamp)
+        into = request.user_id or ""
+        outcome, changes = journey.merge_into(into, request.timestamp, request.event_id)
+        if outcome == "refused":
+            update.refusals.append(MergeRefusal(journey.customer_key, into, request.event_id))
+            return
+        if outcome != "merged":
+            return
+        update.stage_changes.extend(changes)
+        facts = [t.to_dict() for t in self.touches_of(journey)]
+        update.forwards.append(
+            TrackedEvent(
+                # Deterministic: a re-sent merge (after a crash) is recognised by its id.
+                event_id=f"merge:{journey.customer_key}:{into}",
+                customer_key=into,
+                call_type=MERGE_CALL,
+                event_type=EventType.IDENTIFY,
+                event_name="Identity Merged",
+                timestamp=request.timestamp,
+                received_at=request.received_at,
+                user_id=into,
+                anonymous_id=journey.customer_key.removeprefix("anon:"),
+                properties={
+                    "from": journey.customer_key,
+                    "touches": facts,
+                    # The anonymous journey's stages, for "as of" before the merge.
+                    "stages": [
+                        [stage, at.isoformat()]
+                        for stage, at in journey.stage_history
+                        if stage != Stage.MERGED
+                    ],
+                },
+            )
+        )
+
+    def _absorb(self, message: TrackedEvent, update: JourneyUpdate) -> None:
+        anonymous_key = str(message.properties.get("from", ""))
+        if not is_anonymous(anonymous_key):
+            return
+        touches = [Touch.from_dict(t) for t in message.properties.get("touches", [])]
+        stages = [
+            (str(stage), datetime.fromisoformat(at))
+            for stage, at in message.properties.get("stages", [])
+        ]
+        journey = self._journey_for(update, message.customer_key, message.timestamp)
+        update.stage_changes.extend(
+            journey.absorb(anonymous_key, touches, message.timestamp, self.rules, stages)
+        )
 
     def commit(self, update: JourneyUpdate) -> None:
         """Save every changed journey and the consumed position atomically."""
@@ -93,3 +227,73 @@ class JourneyApplication(Application[UUID]):
         recordings = self._record(update.processing)
         self._take_snapshots(update.processing)
         self._notify(recordings)
+
+    # --- reading history ---------------------------------------------------------------
+
+    def history(self, journey: CustomerJourney) -> list[Any]:
+        """Every domain event of ``journey``: stored ones, then those not yet saved."""
+        stored = list(self.events.get(journey.id))
+        saved = stored[-1].originator_version if stored else 0
+        pending = [e for e in journey.pending_events if e.originator_version > saved]
+        return stored + pending
+
+    def touches_of(self, journey: CustomerJourney) -> list[Touch]:
+        """The touches ``journey`` recorded, in recording order."""
+        history = self.history(journey)
+        return [Touch.from_dict(e.touch) for e in history if type(e).__name__ in FACT_EVENTS]
+
+    def all_journey_ids(self, page: int = 1000) -> Iterator[tuple[UUID, int]]:
+        """(journey id, its stored events so far) for every stored event, in storage order."""
+        recorder = self.recorder
+        start = 1
+        while True:
+            notifications = recorder.select_notifications(start=start, limit=page)
+            if not notifications:
+                return
+            for notification in notifications:
+                yield UUID(str(notification.originator_id)), notification.originator_version
+            start = notifications[-1].id + 1
+
+
+def timeline_entry(domain_event: Any) -> dict[str, Any]:
+    """One domain event of a journey as a timeline entry (plain data, with its time)."""
+    kind = type(domain_event).__name__
+    entry: dict[str, Any] = {"type": kind}
+    if kind in FACT_EVENTS:
+        touch = Touch.from_dict(domain_event.touch)
+        entry |= {
+            "at": touch.at,
+            "event_id": touch.event_id,
+            "event_name": touch.event_name,
+            "channel": touch.channel,
+        }
+        for name in ("category", "order_id", "ticket_id", "merged_from"):
+            if getattr(touch, name):
+                entry[name] = getattr(touch, name)
+        if kind in ("OrderPlaced", "OrderRefunded"):
+            entry["revenue"] = touch.revenue
+        if kind == "FeedbackGiven":
+            entry["rating"] = touch.rating
+    elif kind == "IdentityMerged":
+        entry |= {
+            "at": domain_event.at,
+            "anonymous_key": domain_event.anonymous_key,
+            "touches": domain_event.touches,
+            "stages": [{"stage": stage, "at": at} for stage, at in domain_event.stages],
+        }
+    elif kind == "JourneyStarted":
+        entry |= {"at": domain_event.started_at, "customer_key": domain_event.customer_key}
+    else:
+        entry |= {
+            name: value
+            for name, value in vars(domain_event).items()
+            if name not in ("originator_id", "originator_version", "timestamp")
+        }
+    return entry
+
+
+def timeline_of(history: Iterable[Any]) -> list[dict[str, Any]]:
+    """A journey's domain events in time order (recording order among equal times)."""
+    entries = [timeline_entry(e) for e in history]
+    order = sorted(range(len(entries)), key=lambda i: (entries[i]["at"], i))
+    return [entries[i] for i in order]

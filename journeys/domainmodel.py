@@ -1,22 +1,51 @@
-"""The ``CustomerJourney`` aggregate: one customer's touchpoints and stages.
+"""The ``CustomerJourney`` aggregate: what one customer's events mean, and their stages.
 
 Pure domain: no Kafka, no SQL, no HTTP. Persisted by the eventsourcing library;
 every projection can be rebuilt by replaying these events.
+
+Every recorded customer event becomes exactly one *fact* event named for what
+it means (``OrderPlaced``, ``CartOpened``, ``Browsed`` …), each carrying the
+:class:`~journeys.touches.Touch`; stage decisions follow as ``StageReached``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
+from statistics import median
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from events import EventType, TrackedEvent, normalized_name
+from events import EventType, TrackedEvent
 from journeys.stages import Stage, StageRules
+from journeys.touches import Action, Touch, touch_from
 
 _JOURNEY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:journey")
+ANONYMOUS_PREFIX = "anon:"
+
+# Names of the fact events: one per recorded customer event.
+FACT_EVENTS = (
+    "Browsed",
+    "Interacted",
+    "CartOpened",
+    "CartChanged",
+    "CartEmptied",
+    "CheckoutStarted",
+    "OrderPlaced",
+    "OrderRefunded",
+    "TicketOpened",
+    "TicketResolved",
+    "FeedbackGiven",
+)
+
+
+def is_anonymous(customer_key: str) -> bool:
+    """True for the key of a customer known only by an anonymousId."""
+    return customer_key.startswith(ANONYMOUS_PREFIX)
 
 
 class CustomerJourney(Aggregate):
@@ -35,109 +64,388 @@ class CustomerJourney(Aggregate):
         self.stage_name: str | None = None
         self.stage_since: datetime | None = None
         self.stage_reason = ""
+        # [stage, at] in the order reached: answers "which stage as of".
+        self.stage_history: list[list[Any]] = []
         self.touchpoints = 0
         self.first_seen: datetime = started_at
         self.last_seen: datetime = started_at
         self.product_views = 0
         self.order_times: list[datetime] = []
-        # Ids of recorded events: a re-delivered event is recognised and ignored.
-        self.recorded_ids: dict[str, None] = {}
+        self.order_ids: dict[str, None] = {}
+        self.revenue = 0.0
+        self.refunded = 0.0
+        self.cart_items = 0
+        self.open_tickets = 0
+        self.ratings: list[float] = []
+        self.channels: dict[str, int] = {}
+        self.categories: dict[str, int] = {}
+        # Ids of recently recorded events and their event time: a re-sent event is
+        # recognised and ignored. Kept by arrival time and pruned past the dedup window
+        # (StageRules.dedup_window_hours): a re-send is a second arrival, however old
+        # the event itself is (a re-imported history, a replayed backfill).
+        self.recorded_ids: dict[str, datetime] = {}
+        self.last_arrival: datetime = started_at
+        # Identity: anonymous keys linked to this (known) customer, and those whose
+        # history was absorbed; for an anonymous journey, the customer it merged into.
+        self.linked_keys: list[str] = []
+        self.absorbed_keys: list[str] = []
+        # The stage histories ([stage, at]) of the absorbed anonymous journeys.
+        self.absorbed_stages: dict[str, list[list[Any]]] = {}
+        self.merged_into: str | None = None
 
-    def record(self, touch: TrackedEvent, rules: StageRules) -> list[StageChange]:
-        """Record a touchpoint once; returns the stage changes it caused, in order.
+    # --- commands ----------------------------------------------------------------------
+
+    def record(self, event: TrackedEvent, rules: StageRules) -> list[StageChange]:
+        """Record a tracked event once; returns the stage changes it caused, in order."""
+        return self.record_touch(touch_from(event), rules)
+
+    def record_touch(self, touch: Touch, rules: StageRules) -> list[StageChange]:
+        """Record a touch once; returns the stage changes it caused, in order.
 
         Every journey begins at awareness, so a first touch that already shows
         more (a cart, an order) reaches awareness and then the further stage.
         """
-        if touch.event_id in self.recorded_ids:
+        horizon = max(self.last_arrival, touch.arrived) - timedelta(hours=rules.dedup_window_hours)
+        first_arrival = self.recorded_ids.get(touch.event_id)
+        if (first_arrival is not None and first_arrival >= horizon) or self.merged_into is not None:
             return []
-        self._record_touchpoint(
-            event_id=touch.event_id,
-            event_type=touch.event_type.value,
-            event_name=touch.event_name,
-            at=touch.timestamp,
-        )
-        changes = []
+        changes = self._lapse_if_due(touch.at, touch.event_id, rules)
+        fact = self._fact_name(touch)
+        self._record_fact(fact, touch, horizon)
         if self.stage is None:
-            changes.append(
-                self._change_to(Stage.AWARENESS, f"first touch: {touch.event_name}", touch)
-            )
-        decision = self._next_stage(touch, rules)
+            reason = f"first touch: {touch.event_name}"
+            changes.append(self._change_to(Stage.AWARENESS, reason, touch.event_id, touch.at))
+        decision = self._next_stage(touch, fact, rules)
         if decision is not None:
-            changes.append(self._change_to(*decision, touch))
+            changes.append(self._change_to(*decision, touch.event_id, touch.at))
+        anonymous_key = ANONYMOUS_PREFIX + touch.links_anonymous_id
+        if (
+            touch.links_anonymous_id
+            and not is_anonymous(self.customer_key)
+            and anonymous_key not in self.linked_keys
+        ):
+            self._link_identity(anonymous_key=anonymous_key, at=touch.at, event_id=touch.event_id)
         return changes
 
-    def _change_to(self, stage: Stage, reason: str, touch: TrackedEvent) -> StageChange:
+    def merge_into(
+        self, customer_key: str, at: datetime, event_id: str
+    ) -> tuple[str, list[StageChange]]:
+        """Merge this anonymous journey into ``customer_key``'s: "merged", "duplicate" or "refused".
+
+        A journey of a known customer is never merged into another (two
+        identified customers stay apart), nor is an anonymous journey merged
+        into a second customer: both are refused and recorded.
+        """
+        if event_id in self.recorded_ids or self.merged_into == customer_key:
+            return "duplicate", []
+        if not is_anonymous(self.customer_key):
+            reason = f"{self.customer_key} is an identified customer"
+        elif self.merged_into is not None:
+            reason = f"already merged into {self.merged_into}"
+        else:
+            reason = ""
+        if reason:
+            self._refuse_merge(requested_by=customer_key, reason=reason, at=at, event_id=event_id)
+            return "refused", []
+        self._merge_into(customer_key=customer_key, at=at, event_id=event_id)
+        change = self._change_to(Stage.MERGED, f"merged into {customer_key}", event_id, at)
+        return "merged", [change]
+
+    def absorb(
+        self,
+        anonymous_key: str,
+        touches: Iterable[Touch],
+        at: datetime,
+        rules: StageRules,
+        stages: Iterable[tuple[str, datetime]] = (),
+    ) -> list[StageChange]:
+        """Take in the history of an anonymous journey merged into this one, in time order.
+
+        Each touch goes through the same rules as a live one (an id seen
+        before counts once). This journey's own stage changes are never
+        rewritten (they were published): a stage the merged touches reach is
+        reached at the later of the touch's time and the current stage's. The
+        anonymous journey's own stage history (``stages``) is kept beside it,
+        so the person's stage "as of" a moment before the merge is the furthest
+        any of their identities had reached (:meth:`stage_as_of`).
+        """
+        if anonymous_key in self.absorbed_keys or self.merged_into is not None:
+            return []
+        ordered = sorted(touches, key=lambda t: (t.at, t.event_id))
+        self._merge_identity(
+            anonymous_key=anonymous_key,
+            at=at,
+            touches=len(ordered),
+            stages=[[stage, when] for stage, when in stages if stage != Stage.MERGED],
+        )
+        changes: list[StageChange] = []
+        for touch in ordered:
+            changes.extend(self.record_touch(touch.merged(anonymous_key), rules))
+        return changes
+
+    # --- events ------------------------------------------------------------------------
+
+    def _record_fact(self, fact: str, touch: Touch, forget_before: datetime) -> None:
+        data = touch.to_dict()
+        if fact == "OrderPlaced":
+            self._order_placed(touch=data, forget_before=forget_before, **_order(touch))
+        elif fact == "OrderRefunded":
+            self._order_refunded(touch=data, forget_before=forget_before, **_order(touch))
+        elif fact == "FeedbackGiven":
+            self._feedback_given(touch=data, forget_before=forget_before, rating=touch.rating)
+        else:
+            getattr(self, _FACT_METHODS[fact])(touch=data, forget_before=forget_before)
+
+    @event("Browsed")
+    def _browsed(self, touch: dict[str, Any], forget_before: datetime) -> None:
+        self._apply(touch, forget_before)
+
+    @event("Interacted")
+    def _interacted(self, touch: dict[str, Any], forget_before: datetime) -> None:
+        self._apply(touch, forget_before)
+
+    @event("CartOpened")
+    def _cart_opened(self, touch: dict[str, Any], forget_before: datetime) -> None:
+        self._apply(touch, forget_before)
+
+    @event("CartChanged")
+    def _cart_changed(self, touch: dict[str, Any], forget_before: datetime) -> None:
+        self._apply(touch, forget_before)
+
+    @event("CartEmptied")
+    def _cart_emptied(self, touch: dict[str, Any], forget_before: datetime) -> None:
+        self._apply(touch, forget_before)
+
+    @event("CheckoutStarted")
+    def _checkout_started(self, touch: dict[str, Any], forget_before: datetime) -> None:
+        self._apply(touch, forget_before)
+
+    @event("OrderPlaced")
+    def _order_placed(
+        self, touch: dict[str, Any], forget_before: datetime, order_id: str, revenue: float
+    ) -> None:
+        self._apply(touch, forget_before)
+
+    @event("OrderRefunded")
+    def _order_refunded(
+        self, touch: dict[str, Any], forget_before: datetime, order_id: str, revenue: float
+    ) -> None:
+        self._apply(touch, forget_before)
+
+    @event("TicketOpened")
+    def _ticket_opened(self, touch: dict[str, Any], forget_before: datetime) -> None:
+        self._apply(touch, forget_before)
+
+    @event("TicketResolved")
+    def _ticket_resolved(self, touch: dict[str, Any], forget_before: datetime) -> None:
+        self._apply(touch, forget_before)
+
+    @event("FeedbackGiven")
+    def _feedback_given(
+        self, touch: dict[str, Any], forget_before: datetime, rating: float | None
+    ) -> None:
+        self._apply(touch, forget_before)
+
+    @event("StageReached")
+    def _reach_stage(self, stage: str, reason: str, at: datetime, event_id: str) -> None:
+        self.stage_name = stage
+        self.stage_reason = reason
+        self.stage_since = at
+        self.stage_history.append([stage, at])
+
+    @event("IdentityLinked")
+    def _link_identity(self, anonymous_key: str, at: datetime, event_id: str) -> None:
+        self.linked_keys.append(anonymous_key)
+
+    @event("IdentityMerged")
+    def _merge_identity(
+        self, anonymous_key: str, at: datetime, touches: int, stages: list[list[Any]]
+    ) -> None:
+        self.absorbed_keys.append(anonymous_key)
+        self.absorbed_stages[anonymous_key] = stages
+
+    @event("MergedInto")
+    def _merge_into(self, customer_key: str, at: datetime, event_id: str) -> None:
+        self.merged_into = customer_key
+        self.recorded_ids[event_id] = at
+
+    @event("MergeRefused")
+    def _refuse_merge(self, requested_by: str, reason: str, at: datetime, event_id: str) -> None:
+        self.recorded_ids[event_id] = at
+
+    def _apply(self, data: dict[str, Any], forget_before: datetime) -> None:
+        """The state change common to every fact event (deterministic: replays agree)."""
+        touch = Touch.from_dict(data)
+        self.recorded_ids[touch.event_id] = touch.arrived
+        self.last_arrival = max(self.last_arrival, touch.arrived)
+        for event_id, seen_at in list(self.recorded_ids.items()):
+            if seen_at < forget_before:
+                del self.recorded_ids[event_id]
+        self.touchpoints += 1
+        self.first_seen = min(self.first_seen, touch.at)
+        self.last_seen = max(self.last_seen, touch.at)
+        self.channels[touch.channel] = self.channels.get(touch.channel, 0) + 1
+        action = touch.action
+        if action is Action.PRODUCT_VIEW:
+            self.product_views += 1
+            if touch.category:
+                self.categories[touch.category] = self.categories.get(touch.category, 0) + 1
+        elif action is Action.CART_ADD:
+            self.cart_items += touch.quantity
+        elif action is Action.CART_REMOVE:
+            self.cart_items = max(0, self.cart_items - touch.quantity)
+        elif action is Action.TICKET_OPEN:
+            self.open_tickets += 1
+        elif action is Action.TICKET_RESOLVE:
+            self.open_tickets = max(0, self.open_tickets - 1)
+        elif action is Action.FEEDBACK and touch.rating is not None:
+            self.ratings.append(touch.rating)
+        elif action is Action.REFUND:
+            self.refunded += touch.revenue
+        elif action is Action.ORDER and self._is_new_order(touch):
+            self.order_times.append(touch.at)
+            if touch.order_id:
+                self.order_ids[touch.order_id] = None
+            self.revenue += touch.revenue
+            self.cart_items = 0
+
+    # --- decisions ---------------------------------------------------------------------
+
+    def _is_new_order(self, touch: Touch) -> bool:
+        # The same order id sent again (a new messageId) is not a second order.
+        return not (touch.order_id and touch.order_id in self.order_ids)
+
+    def _fact_name(self, touch: Touch) -> str:
+        action = touch.action
+        if action is Action.ORDER:
+            return "OrderPlaced" if self._is_new_order(touch) else "Interacted"
+        if action is Action.CART_ADD:
+            return "CartOpened" if self.cart_items == 0 else "CartChanged"
+        if action is Action.CART_REMOVE:
+            return "CartEmptied" if 0 < self.cart_items <= touch.quantity else "CartChanged"
+        fixed = {
+            Action.CHECKOUT_START: "CheckoutStarted",
+            Action.REFUND: "OrderRefunded",
+            Action.TICKET_OPEN: "TicketOpened",
+            Action.TICKET_RESOLVE: "TicketResolved",
+            Action.FEEDBACK: "FeedbackGiven",
+        }
+        if action in fixed:
+            return fixed[action]
+        return "Browsed" if touch.event_type == EventType.BROWSE else "Interacted"
+
+    def _lapse_if_due(self, now: datetime, event_id: str, rules: StageRules) -> list[StageChange]:
+        """Loyalty lapses once more than ``loyalty_lapse_days`` pass without an order."""
+        due = self.lapse_due(rules)
+        if due is None or now <= due:
+            return []
+        reason = f"no order for {rules.loyalty_lapse_days} days"
+        return [self._change_to(Stage.LAPSED, reason, event_id, due)]
+
+    def lapse_due(self, rules: StageRules) -> datetime | None:
+        """When a loyal customer lapses unless they order first; None if not loyal."""
+        if self.stage is not Stage.LOYALTY or not self.order_times:
+            return None
+        return max(self.order_times) + timedelta(days=rules.loyalty_lapse_days)
+
+    def _change_to(self, stage: Stage, reason: str, event_id: str, at: datetime) -> StageChange:
         previous = self.stage
-        self._reach_stage(stage=stage.value, reason=reason, at=touch.timestamp)
+        # Stages are reached in time order: a late (or merged) event cannot place a
+        # stage before the one the customer is already in.
+        at = max(at, self.stage_since) if self.stage_since is not None else at
+        self._reach_stage(stage=stage.value, reason=reason, at=at, event_id=event_id)
         return StageChange(
             customer_key=self.customer_key,
             stage=stage,
             previous=previous,
             reason=reason,
-            at_event_id=touch.event_id,
-            at=touch.timestamp,
+            at_event_id=event_id,
+            at=at,
         )
 
-    @event("TouchpointRecorded")
-    def _record_touchpoint(
-        self, event_id: str, event_type: str, event_name: str, at: datetime
-    ) -> None:
-        self.recorded_ids[event_id] = None
-        self.touchpoints += 1
-        self.first_seen = min(self.first_seen, at)
-        self.last_seen = max(self.last_seen, at)
-        name = normalized_name(event_name)
-        if name == "product viewed":
-            self.product_views += 1
-        if _is_order(event_type, name):
-            self.order_times.append(at)
-
-    @event("StageReached")
-    def _reach_stage(self, stage: str, reason: str, at: datetime) -> None:
-        self.stage_name = stage
-        self.stage_reason = reason
-        self.stage_since = at
-
-    def _next_stage(self, touch: TrackedEvent, rules: StageRules) -> tuple[Stage, str] | None:
+    def _next_stage(self, touch: Touch, fact: str, rules: StageRules) -> tuple[Stage, str] | None:
         """The stage this touch moves the customer to, with the reason."""
-        name = normalized_name(touch.event_name)
         current = self.stage
-        if _is_order(touch.event_type, name):
+        if fact == "OrderPlaced":
+            if current is Stage.LAPSED:
+                return Stage.LOYALTY, "won back: order after lapse"
             if self.orders == 1 and _below(current, Stage.PURCHASE):
                 return Stage.PURCHASE, "first order"
             window = timedelta(days=rules.loyalty_repeat_window_days)
-            others = self.order_times[:-1]
+            others = list(self.order_times)
+            others.remove(touch.at)
             if (
                 others
                 and _below(current, Stage.LOYALTY)
-                and min(abs(touch.timestamp - other) for other in others) <= window
+                and min(abs(touch.at - other) for other in others) <= window
             ):
                 return Stage.LOYALTY, "repeat order"
-        if (
-            touch.event_type is EventType.SUPPORT
-            and self.orders >= 1
-            and _below(current, Stage.SERVICE)
-        ):
+        support = touch.event_type == EventType.SUPPORT
+        if support and self.orders >= 1 and _below(current, Stage.SERVICE):
             return Stage.SERVICE, f"support after purchase: {touch.event_name}"
         if _below(current, Stage.CONSIDERATION):
             if touch.event_type in (EventType.CART, EventType.CHECKOUT):
-                return Stage.CONSIDERATION, f"{touch.event_type.value}: {touch.event_name}"
-            if name == "products searched":
+                return Stage.CONSIDERATION, f"{touch.event_type}: {touch.event_name}"
+            if touch.action is Action.SEARCH:
                 return Stage.CONSIDERATION, "product search"
             if self.product_views >= rules.consideration_product_views:
                 return Stage.CONSIDERATION, f"{self.product_views} product views"
         return None
 
+    # --- queries -----------------------------------------------------------------------
+
     @property
     def stage(self) -> Stage | None:
-        """The stage the customer is in now, if any touch was recorded."""
+        """The stage the customer is in after the last recorded event, if any."""
         return Stage(self.stage_name) if self.stage_name else None
 
     @property
     def orders(self) -> int:
         """Completed orders recorded so far."""
         return len(self.order_times)
+
+    def stage_as_of(self, moment: datetime, rules: StageRules) -> Stage | None:
+        """The person's stage at ``moment``, lapse included; None before any stage.
+
+        The furthest of this journey's stage and those the merged anonymous
+        journeys had reached by then (a person is as far along as the furthest
+        of their identities).
+        """
+        stage = _last_stage(self.stage_history, moment)
+        if stage is Stage.LOYALTY:
+            orders = [t for t in self.order_times if t <= moment]
+            if orders and moment > max(orders) + timedelta(days=rules.loyalty_lapse_days):
+                stage = Stage.LAPSED
+        for history in self.absorbed_stages.values():
+            other = _last_stage(history, moment)
+            if other is not None and (stage is None or other.rank > stage.rank):
+                stage = other
+        return stage
+
+    def person_stage_history(self) -> list[tuple[Stage, datetime]]:
+        """Stages the person reached, in time order, across merged identities.
+
+        Every stage change of this journey and of the absorbed ones, keeping
+        those that take the person further (or lapse / win back loyalty).
+        """
+        entries = [(Stage(name), at) for name, at in self.stage_history]
+        for history in self.absorbed_stages.values():
+            entries.extend((Stage(name), at) for name, at in history)
+        entries.sort(key=lambda entry: (entry[1], entry[0].rank))
+        kept: list[tuple[Stage, datetime]] = []
+        for stage, at in entries:
+            current = kept[-1][0] if kept else None
+            cycle = (current, stage) in {
+                (Stage.LOYALTY, Stage.LAPSED),
+                (Stage.LAPSED, Stage.LOYALTY),
+            }
+            if (
+                current is None
+                or cycle
+                or (stage.rank > current.rank and stage is not Stage.LAPSED)
+            ):
+                kept.append((stage, at))
+        return kept
 
     def summary(self) -> dict[str, Any]:
         """The journey's state as plain data, for read models."""
@@ -149,8 +457,29 @@ class CustomerJourney(Aggregate):
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
             "orders": self.orders,
+            "last_order_at": max(self.order_times) if self.order_times else None,
+            "merged_into": self.merged_into or "",
+            "absorbed_keys": list(self.absorbed_keys),
             "version": self.version,
         }
+
+    def purchase_cycle_days(self) -> float | None:
+        """Median days between consecutive orders; None with fewer than two orders."""
+        times = sorted(self.order_times)
+        gaps = [(b - a).total_seconds() / 86400 for a, b in pairwise(times)]
+        return float(median(gaps)) if gaps else None
+
+
+_FACT_METHODS = {
+    "Browsed": "_browsed",
+    "Interacted": "_interacted",
+    "CartOpened": "_cart_opened",
+    "CartChanged": "_cart_changed",
+    "CartEmptied": "_cart_emptied",
+    "CheckoutStarted": "_checkout_started",
+    "TicketOpened": "_ticket_opened",
+    "TicketResolved": "_ticket_resolved",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +494,17 @@ class StageChange:
     at: datetime
 
 
-def _is_order(event_type: str, name: str) -> bool:
-    # A page named "Order Completed" is a page view, not an order.
-    return event_type == EventType.PURCHASE and name == "order completed"
+def _order(touch: Touch) -> dict[str, Any]:
+    return {"order_id": touch.order_id, "revenue": touch.revenue}
+
+
+def _last_stage(history: Iterable[list[Any]], moment: datetime) -> Stage | None:
+    stage: Stage | None = None
+    for name, at in history:
+        if at > moment:
+            break
+        stage = Stage(name)
+    return stage
 
 
 def _below(current: Stage | None, stage: Stage) -> bool:

@@ -1,14 +1,16 @@
-"""The stage projection: each customer's current stage and counters."""
+"""The stage projection: each customer's current stage, their orders, and stages as of a moment."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from journeys.stages import JOURNEY_STAGES, Stage
+from journeys.touches import Touch
 from projections.clickhouse import as_utc
 
 _COLUMNS = [
@@ -19,6 +21,9 @@ _COLUMNS = [
     "orders",
     "first_seen",
     "last_seen",
+    "last_order_at",
+    "merged_into",
+    "absorbed_keys",
     "version",
 ]
 
@@ -34,11 +39,24 @@ class CustomerStage:
     orders: int
     first_seen: datetime
     last_seen: datetime
+    last_order_at: datetime | None
+    merged_into: str
+    absorbed_keys: list[str]
     version: int
+
+    def stage_at(self, moment: datetime, lapse_days: int) -> str:
+        """The stage at ``moment`` (after this row's last event): loyalty may have lapsed."""
+        if (
+            self.stage == Stage.LOYALTY
+            and self.last_order_at is not None
+            and moment > self.last_order_at + timedelta(days=lapse_days)
+        ):
+            return Stage.LAPSED.value
+        return self.stage
 
 
 class CustomerStageView:
-    """Reads and writes ``customer_stages``; a row per customer, newest version wins.
+    """Reads and writes ``customer_stages`` and ``customer_orders``.
 
     Rows carry absolute state taken from the aggregate, so writing the same
     batch twice (after a crash) leaves the same answer.
@@ -46,6 +64,7 @@ class CustomerStageView:
 
     def __init__(self, client: Client, database: str) -> None:
         self._client = client
+        self._db = database
         self._table = f"{database}.customer_stages"
 
     def upsert(self, summaries: Iterable[dict[str, Any]]) -> None:
@@ -53,6 +72,16 @@ class CustomerStageView:
         rows = [[s[column] for column in _COLUMNS] for s in summaries if s["stage"]]
         if rows:
             self._client.insert(self._table, rows, column_names=_COLUMNS)
+
+    def append_orders(self, orders: Iterable[tuple[str, Touch]]) -> None:
+        """Record orders (customer, touch); the same order written again collapses."""
+        rows = [[key, t.order_id or t.event_id, t.at, t.revenue] for key, t in orders]
+        if rows:
+            self._client.insert(
+                f"{self._db}.customer_orders",
+                rows,
+                column_names=["customer_key", "order_id", "at", "revenue"],
+            )
 
     def get(self, customer_key: str) -> CustomerStage | None:
         """The customer's row, or None if the customer was never seen."""
@@ -64,13 +93,83 @@ class CustomerStageView:
         if not result.result_rows:
             return None
         row = dict(zip(_COLUMNS, result.result_rows[0], strict=True))
-        for column in ("stage_since", "first_seen", "last_seen"):
-            row[column] = as_utc(row[column])
+        for column in ("stage_since", "first_seen", "last_seen", "last_order_at"):
+            if row[column] is not None:
+                row[column] = as_utc(row[column])
+        row["absorbed_keys"] = list(row["absorbed_keys"])
         return CustomerStage(**row)
 
     def stage_counts(self) -> dict[str, int]:
-        """How many customers are in each stage now."""
+        """How many customers are in each stage after their last event (lapse not applied)."""
         result = self._client.query(
-            f"SELECT stage, count() FROM {self._table} FINAL GROUP BY stage"
+            f"SELECT stage, count() FROM {self._table} FINAL WHERE stage != 'merged' GROUP BY stage"
         )
         return {str(stage): int(count) for stage, count in result.result_rows}
+
+    def stage_as_of(self, customer_key: str, moment: datetime, lapse_days: int) -> str | None:
+        """The journey's stage at ``moment`` from the stage history; None before the first."""
+        rows = self._stages_as_of(moment, lapse_days, customer_key)
+        return rows[0][1] if rows else None
+
+    def person_stage_as_of(
+        self, customer: CustomerStage, moment: datetime, lapse_days: int
+    ) -> str | None:
+        """The person's stage at ``moment``: the furthest of their journey's and of the
+        anonymous journeys merged into it (the aggregate's ``stage_as_of`` rule)."""
+        best: Stage | None = None
+        for key in [customer.customer_key, *customer.absorbed_keys]:
+            found = self.stage_as_of(key, moment, lapse_days)
+            if found is None or found == Stage.MERGED:
+                continue
+            stage = Stage(found)
+            if best is None or stage.rank > best.rank:
+                best = stage
+        return best.value if best is not None else None
+
+    def distribution(self, moment: datetime, lapse_days: int) -> dict[str, int]:
+        """Customers per stage at ``moment`` (every journey stage listed, merged ones left out)."""
+        counts = {stage.value: 0 for stage in JOURNEY_STAGES}
+        for _, stage in self._stages_as_of(moment, lapse_days):
+            if stage in counts:
+                counts[stage] += 1
+        return counts
+
+    def _stages_as_of(
+        self, moment: datetime, lapse_days: int, customer_key: str | None = None
+    ) -> list[tuple[str, str]]:
+        # The last stage reached by `moment`, and loyalty lapsed when the last order
+        # by then is older than the lapse period: the same rule as the aggregate's.
+        where = "AND customer_key = {customer:String}" if customer_key is not None else ""
+        sql = f"""
+            SELECT s.customer_key,
+                   if(s.stage = 'loyalty' AND o.last_order IS NOT NULL
+                      AND {{moment:DateTime64(3, 'UTC')}}
+                          > o.last_order + toIntervalDay({{lapse:UInt32}}),
+                      'lapsed', s.stage)
+            FROM (
+                SELECT customer_key, argMax(stage, (at, rank)) AS stage
+                FROM (
+                    SELECT customer_key, stage, at,
+                           indexOf({{order:Array(String)}}, stage) AS rank
+                    FROM {self._db}.stage_changes FINAL
+                    WHERE at <= {{moment:DateTime64(3, 'UTC')}} {where}
+                )
+                GROUP BY customer_key
+            ) AS s
+            LEFT JOIN (
+                SELECT customer_key, toNullable(max(at)) AS last_order
+                FROM {self._db}.customer_orders FINAL
+                WHERE at <= {{moment:DateTime64(3, 'UTC')}} {where}
+                GROUP BY customer_key
+            ) AS o ON s.customer_key = o.customer_key
+            SETTINGS join_use_nulls = 1
+        """
+        params: dict[str, Any] = {
+            "moment": moment,
+            "lapse": lapse_days,
+            "order": [stage.value for stage in Stage],
+        }
+        if customer_key is not None:
+            params["customer"] = customer_key
+        result = self._client.query(sql, parameters=params)
+        return [(str(key), str(stage)) for key, stage in result.result_rows]

@@ -97,6 +97,53 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        3,
+        "journeys: lapse and merge columns of customer_stages, customer_orders, customer_profiles",
+        [
+            # The last order decides when loyalty lapses (read side: "now" and as_of);
+            # merged_into names the known customer an anonymous journey merged into,
+            # absorbed_keys the anonymous journeys merged into a known one.
+            """
+            ALTER TABLE {db}.customer_stages
+                ADD COLUMN IF NOT EXISTS last_order_at Nullable(DateTime64(3, 'UTC'))
+                    AFTER last_seen,
+                ADD COLUMN IF NOT EXISTS merged_into String DEFAULT '' AFTER last_order_at,
+                ADD COLUMN IF NOT EXISTS absorbed_keys Array(String) AFTER merged_into
+            """,
+            # Orders per customer, for stages as of a moment (lapse) and RFM.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.customer_orders (
+                customer_key String,
+                order_id String,
+                at DateTime64(3, 'UTC'),
+                revenue Float64
+            ) ENGINE = ReplacingMergeTree
+            ORDER BY (customer_key, order_id)
+            """,
+            # One profile per customer; the highest aggregate version wins.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.customer_profiles (
+                customer_key String,
+                first_seen DateTime64(3, 'UTC'),
+                last_seen DateTime64(3, 'UTC'),
+                channels Array(LowCardinality(String)),
+                orders UInt32,
+                revenue Float64,
+                refunded Float64,
+                aov Float64,
+                last_order_at Nullable(DateTime64(3, 'UTC')),
+                ltv_estimate Float64,
+                purchase_cycle_days Nullable(Float64),
+                interest_tags Array(String),
+                average_rating Nullable(Float64),
+                open_tickets UInt32,
+                version UInt64
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY customer_key
+            """,
+        ],
+    ),
 ]
 
 

@@ -34,7 +34,7 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing the project and its dependencies into .venv (first run takes a minute or two) …" >&2
   # Quiet unless it fails: the build backend is chatty.
   if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-         .venv/bin/python -m pip install -q -e ".[dev]"; } >.venv/install.log 2>&1; then
+         .venv/bin/python -m pip install -q -e ".[dev,postgres]"; } >.venv/install.log 2>&1; then
     cat .venv/install.log >&2
     exit 1
   fi

@@ -9,6 +9,8 @@ journeys demo     stream synthetic storefront traffic to a running platform
 journeys keys create NAME | list | revoke KEY_ID   write keys (admin key, over HTTP)
 journeys dead-letters                            rejected events, newest first
 journeys import customers.csv orders.csv         history import through /v1/batch
+journeys replay   rebuild the projections from the event store (node stopped);
+                  --rules FILE: re-run history under other stage rules and compare
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
 import httpx
@@ -216,6 +219,48 @@ Ctrl-C stops everything.""",
     )
 
 
+def run_replay(settings: Settings, rules_file: Path | None) -> int:
+    """``journeys replay``: rebuild projections, or compare stage counts under other rules."""
+    from journeys.stages import StageRules
+    from stack.bootstrap import build_platform
+    from stack.replay import format_what_if, rebuild, what_if
+
+    other = None
+    if rules_file is not None:
+        try:
+            other = StageRules.from_toml(rules_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            print(f"--rules {rules_file}: {error}", file=sys.stderr)
+            return 2
+    try:
+        platform = build_platform(settings)
+    except Exception as error:
+        print(
+            f"cannot open the stores ({type(error).__name__}: {error}); with the embedded "
+            "ClickHouse, stop the node first: its data folder takes one process only",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        if other is None:
+            report = rebuild(platform)
+            print(
+                f"rebuilt projections of {report.journeys} journeys from {report.events} events "
+                f"in {report.seconds:.2f} s ({report.events_per_second:,.0f} events/s)"
+            )
+        else:
+            table, report, database = what_if(platform, other)
+            print(format_what_if(table))
+            print(
+                f"re-ran {report.events} events of {report.journeys} journeys under "
+                f"{rules_file} in {report.seconds:.2f} s ({report.events_per_second:,.0f} "
+                f"events/s); projection in database {database}"
+            )
+        return 0
+    finally:
+        platform.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``journeys`` command."""
     parser = argparse.ArgumentParser(
@@ -248,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("api", help="the API alone (needs a ClickHouse server)")
     commands.add_parser("topics", help="create the platform's topics")
     http_commands.add_commands(commands)
+    replay = commands.add_parser(
+        "replay", help="rebuild every projection from the event store (with the node stopped)"
+    )
+    replay.add_argument(
+        "--rules", type=Path, help="a stage rules file (TOML) to compare against, into *_whatif"
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command in http_commands.COMMANDS:
@@ -257,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         return up(settings, demo_rate=args.demo)
     if args.command == "demo":
         return _demo(settings, args)
+    if args.command == "replay":
+        return run_replay(settings, args.rules)
     if not settings.kafka_bootstrap_servers:
         parser.error(
             f"`journeys {args.command}` needs JOURNEYS_KAFKA_BOOTSTRAP_SERVERS "

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     event_store: Literal["sqlite", "postgres"] = "sqlite"
     postgres_dsn: str = ""
 
+    # Journeys kept in memory by the worker (0: none). A cached journey is still
+    # fast-forwarded from the event store on every read, so it is never stale.
+    journey_cache_size: int = Field(default=10_000, ge=0)
+
+    # Stage rules (TOML). Empty: the documented defaults in journeys/stage_rules.toml.
+    stage_rules_file: Path | None = None
+
     # HTTP gateway.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
@@ -138,5 +145,6 @@ class Settings(BaseSettings):
         """These settings as ``JOURNEYS_*`` variables, for child processes."""
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+            if value is not None:  # unset optional settings stay unset in the child
+                env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         return env

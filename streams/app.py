@@ -8,6 +8,7 @@ thread, so the event loop (and, in the embedded node, the API) stays free.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from projections.dead_letters import DeadLetterLog
 from stack.settings import Settings
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
+
+log = logging.getLogger(__name__)
 
 
 class JourneyStreams:
@@ -125,6 +128,20 @@ class JourneyStreams:
                 await self.stage_changes_topic.send(
                     key=change.customer_key.encode(), value=orjson.dumps(record)
                 )
+            )
+        # Identity: link requests, merged histories and re-keyed events, keyed by customer.
+        for message in prepared.update.forwards:
+            pending.append(
+                await self.events_topic.send(
+                    key=message.customer_key.encode(), value=message.to_json()
+                )
+            )
+        for refusal in prepared.update.refusals:
+            log.warning(
+                "identity merge refused: %s cannot merge into %s (message %s)",
+                refusal.customer_key,
+                refusal.requested_by,
+                refusal.event_id,
             )
         for payload, reasons in prepared.rejected:
             rejected: dict[str, Any] = {

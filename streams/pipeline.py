@@ -1,9 +1,11 @@
-"""One partition's batch of raw events → journeys, event log, stage projection.
+"""One partition's batch of raw events → journeys, event log, stage and profile projections.
 
 The order is what makes a replay harmless: effects outside the event store are
 idempotent and written first; the aggregates and the consumed position are
 committed last, in one transaction. A crash anywhere before the commit replays
-the batch; after it, the batch is skipped.
+the batch; after it, the batch is skipped. Messages the journeys ask to send
+(identity links, merged histories, events re-keyed to a merged customer) are
+sent before the commit too; their receivers recognise a repeat by its id.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from events import TrackedEvent
 from journeys.application import JourneyApplication, JourneyUpdate
 from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
+from projections.profiles import ProfileView
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +43,16 @@ class JourneyPipeline:
     """Applies batches of tracked events to journeys and their read models."""
 
     def __init__(
-        self, journeys: JourneyApplication, event_log: EventLog, stages: CustomerStageView
+        self,
+        journeys: JourneyApplication,
+        event_log: EventLog,
+        stages: CustomerStageView,
+        profiles: ProfileView | None = None,
     ) -> None:
         self.journeys = journeys
         self.event_log = event_log
         self.stages = stages
+        self.profiles = profiles
 
     def prepare(self, batch: PartitionBatch) -> PreparedBatch | None:
         """Record the batch's new events and write their idempotent effects."""
@@ -64,7 +72,10 @@ class JourneyPipeline:
         update = self.journeys.record(touches, Tracking(batch.source, fresh[-1][0] + 1))
         self.event_log.append(update.recorded)
         self.event_log.append_stage_changes(update.stage_changes)
+        self.stages.append_orders(update.orders)
         self.stages.upsert(journey.summary() for journey in update.journeys.values())
+        if self.profiles is not None:
+            self.profiles.upsert(update.journeys.values())
         return PreparedBatch(update=update, rejected=rejected)
 
     def commit(self, prepared: PreparedBatch) -> None:

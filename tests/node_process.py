@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -93,3 +94,15 @@ def query_chdb_folder(folder: Path, sql: str) -> list[list[Any]]:
         check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``journeys <args>`` with ``settings`` in a child process (as a user would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "stack.cli", *args],
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

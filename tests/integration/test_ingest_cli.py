@@ -62,12 +62,17 @@ def test_keys_and_history_import_through_the_cli(settings: Settings, tmp_path: P
         assert "orders.csv, row 4, column total: 'abc' is not a number" in imported.stderr
         assert "sent 4/4 events" in imported.stdout
 
-        def stage(customer: str) -> str | None:
-            response = node.read("GET", f"/v1/customers/{customer}")
+        def stage(customer: str, as_of: str = "") -> str | None:
+            query = f"?as_of={as_of}" if as_of else ""
+            response = node.read("GET", f"/v1/customers/{customer}{query}")
             return response.json()["stage"] if response.is_success else None
 
-        wait_until(lambda: stage("h1") == "loyalty", timeout=60, alive=lambda: True)
-        assert stage("h1") == "loyalty" and stage("h3") == "awareness"
+        # h1's second order (2023-09-01) made them loyal; with no order since,
+        # loyalty has lapsed by now (the rules file's lapse window).
+        wait_until(lambda: stage("h1") == "lapsed", timeout=60, alive=lambda: True)
+        assert stage("h1") == "lapsed" and stage("h3") == "awareness"
+        assert stage("h1", as_of="2023-09-02T00:00:00Z") == "loyalty"
+        assert stage("h1", as_of="2023-02-02T00:00:00Z") == "purchase"
         assert node.read("GET", "/v1/customers/h1").json()["event_count"] == 3
 
         # Importing again counts nothing twice (messageIds come from the rows' ids).

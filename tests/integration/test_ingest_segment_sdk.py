@@ -156,6 +156,8 @@ def test_segment_sdk_events_land_exactly_once_and_rejections_are_listed(
         "GROUP BY customer_key, stage",
     )
     assert all(count == 1 for _, _, count in changes), changes
+    # Each alias(previousId="anon-<c>") links that anonymous id: its journey is
+    # marked merged into <c>, so anything it sends later is forwarded there.
     assert {(c, s) for c, s, _ in changes} == {
         (c, s) for c in CUSTOMERS for s in ("awareness", "consideration", "purchase", "loyalty")
-    }
+    } | {(f"anon:anon-{c}", "merged") for c in CUSTOMERS}

@@ -342,8 +342,8 @@ def test_stored_events_are_typed_by_event_name(app: JourneyApplication) -> None:
     stored = list(app.events.get(journey_id))
     assert [type(e).__name__ for e in stored] == [
         "JourneyStarted",
-        "TouchpointRecorded",
+        "Browsed",
         "StageReached",
     ]
-    assert stored[1].event_type == EventType.BROWSE.value  # type: ignore[attr-defined]
+    assert stored[1].touch["event_type"] == EventType.BROWSE.value  # type: ignore[attr-defined]
     assert stored[2].stage == Stage.AWARENESS.value  # type: ignore[attr-defined]

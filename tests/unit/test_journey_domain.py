@@ -74,6 +74,8 @@ def test_stages_are_ranked_in_journey_order() -> None:
         ("purchase", 2),
         ("service", 3),
         ("loyalty", 4),
+        ("lapsed", 5),
+        ("merged", 6),
     ]
 
 
@@ -103,6 +105,9 @@ def test_new_journey_has_no_stage() -> None:
         "first_seen": T0,
         "last_seen": T0,
         "orders": 0,
+        "last_order_at": None,
+        "merged_into": "",
+        "absorbed_keys": [],
         "version": 1,
     }
 
@@ -418,11 +423,12 @@ def test_duplicates_emit_no_domain_events() -> None:
     assert journey.collect_events() == []
 
 
-def test_each_recorded_touch_is_one_domain_event_plus_stage_changes() -> None:
+def test_each_recorded_touch_is_one_fact_event_plus_stage_changes() -> None:
+    # Deliberate change: the generic TouchpointRecorded became fact events named by meaning.
     journey = new_journey()
-    play(journey, touch("Home", call_type="page"), touch("Promotion Viewed"))
+    play(journey, touch("Home", call_type="page"), touch("Promotion Viewed"), touch("Foo"))
     names = [type(e).__name__ for e in journey.collect_events()]
-    assert names == ["JourneyStarted", "TouchpointRecorded", "StageReached", "TouchpointRecorded"]
+    assert names == ["JourneyStarted", "Browsed", "StageReached", "Browsed", "Interacted"]
 
 
 # --- property: any sequence ---------------------------------------------------------------
@@ -475,6 +481,10 @@ def touch_sequences(draw: st.DrawFn) -> list[TrackedEvent]:
         StageRules,
         consideration_product_views=st.integers(min_value=1, max_value=4),
         loyalty_repeat_window_days=st.integers(min_value=1, max_value=400),
+        # Wider than the span of the sequences: no lapse, every id remembered
+        # (lapse and the dedup window have their own tests).
+        loyalty_lapse_days=st.just(10_000),
+        dedup_window_hours=st.just(24 * 10_000),
     ),
 )
 def test_any_sequence_moves_forward_counts_once_and_replays_as_a_no_op(

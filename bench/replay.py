@@ -1,0 +1,89 @@
+"""Benchmark: record a synthetic store's journeys, then replay them into the projections.
+
+    .venv/bin/python bench/replay.py [customers] [events-per-customer]
+
+Prints the recording rate (customer events/s through JourneyApplication, one
+transaction per 2000 events, SQLite) and the replay rates (domain events/s of
+``journeys replay`` and of ``journeys replay --rules``), each on this machine.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from eventsourcing.persistence import Tracking
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from events import TrackedEvent, event_type_for
+from journeys.stages import StageRules
+from stack.bootstrap import build_platform
+from stack.replay import rebuild, what_if
+from stack.settings import Settings
+
+NAMES = ["Product Viewed"] * 6 + ["Products Searched", "Product Added", "Order Completed"]
+
+
+def synthetic(customers: int, per_customer: int) -> list[TrackedEvent]:
+    """Interleaved events of many customers, a year of them, in time order."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    rng = random.Random(7)
+    events = []
+    for c in range(customers):
+        for i in range(per_customer):
+            name = rng.choice(NAMES)
+            when = start + timedelta(days=rng.uniform(0, 365))
+            events.append(
+                TrackedEvent(
+                    event_id=f"c{c}-{i}",
+                    customer_key=f"c{c}",
+                    call_type="track",
+                    event_type=event_type_for("track", name),
+                    event_name=name,
+                    timestamp=when,
+                    received_at=when,
+                    user_id=f"c{c}",
+                    properties={"category": rng.choice(["a", "b", "c"]), "revenue": 20},
+                )
+            )
+    events.sort(key=lambda e: e.timestamp)
+    return events
+
+
+def main() -> None:
+    """Run the benchmark and print the rates."""
+    customers = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    per_customer = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    with tempfile.TemporaryDirectory() as folder:
+        settings = Settings(data_dir=Path(folder), clickhouse_database="bench")
+        platform = build_platform(settings)
+        try:
+            events = synthetic(customers, per_customer)
+            started = time.monotonic()
+            for offset in range(0, len(events), 2000):
+                chunk = events[offset : offset + 2000]
+                app = platform.journeys
+                app.commit(app.record(chunk, Tracking("bench", offset + len(chunk))))
+            seconds = time.monotonic() - started
+            print(
+                f"recorded {len(events)} customer events in {seconds:.1f} s: "
+                f"{len(events) / seconds:,.0f}/s (no ClickHouse writes)"
+            )
+            report = rebuild(platform)
+            print(
+                f"replay: {report.events} domain events of {report.journeys} journeys in "
+                f"{report.seconds:.1f} s: {report.events_per_second:,.0f} events/s"
+            )
+            _, other, _ = what_if(platform, StageRules(consideration_product_views=3))
+            print(f"replay --rules: {other.events_per_second:,.0f} events/s")
+        finally:
+            platform.close()
+
+
+if __name__ == "__main__":
+    main()

