@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import analysis, customers, ingest
+from api import analysis, customers, ingest, outreach
 from api.dependencies import Gateway
 from api.errors import install_error_handlers
 
@@ -25,6 +25,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(customers.router)
     app.include_router(analysis.router)
+    app.include_router(outreach.router)
 
     @app.get("/health", tags=["operations"])
     async def health(request: Request) -> JSONResponse:

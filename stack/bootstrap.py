@@ -15,8 +15,10 @@ from projections.clickhouse import connect, database_name
 from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
 from projections.migrations import migrate
+from stack.outreach import OutreachAdmin, build_store
 from stack.settings import Settings
 from streams.app import JourneyStreams
+from streams.outreach.store import OutreachStore
 from streams.pipeline import JourneyPipeline
 from streams.producer import KafkaEventSink
 
@@ -30,6 +32,8 @@ class Platform:
     event_log: EventLog
     stages: CustomerStageView
     journeys: JourneyApplication
+    # Outreach timers, deliveries, endpoints (the event store's database).
+    outreach: OutreachStore
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores."""
@@ -38,6 +42,7 @@ class Platform:
     def close(self) -> None:
         """Release the stores (the chdb folder lock, the SQLite connection)."""
         self.journeys.close()
+        self.outreach.close()
         self.clickhouse.close()
 
 
@@ -75,6 +80,7 @@ def build_platform(settings: Settings) -> Platform:
         event_log=EventLog(clickhouse, database),
         stages=CustomerStageView(clickhouse, database),
         journeys=JourneyApplication(env=event_store_env(settings)),
+        outreach=build_store(settings),
     )
 
 
@@ -117,4 +123,5 @@ def build_gateway(
         event_log=platform.event_log,
         stages=platform.stages,
         health_checks=checks,
+        outreach=OutreachAdmin(settings, platform.outreach),
     )
