@@ -5,6 +5,7 @@ journeys node     worker and API in one process (the embedded shape)
 journeys worker   the journey worker alone (scale-out)
 journeys api      the API alone (scale-out, needs a ClickHouse server)
 journeys topics   create the platform's topics
+journeys outreach webhooks, rules and triggers, over the API (admin key)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from types import FrameType
 
 import httpx
 
+from stack import outreach_cli
 from stack.broker import EmbeddedBroker
 from stack.processes import port_open, spawn, stop, wait_until
 from stack.settings import Settings
@@ -172,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="the journey worker alone")
     commands.add_parser("api", help="the API alone (needs a ClickHouse server)")
     commands.add_parser("topics", help="create the platform's topics")
+    outreach_cli.add_parser(commands)
     args = parser.parse_args(argv)
     settings = Settings()
 
     if args.command == "up":
         return up(settings)
+    if args.command == "outreach":
+        return outreach_cli.run(args, settings)
     if not settings.kafka_bootstrap_servers:
         parser.error(
             f"`journeys {args.command}` needs JOURNEYS_KAFKA_BOOTSTRAP_SERVERS "

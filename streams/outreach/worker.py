@@ -266,7 +266,9 @@ class OutreachWorker:
                     (e.endpoint_id, "webhook", "pending") for e in endpoints if e.wants(rule_id)
                 ]
             if "email" in channels:
-                state = "pending" if self.settings.smtp_host else "skipped"
+                # No relay configured, or no address known: recorded, never attempted.
+                reachable = self.settings.smtp_host and trigger.get("email")
+                state = "pending" if reachable else "skipped"
                 targets.append((EMAIL_ENDPOINT, "email", state))
             self.store.add_deliveries(trigger_id, targets, source, offset + 1)
 
