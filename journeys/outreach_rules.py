@@ -126,41 +126,49 @@ def _parse_clock(value: Any, field_name: str) -> time:
         raise RuleError(field_name, "time", "must be HH:MM") from None
 
 
+def _field(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
 def parse_rule(data: Mapping[str, Any], where: str = "rule") -> TriggerRule:
     """One rule from its declared form; raises :class:`RuleError` naming the field."""
     rule_id = data.get("id")
     if not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9_\-]{1,64}", rule_id):
-        raise RuleError(f"{where}.id", "pattern", "must be 1-64 of a-z, 0-9, _ and -")
+        raise RuleError(_field(where, "id"), "pattern", "must be 1-64 of a-z, 0-9, _ and -")
     trigger = data.get("trigger")
     if trigger not in TRIGGER_KINDS:
-        raise RuleError(f"{where}.trigger", "enum", f"must be one of {', '.join(TRIGGER_KINDS)}")
+        raise RuleError(
+            _field(where, "trigger"), "enum", f"must be one of {', '.join(TRIGGER_KINDS)}"
+        )
     channels = tuple(data.get("channels", ("webhook",)))
     for channel in channels:
         if channel not in CHANNELS:
-            raise RuleError(f"{where}.channels", "enum", f"must be among {', '.join(CHANNELS)}")
+            raise RuleError(
+                _field(where, "channels"), "enum", f"must be among {', '.join(CHANNELS)}"
+            )
     exits = data.get("exit", ())
     if not isinstance(exits, list | tuple) or not all(isinstance(e, str) for e in exits):
-        raise RuleError(f"{where}.exit", "type", "must be a list of event names")
+        raise RuleError(_field(where, "exit"), "type", "must be a list of event names")
     conditions = data.get("conditions", {})
     if not isinstance(conditions, Mapping):
-        raise RuleError(f"{where}.conditions", "type", "must be a table of conditions")
+        raise RuleError(_field(where, "conditions"), "type", "must be a table of conditions")
     quiet = data.get("quiet_hours")
     quiet_hours = None
     if quiet is not None:
         if not isinstance(quiet, Mapping) or "start" not in quiet or "end" not in quiet:
-            raise RuleError(f"{where}.quiet_hours", "type", "must have start and end (HH:MM)")
+            raise RuleError(_field(where, "quiet_hours"), "type", "must have start and end (HH:MM)")
         quiet_hours = QuietHours(
-            _parse_clock(quiet["start"], f"{where}.quiet_hours.start"),
-            _parse_clock(quiet["end"], f"{where}.quiet_hours.end"),
+            _parse_clock(quiet["start"], _field(where, "quiet_hours.start")),
+            _parse_clock(quiet["end"], _field(where, "quiet_hours.end")),
         )
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise RuleError(f"{where}.enabled", "type", "must be true or false")
+        raise RuleError(_field(where, "enabled"), "type", "must be true or false")
     return TriggerRule(
         id=rule_id,
         trigger=str(trigger),
-        delay=parse_duration(data.get("delay", 0), f"{where}.delay"),
-        frequency_cap=parse_duration(data.get("frequency_cap", 0), f"{where}.frequency_cap"),
+        delay=parse_duration(data.get("delay", 0), _field(where, "delay")),
+        frequency_cap=parse_duration(data.get("frequency_cap", 0), _field(where, "frequency_cap")),
         exit_events=tuple(normalized_name(e) for e in exits),
         channels=channels,
         conditions=dict(conditions),

@@ -75,7 +75,7 @@ class OutreachAdmin:
 
     def set_rule(self, rule: dict[str, Any]) -> dict[str, Any]:
         """Validate (RuleError names the field), then store the override."""
-        parsed = parse_rule(rule)
+        parsed = parse_rule(rule, where="")
         self.store.set_rule_override(rule)
         return parsed.to_dict()
 
