@@ -342,12 +342,15 @@ class OutreachStore:
                 (now_ts, now_ts, limit),
             ).fetchall()
             for row in rows:
-                self._exec(
+                # Conditional on the lease: with several workers on PostgreSQL (read
+                # committed), only the one whose update still sees it free gets it.
+                cursor = self._exec(
                     "UPDATE trigger_deliveries SET lease_until = ? "
-                    "WHERE trigger_id = ? AND endpoint_id = ?",
-                    (now_ts + lease_s, row[0], row[1]),
+                    "WHERE trigger_id = ? AND endpoint_id = ? AND lease_until <= ?",
+                    (now_ts + lease_s, row[0], row[1], now_ts),
                 )
-                claimed.append(Delivery(*row))
+                if cursor.rowcount:
+                    claimed.append(Delivery(*row))
         return claimed
 
     def record_attempt(
