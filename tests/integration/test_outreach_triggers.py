@@ -46,6 +46,19 @@ delay = "{DELAY_S}s"
 frequency_cap = "24h"
 exit = ["Order Completed"]
 channels = ["webhook", "email"]
+
+[[rule]]
+id = "satisfaction_survey"
+trigger = "ticket_resolved"
+delay = "2s"
+channels = ["webhook"]
+
+[[rule]]
+id = "win_back"
+trigger = "win_back"
+delay = "3s"
+channels = ["webhook"]
+conditions = {{ stage = "loyalty" }}
 """
 
 
@@ -264,7 +277,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         vip = {"trigger": "high_value", "conditions": {"min_lifetime_revenue": 1e9}}
         assert admin(node, "PUT", "/v1/outreach/rules/vip", json=vip).status_code == 200
         in_force = {r["id"] for r in admin(node, "GET", "/v1/outreach/rules").json()["rules"]}
-        assert in_force == {"abandoned_cart", "vip"}
+        assert in_force == {"abandoned_cart", "satisfaction_survey", "win_back", "vip"}
         bad = admin(node, "POST", "/v1/outreach/webhooks", json={"url": "ftp://x"})
         assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "url"
         assert (
@@ -289,6 +302,20 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         # A backfill of a cart abandoned three days ago.
         old = (datetime.now(UTC) - timedelta(days=3)).isoformat()
         add_to_cart(node, "c-old", 1, timestamp=old)
+        # Lifecycle rules on the same engine: a resolved ticket; a loyal customer gone quiet
+        # (loyalty comes from the journey worker's stage changes).
+        for n, (customer, event, props) in enumerate(
+            [
+                ("c-ticket", "Ticket Created", {"ticket_id": "t1"}),
+                ("c-ticket", "Ticket Resolved", {"ticket_id": "t1"}),
+                ("c-loyal", "Order Completed", {"revenue": 10}),
+                ("c-loyal", "Order Completed", {"revenue": 12}),
+            ]
+        ):
+            track(
+                node,
+                {"userId": customer, "event": event, "messageId": f"life-{n}", "properties": props},
+            )
         # Bought one second before the delay ends.
         time.sleep(max(0.0, started + DELAY_S - 1 - time.time()))
         track(
@@ -307,11 +334,16 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
             )
 
         assert wait_until(
-            lambda: all(delivered_everywhere(c) for c in ["c-abandon", *bench]),
+            lambda: all(
+                delivered_everywhere(c) for c in ["c-abandon", "c-ticket", "c-loyal", *bench]
+            ),
             timeout=60,
             alive=lambda: True,
             interval=0.2,
         ), node.log_tail()
+        for customer, rule in (("c-ticket", "satisfaction_survey"), ("c-loyal", "win_back")):
+            [life] = receiver.seen("/ok", customer, 200)
+            assert json.loads(life["body"])["rule"] == rule
         first = receiver.seen("/ok", "c-abandon", 200)[0]
         payload = json.loads(first["body"])
         assert payload["rule"] == "abandoned_cart" and payload["customer_id"] == "c-abandon"
