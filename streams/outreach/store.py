@@ -42,6 +42,8 @@ _SCHEMA = [
         lateness_ms DOUBLE PRECISION NOT NULL, body TEXT NOT NULL,
         published INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS triggers_recent ON triggers (fired_ts)",
+    # The outbox query runs every tick: it must not scan every trigger ever fired.
+    "CREATE INDEX IF NOT EXISTS triggers_unpublished ON triggers (published, fired_ts)",
     """CREATE TABLE IF NOT EXISTS trigger_deliveries (
         trigger_id TEXT NOT NULL, endpoint_id TEXT NOT NULL, channel TEXT NOT NULL,
         state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
@@ -84,6 +86,8 @@ class Delivery:
     attempts: int
     last_error: str | None
     created_ts: float
+    # The trigger as JSON, when the claim loaded it (saves a read per attempt).
+    body: str | None = None
 
 
 class OutreachStore:
@@ -272,10 +276,11 @@ class OutreachStore:
         )
         return [orjson.loads(body) for (body,) in rows]
 
-    def mark_published(self, trigger_id: str) -> None:
-        """The broker has the trigger."""
-        with self._lock:
-            self._exec("UPDATE triggers SET published = 1 WHERE trigger_id = ?", (trigger_id,))
+    def mark_published(self, trigger_ids: Sequence[str]) -> None:
+        """The broker has these triggers."""
+        with self.transaction():
+            for trigger_id in trigger_ids:
+                self._exec("UPDATE triggers SET published = 1 WHERE trigger_id = ?", (trigger_id,))
 
     def trigger(self, trigger_id: str) -> dict[str, Any] | None:
         """A fired trigger's body, if it fired."""
@@ -315,20 +320,26 @@ class OutreachStore:
     # --- deliveries ------------------------------------------------------------------
 
     def add_deliveries(
-        self, trigger_id: str, targets: Sequence[tuple[str, str, str]], source: str, position: int
+        self,
+        planned: Sequence[tuple[str, Sequence[tuple[str, str, str]]]],
+        source: str,
+        position: int,
     ) -> None:
-        """Deliveries (endpoint id, channel, initial state) of a consumed trigger, with the
-        consumed position. A trigger seen twice adds nothing: the key is (trigger, endpoint).
+        """Deliveries of consumed triggers — per trigger id, its (endpoint id, channel,
+        initial state) — with the consumed position, atomically. A trigger seen twice
+        adds nothing: the key is (trigger, endpoint).
         """
         now = time.time()
         with self.transaction():
-            for endpoint_id, channel, state in targets:
-                self._exec(
-                    "INSERT INTO trigger_deliveries (trigger_id, endpoint_id, channel, state, "
-                    "created_ts, next_attempt_ts, updated_ts) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (trigger_id, endpoint_id) DO NOTHING",
-                    (trigger_id, endpoint_id, channel, state, now, now, now),
-                )
+            for trigger_id, targets in planned:
+                for endpoint_id, channel, state in targets:
+                    self._exec(
+                        "INSERT INTO trigger_deliveries (trigger_id, endpoint_id, channel, "
+                        "state, created_ts, next_attempt_ts, updated_ts) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (trigger_id, endpoint_id) DO NOTHING",
+                        (trigger_id, endpoint_id, channel, state, now, now, now),
+                    )
             self._save_position(source, position)
 
     def claim_due_deliveries(self, now_ts: float, lease_s: float, limit: int) -> list[Delivery]:
@@ -336,9 +347,11 @@ class OutreachStore:
         claimed = []
         with self.transaction():
             rows = self._exec(
-                "SELECT trigger_id, endpoint_id, channel, state, attempts, last_error, created_ts "
-                "FROM trigger_deliveries WHERE state = 'pending' AND next_attempt_ts <= ? "
-                "AND lease_until <= ? ORDER BY next_attempt_ts LIMIT ?",
+                "SELECT d.trigger_id, d.endpoint_id, d.channel, d.state, d.attempts, "
+                "d.last_error, d.created_ts, t.body FROM trigger_deliveries d "
+                "LEFT JOIN triggers t ON t.trigger_id = d.trigger_id "
+                "WHERE d.state = 'pending' AND d.next_attempt_ts <= ? "
+                "AND d.lease_until <= ? ORDER BY d.next_attempt_ts LIMIT ?",
                 (now_ts, now_ts, limit),
             ).fetchall()
             for row in rows:

@@ -33,7 +33,7 @@ from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from stack.settings import Settings
 from streams.outreach.channels import Attempt, post_webhook, send_email
-from streams.outreach.store import Delivery, OutreachStore
+from streams.outreach.store import Delivery, Endpoint, OutreachStore
 from streams.pipeline import source_name
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,14 @@ class OutreachWorker:
             if not ready:
                 return
             due = await asyncio.to_thread(self.store.due_timers, ready, time.time())
+            fired: list[dict[str, Any]] = []
             for timer in due:
                 async with self._lock:
-                    fired = await asyncio.to_thread(self._decide, timer, ready)
-                if fired is not None:
-                    await self._publish(fired)
+                    trigger = await asyncio.to_thread(self._decide, timer, ready)
+                if trigger is not None:
+                    fired.append(trigger)
+            # One round of acknowledgements for the tick's triggers, not one per trigger.
+            await self._publish(fired)
         except Exception:
             log.exception("trigger timer loop failed; retrying on the next tick")
 
@@ -211,19 +214,24 @@ class OutreachWorker:
     def _partition_of(self, customer_key: str) -> int | None:
         return self.store.partition_of(customer_key)
 
-    async def _publish(self, trigger: dict[str, Any]) -> None:
+    async def _publish(self, triggers: list[dict[str, Any]]) -> None:
         # Recorded first, published second, marked third: a crash in between
         # republishes (the outbox below), and the outreach agent keys
         # deliveries by trigger id, so a second copy delivers nothing twice.
-        sent = await self.triggers_topic.send(
-            key=str(trigger["customer_id"]).encode(), value=orjson.dumps(trigger)
-        )
-        await sent
-        await asyncio.to_thread(self.store.mark_published, trigger["trigger_id"])
+        if not triggers:
+            return
+        pending = [
+            await self.triggers_topic.send(
+                key=str(trigger["customer_id"]).encode(), value=orjson.dumps(trigger)
+            )
+            for trigger in triggers
+        ]
+        await asyncio.gather(*pending)
+        ids = [str(trigger["trigger_id"]) for trigger in triggers]
+        await asyncio.to_thread(self.store.mark_published, ids)
 
     async def _publish_unpublished(self) -> None:
-        for trigger in await asyncio.to_thread(self.store.unpublished):
-            await self._publish(trigger)
+        await self._publish(await asyncio.to_thread(self.store.unpublished))
 
     def _reload_rules(self) -> None:
         if time.monotonic() - self._rules_loaded < RULES_RELOAD_S:
@@ -249,9 +257,11 @@ class OutreachWorker:
         source = source_name(topic, partition, self.settings.kafka_epoch)
         start = self.store.position(source)
         endpoints = self.store.endpoints()
-        for offset, value in records:
-            if offset < start:
-                continue
+        fresh = [(offset, value) for offset, value in records if offset >= start]
+        if not fresh:
+            return
+        planned: list[tuple[str, list[tuple[str, str, str]]]] = []
+        for offset, value in fresh:
             targets: list[tuple[str, str, str]] = []
             try:
                 trigger = orjson.loads(value)
@@ -259,7 +269,6 @@ class OutreachWorker:
                 channels = trigger.get("channels", ["webhook"])
             except (ValueError, TypeError, KeyError):
                 log.warning("not a trigger on %s at %s; skipped", topic, offset)
-                self.store.add_deliveries("", [], source, offset + 1)
                 continue
             if "webhook" in channels:
                 targets += [
@@ -270,7 +279,9 @@ class OutreachWorker:
                 reachable = self.settings.smtp_host and trigger.get("email")
                 state = "pending" if reachable else "skipped"
                 targets.append((EMAIL_ENDPOINT, "email", state))
-            self.store.add_deliveries(trigger_id, targets, source, offset + 1)
+            planned.append((trigger_id, targets))
+        # The whole batch and its consumed position in one transaction.
+        self.store.add_deliveries(planned, source, fresh[-1][0] + 1)
 
     async def _deliver_due(self, *_: Any) -> None:
         try:
@@ -283,27 +294,32 @@ class OutreachWorker:
             claimed = await asyncio.to_thread(
                 self.store.claim_due_deliveries, time.time(), lease, limit
             )
+            if not claimed:
+                return
+            endpoints = {e.endpoint_id: e for e in await asyncio.to_thread(self.store.endpoints)}
             for delivery in claimed:
-                task = asyncio.ensure_future(self._attempt(delivery))
+                task = asyncio.ensure_future(self._attempt(delivery, endpoints))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
         except Exception:
             log.exception("delivery loop failed; retrying on the next tick")
 
-    async def _attempt(self, delivery: Delivery) -> None:
+    async def _attempt(self, delivery: Delivery, endpoints: dict[str, Endpoint]) -> None:
         try:
-            trigger = await asyncio.to_thread(self.store.trigger, delivery.trigger_id)
-            if trigger is None:
+            if delivery.body is None:
                 await asyncio.to_thread(
                     self.store.record_attempt, delivery, "dead", "trigger not found"
                 )
                 return
-            outcome = await self._send(delivery, trigger)
+            trigger = orjson.loads(delivery.body)
+            outcome = await self._send(delivery, trigger, endpoints.get(delivery.endpoint_id))
             await self._record(delivery, trigger, outcome)
         except Exception:
             log.exception("delivery of %s to %s failed", delivery.trigger_id, delivery.endpoint_id)
 
-    async def _send(self, delivery: Delivery, trigger: dict[str, Any]) -> Attempt:
+    async def _send(
+        self, delivery: Delivery, trigger: dict[str, Any], endpoint: Endpoint | None
+    ) -> Attempt:
         settings = self.settings
         if delivery.channel == "email":
             return await send_email(
@@ -313,7 +329,6 @@ class OutreachWorker:
                 trigger,
                 settings.outreach_timeout_s,
             )
-        endpoint = await asyncio.to_thread(self.store.endpoint, delivery.endpoint_id)
         if endpoint is None:
             return Attempt(False, False, "the endpoint was removed")
         assert self._http is not None

@@ -83,7 +83,7 @@ def test_timers_positions_and_triggers_are_kept_and_fire_once(store: OutreachSto
     assert not store.save_decision(a, 0, [], fired("a"))  # the same trigger id: recorded once
     assert store.due_timers([0], time.time()) == []
     assert [t["trigger_id"] for t in store.unpublished()] == ["t-a"]
-    store.mark_published("t-a")
+    store.mark_published(["t-a"])
     assert store.unpublished() == []
     assert store.recent_triggers(10)[0]["lateness_ms"] == 40.0
     facts = store.facts("a")
@@ -93,8 +93,8 @@ def test_timers_positions_and_triggers_are_kept_and_fire_once(store: OutreachSto
 def test_deliveries_are_claimed_once_retried_and_redelivered(store: OutreachStore) -> None:
     store.save_decision(CustomerFacts("a"), 0, [], fired("a"))
     targets = [("wh1", "webhook", "pending"), ("email", "email", "skipped")]
-    store.add_deliveries("t-a", targets, "triggers#0", 1)
-    store.add_deliveries("t-a", targets, "triggers#0", 2)  # a re-published copy adds nothing
+    store.add_deliveries([("t-a", targets)], "triggers#0", 1)
+    store.add_deliveries([("t-a", targets)], "triggers#0", 2)  # a re-published copy adds nothing
     assert len(store.deliveries("t-a")) == 2
     now = time.time()
     claimed = store.claim_due_deliveries(now, 30, 10)
