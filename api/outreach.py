@@ -23,6 +23,11 @@ router = APIRouter(
 )
 
 
+def _not_found(field: str, value: str, what: str) -> JSONResponse:
+    reason = {"field": field, "rule": "exists", "message": f"no {what} {value!r}"}
+    return problem(404, f"{field}: no {what} {value!r}", [reason])
+
+
 def _outreach(request: Request) -> OutreachControl:
     gateway: Gateway = request.app.state.gateway
     if gateway.outreach is None:
@@ -60,10 +65,10 @@ async def add_webhook(body: EndpointIn, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/webhooks/{endpoint_id}", summary="Unsubscribe a webhook endpoint")
-async def remove_webhook(endpoint_id: str, request: Request) -> dict[str, Any]:
+async def remove_webhook(endpoint_id: str, request: Request) -> Any:
     """Stop delivering to this endpoint."""
     if not await asyncio.to_thread(_outreach(request).remove_endpoint, endpoint_id):
-        raise HTTPException(404, f"no webhook endpoint {endpoint_id!r}")
+        return _not_found("endpoint_id", endpoint_id, "webhook endpoint")
     return {"removed": endpoint_id}
 
 
@@ -115,5 +120,5 @@ async def redeliver(trigger_id: str, request: Request) -> JSONResponse:
     """Dead deliveries of the trigger go back to pending, with a fresh retry horizon."""
     count = await asyncio.to_thread(_outreach(request).redeliver, trigger_id)
     if count is None:
-        raise HTTPException(404, f"no trigger {trigger_id!r} has fired")
+        return _not_found("trigger_id", trigger_id, "fired trigger")
     return JSONResponse(status_code=202, content={"trigger_id": trigger_id, "redelivering": count})

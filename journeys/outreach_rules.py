@@ -39,6 +39,7 @@ TRIGGER_KINDS = (
 )
 CHANNELS = ("webhook", "email")
 
+MAX_DURATION_S = 3650 * 86400
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -115,6 +116,8 @@ def parse_duration(value: Any, field_name: str) -> timedelta:
         raise RuleError(field_name, "duration", "must be a duration such as '1h' or seconds")
     if seconds < 0:
         raise RuleError(field_name, "duration", "must not be negative")
+    if seconds > MAX_DURATION_S:
+        raise RuleError(field_name, "duration", "must be at most 3650 days")
     return timedelta(seconds=seconds)
 
 

@@ -41,6 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--carts", type=int, default=300)
     parser.add_argument("--delay", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64, help="deliveries in flight")
     args = parser.parse_args()
     received: dict[str, float] = {}
 
@@ -78,6 +79,7 @@ def main() -> int:
         admin_key="ak_bench",
         trigger_rules_file=str(folder / "rules.toml"),
         log_level="warning",
+        outreach_concurrency=args.concurrency,
     )
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, 4, 1)
     base = f"http://127.0.0.1:{settings.api_port}"

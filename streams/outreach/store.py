@@ -212,8 +212,10 @@ class OutreachStore:
         partition: int,
         timers: Sequence[Timer],
         fired: TriggerFired | None,
+        targets: Sequence[tuple[str, str, str]] = (),
     ) -> bool:
-        """A timer's outcome, the customer's new timers and (if fired) the trigger, atomically.
+        """A timer's outcome, the customer's new timers and (if fired) the trigger with its
+        deliveries (endpoint id, channel, initial state), atomically.
 
         Returns False when this trigger id was already recorded (it fired before).
         """
@@ -239,7 +241,10 @@ class OutreachStore:
                     orjson.dumps(fired.to_dict()).decode(),
                 ),
             )
-            return bool(cursor.rowcount)
+            if not cursor.rowcount:
+                return False
+            self._insert_deliveries(fired.trigger_id, targets, time.time())
+            return True
 
     def due_timers(self, partitions: Sequence[int], now_ts: float, limit: int = 200) -> list[Timer]:
         """Timers of these partitions whose fire time has come, earliest first."""
@@ -332,15 +337,20 @@ class OutreachStore:
         now = time.time()
         with self.transaction():
             for trigger_id, targets in planned:
-                for endpoint_id, channel, state in targets:
-                    self._exec(
-                        "INSERT INTO trigger_deliveries (trigger_id, endpoint_id, channel, "
-                        "state, created_ts, next_attempt_ts, updated_ts) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (trigger_id, endpoint_id) DO NOTHING",
-                        (trigger_id, endpoint_id, channel, state, now, now, now),
-                    )
+                self._insert_deliveries(trigger_id, targets, now)
             self._save_position(source, position)
+
+    def _insert_deliveries(
+        self, trigger_id: str, targets: Sequence[tuple[str, str, str]], now: float
+    ) -> None:
+        for endpoint_id, channel, state in targets:
+            self._exec(
+                "INSERT INTO trigger_deliveries (trigger_id, endpoint_id, channel, "
+                "state, created_ts, next_attempt_ts, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (trigger_id, endpoint_id) DO NOTHING",
+                (trigger_id, endpoint_id, channel, state, now, now, now),
+            )
 
     def claim_due_deliveries(self, now_ts: float, lease_s: float, limit: int) -> list[Delivery]:
         """Take pending deliveries whose next attempt is due, each leased for ``lease_s``."""

@@ -196,7 +196,15 @@ class OutreachWorker:
             return None
         decision = self.engine.decide(facts, timer, datetime.now(UTC))
         fired = decision.fired
-        recorded = self.store.save_decision(facts, partition, self.engine.plan(facts), fired)
+        # The deliveries are planned with the trigger, in its transaction, so they do not
+        # wait for the topic round trip; the outreach agent's copy then adds nothing.
+        targets = (
+            self._targets(fired.rule_id, fired.channels, fired.to_dict(), self.store.endpoints())
+            if fired
+            else []
+        )
+        timers = self.engine.plan(facts)
+        recorded = self.store.save_decision(facts, partition, timers, fired, targets)
         if fired is None:
             if decision.outcome != "held":
                 log.info("timer %s for %s: %s", timer.rule_id, timer.customer_key, decision.outcome)
@@ -262,7 +270,6 @@ class OutreachWorker:
             return
         planned: list[tuple[str, list[tuple[str, str, str]]]] = []
         for offset, value in fresh:
-            targets: list[tuple[str, str, str]] = []
             try:
                 trigger = orjson.loads(value)
                 trigger_id, rule_id = str(trigger["trigger_id"]), str(trigger["rule"])
@@ -270,18 +277,28 @@ class OutreachWorker:
             except (ValueError, TypeError, KeyError):
                 log.warning("not a trigger on %s at %s; skipped", topic, offset)
                 continue
-            if "webhook" in channels:
-                targets += [
-                    (e.endpoint_id, "webhook", "pending") for e in endpoints if e.wants(rule_id)
-                ]
-            if "email" in channels:
-                # No relay configured, or no address known: recorded, never attempted.
-                reachable = self.settings.smtp_host and trigger.get("email")
-                state = "pending" if reachable else "skipped"
-                targets.append((EMAIL_ENDPOINT, "email", state))
-            planned.append((trigger_id, targets))
+            planned.append((trigger_id, self._targets(rule_id, channels, trigger, endpoints)))
         # The whole batch and its consumed position in one transaction.
         self.store.add_deliveries(planned, source, fresh[-1][0] + 1)
+
+    def _targets(
+        self,
+        rule_id: str,
+        channels: Sequence[str],
+        trigger: dict[str, Any],
+        endpoints: Sequence[Endpoint],
+    ) -> list[tuple[str, str, str]]:
+        """A trigger's deliveries: (endpoint id, channel, initial state)."""
+        targets: list[tuple[str, str, str]] = []
+        if "webhook" in channels:
+            targets += [
+                (e.endpoint_id, "webhook", "pending") for e in endpoints if e.wants(rule_id)
+            ]
+        if "email" in channels:
+            # No relay configured, or no address known: recorded, never attempted.
+            reachable = self.settings.smtp_host and trigger.get("email")
+            targets.append((EMAIL_ENDPOINT, "email", "pending" if reachable else "skipped"))
+        return targets
 
     async def _deliver_due(self, *_: Any) -> None:
         try:

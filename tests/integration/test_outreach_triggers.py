@@ -484,10 +484,26 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         )
         missing = admin(node, "POST", "/v1/outreach/triggers/nope/redeliver")
         assert missing.status_code == 404
+        assert missing.json()["errors"][0]["field"] == "trigger_id"
+        huge = admin(node, "PUT", "/v1/outreach/rules/vip", json={**vip, "delay": 1e20})
+        assert huge.status_code == 400 and huge.json()["errors"][0]["field"] == "delay"
 
         # Lateness of firing (fired minus due, wall clock), measured, not asserted.
         lateness = [triggers_of(node, c)[0]["lateness_ms"] for c in ["c-abandon", *bench]]
+        # Receiver side: accepted by /ok minus the due time (event time + delay).
+        at_receiver = [
+            round(
+                (
+                    receiver.seen("/ok", c, 200)[0]["at"]
+                    - datetime.fromisoformat(triggers_of(node, c)[0]["due_at"]).timestamp()
+                )
+                * 1000,
+                1,
+            )
+            for c in ["c-abandon", *bench]
+        ]
         report = {
+            "received_after_due_ms": at_receiver,
             "lateness_ms": lateness,
             "median_ms": statistics.median(lateness),
             "max_ms": max(lateness),

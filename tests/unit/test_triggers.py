@@ -210,6 +210,7 @@ def test_lifecycle_rules_start_their_clocks() -> None:
         ({"id": "Bad Id", "trigger": "abandoned_cart"}, "rule.id"),
         ({"id": "x", "trigger": "nope"}, "rule.trigger"),
         ({"id": "x", "trigger": "birthday", "delay": "soon"}, "rule.delay"),
+        ({"id": "x", "trigger": "birthday", "delay": 1e20}, "rule.delay"),
         ({"id": "x", "trigger": "birthday", "channels": ["sms"]}, "rule.channels"),
         ({"id": "x", "trigger": "birthday", "quiet_hours": {"start": "9"}}, "rule.quiet_hours"),
     ],
