@@ -52,8 +52,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OutreachSt
 
 
 def timer(customer: str, seconds: float) -> Timer:
-    at = NOW + timedelta(seconds=seconds)
-    return Timer(customer, "abandoned_cart", NOW, at, at)
+    """A timer firing ``seconds`` from now (now when called: collection may be long before)."""
+    now = datetime.now(UTC)
+    at = now + timedelta(seconds=seconds)
+    return Timer(customer, "abandoned_cart", now, at, at)
 
 
 def fired(customer: str) -> TriggerFired:
