@@ -129,6 +129,41 @@ def _parse_clock(value: Any, field_name: str) -> time:
         raise RuleError(field_name, "time", "must be HH:MM") from None
 
 
+# Known conditions and what they accept: (low, high) for numbers, a set for names.
+_CONDITIONS: dict[str, tuple[float, float] | frozenset[str]] = {
+    "min_cart_value": (0, 1e12),
+    "min_orders": (2, 1e6),
+    "cycle_factor": (0, 100),
+    "min_lifetime_revenue": (0, 1e15),
+    "local_hour": (0, 23),
+    "stage": frozenset({"awareness", "consideration", "purchase", "service", "loyalty"}),
+}
+
+
+def _check_conditions(conditions: Mapping[str, Any], where: str) -> None:
+    for name, value in conditions.items():
+        accepted = _CONDITIONS.get(name)
+        if accepted is None:
+            known = ", ".join(_CONDITIONS)
+            raise RuleError(f"{where}.{name}", "unknown", f"is not a condition; known: {known}")
+        if isinstance(accepted, frozenset):
+            if value not in accepted:
+                choices = ", ".join(sorted(accepted))
+                raise RuleError(f"{where}.{name}", "enum", f"must be one of {choices}")
+            continue
+        low, high = accepted
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise RuleError(
+                f"{where}.{name}", "range", f"must be a number from {low:g} to {high:g}"
+            )
+        if name == "local_hour" and value != int(value):
+            raise RuleError(f"{where}.{name}", "integer", "must be a whole hour")
+
+
 def _field(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
@@ -155,6 +190,7 @@ def parse_rule(data: Mapping[str, Any], where: str = "rule") -> TriggerRule:
     conditions = data.get("conditions", {})
     if not isinstance(conditions, Mapping):
         raise RuleError(_field(where, "conditions"), "type", "must be a table of conditions")
+    _check_conditions(conditions, _field(where, "conditions"))
     quiet = data.get("quiet_hours")
     quiet_hours = None
     if quiet is not None:

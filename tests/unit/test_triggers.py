@@ -211,6 +211,15 @@ def test_lifecycle_rules_start_their_clocks() -> None:
         ({"id": "x", "trigger": "nope"}, "rule.trigger"),
         ({"id": "x", "trigger": "birthday", "delay": "soon"}, "rule.delay"),
         ({"id": "x", "trigger": "birthday", "delay": 1e20}, "rule.delay"),
+        (
+            {"id": "x", "trigger": "birthday", "conditions": {"local_hour": 25}},
+            "rule.conditions.local_hour",
+        ),
+        (
+            {"id": "x", "trigger": "win_back", "conditions": {"stage": "vip"}},
+            "rule.conditions.stage",
+        ),
+        ({"id": "x", "trigger": "win_back", "conditions": {"colour": 1}}, "rule.conditions.colour"),
         ({"id": "x", "trigger": "birthday", "channels": ["sms"]}, "rule.channels"),
         ({"id": "x", "trigger": "birthday", "quiet_hours": {"start": "9"}}, "rule.quiet_hours"),
     ],
