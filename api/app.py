@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import admin, analysis, customers, ingest, stages
+from api import admin, analysis, customers, ingest, outreach, stages
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
 from api.errors import install_error_handlers
@@ -28,6 +28,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(stages.router)
     app.include_router(analysis.router)
     app.include_router(admin.router)
+    app.include_router(outreach.router)
     install_dashboard(app)
 
     @app.get("/health", tags=["operations"])

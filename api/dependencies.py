@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from api.rate_limit import TokenBuckets
 from api.write_keys import WriteKeyRegistry
@@ -41,6 +41,42 @@ class AccessKeys:
         return _known(key, self.admin_keys)
 
 
+class OutreachControl(Protocol):
+    """What the outreach admin API needs: endpoints, rules, triggers (wired in stack/)."""
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Subscribed webhook endpoints (secrets not shown)."""
+        ...
+
+    def add_endpoint(self, url: str, rules: list[str], secret: str | None) -> dict[str, Any]:
+        """Subscribe an endpoint; the answer carries its signing secret, once."""
+        ...
+
+    def remove_endpoint(self, endpoint_id: str) -> bool:
+        """Unsubscribe; False when unknown."""
+        ...
+
+    def rules(self) -> list[dict[str, Any]]:
+        """The rules in force (file, then API overrides)."""
+        ...
+
+    def set_rule(self, rule: dict[str, Any]) -> dict[str, Any]:
+        """Declare or replace a rule; raises ValueError (RuleError) naming the field."""
+        ...
+
+    def triggers(self, limit: int, customer_id: str | None) -> list[dict[str, Any]]:
+        """Recent triggers with their delivery state."""
+        ...
+
+    def timers(self, customer_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Running timers."""
+        ...
+
+    def redeliver(self, trigger_id: str) -> int | None:
+        """Dead deliveries back to pending; None when the trigger is unknown."""
+        ...
+
+
 @dataclass(frozen=True)
 class Gateway:
     """The gateway's collaborators."""
@@ -58,6 +94,7 @@ class Gateway:
     # Customer read side: profiles (ClickHouse) and journeys' history (event store).
     profiles: ProfileView | None = None
     journeys: JourneyApplication | None = None
+    outreach: OutreachControl | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

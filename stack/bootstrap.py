@@ -22,9 +22,11 @@ from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.profiles import ProfileView
 from projections.write_keys import WriteKeyStore
+from stack.outreach import OutreachAdmin, build_store
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.confluent_sink import ConfluentEventSink
+from streams.outreach.store import OutreachStore
 from streams.pipeline import JourneyPipeline
 from streams.producer import KafkaEventSink
 
@@ -43,6 +45,8 @@ class Platform:
     dead_letters: DeadLetterLog
     write_keys: WriteKeyStore
     profiles: ProfileView
+    # Outreach timers, deliveries, endpoints (the event store's database).
+    outreach: OutreachStore
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores."""
@@ -51,6 +55,7 @@ class Platform:
     def close(self) -> None:
         """Release the stores (the chdb folder lock, the SQLite connection)."""
         self.journeys.close()
+        self.outreach.close()
         self.clickhouse.close()
 
 
@@ -126,6 +131,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         dead_letters=DeadLetterLog(clickhouse, database),
         write_keys=WriteKeyStore(clickhouse, database),
         profiles=ProfileView(clickhouse, database),
+        outreach=build_store(settings),
     )
 
 
@@ -182,4 +188,5 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
         rate_limit=TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst),
         profiles=platform.profiles,
         journeys=platform.journeys,
+        outreach=OutreachAdmin(settings, platform.outreach),
     )

@@ -11,6 +11,7 @@ journeys dead-letters                            rejected events, newest first
 journeys import customers.csv orders.csv         history import through /v1/batch
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
+journeys outreach webhooks, rules and triggers, over the API (admin key)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from types import FrameType
 
 import httpx
 
-from stack import demo, http_commands
+from stack import demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBroker
 from stack.processes import port_open, spawn, stop, wait_until
 from stack.settings import Settings
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument(
         "--rules", type=Path, help="a stage rules file (TOML) to compare against, into *_whatif"
     )
+    outreach_cli.add_parser(commands)
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command in http_commands.COMMANDS:
@@ -310,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(settings, args)
     if args.command == "replay":
         return run_replay(settings, args.rules)
+    if args.command == "outreach":
+        return outreach_cli.run(args, settings)
     if not settings.kafka_bootstrap_servers:
         parser.error(
             f"`journeys {args.command}` needs JOURNEYS_KAFKA_BOOTSTRAP_SERVERS "

@@ -20,8 +20,10 @@ from mode.types import ServiceT
 
 from api.app import create_api
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink
+from stack.outreach import OutreachAdmin
 from stack.settings import Settings
 from streams.app import JourneyStreams
+from streams.outreach.worker import OutreachWorker
 from streams.topics import end_offsets
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,13 @@ def run_worker(settings: Settings) -> None:
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
     platform = build_platform(settings)
     streams = JourneyStreams(settings, platform.pipeline(), platform.dead_letters)
+    # The trigger and outreach agents share the worker's Faust app (and its consumer).
+    OutreachWorker(
+        settings,
+        streams.app,
+        platform.outreach,
+        OutreachAdmin(settings, platform.outreach).rules_in_force,
+    )
     services: list[ServiceT] = [ApiServer(platform, streams)] if with_api else []
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
     try:

@@ -8,6 +8,7 @@ processes receive the same settings through :meth:`Settings.to_env`.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -81,6 +82,27 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.2, gt=0)
 
+    # Outreach triggers (journeys/triggers.py explains the clock). The rules
+    # file is TOML; empty means the shipped defaults (journeys/rules.toml).
+    trigger_rules_file: str = ""
+    # A timer whose fire time is further behind the wall clock than this expires
+    # instead of firing: replays and backfills never send for carts due long ago.
+    trigger_grace_s: float = Field(default=900.0, gt=0)
+    # How often due timers and due deliveries are looked for.
+    trigger_tick_s: float = Field(default=0.1, gt=0)
+    # Webhook and e-mail delivery: per-attempt timeout, exponential backoff with
+    # jitter (doubling from base, capped), and the horizon after which a
+    # delivery is dead-lettered.
+    outreach_timeout_s: float = Field(default=10.0, gt=0)
+    outreach_backoff_base_s: float = Field(default=1.0, gt=0)
+    outreach_backoff_max_s: float = Field(default=300.0, gt=0)
+    outreach_retry_horizon_s: float = Field(default=3600.0, gt=0)
+    outreach_concurrency: int = Field(default=64, ge=1)
+    # The e-mail channel: an SMTP relay; empty host switches the channel off.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=25, ge=0, le=65535)
+    smtp_sender: str = "outreach@localhost"
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("clickhouse_url")
@@ -115,9 +137,30 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.stage-changes"
 
     @property
+    def triggers_topic(self) -> str:
+        """Fired outreach triggers, keyed by customer."""
+        return f"{self.topic_prefix}.triggers"
+
+    @property
+    def triggers_dead_letter_topic(self) -> str:
+        """Trigger deliveries that ran out of retries, with the last error."""
+        return f"{self.topic_prefix}.triggers.dlq"
+
+    @property
+    def trigger_grace(self) -> timedelta:
+        """:attr:`trigger_grace_s` as a duration."""
+        return timedelta(seconds=self.trigger_grace_s)
+
+    @property
     def all_topics(self) -> list[str]:
         """Topics the platform creates at start-up."""
-        return [self.events_topic, self.dead_letter_topic, self.stage_changes_topic]
+        return [
+            self.events_topic,
+            self.dead_letter_topic,
+            self.stage_changes_topic,
+            self.triggers_topic,
+            self.triggers_dead_letter_topic,
+        ]
 
     @property
     def api_base_url(self) -> str:

@@ -1,0 +1,124 @@
+"""Outreach administration: webhook endpoints, rules, recent triggers, re-delivery.
+
+Admin key only. The delivery itself happens in the worker (streams/outreach/);
+this module only reads and changes what the worker acts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator
+
+from api.auth import require_admin_key
+from api.dependencies import Gateway, OutreachControl
+from api.errors import problem
+
+router = APIRouter(
+    prefix="/v1/outreach", tags=["outreach"], dependencies=[Depends(require_admin_key)]
+)
+
+
+def _not_found(field: str, value: str, what: str) -> JSONResponse:
+    reason = {"field": field, "rule": "exists", "message": f"no {what} {value!r}"}
+    return problem(404, f"{field}: no {what} {value!r}", [reason])
+
+
+def _outreach(request: Request) -> OutreachControl:
+    gateway: Gateway = request.app.state.gateway
+    if gateway.outreach is None:
+        raise HTTPException(503, "outreach is not configured in this process")
+    return gateway.outreach
+
+
+class EndpointIn(BaseModel):
+    """A webhook endpoint to subscribe."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2000)]
+    rules: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
+    secret: Annotated[str, Field(min_length=16, max_length=200)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+
+@router.get("/webhooks", summary="List subscribed webhook endpoints")
+async def list_webhooks(request: Request) -> dict[str, Any]:
+    """Every endpoint, without its secret."""
+    return {"webhooks": await asyncio.to_thread(_outreach(request).endpoints)}
+
+
+@router.post("/webhooks", status_code=201, summary="Subscribe a webhook endpoint")
+async def add_webhook(body: EndpointIn, request: Request) -> dict[str, Any]:
+    """Subscribe ``url`` to ``rules`` (empty: all). The signing secret is shown once."""
+    outreach = _outreach(request)
+    return await asyncio.to_thread(outreach.add_endpoint, body.url, body.rules, body.secret)
+
+
+@router.delete("/webhooks/{endpoint_id}", summary="Unsubscribe a webhook endpoint")
+async def remove_webhook(endpoint_id: str, request: Request) -> Any:
+    """Stop delivering to this endpoint."""
+    if not await asyncio.to_thread(_outreach(request).remove_endpoint, endpoint_id):
+        return _not_found("endpoint_id", endpoint_id, "webhook endpoint")
+    return {"removed": endpoint_id}
+
+
+@router.get("/rules", summary="List the rules in force")
+async def list_rules(request: Request) -> dict[str, Any]:
+    """The rules file's rules with the API's overrides applied."""
+    return {"rules": await asyncio.to_thread(_outreach(request).rules)}
+
+
+@router.put("/rules/{rule_id}", summary="Declare or replace a rule")
+async def put_rule(rule_id: str, body: dict[str, Any], request: Request) -> Any:
+    """A full rule in the rules-file shape (durations as '1h' or seconds)."""
+    if body.get("id", rule_id) != rule_id:
+        reason = {"field": "id", "rule": "match", "message": "must equal the id in the path"}
+        return problem(400, "id: must equal the id in the path", [reason])
+    try:
+        return await asyncio.to_thread(_outreach(request).set_rule, {**body, "id": rule_id})
+    except ValueError as error:
+        field = getattr(error, "field", "body")
+        rule = getattr(error, "rule", "invalid")
+        message = getattr(error, "message", str(error))
+        reason = {"field": field, "rule": rule, "message": message}
+        return problem(400, f"{field}: {message}", [reason])
+
+
+@router.get("/triggers", summary="Recent triggers with their delivery state")
+async def list_triggers(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    customer_id: Annotated[str | None, Query(max_length=255)] = None,
+) -> dict[str, Any]:
+    """Newest first; each with its deliveries (delivered, pending, dead, skipped)."""
+    found = await asyncio.to_thread(_outreach(request).triggers, limit, customer_id)
+    return {"triggers": found}
+
+
+@router.get("/timers", summary="Running timers")
+async def list_timers(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    customer_id: Annotated[str | None, Query(max_length=255)] = None,
+) -> dict[str, Any]:
+    """Clocks that are running, soonest first."""
+    return {"timers": await asyncio.to_thread(_outreach(request).timers, customer_id, limit)}
+
+
+@router.post("/triggers/{trigger_id}/redeliver", summary="Re-deliver a dead-lettered trigger")
+async def redeliver(trigger_id: str, request: Request) -> JSONResponse:
+    """Dead deliveries of the trigger go back to pending, with a fresh retry horizon."""
+    count = await asyncio.to_thread(_outreach(request).redeliver, trigger_id)
+    if count is None:
+        return _not_found("trigger_id", trigger_id, "fired trigger")
+    return JSONResponse(status_code=202, content={"trigger_id": trigger_id, "redelivering": count})

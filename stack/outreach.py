@@ -1,0 +1,94 @@
+"""Wiring of outreach: the rules file, the trigger store, the admin API's collaborator."""
+
+from __future__ import annotations
+
+import secrets
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from journeys.outreach_rules import TriggerRule, apply_overrides, parse_rule, parse_rules
+from stack.settings import Settings
+from streams.outreach.store import Endpoint, OutreachStore
+
+DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "journeys" / "rules.toml"
+
+
+def build_store(settings: Settings) -> OutreachStore:
+    """The trigger store in the event store's database."""
+    if settings.event_store == "postgres":
+        return OutreachStore(postgres_dsn=settings.postgres_dsn)
+    return OutreachStore(sqlite_path=settings.sqlite_path)
+
+
+def declared_rules(settings: Settings) -> list[TriggerRule]:
+    """The rules file's rules (the shipped defaults when none is configured)."""
+    path = Path(settings.trigger_rules_file) if settings.trigger_rules_file else DEFAULT_RULES_FILE
+    with path.open("rb") as handle:
+        return parse_rules(tomllib.load(handle))
+
+
+class OutreachAdmin:
+    """The admin API's view of outreach, over the store and the rules file."""
+
+    def __init__(self, settings: Settings, store: OutreachStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    def rules_in_force(self) -> list[TriggerRule]:
+        """The rules file with the API's overrides on top."""
+        return apply_overrides(declared_rules(self.settings), self.store.rule_overrides())
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Subscribed endpoints, secrets withheld."""
+        return [
+            {"id": e.endpoint_id, "url": e.url, "rules": list(e.rules), "created_at": e.created_at}
+            for e in self.store.endpoints()
+        ]
+
+    def add_endpoint(self, url: str, rules: list[str], secret: str | None) -> dict[str, Any]:
+        """Subscribe an endpoint; a secret is generated unless given."""
+        endpoint = Endpoint(
+            endpoint_id=f"wh_{secrets.token_hex(8)}",
+            url=url,
+            secret=secret or f"whsec_{secrets.token_hex(24)}",
+            rules=tuple(rules),
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        self.store.add_endpoint(endpoint)
+        return {
+            "id": endpoint.endpoint_id,
+            "url": url,
+            "rules": rules,
+            "secret": endpoint.secret,
+            "created_at": endpoint.created_at,
+        }
+
+    def remove_endpoint(self, endpoint_id: str) -> bool:
+        """Unsubscribe."""
+        return self.store.remove_endpoint(endpoint_id)
+
+    def rules(self) -> list[dict[str, Any]]:
+        """The rules in force, as data."""
+        return [rule.to_dict() for rule in self.rules_in_force()]
+
+    def set_rule(self, rule: dict[str, Any]) -> dict[str, Any]:
+        """Validate (RuleError names the field), then store the override."""
+        parsed = parse_rule(rule, where="")
+        self.store.set_rule_override(rule)
+        return parsed.to_dict()
+
+    def triggers(self, limit: int, customer_id: str | None) -> list[dict[str, Any]]:
+        """Recent triggers with deliveries."""
+        return self.store.recent_triggers(limit, customer_id)
+
+    def timers(self, customer_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Running timers."""
+        return self.store.timers(customer_id, limit)
+
+    def redeliver(self, trigger_id: str) -> int | None:
+        """Dead deliveries back to pending."""
+        if self.store.trigger(trigger_id) is None:
+            return None
+        return self.store.redeliver(trigger_id)

@@ -1,0 +1,101 @@
+"""``journeys outreach …``: manage outreach over the API (the CLI is an HTTP client)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stack.settings import Settings
+
+
+def add_parser(commands: Any) -> None:
+    """The ``outreach`` subcommand and its verbs."""
+    parser = commands.add_parser("outreach", help="webhooks, rules and triggers (admin key)")
+    parser.add_argument("--api", help="API base URL (default: from JOURNEYS_API_HOST/PORT)")
+    parser.add_argument("--admin-key", help="admin key (default: settings or data/dev-keys.json)")
+    areas = parser.add_subparsers(dest="area", required=True)
+
+    webhooks = areas.add_parser("webhooks", help="subscribed webhook endpoints")
+    verbs = webhooks.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list")
+    add = verbs.add_parser("add")
+    add.add_argument("url")
+    add.add_argument("--rule", action="append", default=[], help="subscribe to a rule (repeat)")
+    add.add_argument("--secret", help="signing secret (default: generated, shown once)")
+    remove = verbs.add_parser("remove")
+    remove.add_argument("endpoint_id")
+
+    rules = areas.add_parser("rules", help="the rules in force")
+    verbs = rules.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list")
+    put = verbs.add_parser("set", help="declare or replace a rule from JSON")
+    put.add_argument("rule_id")
+    put.add_argument("json", help="the rule as JSON, or @file.json")
+
+    triggers = areas.add_parser("triggers", help="recent triggers and re-delivery")
+    verbs = triggers.add_subparsers(dest="verb", required=True)
+    listing = verbs.add_parser("list")
+    listing.add_argument("--customer")
+    listing.add_argument("--limit", type=int, default=50)
+    again = verbs.add_parser("redeliver", help="re-deliver a dead-lettered trigger")
+    again.add_argument("trigger_id")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Do what was asked; print the API's JSON answer; non-zero on a 4xx/5xx."""
+    base = args.api or f"http://{settings.api_host}:{settings.api_port}"
+    key = args.admin_key or settings.admin_key or _stored_admin_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    method, path, body, params = _request(args)
+    try:
+        response = httpx.request(
+            method,
+            f"{base}/v1/outreach{path}",
+            headers=headers,
+            json=body,
+            params=params,
+            timeout=30,
+        )
+    except httpx.HTTPError as error:
+        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
+        return 2
+    text = json.dumps(response.json(), indent=2) if response.content else ""
+    print(text, file=sys.stdout if response.is_success else sys.stderr)
+    return 0 if response.is_success else 1
+
+
+def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, Any]]:
+    if args.area == "webhooks":
+        if args.verb == "list":
+            return "GET", "/webhooks", None, {}
+        if args.verb == "add":
+            body = {"url": args.url, "rules": args.rule}
+            if args.secret:
+                body["secret"] = args.secret
+            return "POST", "/webhooks", body, {}
+        return "DELETE", f"/webhooks/{args.endpoint_id}", None, {}
+    if args.area == "rules":
+        if args.verb == "list":
+            return "GET", "/rules", None, {}
+        raw = args.json
+        if raw.startswith("@"):
+            raw = Path(raw[1:]).read_text()
+        return "PUT", f"/rules/{args.rule_id}", json.loads(raw), {}
+    if args.verb == "list":
+        params: dict[str, Any] = {"limit": args.limit}
+        if args.customer:
+            params["customer_id"] = args.customer
+        return "GET", "/triggers", None, params
+    return "POST", f"/triggers/{args.trigger_id}/redeliver", None, {}
+
+
+def _stored_admin_key(settings: Settings) -> str:
+    path = settings.data_dir / "dev-keys.json"
+    if path.exists():
+        return str(json.loads(path.read_text()).get("admin_key", ""))
+    return ""

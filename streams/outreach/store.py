@@ -1,0 +1,481 @@
+"""Trigger and delivery state in the event store's database (SQLite or PostgreSQL).
+
+Why plain tables next to the eventsourcing ones rather than aggregates: the
+timer loop asks "which timers are due now?" many times a second, and
+deliveries are claimed by "pending and due" — both are index range queries an
+aggregate repository cannot answer. Every write that goes with a consumed
+Kafka position saves that position in the same transaction (table
+``trigger_positions``), as the journey pipeline does with tracking records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from journeys.triggers import CustomerFacts, Timer, TriggerFired
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS trigger_positions (
+        source TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS trigger_customers (
+        customer_key TEXT PRIMARY KEY, partition_no INTEGER NOT NULL, facts TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS trigger_timers (
+        timer_id TEXT PRIMARY KEY, customer_key TEXT NOT NULL, rule_id TEXT NOT NULL,
+        partition_no INTEGER NOT NULL, anchor TEXT NOT NULL, due_at TEXT NOT NULL,
+        fire_at TEXT NOT NULL, fire_ts DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS trigger_timers_due ON trigger_timers (partition_no, fire_ts)",
+    "CREATE INDEX IF NOT EXISTS trigger_timers_customer ON trigger_timers (customer_key)",
+    """CREATE TABLE IF NOT EXISTS triggers (
+        trigger_id TEXT PRIMARY KEY, customer_key TEXT NOT NULL, rule_id TEXT NOT NULL,
+        trigger_kind TEXT NOT NULL, due_at TEXT NOT NULL, fire_at TEXT NOT NULL,
+        fired_at TEXT NOT NULL, fired_ts DOUBLE PRECISION NOT NULL,
+        lateness_ms DOUBLE PRECISION NOT NULL, body TEXT NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS triggers_recent ON triggers (fired_ts)",
+    # The outbox query runs every tick: it must not scan every trigger ever fired.
+    "CREATE INDEX IF NOT EXISTS triggers_unpublished ON triggers (published, fired_ts)",
+    """CREATE TABLE IF NOT EXISTS trigger_deliveries (
+        trigger_id TEXT NOT NULL, endpoint_id TEXT NOT NULL, channel TEXT NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+        created_ts DOUBLE PRECISION NOT NULL, next_attempt_ts DOUBLE PRECISION NOT NULL,
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0, updated_ts DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (trigger_id, endpoint_id))""",
+    "CREATE INDEX IF NOT EXISTS trigger_deliveries_due "
+    "ON trigger_deliveries (state, next_attempt_ts)",
+    """CREATE TABLE IF NOT EXISTS outreach_endpoints (
+        endpoint_id TEXT PRIMARY KEY, url TEXT NOT NULL, secret TEXT NOT NULL,
+        rules TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS outreach_rule_overrides (
+        rule_id TEXT PRIMARY KEY, body TEXT NOT NULL, updated_ts DOUBLE PRECISION NOT NULL)""",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A subscribed webhook: where to POST, the signing secret, which rules (empty: all)."""
+
+    endpoint_id: str
+    url: str
+    secret: str
+    rules: tuple[str, ...]
+    created_at: str
+
+    def wants(self, rule_id: str) -> bool:
+        """True when this endpoint subscribes to the rule."""
+        return not self.rules or rule_id in self.rules
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One trigger to one endpoint (or the e-mail channel)."""
+
+    trigger_id: str
+    endpoint_id: str
+    channel: str
+    state: str
+    attempts: int
+    last_error: str | None
+    created_ts: float
+    # The trigger as JSON, when the claim loaded it (saves a read per attempt).
+    body: str | None = None
+
+
+class OutreachStore:
+    """Timers, customer facts, fired triggers, deliveries, endpoints and rule overrides."""
+
+    def __init__(self, sqlite_path: Path | None = None, postgres_dsn: str = "") -> None:
+        self._lock = threading.RLock()
+        self._postgres = bool(postgres_dsn)
+        if postgres_dsn:
+            import psycopg
+
+            self._conn: Any = psycopg.connect(postgres_dsn, autocommit=True)
+        else:
+            assert sqlite_path is not None
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                str(sqlite_path), timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        with self.transaction():
+            for statement in _SCHEMA:
+                self._exec(statement)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    # --- plumbing -----------------------------------------------------------------
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._postgres:
+            sql = sql.replace("?", "%s")
+        return self._conn.execute(sql, tuple(params))
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._exec(sql, params).fetchall())
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit of work (SQLite: taking the write lock at once)."""
+        with self._lock:
+            self._exec("BEGIN" if self._postgres else "BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._exec("ROLLBACK")
+                raise
+            self._exec("COMMIT")
+
+    # --- consumed positions ------------------------------------------------------
+
+    def position(self, source: str) -> int:
+        """The next offset to process for ``source`` (0 when none was committed)."""
+        rows = self._rows("SELECT position FROM trigger_positions WHERE source = ?", (source,))
+        return int(rows[0][0]) if rows else 0
+
+    def _save_position(self, source: str, position: int) -> None:
+        self._exec(
+            "INSERT INTO trigger_positions (source, position) VALUES (?, ?) "
+            "ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+            (source, position),
+        )
+
+    # --- customers and timers ---------------------------------------------------
+
+    def facts(self, customer_key: str) -> CustomerFacts | None:
+        """A customer's facts, if any were recorded."""
+        rows = self._rows(
+            "SELECT facts FROM trigger_customers WHERE customer_key = ?", (customer_key,)
+        )
+        return CustomerFacts.from_dict(orjson.loads(rows[0][0])) if rows else None
+
+    def partition_of(self, customer_key: str) -> int | None:
+        """The partition a customer's events arrive on (where its timers belong)."""
+        rows = self._rows(
+            "SELECT partition_no FROM trigger_customers WHERE customer_key = ?", (customer_key,)
+        )
+        return int(rows[0][0]) if rows else None
+
+    def _save_customer(self, facts: CustomerFacts, partition: int, timers: Iterable[Timer]) -> None:
+        self._exec(
+            "INSERT INTO trigger_customers (customer_key, partition_no, facts) VALUES (?, ?, ?) "
+            "ON CONFLICT (customer_key) DO UPDATE SET partition_no = excluded.partition_no, "
+            "facts = excluded.facts",
+            (facts.customer_key, partition, orjson.dumps(facts.to_dict()).decode()),
+        )
+        # The plan is the whole truth for the customer: replace, do not merge.
+        self._exec("DELETE FROM trigger_timers WHERE customer_key = ?", (facts.customer_key,))
+        for timer in timers:
+            self._exec(
+                "INSERT INTO trigger_timers (timer_id, customer_key, rule_id, partition_no, "
+                "anchor, due_at, fire_at, fire_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    timer.timer_id,
+                    timer.customer_key,
+                    timer.rule_id,
+                    partition,
+                    timer.anchor.isoformat(),
+                    timer.due_at.isoformat(),
+                    timer.fire_at.isoformat(),
+                    timer.fire_at.timestamp(),
+                ),
+            )
+
+    def save_batch(
+        self,
+        customers: Sequence[tuple[CustomerFacts, int, Sequence[Timer]]],
+        source: str,
+        position: int,
+    ) -> None:
+        """Customers' facts and timers, with the consumed position, atomically."""
+        with self.transaction():
+            for facts, partition, timers in customers:
+                self._save_customer(facts, partition, timers)
+            self._save_position(source, position)
+
+    def save_decision(
+        self,
+        facts: CustomerFacts,
+        partition: int,
+        timers: Sequence[Timer],
+        fired: TriggerFired | None,
+        targets: Sequence[tuple[str, str, str]] = (),
+    ) -> bool:
+        """A timer's outcome, the customer's new timers and (if fired) the trigger with its
+        deliveries (endpoint id, channel, initial state), atomically.
+
+        Returns False when this trigger id was already recorded (it fired before).
+        """
+        with self.transaction():
+            self._save_customer(facts, partition, timers)
+            if fired is None:
+                return True
+            lateness_ms = (fired.fired_at - fired.fire_at).total_seconds() * 1000
+            cursor = self._exec(
+                "INSERT INTO triggers (trigger_id, customer_key, rule_id, trigger_kind, due_at, "
+                "fire_at, fired_at, fired_ts, lateness_ms, body, published) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (trigger_id) DO NOTHING",
+                (
+                    fired.trigger_id,
+                    fired.customer_key,
+                    fired.rule_id,
+                    fired.trigger,
+                    fired.due_at.isoformat(),
+                    fired.fire_at.isoformat(),
+                    fired.fired_at.isoformat(),
+                    fired.fired_at.timestamp(),
+                    lateness_ms,
+                    orjson.dumps(fired.to_dict()).decode(),
+                ),
+            )
+            if not cursor.rowcount:
+                return False
+            self._insert_deliveries(fired.trigger_id, targets, time.time())
+            return True
+
+    def due_timers(self, partitions: Sequence[int], now_ts: float, limit: int = 200) -> list[Timer]:
+        """Timers of these partitions whose fire time has come, earliest first."""
+        if not partitions:
+            return []
+        marks = ", ".join("?" for _ in partitions)
+        rows = self._rows(
+            "SELECT customer_key, rule_id, anchor, due_at, fire_at FROM trigger_timers "
+            f"WHERE partition_no IN ({marks}) AND fire_ts <= ? ORDER BY fire_ts LIMIT ?",
+            (*partitions, now_ts, limit),
+        )
+        return [
+            Timer(key, rule, _at(anchor), _at(due), _at(fire))
+            for key, rule, anchor, due, fire in rows
+        ]
+
+    def timers(self, customer_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Running timers (all, or one customer's), soonest first."""
+        where, params = ("WHERE customer_key = ?", [customer_key]) if customer_key else ("", [])
+        rows = self._rows(
+            "SELECT timer_id, customer_key, rule_id, anchor, due_at, fire_at FROM trigger_timers "
+            f"{where} ORDER BY fire_ts LIMIT ?",
+            (*params, limit),
+        )
+        names = ("timer_id", "customer_id", "rule", "started_at", "due_at", "fire_at")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    # --- fired triggers ------------------------------------------------------------
+
+    def unpublished(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Fired triggers not yet acknowledged by the broker (a crash in between)."""
+        rows = self._rows(
+            "SELECT body FROM triggers WHERE published = 0 ORDER BY fired_ts LIMIT ?", (limit,)
+        )
+        return [orjson.loads(body) for (body,) in rows]
+
+    def mark_published(self, trigger_ids: Sequence[str]) -> None:
+        """The broker has these triggers."""
+        with self.transaction():
+            for trigger_id in trigger_ids:
+                self._exec("UPDATE triggers SET published = 1 WHERE trigger_id = ?", (trigger_id,))
+
+    def trigger(self, trigger_id: str) -> dict[str, Any] | None:
+        """A fired trigger's body, if it fired."""
+        rows = self._rows("SELECT body FROM triggers WHERE trigger_id = ?", (trigger_id,))
+        return orjson.loads(rows[0][0]) if rows else None
+
+    def recent_triggers(
+        self, limit: int = 50, customer_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Recently fired triggers, newest first, each with its deliveries' state."""
+        where, params = ("WHERE customer_key = ?", [customer_key]) if customer_key else ("", [])
+        rows = self._rows(
+            f"SELECT body, lateness_ms FROM triggers {where} ORDER BY fired_ts DESC LIMIT ?",
+            (*params, limit),
+        )
+        found = []
+        for body, lateness_ms in rows:
+            trigger = orjson.loads(body)
+            trigger["lateness_ms"] = round(float(lateness_ms), 1)
+            trigger["deliveries"] = [
+                {
+                    "endpoint_id": d.endpoint_id,
+                    "channel": d.channel,
+                    "state": d.state,
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                }
+                for d in self.deliveries(trigger["trigger_id"])
+            ]
+            found.append(trigger)
+        return found
+
+    def lateness_ms(self) -> list[float]:
+        """Lateness (fired minus fire time) of every recorded trigger, for measurement."""
+        return [float(v) for (v,) in self._rows("SELECT lateness_ms FROM triggers")]
+
+    # --- deliveries ------------------------------------------------------------------
+
+    def add_deliveries(
+        self,
+        planned: Sequence[tuple[str, Sequence[tuple[str, str, str]]]],
+        source: str,
+        position: int,
+    ) -> None:
+        """Deliveries of consumed triggers — per trigger id, its (endpoint id, channel,
+        initial state) — with the consumed position, atomically. A trigger seen twice
+        adds nothing: the key is (trigger, endpoint).
+        """
+        now = time.time()
+        with self.transaction():
+            for trigger_id, targets in planned:
+                self._insert_deliveries(trigger_id, targets, now)
+            self._save_position(source, position)
+
+    def _insert_deliveries(
+        self, trigger_id: str, targets: Sequence[tuple[str, str, str]], now: float
+    ) -> None:
+        for endpoint_id, channel, state in targets:
+            self._exec(
+                "INSERT INTO trigger_deliveries (trigger_id, endpoint_id, channel, "
+                "state, created_ts, next_attempt_ts, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (trigger_id, endpoint_id) DO NOTHING",
+                (trigger_id, endpoint_id, channel, state, now, now, now),
+            )
+
+    def claim_due_deliveries(self, now_ts: float, lease_s: float, limit: int) -> list[Delivery]:
+        """Take pending deliveries whose next attempt is due, each leased for ``lease_s``."""
+        claimed = []
+        with self.transaction():
+            rows = self._exec(
+                "SELECT d.trigger_id, d.endpoint_id, d.channel, d.state, d.attempts, "
+                "d.last_error, d.created_ts, t.body FROM trigger_deliveries d "
+                "LEFT JOIN triggers t ON t.trigger_id = d.trigger_id "
+                "WHERE d.state = 'pending' AND d.next_attempt_ts <= ? "
+                "AND d.lease_until <= ? ORDER BY d.next_attempt_ts LIMIT ?",
+                (now_ts, now_ts, limit),
+            ).fetchall()
+            for row in rows:
+                # Conditional on the lease: with several workers on PostgreSQL (read
+                # committed), only the one whose update still sees it free gets it.
+                cursor = self._exec(
+                    "UPDATE trigger_deliveries SET lease_until = ? "
+                    "WHERE trigger_id = ? AND endpoint_id = ? AND lease_until <= ?",
+                    (now_ts + lease_s, row[0], row[1], now_ts),
+                )
+                if cursor.rowcount:
+                    claimed.append(Delivery(*row))
+        return claimed
+
+    def record_attempt(
+        self,
+        delivery: Delivery,
+        state: str,
+        error: str | None,
+        next_attempt_ts: float = 0.0,
+    ) -> None:
+        """The outcome of one attempt: delivered, pending (retry at ``next_attempt_ts``) or dead."""
+        with self.transaction():
+            self._exec(
+                "UPDATE trigger_deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_ts = ?, lease_until = 0, updated_ts = ? "
+                "WHERE trigger_id = ? AND endpoint_id = ? AND state = 'pending'",
+                (
+                    state,
+                    error,
+                    next_attempt_ts,
+                    time.time(),
+                    delivery.trigger_id,
+                    delivery.endpoint_id,
+                ),
+            )
+
+    def deliveries(self, trigger_id: str) -> list[Delivery]:
+        """Every delivery of a trigger."""
+        rows = self._rows(
+            "SELECT trigger_id, endpoint_id, channel, state, attempts, last_error, created_ts "
+            "FROM trigger_deliveries WHERE trigger_id = ? ORDER BY endpoint_id",
+            (trigger_id,),
+        )
+        return [Delivery(*row) for row in rows]
+
+    def redeliver(self, trigger_id: str) -> int:
+        """Dead deliveries of a trigger back to pending, with a fresh retry horizon."""
+        now = time.time()
+        with self.transaction():
+            cursor = self._exec(
+                "UPDATE trigger_deliveries SET state = 'pending', created_ts = ?, "
+                "next_attempt_ts = ?, lease_until = 0, updated_ts = ? "
+                "WHERE trigger_id = ? AND state = 'dead'",
+                (now, now, now, trigger_id),
+            )
+            return int(cursor.rowcount)
+
+    # --- endpoints and rule overrides --------------------------------------------------
+
+    def add_endpoint(self, endpoint: Endpoint) -> None:
+        """Subscribe a webhook endpoint."""
+        with self.transaction():
+            self._exec(
+                "INSERT INTO outreach_endpoints (endpoint_id, url, secret, rules, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    endpoint.endpoint_id,
+                    endpoint.url,
+                    endpoint.secret,
+                    orjson.dumps(list(endpoint.rules)).decode(),
+                    endpoint.created_at,
+                ),
+            )
+
+    def remove_endpoint(self, endpoint_id: str) -> bool:
+        """Unsubscribe; False when there was no such endpoint."""
+        with self.transaction():
+            cursor = self._exec(
+                "DELETE FROM outreach_endpoints WHERE endpoint_id = ?", (endpoint_id,)
+            )
+            return bool(cursor.rowcount)
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every subscribed endpoint."""
+        rows = self._rows(
+            "SELECT endpoint_id, url, secret, rules, created_at FROM outreach_endpoints "
+            "ORDER BY created_at"
+        )
+        return [
+            Endpoint(eid, url, secret, tuple(orjson.loads(rules)), created)
+            for eid, url, secret, rules, created in rows
+        ]
+
+    def endpoint(self, endpoint_id: str) -> Endpoint | None:
+        """One endpoint by id."""
+        return next((e for e in self.endpoints() if e.endpoint_id == endpoint_id), None)
+
+    def rule_overrides(self) -> list[dict[str, Any]]:
+        """Rules set through the API, which win over the rules file."""
+        rows = self._rows("SELECT body FROM outreach_rule_overrides ORDER BY rule_id")
+        return [orjson.loads(body) for (body,) in rows]
+
+    def set_rule_override(self, rule: dict[str, Any]) -> None:
+        """Declare or replace a rule through the API."""
+        with self.transaction():
+            self._exec(
+                "INSERT INTO outreach_rule_overrides (rule_id, body, updated_ts) VALUES (?, ?, ?) "
+                "ON CONFLICT (rule_id) DO UPDATE SET body = excluded.body, "
+                "updated_ts = excluded.updated_ts",
+                (rule["id"], orjson.dumps(rule).decode(), time.time()),
+            )
+
+
+def _at(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

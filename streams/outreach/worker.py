@@ -1,0 +1,427 @@
+"""The trigger and outreach agents, on the worker's Faust app.
+
+- trigger agent: ``<prefix>.events`` and ``<prefix>.stage-changes`` → customer
+  facts and timers (journeys/triggers.py decides), saved with the consumed
+  position in one transaction.
+- timer loop: every ``trigger_tick_s``, the due timers of the partitions this
+  worker owns *and has consumed up to the broker's high-water mark* are
+  decided; fired triggers are recorded, then published on ``<prefix>.triggers``.
+- outreach agent: ``<prefix>.triggers`` → one delivery per subscribed endpoint
+  (and the e-mail channel), saved with the consumed position.
+- delivery loop: claims due deliveries and attempts each in its own task, so
+  one slow or failing endpoint holds up nobody; retries with exponential
+  backoff and jitter until the retry horizon, then ``<prefix>.triggers.dlq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import httpx
+import orjson
+from faust.types import TP
+
+from events import TrackedEvent
+from journeys.outreach_rules import TriggerRule
+from journeys.triggers import CustomerFacts, Timer, TriggerEngine
+from stack.settings import Settings
+from streams.outreach.channels import Attempt, post_webhook, send_email
+from streams.outreach.store import Delivery, Endpoint, OutreachStore
+from streams.pipeline import source_name
+
+log = logging.getLogger(__name__)
+
+EMAIL_ENDPOINT = "email"
+RULES_RELOAD_S = 1.0
+DELIVERY_LEASE_MARGIN_S = 30.0
+
+
+class OutreachWorker:
+    """Registers the trigger and outreach agents and their loops on a Faust app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        app: faust.App,
+        store: OutreachStore,
+        load_rules: Callable[[], list[TriggerRule]],
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.store = store
+        self._load_rules = load_rules
+        self.engine = TriggerEngine(load_rules(), settings.trigger_grace)
+        self._rules_loaded = time.monotonic()
+        # Event consumption and timer firing change the same customers: one at a time.
+        self._lock = asyncio.Lock()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._http: httpx.AsyncClient | None = None
+
+        def raw(name: str) -> faust.TopicT:
+            return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+        self.events_topic = raw(settings.events_topic)
+        self.stage_topic = raw(settings.stage_changes_topic)
+        self.triggers_topic = raw(settings.triggers_topic)
+        self.dlq_topic = raw(settings.triggers_dead_letter_topic)
+        app.agent(self.events_topic, name="triggers")(self._trigger_agent)
+        app.agent(self.stage_topic, name="trigger-stages")(self._stage_agent)
+        app.agent(self.triggers_topic, name="outreach")(self._outreach_agent)
+        app.timer(settings.trigger_tick_s, name="trigger-timers")(self._fire_due)
+        app.timer(settings.trigger_tick_s, name="outreach-deliveries")(self._deliver_due)
+
+    # --- consuming facts --------------------------------------------------------------
+
+    async def _trigger_agent(self, stream: faust.StreamT[bytes]) -> None:
+        assert isinstance(stream, faust.Stream)
+        async for events in stream.take_events(
+            self.settings.batch_max_events, within=self.settings.batch_within_s
+        ):
+            for partition, records in _by_partition(events).items():
+                async with self._lock:
+                    await asyncio.to_thread(self._apply_events, partition, records)
+
+    def _apply_events(self, partition: int, records: list[tuple[int, bytes]]) -> None:
+        source = source_name(self.settings.events_topic, partition, self.settings.kafka_epoch)
+        start = self.store.position(source)
+        fresh = [(offset, value) for offset, value in records if offset >= start]
+        if not fresh:
+            return
+        customers: dict[str, CustomerFacts] = {}
+        for _, value in fresh:
+            try:
+                touch = TrackedEvent.from_json(value)
+            except (ValueError, TypeError, KeyError):
+                continue  # the journey pipeline dead-letters it; nothing to trigger on
+            facts = customers.get(touch.customer_key) or self._facts(touch.customer_key)
+            customers[touch.customer_key] = facts
+            self.engine.observe(facts, touch)
+        self.store.save_batch(
+            [(facts, partition, self.engine.plan(facts)) for facts in customers.values()],
+            source,
+            fresh[-1][0] + 1,
+        )
+
+    async def _stage_agent(self, stream: faust.StreamT[bytes]) -> None:
+        assert isinstance(stream, faust.Stream)
+        async for events in stream.take_events(
+            self.settings.batch_max_events, within=self.settings.batch_within_s
+        ):
+            for partition, records in _by_partition(events).items():
+                async with self._lock:
+                    await asyncio.to_thread(self._apply_stages, partition, records)
+
+    def _apply_stages(self, partition: int, records: list[tuple[int, bytes]]) -> None:
+        topic = self.settings.stage_changes_topic
+        source = source_name(topic, partition, self.settings.kafka_epoch)
+        start = self.store.position(source)
+        fresh = [(offset, value) for offset, value in records if offset >= start]
+        if not fresh:
+            return
+        customers: dict[str, CustomerFacts] = {}
+        for _, value in fresh:
+            try:
+                change = orjson.loads(value)
+                key, stage = str(change["customer_key"]), str(change["stage"])
+                at = datetime.fromisoformat(change["at"])
+            except (ValueError, TypeError, KeyError):
+                continue
+            facts = customers.get(key) or self._facts(key)
+            customers[key] = facts
+            facts.observe_stage(stage, at if at.tzinfo else at.replace(tzinfo=UTC))
+        self.store.save_batch(
+            [(facts, partition, self.engine.plan(facts)) for facts in customers.values()],
+            source,
+            fresh[-1][0] + 1,
+        )
+
+    def _facts(self, customer_key: str) -> CustomerFacts:
+        return self.store.facts(customer_key) or CustomerFacts(customer_key)
+
+    # --- firing -------------------------------------------------------------------------
+
+    def ready_partitions(self) -> list[int]:
+        """Partitions owned here whose events were consumed up to the high-water mark.
+
+        Until then a timer could overtake an accepted event that cancels it
+        (a purchase waiting in the backlog), so its timers wait.
+        """
+        if not self.app.started or self.app.rebalancing:
+            return []
+        consumer = self.app.consumer
+        topic, epoch = self.settings.events_topic, self.settings.kafka_epoch
+        ready = []
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            highwater = consumer.highwater(TP(topic, tp.partition))
+            if highwater is None:
+                continue  # not fetched yet: we do not know what is waiting
+            if self.store.position(source_name(topic, tp.partition, epoch)) >= highwater:
+                ready.append(tp.partition)
+        return ready
+
+    async def _fire_due(self, *_: Any) -> None:
+        try:
+            self._reload_rules()
+            await self._publish_unpublished()
+            ready = await asyncio.to_thread(self.ready_partitions)
+            if not ready:
+                return
+            due = await asyncio.to_thread(self.store.due_timers, ready, time.time())
+            fired: list[dict[str, Any]] = []
+            for timer in due:
+                async with self._lock:
+                    trigger = await asyncio.to_thread(self._decide, timer, ready)
+                if trigger is not None:
+                    fired.append(trigger)
+            # One round of acknowledgements for the tick's triggers, not one per trigger.
+            await self._publish(fired)
+        except Exception:
+            log.exception("trigger timer loop failed; retrying on the next tick")
+
+    def _decide(self, timer: Timer, ready: Sequence[int]) -> dict[str, Any] | None:
+        facts = self.store.facts(timer.customer_key)
+        if facts is None:
+            return None
+        partition = self._partition_of(timer.customer_key)
+        if partition is None or partition not in ready:
+            return None
+        decision = self.engine.decide(facts, timer, datetime.now(UTC))
+        fired = decision.fired
+        # The deliveries are planned with the trigger, in its transaction, so they do not
+        # wait for the topic round trip; the outreach agent's copy then adds nothing.
+        targets = (
+            self._targets(fired.rule_id, fired.channels, fired.to_dict(), self.store.endpoints())
+            if fired
+            else []
+        )
+        timers = self.engine.plan(facts)
+        recorded = self.store.save_decision(facts, partition, timers, fired, targets)
+        if fired is None:
+            if decision.outcome != "held":
+                log.info("timer %s for %s: %s", timer.rule_id, timer.customer_key, decision.outcome)
+            return None
+        lateness = (fired.fired_at - fired.fire_at).total_seconds()
+        log.info(
+            "trigger %s fired for %s (%s), %.3fs after its fire time",
+            fired.rule_id,
+            fired.customer_key,
+            fired.trigger_id,
+            lateness,
+        )
+        return fired.to_dict() if recorded else None
+
+    def _partition_of(self, customer_key: str) -> int | None:
+        return self.store.partition_of(customer_key)
+
+    async def _publish(self, triggers: list[dict[str, Any]]) -> None:
+        # Recorded first, published second, marked third: a crash in between
+        # republishes (the outbox below), and the outreach agent keys
+        # deliveries by trigger id, so a second copy delivers nothing twice.
+        if not triggers:
+            return
+        pending = [
+            await self.triggers_topic.send(
+                key=str(trigger["customer_id"]).encode(), value=orjson.dumps(trigger)
+            )
+            for trigger in triggers
+        ]
+        await asyncio.gather(*pending)
+        ids = [str(trigger["trigger_id"]) for trigger in triggers]
+        await asyncio.to_thread(self.store.mark_published, ids)
+
+    async def _publish_unpublished(self) -> None:
+        await self._publish(await asyncio.to_thread(self.store.unpublished))
+
+    def _reload_rules(self) -> None:
+        if time.monotonic() - self._rules_loaded < RULES_RELOAD_S:
+            return
+        self._rules_loaded = time.monotonic()
+        try:
+            self.engine = TriggerEngine(self._load_rules(), self.settings.trigger_grace)
+        except ValueError:
+            log.exception("rules could not be loaded; keeping the previous ones")
+
+    # --- delivering ---------------------------------------------------------------------
+
+    async def _outreach_agent(self, stream: faust.StreamT[bytes]) -> None:
+        assert isinstance(stream, faust.Stream)
+        async for events in stream.take_events(
+            self.settings.batch_max_events, within=self.settings.batch_within_s
+        ):
+            for partition, records in _by_partition(events).items():
+                await asyncio.to_thread(self._plan_deliveries, partition, records)
+
+    def _plan_deliveries(self, partition: int, records: list[tuple[int, bytes]]) -> None:
+        topic = self.settings.triggers_topic
+        source = source_name(topic, partition, self.settings.kafka_epoch)
+        start = self.store.position(source)
+        endpoints = self.store.endpoints()
+        fresh = [(offset, value) for offset, value in records if offset >= start]
+        if not fresh:
+            return
+        planned: list[tuple[str, list[tuple[str, str, str]]]] = []
+        for offset, value in fresh:
+            try:
+                trigger = orjson.loads(value)
+                trigger_id, rule_id = str(trigger["trigger_id"]), str(trigger["rule"])
+                channels = trigger.get("channels", ["webhook"])
+            except (ValueError, TypeError, KeyError):
+                log.warning("not a trigger on %s at %s; skipped", topic, offset)
+                continue
+            planned.append((trigger_id, self._targets(rule_id, channels, trigger, endpoints)))
+        # The whole batch and its consumed position in one transaction.
+        self.store.add_deliveries(planned, source, fresh[-1][0] + 1)
+
+    def _targets(
+        self,
+        rule_id: str,
+        channels: Sequence[str],
+        trigger: dict[str, Any],
+        endpoints: Sequence[Endpoint],
+    ) -> list[tuple[str, str, str]]:
+        """A trigger's deliveries: (endpoint id, channel, initial state)."""
+        targets: list[tuple[str, str, str]] = []
+        if "webhook" in channels:
+            targets += [
+                (e.endpoint_id, "webhook", "pending") for e in endpoints if e.wants(rule_id)
+            ]
+        if "email" in channels:
+            # No relay configured, or no address known: recorded, never attempted.
+            reachable = self.settings.smtp_host and trigger.get("email")
+            targets.append((EMAIL_ENDPOINT, "email", "pending" if reachable else "skipped"))
+        return targets
+
+    async def _deliver_due(self, *_: Any) -> None:
+        try:
+            if self._http is None:
+                self._http = httpx.AsyncClient()
+            lease = self.settings.outreach_timeout_s + DELIVERY_LEASE_MARGIN_S
+            limit = max(0, self.settings.outreach_concurrency - len(self._in_flight))
+            if not limit:
+                return
+            claimed = await asyncio.to_thread(
+                self.store.claim_due_deliveries, time.time(), lease, limit
+            )
+            if not claimed:
+                return
+            endpoints = {e.endpoint_id: e for e in await asyncio.to_thread(self.store.endpoints)}
+            for delivery in claimed:
+                task = asyncio.ensure_future(self._attempt(delivery, endpoints))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        except Exception:
+            log.exception("delivery loop failed; retrying on the next tick")
+
+    async def _attempt(self, delivery: Delivery, endpoints: dict[str, Endpoint]) -> None:
+        try:
+            if delivery.body is None:
+                await asyncio.to_thread(
+                    self.store.record_attempt, delivery, "dead", "trigger not found"
+                )
+                return
+            trigger = orjson.loads(delivery.body)
+            outcome = await self._send(delivery, trigger, endpoints.get(delivery.endpoint_id))
+            await self._record(delivery, trigger, outcome)
+        except Exception:
+            log.exception("delivery of %s to %s failed", delivery.trigger_id, delivery.endpoint_id)
+
+    async def _send(
+        self, delivery: Delivery, trigger: dict[str, Any], endpoint: Endpoint | None
+    ) -> Attempt:
+        settings = self.settings
+        if delivery.channel == "email":
+            return await send_email(
+                settings.smtp_host,
+                settings.smtp_port,
+                settings.smtp_sender,
+                trigger,
+                settings.outreach_timeout_s,
+            )
+        if endpoint is None:
+            return Attempt(False, False, "the endpoint was removed")
+        assert self._http is not None
+        return await post_webhook(
+            self._http,
+            endpoint.url,
+            endpoint.secret,
+            trigger,
+            delivery.attempts + 1,
+            settings.outreach_timeout_s,
+        )
+
+    async def _record(self, delivery: Delivery, trigger: dict[str, Any], outcome: Attempt) -> None:
+        settings = self.settings
+        if outcome.ok:
+            await asyncio.to_thread(self.store.record_attempt, delivery, "delivered", None)
+            return
+        backoff = retry_delay(
+            delivery.attempts,
+            settings.outreach_backoff_base_s,
+            settings.outreach_backoff_max_s,
+            outcome.retry_after_s,
+        )
+        horizon = delivery.created_ts + settings.outreach_retry_horizon_s
+        next_attempt = time.time() + backoff
+        if outcome.retryable and next_attempt <= horizon:
+            await asyncio.to_thread(
+                self.store.record_attempt, delivery, "pending", outcome.error, next_attempt
+            )
+            return
+        # Out of retries (or a refusal no retry will change): dead letter, then mark dead,
+        # so a crash in between retries rather than loses the dead letter.
+        letter = {
+            "dead_at": datetime.now(UTC).isoformat(),
+            "trigger_id": delivery.trigger_id,
+            "endpoint_id": delivery.endpoint_id,
+            "channel": delivery.channel,
+            "attempts": delivery.attempts + 1,
+            "last_error": outcome.error,
+            "trigger": trigger,
+        }
+        sent = await self.dlq_topic.send(
+            key=delivery.trigger_id.encode(), value=orjson.dumps(letter)
+        )
+        await sent
+        await asyncio.to_thread(self.store.record_attempt, delivery, "dead", outcome.error)
+        log.warning(
+            "trigger %s to %s dead-lettered after %d attempts: %s",
+            delivery.trigger_id,
+            delivery.endpoint_id,
+            delivery.attempts + 1,
+            outcome.error,
+        )
+
+    async def close(self) -> None:
+        """Let attempts in flight finish, then close the HTTP client."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=self.settings.outreach_timeout_s)
+        if self._http is not None:
+            await self._http.aclose()
+
+
+def retry_delay(
+    attempts_before: int, base_s: float, max_s: float, retry_after_s: float | None
+) -> float:
+    """Exponential backoff with full jitter; a receiver's Retry-After is a floor."""
+    ceiling = min(max_s, base_s * (2**attempts_before))
+    delay = random.uniform(ceiling / 2, ceiling)
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, max_s))
+    return delay
+
+
+def _by_partition(events: Sequence[Any]) -> dict[int, list[tuple[int, bytes]]]:
+    records: dict[int, list[tuple[int, bytes]]] = {}
+    for event in events:
+        message = event.message
+        records.setdefault(message.partition, []).append((message.offset, message.value or b""))
+    return {partition: sorted(items) for partition, items in records.items()}
