@@ -7,13 +7,25 @@ The property-based tests hold the ClickHouse queries to these.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import date, datetime
 from typing import Any
 
 from events import TrackedEvent
 from journeys.funnels import FilterOp, Funnel, FunnelStep, OrderMode, PropertyFilter
 from projections.analytics.funnels import FunnelReport, nearest_rank, step_stats
+from projections.analytics.reports import (
+    Cohort,
+    Period,
+    RetentionMode,
+    RfmScore,
+    period_index,
+    period_start,
+    segment,
+    tier,
+)
 from projections.analytics.sql import NUMERIC_COLUMNS, string_form
 from projections.event_log import FLOAT_FIELDS, INT_FIELDS, STRING_FIELDS, split_properties
 
@@ -231,3 +243,105 @@ def dropped(events: Sequence[TrackedEvent], funnel: Funnel, step: int) -> list[s
     """Customers reaching step ``step - 1`` and not ``step``, sorted."""
     times = funnel_times(events, funnel)
     return sorted(c for c, d in times.items() if d[step - 2] >= 0 and d[step - 1] < 0)
+
+
+# --- the other reports (definitions: projections/analytics/reports.py) ---------------
+
+
+def retention(
+    events: Sequence[TrackedEvent],
+    start_step: FunnelStep,
+    return_step: FunnelStep,
+    period: Period,
+    mode: RetentionMode,
+    periods: int,
+) -> list[Cohort]:
+    """Cohorts by enumeration."""
+    starts: dict[str, set[int]] = defaultdict(set)
+    returns: dict[str, set[int]] = defaultdict(set)
+    for e in dedup(events):
+        p = period_index(e.timestamp, period)
+        if matches(e, start_step):
+            starts[e.customer_key].add(p)
+        if matches(e, return_step):
+            returns[e.customer_key].add(p)
+    entries = [
+        (customer, c)
+        for customer, ps in starts.items()
+        for c in ([min(ps)] if mode is RetentionMode.FIRST_TIME else sorted(ps))
+    ]
+    out = []
+    for c in sorted({c for _, c in entries}):
+        members = [customer for customer, cc in entries if cc == c]
+        kept = [sum(1 for m in members if c + k in returns[m]) for k in range(1, periods + 1)]
+        out.append(Cohort(period_start(c, period), len(members), kept))
+    return out
+
+
+def paths(
+    events: Sequence[TrackedEvent], anchor: FunnelStep, direction: str, steps: int, limit: int
+) -> list[tuple[list[str], int]]:
+    """Paths by enumeration: sort, find the first anchor, slice."""
+    by_customer: dict[str, list[TrackedEvent]] = defaultdict(list)
+    for e in dedup(events):
+        by_customer[e.customer_key].append(e)
+    counts: dict[tuple[str, ...], int] = defaultdict(int)
+    for own in by_customer.values():
+        timeline = sorted(own, key=lambda e: (e.timestamp, e.event_id))
+        anchors = [i for i, e in enumerate(timeline) if matches(e, anchor)]
+        if not anchors:
+            continue
+        i = anchors[0]
+        names = [e.event_name for e in timeline]
+        if direction == "next":
+            path = names[i + 1 : i + 1 + steps]
+        else:
+            path = list(reversed(names[max(0, i - steps) : i]))
+        counts[tuple(path)] += 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], list(item[0])))
+    return [(list(p), c) for p, c in ranked[:limit]]
+
+
+def trends(events: Sequence[TrackedEvent]) -> list[tuple[date, str, int]]:
+    """Distinct events per day and type."""
+    counts: dict[tuple[date, str], int] = defaultdict(int)
+    for e in dedup(events):
+        counts[(e.timestamp.date(), e.event_type.value)] += 1
+    return [(d, k, c) for (d, k), c in sorted(counts.items())]
+
+
+def rfm(events: Sequence[TrackedEvent], as_of: datetime) -> list[RfmScore]:
+    """RFM by enumeration: scores from counts of strictly worse customers."""
+    last: dict[str, int] = {}
+    frequency: dict[str, int] = defaultdict(int)
+    cents: dict[str, int] = defaultdict(int)
+    cutoff = int(as_of.timestamp() * 1000)
+    for e in dedup(events):
+        order = e.event_type.value == "purchase" and e.event_name.lower() == "order completed"
+        if not order or e.timestamp >= as_of:
+            continue
+        last[e.customer_key] = max(last.get(e.customer_key, 0), ms(e))
+        frequency[e.customer_key] += 1
+        typed, _ = _fields(e)
+        cents[e.customer_key] += math.floor((typed["revenue"] or 0) * 100 + 0.5)
+    n = len(last)
+    out = []
+    for c in sorted(last):
+        recency = cutoff - last[c]
+        r = 1 + 5 * sum(1 for o in last if cutoff - last[o] > recency) // n
+        f = 1 + 5 * sum(1 for o in last if frequency[o] < frequency[c]) // n
+        m = 1 + 5 * sum(1 for o in last if cents[o] < cents[c]) // n
+        out.append(
+            RfmScore(
+                customer_key=c,
+                recency_days=round(recency / 86_400_000, 3),
+                frequency=frequency[c],
+                monetary=cents[c] / 100,
+                r=r,
+                f=f,
+                m=m,
+                segment=segment(r, f),
+                tier=tier(f, m),
+            )
+        )
+    return out

@@ -29,13 +29,15 @@ CUSTOMERS = ["alice", "bob", "carol"]
 
 
 @st.composite
-def event_lists(draw: st.DrawFn, max_size: int = 30, days: int = 0) -> list[TrackedEvent]:
+def event_lists(
+    draw: st.DrawFn, max_size: int = 30, days: int = 0, names: tuple[str, ...] = tuple(NAMES)
+) -> list[TrackedEvent]:
     """Events of a few customers over an hour: ties in time, properties, some missing."""
     count = draw(st.integers(0, max_size))
     customers = CUSTOMERS[: draw(st.integers(1, len(CUSTOMERS)))]
     events = []
     for i in range(count):
-        name = draw(st.sampled_from(NAMES))
+        name = draw(st.sampled_from(names))
         props: dict[str, Any] = {}
         if draw(st.booleans()):
             props["category"] = draw(st.sampled_from(["shoes", "bags"]))
