@@ -5,6 +5,8 @@ journeys node     worker and API in one process (the embedded shape)
 journeys worker   the journey worker alone (scale-out)
 journeys api      the API alone (scale-out, needs a ClickHouse server)
 journeys topics   create the platform's topics
+journeys funnel   run a funnel through the API and print it (--csv to export)
+journeys retention  print a retention table from the API (--csv to export)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from types import FrameType
 
 import httpx
 
+from stack import analysis_cli
 from stack.broker import EmbeddedBroker
 from stack.processes import port_open, spawn, stop, wait_until
 from stack.settings import Settings
@@ -172,9 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="the journey worker alone")
     commands.add_parser("api", help="the API alone (needs a ClickHouse server)")
     commands.add_parser("topics", help="create the platform's topics")
+    analysis_cli.add_commands(commands)
     args = parser.parse_args(argv)
     settings = Settings()
 
+    if args.command in ("funnel", "retention"):
+        return analysis_cli.run(args, settings)
     if args.command == "up":
         return up(settings)
     if not settings.kafka_bootstrap_servers:
