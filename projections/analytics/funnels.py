@@ -109,18 +109,7 @@ class FunnelQueries:
             for i, s in enumerate(funnel.exclusions)
             if s.event_name is not None
         ]
-        if named:
-            known = {
-                row[0]
-                for row in self._client.query(
-                    f"SELECT DISTINCT event_name FROM {self._db}.events "
-                    "WHERE event_name IN {names:Array(String)}",
-                    parameters={"names": [name for _, name in named]},
-                ).result_rows
-            }
-            for field, name in named:
-                if name not in known:
-                    raise QueryProblem(field, f"no event named {name!r} in the event log")
+        check_event_names(self._client, self._db, named)
         if funnel.breakdown is not None:
             params = Params()
             expression = breakdown_sql(funnel.breakdown, params)
@@ -325,6 +314,23 @@ class FunnelQueries:
                 GROUP BY customer_key
             )
         """
+
+
+def check_event_names(client: Client, database: str, named: list[tuple[str, str]]) -> None:
+    """Raise :class:`QueryProblem` for the first (field, event name) the log has never seen."""
+    if not named:
+        return
+    known = {
+        row[0]
+        for row in client.query(
+            f"SELECT DISTINCT event_name FROM {database}.events "
+            "WHERE event_name IN {names:Array(String)}",
+            parameters={"names": [name for _, name in named]},
+        ).result_rows
+    }
+    for field, name in named:
+        if name not in known:
+            raise QueryProblem(field, f"no event named {name!r} in the event log")
 
 
 def _ms(moment: Any) -> int:

@@ -32,6 +32,7 @@ from clickhouse_connect.driver.client import Client
 from journeys.funnels import FunnelStep
 from journeys.stages import Stage
 from projections.analytics.errors import QueryProblem
+from projections.analytics.funnels import check_event_names
 from projections.analytics.sql import Params, step_sql
 
 MAX_PERIODS = 52
@@ -168,6 +169,15 @@ class Reports:
         """Cohorts in period order, each with its retained counts at offsets 1..periods."""
         if not 1 <= periods <= MAX_PERIODS:
             raise QueryProblem("periods", f"must be between 1 and {MAX_PERIODS}")
+        named = [
+            (field, step.event_name)
+            for field, step in (
+                ("start_event.event", start_step),
+                ("return_event.event", return_step),
+            )
+            if step.event_name is not None
+        ]
+        check_event_names(self._client, self._db, named)
         params = Params()
         s = step_sql(start_step, params, "start_event")
         r = step_sql(return_step, params, "return_event")
@@ -216,6 +226,8 @@ class Reports:
             raise QueryProblem("steps", f"must be between 1 and {MAX_PATH_STEPS}")
         if direction not in ("next", "previous"):
             raise QueryProblem("direction", "must be next or previous")
+        if anchor.event_name is not None:
+            check_event_names(self._client, self._db, [("event", anchor.event_name)])
         params = Params()
         cond = step_sql(anchor, params, "event")
         where = params.time_range(start, end, "timestamp")

@@ -140,3 +140,18 @@ def test_bad_dates_and_missing_key(api: TestClient) -> None:
     late = api.get("/v1/trends?start=2026-03-02T00:00:00&end=2026-03-01T00:00:00", headers=READ)
     assert late.status_code == 400 and "end" in late.json()["message"]
     assert api.post("/v1/funnels", json={"steps": STEPS}).status_code == 401
+
+
+def test_bad_report_questions_get_a_400(api: TestClient) -> None:
+    unknown = {
+        "start_event": {"event": "Nope"},
+        "return_event": {"event_type": "purchase"},
+    }
+    answer = api.post("/v1/retention", json=unknown, headers=READ)
+    assert answer.status_code == 400 and answer.json()["errors"][0]["field"] == "start_event.event"
+    zero = {**unknown, "start_event": {"event_type": "browse"}, "periods": 0}
+    assert api.post("/v1/retention", json=zero, headers=READ).status_code == 400
+    paths = api.post("/v1/paths", json={"event": "Nope"}, headers=READ)
+    assert paths.status_code == 400 and paths.json()["errors"][0]["field"] == "event"
+    far = api.post("/v1/paths", json={"event_type": "browse", "steps": 99}, headers=READ)
+    assert far.status_code == 400

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from events import TrackedEvent
 from journeys.funnels import Funnel, FunnelStep, OrderMode
-from projections.analytics import reference
+from projections.analytics import QueryProblem, reference
 from projections.analytics.funnels import FunnelQueries
 from tests.integration.analytics_data import T0, database, event_lists, steps
 
@@ -53,6 +53,11 @@ def check(
 ) -> None:
     with database(clickhouse, events, copies) as db:
         queries = FunnelQueries(clickhouse, db)
+        names = {e.event_name for e in events}
+        unknown = [s.event_name for s in funnel.steps + funnel.exclusions if s.event_name]
+        if any(name not in names for name in unknown):
+            with pytest.raises(QueryProblem, match="no event named"):
+                queries.validate(funnel)
         got = queries.run(funnel)
         want = reference.funnel_report(events, funnel)
         assert got.steps == want.steps
