@@ -1,5 +1,5 @@
 # The two commands of the Quickstart; each does its own setup, idempotently.
-.PHONY: up test lint setup bench
+.PHONY: up test lint setup bench bench-funnel
 
 up: setup
 	.venv/bin/journeys up
@@ -19,3 +19,8 @@ setup:
 # Speed, measured beside the raw limits of this machine (see docs/performance.md).
 bench: setup
 	.venv/bin/python bench/run.py
+
+# The 4-step funnel over 10M events of 1M customers: plain windowFunnel vs ours.
+bench-funnel: setup
+	.venv/bin/python -m bench.funnel --events 10000000 --customers 1000000 --runs 7 \
+		--json bench/results/funnel-10m.json

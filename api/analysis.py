@@ -1,27 +1,78 @@
-"""Analysis over the ClickHouse event log: funnels. Requires a read key."""
+"""Analysis over the ClickHouse event log: funnels, retention, paths, stage flow,
+trends and RFM. Requires a read key.
+
+Bad questions get a 400 naming the field: request validation (pydantic) covers
+shapes and ranges; :class:`QueryProblem` covers what only the data can tell
+(an event name the log has never seen, an unknown breakdown property).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
-from typing import Annotated
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, model_validator
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
+from api.errors import problem
 from events import EventType
-from journeys.funnels import MAX_STEPS, MIN_STEPS, Funnel, FunnelStep
+from journeys.funnels import (
+    MAX_EXCLUSIONS,
+    MAX_STEPS,
+    MIN_STEPS,
+    FilterOp,
+    Funnel,
+    FunnelStep,
+    OrderMode,
+    PropertyFilter,
+)
+from projections.analytics import QueryProblem
+from projections.analytics.funnels import FunnelQueries, FunnelReport, StepStats
+from projections.analytics.reports import (
+    MAX_PATH_STEPS,
+    MAX_PERIODS,
+    Period,
+    Reports,
+    RetentionMode,
+    RfmScore,
+)
 
 router = APIRouter(prefix="/v1", tags=["analysis"], dependencies=[Depends(require_read_key)])
+T = TypeVar("T")
+
+Scalar = str | float
+
+
+class FilterIn(BaseModel):
+    """``property op value``: eq, neq, gt, gte, lt, lte, or ``in`` with a list."""
+
+    property: Annotated[str, Field(min_length=1, max_length=100)]
+    op: FilterOp = FilterOp.EQ
+    value: Scalar | list[Scalar]
+
+    def definition(self) -> PropertyFilter:
+        """As the domain's filter."""
+        value = tuple(self.value) if isinstance(self.value, list) else self.value
+        return PropertyFilter(self.property, self.op, value)
+
+    @model_validator(mode="after")
+    def _list_for_in(self) -> FilterIn:
+        if (self.op is FilterOp.IN) != isinstance(self.value, list):
+            raise ValueError("'in' takes a list of values, the other operators one value")
+        return self
 
 
 class FunnelStepIn(BaseModel):
-    """A step: an ``event_type`` (browse, cart, …) or an exact ``event`` name."""
+    """A step: an ``event_type`` (browse, cart, …) or an exact ``event`` name, and filters."""
 
     event_type: EventType | None = None
     event: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    filters: Annotated[list[FilterIn], Field(max_length=10)] = []
 
     @model_validator(mode="after")
     def _exactly_one(self) -> FunnelStepIn:
@@ -29,51 +80,374 @@ class FunnelStepIn(BaseModel):
             raise ValueError("give exactly one of event_type or event")
         return self
 
+    def definition(self) -> FunnelStep:
+        """As the domain's step."""
+        return FunnelStep(
+            event_type=self.event_type,
+            event_name=self.event,
+            filters=tuple(f.definition() for f in self.filters),
+        )
 
-class FunnelRequest(BaseModel):
-    """Ordered steps and the window in which a customer must complete them."""
+
+class DateRange(BaseModel):
+    """An optional ``[start, end)`` over event times (UTC when no offset is given)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateRange:
+        self.start, self.end = _utc(self.start), _utc(self.end)
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError("end must come after start")
+        return self
+
+
+class FunnelRequest(DateRange):
+    """Steps and the window in which a customer must complete them."""
 
     steps: Annotated[list[FunnelStepIn], Field(min_length=MIN_STEPS, max_length=MAX_STEPS)]
     window_seconds: Annotated[int, Field(gt=0, le=366 * 86400)] = 7 * 86400
+    mode: OrderMode = OrderMode.ORDERED
+    exclusions: Annotated[list[FunnelStepIn], Field(max_length=MAX_EXCLUSIONS)] = []
+    breakdown: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _strict_without_exclusions(self) -> FunnelRequest:
+        if self.exclusions and self.mode is OrderMode.STRICT:
+            raise ValueError("exclusions apply to ordered and any_order funnels")
+        return self
+
+    def definition(self) -> Funnel:
+        """As the domain's funnel."""
+        return Funnel(
+            steps=tuple(s.definition() for s in self.steps),
+            window=timedelta(seconds=self.window_seconds),
+            mode=self.mode,
+            exclusions=tuple(s.definition() for s in self.exclusions),
+            breakdown=self.breakdown,
+            start=self.start,
+            end=self.end,
+        )
+
+
+class DroppedRequest(FunnelRequest):
+    """A funnel, and the step (1-based, >= 2) whose drop-outs to list, a page at a time."""
+
+    dropped_at: Annotated[int, Field(ge=2, le=MAX_STEPS)]
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    offset: Annotated[int, Field(ge=0)] = 0
 
 
 class FunnelStepOut(BaseModel):
-    """Customers who reached a step, and the conversion to it."""
+    """Customers who reached a step, the conversion to it, and how long it took."""
 
     step: str
     customers: int
     conversion_from_previous: float | None
     conversion_from_first: float | None
+    median_seconds: float | None = None
+    p90_seconds: float | None = None
 
 
 class FunnelResult(BaseModel):
-    """Per-step counts of a funnel."""
+    """Per-step counts of a funnel, overall and per breakdown value."""
 
     window_seconds: int
+    mode: OrderMode = OrderMode.ORDERED
     steps: list[FunnelStepOut]
+    breakdown: dict[str, list[FunnelStepOut]] | None = None
+    source: str = "events"
+
+
+class DroppedResult(BaseModel):
+    """Customers who reached the step before ``dropped_at`` and not ``dropped_at``."""
+
+    dropped_at: int
+    total: int
+    limit: int
+    offset: int
+    customers: list[str]
+
+
+class RetentionRequest(DateRange):
+    """Who comes back: cohorts by first (or every) start event, returns per period."""
+
+    start_event: FunnelStepIn
+    return_event: FunnelStepIn
+    period: Period = Period.WEEK
+    mode: RetentionMode = RetentionMode.FIRST_TIME
+    periods: Annotated[int, Field(ge=1, le=MAX_PERIODS)] = 8
+
+
+class CohortOut(BaseModel):
+    """A cohort's first day, its size, and customers (and share) back per period."""
+
+    cohort: date
+    size: int
+    retained: list[int]
+    rates: list[float]
+
+
+class RetentionResult(BaseModel):
+    """The retention table."""
+
+    period: Period
+    mode: RetentionMode
+    cohorts: list[CohortOut]
+
+
+class PathsRequest(DateRange):
+    """The most common paths after (or before) a customer's first anchor event."""
+
+    event_type: EventType | None = None
+    event: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    direction: Literal["next", "previous"] = "next"
+    steps: Annotated[int, Field(ge=1, le=MAX_PATH_STEPS)] = 3
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PathsRequest:
+        if (self.event_type is None) == (self.event is None):
+            raise ValueError("give exactly one of event_type or event")
+        return self
+
+
+class PathOut(BaseModel):
+    """A path of event names and the customers who took it."""
+
+    path: list[str]
+    customers: int
+
+
+def _span(start: datetime | None, end: datetime | None) -> DateRange:
+    """A date range from query parameters; a 400 naming ``end`` when it is not after ``start``."""
+    try:
+        return DateRange(start=start, end=end)
+    except ValidationError as bad:
+        raise HTTPException(status_code=400, detail=f"end: {bad.errors()[0]['msg']}") from bad
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _funnels(request: Request) -> FunnelQueries:
+    log = _gateway(request).event_log
+    return FunnelQueries(log.client, log.database)
+
+
+def _reports(request: Request) -> Reports:
+    log = _gateway(request).event_log
+    return Reports(log.client, log.database)
+
+
+async def _answer(work: Callable[[], T]) -> T | JSONResponse:
+    """Run blocking ClickHouse work off the loop; a :class:`QueryProblem` becomes a 400."""
+    try:
+        return await asyncio.to_thread(work)
+    except QueryProblem as bad:
+        error = {"field": bad.field, "rule": "query", "message": bad.message}
+        return problem(400, str(bad), [error])
+
+
+def _step(s: StepStats) -> FunnelStepOut:
+    return FunnelStepOut(
+        step=s.step,
+        customers=s.customers,
+        conversion_from_previous=s.conversion_from_previous,
+        conversion_from_first=s.conversion_from_first,
+        median_seconds=s.median_seconds,
+        p90_seconds=s.p90_seconds,
+    )
 
 
 @router.post("/funnels", response_model=FunnelResult)
-async def funnel(query: FunnelRequest, request: Request) -> FunnelResult:
-    """Customers reaching each step in order within the window, counted in ClickHouse."""
-    gateway: Gateway = request.app.state.gateway
-    definition = Funnel(
-        steps=tuple(FunnelStep(event_type=s.event_type, event_name=s.event) for s in query.steps),
-        window=timedelta(seconds=query.window_seconds),
+async def funnel(query: FunnelRequest, request: Request) -> Any:
+    """Customers reaching each step within the window; conversion and time to convert."""
+    definition = query.definition()
+    queries = _funnels(request)
+
+    def work() -> FunnelReport:
+        queries.validate(definition)
+        return queries.run(definition)
+
+    report = await _answer(work)
+    if isinstance(report, JSONResponse):
+        return report
+    return FunnelResult(
+        window_seconds=query.window_seconds,
+        mode=query.mode,
+        steps=[_step(s) for s in report.steps],
+        breakdown=(
+            {value: [_step(s) for s in stats] for value, stats in report.breakdown.items()}
+            if report.breakdown is not None
+            else None
+        ),
+        source=report.source,
     )
-    counts = await asyncio.to_thread(gateway.event_log.funnel_counts, definition)
-    steps = []
-    for index, (step, count) in enumerate(zip(definition.steps, counts, strict=True)):
-        previous = counts[index - 1] if index else None
-        steps.append(
-            FunnelStepOut(
-                step=step.label,
-                customers=count,
-                conversion_from_previous=_ratio(count, previous) if index else None,
-                conversion_from_first=_ratio(count, counts[0]) if index else None,
-            )
+
+
+@router.post("/funnels/dropped", response_model=DroppedResult)
+async def dropped(query: DroppedRequest, request: Request) -> Any:
+    """The customers who dropped out at a step, sorted by customer key, a page at a time."""
+    definition = query.definition()
+    queries = _funnels(request)
+
+    def work() -> tuple[int, list[str]]:
+        queries.validate(definition)
+        return queries.dropped(definition, query.dropped_at, query.limit, query.offset)
+
+    found = await _answer(work)
+    if isinstance(found, JSONResponse):
+        return found
+    total, page = found
+    return DroppedResult(
+        dropped_at=query.dropped_at,
+        total=total,
+        limit=query.limit,
+        offset=query.offset,
+        customers=page,
+    )
+
+
+@router.get("/funnels/stages")
+async def stage_funnel(
+    request: Request, start: datetime | None = None, end: datetime | None = None
+) -> Any:
+    """Customers reaching each journey stage, awareness → loyalty, from stage changes."""
+    span = _span(start, end)
+    counts = await _answer(lambda: _reports(request).stage_funnel(span.start, span.end))
+    if isinstance(counts, JSONResponse):
+        return counts
+    first = counts[0][1]
+    stages = []
+    for index, (stage, customers) in enumerate(counts):
+        previous = counts[index - 1][1] if index else None
+        stages.append(
+            {
+                "stage": stage,
+                "customers": customers,
+                "conversion_from_previous": _ratio(customers, previous) if index else None,
+                "conversion_from_first": _ratio(customers, first) if index else None,
+            }
         )
-    return FunnelResult(window_seconds=query.window_seconds, steps=steps)
+    return {"stages": stages}
+
+
+@router.post("/retention", response_model=RetentionResult)
+async def retention(query: RetentionRequest, request: Request) -> Any:
+    """Cohorts and how many of each come back in each following period."""
+    reports = _reports(request)
+    start, back = query.start_event.definition(), query.return_event.definition()
+    cohorts = await _answer(
+        lambda: reports.retention(
+            start, back, query.period, query.mode, query.periods, query.start, query.end
+        )
+    )
+    if isinstance(cohorts, JSONResponse):
+        return cohorts
+    return RetentionResult(
+        period=query.period,
+        mode=query.mode,
+        cohorts=[
+            CohortOut(
+                cohort=c.start,
+                size=c.size,
+                retained=c.retained,
+                rates=[_ratio(k, c.size) for k in c.retained],
+            )
+            for c in cohorts
+        ],
+    )
+
+
+@router.post("/paths", response_model=list[PathOut])
+async def paths(query: PathsRequest, request: Request) -> Any:
+    """Top paths of the next (or previous) events after a customer's first anchor event."""
+    anchor = FunnelStep(event_type=query.event_type, event_name=query.event)
+    reports = _reports(request)
+    found = await _answer(
+        lambda: reports.paths(
+            anchor, query.direction, query.steps, query.limit, query.start, query.end
+        )
+    )
+    if isinstance(found, JSONResponse):
+        return found
+    return [PathOut(path=p, customers=c) for p, c in found]
+
+
+@router.get("/stage-flow")
+async def stage_flow(
+    request: Request, start: datetime | None = None, end: datetime | None = None
+) -> Any:
+    """Transitions between journey stages in ``[start, end)``."""
+    span = _span(start, end)
+    rows = await _answer(lambda: _reports(request).stage_flow(span.start, span.end))
+    if isinstance(rows, JSONResponse):
+        return rows
+    return {"transitions": [{"from": p or None, "to": s, "customers": n} for p, s, n in rows]}
+
+
+@router.get("/trends")
+async def trends(
+    request: Request, start: datetime | None = None, end: datetime | None = None
+) -> Any:
+    """Events per UTC day and canonical type."""
+    span = _span(start, end)
+    rows = await _answer(lambda: _reports(request).trends(span.start, span.end))
+    if isinstance(rows, JSONResponse):
+        return rows
+    return {"days": [{"day": d.isoformat(), "event_type": k, "events": n} for d, k, n in rows]}
+
+
+@router.get("/rfm")
+async def rfm(
+    request: Request,
+    as_of: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """RFM segments and purchase-frequency tiers: counts, and customers a page at a time."""
+    moment = _utc(as_of) or datetime.now(UTC)
+    rows = await _answer(lambda: _reports(request).rfm(moment))
+    if isinstance(rows, JSONResponse):
+        return rows
+    segments: dict[str, int] = {}
+    tiers: dict[str, int] = {}
+    for row in rows:
+        segments[row.segment] = segments.get(row.segment, 0) + 1
+        tiers[row.tier] = tiers.get(row.tier, 0) + 1
+    return {
+        "as_of": moment.isoformat(),
+        "customers": len(rows),
+        "segments": segments,
+        "tiers": tiers,
+        "page": [_rfm_out(r) for r in rows[offset : offset + limit]],
+    }
+
+
+@router.get("/rfm/{customer_id}")
+async def customer_rfm(customer_id: str, request: Request, as_of: datetime | None = None) -> Any:
+    """One customer's RFM scores, segment and tier (404 if they never ordered)."""
+    moment = _utc(as_of) or datetime.now(UTC)
+    row = await _answer(lambda: _reports(request).customer_rfm(customer_id, moment))
+    if isinstance(row, JSONResponse):
+        return row
+    if row is None:
+        return problem(404, f"{customer_id} has no orders before {moment.isoformat()}")
+    return _rfm_out(row)
+
+
+def _rfm_out(row: RfmScore) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in RfmScore.__slots__}
 
 
 def _ratio(part: int, whole: int | None) -> float:

@@ -17,6 +17,7 @@ from api.auth import require_read_key
 from api.dependencies import Gateway
 from journeys.application import timeline_of
 from journeys.stages import StageRules
+from projections.analytics.reports import Reports
 from projections.profiles import rfm
 
 router = APIRouter(prefix="/v1", tags=["customers"], dependencies=[Depends(require_read_key)])
@@ -27,8 +28,18 @@ AsOf = Annotated[
 ]
 
 
+class RfmScores(BaseModel):
+    """Quintile scores (1-5) among all buyers, the named segment and the frequency tier."""
+
+    r: int
+    f: int
+    m: int
+    segment: str
+    tier: str
+
+
 class Profile(BaseModel):
-    """What the customer is worth and likes; R/F/M raw values (quintiles need the population)."""
+    """What the customer is worth and likes: R/F/M raw values and, for buyers, their scores."""
 
     first_seen: datetime
     last_seen: datetime
@@ -47,6 +58,7 @@ class Profile(BaseModel):
     interest_tags: list[str]
     average_rating: float | None
     open_tickets: int
+    rfm: RfmScores | None = None
 
 
 class CustomerView(BaseModel):
@@ -121,6 +133,15 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
         row = await asyncio.to_thread(gateway.profiles.get, customer_id)
         if row is not None:
             profile = _profile(row, moment)
+            if profile.orders:
+                # Quintiles need the whole population: ranked in ClickHouse among all buyers.
+                log = gateway.event_log
+                reports = Reports(log.client, log.database)
+                score = await asyncio.to_thread(reports.customer_rfm, customer_id, moment)
+                if score is not None:
+                    profile.rfm = RfmScores(
+                        r=score.r, f=score.f, m=score.m, segment=score.segment, tier=score.tier
+                    )
     return CustomerView(
         customer_id=found.customer_key,
         stage=stage,

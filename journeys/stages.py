@@ -37,6 +37,15 @@ class Stage(StrEnum):
         return list(Stage).index(self)
 
 
+PROGRESSION = (
+    Stage.AWARENESS,
+    Stage.CONSIDERATION,
+    Stage.PURCHASE,
+    Stage.SERVICE,
+    Stage.LOYALTY,
+)
+"""The five stages of the journey, in order: the steps of the stage funnel."""
+
 JOURNEY_STAGES = (
     Stage.AWARENESS,
     Stage.CONSIDERATION,

@@ -12,6 +12,22 @@ from events import TrackedEvent
 from journeys.domainmodel import StageChange
 from journeys.funnels import Funnel
 
+# The e-commerce fields with a column of their own, by kind. A property of
+# the wrong kind (a price that is not a number) stays in ``properties``.
+STRING_FIELDS = (
+    "product_id",
+    "sku",
+    "category",
+    "brand",
+    "cart_id",
+    "order_id",
+    "currency",
+    "coupon",
+)
+FLOAT_FIELDS = ("price", "revenue")
+INT_FIELDS = ("quantity",)
+TYPED_FIELDS = STRING_FIELDS + FLOAT_FIELDS + INT_FIELDS
+
 _EVENT_COLUMNS = [
     "event_id",
     "customer_key",
@@ -22,9 +38,53 @@ _EVENT_COLUMNS = [
     "event_name",
     "timestamp",
     "received_at",
+    *TYPED_FIELDS,
     "properties",
 ]
 _STAGE_CHANGE_COLUMNS = ["customer_key", "stage", "previous_stage", "reason", "event_id", "at"]
+
+
+def split_properties(properties: dict[str, Any]) -> tuple[list[Any], dict[str, str]]:
+    """Typed column values (in ``TYPED_FIELDS`` order) and the rest as JSON text per key.
+
+    Deterministic: the same properties always give the same row, which is what
+    lets a re-sent event collapse onto the first copy.
+    """
+    rest = {key: value for key, value in properties.items() if key not in TYPED_FIELDS}
+    typed: list[Any] = []
+    for name in STRING_FIELDS:
+        value = properties.get(name)
+        if value is None:
+            typed.append("")
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            typed.append(str(value))
+        else:
+            typed.append("")
+            rest[name] = value
+    for name in FLOAT_FIELDS:
+        typed.append(_number(properties, name, float, rest))
+    for name in INT_FIELDS:
+        typed.append(_number(properties, name, int, rest))
+    encoded = {key: orjson.dumps(value).decode() for key, value in rest.items()}
+    return typed, encoded
+
+
+def _number(properties: dict[str, Any], name: str, kind: type, rest: dict[str, Any]) -> Any:
+    value = properties.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        rest[name] = value
+        return None
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        rest[name] = value
+        return None
+    if kind is int and isinstance(value, float) and value != number:
+        rest[name] = value  # 1.5 items is not a quantity; keep it as sent
+        return None
+    return number
 
 
 class EventLog:
@@ -34,25 +94,38 @@ class EventLog:
         self._client = client
         self._db = database
 
+    @property
+    def client(self) -> Client:
+        """The ClickHouse client the log writes through (analysis queries share it)."""
+        return self._client
+
+    @property
+    def database(self) -> str:
+        """The database holding ``events`` and ``stage_changes``."""
+        return self._db
+
     def append(self, events: Sequence[TrackedEvent]) -> None:
         """Insert events; re-inserting the same event leaves one row (see migrations)."""
         if not events:
             return
-        rows = [
-            [
-                e.event_id,
-                e.customer_key,
-                e.user_id or "",
-                e.anonymous_id or "",
-                e.call_type,
-                e.event_type.value,
-                e.event_name,
-                e.timestamp,
-                e.received_at,
-                orjson.dumps(e.properties).decode(),
-            ]
-            for e in events
-        ]
+        rows = []
+        for e in events:
+            typed, rest = split_properties(e.properties)
+            rows.append(
+                [
+                    e.event_id,
+                    e.customer_key,
+                    e.user_id or "",
+                    e.anonymous_id or "",
+                    e.call_type,
+                    e.event_type.value,
+                    e.event_name,
+                    e.timestamp,
+                    e.received_at,
+                    *typed,
+                    rest,
+                ]
+            )
         self._client.insert(f"{self._db}.events", rows, column_names=_EVENT_COLUMNS)
 
     def append_stage_changes(self, changes: Sequence[StageChange]) -> None:

@@ -18,9 +18,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "event log, stage changes and the customer stage projection",
         [
             # ReplacingMergeTree on (customer, time, id): a re-inserted event (a
-            # replayed batch) collapses into one row; queries read with FINAL.
-            # Plain insert deduplication would not do: it is off for
-            # non-replicated tables and only catches byte-identical blocks.
+            # replayed batch, a re-sent block) collapses into one row; queries that
+            # count rows read with FINAL. Plain insert deduplication would not do:
+            # it is off for non-replicated tables and only catches byte-identical
+            # blocks. Sorted by customer first because every analysis (funnels,
+            # paths, retention, RFM) groups by customer and reads one customer's
+            # events in time order; partitions by month so date ranges prune.
+            # The e-commerce fields the analyses filter on have typed columns
+            # (absent string fields read as '', absent numbers as NULL); every
+            # other property is kept in ``properties`` as JSON text per key.
             """
             CREATE TABLE IF NOT EXISTS {db}.events (
                 event_id String,
@@ -32,7 +38,18 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 event_name LowCardinality(String),
                 timestamp DateTime64(3, 'UTC'),
                 received_at DateTime64(3, 'UTC'),
-                properties String
+                product_id String,
+                sku String,
+                category LowCardinality(String),
+                brand LowCardinality(String),
+                price Nullable(Float64),
+                quantity Nullable(Int64),
+                cart_id String,
+                order_id String,
+                revenue Nullable(Float64),
+                currency LowCardinality(String),
+                coupon String,
+                properties Map(String, String)
             ) ENGINE = ReplacingMergeTree
             PARTITION BY toYYYYMM(timestamp)
             ORDER BY (customer_key, timestamp, event_id)
@@ -141,6 +158,49 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 version UInt64
             ) ENGINE = ReplacingMergeTree(version)
             ORDER BY customer_key
+            """,
+        ],
+    ),
+    (
+        4,
+        "analysis: per-customer event timelines for funnels",
+        [
+            # One row per customer (after merges) holding every event as
+            # time_ms * 8 + type code, and the names in the same order: a funnel
+            # over types or names reads 1 row per customer instead of 10 events
+            # and needs no GROUP BY customer. The arrays are unsorted (states
+            # merge by appending); queries sort them. A replayed block appends
+            # copies, which no funnel answer depends on (see analytics/funnels.py).
+            """
+            CREATE TABLE IF NOT EXISTS {db}.customer_timelines (
+                customer_key String,
+                tk AggregateFunction(groupArray, Int64),
+                names AggregateFunction(groupArray, LowCardinality(String))
+            ) ENGINE = AggregatingMergeTree
+            ORDER BY customer_key
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.customer_timelines_mv
+            TO {db}.customer_timelines AS
+            SELECT customer_key,
+                   groupArrayState(toUnixTimestamp64Milli(timestamp) * 8 + indexOf(
+                       ['browse', 'cart', 'checkout', 'purchase', 'support', 'identify',
+                        'custom'], event_type)) AS tk,
+                   groupArrayState(event_name) AS names
+            FROM {db}.events
+            GROUP BY customer_key
+            """,
+            # Events logged before this migration. An event inserted between the
+            # view's creation and this backfill lands twice: harmless, as above.
+            """
+            INSERT INTO {db}.customer_timelines
+            SELECT customer_key,
+                   groupArrayState(toUnixTimestamp64Milli(timestamp) * 8 + indexOf(
+                       ['browse', 'cart', 'checkout', 'purchase', 'support', 'identify',
+                        'custom'], event_type)),
+                   groupArrayState(event_name)
+            FROM {db}.events
+            GROUP BY customer_key
             """,
         ],
     ),

@@ -12,6 +12,8 @@ journeys import customers.csv orders.csv         history import through /v1/batc
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
 journeys outreach webhooks, rules and triggers, over the API (admin key)
+journeys funnel   run a funnel through the API and print it (--csv to export)
+journeys retention  print a retention table from the API (--csv to export)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from types import FrameType
 
 import httpx
 
-from stack import demo, http_commands, outreach_cli
+from stack import analysis_cli, demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBroker
 from stack.processes import port_open, spawn, stop, wait_until
 from stack.settings import Settings
@@ -301,11 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         "--rules", type=Path, help="a stage rules file (TOML) to compare against, into *_whatif"
     )
     outreach_cli.add_parser(commands)
+    analysis_cli.add_commands(commands)
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command in http_commands.COMMANDS:
         return http_commands.run(args, settings)
 
+    if args.command in ("funnel", "retention"):
+        return analysis_cli.run(args, settings)
     if args.command == "up":
         return up(settings, demo_rate=args.demo)
     if args.command == "demo":

@@ -134,6 +134,13 @@ def test_scripted_journey_merges_devices_and_answers_as_of(node_settings: Settin
         assert (profile["revenue"], profile["average_order_value"]) == (120.0, 60.0)
         assert profile["frequency"] == 2
         assert profile["purchase_cycle_days"] == 1.0
+        # RFM quintiles are ranked among all buyers in ClickHouse (the analysis reports).
+        scores = node.read("GET", "/v1/rfm/uma").json()
+        assert profile["rfm"] is not None
+        assert {k: profile["rfm"][k] for k in ("r", "f", "m", "segment", "tier")} == {
+            k: scores[k] for k in ("r", "f", "m", "segment", "tier")
+        }
+        assert all(1 <= profile["rfm"][k] <= 5 for k in ("r", "f", "m"))
         assert node.read("GET", "/v1/customers/anon:laptop-1").json()["merged_into"] == "uma"
 
         # "as of" each stage change answers that stage; just before the first, none.

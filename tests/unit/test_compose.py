@@ -603,7 +603,7 @@ def test_dockerfile_copies_every_package() -> None:
         copied |= {source.strip("/").removeprefix("./") or "." for source in parts[:-1]}
     project = pyproject()
     needed = {
-        # A subpackage (streams.outreach) comes with its top-level folder.
+        # A subpackage (streams.outreach, projections.analytics) comes with its parent folder.
         *(name.split(".")[0] for name in project["tool"]["setuptools"]["packages"]),
         "pyproject.toml",
         project["project"]["readme"],

@@ -1,0 +1,178 @@
+"""``journeys funnel`` and ``journeys retention``: ask the API, print a table, export CSV.
+
+The CLI is an HTTP client of the API (chdb's folder is locked by the running
+node, and a server deployment is reached the same way): the URL comes from
+``--url`` or the settings' API host and port, the read key from ``--read-key``,
+the settings, or the development keys ``journeys up`` keeps in ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from events import EventType
+from stack.settings import Settings
+
+_DURATION = re.compile(r"^(\d+)([smhdw]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_seconds(text: str) -> int:
+    """``7d``, ``12h``, ``30m``, ``45s`` or plain seconds, as seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number with s, m, h, d or w")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def step_body(text: str) -> dict[str, Any]:
+    """A canonical type (browse, cart, …) by its name, anything else as an event name."""
+    lowered = text.strip().lower()
+    if lowered in {t.value for t in EventType}:
+        return {"event_type": lowered}
+    return {"event": text}
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``funnel`` and ``retention`` on the CLI's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="API base URL (default: from settings)")
+    common.add_argument("--read-key", help="read key (default: settings or data/dev-keys.json)")
+    common.add_argument("--start", help="only events at or after this time (ISO 8601)")
+    common.add_argument("--end", help="only events before this time (ISO 8601)")
+    common.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    common.add_argument("--json", action="store_true", help="print the API's JSON instead")
+
+    funnel = commands.add_parser("funnel", parents=[common], help="run a funnel and print it")
+    funnel.add_argument("--step", action="append", required=True, help="event type or name")
+    funnel.add_argument("--window", type=duration_seconds, default="7d", help="e.g. 7d, 12h")
+    funnel.add_argument("--mode", choices=["ordered", "strict", "any_order"], default="ordered")
+    funnel.add_argument("--exclude", action="append", default=[], help="exclusion step")
+    funnel.add_argument("--breakdown", help="property whose first-touch value splits the funnel")
+
+    retention = commands.add_parser("retention", parents=[common], help="print a retention table")
+    retention.add_argument("--start-event", default="browse", help="event type or name")
+    retention.add_argument("--return-event", default="purchase", help="event type or name")
+    retention.add_argument("--period", choices=["day", "week", "month"], default="week")
+    retention.add_argument("--periods", type=int, default=8)
+    retention.add_argument("--recurring", action="store_true", help="every start, not the first")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the ``funnel`` or ``retention`` command; 0 on success, 1 on an API error."""
+    base = args.url or f"http://{settings.api_host}:{settings.api_port}"
+    key = args.read_key or settings.read_key or _stored_read_key(settings)
+    span = {k: v for k, v in (("start", args.start), ("end", args.end)) if v}
+    if args.command == "funnel":
+        body: dict[str, Any] = {
+            "steps": [step_body(s) for s in args.step],
+            "window_seconds": args.window,
+            "mode": args.mode,
+            "exclusions": [step_body(s) for s in args.exclude],
+            **span,
+        }
+        if args.breakdown:
+            body["breakdown"] = args.breakdown
+        path = "/v1/funnels"
+    else:
+        body = {
+            "start_event": step_body(args.start_event),
+            "return_event": step_body(args.return_event),
+            "period": args.period,
+            "periods": args.periods,
+            "mode": "recurring" if args.recurring else "first_time",
+            **span,
+        }
+        path = "/v1/retention"
+    try:
+        answer = httpx.post(
+            base + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120
+        )
+    except httpx.HTTPError as error:
+        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
+        return 1
+    if answer.status_code != 200:
+        print(f"{answer.status_code}: {answer.text}", file=sys.stderr)
+        return 1
+    result = answer.json()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    header, rows = funnel_table(result) if args.command == "funnel" else retention_table(result)
+    print(render(header, rows))
+    if args.csv:
+        with args.csv.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+        print(f"written to {args.csv}")
+    return 0
+
+
+def funnel_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The funnel as rows: one per step, and per breakdown value when there is one."""
+    header = ["group", "step", "customers", "from previous", "from first", "median", "p90"]
+    groups = [("all", result["steps"]), *sorted((result.get("breakdown") or {}).items())]
+    rows = [
+        [
+            group,
+            s["step"],
+            s["customers"],
+            _percent(s["conversion_from_previous"]),
+            _percent(s["conversion_from_first"]),
+            _duration(s.get("median_seconds")),
+            _duration(s.get("p90_seconds")),
+        ]
+        for group, steps in groups
+        for s in steps
+    ]
+    return header, rows
+
+
+def retention_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The retention table: a row per cohort, a column per period after it."""
+    periods = max((len(c["retained"]) for c in result["cohorts"]), default=0)
+    header = ["cohort", "size"] + [f"{result['period']} {k}" for k in range(1, periods + 1)]
+    rows = [
+        [c["cohort"], c["size"]]
+        + [f"{n} ({_percent(r)})" for n, r in zip(c["retained"], c["rates"], strict=True)]
+        for c in result["cohorts"]
+    ]
+    return header, rows
+
+
+def render(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain text table with aligned columns."""
+    cells = [header, *([str(v) for v in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _stored_read_key(settings: Settings) -> str:
+    path = settings.data_dir / "dev-keys.json"
+    if path.exists():
+        return str(json.loads(path.read_text()).get("read_key", ""))
+    return ""
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.1f}%"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"

@@ -1,0 +1,108 @@
+"""Hypothesis strategies for random storefront timelines and random analysis questions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+from hypothesis import strategies as st
+
+from events import EventType, TrackedEvent, event_type_for
+from journeys.funnels import FilterOp, FunnelStep, PropertyFilter
+from projections.event_log import EventLog
+from projections.migrations import migrate
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+NAMES = [
+    "Product Viewed",
+    "Product Added",
+    "Checkout Started",
+    "Order Completed",
+    "Ticket Created",
+    "Newsletter Signed Up",
+]
+CUSTOMERS = ["alice", "bob", "carol"]
+
+
+@st.composite
+def event_lists(
+    draw: st.DrawFn, max_size: int = 30, days: int = 0, names: tuple[str, ...] = tuple(NAMES)
+) -> list[TrackedEvent]:
+    """Events of a few customers over an hour: ties in time, properties, some missing."""
+    count = draw(st.integers(0, max_size))
+    customers = CUSTOMERS[: draw(st.integers(1, len(CUSTOMERS)))]
+    events = []
+    for i in range(count):
+        name = draw(st.sampled_from(names))
+        props: dict[str, Any] = {}
+        if draw(st.booleans()):
+            props["category"] = draw(st.sampled_from(["shoes", "bags"]))
+        if draw(st.booleans()):
+            props["price"] = draw(st.sampled_from([5, 20.5, 100]))
+        if draw(st.booleans()):
+            props["campaign"] = draw(st.sampled_from(["spring", "autumn", 7]))
+        if name == "Order Completed" and draw(st.booleans()):
+            props["revenue"] = draw(st.sampled_from([10, 25.5, 99]))
+        # Minutes from a small range so that ties happen; days for cohort tests.
+        minute = draw(st.integers(0, 15))
+        day = draw(st.integers(0, days))
+        moment = T0 + timedelta(days=day, minutes=minute)
+        events.append(
+            TrackedEvent(
+                event_id=f"e{i}",
+                customer_key=draw(st.sampled_from(customers)),
+                call_type="track",
+                event_type=event_type_for("track", name),
+                event_name=name,
+                timestamp=moment,
+                received_at=moment,
+                user_id=None,
+                properties=props,
+            )
+        )
+    return events
+
+
+@st.composite
+def steps(draw: st.DrawFn, filtered: bool = True) -> FunnelStep:
+    """A step by type or by name, sometimes with a property filter."""
+    filters: tuple[PropertyFilter, ...] = ()
+    if filtered and draw(st.integers(0, 3)) == 0:
+        filters = (
+            draw(
+                st.sampled_from(
+                    [
+                        PropertyFilter("category", FilterOp.EQ, "shoes"),
+                        PropertyFilter("category", FilterOp.NEQ, "shoes"),
+                        PropertyFilter("price", FilterOp.GT, 10),
+                        PropertyFilter("price", FilterOp.IN, (5, 100)),
+                        PropertyFilter("campaign", FilterOp.EQ, "spring"),
+                        PropertyFilter("campaign", FilterOp.GTE, 7),
+                        PropertyFilter("campaign", FilterOp.IN, ("autumn", 7)),
+                    ]
+                )
+            ),
+        )
+    if draw(st.booleans()):
+        kind = draw(st.sampled_from([t for t in EventType if t is not EventType.IDENTIFY]))
+        return FunnelStep(event_type=kind, filters=filters)
+    return FunnelStep(event_name=draw(st.sampled_from(NAMES)), filters=filters)
+
+
+@contextmanager
+def database(clickhouse: Client, events: list[TrackedEvent], copies: list[int]) -> Iterator[str]:
+    """A fresh database holding ``events``, then the events at ``copies`` re-sent as a block."""
+    name = f"db_{uuid.uuid4().hex[:12]}"
+    migrate(clickhouse, name)
+    log = EventLog(clickhouse, name)
+    try:
+        log.append(events)
+        again = [events[i % len(events)] for i in copies] if events else []
+        log.append(again)  # a re-sent block: duplicates of events already logged
+        yield name
+    finally:
+        clickhouse.command(f"DROP DATABASE IF EXISTS {name}")
