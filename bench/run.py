@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import orjson
 import psutil
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import Producer
 
 from events.segment import IdentifyCall, PageCall, SegmentCall, TrackCall, to_tracked_event
@@ -224,7 +224,13 @@ def pipeline_rate(node: BenchNode, payloads: list[tuple[bytes, bytes]]) -> float
     sqlite_path = node.settings.sqlite_path
     already = consumed_total(sqlite_path)
     producer = Producer(
-        {"bootstrap.servers": node.settings.kafka_bootstrap_servers, "acks": "all", "linger.ms": 5}
+        {
+            "bootstrap.servers": node.settings.kafka_bootstrap_servers,
+            "acks": "all",
+            "linger.ms": 5,
+            # The platform's keying contract: Java's partitioner, as the gateway and Faust.
+            "partitioner": "murmur2_random",
+        }
     )
     started = time.perf_counter()
     for key, value in payloads:
@@ -262,15 +268,18 @@ async def track_to_stage_latency(
     accepted_at: dict[str, float] = {}
     seen_at: dict[str, float] = {}
     accepted_calls = 0
+    # No consumer group: assigned and positioned at the end before the first probe
+    # (a group join takes seconds, and "latest" would skip what came meanwhile).
     listener = AIOKafkaConsumer(
-        settings.stage_changes_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="latest",
-        enable_auto_commit=False,
-        group_id=f"bench-latency-{time.time_ns()}",
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
     )
     await listener.start()
-    await asyncio.sleep(2)  # joined and positioned at the end before the first probe
+    topic = settings.stage_changes_topic
+    partitions = [TopicPartition(topic, p) for p in listener.partitions_for_topic(topic) or []]
+    listener.assign(partitions)
+    await listener.seek_to_end(*partitions)
+    for partition in partitions:
+        await listener.position(partition)
 
     async def listen() -> None:
         async for record in listener:
@@ -313,6 +322,11 @@ async def track_to_stage_latency(
         while len(seen_at) < len(accepted_at) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
         reader = {"Authorization": f"Bearer {settings.read_key}"}
+        unseen = [c for c in accepted_at if c not in seen_at]
+        unseen_stages = {
+            c: (await client.get(f"/v1/customers/{c}", headers=reader)).status_code
+            for c in unseen
+        }
         for customer in list(seen_at)[:5]:
             check = await client.get(f"/v1/customers/{customer}", headers=reader)
             if check.status_code != 200:
@@ -320,7 +334,10 @@ async def track_to_stage_latency(
     listening.cancel()
     await listener.stop()
     if len(seen_at) < len(accepted_at):
-        raise RuntimeError(f"{len(accepted_at) - len(seen_at)} probes never reached a stage")
+        raise RuntimeError(
+            f"{len(accepted_at) - len(seen_at)} probes never announced a stage; "
+            f"the API answers for them: {unseen_stages}"
+        )
     if not seen_at:
         raise RuntimeError("no probe was accepted")
     ordered = sorted((seen_at[c] - accepted_at[c]) * 1000 for c in seen_at)
@@ -401,6 +418,10 @@ def measure(events: int, latency_rate: float, latency_seconds: float, repeats: i
                         latency = asyncio.run(
                             track_to_stage_latency(node, latency_rate, latency_seconds)
                         )
+                except Exception:
+                    log = folder / f"node{attempt}" / "node.log"
+                    print(log.read_text(errors="replace")[-6000:], file=sys.stderr)
+                    raise
                 finally:
                     node.close()
             run.figures.append(

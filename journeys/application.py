@@ -15,7 +15,7 @@ forwarded to U as they come. The messages this module asks to be sent are in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -68,6 +68,8 @@ class JourneyUpdate:
     refusals: list[MergeRefusal] = field(default_factory=list)
     # New orders and their customer, for the orders projection.
     orders: list[tuple[str, Touch]] = field(default_factory=list)
+    # Journeys of earlier, uncommitted updates of the same batch (see record()).
+    in_flight: Mapping[str, CustomerJourney] = field(default_factory=dict)
 
 
 class JourneyApplication(Application[UUID]):
@@ -104,10 +106,19 @@ class JourneyApplication(Application[UUID]):
         return found
 
     def record(
-        self, touches: Iterable[TrackedEvent], position: Tracking | None = None
+        self,
+        touches: Iterable[TrackedEvent],
+        position: Tracking | None = None,
+        in_flight: Mapping[str, CustomerJourney] | None = None,
     ) -> JourneyUpdate:
-        """Apply events in order to their journeys; nothing is saved yet."""
+        """Apply events in order to their journeys; nothing is saved yet.
+
+        ``in_flight``: journeys recorded but not yet committed by an earlier update
+        of the same batch; a customer found there continues from that state, so two
+        updates never both write the journey's next version.
+        """
         update = JourneyUpdate(processing=ProcessingEvent(tracking=position))
+        update.in_flight = in_flight or {}
         for touch in touches:
             if touch.call_type == LINK_CALL:
                 self._merge_request(touch, update)
@@ -124,7 +135,7 @@ class JourneyApplication(Application[UUID]):
         return update
 
     def _journey_for(self, update: JourneyUpdate, key: str, at: datetime) -> CustomerJourney:
-        journey = update.journeys.get(key)
+        journey = update.journeys.get(key) or update.in_flight.get(key)
         if journey is None:
             journey = self.journey(key) or CustomerJourney(customer_key=key, started_at=at)
             update.journeys[key] = journey

@@ -71,13 +71,21 @@ class JourneyStreams:
         async for events in stream.take_events(
             self.settings.batch_max_events, within=self.settings.batch_within_s
         ):
-            for batch in self._by_partition(events):
-                prepared = await asyncio.to_thread(self.pipeline.prepare, batch)
-                if prepared is None:
-                    continue
+            try:
+                batches = self._by_partition(events)
+                prepared = await asyncio.to_thread(self.pipeline.prepare_many, batches)
                 # Published before the commit: at least once, never lost.
-                await self._publish_outcomes(prepared)
-                await asyncio.to_thread(self.pipeline.commit, prepared)
+                for one in prepared:
+                    await self._publish_outcomes(one)
+                await asyncio.to_thread(self.pipeline.commit_many, prepared)
+            except Exception as error:
+                # Fail fast: the failed events stay unacked, but an agent restarted in
+                # this process would go on with later offsets and commit positions past
+                # them. Stopping the worker re-reads everything from the failed batch
+                # on at the next start, where tracking and dedup absorb what repeats.
+                log.critical("journey batch failed; stopping the worker: %r", error)
+                await self.app.crash(error)
+                raise
 
     async def _dead_letter_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Keep every dead letter in ClickHouse so the API can list it (at least once)."""

@@ -64,6 +64,11 @@ class ConfluentEventSink:
             {
                 "bootstrap.servers": self._bootstrap_servers,
                 "acks": "all",
+                # Java's partitioner (murmur2), as aiokafka and Faust use: the worker
+                # re-keys identity messages through Faust, and one customer's events
+                # must land on one partition whichever client produced them
+                # (librdkafka's default, CRC32, put them on different partitions).
+                "partitioner": "murmur2_random",
                 "linger.ms": 2,
                 "message.timeout.ms": 15000,
                 # Retries cannot reorder one customer's events within a request.

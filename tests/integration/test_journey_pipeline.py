@@ -176,3 +176,26 @@ def test_migrations_are_recorded_and_not_applied_twice(
         f"SELECT version FROM {database}.schema_migrations FINAL ORDER BY version"
     ).result_rows
     assert [row[0] for row in versions] == [m[0] for m in MIGRATIONS]
+
+
+def test_one_customer_on_two_partitions_of_a_batch_is_recorded_once_in_order(
+    settings: Settings, clickhouse: Client
+) -> None:
+    # A producer that ignores the keying contract put fay's events on two partitions.
+    first = PartitionBatch(
+        "journey.events#0", [(0, make_event("f1", "fay", "Product Viewed", 0).to_json())]
+    )
+    second = PartitionBatch("journey.events#1", [
+        (0, make_event("f2", "fay", "Product Added", 1).to_json()),
+        (1, make_event("f3", "fay", "Order Completed", 2, order_id="o9", revenue=5.0).to_json()),
+    ])  # fmt: skip
+    pipeline = pipeline_for(settings, clickhouse)
+    prepared = pipeline.prepare_many([first, second])
+    pipeline.commit_many(prepared)
+
+    restarted = pipeline_for(settings, clickhouse)
+    assert row(restarted.stages, "fay").event_count == 3
+    assert row(restarted.stages, "fay").stage == "purchase"
+    assert restarted.journeys.consumed_position("journey.events#0") == 1
+    assert restarted.journeys.consumed_position("journey.events#1") == 2
+    assert restarted.event_log.event_count("fay") == 3

@@ -108,7 +108,7 @@ def test_accepted_events_survive_kill_and_restart_and_count_once(
             alive=lambda: True,
             interval=0.5,
         )
-        assert counts() == dict(sent) == {customer: 4 for customer in CUSTOMERS}
+        assert counts() == dict(sent) == {customer: 4 for customer in CUSTOMERS}, node.log_tail(80)
         assert shoppers() == merged
         for customer in CUSTOMERS:
             assert node.read("GET", f"/v1/customers/{customer}").json()["stage"] == "purchase"
