@@ -7,7 +7,10 @@ A. per customer, the events that match a step (or an exclusion) as one sorted
    comes from ``customer_timelines`` (migration 4: a per-customer array kept
    by a materialized view, one row per customer, no sort or group by customer
    at query time) when the funnel names only event types or names; otherwise
-   from ``events`` grouped by customer.
+   from ``events`` grouped by customer. An ordered funnel over types only,
+   without exclusions, skips this stage: it reads ``customer_type_times``
+   (migration 6: per customer, one array of times per type) and does stage B
+   by lookups in its steps' arrays (:meth:`FunnelQueries._ordered_by_type`).
 B. per customer, ``d1 … dn``: the time from the first step to reaching step k
    (-1 when not reached), by the definitions in :mod:`journeys.funnels`. The
    ordered mode is a few vectorised array scans (``arrayFill`` keeps the latest
@@ -90,7 +93,7 @@ def _ratio(part: int, whole: int) -> float:
 
 
 class FunnelQueries:
-    """Runs funnels against ``database`` (tables ``events`` and ``customer_timelines``)."""
+    """Runs funnels against ``database``: ``events`` and the per-customer projections."""
 
     def __init__(self, client: Client, database: str) -> None:
         self._client = client
