@@ -204,6 +204,67 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        6,
+        "analysis: per-customer event times by canonical type, for ordered funnels",
+        [
+            # One row per customer (after merges or FINAL), one array of event
+            # times (ms) per canonical type. An ordered funnel over types reads
+            # only its steps' columns and finds each step's predecessor by
+            # lookups in those short arrays: no sort of the whole timeline, no
+            # mapping of every event to a step. Plain arrays
+            # (SimpleAggregateFunction) read faster than groupArray states, which
+            # must be deserialised. Merges append, so the arrays are unsorted and
+            # a re-sent block appends copies; queries sort, and no ordered
+            # funnel answer depends on copies (see analytics/funnels.py).
+            """
+            CREATE TABLE IF NOT EXISTS {db}.customer_type_times (
+                customer_key String,
+                browse SimpleAggregateFunction(groupArrayArray, Array(Int64)),
+                cart SimpleAggregateFunction(groupArrayArray, Array(Int64)),
+                checkout SimpleAggregateFunction(groupArrayArray, Array(Int64)),
+                purchase SimpleAggregateFunction(groupArrayArray, Array(Int64)),
+                support SimpleAggregateFunction(groupArrayArray, Array(Int64)),
+                identify SimpleAggregateFunction(groupArrayArray, Array(Int64)),
+                custom SimpleAggregateFunction(groupArrayArray, Array(Int64))
+            ) ENGINE = AggregatingMergeTree
+            ORDER BY customer_key
+            """,
+            """
+            CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.customer_type_times_mv
+            TO {db}.customer_type_times AS
+            SELECT customer_key,
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'browse') AS browse,
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'cart') AS cart,
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'checkout')
+                       AS checkout,
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'purchase')
+                       AS purchase,
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'support')
+                       AS support,
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'identify')
+                       AS identify,
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'custom') AS custom
+            FROM {db}.events
+            GROUP BY customer_key
+            """,
+            # Events logged before this migration; one inserted in between lands
+            # twice, which is harmless as above.
+            """
+            INSERT INTO {db}.customer_type_times
+            SELECT customer_key,
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'browse'),
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'cart'),
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'checkout'),
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'purchase'),
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'support'),
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'identify'),
+                   groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'custom')
+            FROM {db}.events
+            GROUP BY customer_key
+            """,
+        ],
+    ),
 ]
 
 

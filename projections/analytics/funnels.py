@@ -7,7 +7,10 @@ A. per customer, the events that match a step (or an exclusion) as one sorted
    comes from ``customer_timelines`` (migration 4: a per-customer array kept
    by a materialized view, one row per customer, no sort or group by customer
    at query time) when the funnel names only event types or names; otherwise
-   from ``events`` grouped by customer.
+   from ``events`` grouped by customer. An ordered funnel over types only,
+   without exclusions, skips this stage: it reads ``customer_type_times``
+   (migration 6: per customer, one array of times per type) and does stage B
+   by lookups in its steps' arrays (:meth:`FunnelQueries._ordered_by_type`).
 B. per customer, ``d1 … dn``: the time from the first step to reaching step k
    (-1 when not reached), by the definitions in :mod:`journeys.funnels`. The
    ordered mode is a few vectorised array scans (``arrayFill`` keeps the latest
@@ -90,7 +93,7 @@ def _ratio(part: int, whole: int) -> float:
 
 
 class FunnelQueries:
-    """Runs funnels against ``database`` (tables ``events`` and ``customer_timelines``)."""
+    """Runs funnels against ``database``: ``events`` and the per-customer projections."""
 
     def __init__(self, client: Client, database: str) -> None:
         self._client = client
@@ -139,8 +142,10 @@ class FunnelQueries:
                 f"a{k}[intDiv(c{k} * 50 + 99, 100)]",
                 f"a{k}[intDiv(c{k} * 90 + 99, 100)]",
             ]
-        named = []
-        for k in range(1, n + 1):
+        # Step 1's time is 0 by definition and the report shows no quantile for
+        # it: collecting and sorting a million zeros would be wasted work.
+        named = ["countIf(d1 >= 0) AS c1", "[0] AS a1"]
+        for k in range(2, n + 1):
             named += [
                 f"countIf(d{k} >= 0) AS c{k}",
                 f"arraySort(groupArrayIf(d{k}, d{k} >= 0)) AS a{k}",
@@ -201,6 +206,8 @@ class FunnelQueries:
     def per_customer_sql(self, funnel: Funnel, params: Params) -> tuple[str, str]:
         """``SELECT customer_key, bd, d1 … dn`` (stages A and B), and which table it reads."""
         n = len(funnel.steps)
+        if by_type(funnel):
+            return self._ordered_by_type(funnel, params), "customer_type_times"
         if funnel.mode is OrderMode.STRICT:
             timeline = self._strict_timeline(funnel, params)
             return self._wrap(timeline, _strict_fold(n, funnel.window_ms), n), "events"
@@ -292,6 +299,67 @@ class FunnelQueries:
             )
         """
 
+    def _ordered_by_type(self, funnel: Funnel, params: Params) -> str:
+        """Stages A and B of an ordered funnel over types, from ``customer_type_times``.
+
+        ``T{k}`` is step k's times, sorted for k >= 2. Per level k and per time t in
+        ``T{k}``: ``raw{k}`` is the latest start of a chain reaching level k at
+        t, or -1; ``F{k}`` carries the latest valid one forward (the ``s_k`` of
+        :func:`_ordered_scans`). A chain reaches level k at t when some level
+        k-1 completion lies at or before t (ties in time count as in order, and
+        one event may serve consecutive steps when they share a type) and t is
+        within the window of its start. Starts of valid completions never
+        decrease in time, so the last completion at or before t carries the
+        latest start. ``d{k}`` is the time from that start to the first time
+        level k is reached, as in the other modes.
+
+        Each lookup scans one customer's short array of the previous step's
+        times; measured on the benchmark this beats sorting and mapping all of
+        a customer's events (the arrays hold only the steps' types). Copies of
+        an event only repeat entries of a sorted array, which changes no
+        lookup's answer.
+        """
+        in_range = []
+        if funnel.start is not None:
+            in_range.append(f"x >= {params.add(_ms(funnel.start), 'Int64')}")
+        if funnel.end is not None:
+            in_range.append(f"x < {params.add(_ms(funnel.end), 'Int64')}")
+        arrays = []
+        for k, step in enumerate(funnel.steps, start=1):
+            column = str(step.event_type)
+            if in_range:
+                column = f"arrayFilter(x -> {' AND '.join(in_range)}, {column})"
+            # Step 1's times need no order (level 2 takes a maximum over them);
+            # sorting them was a fifth of the query on unsorted arrays.
+            arrays.append(f"{column} AS T{k}" if k == 1 else f"arraySort({column}) AS T{k}")
+        window = funnel.window_ms
+        scans = ["if(notEmpty(T1), 0, -1) AS d1"]
+        for k in range(2, len(funnel.steps) + 1):
+            if k == 2:
+                # j: the latest step-1 time at or before t, or -1 (times are >= 0;
+                # +1 keeps "none" apart from a time 0 and from an empty array's 0).
+                scans.append("arrayMap(t -> arrayMax(p -> if(p <= t, p + 1, 0), T1) - 1, T2) AS j2")
+                start, valid = "j", f"j >= 0 AND t - j <= {window}"
+            else:
+                # j: 1-based index of the last entry of sorted T{k-1} at or before t
+                # (0: none); F{k-1}[j] is the latest live start there.
+                scans.append(f"arrayMap(t -> arrayLastIndex(p -> p <= t, T{k - 1}), T{k}) AS j{k}")
+                start = f"F{k - 1}[j]"
+                valid = f"j > 0 AND {start} >= 0 AND t - {start} <= {window}"
+            scans.append(f"arrayMap((t, j) -> if({valid}, {start}, -1), T{k}, j{k}) AS raw{k}")
+            scans.append(f"arrayFill(x -> x >= 0, raw{k}) AS F{k}")
+            scans.append(f"arrayFirstIndex(x -> x >= 0, raw{k}) AS i{k}")
+            scans.append(f"if(i{k} > 0, T{k}[i{k}] - raw{k}[i{k}], -1) AS d{k}")
+        return f"""
+            SELECT customer_key, bd, {_columns(len(funnel.steps))} FROM (
+                SELECT customer_key, '' AS bd, {", ".join(scans)}
+                FROM (
+                    SELECT customer_key, {", ".join(arrays)}
+                    FROM {self._db}.customer_type_times FINAL
+                )
+            )
+        """
+
     def _strict_timeline(self, funnel: Funnel, params: Params) -> str:
         coded = self._conditions(funnel, params)
         mask = " + ".join(f"bitShiftLeft(toUInt16({cond}), {code - 1})" for code, cond in coded)
@@ -341,6 +409,17 @@ def _pre_aggregated(funnel: Funnel) -> bool:
     """True when the per-customer arrays hold all a funnel needs (types, names, no filters)."""
     steps = funnel.steps + funnel.exclusions
     return funnel.breakdown is None and not any(step.filters for step in steps)
+
+
+def by_type(funnel: Funnel) -> bool:
+    """True for an ordered funnel over event types only: no names, filters,
+    exclusions or breakdown. ``customer_type_times`` answers it."""
+    return (
+        funnel.mode is OrderMode.ORDERED
+        and not funnel.exclusions
+        and funnel.breakdown is None
+        and all(step.event_type is not None and not step.filters for step in funnel.steps)
+    )
 
 
 def _columns(n: int) -> str:

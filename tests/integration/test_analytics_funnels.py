@@ -9,13 +9,15 @@ from clickhouse_connect.driver.client import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events import TrackedEvent
+from events import EventType, TrackedEvent
 from journeys.funnels import Funnel, FunnelStep, OrderMode
 from projections.analytics import QueryProblem, reference
-from projections.analytics.funnels import FunnelQueries
+from projections.analytics.funnels import FunnelQueries, by_type
 from tests.integration.analytics_data import T0, database, event_lists, steps
 
 pytestmark = pytest.mark.integration
+
+IDENTIFY = EventType.IDENTIFY
 
 FAST = settings(
     max_examples=60,
@@ -87,10 +89,42 @@ def test_funnels_from_customer_timelines_equal_the_reference(
     clickhouse: Client, events: list[TrackedEvent], copies: list[int], funnel: Funnel
 ) -> None:
     """Type and name steps only: the pre-aggregated per-customer arrays answer."""
-    if funnel.mode is not OrderMode.STRICT:
-        assert FunnelQueries(clickhouse, "x").per_customer_sql(funnel, reference_params())[1] == (
-            "customer_timelines"
-        )
+    source = FunnelQueries(clickhouse, "x").per_customer_sql(funnel, reference_params())[1]
+    if by_type(funnel):
+        assert source == "customer_type_times"
+    elif funnel.mode is not OrderMode.STRICT:
+        assert source == "customer_timelines"
+    check(clickhouse, events, copies, funnel)
+
+
+@st.composite
+def type_funnels(draw: st.DrawFn) -> Funnel:
+    """Ordered funnels over types only (repeats allowed), maybe a date range."""
+    chosen = tuple(
+        FunnelStep(event_type=draw(st.sampled_from([t for t in EventType if t is not IDENTIFY])))
+        for _ in range(draw(st.integers(2, 4)))
+    )
+    start = end = None
+    if draw(st.booleans()):
+        start = T0 + timedelta(minutes=draw(st.integers(0, 8)))
+        end = start + timedelta(minutes=draw(st.integers(1, 12)))
+    window = timedelta(minutes=draw(st.sampled_from([1, 2, 3, 5, 10, 600])))
+    return Funnel(steps=chosen, window=window, start=start, end=end)
+
+
+@FAST
+@given(
+    events=event_lists(),
+    copies=st.lists(st.integers(0, 100), max_size=5),
+    funnel=type_funnels(),
+)
+def test_ordered_funnels_by_type_equal_the_reference(
+    clickhouse: Client, events: list[TrackedEvent], copies: list[int], funnel: Funnel
+) -> None:
+    """The fast path: per-type time arrays of ``customer_type_times``, re-sent blocks too."""
+    assert FunnelQueries(clickhouse, "x").per_customer_sql(funnel, reference_params())[1] == (
+        "customer_type_times"
+    )
     check(clickhouse, events, copies, funnel)
 
 
