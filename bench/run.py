@@ -324,8 +324,7 @@ async def track_to_stage_latency(
         reader = {"Authorization": f"Bearer {settings.read_key}"}
         unseen = [c for c in accepted_at if c not in seen_at]
         unseen_stages = {
-            c: (await client.get(f"/v1/customers/{c}", headers=reader)).status_code
-            for c in unseen
+            c: (await client.get(f"/v1/customers/{c}", headers=reader)).status_code for c in unseen
         }
         for customer in list(seen_at)[:5]:
             check = await client.get(f"/v1/customers/{customer}", headers=reader)
