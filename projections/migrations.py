@@ -3,8 +3,10 @@
 Add a migration by appending to ``MIGRATIONS``; never edit one that has shipped
 (version 1 has not shipped yet: it may still change before the first release).
 
-Versions reserved while work is in flight: 2 tracking API (dead letters, keys),
-3 journeys (profiles), 4 analysis, 5 outreach.
+Versions: 1 event log, stage changes, stage projection; 2 dead letters and
+write keys; 3 journey projections (orders, profiles); 4 and 6 per-customer
+timelines for funnels. 5 was reserved for outreach, which keeps its tables in
+the event store's database instead: it stays unused.
 """
 
 from __future__ import annotations
