@@ -128,6 +128,44 @@ class EventLog:
             )
         self._client.insert(f"{self._db}.events", rows, column_names=_EVENT_COLUMNS)
 
+    def merge_identities(self, merges: Sequence[tuple[str, str]]) -> None:
+        """Move each anonymous key's events to the customer it merged into: one person.
+
+        ``merges`` holds (anonymous key, customer key) pairs, as the journeys
+        decide them. The anonymous rows are copied under the customer (the
+        materialized views append them to the customer's per-customer arrays)
+        and then deleted from ``events`` and from those arrays. Repeating it is
+        harmless: the copies collapse under ``FINAL`` onto the first ones (the
+        sort key holds the customer, time and event id), the arrays gain
+        copies no funnel answer depends on (see analytics/funnels.py), and
+        once the anonymous rows are gone there is nothing left to move. Only
+        the anonymous key's own worker writes rows under that key, and it
+        calls this after logging its batch, so no anonymous row arrives later
+        (events for a merged key are forwarded to the customer).
+        """
+        if not merges:
+            return
+        params = {"anon": [a for a, _ in merges], "into": [c for _, c in merges]}
+        columns = ", ".join(_EVENT_COLUMNS)
+        moved = ", ".join(
+            "transform(customer_key, {anon:Array(String)}, {into:Array(String)}, customer_key)"
+            if c == "customer_key"
+            else c
+            for c in _EVENT_COLUMNS
+        )
+        self._client.command(
+            f"INSERT INTO {self._db}.events ({columns}) SELECT {moved} "
+            f"FROM {self._db}.events FINAL WHERE customer_key IN {{anon:Array(String)}}",
+            parameters=params,
+        )
+        # Lightweight deletes (rows masked at once, dropped by merges): measured
+        # in docs/architecture.md. A crash part-way is repaired by the replay.
+        for table in ("customer_timelines", "customer_type_times", "events"):
+            self._client.command(
+                f"DELETE FROM {self._db}.{table} WHERE customer_key IN {{anon:Array(String)}}",
+                parameters={"anon": params["anon"]},
+            )
+
     def append_stage_changes(self, changes: Sequence[StageChange]) -> None:
         """Insert stage transitions; idempotent like :meth:`append`."""
         if not changes:
