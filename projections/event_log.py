@@ -134,9 +134,10 @@ class EventLog:
         ``merges`` holds (anonymous key, customer key) pairs, as the journeys
         decide them. The anonymous rows are copied under the customer (the
         materialized views append them to the customer's per-customer arrays)
-        and then deleted from ``events`` and from those arrays. Repeating it is
-        harmless: the copies collapse under ``FINAL`` onto the first ones (the
-        sort key holds the customer, time and event id), the arrays gain
+        and deleted from ``events``; the anonymous key's arrays are marked
+        merged, and the funnels skip them. Repeating it is harmless: the
+        copies collapse under ``FINAL`` onto the first ones (the sort key
+        holds the customer, time and event id), the arrays gain
         copies no funnel answer depends on (see analytics/funnels.py), and
         once the anonymous rows are gone there is nothing left to move. Only
         the anonymous key's own worker writes rows under that key, and it
@@ -158,13 +159,22 @@ class EventLog:
             f"FROM {self._db}.events FINAL WHERE customer_key IN {{anon:Array(String)}}",
             parameters=params,
         )
-        # Lightweight deletes (rows masked at once, dropped by merges): measured
-        # in docs/architecture.md. A crash part-way is repaired by the replay.
-        for table in ("customer_timelines", "customer_type_times", "events"):
+        # The anonymous keys' per-customer arrays stay, marked merged (migration 8):
+        # that table kind has no cheap delete, and the funnels skip merged keys.
+        for table in ("customer_timelines", "customer_type_times"):
             self._client.command(
-                f"DELETE FROM {self._db}.{table} WHERE customer_key IN {{anon:Array(String)}}",
+                f"INSERT INTO {self._db}.{table} (customer_key, merged) "
+                "SELECT arrayJoin({anon:Array(String)}), 1",
                 parameters={"anon": params["anon"]},
             )
+        # A patch-part delete (migration 8): a small part masking the rows, applied
+        # on read until merges drop them; a mutation over every part of a 10M-row
+        # log took seconds. A crash part-way is repaired by the replay.
+        self._client.command(
+            f"DELETE FROM {self._db}.events WHERE customer_key IN {{anon:Array(String)}}",
+            parameters={"anon": params["anon"]},
+            settings={"lightweight_delete_mode": "lightweight_update"},
+        )
 
     def append_stage_changes(self, changes: Sequence[StageChange]) -> None:
         """Insert stage transitions; idempotent like :meth:`append`."""

@@ -18,6 +18,10 @@ B. per customer, ``d1 … dn``: the time from the first step to reaching step k
    timeline.
 C. over customers: counts, nearest-rank median and p90 per step, breakdowns.
 
+An anonymous key merged into a customer (``merged = 1`` in both per-customer
+tables, see :meth:`EventLog.merge_identities`) is skipped: its events were
+moved under the customer, whose arrays hold them.
+
 Duplicate rows of one event change none of these answers: a funnel asks
 whether a chain of events exists, and a second copy of an event adds no
 chain. That is why stage A may read without ``FINAL``; the strict mode, where
@@ -296,6 +300,7 @@ class FunnelQueries:
             FROM (
                 SELECT customer_key, finalizeAggregation(tk) AS tk{names}
                 FROM {self._db}.customer_timelines FINAL
+                WHERE merged = 0
             )
         """
 
@@ -356,6 +361,7 @@ class FunnelQueries:
                 FROM (
                     SELECT customer_key, {", ".join(arrays)}
                     FROM {self._db}.customer_type_times FINAL
+                    WHERE merged = 0
                 )
             )
         """

@@ -134,9 +134,9 @@ def test_an_anonymous_browse_then_identify_and_purchase_is_one_customer(
     assert keys == [("anon:dev-2", 1), ("uma", 4)]
     for table in ("customer_timelines", "customer_type_times"):
         rows = clickhouse.query(
-            f"SELECT customer_key FROM {db}.{table} FINAL ORDER BY customer_key"
+            f"SELECT customer_key, merged FROM {db}.{table} FINAL ORDER BY customer_key"
         ).result_rows
-        assert rows == [("anon:dev-2",), ("uma",)], table
+        assert rows == [("anon:dev-1", 1), ("anon:dev-2", 0), ("uma", 0)], table
 
     reports = Reports(clickhouse, db)
     cohorts = reports.retention(
