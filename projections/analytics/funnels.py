@@ -41,6 +41,13 @@ from projections.analytics.sql import TYPE_CODES, Params, breakdown_sql, step_sq
 
 EXCLUSION = 15
 MAX_BREAKDOWN_GROUPS = 100
+# The nearest-rank median and p90 (element ceil(p * n), 1-based) with
+# ``quantilesExact``, which selects element floor(level * n), 0-based, by
+# nth_element instead of sorting (measured: 0.03-0.04 s less on 10M events).
+# With level = p - 1e-12: when p * n is a whole number m, floor gives m - 1;
+# otherwise p * n is at least 0.1 past a whole number (p is 0.5 or 0.9), and
+# floor gives ceil(p * n) - 1 as long as 1e-12 * n < 0.1: n below 10^11.
+NEAREST_RANK_LEVELS = "0.5 - 1e-12, 0.9 - 1e-12"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +146,16 @@ class FunnelQueries:
         params = Params()
         inner, source = self.per_customer_sql(funnel, params)
         n = len(funnel.steps)
-        picks = []
-        for k in range(1, n + 1):
-            picks += [
-                f"c{k}",
-                f"a{k}[intDiv(c{k} * 50 + 99, 100)]",
-                f"a{k}[intDiv(c{k} * 90 + 99, 100)]",
-            ]
+        picks = ["c1", "0", "0"]
+        for k in range(2, n + 1):
+            picks += [f"c{k}", f"q{k}[1]", f"q{k}[2]"]
         # Step 1's time is 0 by definition and the report shows no quantile for
-        # it: collecting and sorting a million zeros would be wasted work.
-        named = ["countIf(d1 >= 0) AS c1", "[0] AS a1"]
+        # it: collecting a million zeros would be wasted work.
+        named = ["countIf(d1 >= 0) AS c1"]
         for k in range(2, n + 1):
             named += [
                 f"countIf(d{k} >= 0) AS c{k}",
-                f"arraySort(groupArrayIf(d{k}, d{k} >= 0)) AS a{k}",
+                f"quantilesExactIf({NEAREST_RANK_LEVELS})(d{k}, d{k} >= 0) AS q{k}",
             ]
         if funnel.breakdown is None:
             sql = (
