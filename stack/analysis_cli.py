@@ -95,8 +95,10 @@ class _Step(argparse.Action):
 class _Where(argparse.Action):
     """``--where``: a filter on the step or exclusion given just before it."""
 
-    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
-        step = getattr(namespace, "last_step", None)
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        step: dict[str, Any] | None = getattr(namespace, "last_step", None)
         if step is None:
             parser.error("--where filters the --step or --exclude before it: give that first")
         step.setdefault("filters", []).append(values)

@@ -71,7 +71,9 @@ def identify(event_id: str, user: str, anonymous_id: str, minutes: float) -> Tra
     )
 
 
-def feed(pipeline: JourneyPipeline, partition: int, events: list[TrackedEvent]) -> list:  # type: ignore[type-arg]
+def feed(
+    pipeline: JourneyPipeline, partition: int, events: list[TrackedEvent]
+) -> list[TrackedEvent]:
     """Process ``events`` as the next records of ``partition``; the messages it sends."""
     source = f"journey.events#{partition}"
     start = pipeline.journeys.consumed_position(source)
