@@ -294,6 +294,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             ALTER TABLE {db}.customer_type_times
                 ADD COLUMN IF NOT EXISTS merged SimpleAggregateFunction(max, UInt8) DEFAULT 0
             """,
+            # Written into the existing parts: a column computed from its default on
+            # every read made the 10M funnel 0.15 s slower until the parts merged.
+            "ALTER TABLE {db}.customer_timelines MATERIALIZE COLUMN merged",
+            "ALTER TABLE {db}.customer_type_times MATERIALIZE COLUMN merged",
         ],
     ),
 ]
