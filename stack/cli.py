@@ -111,6 +111,8 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         )
         print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
 
+        if demo_rate > 0:
+            settings = demo.demo_settings(settings)
         print("starting the node (journey worker + API) …", flush=True)
         node = spawn(
             [sys.executable, "-m", "stack.cli", "node"], logs / "node.log", env=settings.to_env()
@@ -130,13 +132,7 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         _banner(settings, base, broker)
         demo_stop = threading.Event()
         if demo_rate > 0:
-            print(f"demo traffic: {demo_rate:g} storefront calls/s", flush=True)
-            threading.Thread(
-                target=demo.send,
-                args=(base, settings.write_key, demo_rate, demo.live_calls(seed=7, shoppers=200)),
-                kwargs={"stop": demo_stop},
-                daemon=True,
-            ).start()
+            demo.start(base, settings, demo_rate, demo_stop)
         while not stopping and node.poll() is None:
             time.sleep(0.2)
         if node.poll() is not None and not stopping:
