@@ -21,7 +21,7 @@ class WebhookInbox:
         inbox = self
 
         class Receiver(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 try:
                     inbox.received.append(json.loads(body))
@@ -30,7 +30,7 @@ class WebhookInbox:
                 self.send_response(204)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the demo prints its own progress."""
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
