@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,20 @@ def test_the_funnel_shows_the_numbers_the_api_returns(
     assert drawn == [s["customers"] for s in expected["steps"]]
     opened.wait_for_function("document.getElementById('live-lag').textContent === '0'")
     opened.screenshot(path=str(artifacts_dir / "dashboard-funnel.png"), full_page=True)
+
+    # A date range: from tomorrow (UTC) on, the demo's events (all sent now) are outside it.
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date()
+    later = node.read(
+        "POST", "/v1/funnels", json={**FUNNEL, "start": f"{tomorrow.isoformat()}T00:00:00Z"}
+    ).json()
+    opened.fill("#funnel-start", tomorrow.isoformat())
+    opened.click("#run-funnel")
+    opened.wait_for_function(
+        "document.querySelector('#funnel-table tbody td.num').textContent === '0'"
+    )
+    assert [count(row[1]) for row in table(opened, "#funnel-table")] == [
+        s["customers"] for s in later["steps"]
+    ]
     assert errors == []
 
 
