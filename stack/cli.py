@@ -24,7 +24,6 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,15 +129,14 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
                 print(_tail(logs / "node.log"), file=sys.stderr)
             return 1
         _banner(settings, base, broker)
-        demo_stop = threading.Event()
-        if demo_rate > 0:
-            demo.start(base, settings, demo_rate, demo_stop)
+        demo_run = demo.DemoRun(base, settings, demo_rate) if demo_rate > 0 else None
         while not stopping and node.poll() is None:
             time.sleep(0.2)
         if node.poll() is not None and not stopping:
             print(f"the node stopped unexpectedly; see {logs / 'node.log'}", file=sys.stderr)
             return 1
-        demo_stop.set()
+        if demo_run is not None:
+            demo_run.stop()
         print("stopping: API, then the worker once it has caught up, then the broker …", flush=True)
         return 0
     finally:

@@ -8,6 +8,7 @@ delivery state. Production defaults are untouched: only the demo does this.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -90,20 +91,34 @@ def subscribe_inbox(base_url: str, admin_key: str, inbox: WebhookInbox) -> str:
         return str(created.json()["id"])
 
 
-def start(base_url: str, settings: Settings, rate: float, stop: threading.Event) -> WebhookInbox:
-    """Subscribe a webhook inbox and stream storefront traffic until ``stop`` is set."""
-    inbox = WebhookInbox()
-    subscribe_inbox(base_url, settings.admin_key, inbox)
-    rules = Path(settings.trigger_rules_file or RULES_FILE)
-    print(
-        f"demo traffic: {rate:g} storefront calls/s; outreach rules {rules} "
-        f"(abandoned carts fire after seconds); webhooks go to {inbox.url}",
-        flush=True,
-    )
-    threading.Thread(
-        target=send,
-        args=(base_url, settings.write_key, rate, live_calls(seed=7, shoppers=200)),
-        kwargs={"stop": stop},
-        daemon=True,
-    ).start()
-    return inbox
+class DemoRun:
+    """Demo traffic flowing to a node, and the webhook inbox subscribed to its triggers."""
+
+    def __init__(self, base_url: str, settings: Settings, rate: float) -> None:
+        self.base_url = base_url
+        self.admin_key = settings.admin_key
+        self.inbox = WebhookInbox()
+        self.endpoint_id = subscribe_inbox(base_url, settings.admin_key, self.inbox)
+        self._stop = threading.Event()
+        rules = Path(settings.trigger_rules_file or RULES_FILE)
+        print(
+            f"demo traffic: {rate:g} storefront calls/s; outreach rules {rules} "
+            f"(abandoned carts fire after seconds); webhooks go to {self.inbox.url}",
+            flush=True,
+        )
+        threading.Thread(
+            target=send,
+            args=(base_url, settings.write_key, rate, live_calls(seed=7, shoppers=200)),
+            kwargs={"stop": self._stop},
+            daemon=True,
+        ).start()
+
+    def stop(self) -> None:
+        """Stop the traffic and unsubscribe the inbox (best effort: the node may be gone)."""
+        self._stop.set()
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        # Should the node be gone, the next demo replaces the endpoint (subscribe_inbox).
+        with contextlib.suppress(httpx.HTTPError):
+            url = f"{self.base_url}/v1/outreach/webhooks/{self.endpoint_id}"
+            httpx.delete(url, headers=headers, timeout=5)
+        self.inbox.close()
