@@ -328,6 +328,15 @@ def test_stages_retention_and_rfm_show_the_numbers_the_api_returns(
     assert sorted(tuple(row) for row in table(opened, "#flow-table")) == sorted(
         (t["from"] or "(new)", t["to"], f"{t['customers']:,}") for t in flow
     )
+    # Over time: the bars split the last hour, so each stage's bars add up to its changes.
+    bars = opened.evaluate(
+        """Chart.getChart(document.getElementById('flow-chart')).data.datasets
+           .map((d) => [d.label, d.data.reduce((a, b) => a + b, 0)])"""
+    )
+    entered: dict[str, int] = {}
+    for t in flow:
+        entered[t["to"]] = entered.get(t["to"], 0) + t["customers"]
+    assert dict(bars) == entered
     opened.screenshot(path=str(artifacts_dir / "dashboard-panels.png"), full_page=True)
     assert errors == []
 
