@@ -181,7 +181,8 @@ def test_a_wrong_key_shows_an_error_and_no_data(
     opened.wait_for_function("document.getElementById('key-error').textContent.length > 0")
     assert "refused" in opened.text_content("#key-error")  # type: ignore[operator]
     assert opened.is_hidden("#content")
-    assert opened.locator("#funnel-table tbody tr").count() == 0
+    for panel in ("#funnel-table", "#stages-table", "#rfm-tiers", "#triggers-table"):
+        assert opened.locator(f"{panel} tbody tr").count() == 0
     opened.screenshot(path=str(artifacts_dir / "dashboard-wrong-key.png"))
 
 
