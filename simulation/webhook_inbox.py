@@ -22,6 +22,7 @@ class WebhookInbox:
 
         class Receiver(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                """Keep the body (JSON, or the text when it is not) and answer 204."""
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 try:
                     inbox.received.append(json.loads(body))
