@@ -1,16 +1,28 @@
-"""Demo traffic: the synthetic storefront, sent live to a running platform over HTTP."""
+"""Demo traffic: the synthetic storefront, sent live to a running platform over HTTP.
+
+``journeys up --demo`` also runs the outreach rules of :data:`RULES_FILE`
+(abandoned carts fire after seconds, not an hour) and subscribes a local
+:class:`~simulation.webhook_inbox.WebhookInbox`, so fired triggers have a
+delivery state. Production defaults are untouched: only the demo does this.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from simulation.storefront import Storefront
+from simulation.webhook_inbox import WebhookInbox
+from stack.settings import Settings
+
+RULES_FILE = Path(__file__).resolve().parent / "demo_rules.toml"
 
 
 def live_calls(seed: int, shoppers: int) -> Iterator[dict[str, Any]]:
@@ -54,3 +66,59 @@ def send(
             if on_progress is not None and (index + 1) % 100 == 0:
                 on_progress(accepted, rejected)
     return accepted, rejected
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """``settings`` with the demo's outreach rules, unless a rules file is configured."""
+    if settings.trigger_rules_file:
+        return settings
+    return settings.model_copy(update={"trigger_rules_file": str(RULES_FILE)})
+
+
+def subscribe_inbox(base_url: str, admin_key: str, inbox: WebhookInbox) -> str:
+    """Subscribe ``inbox`` to every rule, replacing earlier demo inboxes; the endpoint id."""
+    path = inbox.url.split("/", 3)[3]
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        listed = client.get("/v1/outreach/webhooks")
+        listed.raise_for_status()
+        # A previous demo's inbox (another port, now closed) would only collect retries.
+        for endpoint in listed.json()["webhooks"]:
+            if endpoint["url"].startswith("http://127.0.0.1:") and endpoint["url"].endswith(path):
+                client.delete(f"/v1/outreach/webhooks/{endpoint['id']}").raise_for_status()
+        created = client.post("/v1/outreach/webhooks", json={"url": inbox.url, "rules": []})
+        created.raise_for_status()
+        return str(created.json()["id"])
+
+
+class DemoRun:
+    """Demo traffic flowing to a node, and the webhook inbox subscribed to its triggers."""
+
+    def __init__(self, base_url: str, settings: Settings, rate: float) -> None:
+        self.base_url = base_url
+        self.admin_key = settings.admin_key
+        self.inbox = WebhookInbox()
+        self.endpoint_id = subscribe_inbox(base_url, settings.admin_key, self.inbox)
+        self._stop = threading.Event()
+        rules = Path(settings.trigger_rules_file or RULES_FILE)
+        print(
+            f"demo traffic: {rate:g} storefront calls/s; outreach rules {rules} "
+            f"(abandoned carts fire after seconds); webhooks go to {self.inbox.url}",
+            flush=True,
+        )
+        threading.Thread(
+            target=send,
+            args=(base_url, settings.write_key, rate, live_calls(seed=7, shoppers=200)),
+            kwargs={"stop": self._stop},
+            daemon=True,
+        ).start()
+
+    def stop(self) -> None:
+        """Stop the traffic and unsubscribe the inbox (best effort: the node may be gone)."""
+        self._stop.set()
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        # Should the node be gone, the next demo replaces the endpoint (subscribe_inbox).
+        with contextlib.suppress(httpx.HTTPError):
+            url = f"{self.base_url}/v1/outreach/webhooks/{self.endpoint_id}"
+            httpx.delete(url, headers=headers, timeout=5)
+        self.inbox.close()
