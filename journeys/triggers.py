@@ -155,9 +155,10 @@ class CustomerFacts:
 
     def observe(self, touch: TrackedEvent) -> bool:
         """Fold one event in, by its event time; False when it was seen before."""
-        if touch.event_id in self.recent_ids:
+        keys = touch.dedup_keys  # the messageId within its source
+        if any(key in self.recent_ids for key in keys):
             return False
-        self.recent_ids.append(touch.event_id)
+        self.recent_ids.append(keys[0])
         del self.recent_ids[:-_RECENT_IDS]
         at = touch.timestamp
         name = normalized_name(touch.event_name)

@@ -31,10 +31,10 @@ from projections.event_log import FLOAT_FIELDS, INT_FIELDS, STRING_FIELDS, split
 
 
 def dedup(events: Iterable[TrackedEvent]) -> list[TrackedEvent]:
-    """One copy per (customer, timestamp, event id): what ``FINAL`` leaves."""
-    seen: dict[tuple[str, Any, str], TrackedEvent] = {}
+    """One copy per (customer, timestamp, event id, source): what ``FINAL`` leaves."""
+    seen: dict[tuple[str, Any, str, str], TrackedEvent] = {}
     for e in events:
-        seen.setdefault((e.customer_key, e.timestamp, e.event_id), e)
+        seen.setdefault((e.customer_key, e.timestamp, e.event_id, e.source), e)
     return list(seen.values())
 
 

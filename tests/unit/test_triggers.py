@@ -246,3 +246,14 @@ def test_shipped_rules_file_parses() -> None:
         "birthday",
         "high_value",
     }
+
+
+def test_facts_count_a_messageid_once_per_source() -> None:
+    facts = CustomerFacts("c1")
+    added = replace(touch(1, "Product Added", 0, product_id="p1", price=2), source="web")
+    other = replace(touch(1, "Product Added", 1, product_id="p2", price=3), source="app")
+    assert [facts.observe(t) for t in (added, other, added, other)] == [True, True, False, False]
+    assert sorted(facts.cart) == ["p1", "p2"]
+    # Facts stored before ids were kept per source hold bare ids: still a re-send.
+    stored = CustomerFacts.from_dict({**CustomerFacts("c1").to_dict(), "recent_ids": ["e1"]})
+    assert stored.observe(added) is False
