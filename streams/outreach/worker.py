@@ -8,6 +8,10 @@
   decided; fired triggers are recorded, then published on ``<prefix>.triggers``.
 - outreach agent: ``<prefix>.triggers`` → one delivery per subscribed endpoint
   (and the e-mail channel), saved with the consumed position.
+- segment loop: every ``rfm_scan_s``, the customers' RFM segments (computed
+  over all buyers, by the read side) are brought into the facts of the
+  customers this worker owns, for rules that watch a customer enter a
+  segment (high-value welcome); the engine decides, as for events.
 - delivery loop: claims due deliveries and attempts each in its own task, so
   one slow or failing endpoint holds up nobody; retries with exponential
   backoff and jitter until the retry horizon, then ``<prefix>.triggers.dlq``.
@@ -40,6 +44,11 @@ log = logging.getLogger(__name__)
 
 EMAIL_ENDPOINT = "email"
 RULES_RELOAD_S = 1.0
+# Segment changes applied per lock hold, so consumption is not held up for long.
+SEGMENT_CHUNK = 500
+
+# (customer key, RFM segment) of every buyer as of a moment.
+SegmentReader = Callable[[datetime], Sequence[tuple[str, str]]]
 DELIVERY_LEASE_MARGIN_S = 30.0
 
 
@@ -52,6 +61,7 @@ class OutreachWorker:
         app: faust.App,
         store: OutreachStore,
         load_rules: Callable[[], list[TriggerRule]],
+        segments: SegmentReader | None = None,
     ) -> None:
         self.settings = settings
         self.app = app
@@ -63,6 +73,11 @@ class OutreachWorker:
         self._lock = asyncio.Lock()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self._segments = segments
+        # Segments already in the facts, so a scan only loads customers that changed;
+        # forgotten when the owned partitions change (another worker may have written).
+        self._segments_known: dict[str, str] = {}
+        self._segments_ready: list[int] = []
 
         def raw(name: str) -> faust.TopicT:
             return app.topic(name, key_serializer="raw", value_serializer="raw")
@@ -76,6 +91,8 @@ class OutreachWorker:
         app.agent(self.triggers_topic, name="outreach")(self._outreach_agent)
         app.timer(settings.trigger_tick_s, name="trigger-timers")(self._fire_due)
         app.timer(settings.trigger_tick_s, name="outreach-deliveries")(self._deliver_due)
+        if segments is not None:
+            app.timer(settings.rfm_scan_s, name="trigger-segments")(self._observe_segments)
 
     # --- consuming facts --------------------------------------------------------------
 
@@ -135,12 +152,52 @@ class OutreachWorker:
                 continue
             facts = customers.get(key) or self._facts(key)
             customers[key] = facts
-            facts.observe_stage(stage, at if at.tzinfo else at.replace(tzinfo=UTC))
+            self.engine.observe_stage(facts, stage, at if at.tzinfo else at.replace(tzinfo=UTC))
         self.store.save_batch(
             [(facts, partition, self.engine.plan(facts)) for facts in customers.values()],
             source,
             fresh[-1][0] + 1,
         )
+
+    async def _observe_segments(self, *_: Any) -> None:
+        try:
+            ready = await asyncio.to_thread(self.ready_partitions)
+            if ready != self._segments_ready:
+                self._segments_known.clear()
+                self._segments_ready = ready
+            if not ready or self._segments is None:
+                return
+            # Facts of ready partitions hold every order ClickHouse may count, so an
+            # entry is always stamped with an order the facts know.
+            scores = await asyncio.to_thread(self._segments, datetime.now(UTC))
+            changed = [
+                (key, segment)
+                for key, segment in scores
+                if self._segments_known.get(key) != segment
+            ]
+            for start in range(0, len(changed), SEGMENT_CHUNK):
+                async with self._lock:
+                    await asyncio.to_thread(
+                        self._apply_segments, changed[start : start + SEGMENT_CHUNK], ready
+                    )
+        except Exception:
+            log.exception("segment loop failed; retrying on the next scan")
+
+    def _apply_segments(self, scores: Sequence[tuple[str, str]], ready: Sequence[int]) -> None:
+        customers: list[tuple[CustomerFacts, int, list[Timer]]] = []
+        known: dict[str, str] = {}
+        for key, segment in scores:
+            partition = self._partition_of(key)
+            if partition is None or partition not in ready:
+                continue  # another worker's customer, or one whose events are not here yet
+            facts = self.store.facts(key)
+            if facts is None:
+                continue
+            if self.engine.observe_segment(facts, segment):
+                customers.append((facts, partition, self.engine.plan(facts)))
+            known[key] = segment
+        self.store.save_customers(customers)
+        self._segments_known.update(known)
 
     def _facts(self, customer_key: str) -> CustomerFacts:
         return self.store.facts(customer_key) or CustomerFacts(customer_key)

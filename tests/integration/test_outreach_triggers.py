@@ -274,7 +274,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         )
         assert refused.status_code == 400
         assert refused.json()["errors"][0]["field"] == "delay"
-        vip = {"trigger": "high_value", "conditions": {"min_lifetime_revenue": 1e9}}
+        vip = {"trigger": "high_value", "conditions": {"segment": "champions"}, "enabled": False}
         assert admin(node, "PUT", "/v1/outreach/rules/vip", json=vip).status_code == 200
         in_force = {r["id"] for r in admin(node, "GET", "/v1/outreach/rules").json()["rules"]}
         assert in_force == {"abandoned_cart", "satisfaction_survey", "win_back", "vip"}
