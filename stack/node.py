@@ -126,7 +126,7 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
     # The trigger and outreach agents share the worker's Faust app (and its consumer).
     OutreachWorker(
         settings,
-        streams.app,
+        streams.batches,
         platform.outreach,
         OutreachAdmin(settings, platform.outreach).rules_in_force,
         segment_reader(platform.event_log),

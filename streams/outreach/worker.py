@@ -30,12 +30,13 @@ from typing import Any
 import faust
 import httpx
 import orjson
-from faust.types import TP
+from faust.types import TP, EventT
 
 from events import TrackedEvent
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from stack.settings import Settings
+from streams.batches import BatchLoop, by_partition
 from streams.outreach.channels import Attempt, post_webhook, send_email
 from streams.outreach.store import Delivery, Endpoint, OutreachStore
 from streams.pipeline import source_name
@@ -58,13 +59,15 @@ class OutreachWorker:
     def __init__(
         self,
         settings: Settings,
-        app: faust.App,
+        batches: BatchLoop,
         store: OutreachStore,
         load_rules: Callable[[], list[TriggerRule]],
         segments: SegmentReader | None = None,
     ) -> None:
         self.settings = settings
-        self.app = app
+        # The worker app's batch loop: a failed batch stops the worker, as for journeys.
+        self.batches = batches
+        self.app = app = batches.app
         self.store = store
         self._load_rules = load_rules
         self.engine = TriggerEngine(load_rules(), settings.trigger_grace)
@@ -97,13 +100,12 @@ class OutreachWorker:
     # --- consuming facts --------------------------------------------------------------
 
     async def _trigger_agent(self, stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)
-        async for events in stream.take_events(
-            self.settings.batch_max_events, within=self.settings.batch_within_s
-        ):
-            for partition, records in _by_partition(events).items():
-                async with self._lock:
-                    await asyncio.to_thread(self._apply_events, partition, records)
+        await self.batches.run(stream, "triggers", self._trigger_batch)
+
+    async def _trigger_batch(self, events: Sequence[EventT]) -> None:
+        for partition, records in by_partition(events).items():
+            async with self._lock:
+                await asyncio.to_thread(self._apply_events, partition, records)
 
     def _apply_events(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         source = source_name(self.settings.events_topic, partition, self.settings.kafka_epoch)
@@ -127,13 +129,12 @@ class OutreachWorker:
         )
 
     async def _stage_agent(self, stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)
-        async for events in stream.take_events(
-            self.settings.batch_max_events, within=self.settings.batch_within_s
-        ):
-            for partition, records in _by_partition(events).items():
-                async with self._lock:
-                    await asyncio.to_thread(self._apply_stages, partition, records)
+        await self.batches.run(stream, "trigger-stages", self._stage_batch)
+
+    async def _stage_batch(self, events: Sequence[EventT]) -> None:
+        for partition, records in by_partition(events).items():
+            async with self._lock:
+                await asyncio.to_thread(self._apply_stages, partition, records)
 
     def _apply_stages(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         topic = self.settings.stage_changes_topic
@@ -310,12 +311,11 @@ class OutreachWorker:
     # --- delivering ---------------------------------------------------------------------
 
     async def _outreach_agent(self, stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)
-        async for events in stream.take_events(
-            self.settings.batch_max_events, within=self.settings.batch_within_s
-        ):
-            for partition, records in _by_partition(events).items():
-                await asyncio.to_thread(self._plan_deliveries, partition, records)
+        await self.batches.run(stream, "outreach", self._outreach_batch)
+
+    async def _outreach_batch(self, events: Sequence[EventT]) -> None:
+        for partition, records in by_partition(events).items():
+            await asyncio.to_thread(self._plan_deliveries, partition, records)
 
     def _plan_deliveries(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         topic = self.settings.triggers_topic
@@ -474,11 +474,3 @@ def retry_delay(
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, max_s))
     return delay
-
-
-def _by_partition(events: Sequence[Any]) -> dict[int, list[tuple[int, bytes]]]:
-    records: dict[int, list[tuple[int, bytes]]] = {}
-    for event in events:
-        message = event.message
-        records.setdefault(message.partition, []).append((message.offset, message.value or b""))
-    return {partition: sorted(items) for partition, items in records.items()}
