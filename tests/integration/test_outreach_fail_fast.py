@@ -20,9 +20,7 @@ import pytest
 
 from stack.processes import wait_until
 from stack.settings import Settings
-from streams.topics import ensure_topics
-from tests.integration.test_outreach_triggers import Receiver, add_to_cart, admin
-from tests.node_process import NodeProcess
+from tests.integration.test_outreach_triggers import Receiver, add_to_cart, admin, start_node
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +40,8 @@ POISON = (
 
 @pytest.fixture
 def fail_fast_receiver() -> Iterator[Receiver]:
-    running = Receiver()
-    running.thread.start()
-    yield running
-    running.server.shutdown()
+    with Receiver() as running:
+        yield running
 
 
 def _execute(settings: Settings, sql: str) -> None:
@@ -57,19 +53,8 @@ def test_a_failing_trigger_batch_stops_the_worker_and_is_redone_after_restart(
     settings: Settings, fail_fast_receiver: Receiver, tmp_path: Path
 ) -> None:
     receiver = fail_fast_receiver
-    rules_file = tmp_path / "rules.toml"
-    rules_file.write_text(RULES)
-    settings = settings.model_copy(
-        update={"trigger_rules_file": str(rules_file), "trigger_grace_s": 600.0}
-    )
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.all_topics,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    node = NodeProcess(settings, settings.data_dir / "node.log")
-    node.start()
+    node = start_node(settings, RULES, tmp_path, trigger_grace_s=600.0)
+    settings = node.settings
     try:
         hook = {"url": f"{receiver.base}/ok"}
         assert admin(node, "POST", "/v1/outreach/webhooks", json=hook).status_code == 201

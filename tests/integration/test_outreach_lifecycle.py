@@ -28,8 +28,13 @@ import pytest
 
 from stack.processes import wait_until
 from stack.settings import Settings
-from streams.topics import ensure_topics
-from tests.integration.test_outreach_triggers import Receiver, admin, track, verify_signature
+from tests.integration.test_outreach_triggers import (
+    Receiver,
+    admin,
+    start_node,
+    track,
+    verify_signature,
+)
 from tests.node_process import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -99,10 +104,8 @@ conditions = {{ segment = "champions" }}
 
 @pytest.fixture
 def lifecycle_receiver() -> Iterator[Receiver]:
-    running = Receiver()
-    running.thread.start()
-    yield running
-    running.server.shutdown()
+    with Receiver() as running:
+        yield running
 
 
 def _stamp(moment: datetime) -> str:
@@ -157,26 +160,16 @@ def test_every_lifecycle_rule_fires_once_and_history_fires_nothing_on_postgres(
     receiver = lifecycle_receiver
     start = _now()
     top_of_hour = start.replace(minute=0, second=0)
-    rules_file = tmp_path / "rules.toml"
-    rules_file.write_text(rules(start.hour))
-    settings = settings.model_copy(
-        update={
-            "event_store": "postgres",
-            "postgres_dsn": postgres_dsn,
-            "trigger_rules_file": str(rules_file),
-            # The birthday's send time is the top of this hour: up to an hour behind.
-            "trigger_grace_s": 7200.0,
-            "rfm_scan_s": 0.5,
-        }
+    node = start_node(
+        settings,
+        rules(start.hour),
+        tmp_path,
+        event_store="postgres",
+        postgres_dsn=postgres_dsn,
+        # The birthday's send time is the top of this hour: up to an hour behind.
+        trigger_grace_s=7200.0,
+        rfm_scan_s=0.5,
     )
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.all_topics,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    node = NodeProcess(settings, settings.data_dir / "node.log")
-    node.start()
     try:
         hook = {"url": f"{receiver.base}/ok", "secret": SECRET}
         assert admin(node, "POST", "/v1/outreach/webhooks", json=hook).status_code == 201
