@@ -227,23 +227,33 @@ class OutreachWorker:
         return ready
 
     async def _fire_due(self, *_: Any) -> None:
+        # A tick that outlasts trigger_tick_s makes mode log "Timer ... is overlapping":
+        # runs never overlap (the next one waits), it only fires later. Each thread hop
+        # waits for the GIL behind the agents' batches, so a tick makes two at most, and
+        # the rules file and overrides are read off the event loop.
         try:
-            self._reload_rules()
-            await self._publish_unpublished()
-            ready = await asyncio.to_thread(self.ready_partitions)
-            if not ready:
+            unpublished, ready, due = await asyncio.to_thread(self._tick_reads)
+            await self._publish(unpublished)
+            if not due:
                 return
-            due = await asyncio.to_thread(self.store.due_timers, ready, time.time())
-            fired: list[dict[str, Any]] = []
-            for timer in due:
-                async with self._lock:
-                    trigger = await asyncio.to_thread(self._decide, timer, ready)
-                if trigger is not None:
-                    fired.append(trigger)
+            async with self._lock:
+                fired = await asyncio.to_thread(self._decide_all, due, ready)
             # One round of acknowledgements for the tick's triggers, not one per trigger.
             await self._publish(fired)
         except Exception:
             log.exception("trigger timer loop failed; retrying on the next tick")
+
+    def _tick_reads(self) -> tuple[list[dict[str, Any]], list[int], list[Timer]]:
+        """Triggers recorded but not yet published, ready partitions and their due timers
+        (the rules reloaded first, at most every RULES_RELOAD_S)."""
+        self._reload_rules()
+        ready = self.ready_partitions()
+        due = self.store.due_timers(ready, time.time()) if ready else []
+        return self.store.unpublished(), ready, due
+
+    def _decide_all(self, due: Sequence[Timer], ready: Sequence[int]) -> list[dict[str, Any]]:
+        fired = (self._decide(timer, ready) for timer in due)
+        return [trigger for trigger in fired if trigger is not None]
 
     def _decide(self, timer: Timer, ready: Sequence[int]) -> dict[str, Any] | None:
         facts = self.store.facts(timer.customer_key)
@@ -295,9 +305,6 @@ class OutreachWorker:
         await asyncio.gather(*pending)
         ids = [str(trigger["trigger_id"]) for trigger in triggers]
         await asyncio.to_thread(self.store.mark_published, ids)
-
-    async def _publish_unpublished(self) -> None:
-        await self._publish(await asyncio.to_thread(self.store.unpublished))
 
     def _reload_rules(self) -> None:
         if time.monotonic() - self._rules_loaded < RULES_RELOAD_S:
@@ -365,18 +372,18 @@ class OutreachWorker:
             limit = max(0, self.settings.outreach_concurrency - len(self._in_flight))
             if not limit:
                 return
-            claimed = await asyncio.to_thread(
-                self.store.claim_due_deliveries, time.time(), lease, limit
-            )
-            if not claimed:
-                return
-            endpoints = {e.endpoint_id: e for e in await asyncio.to_thread(self.store.endpoints)}
+            claimed, endpoints = await asyncio.to_thread(self._claim_due, lease, limit)
             for delivery in claimed:
                 task = asyncio.ensure_future(self._attempt(delivery, endpoints))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
         except Exception:
             log.exception("delivery loop failed; retrying on the next tick")
+
+    def _claim_due(self, lease: float, limit: int) -> tuple[list[Delivery], dict[str, Endpoint]]:
+        claimed = self.store.claim_due_deliveries(time.time(), lease, limit)
+        endpoints = {e.endpoint_id: e for e in self.store.endpoints()} if claimed else {}
+        return claimed, endpoints
 
     async def _attempt(self, delivery: Delivery, endpoints: dict[str, Endpoint]) -> None:
         try:
