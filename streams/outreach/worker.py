@@ -77,10 +77,10 @@ class OutreachWorker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self._segments = segments
-        # Segments already in the facts, so a scan only loads customers that changed;
-        # forgotten when the owned partitions change (another worker may have written).
+        # Segments already in the facts (or another worker's), so a scan only loads
+        # customers that changed; forgotten when the assignment changes.
         self._segments_known: dict[str, str] = {}
-        self._segments_ready: list[int] = []
+        self._segments_assigned: list[int] = []
 
         def raw(name: str) -> faust.TopicT:
             return app.topic(name, key_serializer="raw", value_serializer="raw")
@@ -162,14 +162,14 @@ class OutreachWorker:
 
     async def _observe_segments(self, *_: Any) -> None:
         try:
-            ready = await asyncio.to_thread(self.ready_partitions)
-            if ready != self._segments_ready:
-                self._segments_known.clear()
-                self._segments_ready = ready
-            if not ready or self._segments is None:
+            if self._segments is None or not self.app.started or self.app.rebalancing:
                 return
-            # Facts of ready partitions hold every order ClickHouse may count, so an
-            # entry is always stamped with an order the facts know.
+            if not any(rule.trigger == "high_value" for rule in self.engine.rules):
+                return  # no rule watches segments: spare ClickHouse the ranking of all buyers
+            assigned = await asyncio.to_thread(self.assigned_partitions)
+            if assigned != self._segments_assigned:
+                self._segments_known.clear()  # another worker may have written them
+                self._segments_assigned = assigned
             scores = await asyncio.to_thread(self._segments, datetime.now(UTC))
             changed = [
                 (key, segment)
@@ -177,6 +177,9 @@ class OutreachWorker:
                 if self._segments_known.get(key) != segment
             ]
             for start in range(0, len(changed), SEGMENT_CHUNK):
+                # Facts of ready partitions hold every order ClickHouse may count, so an
+                # entry is always stamped with an order the facts know.
+                ready = await asyncio.to_thread(self.ready_partitions)
                 async with self._lock:
                     await asyncio.to_thread(
                         self._apply_segments, changed[start : start + SEGMENT_CHUNK], ready
@@ -189,13 +192,17 @@ class OutreachWorker:
         known: dict[str, str] = {}
         for key, segment in scores:
             partition = self._partition_of(key)
-            if partition is None or partition not in ready:
-                continue  # another worker's customer, or one whose events are not here yet
-            facts = self.store.facts(key)
-            if facts is None:
-                continue
-            if self.engine.observe_segment(facts, segment):
-                customers.append((facts, partition, self.engine.plan(facts)))
+            if partition is None:
+                continue  # its events are not here yet: looked at again next scan
+            if partition in ready:
+                facts = self.store.facts(key)
+                if facts is None:
+                    continue
+                if self.engine.observe_segment(facts, segment):
+                    customers.append((facts, partition, self.engine.plan(facts)))
+            elif partition in self._segments_assigned:
+                continue  # ours, but not caught up: looked at again next scan
+            # Another worker's customer is remembered until the assignment changes.
             known[key] = segment
         self.store.save_customers(customers)
         self._segments_known.update(known)
@@ -204,6 +211,11 @@ class OutreachWorker:
         return self.store.facts(customer_key) or CustomerFacts(customer_key)
 
     # --- firing -------------------------------------------------------------------------
+
+    def assigned_partitions(self) -> list[int]:
+        """Partitions of the events topic assigned to this worker."""
+        topic = self.settings.events_topic
+        return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
 
     def ready_partitions(self) -> list[int]:
         """Partitions owned here whose events were consumed up to the high-water mark.
