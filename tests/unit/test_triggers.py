@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -332,3 +333,17 @@ def test_a_stage_reached_on_imported_events_starts_no_win_back() -> None:
     # Live activity afterwards starts a live clock.
     timers = feed(engine, facts, touch(3, "Product Viewed", 90))
     assert only(timers, "winback").due_at == T0 + timedelta(days=60, minutes=90)
+
+
+def test_a_welcome_stays_fired_across_a_restart() -> None:
+    engine, facts = TriggerEngine([VIP], GRACE), CustomerFacts("c1")
+    feed(engine, facts, touch(1, "Order Completed", 0, revenue=500))
+    engine.observe_segment(facts, "champions")
+    vip = only(engine.plan(facts), "vip")
+    assert engine.decide(facts, vip, vip.fire_at).outcome == "fired"
+    # A restarted worker loads the stored facts and scans the same segment again.
+    restarted = CustomerFacts.from_dict(json.loads(json.dumps(facts.to_dict())))
+    assert not engine.observe_segment(restarted, "champions")
+    assert engine.plan(restarted) == []
+    # The timer it may still hold from before the crash decides nothing twice.
+    assert engine.decide(restarted, vip, vip.fire_at).outcome == "cancelled"
