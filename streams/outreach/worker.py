@@ -45,12 +45,12 @@ log = logging.getLogger(__name__)
 
 EMAIL_ENDPOINT = "email"
 RULES_RELOAD_S = 1.0
+DELIVERY_LEASE_MARGIN_S = 30.0
 # Segment changes applied per lock hold, so consumption is not held up for long.
 SEGMENT_CHUNK = 500
 
 # (customer key, RFM segment) of every buyer as of a moment.
 SegmentReader = Callable[[datetime], Sequence[tuple[str, str]]]
-DELIVERY_LEASE_MARGIN_S = 30.0
 
 
 class OutreachWorker:
