@@ -95,6 +95,11 @@ def node(tmp_path_factory: pytest.TempPathFactory, inbox: WebhookInbox) -> Itera
     running.start()
     try:
         demo.subscribe_inbox(running.base, "ak_dash", inbox)
+        # A month of imported history first, as `up --demo` sends into an empty platform;
+        # ending two hours ago, so the stage-flow panel's last hour is the live traffic.
+        ended = datetime.now(UTC) - timedelta(hours=2)
+        history = list(demo.history_calls(seed=5, shoppers=40, days=30, now=ended))
+        assert demo.send_history(running.base, "wk_dash", iter(history)) == (len(history), 0)
         calls = list(Storefront(seed=21, shoppers=SHOPPERS, live=True).calls())
         accepted, rejected = demo.send(running.base, "wk_dash", rate=1000, calls=iter(calls))
         assert (accepted, rejected) == (len(calls), 0)
@@ -336,7 +341,9 @@ def test_stages_retention_and_rfm_show_the_numbers_the_api_returns(
         tier.replace("_", " "): n for tier, n in rfm["tiers"].items()
     }
     opened.wait_for_selector("#flow-table tbody tr")
-    flow = node.read("GET", "/v1/stage-flow").json()["transitions"]
+    # The panel shows the last hour; the history ends two hours ago (see the fixture).
+    hour = {"start": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
+    flow = node.read("GET", "/v1/stage-flow", params=hour).json()["transitions"]
     assert sorted(tuple(row) for row in table(opened, "#flow-table")) == sorted(
         (t["from"] or "(new)", t["to"], f"{t['customers']:,}") for t in flow
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -42,3 +42,14 @@ def test_the_webhook_inbox_keeps_what_it_is_sent(inbox: WebhookInbox) -> None:
     answer = httpx.post(inbox.url, json={"trigger_id": "t-1", "rule": "abandoned_cart"})
     assert answer.status_code == 204
     assert inbox.received == [{"trigger_id": "t-1", "rule": "abandoned_cart"}]
+
+
+def test_the_demo_history_is_a_month_of_imported_calls_before_now() -> None:
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    calls = list(demo.history_calls(seed=3, shoppers=50, days=30, now=now))
+    stamps = [datetime.fromisoformat(call["timestamp"]) for call in calls]
+    assert calls and all(call["context"]["historical"] is True for call in calls)
+    assert all(now - timedelta(days=30) <= stamp <= now for stamp in stamps)
+    # Spread over the month, so retention has cohorts: more than three distinct weeks.
+    assert len({stamp.isocalendar()[1] for stamp in stamps}) > 3
+    assert any(call.get("event") == "Order Completed" for call in calls)
