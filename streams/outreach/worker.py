@@ -99,6 +99,18 @@ class OutreachWorker:
 
     # --- consuming facts --------------------------------------------------------------
 
+    def _unconsumed(
+        self, topic: str, partition: int, records: list[tuple[int, bytes]]
+    ) -> tuple[str, list[tuple[int, bytes]]]:
+        """The position's source name and the records at or past its stored position.
+
+        Records below it were applied in the transaction that stored the position
+        (a redelivery after a crash or rebalance): applying them again would count twice.
+        """
+        source = source_name(topic, partition, self.settings.kafka_epoch)
+        start = self.store.position(source)
+        return source, [(offset, value) for offset, value in records if offset >= start]
+
     async def _trigger_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self.batches.run(stream, "triggers", self._trigger_batch)
 
@@ -108,9 +120,7 @@ class OutreachWorker:
                 await asyncio.to_thread(self._apply_events, partition, records)
 
     def _apply_events(self, partition: int, records: list[tuple[int, bytes]]) -> None:
-        source = source_name(self.settings.events_topic, partition, self.settings.kafka_epoch)
-        start = self.store.position(source)
-        fresh = [(offset, value) for offset, value in records if offset >= start]
+        source, fresh = self._unconsumed(self.settings.events_topic, partition, records)
         if not fresh:
             return
         customers: dict[str, CustomerFacts] = {}
@@ -137,10 +147,7 @@ class OutreachWorker:
                 await asyncio.to_thread(self._apply_stages, partition, records)
 
     def _apply_stages(self, partition: int, records: list[tuple[int, bytes]]) -> None:
-        topic = self.settings.stage_changes_topic
-        source = source_name(topic, partition, self.settings.kafka_epoch)
-        start = self.store.position(source)
-        fresh = [(offset, value) for offset, value in records if offset >= start]
+        source, fresh = self._unconsumed(self.settings.stage_changes_topic, partition, records)
         if not fresh:
             return
         customers: dict[str, CustomerFacts] = {}
@@ -337,13 +344,10 @@ class OutreachWorker:
             await asyncio.to_thread(self._plan_deliveries, partition, records)
 
     def _plan_deliveries(self, partition: int, records: list[tuple[int, bytes]]) -> None:
-        topic = self.settings.triggers_topic
-        source = source_name(topic, partition, self.settings.kafka_epoch)
-        start = self.store.position(source)
-        endpoints = self.store.endpoints()
-        fresh = [(offset, value) for offset, value in records if offset >= start]
+        source, fresh = self._unconsumed(self.settings.triggers_topic, partition, records)
         if not fresh:
             return
+        endpoints = self.store.endpoints()
         planned: list[tuple[str, list[tuple[str, str, str]]]] = []
         for offset, value in fresh:
             try:
@@ -351,7 +355,7 @@ class OutreachWorker:
                 trigger_id, rule_id = str(trigger["trigger_id"]), str(trigger["rule"])
                 channels = trigger.get("channels", ["webhook"])
             except (ValueError, TypeError, KeyError):
-                log.warning("not a trigger on %s at %s; skipped", topic, offset)
+                log.warning("not a trigger at %s (partition %s); skipped", offset, partition)
                 continue
             planned.append((trigger_id, self._targets(rule_id, channels, trigger, endpoints)))
         # The whole batch and its consumed position in one transaction.
