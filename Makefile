@@ -1,8 +1,12 @@
 # The two commands of the Quickstart; each does its own setup, idempotently.
-.PHONY: up test lint setup bench bench-funnel
+.PHONY: up demo test lint setup bench bench-funnel
 
 up: setup
 	.venv/bin/journeys up
+
+# `up` with synthetic storefront traffic and the demo's outreach rules (README).
+demo: setup
+	.venv/bin/journeys up --demo
 
 test: lint
 	@scripts/setup.sh --test

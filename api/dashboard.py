@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from api import outreach
 from api.auth import require_read_key
 from api.dependencies import Gateway
 
@@ -27,6 +28,8 @@ class LiveStats(BaseModel):
     events_last_minute: int
     events_per_second: float
     worker_lag: int | None
+    # Rejected events kept in the dead-letter log; None when this process keeps none.
+    dead_letters: int | None = None
 
 
 @stats_router.get("/stats", response_model=LiveStats)
@@ -36,11 +39,23 @@ async def stats(request: Request) -> LiveStats:
     recent = await asyncio.to_thread(gateway.event_log.received_since, RATE_WINDOW_S)
     worker = gateway.health_checks.get("worker")
     lag = (await worker()).get("lag") if worker else None
+    letters = gateway.dead_letters
+    dead = await asyncio.to_thread(letters.count) if letters is not None else None
     return LiveStats(
         events_last_minute=recent,
         events_per_second=round(recent / RATE_WINDOW_S, 2),
         worker_lag=lag,
+        dead_letters=dead,
     )
+
+
+# The trigger log is read-only: read-key holders see it here; re-delivery stays admin-only.
+stats_router.add_api_route(
+    "/triggers",
+    outreach.list_triggers,
+    methods=["GET"],
+    summary="The trigger log: recent triggers with their delivery state",
+)
 
 
 def install_dashboard(app: FastAPI) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -193,8 +195,48 @@ def _rejection(status: int, reasons: Problems) -> Response:
     return problem(status, "; ".join(f"{r['field']}: {r['message']}" for r in reasons), reasons)
 
 
-async def _ingest(request: Request, model: type[SegmentCall]) -> Response:
-    """One call: read, authenticate, limit, validate, produce."""
+@dataclass(frozen=True, slots=True)
+class _SizeLimit:
+    """The size limit of one kind of request, as its 413 names it."""
+
+    max_bytes: int
+    rule: str
+    what: str
+
+
+_ONE_EVENT = _SizeLimit(MAX_EVENT_BYTES, "max_event_size", "an event")
+_ONE_BATCH = _SizeLimit(MAX_BATCH_BYTES, "max_batch_size", "a batch request")
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A request that passed admission: its sender, its body and the JSON object in it."""
+
+    gateway: Gateway
+    source: str
+    body: bytes
+    call: dict[str, Any]
+
+    async def reject(self, status: int, reasons: Problems) -> Response:
+        """Dead-letter the whole body with ``reasons`` and answer ``status``."""
+        await _dead_letter(self.gateway, self.body, reasons, self.source)
+        return _rejection(status, reasons)
+
+
+def _batch_length(parsed: Any) -> int:
+    items = parsed.get("batch") if isinstance(parsed, dict) else None
+    return len(items) if isinstance(items, list) else 1
+
+
+async def _admit(
+    request: Request, limit: _SizeLimit, events_in: Callable[[Any], int]
+) -> _Admitted | Response:
+    """What every ingest request goes through first, or the answer that ends it.
+
+    Read (gunzip), parse, authenticate, rate-limit (``events_in`` the parsed
+    body's events), size limit, JSON-object check; from authentication on, a
+    refusal is dead-lettered.
+    """
     gateway: Gateway = request.app.state.gateway
     try:
         body = await _read_body(request)
@@ -204,35 +246,37 @@ async def _ingest(request: Request, model: type[SegmentCall]) -> Response:
     source, denied = await _authenticate(request, gateway, parsed)
     if source is None:
         return denied or problem(401, "unauthenticated")
-    limited = _rate_limited(gateway, source, 1)
+    limited = _rate_limited(gateway, source, events_in(parsed))
     if limited is not None:
         return limited
-
-    reasons: Problems
-    if len(body) > MAX_EVENT_BYTES:
-        reasons = [
-            {
-                "field": "body",
-                "rule": "max_event_size",
-                "message": f"an event may be at most {MAX_EVENT_BYTES // 1024} KB "
-                f"(this one is {len(body) / 1024:.1f} KB)",
-            }
-        ]
-        await _dead_letter(gateway, body, reasons, source)
-        return _rejection(413, reasons)
+    admitted = _Admitted(gateway, source, body, parsed if isinstance(parsed, dict) else {})
+    if len(body) > limit.max_bytes:
+        message = (
+            f"{limit.what} may be at most {limit.max_bytes // 1024} KB "
+            f"(this one is {len(body) / 1024:.1f} KB)"
+        )
+        return await admitted.reject(
+            413, [{"field": "body", "rule": limit.rule, "message": message}]
+        )
     if parse_error is not None or not isinstance(parsed, dict):
         message = f"body is not a JSON object: {parse_error or 'got ' + type(parsed).__name__}"
-        reasons = [{"field": "body", "rule": "json_object", "message": message}]
-        await _dead_letter(gateway, body, reasons, source)
-        return _rejection(400, reasons)
-    try:
-        call = validate_call(model, parsed)
-    except RejectedCall as rejected:
-        await _dead_letter(gateway, body, rejected.problems, source)
-        return _rejection(400, rejected.problems)
+        return await admitted.reject(
+            400, [{"field": "body", "rule": "json_object", "message": message}]
+        )
+    return admitted
 
-    event = to_tracked_event(call, received_at=datetime.now(UTC), source=source)
-    failed = await _publish(gateway, [event])
+
+async def _ingest(request: Request, model: type[SegmentCall]) -> Response:
+    """One call: admit, validate, produce."""
+    admitted = await _admit(request, _ONE_EVENT, lambda _: 1)
+    if isinstance(admitted, Response):
+        return admitted
+    try:
+        call = validate_call(model, admitted.call)
+    except RejectedCall as rejected:
+        return await admitted.reject(400, rejected.problems)
+    event = to_tracked_event(call, received_at=datetime.now(UTC), source=admitted.source)
+    failed = await _publish(admitted.gateway, [event])
     return failed or JSONResponse({"success": True})
 
 
@@ -277,49 +321,22 @@ async def batch(request: Request) -> Response:
     are reported by index and dead-lettered. All valid: 200. Any invalid: 400
     with ``accepted``, ``rejected`` and the ``errors`` of each rejected item.
     """
-    gateway: Gateway = request.app.state.gateway
-    try:
-        body = await _read_body(request)
-    except _Refused as refused:
-        return await _refused(request, gateway, refused)
-    parsed, parse_error = _parse(body)
-    source, denied = await _authenticate(request, gateway, parsed)
-    if source is None:
-        return denied or problem(401, "unauthenticated")
-    items = parsed.get("batch") if isinstance(parsed, dict) else None
-    limited = _rate_limited(gateway, source, len(items) if isinstance(items, list) else 1)
-    if limited is not None:
-        return limited
-
-    reasons: Problems
-    if len(body) > MAX_BATCH_BYTES:
-        reasons = [
-            {
-                "field": "body",
-                "rule": "max_batch_size",
-                "message": f"a batch request may be at most {MAX_BATCH_BYTES // 1024} KB "
-                f"(this one is {len(body) / 1024:.1f} KB)",
-            }
-        ]
-        await _dead_letter(gateway, body, reasons, source)
-        return _rejection(413, reasons)
-    if parse_error is not None or not isinstance(parsed, dict):
-        message = f"body is not a JSON object: {parse_error or 'got ' + type(parsed).__name__}"
-        reasons = [{"field": "body", "rule": "json_object", "message": message}]
-        await _dead_letter(gateway, body, reasons, source)
-        return _rejection(400, reasons)
+    admitted = await _admit(request, _ONE_BATCH, _batch_length)
+    if isinstance(admitted, Response):
+        return admitted
+    gateway, source, items = admitted.gateway, admitted.source, admitted.call.get("batch")
     if not isinstance(items, list):
-        reasons = [{"field": "batch", "rule": "list_type", "message": "batch must be a list"}]
-        await _dead_letter(gateway, body, reasons, source)
-        return _rejection(400, reasons)
+        return await admitted.reject(
+            400, [{"field": "batch", "rule": "list_type", "message": "batch must be a list"}]
+        )
     if len(items) > MAX_BATCH_EVENTS:
         message = f"a batch may hold at most {MAX_BATCH_EVENTS} events (this one has {len(items)})"
-        reasons = [{"field": "batch", "rule": "max_batch_events", "message": message}]
-        await _dead_letter(gateway, body, reasons, source)
-        return _rejection(400, reasons)
+        return await admitted.reject(
+            400, [{"field": "batch", "rule": "max_batch_events", "message": message}]
+        )
 
     received_at = datetime.now(UTC)
-    sent_at = parsed.get("sentAt")
+    sent_at = admitted.call.get("sentAt")
     accepted: list[TrackedEvent] = []
     errors: Problems = []
     letters = []

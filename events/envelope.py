@@ -10,14 +10,18 @@ import orjson
 
 from events.types import EventType
 
+# The id scope of imported history (see TrackedEvent.id_scope).
+HISTORY_SCOPE = "history"
+
 
 @dataclass(frozen=True, slots=True)
 class TrackedEvent:
     """One accepted tracking event, as the gateway produced it to Kafka.
 
-    ``event_id`` is the sender's messageId: together with the customer key it
-    identifies the event everywhere downstream (event store, ClickHouse), which
-    is what makes re-deliveries harmless.
+    ``event_id`` is the sender's messageId, unique within its ``source``: with
+    the source (:attr:`dedup_keys`) it identifies the event everywhere
+    downstream (journey, triggers, ClickHouse), which is what makes
+    re-deliveries harmless while two sources may reuse one messageId.
     """
 
     event_id: str
@@ -44,6 +48,20 @@ class TrackedEvent:
         """True for imported history (``context.historical``): no outreach fires for it."""
         return self.context.get("historical") is True
 
+    @property
+    def id_scope(self) -> str:
+        """Within what ``event_id`` is unique: the source, or ``history`` for imported history.
+
+        The importer derives ids from the shop's own row ids, which name the
+        same order whichever write key imports the file: one scope for all.
+        """
+        return HISTORY_SCOPE if self.historical else self.source
+
+    @property
+    def dedup_keys(self) -> tuple[str, ...]:
+        """The keys a re-send of this event is recognised by (see :func:`scoped_dedup_keys`)."""
+        return scoped_dedup_keys(self.id_scope, self.event_id)
+
     def to_json(self) -> bytes:
         """Serialise for Kafka (orjson writes datetimes as RFC 3339).
 
@@ -64,6 +82,19 @@ class TrackedEvent:
             if data.get(name) is not None:
                 data[name] = _parse_time(data[name])
         return cls(**data)
+
+
+def scoped_dedup_keys(scope: str, event_id: str) -> tuple[str, ...]:
+    """The keys under which an event may have been remembered; record it under the first.
+
+    ``<scope>/<messageId>`` (sources are key ids: no ``/``); then the bare
+    messageId, under which events were remembered before ids were kept per
+    source. An event remembered that way still counts as seen: its source is
+    unknown, and a re-send from the same source is the likely case. Such
+    entries age out with the dedup window. Without a scope (the worker's own
+    messages) the bare id is the key.
+    """
+    return (f"{scope}/{event_id}", event_id) if scope else (event_id,)
 
 
 def _parse_time(value: str) -> datetime:

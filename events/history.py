@@ -171,6 +171,21 @@ def _required(
     return value
 
 
+def _cell(
+    file: str,
+    number: int,
+    row: dict[str, str],
+    column: str,
+    problems: list[RowProblem],
+    required: bool,
+) -> str:
+    """The cell's text; an empty required cell is a problem."""
+    value = row.get(column, "")
+    if not value and required:
+        problems.append(RowProblem(file, number, column, "is required"))
+    return value
+
+
 def _time(
     file: str,
     number: int,
@@ -179,10 +194,8 @@ def _time(
     problems: list[RowProblem],
     required: bool = False,
 ) -> datetime | None:
-    value = row.get(column, "")
+    value = _cell(file, number, row, column, problems, required)
     if not value:
-        if required:
-            problems.append(RowProblem(file, number, column, "is required"))
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -206,10 +219,8 @@ def _number(
     problems: list[RowProblem],
     required: bool = False,
 ) -> float | None:
-    value = row.get(column, "")
+    value = _cell(file, number, row, column, problems, required)
     if not value:
-        if required:
-            problems.append(RowProblem(file, number, column, "is required"))
         return None
     try:
         parsed = float(value)

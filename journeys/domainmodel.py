@@ -79,7 +79,8 @@ class CustomerJourney(Aggregate):
         self.ratings: list[float] = []
         self.channels: dict[str, int] = {}
         self.categories: dict[str, int] = {}
-        # Ids of recently recorded events and their event time: a re-sent event is
+        # Ids of recently recorded events ("<source>/<messageId>"; bare messageIds
+        # before ids were kept per source) and their arrival: a re-sent event is
         # recognised and ignored. Kept by arrival time and pruned past the dedup window
         # (StageRules.dedup_window_hours): a re-send is a second arrival, however old
         # the event itself is (a re-imported history, a replayed backfill).
@@ -106,7 +107,7 @@ class CustomerJourney(Aggregate):
         more (a cart, an order) reaches awareness and then the further stage.
         """
         horizon = max(self.last_arrival, touch.arrived) - timedelta(hours=rules.dedup_window_hours)
-        first_arrival = self.recorded_ids.get(touch.event_id)
+        first_arrival = self._first_arrival(touch)
         if (first_arrival is not None and first_arrival >= horizon) or self.merged_into is not None:
             return []
         changes = self._lapse_if_due(touch.at, touch.event_id, rules)
@@ -126,6 +127,13 @@ class CustomerJourney(Aggregate):
         ):
             self._link_identity(anonymous_key=anonymous_key, at=touch.at, event_id=touch.event_id)
         return changes
+
+    def _first_arrival(self, touch: Touch) -> datetime | None:
+        """When this event (its id within its source) was recorded, if still remembered."""
+        for key in touch.dedup_keys:
+            if key in self.recorded_ids:
+                return self.recorded_ids[key]
+        return None
 
     def merge_into(
         self, customer_key: str, at: datetime, event_id: str
@@ -276,7 +284,7 @@ class CustomerJourney(Aggregate):
     def _apply(self, data: dict[str, Any], forget_before: datetime) -> None:
         """The state change common to every fact event (deterministic: replays agree)."""
         touch = Touch.from_dict(data)
-        self.recorded_ids[touch.event_id] = touch.arrived
+        self.recorded_ids[touch.dedup_keys[0]] = touch.arrived
         self.last_arrival = max(self.last_arrival, touch.arrived)
         for event_id, seen_at in list(self.recorded_ids.items()):
             if seen_at < forget_before:

@@ -38,6 +38,20 @@ TRIGGER_KINDS = (
     "high_value",
 )
 CHANNELS = ("webhook", "email")
+# The RFM segments a high-value rule can watch for, as named by the analysis
+# read side (projections/analytics/reports.py SEGMENTS; a unit test keeps them equal).
+RFM_SEGMENTS = frozenset(
+    {
+        "champions",
+        "loyal",
+        "cannot_lose",
+        "at_risk",
+        "new_customers",
+        "potential_loyalists",
+        "hibernating",
+        "needs_attention",
+    }
+)
 
 MAX_DURATION_S = 3650 * 86400
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -134,9 +148,9 @@ _CONDITIONS: dict[str, tuple[float, float] | frozenset[str]] = {
     "min_cart_value": (0, 1e12),
     "min_orders": (2, 1e6),
     "cycle_factor": (0, 100),
-    "min_lifetime_revenue": (0, 1e15),
     "local_hour": (0, 23),
     "stage": frozenset({"awareness", "consideration", "purchase", "service", "loyalty"}),
+    "segment": RFM_SEGMENTS,
 }
 
 

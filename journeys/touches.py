@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from events import EventType, TrackedEvent, normalized_name
+from events.envelope import scoped_dedup_keys
 
 
 class Action(StrEnum):
@@ -86,6 +87,14 @@ class Touch:
     merged_from: str = ""
     # When the platform received it: the dedup window counts re-sends in arrival time.
     received_at: datetime | None = None
+    # Within what event_id is unique (TrackedEvent.id_scope); '' for touches
+    # recorded before ids were kept per source, and for the worker's own messages.
+    id_scope: str = ""
+
+    @property
+    def dedup_keys(self) -> tuple[str, ...]:
+        """The keys a re-send of this touch is recognised by; it is recorded under the first."""
+        return scoped_dedup_keys(self.id_scope, self.event_id)
 
     @property
     def arrived(self) -> datetime:
@@ -152,6 +161,7 @@ def touch_from(event: TrackedEvent) -> Touch:
         rating=_number(props.get("rating")),
         ticket_id=_text(props.get("ticket_id") or props.get("ticketId")),
         links_anonymous_id=links,
+        id_scope=event.id_scope,
     )
 
 

@@ -50,6 +50,8 @@ ORDER = "order completed"
 ORDER_VOIDED = {"order refunded", "order cancelled"}
 TICKET_OPENED = "ticket created"
 TICKET_RESOLVED = "ticket resolved"
+# The top RFM segment (projections/analytics/reports.py SEGMENTS): high-value welcome.
+TOP_SEGMENT = "champions"
 
 
 def _iso(moment: datetime) -> str:
@@ -85,6 +87,8 @@ class CustomerFacts:
     orders: list[dict[str, Any]] = field(default_factory=list)
     voided_at: str | None = None
     last_activity_at: str | None = None
+    # The latest event was an import: a stage it brought (win-back) starts no live clock.
+    last_activity_historical: bool = False
     timezone: str | None = None
     email: str | None = None
     birthday: str | None = None  # "MM-DD"
@@ -94,6 +98,10 @@ class CustomerFacts:
     last_resolved_ticket: str | None = None
     stage: str | None = None
     stage_at: str | None = None
+    # RFM segment as last observed (streams computes it over all buyers), and the
+    # event time of the latest order when the customer entered it.
+    segment: str | None = None
+    segment_since: str | None = None
     # latest event time per event name, for exit conditions
     last_by_name: dict[str, str] = field(default_factory=dict)
     recent_ids: list[str] = field(default_factory=list)
@@ -155,14 +163,16 @@ class CustomerFacts:
 
     def observe(self, touch: TrackedEvent) -> bool:
         """Fold one event in, by its event time; False when it was seen before."""
-        if touch.event_id in self.recent_ids:
+        keys = touch.dedup_keys  # the messageId within its source
+        if any(key in self.recent_ids for key in keys):
             return False
-        self.recent_ids.append(touch.event_id)
+        self.recent_ids.append(keys[0])
         del self.recent_ids[:-_RECENT_IDS]
         at = touch.timestamp
         name = normalized_name(touch.event_name)
         props = touch.properties
-        self._later("last_activity_at", at)
+        if self._later("last_activity_at", at):
+            self.last_activity_historical = is_historical(touch)
         previous = self.last_by_name.get(name)
         if previous is None or _at(previous) < at:
             self.last_by_name[name] = _iso(at)
@@ -174,7 +184,7 @@ class CustomerFacts:
         if touch.event_type is EventType.CART:
             self._cart_event(name, props, at)
         elif touch.event_type is EventType.PURCHASE and name == ORDER:
-            self._order(props, at, touch.event_id)
+            self._order(props, at, is_historical(touch))
         elif touch.event_type is EventType.PURCHASE and name in ORDER_VOIDED:
             self._later("voided_at", at)
         elif name == TICKET_OPENED:
@@ -197,10 +207,30 @@ class CustomerFacts:
             self.stage = stage
             self.stage_at = _iso(at)
 
-    def _later(self, attribute: str, at: datetime) -> None:
+    def observe_segment(self, segment: str) -> bool:
+        """The customer's RFM segment as observed now; True when it changed.
+
+        Entering a segment is stamped with the event time of the latest order
+        known (the purchase that earned the place), not with the time it was
+        observed: event time decides, as for every other clock.
+        """
+        if segment == self.segment:
+            return False
+        latest = self.latest_order()
+        self.segment = segment
+        self.segment_since = latest["at"] if latest else None
+        return True
+
+    def latest_order(self) -> dict[str, Any] | None:
+        """The completed order with the latest event time."""
+        return max(self.orders, key=lambda order: _at(order["at"]), default=None)
+
+    def _later(self, attribute: str, at: datetime) -> bool:
         current = getattr(self, attribute)
         if current is None or _at(current) < at:
             setattr(self, attribute, _iso(at))
+            return True
+        return False
 
     def _identify(self, traits: Mapping[str, Any], at: datetime) -> None:
         email = traits.get("email")
@@ -261,7 +291,7 @@ class CustomerFacts:
         line["name"] = props.get("name") or line["name"]
         line["added_at"] = max(line["added_at"], _iso(at))
 
-    def _order(self, props: Mapping[str, Any], at: datetime, event_id: str) -> None:
+    def _order(self, props: Mapping[str, Any], at: datetime, historical: bool) -> None:
         revenue = props.get("revenue", props.get("total"))
         if revenue is None:
             revenue = sum(
@@ -270,7 +300,13 @@ class CustomerFacts:
                 if isinstance(p, Mapping)
             )
         self.orders.append(
-            {"at": _iso(at), "revenue": _number(revenue), "order_id": props.get("order_id")}
+            {
+                "at": _iso(at),
+                "revenue": _number(revenue),
+                "order_id": props.get("order_id"),
+                # An imported order never earns a welcome (see TriggerEngine.observe_segment).
+                "historical": historical,
+            }
         )
         # The order bought what was in the cart when it was placed; later adds stay.
         self.cart = {pid: line for pid, line in self.cart.items() if _at(line["added_at"]) > at}
@@ -386,13 +422,9 @@ class TriggerEngine:
         if kind == "birthday":
             return self._next_birthday(rule, facts)
         if kind == "high_value":
-            threshold = _number(cond.get("min_lifetime_revenue"), 1000)
-            total = 0.0
-            for order in sorted(facts.orders, key=lambda o: o["at"]):
-                total += order["revenue"]
-                if total >= threshold:
-                    return _at(order["at"])
-            return None
+            if facts.segment != cond.get("segment", TOP_SEGMENT) or facts.segment_since is None:
+                return None
+            return _at(facts.segment_since)
         return None
 
     def delay(self, rule: TriggerRule, facts: CustomerFacts) -> timedelta:
@@ -465,10 +497,40 @@ class TriggerEngine:
         if not facts.observe(touch):
             return False
         if historical:
-            for timer in self.plan(facts):
-                if (timer.rule_id, timer.anchor) not in before:
-                    facts.settle(timer.rule_id, timer.anchor, timer.due_at, "historical")
+            self._settle_started(facts, before)
         return True
+
+    def observe_stage(self, facts: CustomerFacts, stage: str, at: datetime) -> None:
+        """Fold a stage change from the journey worker into the facts.
+
+        A stage reached on imported events (the latest event is historical)
+        settles the clocks it starts, as the import itself would have.
+        """
+        before = {(t.rule_id, t.anchor) for t in self.plan(facts)}
+        facts.observe_stage(stage, at)
+        if facts.last_activity_historical:
+            self._settle_started(facts, before)
+
+    def observe_segment(self, facts: CustomerFacts, segment: str) -> bool:
+        """Fold the customer's RFM segment, observed now, into the facts; True when it changed.
+
+        The segment is computed over every buyer, so it is observed at the edge
+        and brought in here. An entry earned by an imported order (the latest
+        one is historical) settles the clock it starts: history never fires.
+        """
+        before = {(t.rule_id, t.anchor) for t in self.plan(facts)}
+        if not facts.observe_segment(segment):
+            return False
+        latest = facts.latest_order()
+        if latest is not None and latest.get("historical"):
+            self._settle_started(facts, before)
+        return True
+
+    def _settle_started(self, facts: CustomerFacts, before: set[tuple[str, datetime]]) -> None:
+        """Settle, as history, every clock running now that was not running ``before``."""
+        for timer in self.plan(facts):
+            if (timer.rule_id, timer.anchor) not in before:
+                facts.settle(timer.rule_id, timer.anchor, timer.due_at, "historical")
 
     # -- firing ---------------------------------------------------------------------
 
@@ -528,11 +590,14 @@ class TriggerEngine:
                 ],
             }
         if rule.trigger in ("post_purchase", "repurchase", "high_value"):
-            return {
+            data: dict[str, Any] = {
                 "orders": len(facts.orders),
                 "lifetime_revenue": round(sum(o["revenue"] for o in facts.orders), 2),
                 "last_order_at": facts.orders and max(o["at"] for o in facts.orders),
             }
+            if rule.trigger == "high_value":
+                data["segment"] = facts.segment
+            return data
         if rule.trigger == "ticket_resolved":
             return {"ticket_id": facts.last_resolved_ticket}
         if rule.trigger == "ticket_open":

@@ -75,7 +75,8 @@ class CustomerStageView:
 
     def append_orders(self, orders: Iterable[tuple[str, Touch]]) -> None:
         """Record orders (customer, touch); the same order written again collapses."""
-        rows = [[key, t.order_id or t.event_id, t.at, t.revenue] for key, t in orders]
+        # Without an order id, the event (its messageId within its source) is the order.
+        rows = [[key, t.order_id or t.dedup_keys[0], t.at, t.revenue] for key, t in orders]
         if rows:
             self._client.insert(
                 f"{self._db}.customer_orders",

@@ -40,6 +40,10 @@ _EVENT_COLUMNS = [
     "received_at",
     *TYPED_FIELDS,
     "properties",
+    # Migration 7: the write key's id (part of the dedup key), imported, clamped.
+    "source",
+    "historical",
+    "clamped",
 ]
 _STAGE_CHANGE_COLUMNS = ["customer_key", "stage", "previous_stage", "reason", "event_id", "at"]
 
@@ -105,7 +109,11 @@ class EventLog:
         return self._db
 
     def append(self, events: Sequence[TrackedEvent]) -> None:
-        """Insert events; re-inserting the same event leaves one row (see migrations)."""
+        """Insert events; re-inserting the same event leaves one row (see migrations).
+
+        One row per (customer, time, messageId, source): two sources' events
+        with one messageId are two rows.
+        """
         if not events:
             return
         rows = []
@@ -124,6 +132,9 @@ class EventLog:
                     e.received_at,
                     *typed,
                     rest,
+                    e.source,
+                    e.historical,
+                    e.timestamp_clamped,
                 ]
             )
         self._client.insert(f"{self._db}.events", rows, column_names=_EVENT_COLUMNS)
@@ -137,7 +148,7 @@ class EventLog:
         and deleted from ``events``; the anonymous key's arrays are marked
         merged, and the funnels skip them. Repeating it is harmless: the
         copies collapse under ``FINAL`` onto the first ones (the sort key
-        holds the customer, time and event id), the arrays gain
+        holds the customer, time, event id and source), the arrays gain
         copies no funnel answer depends on (see analytics/funnels.py), and
         once the anonymous rows are gone there is nothing left to move. Only
         the anonymous key's own worker writes rows under that key, and it

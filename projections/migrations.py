@@ -6,8 +6,9 @@ Add a migration by appending to ``MIGRATIONS``; never edit one that has shipped
 Versions: 1 event log, stage changes, stage projection; 2 dead letters and
 write keys; 3 journey projections (orders, profiles); 4 and 6 per-customer
 timelines for funnels. 5 was reserved for outreach, which keeps its tables in
-the event store's database instead: it stays unused. 8: identity merges in
-the event log (cheap deletes, merged flags).
+the event store's database instead: it stays unused. 7 source, historical and
+clamped columns of the event log. 8: identity merges in the event log (cheap
+deletes, merged flags).
 """
 
 from __future__ import annotations
@@ -265,6 +266,26 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                    groupArrayIf(toUnixTimestamp64Milli(timestamp), event_type = 'custom')
             FROM {db}.events
             GROUP BY customer_key
+            """,
+        ],
+    ),
+    (
+        7,
+        "event log: source, historical and clamped columns; the source in the dedup key",
+        [
+            # Which write key sent the event, whether it is imported history, and
+            # whether its claimed time was clamped: marketers filter on them. A
+            # messageId is unique per source, so two sources' events with one id
+            # must not collapse: the source joins the sorting (deduplication) key.
+            # ClickHouse allows adding to the end of the key only a column added
+            # in the same ALTER, without a default. Rows logged before read '' and
+            # false (their source was not kept).
+            """
+            ALTER TABLE {db}.events
+                ADD COLUMN source LowCardinality(String),
+                ADD COLUMN historical Bool,
+                ADD COLUMN clamped Bool,
+                MODIFY ORDER BY (customer_key, timestamp, event_id, source)
             """,
         ],
     ),

@@ -24,7 +24,6 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +110,8 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         )
         print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
 
+        if demo_rate > 0:
+            settings = demo.demo_settings(settings)
         print("starting the node (journey worker + API) …", flush=True)
         node = spawn(
             [sys.executable, "-m", "stack.cli", "node"], logs / "node.log", env=settings.to_env()
@@ -128,21 +129,14 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
                 print(_tail(logs / "node.log"), file=sys.stderr)
             return 1
         _banner(settings, base, broker)
-        demo_stop = threading.Event()
-        if demo_rate > 0:
-            print(f"demo traffic: {demo_rate:g} storefront calls/s", flush=True)
-            threading.Thread(
-                target=demo.send,
-                args=(base, settings.write_key, demo_rate, demo.live_calls(seed=7, shoppers=200)),
-                kwargs={"stop": demo_stop},
-                daemon=True,
-            ).start()
+        demo_run = demo.DemoRun(base, settings, demo_rate) if demo_rate > 0 else None
         while not stopping and node.poll() is None:
             time.sleep(0.2)
         if node.poll() is not None and not stopping:
             print(f"the node stopped unexpectedly; see {logs / 'node.log'}", file=sys.stderr)
             return 1
-        demo_stop.set()
+        if demo_run is not None:
+            demo_run.stop()
         print("stopping: API, then the worker once it has caught up, then the broker …", flush=True)
         return 0
     finally:

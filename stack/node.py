@@ -20,7 +20,7 @@ from mode.types import ServiceT
 
 from api.app import create_api
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink
-from stack.outreach import OutreachAdmin
+from stack.outreach import OutreachAdmin, segment_reader
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.outreach.worker import OutreachWorker
@@ -126,9 +126,10 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
     # The trigger and outreach agents share the worker's Faust app (and its consumer).
     OutreachWorker(
         settings,
-        streams.app,
+        streams.batches,
         platform.outreach,
         OutreachAdmin(settings, platform.outreach).rules_in_force,
+        segment_reader(platform.event_log),
     )
     services: list[ServiceT] = [ApiServer(platform, streams)] if with_api else []
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)

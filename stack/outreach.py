@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from journeys.outreach_rules import TriggerRule, apply_overrides, parse_rule, parse_rules
+from projections.analytics.reports import Reports
+from projections.event_log import EventLog
 from stack.settings import Settings
 from streams.outreach.store import Endpoint, OutreachStore
+from streams.outreach.worker import SegmentReader
 
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "journeys" / "rules.toml"
 
@@ -27,6 +30,16 @@ def declared_rules(settings: Settings) -> list[TriggerRule]:
     path = Path(settings.trigger_rules_file) if settings.trigger_rules_file else DEFAULT_RULES_FILE
     with path.open("rb") as handle:
         return parse_rules(tomllib.load(handle))
+
+
+def segment_reader(events: EventLog) -> SegmentReader:
+    """Every buyer's RFM segment, from the analysis read side (all buyers rank together)."""
+    reports = Reports(events.client, events.database)
+
+    def segments(as_of: datetime) -> list[tuple[str, str]]:
+        return [(score.customer_key, score.segment) for score in reports.rfm(as_of)]
+
+    return segments
 
 
 class OutreachAdmin:

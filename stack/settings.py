@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     trigger_grace_s: float = Field(default=900.0, gt=0)
     # How often due timers and due deliveries are looked for.
     trigger_tick_s: float = Field(default=0.1, gt=0)
+    # How often RFM segments are recomputed over all buyers, for rules that
+    # watch a customer enter a segment (high-value welcome).
+    rfm_scan_s: float = Field(default=60.0, gt=0)
     # Webhook and e-mail delivery: per-attempt timeout, exponential backoff with
     # jitter (doubling from base, capped), and the horizon after which a
     # delivery is dead-lettered.

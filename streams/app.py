@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from faust.types import EventT
 
 from projections.dead_letters import DeadLetterLog
 from stack.settings import Settings
+from streams.batches import BatchLoop, by_partition
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
 
@@ -53,6 +53,8 @@ class JourneyStreams:
             broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
             producer_acks=-1,
         )
+        # Every agent on this app (the outreach ones too) runs this loop: fail fast.
+        self.batches = BatchLoop(self.app, settings.batch_max_events, settings.batch_within_s)
         self.events_topic = self.app.topic(
             settings.events_topic, key_serializer="raw", value_serializer="raw"
         )
@@ -67,58 +69,44 @@ class JourneyStreams:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
 
     async def _journey_agent(self, stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)  # take_events is missing from StreamT
-        async for events in stream.take_events(
-            self.settings.batch_max_events, within=self.settings.batch_within_s
-        ):
-            try:
-                batches = self._by_partition(events)
-                prepared = await asyncio.to_thread(self.pipeline.prepare_many, batches)
-                # Published before the commit: at least once, never lost.
-                for one in prepared:
-                    await self._publish_outcomes(one)
-                await asyncio.to_thread(self.pipeline.commit_many, prepared)
-            except Exception as error:
-                # Fail fast: the failed events stay unacked, but an agent restarted in
-                # this process would go on with later offsets and commit positions past
-                # them. Stopping the worker re-reads everything from the failed batch
-                # on at the next start, where tracking and dedup absorb what repeats.
-                log.critical("journey batch failed; stopping the worker: %r", error)
-                await self.app.crash(error)
-                raise
+        await self.batches.run(stream, "journey", self._journey_batch)
+
+    async def _journey_batch(self, events: Sequence[EventT]) -> None:
+        batches = self._by_partition(events)
+        prepared = await asyncio.to_thread(self.pipeline.prepare_many, batches)
+        # Published before the commit: at least once, never lost.
+        for one in prepared:
+            await self._publish_outcomes(one)
+        await asyncio.to_thread(self.pipeline.commit_many, prepared)
 
     async def _dead_letter_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Keep every dead letter in ClickHouse so the API can list it (at least once)."""
-        assert isinstance(stream, faust.Stream) and self.dead_letters is not None
-        log = self.dead_letters
-        async for events in stream.take_events(
-            self.settings.batch_max_events, within=self.settings.batch_within_s
-        ):
-            records = [
-                DeadLetterRecord(
-                    partition=event.message.partition,
-                    offset=event.message.offset,
-                    value=event.message.value or b"",
-                    timestamp=event.message.timestamp,
-                )
-                for event in events
-            ]
-            await asyncio.to_thread(store_dead_letters, log, records, self.settings.kafka_epoch)
+        await self.batches.run(stream, "dead-letters", self._dead_letter_batch)
+
+    async def _dead_letter_batch(self, events: Sequence[EventT]) -> None:
+        assert self.dead_letters is not None
+        records = [
+            DeadLetterRecord(
+                partition=event.message.partition,
+                offset=event.message.offset,
+                value=event.message.value or b"",
+                timestamp=event.message.timestamp,
+            )
+            for event in events
+        ]
+        await asyncio.to_thread(
+            store_dead_letters, self.dead_letters, records, self.settings.kafka_epoch
+        )
 
     def _by_partition(self, events: Sequence[EventT]) -> list[PartitionBatch]:
-        records: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
-        for event in events:
-            message = event.message
-            # A null value (tombstone) is not an event: the pipeline sets it aside.
-            records[message.partition].append((message.offset, message.value or b""))
         return [
             PartitionBatch(
                 source=source_name(
                     self.settings.events_topic, partition, self.settings.kafka_epoch
                 ),
-                records=sorted(items),
+                records=records,
             )
-            for partition, items in records.items()
+            for partition, records in by_partition(events).items()
         ]
 
     async def _publish_outcomes(self, prepared: PreparedBatch) -> None:

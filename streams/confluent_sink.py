@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from events import TrackedEvent
+from streams.producer import dead_letter_record
 
 
 class _Acks:
@@ -127,14 +125,8 @@ class ConfluentEventSink:
         self, payload: bytes, reasons: Sequence[dict[str, Any]], source: str = ""
     ) -> None:
         """Keep the rejected payload, its reasons, its source and when it was rejected."""
-        record = {
-            "id": str(uuid.uuid4()),
-            "source": source,
-            "rejected_at": datetime.now(UTC).isoformat(),
-            "reasons": list(reasons),
-            "payload": payload.decode("utf-8", errors="replace"),
-        }
-        await self._produce(self._dead_letter_topic, [(None, orjson.dumps(record))])
+        record = dead_letter_record(payload, reasons, source)
+        await self._produce(self._dead_letter_topic, [(None, record)])
 
     async def connected(self) -> bool:
         """True when the broker answers a metadata request."""

@@ -14,6 +14,22 @@ from aiokafka import AIOKafkaProducer
 from events import TrackedEvent
 
 
+def dead_letter_record(payload: bytes, reasons: Sequence[dict[str, Any]], source: str) -> bytes:
+    """The dead-letter topic's record for a rejected payload (both gateway producers write it).
+
+    ``streams/dead_letters.py`` reads it back into a ``dead_letters`` row.
+    """
+    record = {
+        # The id makes the dead-letter agent's at-least-once inserts idempotent.
+        "id": str(uuid.uuid4()),
+        "source": source,
+        "rejected_at": datetime.now(UTC).isoformat(),
+        "reasons": list(reasons),
+        "payload": payload.decode("utf-8", errors="replace"),
+    }
+    return orjson.dumps(record)
+
+
 class KafkaEventSink:
     """Produces accepted events keyed by customer, so one customer's events stay in order."""
 
@@ -61,15 +77,8 @@ class KafkaEventSink:
         self, payload: bytes, reasons: Sequence[dict[str, Any]], source: str = ""
     ) -> None:
         """Keep the rejected payload, its reasons, its source and when it was rejected."""
-        record = {
-            # The id makes the dead-letter agent's at-least-once inserts idempotent.
-            "id": str(uuid.uuid4()),
-            "source": source,
-            "rejected_at": datetime.now(UTC).isoformat(),
-            "reasons": list(reasons),
-            "payload": payload.decode("utf-8", errors="replace"),
-        }
-        await self._started.send_and_wait(self._dead_letter_topic, orjson.dumps(record))
+        record = dead_letter_record(payload, reasons, source)
+        await self._started.send_and_wait(self._dead_letter_topic, record)
 
     async def connected(self) -> bool:
         """True when the broker answers a metadata request."""

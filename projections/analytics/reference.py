@@ -49,19 +49,19 @@ def identity_merges(events: Iterable[TrackedEvent]) -> list[tuple[str, str]]:
 
 
 def dedup(events: Iterable[TrackedEvent]) -> list[TrackedEvent]:
-    """One copy per (person, timestamp, event id): what ``FINAL`` leaves.
+    """One copy per (person, timestamp, event id, source): what ``FINAL`` leaves.
 
     A merged anonymous key's events count as its customer's (see
     :func:`identity_merges`): the person is one customer in every analysis.
     """
     events = list(events)
     person = dict(identity_merges(events))
-    seen: dict[tuple[str, Any, str], TrackedEvent] = {}
+    seen: dict[tuple[str, Any, str, str], TrackedEvent] = {}
     for e in events:
         key = person.get(e.customer_key, e.customer_key)
         if key != e.customer_key:
             e = replace(e, customer_key=key)
-        seen.setdefault((e.customer_key, e.timestamp, e.event_id), e)
+        seen.setdefault((e.customer_key, e.timestamp, e.event_id, e.source), e)
     return list(seen.values())
 
 

@@ -206,6 +206,14 @@ class OutreachStore:
                 self._save_customer(facts, partition, timers)
             self._save_position(source, position)
 
+    def save_customers(
+        self, customers: Sequence[tuple[CustomerFacts, int, Sequence[Timer]]]
+    ) -> None:
+        """Customers' facts and timers, atomically (facts that come from no topic position)."""
+        with self.transaction():
+            for facts, partition, timers in customers:
+                self._save_customer(facts, partition, timers)
+
     def save_decision(
         self,
         facts: CustomerFacts,

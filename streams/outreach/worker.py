@@ -8,6 +8,10 @@
   decided; fired triggers are recorded, then published on ``<prefix>.triggers``.
 - outreach agent: ``<prefix>.triggers`` → one delivery per subscribed endpoint
   (and the e-mail channel), saved with the consumed position.
+- segment loop: every ``rfm_scan_s``, the customers' RFM segments (computed
+  over all buyers, by the read side) are brought into the facts of the
+  customers this worker owns, for rules that watch a customer enter a
+  segment (high-value welcome); the engine decides, as for events.
 - delivery loop: claims due deliveries and attempts each in its own task, so
   one slow or failing endpoint holds up nobody; retries with exponential
   backoff and jitter until the retry horizon, then ``<prefix>.triggers.dlq``.
@@ -26,12 +30,13 @@ from typing import Any
 import faust
 import httpx
 import orjson
-from faust.types import TP
+from faust.types import TP, EventT
 
 from events import TrackedEvent
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from stack.settings import Settings
+from streams.batches import BatchLoop, by_partition
 from streams.outreach.channels import Attempt, post_webhook, send_email
 from streams.outreach.store import Delivery, Endpoint, OutreachStore
 from streams.pipeline import source_name
@@ -41,6 +46,11 @@ log = logging.getLogger(__name__)
 EMAIL_ENDPOINT = "email"
 RULES_RELOAD_S = 1.0
 DELIVERY_LEASE_MARGIN_S = 30.0
+# Segment changes applied per lock hold, so consumption is not held up for long.
+SEGMENT_CHUNK = 500
+
+# (customer key, RFM segment) of every buyer as of a moment.
+SegmentReader = Callable[[datetime], Sequence[tuple[str, str]]]
 
 
 class OutreachWorker:
@@ -49,12 +59,15 @@ class OutreachWorker:
     def __init__(
         self,
         settings: Settings,
-        app: faust.App,
+        batches: BatchLoop,
         store: OutreachStore,
         load_rules: Callable[[], list[TriggerRule]],
+        segments: SegmentReader | None = None,
     ) -> None:
         self.settings = settings
-        self.app = app
+        # The worker app's batch loop: a failed batch stops the worker, as for journeys.
+        self.batches = batches
+        self.app = app = batches.app
         self.store = store
         self._load_rules = load_rules
         self.engine = TriggerEngine(load_rules(), settings.trigger_grace)
@@ -63,6 +76,11 @@ class OutreachWorker:
         self._lock = asyncio.Lock()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self._segments = segments
+        # Segments already in the facts (or another worker's), so a scan only loads
+        # customers that changed; forgotten when the assignment changes.
+        self._segments_known: dict[str, str] = {}
+        self._segments_assigned: list[int] = []
 
         def raw(name: str) -> faust.TopicT:
             return app.topic(name, key_serializer="raw", value_serializer="raw")
@@ -76,22 +94,33 @@ class OutreachWorker:
         app.agent(self.triggers_topic, name="outreach")(self._outreach_agent)
         app.timer(settings.trigger_tick_s, name="trigger-timers")(self._fire_due)
         app.timer(settings.trigger_tick_s, name="outreach-deliveries")(self._deliver_due)
+        if segments is not None:
+            app.timer(settings.rfm_scan_s, name="trigger-segments")(self._observe_segments)
 
     # --- consuming facts --------------------------------------------------------------
 
+    def _unconsumed(
+        self, topic: str, partition: int, records: list[tuple[int, bytes]]
+    ) -> tuple[str, list[tuple[int, bytes]]]:
+        """The position's source name and the records at or past its stored position.
+
+        Records below it were applied in the transaction that stored the position
+        (a redelivery after a crash or rebalance): applying them again would count twice.
+        """
+        source = source_name(topic, partition, self.settings.kafka_epoch)
+        start = self.store.position(source)
+        return source, [(offset, value) for offset, value in records if offset >= start]
+
     async def _trigger_agent(self, stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)
-        async for events in stream.take_events(
-            self.settings.batch_max_events, within=self.settings.batch_within_s
-        ):
-            for partition, records in _by_partition(events).items():
-                async with self._lock:
-                    await asyncio.to_thread(self._apply_events, partition, records)
+        await self.batches.run(stream, "triggers", self._trigger_batch)
+
+    async def _trigger_batch(self, events: Sequence[EventT]) -> None:
+        for partition, records in by_partition(events).items():
+            async with self._lock:
+                await asyncio.to_thread(self._apply_events, partition, records)
 
     def _apply_events(self, partition: int, records: list[tuple[int, bytes]]) -> None:
-        source = source_name(self.settings.events_topic, partition, self.settings.kafka_epoch)
-        start = self.store.position(source)
-        fresh = [(offset, value) for offset, value in records if offset >= start]
+        source, fresh = self._unconsumed(self.settings.events_topic, partition, records)
         if not fresh:
             return
         customers: dict[str, CustomerFacts] = {}
@@ -110,19 +139,15 @@ class OutreachWorker:
         )
 
     async def _stage_agent(self, stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)
-        async for events in stream.take_events(
-            self.settings.batch_max_events, within=self.settings.batch_within_s
-        ):
-            for partition, records in _by_partition(events).items():
-                async with self._lock:
-                    await asyncio.to_thread(self._apply_stages, partition, records)
+        await self.batches.run(stream, "trigger-stages", self._stage_batch)
+
+    async def _stage_batch(self, events: Sequence[EventT]) -> None:
+        for partition, records in by_partition(events).items():
+            async with self._lock:
+                await asyncio.to_thread(self._apply_stages, partition, records)
 
     def _apply_stages(self, partition: int, records: list[tuple[int, bytes]]) -> None:
-        topic = self.settings.stage_changes_topic
-        source = source_name(topic, partition, self.settings.kafka_epoch)
-        start = self.store.position(source)
-        fresh = [(offset, value) for offset, value in records if offset >= start]
+        source, fresh = self._unconsumed(self.settings.stage_changes_topic, partition, records)
         if not fresh:
             return
         customers: dict[str, CustomerFacts] = {}
@@ -135,17 +160,69 @@ class OutreachWorker:
                 continue
             facts = customers.get(key) or self._facts(key)
             customers[key] = facts
-            facts.observe_stage(stage, at if at.tzinfo else at.replace(tzinfo=UTC))
+            self.engine.observe_stage(facts, stage, at if at.tzinfo else at.replace(tzinfo=UTC))
         self.store.save_batch(
             [(facts, partition, self.engine.plan(facts)) for facts in customers.values()],
             source,
             fresh[-1][0] + 1,
         )
 
+    async def _observe_segments(self, *_: Any) -> None:
+        try:
+            if self._segments is None or not self.app.started or self.app.rebalancing:
+                return
+            if not any(rule.trigger == "high_value" for rule in self.engine.rules):
+                return  # no rule watches segments: spare ClickHouse the ranking of all buyers
+            assigned = await asyncio.to_thread(self.assigned_partitions)
+            if assigned != self._segments_assigned:
+                self._segments_known.clear()  # another worker may have written them
+                self._segments_assigned = assigned
+            scores = await asyncio.to_thread(self._segments, datetime.now(UTC))
+            changed = [
+                (key, segment)
+                for key, segment in scores
+                if self._segments_known.get(key) != segment
+            ]
+            for start in range(0, len(changed), SEGMENT_CHUNK):
+                # Facts of ready partitions hold every order ClickHouse may count, so an
+                # entry is always stamped with an order the facts know.
+                ready = await asyncio.to_thread(self.ready_partitions)
+                async with self._lock:
+                    await asyncio.to_thread(
+                        self._apply_segments, changed[start : start + SEGMENT_CHUNK], ready
+                    )
+        except Exception:
+            log.exception("segment loop failed; retrying on the next scan")
+
+    def _apply_segments(self, scores: Sequence[tuple[str, str]], ready: Sequence[int]) -> None:
+        customers: list[tuple[CustomerFacts, int, list[Timer]]] = []
+        known: dict[str, str] = {}
+        for key, segment in scores:
+            partition = self._partition_of(key)
+            if partition is None:
+                continue  # its events are not here yet: looked at again next scan
+            if partition in ready:
+                facts = self.store.facts(key)
+                if facts is None:
+                    continue
+                if self.engine.observe_segment(facts, segment):
+                    customers.append((facts, partition, self.engine.plan(facts)))
+            elif partition in self._segments_assigned:
+                continue  # ours, but not caught up: looked at again next scan
+            # Another worker's customer is remembered until the assignment changes.
+            known[key] = segment
+        self.store.save_customers(customers)
+        self._segments_known.update(known)
+
     def _facts(self, customer_key: str) -> CustomerFacts:
         return self.store.facts(customer_key) or CustomerFacts(customer_key)
 
     # --- firing -------------------------------------------------------------------------
+
+    def assigned_partitions(self) -> list[int]:
+        """Partitions of the events topic assigned to this worker."""
+        topic = self.settings.events_topic
+        return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
 
     def ready_partitions(self) -> list[int]:
         """Partitions owned here whose events were consumed up to the high-water mark.
@@ -169,23 +246,33 @@ class OutreachWorker:
         return ready
 
     async def _fire_due(self, *_: Any) -> None:
+        # A tick that outlasts trigger_tick_s makes mode log "Timer ... is overlapping":
+        # runs never overlap (the next one waits), it only fires later. Each thread hop
+        # waits for the GIL behind the agents' batches, so a tick makes two at most, and
+        # the rules file and overrides are read off the event loop.
         try:
-            self._reload_rules()
-            await self._publish_unpublished()
-            ready = await asyncio.to_thread(self.ready_partitions)
-            if not ready:
+            unpublished, ready, due = await asyncio.to_thread(self._tick_reads)
+            await self._publish(unpublished)
+            if not due:
                 return
-            due = await asyncio.to_thread(self.store.due_timers, ready, time.time())
-            fired: list[dict[str, Any]] = []
-            for timer in due:
-                async with self._lock:
-                    trigger = await asyncio.to_thread(self._decide, timer, ready)
-                if trigger is not None:
-                    fired.append(trigger)
+            async with self._lock:
+                fired = await asyncio.to_thread(self._decide_all, due, ready)
             # One round of acknowledgements for the tick's triggers, not one per trigger.
             await self._publish(fired)
         except Exception:
             log.exception("trigger timer loop failed; retrying on the next tick")
+
+    def _tick_reads(self) -> tuple[list[dict[str, Any]], list[int], list[Timer]]:
+        """Triggers recorded but not yet published, ready partitions and their due timers
+        (the rules reloaded first, at most every RULES_RELOAD_S)."""
+        self._reload_rules()
+        ready = self.ready_partitions()
+        due = self.store.due_timers(ready, time.time()) if ready else []
+        return self.store.unpublished(), ready, due
+
+    def _decide_all(self, due: Sequence[Timer], ready: Sequence[int]) -> list[dict[str, Any]]:
+        fired = (self._decide(timer, ready) for timer in due)
+        return [trigger for trigger in fired if trigger is not None]
 
     def _decide(self, timer: Timer, ready: Sequence[int]) -> dict[str, Any] | None:
         facts = self.store.facts(timer.customer_key)
@@ -238,9 +325,6 @@ class OutreachWorker:
         ids = [str(trigger["trigger_id"]) for trigger in triggers]
         await asyncio.to_thread(self.store.mark_published, ids)
 
-    async def _publish_unpublished(self) -> None:
-        await self._publish(await asyncio.to_thread(self.store.unpublished))
-
     def _reload_rules(self) -> None:
         if time.monotonic() - self._rules_loaded < RULES_RELOAD_S:
             return
@@ -253,21 +337,17 @@ class OutreachWorker:
     # --- delivering ---------------------------------------------------------------------
 
     async def _outreach_agent(self, stream: faust.StreamT[bytes]) -> None:
-        assert isinstance(stream, faust.Stream)
-        async for events in stream.take_events(
-            self.settings.batch_max_events, within=self.settings.batch_within_s
-        ):
-            for partition, records in _by_partition(events).items():
-                await asyncio.to_thread(self._plan_deliveries, partition, records)
+        await self.batches.run(stream, "outreach", self._outreach_batch)
+
+    async def _outreach_batch(self, events: Sequence[EventT]) -> None:
+        for partition, records in by_partition(events).items():
+            await asyncio.to_thread(self._plan_deliveries, partition, records)
 
     def _plan_deliveries(self, partition: int, records: list[tuple[int, bytes]]) -> None:
-        topic = self.settings.triggers_topic
-        source = source_name(topic, partition, self.settings.kafka_epoch)
-        start = self.store.position(source)
-        endpoints = self.store.endpoints()
-        fresh = [(offset, value) for offset, value in records if offset >= start]
+        source, fresh = self._unconsumed(self.settings.triggers_topic, partition, records)
         if not fresh:
             return
+        endpoints = self.store.endpoints()
         planned: list[tuple[str, list[tuple[str, str, str]]]] = []
         for offset, value in fresh:
             try:
@@ -275,7 +355,7 @@ class OutreachWorker:
                 trigger_id, rule_id = str(trigger["trigger_id"]), str(trigger["rule"])
                 channels = trigger.get("channels", ["webhook"])
             except (ValueError, TypeError, KeyError):
-                log.warning("not a trigger on %s at %s; skipped", topic, offset)
+                log.warning("not a trigger at %s (partition %s); skipped", offset, partition)
                 continue
             planned.append((trigger_id, self._targets(rule_id, channels, trigger, endpoints)))
         # The whole batch and its consumed position in one transaction.
@@ -308,18 +388,18 @@ class OutreachWorker:
             limit = max(0, self.settings.outreach_concurrency - len(self._in_flight))
             if not limit:
                 return
-            claimed = await asyncio.to_thread(
-                self.store.claim_due_deliveries, time.time(), lease, limit
-            )
-            if not claimed:
-                return
-            endpoints = {e.endpoint_id: e for e in await asyncio.to_thread(self.store.endpoints)}
+            claimed, endpoints = await asyncio.to_thread(self._claim_due, lease, limit)
             for delivery in claimed:
                 task = asyncio.ensure_future(self._attempt(delivery, endpoints))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
         except Exception:
             log.exception("delivery loop failed; retrying on the next tick")
+
+    def _claim_due(self, lease: float, limit: int) -> tuple[list[Delivery], dict[str, Endpoint]]:
+        claimed = self.store.claim_due_deliveries(time.time(), lease, limit)
+        endpoints = {e.endpoint_id: e for e in self.store.endpoints()} if claimed else {}
+        return claimed, endpoints
 
     async def _attempt(self, delivery: Delivery, endpoints: dict[str, Endpoint]) -> None:
         try:
@@ -417,11 +497,3 @@ def retry_delay(
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, max_s))
     return delay
-
-
-def _by_partition(events: Sequence[Any]) -> dict[int, list[tuple[int, bytes]]]:
-    records: dict[int, list[tuple[int, bytes]]] = {}
-    for event in events:
-        message = event.message
-        records.setdefault(message.partition, []).append((message.offset, message.value or b""))
-    return {partition: sorted(items) for partition, items in records.items()}

@@ -2,13 +2,16 @@
 
 Debian's chromium (installed by the test command) driven by Playwright; every
 figure on the page is checked against what the API returns; screenshots are
-kept in test-artifacts/.
+kept in test-artifacts/. The node runs the demo's outreach rules (abandoned
+carts fire after seconds) with the demo's webhook inbox subscribed, as
+``journeys up --demo`` does, so the trigger log has delivered triggers.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from simulation.storefront import Storefront
+from simulation.webhook_inbox import WebhookInbox
 from stack import demo
 from stack.broker import EmbeddedBroker
 from stack.settings import Settings
@@ -40,11 +44,35 @@ FUNNEL = {
     "steps": [{"event_type": t} for t in ("browse", "cart", "checkout", "purchase")],
     "window_seconds": 7 * 86400,
 }
+# What the retention panel asks by default.
+RETENTION = {
+    "start_event": {"event_type": "browse"},
+    "return_event": {"event_type": "browse"},
+    "period": "day",
+    "periods": 8,
+}
+
+
+def settled(node: NodeProcess) -> bool:
+    """True once no outreach timer runs and no delivery is pending: the log stops changing."""
+    admin = {"Authorization": f"Bearer {node.settings.admin_key}"}
+    timers = httpx.get(f"{node.base}/v1/outreach/timers", headers=admin, timeout=30).json()
+    fired = node.read("GET", "/v1/triggers", params={"limit": 1000}).json()["triggers"]
+    pending = [d for t in fired for d in t["deliveries"] if d["state"] == "pending"]
+    return not timers["timers"] and not pending and bool(fired)
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    """A node with a few hundred storefront calls processed."""
+def inbox() -> Iterator[WebhookInbox]:
+    """The demo's webhook receiver."""
+    receiver = WebhookInbox()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, inbox: WebhookInbox) -> Iterator[NodeProcess]:
+    """A node with a few hundred storefront calls processed and their triggers delivered."""
     folder = tmp_path_factory.mktemp("dashboard")
     broker = EmbeddedBroker(folder / "broker.log")
     broker.start()
@@ -58,19 +86,43 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         kafka_session_timeout_s=6,
         write_key="wk_dash",
         read_key="rk_dash",
+        admin_key="ak_dash",
         batch_within_s=0.05,
     )
+    settings = demo.demo_settings(settings)
     ensure_topics(broker.bootstrap_servers, settings.all_topics, 2, 1)
     running = NodeProcess(settings, folder / "node.log")
     running.start()
     try:
+        demo.subscribe_inbox(running.base, "ak_dash", inbox)
+        # A month of imported history first, as `up --demo` sends into an empty platform;
+        # ending two hours ago, so the stage-flow panel's last hour is the live traffic.
+        ended = datetime.now(UTC) - timedelta(hours=2)
+        history = list(demo.history_calls(seed=5, shoppers=40, days=30, now=ended))
+        assert demo.send_history(running.base, "wk_dash", iter(history)) == (len(history), 0)
         calls = list(Storefront(seed=21, shoppers=SHOPPERS, live=True).calls())
         accepted, rejected = demo.send(running.base, "wk_dash", rate=1000, calls=iter(calls))
         assert (accepted, rejected) == (len(calls), 0)
+        # One storefront bug, so the dead-letter counter has something to count.
+        nameless = {"event": "Product Added", "messageId": "no-customer"}
+        assert (
+            httpx.post(
+                f"{running.base}/v1/track", json=nameless, auth=("wk_dash", ""), timeout=30
+            ).status_code
+            == 400
+        )
         deadline = time.monotonic() + 60
+        while running.read("GET", "/v1/stats").json()["dead_letters"] != 1:
+            assert time.monotonic() < deadline, running.log_tail()
+            time.sleep(0.2)
         while running.read("GET", "/v1/stats").json()["worker_lag"] != 0:
             assert time.monotonic() < deadline, running.log_tail()
             time.sleep(0.2)
+        # The demo rules fire abandoned carts seconds after the last cart activity.
+        deadline = time.monotonic() + 90
+        while not settled(running):
+            assert time.monotonic() < deadline, running.log_tail()
+            time.sleep(0.5)
         yield running
     finally:
         running.stop()
@@ -108,6 +160,35 @@ def sign_in(page: Page, node: NodeProcess, key: str) -> None:
     page.click("#key-submit")
 
 
+def table(page: Page, selector: str) -> list[list[str]]:
+    """The text of a table's body cells, row by row."""
+    rows = page.locator(f"{selector} tbody tr")
+    return [
+        [cell.strip() for cell in rows.nth(i).locator("td").all_text_contents()]
+        for i in range(rows.count())
+    ]
+
+
+def chart_data(page: Page, canvas: str) -> Any:
+    """What Chart.js drew on a canvas: labels and each dataset's numbers."""
+    return page.evaluate(
+        f"""(() => {{
+            const chart = Chart.getChart(document.getElementById('{canvas}'));
+            return {{labels: chart.data.labels, data: chart.data.datasets.map((d) => d.data)}};
+        }})()"""
+    )
+
+
+def count(text: str) -> int:
+    """A number as the page shows it (with thousands separators)."""
+    return int(text.replace(",", ""))
+
+
+def percent(ratio: float) -> str:
+    """A ratio as the page shows it."""
+    return f"{ratio * 100:.1f}%"
+
+
 def test_a_wrong_key_shows_an_error_and_no_data(
     node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
 ) -> None:
@@ -116,7 +197,8 @@ def test_a_wrong_key_shows_an_error_and_no_data(
     opened.wait_for_function("document.getElementById('key-error').textContent.length > 0")
     assert "refused" in opened.text_content("#key-error")  # type: ignore[operator]
     assert opened.is_hidden("#content")
-    assert opened.locator("#funnel-table tbody tr").count() == 0
+    for panel in ("#funnel-table", "#stages-table", "#rfm-tiers", "#triggers-table"):
+        assert opened.locator(f"{panel} tbody tr").count() == 0
     opened.screenshot(path=str(artifacts_dir / "dashboard-wrong-key.png"))
 
 
@@ -145,42 +227,165 @@ def test_the_funnel_shows_the_numbers_the_api_returns(
     assert drawn == [s["customers"] for s in expected["steps"]]
     opened.wait_for_function("document.getElementById('live-lag').textContent === '0'")
     opened.screenshot(path=str(artifacts_dir / "dashboard-funnel.png"), full_page=True)
+
+    # A date range: from tomorrow (UTC) on, the demo's events (all sent now) are outside it.
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date()
+    later = node.read(
+        "POST", "/v1/funnels", json={**FUNNEL, "start": f"{tomorrow.isoformat()}T00:00:00Z"}
+    ).json()
+    opened.fill("#funnel-start", tomorrow.isoformat())
+    opened.click("#run-funnel")
+    opened.wait_for_function(
+        "document.querySelector('#funnel-table tbody td.num').textContent === '0'"
+    )
+    assert [count(row[1]) for row in table(opened, "#funnel-table")] == [
+        s["customers"] for s in later["steps"]
+    ]
     assert errors == []
 
 
-def test_a_customer_search_shows_the_customers_stage(
-    node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
+def test_the_trigger_log_is_read_only_for_read_keys(node: NodeProcess) -> None:
+    url = f"{node.base}/v1/triggers"
+    for wrong in ("rk_wrong", "wk_dash"):
+        refused = httpx.get(url, headers={"Authorization": f"Bearer {wrong}"}, timeout=30)
+        assert refused.status_code == 401
+        assert "triggers" not in refused.json()
+    assert node.read("GET", "/v1/triggers").status_code == 200
+    redeliver = node.read("POST", "/v1/outreach/triggers/anything/redeliver")
+    assert redeliver.status_code == 401
+
+
+def test_a_customer_timeline_shows_the_journey_and_its_triggers(
+    node: NodeProcess, inbox: WebhookInbox, page: tuple[Page, list[str]], artifacts_dir: Path
 ) -> None:
     opened, errors = page
-    buyers = httpx.post(
-        f"{node.base}/v1/funnels",
-        timeout=30,
-        headers={"Authorization": "Bearer rk_dash"},
-        json=FUNNEL,
-    )
-    assert buyers.status_code == 200
-    customer = next(
-        c
-        for c in (f"user-{i:06d}" for i in range(SHOPPERS))
-        if node.read("GET", f"/v1/customers/{c}").status_code == 200
-    )
+    fired = node.read("GET", "/v1/triggers", params={"limit": 1000}).json()["triggers"]
+    abandoned = next(t for t in fired if t["rule"] == "abandoned_cart")
+    customer = abandoned["customer_id"]
     expected = node.read("GET", f"/v1/customers/{customer}").json()
+    journey = node.read("GET", f"/v1/customers/{customer}/journey").json()
+    theirs = node.read("GET", "/v1/triggers", params={"customer_id": customer}).json()["triggers"]
 
     sign_in(opened, node, "rk_dash")
     opened.wait_for_selector("#funnel-table tbody tr")
     opened.fill("#customer-id", customer)
     opened.click("#customer-form button")
-    opened.wait_for_selector("#customer-card dd[data-field=stage]")
+    opened.wait_for_selector("#customer-timeline li")
     assert opened.text_content("#customer-card dd[data-field=stage]") == expected["stage"]
     assert opened.text_content("#customer-card dd[data-field=events]") == str(
         expected["event_count"]
     )
+
+    def shown(kind: str) -> list[str]:
+        return opened.locator(f"#customer-timeline li[data-kind={kind}] b").all_text_contents()
+
+    assert shown("event") == [e["event_name"] for e in journey["entries"] if "event_name" in e]
+    assert shown("stage") == [
+        f"stage: {e['stage']}" for e in journey["entries"] if e["type"] == "StageReached"
+    ]
+    assert "Product Added" in shown("event")
+    assert sorted(shown("trigger")) == sorted(f"trigger: {t['rule']}" for t in theirs)
+    assert "trigger: abandoned_cart" in shown("trigger")
+    # The webhook really reached the demo inbox.
+    assert abandoned["trigger_id"] in {body.get("trigger_id") for body in inbox.received}
+    opened.screenshot(path=str(artifacts_dir / "dashboard-customer.png"), full_page=True)
+
     unknown = node.read("GET", "/v1/customers/nobody-at-all")
     assert unknown.status_code == 404
     opened.fill("#customer-id", "nobody-at-all")
     opened.click("#customer-form button")
     opened.wait_for_function("document.getElementById('customer-error').textContent.length > 0")
     assert opened.text_content("#customer-error") == unknown.json()["message"]
-    opened.screenshot(path=str(artifacts_dir / "dashboard-customer.png"), full_page=True)
+    assert opened.is_hidden("#customer-timeline")
     # The 404 is the answer asked for; the browser logs it as a failed resource, nothing else.
     assert [e for e in errors if "404" not in e] == []
+
+
+def test_stages_retention_and_rfm_show_the_numbers_the_api_returns(
+    node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
+) -> None:
+    opened, errors = page
+    stages = node.read("GET", "/v1/stages").json()["stages"]
+    reached = node.read("GET", "/v1/funnels/stages").json()["stages"]
+    retention = node.read("POST", "/v1/retention", json=RETENTION).json()["cohorts"]
+    rfm = node.read("GET", "/v1/rfm").json()
+    assert sum(stages.values()) > 0 and retention and rfm["customers"] > 0
+
+    sign_in(opened, node, "rk_dash")
+    for filled in ("#stages-table", "#stage-funnel-table", "#retention-table", "#rfm-tiers"):
+        opened.wait_for_selector(f"{filled} tbody tr")
+
+    assert [[row[0], count(row[1])] for row in table(opened, "#stages-table")] == [
+        [stage, n] for stage, n in stages.items()
+    ]
+    assert chart_data(opened, "stages-chart") == {
+        "labels": list(stages),
+        "data": [list(stages.values())],
+    }
+    assert [[row[0], count(row[1])] for row in table(opened, "#stage-funnel-table")] == [
+        [s["stage"], s["customers"]] for s in reached
+    ]
+
+    grid = table(opened, "#retention-table")
+    assert [[row[0], count(row[1])] for row in grid] == [
+        [c["cohort"], c["size"]] for c in retention
+    ]
+    assert [row[2:] for row in grid] == [[percent(r) for r in c["rates"]] for c in retention]
+
+    assert opened.text_content("#rfm-customers") == f"{rfm['customers']:,}"
+    drawn = chart_data(opened, "rfm-chart")
+    assert dict(zip(drawn["labels"], drawn["data"][0], strict=True)) == {
+        segment.replace("_", " "): n for segment, n in rfm["segments"].items()
+    }
+    assert {row[0]: count(row[1]) for row in table(opened, "#rfm-tiers")} == {
+        tier.replace("_", " "): n for tier, n in rfm["tiers"].items()
+    }
+    opened.wait_for_selector("#flow-table tbody tr")
+    # The panel shows the last hour; the history ends two hours ago (see the fixture).
+    hour = {"start": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
+    flow = node.read("GET", "/v1/stage-flow", params=hour).json()["transitions"]
+    assert sorted(tuple(row) for row in table(opened, "#flow-table")) == sorted(
+        (t["from"] or "(new)", t["to"], f"{t['customers']:,}") for t in flow
+    )
+    # Over time: the bars split the last hour, so each stage's bars add up to its changes.
+    bars = opened.evaluate(
+        """Chart.getChart(document.getElementById('flow-chart')).data.datasets
+           .map((d) => [d.label, d.data.reduce((a, b) => a + b, 0)])"""
+    )
+    entered: dict[str, int] = {}
+    for t in flow:
+        entered[t["to"]] = entered.get(t["to"], 0) + t["customers"]
+    assert dict(bars) == entered
+    opened.screenshot(path=str(artifacts_dir / "dashboard-panels.png"), full_page=True)
+    assert errors == []
+
+
+def test_the_trigger_log_shows_abandoned_carts_and_their_delivery(
+    node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
+) -> None:
+    opened, errors = page
+    fired = node.read("GET", "/v1/triggers").json()["triggers"]
+    delivered = [
+        t
+        for t in fired
+        if t["rule"] == "abandoned_cart"
+        and any(d["channel"] == "webhook" and d["state"] == "delivered" for d in t["deliveries"])
+    ]
+    assert delivered
+
+    sign_in(opened, node, "rk_dash")
+    opened.wait_for_selector("#triggers-table tbody tr")
+    rows = table(opened, "#triggers-table")
+    assert [(row[1], row[2]) for row in rows] == [(t["rule"], t["customer_id"]) for t in fired]
+    one = opened.locator(f"#triggers-table tr[data-trigger-id='{delivered[0]['trigger_id']}']")
+    states = one.locator(".delivery").all_text_contents()
+    assert sorted(states) == sorted(
+        f"{d['channel']}: {d['state']}" for d in delivered[0]["deliveries"]
+    )
+    assert "webhook: delivered" in states
+    opened.wait_for_function("document.getElementById('live-dead').textContent === '1'")
+    assert opened.text_content("#live-dead") == str(
+        node.read("GET", "/v1/stats").json()["dead_letters"]
+    )
+    opened.screenshot(path=str(artifacts_dir / "dashboard-triggers.png"), full_page=True)
+    assert errors == []

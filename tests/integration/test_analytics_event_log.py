@@ -10,8 +10,9 @@ from datetime import timedelta
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from projections import migrations
 from projections.event_log import EventLog
-from projections.migrations import migrate
+from projections.migrations import MIGRATIONS, migrate
 from tests.conftest import make_event
 
 pytestmark = pytest.mark.integration
@@ -109,6 +110,62 @@ def test_a_resent_block_leaves_one_row_per_event(log: EventLog) -> None:
     assert log.client.query(f"SELECT uniqExact(event_id), count() FROM {table} FINAL").result_rows[
         0
     ] == (20, 20)
+
+
+def test_two_sources_reusing_a_messageid_are_two_rows_and_each_resend_collapses(
+    log: EventLog,
+) -> None:
+    shop = replace(make_event("m-1", "alice", "Product Viewed", 0), source="shop")
+    imported = replace(
+        make_event("import:order:1", "alice", "Order Completed", 1),
+        source="app",
+        context={"historical": True},
+        timestamp_clamped=True,
+    )
+    block = [shop, replace(shop, source="app"), imported]
+    for _ in range(2):
+        log.append(block)
+    table = f"{log.database}.events"
+    log.client.command(f"OPTIMIZE TABLE {table} FINAL")
+    rows = log.client.query(
+        f"SELECT event_id, source, historical, clamped FROM {table} ORDER BY event_id, source"
+    ).result_rows
+    assert rows == [
+        ("import:order:1", "app", True, True),
+        ("m-1", "app", False, False),
+        ("m-1", "shop", False, False),
+    ]
+
+
+def test_an_existing_log_gains_the_columns_and_keeps_its_rows(
+    clickhouse: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = f"db_{uuid.uuid4().hex[:12]}"
+    try:
+        # A database at version 6, with a row logged then, upgraded in place.
+        with monkeypatch.context() as patch:
+            patch.setattr(migrations, "MIGRATIONS", [m for m in MIGRATIONS if m[0] < 7])
+            assert migrate(clickhouse, db) == 6
+        old = make_event("m-0", "alice", "Product Viewed", 0)
+        clickhouse.insert(
+            f"{db}.events",
+            [[old.event_id, "alice", old.timestamp]],
+            column_names=["event_id", "customer_key", "timestamp"],
+        )
+        assert migrate(clickhouse, db) == 7
+        log = EventLog(clickhouse, db)
+        log.append([replace(make_event("m-1", "alice", "Product Viewed", 1), source="shop")])
+        log.append([replace(make_event("m-1", "alice", "Product Viewed", 1), source="app")])
+        rows = clickhouse.query(
+            f"SELECT event_id, source, historical, clamped FROM {db}.events FINAL ORDER BY all"
+        ).result_rows
+        assert rows == [
+            ("m-0", "", False, False),
+            ("m-1", "app", False, False),
+            ("m-1", "shop", False, False),
+        ]
+    finally:
+        clickhouse.command(f"DROP DATABASE IF EXISTS {db}")
 
 
 def test_the_timeline_view_follows_the_log(log: EventLog) -> None:

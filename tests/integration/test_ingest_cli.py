@@ -75,8 +75,22 @@ def test_keys_and_history_import_through_the_cli(settings: Settings, tmp_path: P
         assert stage("h1", as_of="2023-02-02T00:00:00Z") == "purchase"
         assert node.read("GET", "/v1/customers/h1").json()["event_count"] == 3
 
-        # Importing again counts nothing twice (messageIds come from the rows' ids).
+        # Importing again counts nothing twice (messageIds come from the rows' ids),
+        # not even through another source's key: the rows name the same orders.
         journeys("import", "--url", node.base, "--write-key", key, str(orders), check=False)
+        other = journeys("keys", "create", "shop-history-2", *admin).stdout.strip()
+        other_key = other.splitlines()[-1]
+        journeys("import", "--url", node.base, "--write-key", other_key, str(orders), check=False)
+        # One live event after the imports, on h1's partition: once it is counted,
+        # everything imported before it was processed.
+        after = {"userId": "h1", "event": "Product Viewed", "messageId": "after-imports"}
+        posted = httpx.post(f"{node.base}/v1/track", json=after, auth=(key, ""), timeout=30)
+        assert posted.status_code == 200, posted.text
+        wait_until(
+            lambda: node.read("GET", "/v1/customers/h1").json()["event_count"] == 4,
+            timeout=60,
+            alive=lambda: True,
+        )
 
         journeys("keys", "revoke", key_id, *admin)
         refused = httpx.post(
@@ -91,12 +105,13 @@ def test_keys_and_history_import_through_the_cli(settings: Settings, tmp_path: P
 
     rows = query_chdb_folder(
         settings.chdb_path,
-        f"SELECT event_id, toString(timestamp), count() FROM {settings.clickhouse_database}.events "
-        "GROUP BY event_id, timestamp ORDER BY event_id",
+        f"SELECT event_id, toString(timestamp), historical, source, count() "
+        f"FROM {settings.clickhouse_database}.events "
+        "WHERE event_id LIKE 'import:%' GROUP BY ALL ORDER BY event_id",
     )
     assert rows == [
-        ["import:customer:h1", "2023-01-05 00:00:00.000", 1],
-        ["import:customer:h3", "2023-01-07 00:00:00.000", 1],
-        ["import:order:o1", "2023-02-01 10:00:00.000", 1],
-        ["import:order:o2", "2023-09-01 10:00:00.000", 1],
+        ["import:customer:h1", "2023-01-05 00:00:00.000", True, key_id, 1],
+        ["import:customer:h3", "2023-01-07 00:00:00.000", True, key_id, 1],
+        ["import:order:o1", "2023-02-01 10:00:00.000", True, key_id, 1],
+        ["import:order:o2", "2023-09-01 10:00:00.000", True, key_id, 1],
     ]

@@ -1,7 +1,8 @@
 """Done-when of the tracking API, through a real node: Segment's own Python SDK, unmodified.
 
 segment-analytics-python sends track, identify, page and alias calls, single
-and batched, gzipped; a re-sent messageId doubles nothing; bad requests get
+and batched, gzipped; a re-sent messageId doubles nothing, while a second
+source (write key) reusing it has events of its own; bad requests get
 their 4xx and show up in the dead-letter list (API and CLI). Then the node is
 stopped and the ClickHouse event log is counted row by row, without FINAL.
 """
@@ -91,6 +92,29 @@ def test_segment_sdk_events_land_exactly_once_and_rejections_are_listed(
             )
             assert again.status_code == 200, again.text
 
+        # A second source (its own write key) reuses messageIds the first one sent:
+        # its events are its own and count; its re-sends count once.
+        created = httpx.post(
+            f"{node.base}/v1/write-keys", json={"name": "app"}, headers=admin, timeout=30
+        )
+        assert created.status_code == 201, created.text
+        app_key, app_source = created.json()["write_key"], created.json()["key_id"]
+        app_errors: list[Any] = []
+        app = Client(
+            write_key=app_key,
+            host=node.base,
+            sync_mode=True,
+            on_error=lambda error, batch: app_errors.append((error, batch)),
+            max_retries=1,
+        )
+        reused = [f"s-{customer}-1" for customer in CUSTOMERS]  # the first source's pages
+        for customer, message_id in zip(CUSTOMERS, reused, strict=True):
+            for _ in range(2):
+                app.page(customer, name="App Home", message_id=message_id)
+            sent[customer] += 1
+        app.flush()
+        assert app_errors == []
+
         # Bad requests: each its documented 4xx, readable, and dead-lettered.
         oversize = {"userId": "x", "event": "E", "properties": {"p": "x" * 40_000}}
         wrong_type = {"userId": "x", "event": "Product Added", "properties": {"price": "1€"}}
@@ -124,7 +148,7 @@ def test_segment_sdk_events_land_exactly_once_and_rejections_are_listed(
             return list(response.json()["dead_letters"]) if response.is_success else []
 
         wait_until(lambda: event_counts() == dict(sent), timeout=60, alive=lambda: True)
-        assert event_counts() == dict(sent) == {c: 10 for c in CUSTOMERS}
+        assert event_counts() == dict(sent) == {c: 11 for c in CUSTOMERS}
         wait_until(lambda: len(dead_letters()) >= len(bad), timeout=60, alive=lambda: True)
         letters = dead_letters()
         assert len(letters) == len(bad)
@@ -147,9 +171,11 @@ def test_segment_sdk_events_land_exactly_once_and_rejections_are_listed(
     database = settings.clickhouse_database
     rows = query_chdb_folder(
         settings.chdb_path,
-        f"SELECT event_id, count() FROM {database}.events GROUP BY event_id ORDER BY event_id",
+        f"SELECT event_id, source, count() FROM {database}.events GROUP BY event_id, source",
     )
-    assert {event_id: count for event_id, count in rows} == {i: 1 for i in ids}
+    assert {(event_id, source): count for event_id, source, count in rows} == {
+        (i, "dev"): 1 for i in ids
+    } | {(i, app_source): 1 for i in reused}
     changes = query_chdb_folder(
         settings.chdb_path,
         f"SELECT customer_key, stage, count() FROM {database}.stage_changes "

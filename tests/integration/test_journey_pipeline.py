@@ -6,6 +6,7 @@ replayed after a crash, whether before or after its commit, changes nothing.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -150,6 +151,28 @@ def test_the_same_event_id_sent_twice_is_recorded_once(
 
     assert row(pipeline.stages, "dave").event_count == 2
     assert pipeline.event_log.event_count("dave") == 2
+
+
+def test_two_sources_reusing_a_messageid_are_two_events_in_every_projection(
+    settings: Settings, clickhouse: Client
+) -> None:
+    # Orders without an order id: the event itself is the order.
+    web = replace(make_event("m-1", "fay", "Order Completed", 0, revenue=5.0), source="web")
+    app = replace(web, source="app")
+    events = [web, app, web, app]
+    pipeline_for(settings, clickhouse).prepare(batch(events))  # a crash before the commit
+    pipeline = pipeline_for(settings, clickhouse)
+    pipeline.process(batch(events))
+    pipeline.process(batch([web, app], first_offset=4))  # each source re-sends later
+
+    assert (row(pipeline.stages, "fay").event_count, row(pipeline.stages, "fay").orders) == (2, 2)
+    assert pipeline.event_log.event_count("fay") == 2
+    database = settings.clickhouse_database
+    orders = clickhouse.query(
+        f"SELECT order_id, revenue FROM {database}.customer_orders FINAL "
+        "WHERE customer_key = 'fay' ORDER BY order_id"
+    ).result_rows
+    assert orders == [("app/m-1", 5.0), ("web/m-1", 5.0)]
 
 
 def test_an_undecodable_record_is_set_aside_and_the_partition_moves_on(

@@ -98,6 +98,13 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+
     def answer(self, path: str, key: str) -> int:
         if path == "/flaky":
             self.failures[key] += 1
@@ -144,10 +151,24 @@ def verify_signature(secret: str, header: str, body: bytes) -> bool:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    running = Receiver()
-    running.thread.start()
-    yield running
-    running.server.shutdown()
+    with Receiver() as running:
+        yield running
+
+
+def start_node(settings: Settings, rules: str, tmp_path: Path, **updates: Any) -> NodeProcess:
+    """A started node with ``rules`` as its rules file and ``updates`` to its settings."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(rules)
+    settings = settings.model_copy(update={"trigger_rules_file": str(rules_file), **updates})
+    ensure_topics(
+        settings.kafka_bootstrap_servers,
+        settings.all_topics,
+        settings.topic_partitions,
+        settings.topic_replication_factor,
+    )
+    node = NodeProcess(settings, settings.data_dir / "node.log")
+    node.start()
+    return node
 
 
 @pytest.fixture
@@ -216,29 +237,20 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
     tmp_path: Path,
     artifacts_dir: Path,
 ) -> None:
-    rules_file = tmp_path / "rules.toml"
-    rules_file.write_text(RULES)
     box, smtp_port = mailbox
-    settings = settings.model_copy(
-        update={
-            "trigger_rules_file": str(rules_file),
-            "trigger_grace_s": 180.0,
-            "outreach_backoff_base_s": 0.3,
-            "outreach_backoff_max_s": 2.0,
-            "outreach_retry_horizon_s": 4.0,
-            "outreach_timeout_s": 3.0,
-            "smtp_host": "127.0.0.1",
-            "smtp_port": smtp_port,
-        }
+    node = start_node(
+        settings,
+        RULES,
+        tmp_path,
+        trigger_grace_s=180.0,
+        outreach_backoff_base_s=0.3,
+        outreach_backoff_max_s=2.0,
+        outreach_retry_horizon_s=4.0,
+        outreach_timeout_s=3.0,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
     )
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.all_topics,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    node = NodeProcess(settings, settings.data_dir / "node.log")
-    node.start()
+    settings = node.settings
     try:
         # Endpoints: one through the CLI (an HTTP client of the API), two through the API.
         secrets: dict[str, str] = {}
@@ -274,7 +286,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         )
         assert refused.status_code == 400
         assert refused.json()["errors"][0]["field"] == "delay"
-        vip = {"trigger": "high_value", "conditions": {"min_lifetime_revenue": 1e9}}
+        vip = {"trigger": "high_value", "conditions": {"segment": "champions"}, "enabled": False}
         assert admin(node, "PUT", "/v1/outreach/rules/vip", json=vip).status_code == 200
         in_force = {r["id"] for r in admin(node, "GET", "/v1/outreach/rules").json()["rules"]}
         assert in_force == {"abandoned_cart", "satisfaction_survey", "win_back", "vip"}

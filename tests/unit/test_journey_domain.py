@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from events import EventType, TrackedEvent, event_type_for
 from journeys.domainmodel import CustomerJourney
 from journeys.funnels import MAX_STEPS, MIN_STEPS, Funnel, FunnelStep
 from journeys.stages import Stage, StageRules
+from journeys.touches import Touch, touch_from
 
 T0 = datetime(2024, 1, 1, 9, 0, tzinfo=UTC)
 RULES = StageRules()
@@ -404,6 +406,51 @@ def test_same_event_id_recorded_twice_counts_once() -> None:
     assert journey.product_views == 1
     assert journey.version == version
     assert journey.stage is Stage.AWARENESS
+
+
+def test_message_ids_are_unique_per_source() -> None:
+    journey = new_journey()
+    from_shop = replace(touch("Product Viewed", event_id="m-1"), source="shop")
+    from_app = replace(from_shop, source="app")
+    play(journey, from_shop, from_app)
+    assert journey.touchpoints == 2  # two sources reusing one messageId: two events
+    version = journey.version
+    play(journey, from_shop, from_app)  # each source re-sends: nothing new
+    assert (journey.touchpoints, journey.product_views, journey.version) == (2, 2, version)
+    assert set(journey.recorded_ids) == {"shop/m-1", "app/m-1"}
+
+
+def test_imported_history_counts_once_whichever_key_imports_it() -> None:
+    journey = new_journey()
+    # The importer's ids come from the shop's rows: the same order under any key.
+    imported = replace(
+        touch("Order Completed", event_id="import:order:o-1"),
+        source="k1",
+        context={"historical": True},
+    )
+    play(journey, imported, replace(imported, source="k2"))
+    assert (journey.touchpoints, journey.orders) == (1, 1)
+
+
+def test_ids_recorded_before_sources_were_kept_still_dedupe() -> None:
+    # A journey stored before ids were per source holds bare messageIds: a touch
+    # written then has no id_scope (Touch.from_dict of an old fact event).
+    journey = new_journey()
+    sent = replace(touch("Product Viewed", event_id="m-old"), source="shop")
+    stored = Touch.from_dict(
+        {k: v for k, v in touch_from(sent).to_dict().items() if k != "id_scope"}
+    )
+    assert stored.id_scope == ""
+    journey.record_touch(stored, RULES)
+    assert set(journey.recorded_ids) == {"m-old"}
+    assert journey.record(sent, RULES) == []  # the source re-sends after the upgrade
+    assert journey.touchpoints == 1
+    # ... until the old id ages out of the dedup window: it is not kept for ever.
+    later = replace(
+        touch("Product Viewed", event_id="m-new", at=timedelta(hours=25)), source="shop"
+    )
+    journey.record(later, RULES)
+    assert set(journey.recorded_ids) == {"shop/m-new"}
 
 
 def test_redelivered_order_is_not_a_second_order() -> None:

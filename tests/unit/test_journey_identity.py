@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -119,6 +120,22 @@ def test_later_anonymous_events_are_forwarded_and_counted_once(app: JourneyAppli
     assert known.touchpoints == 3
     assert known.stage is Stage.CONSIDERATION
     assert app.journey("anon:a2").touchpoints == 1  # type: ignore[union-attr]
+
+
+def test_a_messageid_reused_by_two_sources_survives_the_merge(app: JourneyApplication) -> None:
+    web = replace(event("Product Viewed", 0, anon="a3"), event_id="m-1", source="web")
+    deliver(app, web, replace(web, source="app"))
+    (link,) = deliver(app, event("Identify", 1, user="w", anon="a3", call_type="identify")).forwards
+    (bundle,) = deliver(app, link).forwards
+    late = replace(event("Product Added", 2, anon="a3"), event_id="m-2", source="web")
+    forwards = deliver(app, late, replace(late, source="app")).forwards
+    assert [(f.customer_key, f.source) for f in forwards] == [("w", "web"), ("w", "app")]
+    for _ in range(2):  # every message delivered twice, as after a crash
+        deliver(app, bundle, *forwards)
+    known = app.journey("w")
+    assert known is not None
+    # identify + two views + two adds: per source, each once.
+    assert known.touchpoints == 5
 
 
 def test_two_devices_merge_into_one_journey(app: JourneyApplication) -> None:

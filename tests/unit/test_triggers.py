@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -166,7 +167,7 @@ def test_lifecycle_rules_start_their_clocks() -> None:
                 {"id": "again", "trigger": "repurchase", "delay": 0},
                 {"id": "winback", "trigger": "win_back", "delay": "60d"},
                 {"id": "bday", "trigger": "birthday", "conditions": {"local_hour": 9}},
-                {"id": "vip", "trigger": "high_value", "conditions": {"min_lifetime_revenue": 100}},
+                {"id": "vip", "trigger": "high_value", "conditions": {"segment": "champions"}},
             ]
         }
     )
@@ -180,11 +181,13 @@ def test_lifecycle_rules_start_their_clocks() -> None:
         touch(3, "Order Completed", 10 * day, revenue=60),
         touch(4, "Ticket Created", 10 * day, ticket_id="t1"),
     )
+    assert engine.observe_segment(facts, "champions")
+    timers = engine.plan(facts)
     by_rule = {t.rule_id: t for t in timers}
     assert by_rule["review"].due_at == T0 + timedelta(days=17)
     assert by_rule["again"].due_at == T0 + timedelta(days=20)  # one 10-day purchase cycle on
     assert by_rule["escalate"].due_at == T0 + timedelta(days=10, hours=48)
-    assert by_rule["vip"].anchor == T0 + timedelta(days=10)  # revenue crossed 100 here
+    assert by_rule["vip"].anchor == T0 + timedelta(days=10)  # the order that made a champion
     # 09:00 in Tokyo on 5 March 2026 is 00:00 UTC.
     assert by_rule["bday"].due_at == datetime(2026, 3, 5, 0, 0, tzinfo=UTC)
     assert "survey" not in by_rule and "winback" not in by_rule
@@ -246,3 +249,112 @@ def test_shipped_rules_file_parses() -> None:
         "birthday",
         "high_value",
     }
+
+
+def test_facts_count_a_messageid_once_per_source() -> None:
+    facts = CustomerFacts("c1")
+    added = replace(touch(1, "Product Added", 0, product_id="p1", price=2), source="web")
+    other = replace(touch(1, "Product Added", 1, product_id="p2", price=3), source="app")
+    assert [facts.observe(t) for t in (added, other, added, other)] == [True, True, False, False]
+    assert sorted(facts.cart) == ["p1", "p2"]
+    # Facts stored before ids were kept per source hold bare ids: still a re-send.
+    stored = CustomerFacts.from_dict({**CustomerFacts("c1").to_dict(), "recent_ids": ["e1"]})
+    assert stored.observe(added) is False
+
+
+VIP = TriggerRule(
+    id="vip",
+    trigger="high_value",
+    delay=timedelta(0),
+    frequency_cap=timedelta(days=365),
+    conditions={"segment": "champions"},
+)
+
+
+def test_entering_the_top_segment_fires_once_stamped_by_the_order_that_earned_it() -> None:
+    engine, facts = TriggerEngine([VIP], GRACE), CustomerFacts("c1")
+    feed(engine, facts, touch(1, "Order Completed", 0, revenue=50))
+    assert engine.observe_segment(facts, "loyal") and engine.plan(facts) == []
+    feed(engine, facts, touch(2, "Order Completed", 30, revenue=70))
+    assert engine.observe_segment(facts, "champions")
+    assert not engine.observe_segment(facts, "champions")  # still there: nothing new
+    vip = only(engine.plan(facts), "vip")
+    assert vip.anchor == vip.due_at == T0 + timedelta(minutes=30)
+    decision = engine.decide(facts, vip, vip.fire_at + timedelta(seconds=1))
+    assert decision.outcome == "fired" and decision.fired is not None
+    assert decision.fired.data == {
+        "orders": 2,
+        "lifetime_revenue": 120.0,
+        "last_order_at": (T0 + timedelta(minutes=30)).isoformat(),
+        "segment": "champions",
+    }
+    assert engine.plan(facts) == []
+    # Out and back in on a later order: a new clock, held back by the frequency cap.
+    engine.observe_segment(facts, "loyal")
+    feed(engine, facts, touch(3, "Order Completed", 60, revenue=10))
+    engine.observe_segment(facts, "champions")
+    again = only(engine.plan(facts), "vip")
+    assert engine.decide(facts, again, again.fire_at).outcome == "capped"
+    # Out and back in with no new order: the same clock, already settled.
+    engine.observe_segment(facts, "at_risk")
+    engine.observe_segment(facts, "champions")
+    assert engine.plan(facts) == []
+
+
+def test_entering_the_top_segment_by_old_or_imported_orders_never_fires() -> None:
+    engine = TriggerEngine([VIP], GRACE)
+    imported = CustomerFacts("c1")
+    old_order = touch(1, "Order Completed", 0, context={"historical": True}, revenue=900)
+    feed(engine, imported, old_order)
+    engine.observe_segment(imported, "champions")
+    assert engine.plan(imported) == []
+    assert imported.settled["vip"][0]["outcome"] == "historical"
+    # Earned by an order stamped long before the scan saw it (a replay): expires.
+    replayed = CustomerFacts("c2")
+    feed(engine, replayed, touch(2, "Order Completed", 0, revenue=900))
+    engine.observe_segment(replayed, "champions")
+    vip = only(engine.plan(replayed), "vip")
+    assert engine.decide(replayed, vip, T0 + timedelta(days=3)).outcome == "expired"
+    assert engine.plan(replayed) == []
+
+
+def test_rule_segments_are_the_read_sides_segments() -> None:
+    from journeys.outreach_rules import RFM_SEGMENTS
+    from projections.analytics.reports import SEGMENTS, segment
+
+    assert {name for name, *_ in SEGMENTS} | {segment(0, 0)} == RFM_SEGMENTS
+
+
+def test_a_stage_reached_on_imported_events_starts_no_win_back() -> None:
+    winback = TriggerRule(
+        id="winback", trigger="win_back", delay=timedelta(days=60), conditions={"stage": "loyalty"}
+    )
+    engine, facts = TriggerEngine([winback], GRACE), CustomerFacts("c1")
+    imported = {"historical": True}
+    feed(
+        engine,
+        facts,
+        touch(1, "Order Completed", 0, context=imported, revenue=10),
+        touch(2, "Order Completed", 60, context=imported, revenue=10),
+    )
+    # The journey worker's stage change for the import comes after the events.
+    engine.observe_stage(facts, "loyalty", T0 + timedelta(minutes=60))
+    assert engine.plan(facts) == []
+    assert facts.settled["winback"][0]["outcome"] == "historical"
+    # Live activity afterwards starts a live clock.
+    timers = feed(engine, facts, touch(3, "Product Viewed", 90))
+    assert only(timers, "winback").due_at == T0 + timedelta(days=60, minutes=90)
+
+
+def test_a_welcome_stays_fired_across_a_restart() -> None:
+    engine, facts = TriggerEngine([VIP], GRACE), CustomerFacts("c1")
+    feed(engine, facts, touch(1, "Order Completed", 0, revenue=500))
+    engine.observe_segment(facts, "champions")
+    vip = only(engine.plan(facts), "vip")
+    assert engine.decide(facts, vip, vip.fire_at).outcome == "fired"
+    # A restarted worker loads the stored facts and scans the same segment again.
+    restarted = CustomerFacts.from_dict(json.loads(json.dumps(facts.to_dict())))
+    assert not engine.observe_segment(restarted, "champions")
+    assert engine.plan(restarted) == []
+    # The timer it may still hold from before the crash decides nothing twice.
+    assert engine.decide(restarted, vip, vip.fire_at).outcome == "cancelled"

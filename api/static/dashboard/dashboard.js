@@ -5,7 +5,15 @@
 const KEY_STORE = "journeys.readKey";
 const EVENT_TYPES = ["browse", "cart", "checkout", "purchase", "support", "identify", "custom"];
 const DEFAULT_STEPS = ["browse", "cart", "checkout", "purchase"];
-let funnelChart = null;
+const STAGE_COLOURS = {
+  awareness: "#8fb3f5", consideration: "#2f6fed", purchase: "#1f8a4c", service: "#e0a526",
+  loyalty: "#8e44ad", lapsed: "#9aa3b2", merged: "#cfd5df",
+};
+const PALETTE = ["#2f6fed", "#1f8a4c", "#e0a526", "#8e44ad", "#c2352b", "#17a2b8", "#9aa3b2", "#5b6475"];
+// Stage flow over time: how far back, and how many bars.
+const FLOW_SPANS = { hour: [3600, 12], day: [86400, 12], month: [30 * 86400, 15] };
+const PANEL_REFRESH_MS = 10000;
+const charts = {};
 
 class Unauthorized extends Error {}
 
@@ -17,17 +25,63 @@ async function api(path, options = {}) {
   });
   if (response.status === 401) throw new Unauthorized("this key is not a valid read key");
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.message || `${response.status} ${response.statusText}`);
+  if (!response.ok) throw new Error(body.message || body.detail || `${response.status} ${response.statusText}`);
   return body;
 }
+
+// --- small helpers ------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+const percent = (value) => (value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`);
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return `${seconds.toFixed(0)} s`;
+  if (seconds < 3600) return `${(seconds / 60).toFixed(1)} min`;
+  if (seconds < 86400) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86400).toFixed(1)} d`;
+}
+
+// A table row from [text, numeric?] cells.
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const [text, numeric] of cells) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    if (numeric) cell.className = "num";
+    tr.append(cell);
+  }
+  return tr;
+}
+
+function fillTable(id, rows) {
+  document.querySelector(`#${id} tbody`).replaceChildren(...rows);
+}
+
+// Draw a Chart.js chart on the canvas ``id``, or give the existing one new data.
+function draw(id, type, data, options = {}) {
+  if (charts[id]) {
+    charts[id].data = data;
+    charts[id].update();
+    return;
+  }
+  charts[id] = new Chart($(id), {
+    type,
+    data,
+    options: { maintainAspectRatio: false, animation: false, ...options },
+  });
+}
+
+const countAxes = { y: { beginAtZero: true, ticks: { precision: 0 } } };
 
 // --- the key ---------------------------------------------------------------------
 
 function askForKey(message = "") {
-  document.getElementById("content").hidden = true;
-  document.getElementById("sign-out").hidden = true;
-  document.getElementById("key-error").textContent = message;
-  const dialog = document.getElementById("key-dialog");
+  $("content").hidden = true;
+  $("sign-out").hidden = true;
+  $("key-error").textContent = message;
+  const dialog = $("key-dialog");
   if (!dialog.open) dialog.showModal();
 }
 
@@ -40,16 +94,28 @@ async function tryKey(key) {
     askForKey(error instanceof Unauthorized ? "That key was refused: check the read key." : error.message);
     return;
   }
-  document.getElementById("key-dialog").close();
-  document.getElementById("content").hidden = false;
-  document.getElementById("sign-out").hidden = false;
+  $("key-dialog").close();
+  $("content").hidden = false;
+  $("sign-out").hidden = false;
   refreshLive();
   runFunnel();
+  runRetention();
+  refreshPanels();
 }
 
 function handle(error, where) {
   if (error instanceof Unauthorized) askForKey("The key is no longer accepted.");
-  else document.getElementById(where).textContent = error.message;
+  else $(where).textContent = error.message;
+}
+
+// Run ``work``; its error goes to the element ``where`` (cleared first).
+async function guarded(where, work) {
+  $(where).textContent = "";
+  try {
+    await work();
+  } catch (error) {
+    handle(error, where);
+  }
 }
 
 // --- live counters -------------------------------------------------------------------
@@ -57,20 +123,28 @@ function handle(error, where) {
 async function refreshLive() {
   try {
     const health = await fetch("/health").then((r) => r.json());
-    const pill = document.getElementById("live-health");
+    const pill = $("live-health");
     pill.textContent = health.status;
     pill.className = `pill ${health.status}`;
     if (!sessionStorage.getItem(KEY_STORE)) return;
     const stats = await api("/v1/stats");
-    document.getElementById("live-rate").textContent = stats.events_per_second.toFixed(1);
-    document.getElementById("live-minute").textContent = stats.events_last_minute.toLocaleString();
-    document.getElementById("live-lag").textContent = stats.worker_lag ?? "–";
+    $("live-rate").textContent = stats.events_per_second.toFixed(1);
+    $("live-minute").textContent = stats.events_last_minute.toLocaleString();
+    $("live-lag").textContent = stats.worker_lag ?? "–";
+    $("live-dead").textContent = stats.dead_letters ?? "–";
   } catch (error) {
     if (error instanceof Unauthorized) askForKey("The key is no longer accepted.");
   }
 }
 
 // --- funnel ----------------------------------------------------------------------------
+
+// Fill ``choice`` (a select) with the canonical event types, ``value`` chosen.
+function eventTypeChoice(choice, value) {
+  for (const type of EVENT_TYPES) choice.add(new Option(type, type));
+  choice.value = value;
+  return choice;
+}
 
 function stepRow(value) {
   const item = document.createElement("li");
@@ -79,15 +153,15 @@ function stepRow(value) {
   for (const [v, label] of [["event_type", "event type"], ["event", "event name"]]) {
     kind.add(new Option(label, v));
   }
-  const typeChoice = document.createElement("select");
+  const typeChoice = eventTypeChoice(document.createElement("select"), EVENT_TYPES.includes(value) ? value : "browse");
   typeChoice.className = "step-type";
-  for (const type of EVENT_TYPES) typeChoice.add(new Option(type, type));
   const nameInput = document.createElement("input");
   nameInput.className = "step-name";
   nameInput.placeholder = "e.g. Order Completed";
   nameInput.hidden = true;
-  if (EVENT_TYPES.includes(value)) typeChoice.value = value;
-  else { kind.value = "event"; nameInput.value = value; nameInput.hidden = false; typeChoice.hidden = true; }
+  if (!EVENT_TYPES.includes(value)) {
+    kind.value = "event"; nameInput.value = value; nameInput.hidden = false; typeChoice.hidden = true;
+  }
   kind.addEventListener("change", () => {
     nameInput.hidden = kind.value !== "event";
     typeChoice.hidden = kind.value === "event";
@@ -101,105 +175,288 @@ function stepRow(value) {
   return item;
 }
 
+// A date input as an ISO instant: its day's start, or (``after``) the next day's start.
+function dayBoundary(id, after = false) {
+  const value = $(id).value;
+  if (!value) return undefined;
+  const day = new Date(`${value}T00:00:00Z`);
+  if (after) day.setUTCDate(day.getUTCDate() + 1);
+  return day.toISOString();
+}
+
 function funnelRequest() {
   const steps = [...document.querySelectorAll("#funnel-steps li")].map((item) =>
     item.querySelector(".step-kind").value === "event"
       ? { event: item.querySelector(".step-name").value.trim() }
       : { event_type: item.querySelector(".step-type").value });
-  const window = Number(document.getElementById("funnel-window").value);
-  const unit = Number(document.getElementById("funnel-window-unit").value);
-  return { steps, window_seconds: window * unit };
+  const window = Number($("funnel-window").value);
+  const unit = Number($("funnel-window-unit").value);
+  return { steps, window_seconds: window * unit, start: dayBoundary("funnel-start"), end: dayBoundary("funnel-end", true) };
 }
 
 async function runFunnel(event) {
   if (event) event.preventDefault();
-  document.getElementById("funnel-error").textContent = "";
-  let result;
-  try {
-    result = await api("/v1/funnels", { method: "POST", body: JSON.stringify(funnelRequest()) });
-  } catch (error) {
-    handle(error, "funnel-error");
-    return;
-  }
-  const body = document.querySelector("#funnel-table tbody");
-  body.replaceChildren(...result.steps.map((step) => {
-    const row = document.createElement("tr");
-    const percent = (value) => (value === null ? "–" : `${(value * 100).toFixed(1)}%`);
-    for (const [text, numeric] of [[step.step, false], [step.customers.toLocaleString(), true],
-                                   [percent(step.conversion_from_previous), true],
-                                   [percent(step.conversion_from_first), true]]) {
-      const cell = document.createElement("td");
-      cell.textContent = text;
-      if (numeric) cell.className = "num";
-      row.append(cell);
-    }
-    return row;
-  }));
-  const data = {
-    labels: result.steps.map((step) => step.step),
-    datasets: [{ label: "customers", data: result.steps.map((step) => step.customers), backgroundColor: "#2f6fed" }],
-  };
-  if (funnelChart) {
-    funnelChart.data = data;
-    funnelChart.update();
-  } else {
-    funnelChart = new Chart(document.getElementById("funnel-chart"), {
-      type: "bar",
-      data,
-      options: { maintainAspectRatio: false, animation: false, plugins: { legend: { display: false } },
-                 scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } },
+  await guarded("funnel-error", async () => {
+    const result = await api("/v1/funnels", { method: "POST", body: JSON.stringify(funnelRequest()) });
+    fillTable("funnel-table", result.steps.map((step) => row([
+      [step.step, false], [step.customers.toLocaleString(), true],
+      [percent(step.conversion_from_previous), true], [percent(step.conversion_from_first), true],
+      [duration(step.median_seconds), true], [duration(step.p90_seconds), true],
+    ])));
+    draw("funnel-chart", "bar", {
+      labels: result.steps.map((step) => step.step),
+      datasets: [{ label: "customers", data: result.steps.map((step) => step.customers), backgroundColor: "#2f6fed" }],
+    }, { plugins: { legend: { display: false } }, scales: countAxes });
+  });
+}
+
+// --- stages ------------------------------------------------------------------------------
+
+async function refreshStages() {
+  await guarded("stages-error", async () => {
+    const [now, reached] = await Promise.all([api("/v1/stages"), api("/v1/funnels/stages")]);
+    const names = Object.keys(now.stages);
+    fillTable("stages-table", names.map((stage) => row([[stage, false], [now.stages[stage].toLocaleString(), true]])));
+    draw("stages-chart", "bar", {
+      labels: names,
+      datasets: [{ label: "customers", data: names.map((s) => now.stages[s]),
+                   backgroundColor: names.map((s) => STAGE_COLOURS[s] || "#9aa3b2") }],
+    }, { plugins: { legend: { display: false } }, scales: countAxes });
+    fillTable("stage-funnel-table", reached.stages.map((s) => row([
+      [s.stage, false], [s.customers.toLocaleString(), true], [percent(s.conversion_from_previous), true],
+    ])));
+  });
+}
+
+function flowQuery(start, end) {
+  return api(`/v1/stage-flow?start=${encodeURIComponent(start.toISOString())}&end=${encodeURIComponent(end.toISOString())}`);
+}
+
+async function refreshFlow() {
+  await guarded("flow-error", async () => {
+    const [seconds, bars] = FLOW_SPANS[$("flow-span").value];
+    const end = new Date();
+    const start = new Date(end.getTime() - seconds * 1000);
+    const step = (seconds * 1000) / bars;
+    const edges = Array.from({ length: bars }, (_, i) => new Date(start.getTime() + i * step));
+    const [whole, ...buckets] = await Promise.all([
+      flowQuery(start, end),
+      ...edges.map((from) => flowQuery(from, new Date(from.getTime() + step))),
+    ]);
+    fillTable("flow-table", whole.transitions.map((t) => row([
+      [t.from ?? "(new)", false], [t.to, false], [t.customers.toLocaleString(), true],
+    ])));
+    // One stacked series per stage reached: customers who entered it in each bar.
+    const reached = [...new Set(whole.transitions.map((t) => t.to))];
+    const datasets = reached.map((stage) => ({
+      label: stage,
+      backgroundColor: STAGE_COLOURS[stage] || "#9aa3b2",
+      data: buckets.map((b) => b.transitions.filter((t) => t.to === stage).reduce((n, t) => n + t.customers, 0)),
+    }));
+    const label = seconds > 86400 ? (d) => d.toLocaleDateString() : (d) => d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    draw("flow-chart", "bar", { labels: edges.map(label), datasets },
+         { scales: { x: { stacked: true }, y: { ...countAxes.y, stacked: true } } });
+  });
+}
+
+// --- retention ------------------------------------------------------------------------------
+
+async function runRetention(event) {
+  if (event) event.preventDefault();
+  await guarded("retention-error", async () => {
+    const periods = Number($("retention-periods").value);
+    const result = await api("/v1/retention", {
+      method: "POST",
+      body: JSON.stringify({
+        start_event: { event_type: $("retention-start").value },
+        return_event: { event_type: $("retention-return").value },
+        period: $("retention-period").value,
+        periods,
+      }),
     });
+    const head = document.createElement("tr");
+    for (const text of ["Cohort", "Customers", ...Array.from({ length: periods }, (_, i) => `${result.period} ${i + 1}`)]) {
+      const th = document.createElement("th");
+      th.textContent = text;
+      head.append(th);
+    }
+    document.querySelector("#retention-table thead").replaceChildren(head);
+    fillTable("retention-table", result.cohorts.map((cohort) => {
+      const tr = row([[cohort.cohort, false], [cohort.size.toLocaleString(), true]]);
+      cohort.rates.forEach((rate, i) => {
+        const cell = document.createElement("td");
+        cell.className = "num";
+        cell.textContent = percent(rate);
+        cell.title = `${cohort.retained[i]} of ${cohort.size}`;
+        cell.dataset.retained = cohort.retained[i];
+        // Heat: the share that came back, as the cell's shade.
+        cell.style.background = `rgba(47, 111, 237, ${(0.08 + rate * 0.92).toFixed(3)})`;
+        if (rate > 0.55) cell.style.color = "#fff";
+        tr.append(cell);
+      });
+      return tr;
+    }));
+  });
+}
+
+// --- RFM ---------------------------------------------------------------------------------------
+
+async function refreshRfm() {
+  await guarded("rfm-error", async () => {
+    const result = await api("/v1/rfm?limit=1");
+    $("rfm-customers").textContent = result.customers.toLocaleString();
+    const segments = Object.entries(result.segments).sort((a, b) => b[1] - a[1]);
+    draw("rfm-chart", "bar", {
+      labels: segments.map(([name]) => name.replaceAll("_", " ")),
+      datasets: [{ label: "customers", data: segments.map(([, n]) => n),
+                   backgroundColor: segments.map((_, i) => PALETTE[i % PALETTE.length]) }],
+    }, { indexAxis: "y", plugins: { legend: { display: false } },
+         scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } });
+    fillTable("rfm-tiers", Object.entries(result.tiers).map(([tier, n]) => row([
+      [tier.replaceAll("_", " "), false], [n.toLocaleString(), true],
+    ])));
+  });
+}
+
+// --- triggers ------------------------------------------------------------------------------------
+
+function deliveryPills(trigger) {
+  const cell = document.createElement("td");
+  for (const d of trigger.deliveries) {
+    const pill = document.createElement("span");
+    pill.className = `pill delivery ${d.state}`;
+    pill.dataset.state = d.state;
+    pill.textContent = `${d.channel}: ${d.state}`;
+    if (d.last_error) pill.title = d.last_error;
+    cell.append(pill);
   }
+  if (!trigger.deliveries.length) cell.textContent = "no channel";
+  return cell;
+}
+
+async function refreshTriggers() {
+  await guarded("triggers-error", async () => {
+    const result = await api("/v1/triggers?limit=50");
+    fillTable("triggers-table", result.triggers.map((trigger) => {
+      const tr = row([[when(trigger.fired_at), false], [trigger.rule, false]]);
+      tr.dataset.triggerId = trigger.trigger_id;
+      const who = document.createElement("td");
+      const link = document.createElement("a");
+      link.href = "#customer";
+      link.textContent = trigger.customer_id;
+      link.addEventListener("click", () => { $("customer-id").value = trigger.customer_id; showCustomer(); });
+      who.append(link);
+      tr.append(who, deliveryPills(trigger));
+      return tr;
+    }));
+  });
 }
 
 // --- customer ----------------------------------------------------------------------------
 
-async function showCustomer(event) {
-  event.preventDefault();
-  const card = document.getElementById("customer-card");
-  document.getElementById("customer-error").textContent = "";
-  card.hidden = true;
-  const id = document.getElementById("customer-id").value.trim();
-  let customer;
-  try {
-    customer = await api(`/v1/customers/${encodeURIComponent(id)}`);
-  } catch (error) {
-    handle(error, "customer-error");
-    return;
+function timelineItem(kind, at, title, detail) {
+  const item = document.createElement("li");
+  item.dataset.kind = kind;
+  const time = document.createElement("time");
+  time.dateTime = at;
+  time.textContent = when(at);
+  const what = document.createElement("b");
+  what.textContent = title;
+  item.append(time, what);
+  if (detail) {
+    const more = document.createElement("span");
+    more.textContent = detail;
+    item.append(more);
   }
-  const fields = [["Customer", customer.customer_id], ["Stage", customer.stage],
-                  ["Since", new Date(customer.stage_since).toLocaleString()],
-                  ["Events", customer.event_count], ["Orders", customer.orders],
-                  ["First seen", new Date(customer.first_seen).toLocaleString()],
-                  ["Last seen", new Date(customer.last_seen).toLocaleString()]];
-  card.replaceChildren(...fields.flatMap(([label, value]) => {
-    const term = document.createElement("dt");
-    term.textContent = label;
-    const detail = document.createElement("dd");
-    detail.textContent = value;
-    detail.dataset.field = label.toLowerCase().replace(" ", "_");
-    return [term, detail];
-  }));
-  card.hidden = false;
+  return item;
+}
+
+// A journey entry as [kind, title, detail]: an event, a stage change, or an identity fact.
+function describe(entry) {
+  if (entry.type === "StageReached") return ["stage", `stage: ${entry.stage}`, entry.reason];
+  if (entry.event_name) {
+    const extra = [entry.category, entry.order_id, entry.revenue !== undefined ? `$${entry.revenue}` : null]
+      .filter(Boolean).join(" · ");
+    return ["event", entry.event_name, extra];
+  }
+  const detail = entry.anonymous_key || entry.customer_key || "";
+  return ["identity", entry.type.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase(), detail];
+}
+
+async function showCustomer(event) {
+  if (event) event.preventDefault();
+  const card = $("customer-card");
+  const timeline = $("customer-timeline");
+  card.hidden = true;
+  timeline.hidden = true;
+  const id = $("customer-id").value.trim();
+  await guarded("customer-error", async () => {
+    const path = `/v1/customers/${encodeURIComponent(id)}`;
+    const customer = await api(path);
+    const [journey, triggers] = await Promise.all([
+      api(`${path}/journey`),
+      api(`/v1/triggers?limit=100&customer_id=${encodeURIComponent(customer.customer_id)}`),
+    ]);
+    const fields = [["Customer", customer.customer_id], ["Stage", customer.stage],
+                    ["Since", when(customer.stage_since)],
+                    ["Events", customer.event_count], ["Orders", customer.orders],
+                    ["First seen", when(customer.first_seen)],
+                    ["Last seen", when(customer.last_seen)],
+                    ["RFM segment", customer.profile?.rfm?.segment?.replaceAll("_", " ") ?? "–"]];
+    card.replaceChildren(...fields.flatMap(([label, value]) => {
+      const term = document.createElement("dt");
+      term.textContent = label;
+      const detail = document.createElement("dd");
+      detail.textContent = value;
+      detail.dataset.field = label.toLowerCase().replace(" ", "_");
+      return [term, detail];
+    }));
+    const items = journey.entries.map((entry) => {
+      const [kind, title, detail] = describe(entry);
+      return [entry.at, timelineItem(kind, entry.at, title, detail)];
+    });
+    for (const trigger of triggers.triggers) {
+      const states = trigger.deliveries.map((d) => `${d.channel}: ${d.state}`).join(", ");
+      items.push([trigger.fired_at, timelineItem("trigger", trigger.fired_at, `trigger: ${trigger.rule}`, states)]);
+    }
+    // Stable sort: the journey's own order is kept among equal times.
+    items.sort((a, b) => new Date(a[0]) - new Date(b[0]));
+    timeline.replaceChildren(...items.map(([, item]) => item));
+    card.hidden = false;
+    timeline.hidden = false;
+  });
 }
 
 // --- start ---------------------------------------------------------------------------------
 
+function refreshPanels() {
+  if (!sessionStorage.getItem(KEY_STORE) || $("content").hidden) return;
+  refreshStages();
+  refreshFlow();
+  refreshRfm();
+  refreshTriggers();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  const steps = document.getElementById("funnel-steps");
+  const steps = $("funnel-steps");
   for (const step of DEFAULT_STEPS) steps.append(stepRow(step));
-  document.getElementById("add-step").addEventListener("click", () => steps.append(stepRow("purchase")));
-  document.getElementById("funnel-form").addEventListener("submit", runFunnel);
-  document.getElementById("customer-form").addEventListener("submit", showCustomer);
-  document.getElementById("key-form").addEventListener("submit", (event) => {
+  eventTypeChoice($("retention-start"), "browse");
+  eventTypeChoice($("retention-return"), "browse");
+  $("add-step").addEventListener("click", () => steps.append(stepRow("purchase")));
+  $("funnel-form").addEventListener("submit", runFunnel);
+  $("retention-form").addEventListener("submit", runRetention);
+  $("flow-span").addEventListener("change", refreshFlow);
+  $("customer-form").addEventListener("submit", showCustomer);
+  $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    tryKey(document.getElementById("key-input").value.trim());
+    tryKey($("key-input").value.trim());
   });
-  document.getElementById("sign-out").addEventListener("click", () => {
+  $("sign-out").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORE);
     askForKey();
   });
   setInterval(refreshLive, 2000);
+  setInterval(refreshPanels, PANEL_REFRESH_MS);
   const key = sessionStorage.getItem(KEY_STORE);
   if (key) tryKey(key); else askForKey();
   refreshLive();

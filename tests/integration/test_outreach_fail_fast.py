@@ -1,0 +1,85 @@
+"""A failing batch in an outreach agent stops the worker; after a restart nothing was skipped.
+
+The failure is a real one of the database: a SQLite trigger refuses to store
+one customer's trigger facts, so the trigger agent's batch (and the stage
+agent's) raises. Were the agent restarted in-process, it would go on with
+later offsets and save positions past the refused events, and that
+customer's cart would never fire. Instead the node exits; once the database
+accepts again, the restarted node re-reads the batch and fires exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stack.processes import wait_until
+from stack.settings import Settings
+from tests.integration.test_outreach_triggers import Receiver, add_to_cart, admin, start_node
+
+pytestmark = pytest.mark.integration
+
+RULES = """
+[[rule]]
+id = "abandoned_cart"
+trigger = "abandoned_cart"
+delay = "2s"
+frequency_cap = "24h"
+exit = ["Order Completed"]
+"""
+POISON = (
+    "CREATE TRIGGER refuse_poison BEFORE INSERT ON trigger_customers "
+    "WHEN NEW.customer_key = 'c-poison' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+)
+
+
+@pytest.fixture
+def fail_fast_receiver() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+def _execute(settings: Settings, sql: str) -> None:
+    with sqlite3.connect(settings.sqlite_path, timeout=30) as connection:
+        connection.execute(sql)
+
+
+def test_a_failing_trigger_batch_stops_the_worker_and_is_redone_after_restart(
+    settings: Settings, fail_fast_receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver = fail_fast_receiver
+    node = start_node(settings, RULES, tmp_path, trigger_grace_s=600.0)
+    settings = node.settings
+    try:
+        hook = {"url": f"{receiver.base}/ok"}
+        assert admin(node, "POST", "/v1/outreach/webhooks", json=hook).status_code == 201
+        _execute(settings, POISON)
+        add_to_cart(node, "c-poison", 1)
+        process = node.process
+        assert process is not None
+        assert wait_until(lambda: process.poll() is not None, 60, alive=lambda: True), (
+            "the worker went on after a failed trigger batch"
+        )
+        assert "triggers batch failed; stopping the worker" in node.log_path.read_text()
+        assert not receiver.seen("/ok", "c-poison")
+
+        # The database accepts again: the restarted worker redoes the batch, fires once.
+        _execute(settings, "DROP TRIGGER refuse_poison")
+        node.start()
+        assert wait_until(
+            lambda: bool(receiver.seen("/ok", "c-poison", 200)),
+            timeout=60,
+            alive=lambda: True,
+            interval=0.2,
+        ), node.log_tail()
+        time.sleep(3)  # room for a double, were there one
+        [accepted] = receiver.seen("/ok", "c-poison")
+        payload = json.loads(accepted["body"])
+        assert payload["rule"] == "abandoned_cart" and payload["data"]["value"] == 40.0
+    finally:
+        node.stop()

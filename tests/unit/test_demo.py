@@ -1,0 +1,55 @@
+"""What `journeys up --demo` changes, and what it leaves alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from simulation.webhook_inbox import WebhookInbox
+from stack import demo
+from stack.outreach import declared_rules
+from stack.settings import Settings
+
+
+@pytest.fixture
+def inbox() -> Iterator[WebhookInbox]:
+    receiver = WebhookInbox()
+    yield receiver
+    receiver.close()
+
+
+def test_the_demo_fires_abandoned_carts_within_seconds(tmp_path: Path) -> None:
+    rules = {r.id: r for r in declared_rules(demo.demo_settings(Settings(data_dir=tmp_path)))}
+    assert rules["abandoned_cart"].delay == timedelta(seconds=15)
+    assert set(rules["abandoned_cart"].channels) == {"webhook", "email"}
+
+
+def test_production_keeps_the_shipped_rules(tmp_path: Path) -> None:
+    shipped = {r.id: r for r in declared_rules(Settings(data_dir=tmp_path))}
+    assert shipped["abandoned_cart"].delay == timedelta(hours=1)
+
+
+def test_a_configured_rules_file_wins_over_the_demo_rules(tmp_path: Path) -> None:
+    configured = Settings(data_dir=tmp_path, trigger_rules_file=str(tmp_path / "mine.toml"))
+    assert demo.demo_settings(configured).trigger_rules_file == str(tmp_path / "mine.toml")
+
+
+def test_the_webhook_inbox_keeps_what_it_is_sent(inbox: WebhookInbox) -> None:
+    answer = httpx.post(inbox.url, json={"trigger_id": "t-1", "rule": "abandoned_cart"})
+    assert answer.status_code == 204
+    assert inbox.received == [{"trigger_id": "t-1", "rule": "abandoned_cart"}]
+
+
+def test_the_demo_history_is_a_month_of_imported_calls_before_now() -> None:
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    calls = list(demo.history_calls(seed=3, shoppers=50, days=30, now=now))
+    stamps = [datetime.fromisoformat(call["timestamp"]) for call in calls]
+    assert calls and all(call["context"]["historical"] is True for call in calls)
+    assert all(now - timedelta(days=30) <= stamp <= now for stamp in stamps)
+    # Spread over the month, so retention has cohorts: more than three distinct weeks.
+    assert len({stamp.isocalendar()[1] for stamp in stamps}) > 3
+    assert any(call.get("event") == "Order Completed" for call in calls)
