@@ -66,6 +66,9 @@ class JourneyUpdate:
     # Messages for the events topic, keyed by their customer_key.
     forwards: list[TrackedEvent] = field(default_factory=list)
     refusals: list[MergeRefusal] = field(default_factory=list)
+    # (anonymous key, customer key) of each merge this batch made: the event log
+    # moves the anonymous rows to the customer (projections.event_log).
+    merges: list[tuple[str, str]] = field(default_factory=list)
     # New orders and their customer, for the orders projection.
     orders: list[tuple[str, Touch]] = field(default_factory=list)
     # Journeys of earlier, uncommitted updates of the same batch (see record()).
@@ -190,6 +193,7 @@ class JourneyApplication(Application[UUID]):
         if outcome != "merged":
             return
         update.stage_changes.extend(changes)
+        update.merges.append((journey.customer_key, into))
         facts = [t.to_dict() for t in self.touches_of(journey)]
         update.forwards.append(
             TrackedEvent(

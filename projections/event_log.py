@@ -139,6 +139,54 @@ class EventLog:
             )
         self._client.insert(f"{self._db}.events", rows, column_names=_EVENT_COLUMNS)
 
+    def merge_identities(self, merges: Sequence[tuple[str, str]]) -> None:
+        """Move each anonymous key's events to the customer it merged into: one person.
+
+        ``merges`` holds (anonymous key, customer key) pairs, as the journeys
+        decide them. The anonymous rows are copied under the customer (the
+        materialized views append them to the customer's per-customer arrays)
+        and deleted from ``events``; the anonymous key's arrays are marked
+        merged, and the funnels skip them. Repeating it is harmless: the
+        copies collapse under ``FINAL`` onto the first ones (the sort key
+        holds the customer, time, event id and source), the arrays gain
+        copies no funnel answer depends on (see analytics/funnels.py), and
+        once the anonymous rows are gone there is nothing left to move. Only
+        the anonymous key's own worker writes rows under that key, and it
+        calls this after logging its batch, so no anonymous row arrives later
+        (events for a merged key are forwarded to the customer).
+        """
+        if not merges:
+            return
+        params = {"anon": [a for a, _ in merges], "into": [c for _, c in merges]}
+        columns = ", ".join(_EVENT_COLUMNS)
+        moved = ", ".join(
+            "transform(customer_key, {anon:Array(String)}, {into:Array(String)}, customer_key)"
+            if c == "customer_key"
+            else c
+            for c in _EVENT_COLUMNS
+        )
+        self._client.command(
+            f"INSERT INTO {self._db}.events ({columns}) SELECT {moved} "
+            f"FROM {self._db}.events FINAL WHERE customer_key IN {{anon:Array(String)}}",
+            parameters=params,
+        )
+        # The anonymous keys' per-customer arrays stay, marked merged (migration 8):
+        # that table kind has no cheap delete, and the funnels skip merged keys.
+        for table in ("customer_timelines", "customer_type_times"):
+            self._client.command(
+                f"INSERT INTO {self._db}.{table} (customer_key, merged) "
+                "SELECT arrayJoin({anon:Array(String)}), 1",
+                parameters={"anon": params["anon"]},
+            )
+        # A patch-part delete (migration 8): a small part masking the rows, applied
+        # on read until merges drop them; a mutation over every part of a 10M-row
+        # log took seconds. A crash part-way is repaired by the replay.
+        self._client.command(
+            f"DELETE FROM {self._db}.events WHERE customer_key IN {{anon:Array(String)}}",
+            parameters={"anon": params["anon"]},
+            settings={"lightweight_delete_mode": "lightweight_update"},
+        )
+
     def append_stage_changes(self, changes: Sequence[StageChange]) -> None:
         """Insert stage transitions; idempotent like :meth:`append`."""
         if not changes:

@@ -7,7 +7,8 @@ Versions: 1 event log, stage changes, stage projection; 2 dead letters and
 write keys; 3 journey projections (orders, profiles); 4 and 6 per-customer
 timelines for funnels. 5 was reserved for outreach, which keeps its tables in
 the event store's database instead: it stays unused. 7 source, historical and
-clamped columns of the event log.
+clamped columns of the event log. 8: identity merges in the event log (cheap
+deletes, merged flags).
 """
 
 from __future__ import annotations
@@ -286,6 +287,38 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 ADD COLUMN clamped Bool,
                 MODIFY ORDER BY (customer_key, timestamp, event_id, source)
             """,
+        ],
+    ),
+    (
+        8,
+        "analysis: identity merges move anonymous rows to their customer cheaply",
+        [
+            # Block number and offset columns let DELETE write a small patch part
+            # (lightweight_delete_mode='lightweight_update') instead of a mutation
+            # over every part: measured on 10M events, 0.02-0.06 s against 2-3 s
+            # per delete. Patch parts mask rows of parts written before this too
+            # (checked on the benchmark's data).
+            """
+            ALTER TABLE {db}.events MODIFY SETTING
+                enable_block_number_column = 1, enable_block_offset_column = 1
+            """,
+            # AggregatingMergeTree has no patch-part deletes (a mutation over 1M rows
+            # took 0.4-0.9 s), and its arrays cannot be taken apart: an anonymous
+            # key merged into a customer gets a row with merged = 1 instead, which
+            # max() keeps, and the funnels skip such keys (its events are the
+            # customer's now).
+            """
+            ALTER TABLE {db}.customer_timelines
+                ADD COLUMN IF NOT EXISTS merged SimpleAggregateFunction(max, UInt8) DEFAULT 0
+            """,
+            """
+            ALTER TABLE {db}.customer_type_times
+                ADD COLUMN IF NOT EXISTS merged SimpleAggregateFunction(max, UInt8) DEFAULT 0
+            """,
+            # Written into the existing parts: a column computed from its default on
+            # every read made the 10M funnel 0.15 s slower until the parts merged.
+            "ALTER TABLE {db}.customer_timelines MATERIALIZE COLUMN merged",
+            "ALTER TABLE {db}.customer_type_times MATERIALIZE COLUMN merged",
         ],
     ),
 ]

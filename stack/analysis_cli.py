@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from events import EventType
+from projections.analytics.sql import NUMERIC_COLUMNS
 from stack.settings import Settings
 
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
@@ -41,6 +42,68 @@ def step_body(text: str) -> dict[str, Any]:
     return {"event": text}
 
 
+# Longest first, so ">=" is not read as ">" followed by "=value".
+_OPERATORS = (("!=", "neq"), (">=", "gte"), ("<=", "lte"), ("=", "eq"), (">", "gt"), ("<", "lt"))
+_IN = re.compile(r"^\s*([^\s=!<>]+)\s+in\s+(.+)$", re.IGNORECASE)
+
+
+def filter_body(text: str) -> dict[str, Any]:
+    """``category=shoes``, ``price>=10``, ``campaign!=spring`` or ``category in shoes,bags``.
+
+    The API's filter (see api/analysis.py). Values are sent as text, which is
+    how equality compares properties (``campaign=7`` matches a 7 sent as a
+    number or as "7"), except for the numeric columns and the order
+    comparisons, which take numbers.
+    """
+    found = _IN.match(text)
+    if found:
+        name = found.group(1)
+        values = [_value(name, "in", v) for v in found.group(2).split(",") if v.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r}: 'in' needs values, e.g. a in x,y")
+        return {"property": name, "op": "in", "value": values}
+    for symbol, op in _OPERATORS:
+        name, sep, value = text.partition(symbol)
+        if sep and name.strip() and value.strip():
+            return {"property": name.strip(), "op": op, "value": _value(name.strip(), op, value)}
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: use property=value, !=, >, >=, <, <= or 'property in a,b'"
+    )
+
+
+def _value(name: str, op: str, text: str) -> str | float:
+    text = text.strip()
+    if name not in NUMERIC_COLUMNS and op in ("eq", "neq", "in"):
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} {op} {text!r}: give a number") from None
+    return int(number) if number.is_integer() else number
+
+
+class _Step(argparse.Action):
+    """``--step``/``--exclude``: append a step; a following ``--where`` filters it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        steps = list(getattr(namespace, self.dest) or [])
+        steps.append(step_body(str(values)))
+        setattr(namespace, self.dest, steps)
+        namespace.last_step = steps[-1]
+
+
+class _Where(argparse.Action):
+    """``--where``: a filter on the step or exclusion given just before it."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        step: dict[str, Any] | None = getattr(namespace, "last_step", None)
+        if step is None:
+            parser.error("--where filters the --step or --exclude before it: give that first")
+        step.setdefault("filters", []).append(values)
+
+
 def add_commands(commands: Any) -> None:
     """Register ``funnel`` and ``retention`` on the CLI's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
@@ -52,10 +115,17 @@ def add_commands(commands: Any) -> None:
     common.add_argument("--json", action="store_true", help="print the API's JSON instead")
 
     funnel = commands.add_parser("funnel", parents=[common], help="run a funnel and print it")
-    funnel.add_argument("--step", action="append", required=True, help="event type or name")
+    funnel.add_argument("--step", action=_Step, required=True, help="event type or name")
     funnel.add_argument("--window", type=duration_seconds, default="7d", help="e.g. 7d, 12h")
     funnel.add_argument("--mode", choices=["ordered", "strict", "any_order"], default="ordered")
-    funnel.add_argument("--exclude", action="append", default=[], help="exclusion step")
+    funnel.add_argument("--exclude", action=_Step, default=[], help="exclusion step")
+    funnel.add_argument(
+        "--where",
+        action=_Where,
+        type=filter_body,
+        help="filter on the step or exclusion before it: category=shoes, price>=10, "
+        "'category in shoes,bags' (repeat for several; all must hold)",
+    )
     funnel.add_argument("--breakdown", help="property whose first-touch value splits the funnel")
 
     retention = commands.add_parser("retention", parents=[common], help="print a retention table")
@@ -64,6 +134,14 @@ def add_commands(commands: Any) -> None:
     retention.add_argument("--period", choices=["day", "week", "month"], default="week")
     retention.add_argument("--periods", type=int, default=8)
     retention.add_argument("--recurring", action="store_true", help="every start, not the first")
+    for which in ("start", "return"):
+        retention.add_argument(
+            f"--{which}-where",
+            action="append",
+            type=filter_body,
+            default=[],
+            help=f"filter on the {which} event, as funnel --where",
+        )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -73,10 +151,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     span = {k: v for k, v in (("start", args.start), ("end", args.end)) if v}
     if args.command == "funnel":
         body: dict[str, Any] = {
-            "steps": [step_body(s) for s in args.step],
+            "steps": args.step,
             "window_seconds": args.window,
             "mode": args.mode,
-            "exclusions": [step_body(s) for s in args.exclude],
+            "exclusions": args.exclude,
             **span,
         }
         if args.breakdown:
@@ -84,8 +162,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         path = "/v1/funnels"
     else:
         body = {
-            "start_event": step_body(args.start_event),
-            "return_event": step_body(args.return_event),
+            "start_event": {**step_body(args.start_event), "filters": args.start_where},
+            "return_event": {**step_body(args.return_event), "filters": args.return_where},
             "period": args.period,
             "periods": args.periods,
             "mode": "recurring" if args.recurring else "first_time",

@@ -105,6 +105,8 @@ class JourneyPipeline:
             return
         journeys = [journey for update in updates for journey in update.journeys.values()]
         self.event_log.append([event for update in updates for event in update.recorded])
+        # After the append: a merged anonymous key's events of this batch move too.
+        self.event_log.merge_identities([m for update in updates for m in update.merges])
         self.event_log.append_stage_changes(
             [change for update in updates for change in update.stage_changes]
         )

@@ -18,6 +18,10 @@ B. per customer, ``d1 … dn``: the time from the first step to reaching step k
    timeline.
 C. over customers: counts, nearest-rank median and p90 per step, breakdowns.
 
+An anonymous key merged into a customer (``merged = 1`` in both per-customer
+tables, see :meth:`EventLog.merge_identities`) is skipped: its events were
+moved under the customer, whose arrays hold them.
+
 Duplicate rows of one event change none of these answers: a funnel asks
 whether a chain of events exists, and a second copy of an event adds no
 chain. That is why stage A may read without ``FINAL``; the strict mode, where
@@ -37,6 +41,13 @@ from projections.analytics.sql import TYPE_CODES, Params, breakdown_sql, step_sq
 
 EXCLUSION = 15
 MAX_BREAKDOWN_GROUPS = 100
+# The nearest-rank median and p90 (element ceil(p * n), 1-based) with
+# ``quantilesExact``, which selects element floor(level * n), 0-based, by
+# nth_element instead of sorting (measured: 0.03-0.04 s less on 10M events).
+# With level = p - 1e-12: when p * n is a whole number m, floor gives m - 1;
+# otherwise p * n is at least 0.1 past a whole number (p is 0.5 or 0.9), and
+# floor gives ceil(p * n) - 1 as long as 1e-12 * n < 0.1: n below 10^11.
+NEAREST_RANK_LEVELS = "0.5 - 1e-12, 0.9 - 1e-12"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,20 +146,16 @@ class FunnelQueries:
         params = Params()
         inner, source = self.per_customer_sql(funnel, params)
         n = len(funnel.steps)
-        picks = []
-        for k in range(1, n + 1):
-            picks += [
-                f"c{k}",
-                f"a{k}[intDiv(c{k} * 50 + 99, 100)]",
-                f"a{k}[intDiv(c{k} * 90 + 99, 100)]",
-            ]
+        picks = ["c1", "0", "0"]
+        for k in range(2, n + 1):
+            picks += [f"c{k}", f"q{k}[1]", f"q{k}[2]"]
         # Step 1's time is 0 by definition and the report shows no quantile for
-        # it: collecting and sorting a million zeros would be wasted work.
-        named = ["countIf(d1 >= 0) AS c1", "[0] AS a1"]
+        # it: collecting a million zeros would be wasted work.
+        named = ["countIf(d1 >= 0) AS c1"]
         for k in range(2, n + 1):
             named += [
                 f"countIf(d{k} >= 0) AS c{k}",
-                f"arraySort(groupArrayIf(d{k}, d{k} >= 0)) AS a{k}",
+                f"quantilesExactIf({NEAREST_RANK_LEVELS})(d{k}, d{k} >= 0) AS q{k}",
             ]
         if funnel.breakdown is None:
             sql = (
@@ -296,6 +303,7 @@ class FunnelQueries:
             FROM (
                 SELECT customer_key, finalizeAggregation(tk) AS tk{names}
                 FROM {self._db}.customer_timelines FINAL
+                WHERE merged = 0
             )
         """
 
@@ -356,6 +364,7 @@ class FunnelQueries:
                 FROM (
                     SELECT customer_key, {", ".join(arrays)}
                     FROM {self._db}.customer_type_times FINAL
+                    WHERE merged = 0
                 )
             )
         """

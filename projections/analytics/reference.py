@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
@@ -30,10 +31,36 @@ from projections.analytics.sql import NUMERIC_COLUMNS, string_form
 from projections.event_log import FLOAT_FIELDS, INT_FIELDS, STRING_FIELDS, split_properties
 
 
+def identity_merges(events: Iterable[TrackedEvent]) -> list[tuple[str, str]]:
+    """(anonymous key, customer key) per identify linking them, the first link winning.
+
+    The journeys' rule (docs/architecture.md, identity merging): an identify
+    with a userId U and an anonymousId A merges ``anon:A`` into U; a second
+    customer claiming the same anonymous id is refused.
+    """
+    into: dict[str, str] = {}
+    for e in events:
+        if e.call_type == "identify" and e.user_id and e.anonymous_id:
+            anonymous = f"anon:{e.anonymous_id}"
+            if e.user_id != e.customer_key or e.anonymous_id == e.user_id:
+                continue
+            into.setdefault(anonymous, e.user_id)
+    return list(into.items())
+
+
 def dedup(events: Iterable[TrackedEvent]) -> list[TrackedEvent]:
-    """One copy per (customer, timestamp, event id, source): what ``FINAL`` leaves."""
+    """One copy per (person, timestamp, event id, source): what ``FINAL`` leaves.
+
+    A merged anonymous key's events count as its customer's (see
+    :func:`identity_merges`): the person is one customer in every analysis.
+    """
+    events = list(events)
+    person = dict(identity_merges(events))
     seen: dict[tuple[str, Any, str, str], TrackedEvent] = {}
     for e in events:
+        key = person.get(e.customer_key, e.customer_key)
+        if key != e.customer_key:
+            e = replace(e, customer_key=key)
         seen.setdefault((e.customer_key, e.timestamp, e.event_id, e.source), e)
     return list(seen.values())
 

@@ -43,3 +43,26 @@ def test_funnel_benchmark_runs_and_both_queries_agree(tmp_path: Path) -> None:
     assert figures["plain_counts"][0] > figures["plain_counts"][-1] > 0
     assert len(figures["plain_seconds"]) == len(figures["our_seconds"]) == 1
     assert "ratio" in done.stdout
+
+
+def test_funnel_benchmark_reuses_its_kept_data(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / f"{name}.json"
+        sizes = ["--events", "3000", "--customers", "200", "--runs", "1"]
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.funnel", *sizes, "--data", str(data), "--json", str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs.append((done.stdout, json.loads(out.read_text())))
+    (first_out, first), (second_out, second) = runs
+    assert first["generate_seconds"] is not None and "generated in" in first_out
+    assert second["generate_seconds"] is None and "data reused" in second_out
+    assert second["plain_counts"] == first["plain_counts"]
+    assert second["our_counts"] == first["our_counts"]

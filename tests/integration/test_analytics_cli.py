@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from stack.analysis_cli import duration_seconds, step_body
+from stack.analysis_cli import duration_seconds, filter_body, step_body
 from stack.cli import main
 from tests.integration.test_analytics_api import api  # noqa: F401  (the fixture)
 
@@ -67,6 +67,56 @@ def test_funnel_prints_a_table_and_writes_csv(
     assert [r[2] for r in rows[1:]] == ["3", "2", "1"]
 
 
+def test_funnel_filters_steps_and_exclusions_like_the_api(
+    served: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "filtered.csv"
+    base = ["funnel", "--url", served, "--read-key", "rk_test", "--window", "1h", "--csv", str(out)]
+
+    def customers(*steps: str) -> list[str]:
+        code = main([*base, *steps])
+        printed = capsys.readouterr()
+        assert code == 0, printed
+        return [row[2] for row in list(csv.reader(out.open()))[1:]]
+
+    # alice and carol viewed shoes; only alice added at a price >= 20, and bought.
+    shoes = ["--step", "browse", "--where", "category=shoes"]
+    assert customers(*shoes, "--step", "cart", "--where", "price>=20", "--step", "purchase") == [
+        "2",
+        "1",
+        "1",
+    ]
+    assert customers("--step", "browse", "--where", "category in bags,hats", "--step", "cart") == [
+        "1",
+        "1",
+    ]
+    # alice's cart (price 20) lies between her browse and purchase: excluded only when
+    # the exclusion's filter matches it.
+    bought = ["--step", "browse", "--step", "purchase", "--exclude", "cart"]
+    assert customers(*bought, "--where", "price>=20") == ["3", "0"]
+    assert customers(*bought, "--where", "price>=50") == ["3", "1"]
+
+
+def test_retention_filters_its_events(
+    served: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "retention.csv"
+    args = ["retention", "--url", served, "--read-key", "rk_test", "--period", "day"]
+    code = main([*args, "--start-where", "category=shoes", "--csv", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed
+    assert [row[:2] for row in list(csv.reader(out.open()))[1:]] == [["2026-03-01", "2"]]
+
+
+def test_a_bad_filter_is_refused_with_its_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["funnel", "--step", "browse", "--where", "price>cheap", "--step", "cart"])
+    assert "price gt 'cheap': give a number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["funnel", "--where", "category=shoes", "--step", "browse", "--step", "cart"])
+    assert "--where filters the --step or --exclude before it" in capsys.readouterr().err
+
+
 def test_retention_prints_cohorts(served: str, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         ["retention", "--url", served, "--read-key", "rk_test", "--period", "day", "--periods", "2"]
@@ -93,3 +143,10 @@ def test_durations_and_steps_parse() -> None:
     ]
     assert step_body("Cart") == {"event_type": "cart"}
     assert step_body("Order Completed") == {"event": "Order Completed"}
+    assert filter_body("price>=10") == {"property": "price", "op": "gte", "value": 10}
+    assert filter_body("campaign!=7") == {"property": "campaign", "op": "neq", "value": "7"}
+    assert filter_body("revenue in 10, 25.5") == {
+        "property": "revenue",
+        "op": "in",
+        "value": [10, 25.5],
+    }

@@ -13,7 +13,7 @@ from events import EventType, TrackedEvent
 from journeys.funnels import Funnel, FunnelStep, OrderMode
 from projections.analytics import QueryProblem, reference
 from projections.analytics.funnels import FunnelQueries, by_type
-from tests.integration.analytics_data import T0, database, event_lists, steps
+from tests.integration.analytics_data import CUTS, T0, database, event_lists, steps
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +51,9 @@ def funnels(draw: st.DrawFn, filtered: bool = True) -> Funnel:
 
 
 def check(
-    clickhouse: Client, events: list[TrackedEvent], copies: list[int], funnel: Funnel
+    clickhouse: Client, events: list[TrackedEvent], copies: list[int], cut: int, funnel: Funnel
 ) -> None:
-    with database(clickhouse, events, copies) as db:
+    with database(clickhouse, events, copies, cut) as db:
         queries = FunnelQueries(clickhouse, db)
         names = {e.event_name for e in events}
         unknown = [s.event_name for s in funnel.steps + funnel.exclusions if s.event_name]
@@ -71,22 +71,28 @@ def check(
 
 
 @FAST
-@given(events=event_lists(), copies=st.lists(st.integers(0, 100), max_size=5), funnel=funnels())
+@given(
+    events=event_lists(),
+    copies=st.lists(st.integers(0, 100), max_size=5),
+    cut=CUTS,
+    funnel=funnels(),
+)
 def test_funnels_equal_the_reference(
-    clickhouse: Client, events: list[TrackedEvent], copies: list[int], funnel: Funnel
+    clickhouse: Client, events: list[TrackedEvent], copies: list[int], cut: int, funnel: Funnel
 ) -> None:
     """Any mode, filters, exclusions, breakdowns, date ranges; on the event log."""
-    check(clickhouse, events, copies, funnel)
+    check(clickhouse, events, copies, cut, funnel)
 
 
 @FAST
 @given(
     events=event_lists(),
     copies=st.lists(st.integers(0, 100), max_size=5),
+    cut=CUTS,
     funnel=funnels(filtered=False),
 )
 def test_funnels_from_customer_timelines_equal_the_reference(
-    clickhouse: Client, events: list[TrackedEvent], copies: list[int], funnel: Funnel
+    clickhouse: Client, events: list[TrackedEvent], copies: list[int], cut: int, funnel: Funnel
 ) -> None:
     """Type and name steps only: the pre-aggregated per-customer arrays answer."""
     source = FunnelQueries(clickhouse, "x").per_customer_sql(funnel, reference_params())[1]
@@ -94,7 +100,7 @@ def test_funnels_from_customer_timelines_equal_the_reference(
         assert source == "customer_type_times"
     elif funnel.mode is not OrderMode.STRICT:
         assert source == "customer_timelines"
-    check(clickhouse, events, copies, funnel)
+    check(clickhouse, events, copies, cut, funnel)
 
 
 @st.composite
@@ -116,16 +122,17 @@ def type_funnels(draw: st.DrawFn) -> Funnel:
 @given(
     events=event_lists(),
     copies=st.lists(st.integers(0, 100), max_size=5),
+    cut=CUTS,
     funnel=type_funnels(),
 )
 def test_ordered_funnels_by_type_equal_the_reference(
-    clickhouse: Client, events: list[TrackedEvent], copies: list[int], funnel: Funnel
+    clickhouse: Client, events: list[TrackedEvent], copies: list[int], cut: int, funnel: Funnel
 ) -> None:
     """The fast path: per-type time arrays of ``customer_type_times``, re-sent blocks too."""
     assert FunnelQueries(clickhouse, "x").per_customer_sql(funnel, reference_params())[1] == (
         "customer_type_times"
     )
-    check(clickhouse, events, copies, funnel)
+    check(clickhouse, events, copies, cut, funnel)
 
 
 def reference_params():  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from journeys.stages import PROGRESSION, Stage
 from projections.analytics import QueryProblem, reference
 from projections.analytics.reports import Period, Reports, RetentionMode, segment, tier
 from projections.event_log import EventLog
-from tests.integration.analytics_data import CUSTOMERS, T0, database, event_lists, steps
+from tests.integration.analytics_data import CUSTOMERS, CUTS, T0, database, event_lists, steps
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +39,7 @@ def logged(events: list[TrackedEvent], *named: FunnelStep) -> bool:
 @given(
     events=event_lists(days=70),
     copies=COPIES,
+    cut=CUTS,
     start=steps(),
     back=steps(),
     period=st.sampled_from(list(Period)),
@@ -49,13 +50,14 @@ def test_retention_equals_the_reference(
     clickhouse: Client,
     events: list[TrackedEvent],
     copies: list[int],
+    cut: int,
     start: FunnelStep,
     back: FunnelStep,
     period: Period,
     mode: RetentionMode,
     periods: int,
 ) -> None:
-    with database(clickhouse, events, copies) as db:
+    with database(clickhouse, events, copies, cut) as db:
         reports = Reports(clickhouse, db)
         if not logged(events, start, back):
             with pytest.raises(QueryProblem, match="no event named"):
@@ -69,6 +71,7 @@ def test_retention_equals_the_reference(
 @given(
     events=event_lists(),
     copies=COPIES,
+    cut=CUTS,
     anchor=steps(),
     direction=st.sampled_from(["next", "previous"]),
     n=st.integers(1, 3),
@@ -78,12 +81,13 @@ def test_paths_equal_the_reference(
     clickhouse: Client,
     events: list[TrackedEvent],
     copies: list[int],
+    cut: int,
     anchor: FunnelStep,
     direction: str,
     n: int,
     limit: int,
 ) -> None:
-    with database(clickhouse, events, copies) as db:
+    with database(clickhouse, events, copies, cut) as db:
         reports = Reports(clickhouse, db)
         if not logged(events, anchor):
             with pytest.raises(QueryProblem, match="no event named"):
@@ -97,13 +101,18 @@ def test_paths_equal_the_reference(
 @given(
     events=event_lists(days=3, names=("Order Completed", "Order Completed", "Product Viewed")),
     copies=COPIES,
+    cut=CUTS,
     as_of_minutes=st.integers(0, 5000),
 )
 def test_trends_and_rfm_equal_the_reference(
-    clickhouse: Client, events: list[TrackedEvent], copies: list[int], as_of_minutes: int
+    clickhouse: Client,
+    events: list[TrackedEvent],
+    copies: list[int],
+    cut: int,
+    as_of_minutes: int,
 ) -> None:
     as_of = T0 + timedelta(minutes=as_of_minutes)
-    with database(clickhouse, events, copies) as db:
+    with database(clickhouse, events, copies, cut) as db:
         reports = Reports(clickhouse, db)
         assert reports.trends(None, None) == reference.trends(events)
         expected = reference.rfm(events, as_of)

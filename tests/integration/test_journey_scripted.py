@@ -164,6 +164,11 @@ def test_scripted_journey_merges_devices_and_answers_as_of(node_settings: Settin
         assert earlier["stages"]["consideration"] == 1  # the laptop's two views
         assert earlier["stages"]["awareness"] == 1  # the phone's one view
         assert earlier["total"] == 2
+        # The analyses count one person too: both devices' anonymous views are uma's.
+        funnel = {"steps": [{"event_type": "browse"}, {"event_type": "purchase"}]}
+        answer = node.read("POST", "/v1/funnels", json=funnel)
+        assert answer.status_code == 200, answer.text
+        assert [s["customers"] for s in answer.json()["steps"]] == [1, 1]
 
         health = node.read("GET", "/health").json()
         assert health["components"]["event_store"]["kind"] == settings.event_store
