@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import platform
 import re
@@ -225,7 +226,9 @@ def consumed_total(sqlite_path: Path) -> int:
 class BenchNode:
     """A `journeys node` of the benchmark's own, in a temporary folder."""
 
-    def __init__(self, settings: Settings, folder: Path, memory: PeakMemory) -> None:
+    def __init__(
+        self, settings: Settings, folder: Path, memory: PeakMemory, name: str = "node"
+    ) -> None:
         self.settings = settings
         self.folder = folder
         self.memory = memory
@@ -233,7 +236,7 @@ class BenchNode:
         self.process = spawn(
             [sys.executable, "-m", "stack.cli", "node"], folder / "node.log", env=settings.to_env()
         )
-        memory.watch("node", self.process.pid)
+        memory.watch(name, self.process.pid)
         process = self.process
         if not wait_until(self._healthy, 120, alive=lambda: process.poll() is None):
             raise RuntimeError(f"node did not start; see {folder / 'node.log'}")
@@ -300,11 +303,90 @@ async def ingest_rate(node: BenchNode, calls: list[dict[str, Any]], concurrency:
         return accepted / (time.perf_counter() - started)
 
 
+def assigned_partitions(node: BenchNode) -> list[int] | None:
+    """The node's assigned partitions, or None while it is not healthy (rebalancing)."""
+    try:
+        response = httpx.get(f"{node.base}/health", timeout=5)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return list(response.json()["components"]["worker"]["assigned_partitions"])
+
+
+def scale_out_rate(
+    folder: Path,
+    bootstrap: str,
+    memory: PeakMemory,
+    workers: int,
+    partitions: int,
+    payloads: list[tuple[bytes, bytes]],
+) -> float:
+    """Events/s of ``workers`` nodes in one group sharing a topic of ``partitions``.
+
+    Each node keeps its own SQLite and chdb (the embedded stack has no shared
+    stores), which holds while no partition moves: the rate is taken only once
+    every partition is assigned, each to one node.
+    """
+    base = node_settings(folder, bootstrap, 0)
+    shared = {
+        "kafka_epoch": f"scale{workers}",
+        "topic_prefix": f"scale{workers}",
+        "worker_group": f"scale{workers}",
+        "topic_partitions": partitions,
+    }
+    nodes: list[BenchNode] = []
+    try:
+        for index in range(workers):
+            settings = base.model_copy(
+                update={
+                    **shared,
+                    "data_dir": folder / f"scale{workers}-{index}",
+                    "api_port": free_port(),
+                }
+            )
+            if index == 0:
+                ensure_topics(bootstrap, settings.all_topics, partitions, 1)
+            nodes.append(BenchNode(settings, settings.data_dir, memory, f"worker {index + 1}"))
+        balanced = 0
+        deadline = time.monotonic() + 180
+        while balanced < 3:  # the same assignment three times in a row
+            found = [assigned_partitions(node) for node in nodes]
+            # Partitions of every topic the worker consumes (all have ``partitions``).
+            covered = sorted({p for one in found if one for p in one})
+            complete = all(found) and covered == list(range(partitions))
+            balanced = balanced + 1 if complete else 0
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the workers never shared the partitions: {found}")
+            time.sleep(1)
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"}
+        )
+        started = time.perf_counter()
+        for key, value in payloads:
+            while True:
+                try:
+                    producer.produce(nodes[0].settings.events_topic, value, key=key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.flush(120)
+        deadline = time.monotonic() + 3600
+        while sum(consumed_total(node.settings.sqlite_path) for node in nodes) < len(payloads):
+            if time.monotonic() > deadline or any(n.process.poll() is not None for n in nodes):
+                raise RuntimeError("the workers did not finish the stream")
+            time.sleep(0.1)
+        return len(payloads) / (time.perf_counter() - started)
+    finally:
+        for node in nodes:
+            node.close()
+
+
 def replay_rate(settings: Settings) -> float:
     """Domain events/s to rebuild the projections from the event store (node stopped)."""
     platform = build_platform(settings)
     try:
-        return rebuild(platform).events_per_second
+        return rebuild(platform, io.StringIO()).events_per_second  # no progress bar
     finally:
         platform.close()
 
@@ -341,7 +423,7 @@ def pipeline_rate(node: BenchNode, payloads: list[tuple[bytes, bytes]]) -> float
 
 
 async def track_to_stage_latency(
-    node: BenchNode, rate: float, seconds: float, probes_per_s: float = 50
+    node: BenchNode, rate: float, seconds: float, probes_per_s: float = 50, senders: int = 64
 ) -> dict[str, float]:
     """p50/p99 ms from a /v1/track 200 to the customer's stage visible through the API.
 
@@ -378,39 +460,37 @@ async def track_to_stage_latency(
                 seen_at[customer] = time.perf_counter()
 
     listening = asyncio.create_task(listen())
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    timeout = httpx.Timeout(60, pool=None)  # queued behind the pool: late, not failed
-    async with httpx.AsyncClient(base_url=node.base, timeout=timeout, limits=limits) as client:
-
-        async def one(index: int) -> None:
-            nonlocal accepted_calls
-            probe = index % probe_every == 0
-            customer = f"lat-{index}-{time.time_ns()}" if probe else f"load-{index % 5000}"
-            body = {
-                "userId": customer,
-                "event": "Product Viewed",
-                "messageId": f"{customer}-{index}",
-            }
-            try:
-                response = await client.post("/v1/track", json=body, auth=auth)
-            except httpx.HTTPError:
-                return  # not accepted: the offered load was more than the node took
-            if response.status_code == 200:
-                accepted_calls += 1
-                if probe:
-                    accepted_at[customer] = time.perf_counter()
-
-        tasks = []
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
+    async with httpx.AsyncClient(base_url=node.base, timeout=60, limits=limits) as client:
         sent = 0
         started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            due = int((time.perf_counter() - started) * rate)
-            while sent < due:
-                tasks.append(asyncio.create_task(one(sent)))
+
+        async def sender() -> None:
+            # Paced senders on kept-alive connections: call ``index`` is due at
+            # index / rate; one that cannot go on time goes late (offered < rate).
+            nonlocal sent, accepted_calls
+            while (due := sent / rate) < seconds:
+                index = sent
                 sent += 1
-            await asyncio.sleep(0.002)
+                await asyncio.sleep(max(0.0, started + due - time.perf_counter()))
+                probe = index % probe_every == 0
+                customer = f"lat-{index}-{time.time_ns()}" if probe else f"load-{index % 5000}"
+                body = {
+                    "userId": customer,
+                    "event": "Product Viewed",
+                    "messageId": f"{customer}-{index}",
+                }
+                try:
+                    response = await client.post("/v1/track", json=body, auth=auth)
+                except httpx.HTTPError:
+                    continue  # not accepted
+                if response.status_code == 200:
+                    accepted_calls += 1
+                    if probe:
+                        accepted_at[customer] = time.perf_counter()
+
+        await asyncio.gather(*(sender() for _ in range(senders)))
         offered_for = time.perf_counter() - started
-        await asyncio.gather(*tasks)
         accepted_rate = accepted_calls / (time.perf_counter() - started)
         deadline = time.perf_counter() + 120
         while len(seen_at) < len(accepted_at) and time.perf_counter() < deadline:
@@ -456,6 +536,9 @@ class Sizes:
     repeats: int
     latency_rate: float
     latency_seconds: float
+    # Local scale-out: worker counts, over this many partitions (none: skipped).
+    workers: tuple[int, ...] = ()
+    partitions: int = 8
 
 
 def node_settings(folder: Path, bootstrap: str, attempt: int) -> Settings:
@@ -520,6 +603,7 @@ def measure(sizes: Sizes) -> Run:
             "pipeline_events": sizes.pipeline_events,
             "ingest_events": sizes.ingest_events,
             "repeats": sizes.repeats,
+            "partitions": sizes.partitions,
         },
     )
     memory = PeakMemory()
@@ -555,6 +639,12 @@ def measure(sizes: Sizes) -> Run:
                 finally:
                     node.close()
                 replays.append(replay_rate(settings))
+            scale = {
+                count: scale_out_rate(
+                    folder, broker.bootstrap_servers, memory, count, sizes.partitions, payloads
+                )
+                for count in sizes.workers
+            }
             run.figures += [
                 Figure(
                     "ingest: /v1/batch (100 events, broker-acked)",
@@ -589,6 +679,17 @@ def measure(sizes: Sizes) -> Run:
                     "events/s",
                     note="domain events, node stopped",
                 ),
+            ]
+            run.figures += [
+                Figure(
+                    f"scale-out: {count} worker(s), {sizes.partitions} partitions",
+                    rate,
+                    "events/s",
+                    f"{min(scale)} worker(s)",
+                    scale[min(scale)],
+                    note="own SQLite and chdb per worker",
+                )
+                for count, rate in scale.items()
             ]
         finally:
             broker.stop()
@@ -630,6 +731,10 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-rate", type=float, default=5000, help="offered /v1/track calls per second"
     )
     parser.add_argument("--latency-seconds", type=float, default=10)
+    parser.add_argument(
+        "--workers", default="", help="local scale-out, worker counts: e.g. 1,2,4 (default: none)"
+    )
+    parser.add_argument("--partitions", type=int, default=8, help="partitions of the scale-out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     sizes = Sizes(
@@ -639,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats,
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds,
+        workers=tuple(int(count) for count in args.workers.split(",") if count),
+        partitions=args.partitions,
     )
     run = measure(sizes)
     print(render(run))
