@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.faust_floor BOOTSTRAP TOPIC EXPECTED
 
 Prints one JSON line, ``{"events_per_s": ...}``: events/s from the first batch
-taken to the one holding the ``EXPECTED``-th event, through ``stream.take_events`` with the batch size
-of the platform's settings and Faust's defaults, as the journey agent. The run
-(bench/run.py) starts it as a process of its own, as Faust wants.
+taken to the one holding the ``EXPECTED``-th event, through ``stream.take_events``
+with the batch size of the platform's settings and Faust's defaults, as the
+journey agent. The run (bench/run.py) starts it as a process of its own.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @app.agent(topic)
     async def nothing(stream: faust.StreamT[bytes]) -> None:
-        nonlocal seen, started
+        nonlocal seen, started, first
         assert isinstance(stream, faust.Stream)
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_within_s
