@@ -469,7 +469,8 @@ async def track_to_stage_latency(
             # Paced senders on kept-alive connections: call ``index`` is due at
             # index / rate; one that cannot go on time goes late (offered < rate).
             nonlocal sent, accepted_calls
-            while (due := sent / rate) < seconds:
+            # Stops at ``seconds``: a node slower than ``rate`` is offered what it took.
+            while (due := sent / rate) < seconds and time.perf_counter() - started < seconds:
                 index = sent
                 sent += 1
                 await asyncio.sleep(max(0.0, started + due - time.perf_counter()))
