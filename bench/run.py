@@ -640,9 +640,11 @@ def measure(sizes: Sizes) -> Run:
                 finally:
                     node.close()
                 replays.append(replay_rate(settings))
+            # The scale-out takes --events, not --pipeline-events: three runs of 1M is long.
+            spread = storefront_events(sizes.events, seed=4) if sizes.workers else []
             scale = {
                 count: scale_out_rate(
-                    folder, broker.bootstrap_servers, memory, count, sizes.partitions, payloads
+                    folder, broker.bootstrap_servers, memory, count, sizes.partitions, spread
                 )
                 for count in sizes.workers
             }
@@ -688,7 +690,7 @@ def measure(sizes: Sizes) -> Run:
                     "events/s",
                     f"{min(scale)} worker(s)",
                     scale[min(scale)],
-                    note="own SQLite and chdb per worker",
+                    note=f"own SQLite and chdb per worker, {sizes.events:,} events",
                 )
                 for count, rate in scale.items()
             ]
