@@ -17,6 +17,7 @@ import io
 import json
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -378,6 +379,10 @@ def scale_out_rate(
             time.sleep(0.1)
         return len(payloads) / (time.perf_counter() - started)
     finally:
+        # All at once: a worker left alone would be given the partitions of the
+        # others, whose journeys are in their stores, and start them from 0.
+        for node in nodes:
+            node.process.send_signal(signal.SIGTERM)
         for node in nodes:
             node.close()
 
