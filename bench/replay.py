@@ -5,14 +5,22 @@
 Prints the recording rate (customer events/s through JourneyApplication, one
 transaction per 2000 events, SQLite) and the replay rates (domain events/s of
 ``journeys replay`` and of ``journeys replay --rules``), each on this machine.
+
+    .venv/bin/python bench/replay.py --pipeline [events]
+
+Instead: the journey pipeline in this process (no Kafka, no Faust) over the
+synthetic storefront, with and without the journeys it keeps in memory
+(:class:`streams.pipeline.LiveJourneys`), alternating, CPU seconds, medians of 3.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import sys
 import tempfile
 import time
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +33,7 @@ from journeys.stages import StageRules
 from stack.bootstrap import build_platform
 from stack.replay import rebuild, what_if
 from stack.settings import Settings
+from streams.pipeline import JourneyPipeline, PartitionBatch
 
 NAMES = ["Product Viewed"] * 6 + ["Products Searched", "Product Added", "Order Completed"]
 
@@ -55,8 +64,55 @@ def synthetic(customers: int, per_customer: int) -> list[TrackedEvent]:
     return events
 
 
+def pipeline_cpu_rate(payloads: list[tuple[bytes, bytes]], live_journeys: int) -> float:
+    """Events per CPU second through the pipeline: 4 partitions, batches of 2000."""
+    with tempfile.TemporaryDirectory() as folder:
+        # The library's aggregate cache stays as configured: only the pipeline's changes.
+        platform = build_platform(Settings(data_dir=Path(folder)))
+        try:
+            pipeline = JourneyPipeline(
+                platform.journeys,
+                platform.event_log,
+                platform.stages,
+                platform.profiles,
+                live_journeys=live_journeys,
+            )
+            offsets = [0] * 4
+            started = time.process_time()
+            for first in range(0, len(payloads), 2000):
+                records: dict[int, list[tuple[int, bytes]]] = {}
+                for key, value in payloads[first : first + 2000]:
+                    partition = zlib.crc32(key) % 4
+                    records.setdefault(partition, []).append((offsets[partition], value))
+                    offsets[partition] += 1
+                batches = [PartitionBatch(f"bench#{p}", r) for p, r in sorted(records.items())]
+                pipeline.commit_many(pipeline.prepare_many(batches))
+            return len(payloads) / (time.process_time() - started)
+        finally:
+            platform.close()
+
+
+def compare_live_journeys(events: int) -> None:
+    """Print the pipeline's rate with and without live journeys (medians of 3, alternating)."""
+    from bench.run import storefront_events
+
+    payloads = storefront_events(events, seed=1)
+    rates: dict[int, list[float]] = {0: [], 10_000: []}
+    for _ in range(3):
+        for size, found in rates.items():
+            found.append(pipeline_cpu_rate(payloads, size))
+    for size, found in rates.items():
+        print(
+            f"pipeline in-process, live journeys {size:>6}: "
+            f"{statistics.median(found):,.0f} events per CPU second"
+        )
+
+
 def main() -> None:
     """Run the benchmark and print the rates."""
+    if sys.argv[1:2] == ["--pipeline"]:
+        compare_live_journeys(int(sys.argv[2]) if len(sys.argv) > 2 else 40_000)
+        return
     customers = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     per_customer = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     with tempfile.TemporaryDirectory() as folder:

@@ -1,6 +1,7 @@
 """The platform's benchmark: every figure beside the raw limit measured in the same run.
 
     .venv/bin/python bench/run.py                 # default sizes
+    .venv/bin/python bench/run.py --pipeline-events 1000000 --repeats 1   # the 1M run
     .venv/bin/python bench/run.py --events 2000   # tiny, as the test suite runs it
 
 Starts its own broker (Tansu, embedded) and node in a temporary folder; prints a
@@ -12,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import platform
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,12 +33,15 @@ import httpx
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
+from confluent_kafka import TopicPartition as KafkaPartition
 
 from events.segment import IdentifyCall, PageCall, SegmentCall, TrackCall, to_tracked_event
 from simulation.storefront import Storefront
+from stack.bootstrap import build_platform
 from stack.broker import EmbeddedBroker
 from stack.processes import free_port, spawn, stop, wait_until
+from stack.replay import rebuild
 from stack.settings import Settings
 from streams.topics import ensure_topics
 
@@ -132,6 +140,22 @@ async def raw_consume_rate(bootstrap: str, topic: str, expected: int) -> float:
         await consumer.stop()
 
 
+def faust_floor_rate(bootstrap: str, topic: str, expected: int) -> float:
+    """Events/s a Faust agent that does nothing takes from ``topic`` (bench/faust_floor.py)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.faust_floor", bootstrap, topic, str(expected)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
+    # The Faust worker writes terminal control codes before the line.
+    found = re.search(r'\{"events_per_s": [^}]+\}', done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"the Faust floor did not finish: {done.stderr[-3000:]}")
+    return float(json.loads(found.group())["events_per_s"])
+
+
 # --- the platform -------------------------------------------------------------------
 
 
@@ -164,17 +188,25 @@ class PeakMemory:
         self._thread.join()
 
 
-def storefront_events(count: int, seed: int) -> list[tuple[bytes, bytes]]:
-    """About ``count`` canonical events from the synthetic storefront, as (key, JSON)."""
+def storefront_calls(count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` Segment calls from the synthetic storefront (about 12 per shopper)."""
     shoppers = max(1, count // 12)
-    out: list[tuple[bytes, bytes]] = []
-    received = datetime.now(UTC)
+    out: list[dict[str, Any]] = []
     while len(out) < count:
         for call in Storefront(seed=seed + len(out), shoppers=shoppers).calls():
-            event = to_tracked_event(CALL_MODELS[call["type"]].model_validate(call), received)
-            out.append((event.customer_key.encode(), event.to_json()))
+            out.append(call)
             if len(out) == count:
                 break
+    return out
+
+
+def storefront_events(count: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """``count`` canonical events from the synthetic storefront, as (key, JSON)."""
+    received = datetime.now(UTC)
+    out: list[tuple[bytes, bytes]] = []
+    for call in storefront_calls(count, seed):
+        event = to_tracked_event(CALL_MODELS[call["type"]].model_validate(call), received)
+        out.append((event.customer_key.encode(), event.to_json()))
     return out
 
 
@@ -195,7 +227,9 @@ def consumed_total(sqlite_path: Path) -> int:
 class BenchNode:
     """A `journeys node` of the benchmark's own, in a temporary folder."""
 
-    def __init__(self, settings: Settings, folder: Path, memory: PeakMemory) -> None:
+    def __init__(
+        self, settings: Settings, folder: Path, memory: PeakMemory, name: str = "node"
+    ) -> None:
         self.settings = settings
         self.folder = folder
         self.memory = memory
@@ -203,7 +237,7 @@ class BenchNode:
         self.process = spawn(
             [sys.executable, "-m", "stack.cli", "node"], folder / "node.log", env=settings.to_env()
         )
-        memory.watch("node", self.process.pid)
+        memory.watch(name, self.process.pid)
         process = self.process
         if not wait_until(self._healthy, 120, alive=lambda: process.poll() is None):
             raise RuntimeError(f"node did not start; see {folder / 'node.log'}")
@@ -217,6 +251,149 @@ class BenchNode:
     def close(self) -> None:
         """Stop the node (it drains first)."""
         stop(self.process, timeout=120)
+
+
+def wait_drained(node: BenchNode, timeout: float = 3600) -> None:
+    """Wait until the worker has committed everything the events topic holds."""
+    settings = node.settings
+    watermarks = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-watermarks"}
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            end = sum(
+                watermarks.get_watermark_offsets(
+                    KafkaPartition(settings.events_topic, partition), timeout=10
+                )[1]
+                for partition in range(settings.topic_partitions)
+            )
+            if consumed_total(settings.sqlite_path) >= end:
+                return
+            if time.monotonic() > deadline or node.process.poll() is not None:
+                raise RuntimeError("the worker did not drain the events topic")
+            time.sleep(0.2)
+    finally:
+        watermarks.close()
+
+
+async def ingest_rate(node: BenchNode, calls: list[dict[str, Any]], concurrency: int = 16) -> float:
+    """Events/s ``/v1/batch`` accepts (100 calls a request; a 200 means broker-acknowledged)."""
+    bodies = [
+        (orjson.dumps({"batch": calls[i : i + 100]}), len(calls[i : i + 100]))
+        for i in range(0, len(calls), 100)
+    ]
+    auth = (node.settings.write_key, "")
+    headers = {"Content-Type": "application/json"}
+    pending = iter(bodies)
+    accepted = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=node.base, timeout=120, limits=limits) as client:
+
+        async def sender() -> None:
+            nonlocal accepted
+            for body, count in pending:
+                response = await client.post("/v1/batch", content=body, auth=auth, headers=headers)
+                if response.status_code != 200:
+                    status = response.status_code
+                    raise RuntimeError(f"/v1/batch answered {status}: {response.text}")
+                accepted += count
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        return accepted / (time.perf_counter() - started)
+
+
+def assigned_partitions(node: BenchNode) -> list[int] | None:
+    """The node's assigned partitions, or None while it is not healthy (rebalancing)."""
+    try:
+        response = httpx.get(f"{node.base}/health", timeout=5)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return list(response.json()["components"]["worker"]["assigned_partitions"])
+
+
+def scale_out_rate(
+    folder: Path,
+    bootstrap: str,
+    memory: PeakMemory,
+    workers: int,
+    partitions: int,
+    payloads: list[tuple[bytes, bytes]],
+) -> float:
+    """Events/s of ``workers`` nodes in one group sharing a topic of ``partitions``.
+
+    Each node keeps its own SQLite and chdb (the embedded stack has no shared
+    stores), which holds while no partition moves: the rate is taken only once
+    every partition is assigned, each to one node.
+    """
+    base = node_settings(folder, bootstrap, 0)
+    shared = {
+        "kafka_epoch": f"scale{workers}",
+        "topic_prefix": f"scale{workers}",
+        "worker_group": f"scale{workers}",
+        "topic_partitions": partitions,
+    }
+    nodes: list[BenchNode] = []
+    try:
+        for index in range(workers):
+            settings = base.model_copy(
+                update={
+                    **shared,
+                    "data_dir": folder / f"scale{workers}-{index}",
+                    "api_port": free_port(),
+                }
+            )
+            if index == 0:
+                ensure_topics(bootstrap, settings.all_topics, partitions, 1)
+            nodes.append(BenchNode(settings, settings.data_dir, memory, f"worker {index + 1}"))
+        balanced = 0
+        deadline = time.monotonic() + 180
+        while balanced < 3:  # the same assignment three times in a row
+            found = [assigned_partitions(node) for node in nodes]
+            # Partitions of every topic the worker consumes (all have ``partitions``).
+            covered = sorted({p for one in found if one for p in one})
+            complete = all(found) and covered == list(range(partitions))
+            balanced = balanced + 1 if complete else 0
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the workers never shared the partitions: {found}")
+            time.sleep(1)
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"}
+        )
+        started = time.perf_counter()
+        for key, value in payloads:
+            while True:
+                try:
+                    producer.produce(nodes[0].settings.events_topic, value, key=key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.flush(120)
+        deadline = time.monotonic() + 3600
+        while sum(consumed_total(node.settings.sqlite_path) for node in nodes) < len(payloads):
+            if time.monotonic() > deadline or any(n.process.poll() is not None for n in nodes):
+                raise RuntimeError("the workers did not finish the stream")
+            time.sleep(0.1)
+        return len(payloads) / (time.perf_counter() - started)
+    finally:
+        # All at once: a worker left alone would be given the partitions of the
+        # others, whose journeys are in their stores, and start them from 0.
+        for node in nodes:
+            node.process.send_signal(signal.SIGTERM)
+        for node in nodes:
+            node.close()
+
+
+def replay_rate(settings: Settings) -> float:
+    """Domain events/s to rebuild the projections from the event store (node stopped)."""
+    platform = build_platform(settings)
+    try:
+        return rebuild(platform, io.StringIO()).events_per_second  # no progress bar
+    finally:
+        platform.close()
 
 
 def pipeline_rate(node: BenchNode, payloads: list[tuple[bytes, bytes]]) -> float:
@@ -251,7 +428,7 @@ def pipeline_rate(node: BenchNode, payloads: list[tuple[bytes, bytes]]) -> float
 
 
 async def track_to_stage_latency(
-    node: BenchNode, rate: float, seconds: float, probes_per_s: float = 50
+    node: BenchNode, rate: float, seconds: float, probes_per_s: float = 50, senders: int = 64
 ) -> dict[str, float]:
     """p50/p99 ms from a /v1/track 200 to the customer's stage visible through the API.
 
@@ -288,35 +465,38 @@ async def track_to_stage_latency(
                 seen_at[customer] = time.perf_counter()
 
     listening = asyncio.create_task(listen())
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
     async with httpx.AsyncClient(base_url=node.base, timeout=60, limits=limits) as client:
-
-        async def one(index: int) -> None:
-            nonlocal accepted_calls
-            probe = index % probe_every == 0
-            customer = f"lat-{index}-{time.time_ns()}" if probe else f"load-{index % 5000}"
-            body = {
-                "userId": customer,
-                "event": "Product Viewed",
-                "messageId": f"{customer}-{index}",
-            }
-            response = await client.post("/v1/track", json=body, auth=auth)
-            if response.status_code == 200:
-                accepted_calls += 1
-                if probe:
-                    accepted_at[customer] = time.perf_counter()
-
-        tasks = []
         sent = 0
         started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            due = int((time.perf_counter() - started) * rate)
-            while sent < due:
-                tasks.append(asyncio.create_task(one(sent)))
+
+        async def sender() -> None:
+            # Paced senders on kept-alive connections: call ``index`` is due at
+            # index / rate; one that cannot go on time goes late (offered < rate).
+            nonlocal sent, accepted_calls
+            # Stops at ``seconds``: a node slower than ``rate`` is offered what it took.
+            while (due := sent / rate) < seconds and time.perf_counter() - started < seconds:
+                index = sent
                 sent += 1
-            await asyncio.sleep(0.002)
+                await asyncio.sleep(max(0.0, started + due - time.perf_counter()))
+                probe = index % probe_every == 0
+                customer = f"lat-{index}-{time.time_ns()}" if probe else f"load-{index % 5000}"
+                body = {
+                    "userId": customer,
+                    "event": "Product Viewed",
+                    "messageId": f"{customer}-{index}",
+                }
+                try:
+                    response = await client.post("/v1/track", json=body, auth=auth)
+                except httpx.HTTPError:
+                    continue  # not accepted
+                if response.status_code == 200:
+                    accepted_calls += 1
+                    if probe:
+                        accepted_at[customer] = time.perf_counter()
+
+        await asyncio.gather(*(sender() for _ in range(senders)))
         offered_for = time.perf_counter() - started
-        await asyncio.gather(*tasks)
         accepted_rate = accepted_calls / (time.perf_counter() - started)
         deadline = time.perf_counter() + 120
         while len(seen_at) < len(accepted_at) and time.perf_counter() < deadline:
@@ -352,7 +532,70 @@ async def track_to_stage_latency(
 # --- the run ------------------------------------------------------------------------
 
 
-def measure(events: int, latency_rate: float, latency_seconds: float, repeats: int) -> Run:
+@dataclass(frozen=True)
+class Sizes:
+    """How much each stage of the run gets."""
+
+    events: int
+    pipeline_events: int
+    ingest_events: int
+    repeats: int
+    latency_rate: float
+    latency_seconds: float
+    # Local scale-out: worker counts, over this many partitions (none: skipped).
+    workers: tuple[int, ...] = ()
+    partitions: int = 8
+
+
+def node_settings(folder: Path, bootstrap: str, attempt: int) -> Settings:
+    """A benchmark node's settings: its own topics, group and data folder; no rate limit."""
+    return Settings(
+        data_dir=folder / f"node{attempt}",
+        kafka_bootstrap_servers=bootstrap,
+        kafka_epoch=f"bench{attempt}",
+        topic_prefix=f"bench{attempt}",
+        worker_group=f"bench{attempt}",
+        api_port=free_port(),
+        write_key="wk_bench",
+        read_key="rk_bench",
+        ingest_rate_per_s=0,
+    )
+
+
+def raw_limits(run: Run, broker: EmbeddedBroker, sizes: Sizes) -> tuple[float, float, float]:
+    """The raw producer, raw consumer and do-nothing Faust agent rates (medians)."""
+    payloads = storefront_events(sizes.events, seed=1)
+    size = statistics.mean(len(v) for _, v in payloads)
+    raw_produce, raw_consume, faust_floor = [], [], []
+    for attempt in range(sizes.repeats):
+        topic = f"bench.raw.{attempt}"
+        ensure_topics(broker.bootstrap_servers, [topic], 4, 1)
+        raw_produce.append(raw_produce_rate(broker.bootstrap_servers, topic, payloads))
+        raw_consume.append(
+            asyncio.run(raw_consume_rate(broker.bootstrap_servers, topic, len(payloads)))
+        )
+        faust_floor.append(faust_floor_rate(broker.bootstrap_servers, topic, len(payloads)))
+    limits = (
+        statistics.median(raw_produce),
+        statistics.median(raw_consume),
+        statistics.median(faust_floor),
+    )
+    run.figures += [
+        Figure("raw producer (librdkafka, acks=all)", limits[0], "events/s", note=f"{size:.0f} B"),
+        Figure("raw consumer (aiokafka + JSON parse)", limits[1], "events/s"),
+        Figure(
+            "Faust agent doing nothing (take_events)",
+            limits[2],
+            "events/s",
+            "raw consumer",
+            limits[1],
+            note=f"batches of {Settings().batch_max_events}",
+        ),
+    ]
+    return limits
+
+
+def measure(sizes: Sizes) -> Run:
     """Run every measurement once (rates ``repeats`` times, median kept)."""
     run = Run(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -361,61 +604,39 @@ def measure(events: int, latency_rate: float, latency_seconds: float, repeats: i
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(),
         },
-        sizes={"events": events, "repeats": repeats},
+        sizes={
+            "events": sizes.events,
+            "pipeline_events": sizes.pipeline_events,
+            "ingest_events": sizes.ingest_events,
+            "repeats": sizes.repeats,
+            "partitions": sizes.partitions,
+        },
     )
     memory = PeakMemory()
+    memory.watch("bench (load generator)", psutil.Process().pid)
     with tempfile.TemporaryDirectory(prefix="journeys-bench-") as tmp:
         folder = Path(tmp)
         broker = EmbeddedBroker(folder / "broker.log")
         broker.start()
         memory.watch("broker", broker.process.pid)  # type: ignore[union-attr]
         try:
-            payloads = storefront_events(events, seed=1)
-            size = statistics.mean(len(v) for _, v in payloads)
-
-            raw_produce, raw_consume = [], []
-            for attempt in range(repeats):
-                topic = f"bench.raw.{attempt}"
-                ensure_topics(broker.bootstrap_servers, [topic], 4, 1)
-                raw_produce.append(raw_produce_rate(broker.bootstrap_servers, topic, payloads))
-                raw_consume.append(
-                    asyncio.run(raw_consume_rate(broker.bootstrap_servers, topic, len(payloads)))
-                )
-            produce_limit = statistics.median(raw_produce)
-            consume_limit = statistics.median(raw_consume)
-            run.figures.append(
-                Figure(
-                    "raw producer (librdkafka, acks=all)",
-                    produce_limit,
-                    "events/s",
-                    note=f"{size:.0f}-byte events",
-                )
-            )
-            run.figures.append(
-                Figure("raw consumer (aiokafka + JSON parse)", consume_limit, "events/s")
-            )
-
-            rates = []
-            for attempt in range(repeats):
-                settings = Settings(
-                    data_dir=folder / f"node{attempt}",
-                    kafka_bootstrap_servers=broker.bootstrap_servers,
-                    kafka_epoch=f"bench{attempt}",
-                    topic_prefix=f"bench{attempt}",
-                    worker_group=f"bench{attempt}",
-                    api_port=free_port(),
-                    write_key="wk_bench",
-                    read_key="rk_bench",
-                )
+            produce_limit, consume_limit, _ = raw_limits(run, broker, sizes)
+            calls = storefront_calls(sizes.ingest_events, seed=2)
+            payloads = storefront_events(sizes.pipeline_events, seed=3)
+            ingest, rates, replays = [], [], []
+            for attempt in range(sizes.repeats):
+                settings = node_settings(folder, broker.bootstrap_servers, attempt)
                 ensure_topics(
                     broker.bootstrap_servers, settings.all_topics, settings.topic_partitions, 1
                 )
                 node = BenchNode(settings, folder / f"node{attempt}", memory)
                 try:
+                    ingest.append(asyncio.run(ingest_rate(node, calls)))
+                    wait_drained(node)
                     rates.append(pipeline_rate(node, payloads))
-                    if attempt == repeats - 1:
+                    if attempt == sizes.repeats - 1:
                         latency = asyncio.run(
-                            track_to_stage_latency(node, latency_rate, latency_seconds)
+                            track_to_stage_latency(node, sizes.latency_rate, sizes.latency_seconds)
                         )
                 except Exception:
                     log = folder / f"node{attempt}" / "node.log"
@@ -423,16 +644,32 @@ def measure(events: int, latency_rate: float, latency_seconds: float, repeats: i
                     raise
                 finally:
                     node.close()
-            run.figures.append(
+                replays.append(replay_rate(settings))
+            # The scale-out takes --events, not --pipeline-events: three runs of 1M is long.
+            spread = storefront_events(sizes.events, seed=4) if sizes.workers else []
+            scale = {
+                count: scale_out_rate(
+                    folder, broker.bootstrap_servers, memory, count, sizes.partitions, spread
+                )
+                for count in sizes.workers
+            }
+            run.figures += [
+                Figure(
+                    "ingest: /v1/batch (100 events, broker-acked)",
+                    statistics.median(ingest),
+                    "events/s",
+                    "raw producer",
+                    produce_limit,
+                    note="API and worker share the node process",
+                ),
                 Figure(
                     "pipeline: journey agent → event store + ClickHouse",
                     statistics.median(rates),
                     "events/s",
                     "raw consumer",
                     consume_limit,
-                )
-            )
-            run.figures.append(
+                    note=f"{sizes.pipeline_events:,} events per run",
+                ),
                 Figure(
                     "latency p50: /v1/track 200 → stage visible",
                     latency["p50_ms"],
@@ -442,11 +679,26 @@ def measure(events: int, latency_rate: float, latency_seconds: float, repeats: i
                         f"accepted {latency['accepted_per_s']:.0f}/s, "
                         f"{latency['probes']:.0f} probes"
                     ),
+                ),
+                Figure("latency p99: /v1/track 200 → stage visible", latency["p99_ms"], "ms"),
+                Figure(
+                    "replay: event store → projections",
+                    statistics.median(replays),
+                    "events/s",
+                    note="domain events, node stopped",
+                ),
+            ]
+            run.figures += [
+                Figure(
+                    f"scale-out: {count} worker(s), {sizes.partitions} partitions",
+                    rate,
+                    "events/s",
+                    f"{min(scale)} worker(s)",
+                    scale[min(scale)],
+                    note=f"own SQLite and chdb per worker, {sizes.events:,} events",
                 )
-            )
-            run.figures.append(
-                Figure("latency p99: /v1/track 200 → stage visible", latency["p99_ms"], "ms")
-            )
+                for count, rate in scale.items()
+            ]
         finally:
             broker.stop()
             memory.close()
@@ -473,15 +725,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=200_000, help="events through each stage")
+    parser.add_argument(
+        "--events", type=int, default=200_000, help="events of the raw limits (and the default)"
+    )
+    parser.add_argument(
+        "--pipeline-events", type=int, default=0, help="events through the pipeline (--events)"
+    )
+    parser.add_argument(
+        "--ingest-events", type=int, default=0, help="events through /v1/batch (--events / 4)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per rate; the median is kept")
     parser.add_argument(
         "--latency-rate", type=float, default=5000, help="offered /v1/track calls per second"
     )
     parser.add_argument("--latency-seconds", type=float, default=10)
+    parser.add_argument(
+        "--workers", default="", help="local scale-out, worker counts: e.g. 1,2,4 (default: none)"
+    )
+    parser.add_argument("--partitions", type=int, default=8, help="partitions of the scale-out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    run = measure(args.events, args.latency_rate, args.latency_seconds, args.repeats)
+    sizes = Sizes(
+        events=args.events,
+        pipeline_events=args.pipeline_events or args.events,
+        ingest_events=args.ingest_events or max(100, args.events // 4),
+        repeats=args.repeats,
+        latency_rate=args.latency_rate,
+        latency_seconds=args.latency_seconds,
+        workers=tuple(int(count) for count in args.workers.split(",") if count),
+        partitions=args.partitions,
+    )
+    run = measure(sizes)
     print(render(run))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"run-{run.started_at.replace(':', '')}.json"

@@ -73,6 +73,8 @@ class JourneyUpdate:
     orders: list[tuple[str, Touch]] = field(default_factory=list)
     # Journeys of earlier, uncommitted updates of the same batch (see record()).
     in_flight: Mapping[str, CustomerJourney] = field(default_factory=dict)
+    # Journeys as last committed, held by the caller (see record()).
+    live: Mapping[str, CustomerJourney] = field(default_factory=dict)
 
 
 class JourneyApplication(Application[UUID]):
@@ -113,15 +115,21 @@ class JourneyApplication(Application[UUID]):
         touches: Iterable[TrackedEvent],
         position: Tracking | None = None,
         in_flight: Mapping[str, CustomerJourney] | None = None,
+        live: Mapping[str, CustomerJourney] | None = None,
     ) -> JourneyUpdate:
         """Apply events in order to their journeys; nothing is saved yet.
 
         ``in_flight``: journeys recorded but not yet committed by an earlier update
         of the same batch; a customer found there continues from that state, so two
         updates never both write the journey's next version.
+
+        ``live``: journeys exactly as the event store holds them (committed by the
+        caller, nothing pending), used instead of reading them again; the caller
+        must drop any it no longer knows to be current.
         """
         update = JourneyUpdate(processing=ProcessingEvent(tracking=position))
         update.in_flight = in_flight or {}
+        update.live = live or {}
         for touch in touches:
             if touch.call_type == LINK_CALL:
                 self._merge_request(touch, update)
@@ -140,7 +148,11 @@ class JourneyApplication(Application[UUID]):
     def _journey_for(self, update: JourneyUpdate, key: str, at: datetime) -> CustomerJourney:
         journey = update.journeys.get(key) or update.in_flight.get(key)
         if journey is None:
-            journey = self.journey(key) or CustomerJourney(customer_key=key, started_at=at)
+            journey = (
+                update.live.get(key)
+                or self.journey(key)
+                or CustomerJourney(customer_key=key, started_at=at)
+            )
             update.journeys[key] = journey
         return journey
 
@@ -182,7 +194,8 @@ class JourneyApplication(Application[UUID]):
 
     def _merge_request(self, request: TrackedEvent, update: JourneyUpdate) -> None:
         key = request.customer_key
-        if not is_anonymous(key) and key not in update.journeys and self.journey(key) is None:
+        known = key in update.journeys or key in update.live
+        if not is_anonymous(key) and not known and self.journey(key) is None:
             return  # an alias's previousId that is no known customer: nothing to refuse
         journey = self._journey_for(update, key, request.timestamp)
         into = request.user_id or ""

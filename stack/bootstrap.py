@@ -50,7 +50,13 @@ class Platform:
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores."""
-        return JourneyPipeline(self.journeys, self.event_log, self.stages, self.profiles)
+        return JourneyPipeline(
+            self.journeys,
+            self.event_log,
+            self.stages,
+            self.profiles,
+            live_journeys=self.settings.journey_cache_size,
+        )
 
     def close(self) -> None:
         """Release the stores (the chdb folder lock, the SQLite connection)."""

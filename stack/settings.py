@@ -51,6 +51,7 @@ class Settings(BaseSettings):
 
     # Journeys kept in memory by the worker (0: none). A cached journey is still
     # fast-forwarded from the event store on every read, so it is never stale.
+    # The journey pipeline also keeps this many journeys it committed (see LiveJourneys).
     journey_cache_size: int = Field(default=10_000, ge=0)
 
     # Stage rules (TOML). Empty: the documented defaults in journeys/stage_rules.toml.

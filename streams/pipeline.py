@@ -6,11 +6,16 @@ committed last, in one transaction. A crash anywhere before the commit replays
 the batch; after it, the batch is skipped. Messages the journeys ask to send
 (identity links, merged histories, events re-keyed to a merged customer) are
 sent before the commit too; their receivers recognise a repeat by its id.
+
+The pipeline is the only writer of a partition's journeys, so it keeps the
+journeys it committed in memory (:class:`LiveJourneys`) rather than reading
+them back from the event store for every batch, which cost most of its time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +45,54 @@ class PreparedBatch:
     rejected: list[tuple[bytes, list[dict[str, Any]]]] = field(default_factory=list)
 
 
+class LiveJourneys:
+    """The journeys this worker committed last, as committed, per partition (LRU).
+
+    Valid only while nothing else wrote them: a partition's entries are kept
+    while its committed position is the one this worker committed, and dropped
+    when it differs (another worker had the partition meanwhile). Everything is
+    dropped when a batch was prepared but not committed (its journeys hold
+    uncommitted events) or a commit failed. Reconstructing a journey from the
+    event store costs more than recording an event on it (see docs/performance.md).
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.journeys: OrderedDict[str, CustomerJourney] = OrderedDict()
+        self._source_of: dict[str, str] = {}
+        self._positions: dict[str, int] = {}
+
+    def current(self, source: str, position: int) -> Mapping[str, CustomerJourney]:
+        """The live journeys, after dropping ``source``'s unless it is at ``position``."""
+        if self._positions.get(source) != position:
+            self._positions.pop(source, None)
+            stale = [key for key, owner in self._source_of.items() if owner == source]
+            for key in stale:
+                del self.journeys[key]
+                del self._source_of[key]
+        return self.journeys
+
+    def keep(self, source: str, position: int, journeys: Iterable[CustomerJourney]) -> None:
+        """Remember ``journeys``, just committed with ``source`` at ``position``."""
+        if not self.maxsize:
+            return
+        self._positions[source] = position
+        for journey in journeys:
+            key = journey.customer_key
+            self.journeys[key] = journey
+            self.journeys.move_to_end(key)
+            self._source_of[key] = source
+        while len(self.journeys) > self.maxsize:
+            key, _ = self.journeys.popitem(last=False)
+            del self._source_of[key]
+
+    def clear(self) -> None:
+        """Forget everything (a batch failed or was never committed)."""
+        self.journeys.clear()
+        self._source_of.clear()
+        self._positions.clear()
+
+
 class JourneyPipeline:
     """Applies batches of tracked events to journeys and their read models."""
 
@@ -49,11 +102,16 @@ class JourneyPipeline:
         event_log: EventLog,
         stages: CustomerStageView,
         profiles: ProfileView | None = None,
+        live_journeys: int = 0,
     ) -> None:
         self.journeys = journeys
         self.event_log = event_log
         self.stages = stages
         self.profiles = profiles
+        # ``live_journeys``: how many committed journeys to keep in memory (0: none).
+        self.live = LiveJourneys(live_journeys)
+        # Sources of batches prepared and not yet committed.
+        self._uncommitted: set[str] = set()
 
     def prepare_many(self, batches: Sequence[PartitionBatch]) -> list[PreparedBatch]:
         """Record each partition's new events, then write all their effects at once.
@@ -62,16 +120,25 @@ class JourneyPipeline:
         insert costs 10-20 ms whatever its size (measured), so per-partition
         inserts cost the worker most of its time.
         """
+        if self._uncommitted:
+            # The last batch was never committed: its journeys hold its events.
+            self.live.clear()
+            self._uncommitted.clear()
         prepared: list[PreparedBatch] = []
         # One customer's events belong on one partition, but a producer that breaks
         # the keying contract must not make two updates race for one journey.
         in_flight: dict[str, CustomerJourney] = {}
-        for batch in batches:
-            found = self._record(batch, in_flight)
-            if found is not None:
-                prepared.append(found)
-                in_flight.update(found.update.journeys)
-        self._write_effects([p.update for p in prepared])
+        try:
+            for batch in batches:
+                found = self._record(batch, in_flight)
+                if found is not None:
+                    prepared.append(found)
+                    self._uncommitted.add(batch.source)
+                    in_flight.update(found.update.journeys)
+            self._write_effects([p.update for p in prepared])
+        except BaseException:
+            self.live.clear()
+            raise
         return prepared
 
     def prepare(self, batch: PartitionBatch) -> PreparedBatch | None:
@@ -86,6 +153,7 @@ class JourneyPipeline:
         fresh = [(offset, value) for offset, value in batch.records if offset >= start]
         if not fresh:
             return None
+        live = self.live.current(batch.source, start)
         touches: list[TrackedEvent] = []
         rejected: list[tuple[bytes, list[dict[str, Any]]]] = []
         for _, value in fresh:
@@ -96,7 +164,7 @@ class JourneyPipeline:
                 reason = {"field": "payload", "rule": "envelope", "message": str(error)}
                 rejected.append((value, [reason]))
         update = self.journeys.record(
-            touches, Tracking(batch.source, fresh[-1][0] + 1), in_flight=in_flight
+            touches, Tracking(batch.source, fresh[-1][0] + 1), in_flight=in_flight, live=live
         )
         return PreparedBatch(update=update, rejected=rejected)
 
@@ -117,7 +185,18 @@ class JourneyPipeline:
 
     def commit(self, prepared: PreparedBatch) -> None:
         """Save journeys and the consumed position atomically."""
-        self.journeys.commit(prepared.update)
+        update = prepared.update
+        try:
+            self.journeys.commit(update)
+        except BaseException:
+            self.live.clear()
+            raise
+        tracking = update.processing.tracking
+        if tracking is not None:
+            self._uncommitted.discard(tracking.application_name)
+            self.live.keep(
+                tracking.application_name, tracking.notification_id, update.journeys.values()
+            )
 
     def commit_many(self, prepared: Sequence[PreparedBatch]) -> None:
         """Commit each partition's batch (one transaction each: one position each)."""

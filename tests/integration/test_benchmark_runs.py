@@ -43,7 +43,13 @@ def test_benchmark_prints_each_figure_beside_its_raw_limit_and_writes_json(tmp_p
     pipeline = figures["pipeline: journey agent → event store + ClickHouse"]
     assert pipeline["value"] > 0
     assert pipeline["raw_value"] == figures["raw consumer (aiokafka + JSON parse)"]["value"] > 0
-    assert figures["raw producer (librdkafka, acks=all)"]["value"] > 0
+    producer = figures["raw producer (librdkafka, acks=all)"]["value"]
+    assert producer > 0
+    ingest = figures["ingest: /v1/batch (100 events, broker-acked)"]
+    assert ingest["value"] > 0 and ingest["raw_value"] == producer
+    faust_floor = figures["Faust agent doing nothing (take_events)"]
+    assert faust_floor["value"] > 0 and faust_floor["raw_value"] == pipeline["raw_value"]
+    assert figures["replay: event store → projections"]["value"] > 0
     latency_p50 = figures["latency p50: /v1/track 200 → stage visible"]["value"]
     assert 0 < latency_p50 <= figures["latency p99: /v1/track 200 → stage visible"]["value"]
     assert figures["peak memory: node"]["value"] > 0

@@ -28,13 +28,14 @@ pytestmark = pytest.mark.integration
 SOURCE = "journey.events#0"
 
 
-def pipeline_for(settings: Settings, clickhouse: Client) -> JourneyPipeline:
+def pipeline_for(settings: Settings, clickhouse: Client, live_journeys: int = 0) -> JourneyPipeline:
     """A pipeline as a (re)started worker builds it: fresh objects over the same stores."""
     migrate(clickhouse, settings.clickhouse_database)
     return JourneyPipeline(
         JourneyApplication(env=event_store_env(settings)),
         EventLog(clickhouse, settings.clickhouse_database),
         CustomerStageView(clickhouse, settings.clickhouse_database),
+        live_journeys=live_journeys,
     )
 
 
@@ -222,3 +223,47 @@ def test_one_customer_on_two_partitions_of_a_batch_is_recorded_once_in_order(
     assert restarted.journeys.consumed_position("journey.events#0") == 1
     assert restarted.journeys.consumed_position("journey.events#1") == 2
     assert restarted.event_log.event_count("fay") == 3
+
+
+# --- the journeys a worker keeps in memory (LiveJourneys) -------------------------------
+
+
+def stored_touchpoints(settings: Settings, customer: str) -> int:
+    """What a freshly started process reads from the event store."""
+    journey = JourneyApplication(env=event_store_env(settings)).journey(customer)
+    assert journey is not None
+    return journey.touchpoints
+
+
+def test_live_journeys_of_a_partition_another_worker_wrote_meanwhile_are_read_again(
+    settings: Settings, clickhouse: Client
+) -> None:
+    events = storefront()
+    first = pipeline_for(settings, clickhouse, live_journeys=100)
+    first.process(batch(events[:2]))
+    assert set(first.live.journeys) == {"alice", "bob"}
+
+    # A rebalance gave the partition to another worker, which went on with it...
+    second = pipeline_for(settings, clickhouse, live_journeys=100)
+    second.process(batch(events[2:4], first_offset=2))
+    # ...and back: the first worker's alice misses a2 and must not be used.
+    first.process(batch(events[4:], first_offset=4))
+
+    assert stored_touchpoints(settings, "alice") == 3
+    assert stored_touchpoints(settings, "bob") == 2
+    assert first.live.journeys["alice"].touchpoints == 3
+
+
+def test_live_journeys_of_a_batch_never_committed_are_recorded_afresh_when_it_comes_again(
+    settings: Settings, clickhouse: Client
+) -> None:
+    events = storefront()
+    pipeline = pipeline_for(settings, clickhouse, live_journeys=100)
+    pipeline.process(batch(events[:2]))
+    pipeline.prepare(batch(events[2:4], first_offset=2))  # never committed: the worker failed
+
+    again = pipeline.process(batch(events[2:4], first_offset=2))
+
+    assert again is not None
+    assert [e.event_id for e in again.update.recorded] == ["a2", "c1"]
+    assert stored_touchpoints(settings, "alice") == 2
