@@ -19,6 +19,7 @@ from projections.analytics.reports import Period, Reports, RetentionMode
 from stack.settings import Settings
 from streams.pipeline import JourneyPipeline, PartitionBatch
 from tests.conftest import T0, make_event
+from tests.integration.analytics_data import identify as identify_call
 from tests.integration.test_journey_pipeline import pipeline_for
 
 BY_TYPE = Funnel(
@@ -57,18 +58,8 @@ def anonymous(event: TrackedEvent, anonymous_id: str) -> TrackedEvent:
 
 
 def identify(event_id: str, user: str, anonymous_id: str, minutes: float) -> TrackedEvent:
-    moment = T0 + timedelta(minutes=minutes)
-    return TrackedEvent(
-        event_id=event_id,
-        customer_key=user,
-        call_type="identify",
-        event_type=EventType.IDENTIFY,
-        event_name="Identify",
-        timestamp=moment,
-        received_at=moment,
-        user_id=user,
-        anonymous_id=anonymous_id,
-    )
+    """An identify call ``minutes`` after T0."""
+    return identify_call(event_id, user, anonymous_id, T0 + timedelta(minutes=minutes))
 
 
 def feed(
