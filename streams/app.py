@@ -151,7 +151,12 @@ class JourneyStreams:
     def status(self) -> dict[str, Any]:
         """What the worker is doing, for the health endpoint."""
         consumer = self.app.consumer if self.app.started else None
-        assignment = consumer.assignment() if consumer else set()
+        # The journey agent's partitions: the app's consumer also holds the other
+        # agents' topics, whose offsets are not comparable with these positions.
+        topic = self.settings.events_topic
+        assignment = {
+            tp for tp in (consumer.assignment() if consumer else set()) if tp.topic == topic
+        }
         assigned = sorted(tp.partition for tp in assignment)
         # Lag: what the broker has (highwater, as last fetched) beyond what is committed.
         committed = self.consumed_positions(assigned)

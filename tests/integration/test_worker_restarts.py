@@ -131,6 +131,11 @@ def test_accepted_events_survive_kill_and_restart_and_count_once(
         # (moved in the event log, or forwarded after the merge): 8 customers + 4 shoppers,
         # each through every step, across the kills.
         assert [s["customers"] for s in funnel.json()["steps"]] == [12, 12, 12]
+        # Health speaks of the journey agent's partitions alone, each once, caught up
+        # (the app's consumer also holds stage-change and trigger partitions).
+        worker = httpx.get(f"{node.base}/health", timeout=30).json()["components"]["worker"]
+        assert worker["assigned_partitions"] == list(range(settings.topic_partitions))
+        assert worker["lag"] == 0
     finally:
         assert node.stop() == 0
 
