@@ -82,13 +82,13 @@ def _plan_customers(
     if plan.problems:
         return
     for number, row in rows:
-        problems: list[RowProblem] = []
-        customer = _required(file, number, row, "customer_id", problems)
-        created = _time(file, number, row, "created_at", problems, required=True)
+        cells = _RowReader(file, number, row)
+        customer = cells.identifier("customer_id")
+        created = cells.time("created_at", required=True)
         if row.get("email") and "@" not in row["email"]:
-            problems.append(RowProblem(file, number, "email", "not an e-mail address"))
-        if problems or created is None:
-            plan.problems.extend(problems)
+            cells.problem("email", "not an e-mail address")
+        if cells.problems or created is None:
+            plan.problems.extend(cells.problems)
             continue
         traits = {k: row[k] for k in ("email", "first_name", "last_name", "phone") if row.get(k)}
         traits["created_at"] = created.isoformat()
@@ -112,18 +112,18 @@ def _plan_orders(
         return
     orders: dict[str, dict[str, Any]] = {}
     for number, row in rows:
-        problems: list[RowProblem] = []
-        order_id = _required(file, number, row, "order_id", problems)
-        customer = _required(file, number, row, "customer_id", problems)
-        created = _time(file, number, row, "created_at", problems, required=True)
-        total = _number(file, number, row, "total", problems, required=True)
-        price = _number(file, number, row, "price", problems)
-        quantity = _count(file, number, row, "quantity", problems)
+        cells = _RowReader(file, number, row)
+        order_id = cells.identifier("order_id")
+        customer = cells.identifier("customer_id")
+        created = cells.time("created_at", required=True)
+        total = cells.amount("total", required=True)
+        price = cells.amount("price")
+        quantity = cells.count("quantity")
         currency = row.get("currency", "")
         if currency and not (len(currency) == 3 and currency.isalpha()):
-            problems.append(RowProblem(file, number, "currency", "must be a 3-letter ISO code"))
-        if problems or created is None:
-            plan.problems.extend(problems)
+            cells.problem("currency", "must be a 3-letter ISO code")
+        if cells.problems or created is None:
+            plan.problems.extend(cells.problems)
             continue
         order = orders.get(order_id)
         if order is None:
@@ -160,89 +160,73 @@ def _plan_orders(
     plan.calls.extend(orders.values())
 
 
-def _required(
-    file: str, number: int, row: dict[str, str], column: str, problems: list[RowProblem]
-) -> str:
-    value = row.get(column, "")
-    if not value:
-        problems.append(RowProblem(file, number, column, "is required"))
-    elif len(value) > 255:
-        problems.append(RowProblem(file, number, column, "at most 255 characters"))
-    return value
+@dataclass(slots=True)
+class _RowReader:
+    """Reads one CSV row's cells, collecting a problem for each bad one."""
 
+    file: str
+    number: int
+    row: dict[str, str]
+    problems: list[RowProblem] = field(default_factory=list)
 
-def _cell(
-    file: str,
-    number: int,
-    row: dict[str, str],
-    column: str,
-    problems: list[RowProblem],
-    required: bool,
-) -> str:
-    """The cell's text; an empty required cell is a problem."""
-    value = row.get(column, "")
-    if not value and required:
-        problems.append(RowProblem(file, number, column, "is required"))
-    return value
+    def problem(self, column: str, message: str) -> None:
+        """Note that ``column`` breaks a rule."""
+        self.problems.append(RowProblem(self.file, self.number, column, message))
 
+    def cell(self, column: str, required: bool = False) -> str:
+        """The cell's text; an empty required cell is a problem."""
+        value = self.row.get(column, "")
+        if not value and required:
+            self.problem(column, "is required")
+        return value
 
-def _time(
-    file: str,
-    number: int,
-    row: dict[str, str],
-    column: str,
-    problems: list[RowProblem],
-    required: bool = False,
-) -> datetime | None:
-    value = _cell(file, number, row, column, problems, required)
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        problems.append(
-            RowProblem(file, number, column, f"{value!r} is not an ISO 8601 date or time")
-        )
-        return None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    if not datetime(1970, 1, 1, tzinfo=UTC) <= moment <= datetime.now(UTC):
-        problems.append(RowProblem(file, number, column, f"{value!r} is not a past date"))
-        return None
-    return moment
+    def identifier(self, column: str) -> str:
+        """A required id of at most 255 characters."""
+        value = self.cell(column, required=True)
+        if len(value) > 255:
+            self.problem(column, "at most 255 characters")
+        return value
 
+    def time(self, column: str, required: bool = False) -> datetime | None:
+        """An ISO 8601 moment in the past (UTC without an offset), or None."""
+        value = self.cell(column, required)
+        if not value:
+            return None
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            self.problem(column, f"{value!r} is not an ISO 8601 date or time")
+            return None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if not datetime(1970, 1, 1, tzinfo=UTC) <= moment <= datetime.now(UTC):
+            self.problem(column, f"{value!r} is not a past date")
+            return None
+        return moment
 
-def _number(
-    file: str,
-    number: int,
-    row: dict[str, str],
-    column: str,
-    problems: list[RowProblem],
-    required: bool = False,
-) -> float | None:
-    value = _cell(file, number, row, column, problems, required)
-    if not value:
-        return None
-    try:
-        parsed = float(value)
-    except ValueError:
-        problems.append(RowProblem(file, number, column, f"{value!r} is not a number"))
-        return None
-    if parsed != parsed or parsed in (float("inf"), float("-inf")) or parsed < 0:
-        problems.append(RowProblem(file, number, column, f"{value!r} is not a number ≥ 0"))
-        return None
-    return parsed
+    def amount(self, column: str, required: bool = False) -> float | None:
+        """A finite number ≥ 0, or None."""
+        value = self.cell(column, required)
+        if not value:
+            return None
+        try:
+            parsed = float(value)
+        except ValueError:
+            self.problem(column, f"{value!r} is not a number")
+            return None
+        if parsed != parsed or parsed in (float("inf"), float("-inf")) or parsed < 0:
+            self.problem(column, f"{value!r} is not a number ≥ 0")
+            return None
+        return parsed
 
-
-def _count(
-    file: str, number: int, row: dict[str, str], column: str, problems: list[RowProblem]
-) -> int | None:
-    value = row.get(column, "")
-    if not value:
-        return None
-    if not value.isdigit():
-        problems.append(RowProblem(file, number, column, f"{value!r} is not a whole number ≥ 0"))
-        return None
-    return int(value)
+    def count(self, column: str) -> int | None:
+        """A whole number ≥ 0, or None."""
+        value = self.cell(column)
+        if not value:
+            return None
+        if not value.isdigit():
+            self.problem(column, f"{value!r} is not a whole number ≥ 0")
+            return None
+        return int(value)
 
 
 def batches(calls: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
