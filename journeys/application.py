@@ -179,16 +179,13 @@ class JourneyApplication(Application[UUID]):
             targets.append(targets[-1].removeprefix(ANONYMOUS_PREFIX))
         for key in targets:
             update.forwards.append(
-                TrackedEvent(
-                    event_id=f"link:{key}:{journey.customer_key}",
-                    customer_key=key,
-                    call_type=LINK_CALL,
-                    event_type=EventType.IDENTIFY,
-                    event_name="Identity Linked",
-                    timestamp=touch.timestamp,
-                    received_at=touch.received_at,
+                _identity_message(
+                    LINK_CALL,
+                    f"link:{key}:{journey.customer_key}",
+                    touch,
+                    to=key,
                     user_id=journey.customer_key,
-                    anonymous_id=key.removeprefix(ANONYMOUS_PREFIX),
+                    anonymous_key=key,
                 )
             )
 
@@ -209,17 +206,14 @@ class JourneyApplication(Application[UUID]):
         update.merges.append((journey.customer_key, into))
         facts = [t.to_dict() for t in self.touches_of(journey)]
         update.forwards.append(
-            TrackedEvent(
+            _identity_message(
+                MERGE_CALL,
                 # Deterministic: a re-sent merge (after a crash) is recognised by its id.
-                event_id=f"merge:{journey.customer_key}:{into}",
-                customer_key=into,
-                call_type=MERGE_CALL,
-                event_type=EventType.IDENTIFY,
-                event_name="Identity Merged",
-                timestamp=request.timestamp,
-                received_at=request.received_at,
+                f"merge:{journey.customer_key}:{into}",
+                request,
+                to=into,
                 user_id=into,
-                anonymous_id=journey.customer_key.removeprefix("anon:"),
+                anonymous_key=journey.customer_key,
                 properties={
                     "from": journey.customer_key,
                     "touches": facts,
@@ -325,3 +319,31 @@ def timeline_of(history: Iterable[Any]) -> list[dict[str, Any]]:
     entries = [timeline_entry(e) for e in history]
     order = sorted(range(len(entries)), key=lambda i: (entries[i]["at"], i))
     return [entries[i] for i in order]
+
+
+_IDENTITY_NAMES = {LINK_CALL: "Identity Linked", MERGE_CALL: "Identity Merged"}
+
+
+def _identity_message(
+    call_type: str,
+    event_id: str,
+    cause: TrackedEvent,
+    *,
+    to: str,
+    user_id: str,
+    anonymous_key: str,
+    properties: dict[str, Any] | None = None,
+) -> TrackedEvent:
+    """An identity message (link or merge) for ``to``'s journey, stamped like its cause."""
+    return TrackedEvent(
+        event_id=event_id,
+        customer_key=to,
+        call_type=call_type,
+        event_type=EventType.IDENTIFY,
+        event_name=_IDENTITY_NAMES[call_type],
+        timestamp=cause.timestamp,
+        received_at=cause.received_at,
+        user_id=user_id,
+        anonymous_id=anonymous_key.removeprefix(ANONYMOUS_PREFIX),
+        properties=properties or {},
+    )
