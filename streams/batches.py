@@ -5,6 +5,12 @@ that Faust restarts in this process would go on with later offsets and save
 positions past them (every agent saves its consumed position with its
 effects). Stopping the worker instead re-reads everything from the failed
 batch on at the next start, where positions and dedup absorb what repeats.
+
+Faust's ``take_events`` acks a batch in a ``finally``, which also runs when
+the failed generator is finalized during shutdown; a commit after that would
+move the group's offset past the failed batch and lose it. So a failed batch
+is fenced first: its messages are marked done without being counted as acked,
+and no commit can pass them.
 """
 
 from __future__ import annotations
@@ -50,5 +56,18 @@ class BatchLoop:
                 await handle(events)
             except Exception as error:
                 log.critical("%s batch failed; stopping the worker: %r", agent, error)
+                fence(events)
                 await self.app.crash(error)
                 raise
+
+
+def fence(events: Sequence[EventT]) -> None:
+    """Keep the group's committed offsets below ``events`` for good in this process.
+
+    The consumer only commits up to the first offset it never counted as acked.
+    Setting ``acked`` directly turns every later ``ack`` of these messages, by
+    this agent's ``finally`` or by another agent on the same topic, into a no-op
+    that is never counted, so the next start re-reads them.
+    """
+    for event in events:
+        event.message.acked = True

@@ -17,10 +17,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
 
 from stack.processes import wait_until
 from stack.settings import Settings
-from tests.integration.test_outreach_triggers import Receiver, add_to_cart, admin, start_node
+from tests.integration.test_outreach_triggers import (
+    Receiver,
+    add_to_cart,
+    admin,
+    start_node,
+    topic_records,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +56,28 @@ def _execute(settings: Settings, sql: str) -> None:
         connection.execute(sql)
 
 
+def _committed_past(settings: Settings, customer: str) -> list[str]:
+    """The group's committed offsets that lie past one of ``customer``'s events."""
+    events = [
+        record
+        for record in topic_records(settings, settings.events_topic)
+        if json.loads(record.value).get("customer_key") == customer
+    ]
+    assert events, f"no event of {customer} on the events topic"
+    admin_client = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        committed = admin_client.list_group_offsets(settings.worker_group)[settings.worker_group]
+    finally:
+        admin_client.close()
+    return [
+        f"{record.partition}@{record.offset}: committed {position.offset}"
+        for record in events
+        for tp, position in committed.items()
+        if (tp.topic, tp.partition) == (record.topic, record.partition)
+        and position.offset > record.offset
+    ]
+
+
 def test_a_failing_trigger_batch_stops_the_worker_and_is_redone_after_restart(
     settings: Settings, fail_fast_receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -67,6 +96,9 @@ def test_a_failing_trigger_batch_stops_the_worker_and_is_redone_after_restart(
         )
         assert "triggers batch failed; stopping the worker" in node.log_path.read_text()
         assert not receiver.seen("/ok", "c-poison")
+        # Not only redone by the trigger agent's own position: the group never
+        # committed past the failed batch, so no agent on the topic can skip it.
+        assert _committed_past(settings, "c-poison") == []
 
         # The database accepts again: the restarted worker redoes the batch, fires once.
         _execute(settings, "DROP TRIGGER refuse_poison")

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
 
 from events.segment import TrackCall, to_tracked_event
 from stack.cli import main as cli_main
@@ -216,18 +217,24 @@ def timers_of(node: NodeProcess, customer: str) -> list[dict[str, Any]]:
     return list(response.json()["timers"])
 
 
-def dead_letters(settings: Settings) -> list[dict[str, Any]]:
+def topic_records(settings: Settings, topic: str) -> list[ConsumerRecord]:
+    """Every record on ``topic`` so far, read outside any consumer group."""
     consumer = KafkaConsumer(
-        settings.triggers_dead_letter_topic,
+        topic,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         auto_offset_reset="earliest",
         consumer_timeout_ms=3000,
         enable_auto_commit=False,
     )
     try:
-        return [json.loads(record.value) for record in consumer]
+        return list(consumer)
     finally:
         consumer.close()
+
+
+def dead_letters(settings: Settings) -> list[dict[str, Any]]:
+    records = topic_records(settings, settings.triggers_dead_letter_topic)
+    return [json.loads(record.value) for record in records]
 
 
 def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_kill(
