@@ -1,0 +1,242 @@
+"""The ingest gateway's own cost per event, apart from the journey worker.
+
+    python -m bench.ingest                          # 50k events, 16 connections, 3 repeats
+    python -m bench.ingest --events 400 --repeats 1 # tiny, as the test suite runs it
+
+Starts a Tansu broker and the gateway in a process of its own (the real ASGI
+app under uvicorn, the real librdkafka sink, no worker), drives ``/v1/batch``
+with 100 storefront calls per request over N connections, and prints events/s
+and events per CPU-second of the gateway process beside a raw librdkafka
+producer measured in the same run. Rates are medians of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+
+from bench.run import node_settings, raw_produce_rate, storefront_calls, storefront_events
+from stack.broker import EmbeddedBroker
+from stack.processes import spawn, stop, wait_until
+from stack.settings import Settings
+from streams.topics import ensure_topics
+
+BATCH_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One timed run: events/s by the wall clock and per CPU-second of the process measured."""
+
+    events_per_s: float
+    events_per_cpu_s: float
+
+
+def serve(settings: Settings) -> None:
+    """The gateway as production runs it alone: the API under uvicorn, the librdkafka sink.
+
+    Its own chdb folder (no worker holds it here), so the whole app is served.
+    """
+    import uvicorn
+
+    from api.app import create_api
+    from stack.bootstrap import build_gateway, build_platform, event_sink
+
+    platform = build_platform(settings)
+    sink = event_sink(settings)
+    api = create_api(build_gateway(platform, sink, streams=None))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        await sink.start()
+        try:
+            yield
+        finally:
+            await sink.stop()
+
+    api.router.lifespan_context = lifespan
+    try:
+        uvicorn.run(
+            api,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        platform.close()
+
+
+class Gateway:
+    """A gateway process of the benchmark's own (``python -m bench.ingest serve``)."""
+
+    def __init__(self, settings: Settings, folder: Path) -> None:
+        self.base = f"http://127.0.0.1:{settings.api_port}"
+        self.process = spawn(
+            [sys.executable, "-m", "bench.ingest", "serve"],
+            folder / "gateway.log",
+            env=settings.to_env(),
+        )
+        self.ps = psutil.Process(self.process.pid)
+        process = self.process
+        if not wait_until(self._healthy, 120, alive=lambda: process.poll() is None):
+            raise RuntimeError(f"the gateway did not start; see {folder / 'gateway.log'}")
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def cpu_seconds(self) -> float:
+        """User and system time of the gateway process so far (all its threads)."""
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def close(self) -> None:
+        """Stop it (the producer flushes first)."""
+        stop(self.process, timeout=30)
+
+
+async def drive(
+    base: str, bodies: list[tuple[bytes, int]], write_key: str, connections: int
+) -> float:
+    """Send every body to ``/v1/batch`` over ``connections``; the seconds it took.
+
+    Anything but a 200 (every event broker-acknowledged) stops the run.
+    """
+    pending = iter(bodies)
+    headers = {"Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+
+        async def sender() -> None:
+            for body, _ in pending:
+                response = await client.post(
+                    "/v1/batch", content=body, auth=(write_key, ""), headers=headers
+                )
+                if response.status_code != 200:
+                    status = response.status_code
+                    raise RuntimeError(f"/v1/batch answered {status}: {response.text}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(connections)))
+        return time.perf_counter() - started
+
+
+def gateway_rate(
+    gateway: Gateway, bodies: list[tuple[bytes, int]], write_key: str, connections: int
+) -> Rate:
+    """Events/s the gateway accepts and the events per CPU-second it spent on them."""
+    events = sum(count for _, count in bodies)
+    cpu = gateway.cpu_seconds()
+    elapsed = asyncio.run(drive(gateway.base, bodies, write_key, connections))
+    spent = gateway.cpu_seconds() - cpu
+    return Rate(events / elapsed, events / spent if spent else float("inf"))
+
+
+def raw_rate(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> Rate:
+    """The raw librdkafka producer (bench/run.py's), with the CPU it used in this process."""
+    cpu = time.process_time()
+    per_s = raw_produce_rate(bootstrap, topic, payloads)
+    spent = time.process_time() - cpu
+    return Rate(per_s, len(payloads) / spent if spent else float("inf"))
+
+
+def batch_bodies(calls: list[dict[str, Any]]) -> list[tuple[bytes, int]]:
+    """``/v1/batch`` bodies of BATCH_SIZE calls each, with their event counts."""
+    return [
+        (orjson.dumps({"batch": calls[i : i + BATCH_SIZE]}), len(calls[i : i + BATCH_SIZE]))
+        for i in range(0, len(calls), BATCH_SIZE)
+    ]
+
+
+def median_rate(rates: list[Rate]) -> Rate:
+    """The median of each figure."""
+    return Rate(
+        statistics.median(r.events_per_s for r in rates),
+        statistics.median(r.events_per_cpu_s for r in rates),
+    )
+
+
+def measure(events: int, connections: int, repeats: int) -> dict[str, Rate]:
+    """Raw producer and gateway, alternating, ``repeats`` times each; medians."""
+    calls = storefront_calls(events, seed=7)
+    bodies = batch_bodies(calls)
+    payloads = storefront_events(events, seed=7)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        folder = Path(tmp)
+        broker = EmbeddedBroker(folder / "broker.log")
+        broker.start()
+        try:
+            settings = node_settings(folder, broker.bootstrap_servers, 0)
+            ensure_topics(
+                broker.bootstrap_servers, settings.all_topics, settings.topic_partitions, 1
+            )
+            gateway = Gateway(settings, folder)
+            try:
+                # Warm up: connections, the producer's metadata, first-call imports.
+                gateway_rate(gateway, bodies[:20], settings.write_key, connections)
+                raw: list[Rate] = []
+                measured: list[Rate] = []
+                for attempt in range(repeats):
+                    topic = f"bench.raw.{attempt}"
+                    ensure_topics(broker.bootstrap_servers, [topic], settings.topic_partitions, 1)
+                    raw.append(raw_rate(broker.bootstrap_servers, topic, payloads))
+                    measured.append(gateway_rate(gateway, bodies, settings.write_key, connections))
+            finally:
+                gateway.close()
+        finally:
+            broker.stop()
+    return {"raw producer": median_rate(raw), "gateway": median_rate(measured)}
+
+
+def render(rates: dict[str, Rate], events: int, connections: int, repeats: int) -> str:
+    """The table: each rate, and the gateway's as a share of the raw producer's."""
+    raw, gateway = rates["raw producer"], rates["gateway"]
+    lines = [
+        f"{events:,} storefront events, {BATCH_SIZE} per /v1/batch request, "
+        f"{connections} connections, median of {repeats}",
+        f"{'':42} {'events/s':>10} {'events/CPU-s':>13}",
+        f"{'raw producer (librdkafka, acks=all)':42} "
+        f"{raw.events_per_s:>10,.0f} {raw.events_per_cpu_s:>13,.0f}",
+        f"{'gateway: /v1/batch (broker-acked)':42} "
+        f"{gateway.events_per_s:>10,.0f} {gateway.events_per_cpu_s:>13,.0f}",
+        f"{'gateway / raw producer':42} "
+        f"{gateway.events_per_s / raw.events_per_s:>10.3f} "
+        f"{gateway.events_per_cpu_s / raw.events_per_cpu_s:>13.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print; ``serve`` runs the gateway process itself."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=["measure", "serve"], default="measure")
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.mode == "serve":
+        serve(Settings())
+        return 0
+    rates = measure(args.events, args.connections, args.repeats)
+    print(render(rates, args.events, args.connections, args.repeats))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
