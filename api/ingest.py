@@ -25,7 +25,7 @@ from api.dependencies import Gateway
 from api.errors import problem
 from events.envelope import TrackedEvent
 from events.json_schemas import call_schemas
-from events.segment import CALL_MODELS, RejectedCall, SegmentCall, to_tracked_event, validate_call
+from events.segment import CALL_MODELS, RejectedCall, SegmentCall, accept_call
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,9 @@ async def _ingest(request: Request, model: type[SegmentCall]) -> Response:
     if isinstance(admitted, Response):
         return admitted
     try:
-        call = validate_call(model, admitted.call)
+        event = accept_call(model, admitted.call, datetime.now(UTC), admitted.source)
     except RejectedCall as rejected:
         return await admitted.reject(400, rejected.problems)
-    event = to_tracked_event(call, received_at=datetime.now(UTC), source=admitted.source)
     failed = await _publish(admitted.gateway, [event])
     return failed or JSONResponse({"success": True})
 
@@ -300,13 +299,12 @@ def _batch_item(
     if sent_at is not None and "sentAt" not in item:
         item = {**item, "sentAt": sent_at}  # the batch's sentAt stands for its items'
     try:
-        call = validate_call(model, item)
+        return accept_call(model, item, received_at, source), []
     except RejectedCall as rejected:
         return None, [
             {**p, "field": f"{where}.{p['field']}" if p["field"] != "body" else where}
             for p in rejected.problems
         ]
-    return to_tracked_event(call, received_at=received_at, source=source), []
 
 
 @router.post(

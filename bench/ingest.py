@@ -30,11 +30,12 @@ import psutil
 
 from bench.run import node_settings, raw_produce_rate, storefront_calls, storefront_events
 from stack.broker import EmbeddedBroker
-from stack.processes import spawn, stop, wait_until
+from stack.processes import free_port, spawn, stop, wait_until
 from stack.settings import Settings
 from streams.topics import ensure_topics
 
 BATCH_SIZE = 100
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,13 @@ def serve(settings: Settings) -> None:
 class Gateway:
     """A gateway process of the benchmark's own (``python -m bench.ingest serve``)."""
 
-    def __init__(self, settings: Settings, folder: Path) -> None:
+    def __init__(self, settings: Settings, folder: Path, tree: Path = ROOT) -> None:
         self.base = f"http://127.0.0.1:{settings.api_port}"
+        # -P: the platform's code from ``tree`` (PYTHONPATH), not from the current folder.
         self.process = spawn(
-            [sys.executable, "-m", "bench.ingest", "serve"],
+            [sys.executable, "-P", "-m", "bench.ingest", "serve"],
             folder / "gateway.log",
-            env=settings.to_env(),
+            env={**settings.to_env(), "PYTHONPATH": str(tree)},
         )
         self.ps = psutil.Process(self.process.pid)
         process = self.process
@@ -172,8 +174,14 @@ def median_rate(rates: list[Rate]) -> Rate:
     )
 
 
-def measure(events: int, connections: int, repeats: int) -> dict[str, Rate]:
-    """Raw producer and gateway, alternating, ``repeats`` times each; medians."""
+def measure(
+    events: int, connections: int, repeats: int, baseline: Path | None = None
+) -> dict[str, Rate]:
+    """Raw producer and gateway, alternating, ``repeats`` times each; medians.
+
+    With ``baseline`` (another checkout with this file), its gateway runs
+    beside this one, alternating, for a before/after in one run.
+    """
     calls = storefront_calls(events, seed=7)
     bodies = batch_bodies(calls)
     payloads = storefront_events(events, seed=7)
@@ -186,39 +194,53 @@ def measure(events: int, connections: int, repeats: int) -> dict[str, Rate]:
             ensure_topics(
                 broker.bootstrap_servers, settings.all_topics, settings.topic_partitions, 1
             )
-            gateway = Gateway(settings, folder)
+            trees = {"gateway": ROOT}
+            if baseline is not None:
+                trees["baseline gateway"] = baseline
+            gateways: dict[str, Gateway] = {}
             try:
-                # Warm up: connections, the producer's metadata, first-call imports.
-                gateway_rate(gateway, bodies[:20], settings.write_key, connections)
-                raw: list[Rate] = []
-                measured: list[Rate] = []
+                for name, tree in trees.items():
+                    data = folder / name.replace(" ", "-")
+                    own = settings.model_copy(update={"data_dir": data, "api_port": free_port()})
+                    gateways[name] = Gateway(own, data, tree)
+                    # Warm up: connections, the producer's metadata, first-call imports.
+                    gateway_rate(gateways[name], bodies[:20], settings.write_key, connections)
+                rates: dict[str, list[Rate]] = {"raw producer": []}
                 for attempt in range(repeats):
                     topic = f"bench.raw.{attempt}"
                     ensure_topics(broker.bootstrap_servers, [topic], settings.topic_partitions, 1)
-                    raw.append(raw_rate(broker.bootstrap_servers, topic, payloads))
-                    measured.append(gateway_rate(gateway, bodies, settings.write_key, connections))
+                    rates["raw producer"].append(
+                        raw_rate(broker.bootstrap_servers, topic, payloads)
+                    )
+                    for name, gateway in gateways.items():
+                        rates.setdefault(name, []).append(
+                            gateway_rate(gateway, bodies, settings.write_key, connections)
+                        )
             finally:
-                gateway.close()
+                for gateway in gateways.values():
+                    gateway.close()
         finally:
             broker.stop()
-    return {"raw producer": median_rate(raw), "gateway": median_rate(measured)}
+    return {name: median_rate(measured) for name, measured in rates.items()}
 
 
 def render(rates: dict[str, Rate], events: int, connections: int, repeats: int) -> str:
-    """The table: each rate, and the gateway's as a share of the raw producer's."""
-    raw, gateway = rates["raw producer"], rates["gateway"]
+    """The table: each rate, and each gateway's as a share of the raw producer's."""
+    raw = rates["raw producer"]
     lines = [
         f"{events:,} storefront events, {BATCH_SIZE} per /v1/batch request, "
         f"{connections} connections, median of {repeats}",
         f"{'':42} {'events/s':>10} {'events/CPU-s':>13}",
-        f"{'raw producer (librdkafka, acks=all)':42} "
-        f"{raw.events_per_s:>10,.0f} {raw.events_per_cpu_s:>13,.0f}",
-        f"{'gateway: /v1/batch (broker-acked)':42} "
-        f"{gateway.events_per_s:>10,.0f} {gateway.events_per_cpu_s:>13,.0f}",
-        f"{'gateway / raw producer':42} "
-        f"{gateway.events_per_s / raw.events_per_s:>10.3f} "
-        f"{gateway.events_per_cpu_s / raw.events_per_cpu_s:>13.3f}",
     ]
+    for name, rate in rates.items():
+        label = "raw producer (librdkafka, acks=all)" if rate is raw else f"{name}: /v1/batch"
+        lines.append(f"{label:42} {rate.events_per_s:>10,.0f} {rate.events_per_cpu_s:>13,.0f}")
+    for name, rate in rates.items():
+        if rate is not raw:
+            lines.append(
+                f"{name + ' / raw producer':42} {rate.events_per_s / raw.events_per_s:>10.3f} "
+                f"{rate.events_per_cpu_s / raw.events_per_cpu_s:>13.3f}"
+            )
     return "\n".join(lines)
 
 
@@ -229,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout whose gateway runs beside this one"
+    )
     args = parser.parse_args(argv)
     if args.mode == "serve":
         serve(Settings())
         return 0
-    rates = measure(args.events, args.connections, args.repeats)
+    rates = measure(args.events, args.connections, args.repeats, args.baseline)
     print(render(rates, args.events, args.connections, args.repeats))
     return 0
 

@@ -173,6 +173,14 @@ _PROPERTIES_BY_NAME: dict[str, type[_SpecProperties]] = {
 SUPPORT_EVENTS = ("Ticket Created", "Ticket Updated", "Ticket Resolved", "Feedback Submitted")
 
 
+# Models without a required property: they accept any dict none of whose keys they type.
+_ALL_OPTIONAL = frozenset(
+    model
+    for model in (*PROPERTIES_BY_TYPE.values(), *_PROPERTIES_BY_NAME.values())
+    if not any(info.is_required() for info in model.model_fields.values())
+)
+
+
 def properties_model(event_type: EventType, event_name: str) -> type[_SpecProperties]:
     """The model that types an event's properties."""
     return _PROPERTIES_BY_NAME.get(normalized_name(event_name), PROPERTIES_BY_TYPE[event_type])
@@ -185,8 +193,13 @@ def check_properties(
 
     ``field`` prefixes each location, e.g. ``properties.products.0.price``.
     """
+    model = properties_model(event_type, event_name)
+    if model in _ALL_OPTIONAL and properties.keys().isdisjoint(model.model_fields):
+        # Only custom properties: nothing is typed, nothing can be wrong. Most
+        # storefront calls (page views, searches) skip a model instance this way.
+        return []
     try:
-        properties_model(event_type, event_name).model_validate(properties)
+        model.model_validate(properties)
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False):

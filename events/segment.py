@@ -21,7 +21,7 @@ from pydantic import (
 
 from events.ecommerce import check_properties
 from events.envelope import TrackedEvent
-from events.types import event_type_for
+from events.types import EventType, event_type_for
 
 # Events claiming to come from further ahead than this are clamped to
 # receivedAt + MAX_FUTURE_SKEW: a device clock that far off is wrong, and a far
@@ -147,15 +147,36 @@ def validate_call(model: type[SegmentCall], payload: Any) -> SegmentCall:
     Unknown event names and unknown properties are kept; only spec properties of
     the wrong type (``properties.price``) are rejected.
     """
+    return _validated(model, payload)[0]
+
+
+def accept_call(
+    model: type[SegmentCall], payload: Any, received_at: datetime, source: str = ""
+) -> TrackedEvent:
+    """``payload`` validated as :func:`validate_call` does, as its envelope.
+
+    The gateway's hot path: the call's content and canonical type are worked
+    out once for both the property check and the envelope.
+    """
+    call, content = _validated(model, payload)
+    return _envelope(call, content, received_at, source)
+
+
+# A call's event name, properties, where they sit in it, and its canonical type.
+_Content = tuple[str, dict[str, Any], str, EventType]
+
+
+def _validated(model: type[SegmentCall], payload: Any) -> tuple[SegmentCall, _Content]:
     try:
         call = model.model_validate(payload)
     except ValidationError as error:
         raise RejectedCall(describe_errors(error)) from None
     name, properties, field = _content(call)
-    problems = check_properties(event_type_for(call.type, name), name, properties, field)
+    event_type = event_type_for(call.type, name)
+    problems = check_properties(event_type, name, properties, field)
     if problems:
         raise RejectedCall(problems)
-    return call
+    return call, (name, properties, field, event_type)
 
 
 def event_time(call: SegmentCall, received_at: datetime) -> datetime:
@@ -210,13 +231,21 @@ def _content(call: SegmentCall) -> tuple[str, dict[str, Any], str]:
 
 def to_tracked_event(call: SegmentCall, received_at: datetime, source: str = "") -> TrackedEvent:
     """The canonical envelope for a validated call that arrived with write key ``source``."""
-    name, properties, _ = _content(call)
+    name, properties, field = _content(call)
+    content = (name, properties, field, event_type_for(call.type, name))
+    return _envelope(call, content, received_at, source)
+
+
+def _envelope(
+    call: SegmentCall, content: _Content, received_at: datetime, source: str
+) -> TrackedEvent:
+    name, properties, _, event_type = content
     happened, clamped = _event_time(call, received_at)
     return TrackedEvent(
         event_id=call.messageId or str(uuid.uuid4()),
         customer_key=call.customer_key,
         call_type=call.type,
-        event_type=event_type_for(call.type, name),
+        event_type=event_type,
         event_name=name,
         timestamp=happened,
         received_at=received_at,
