@@ -102,12 +102,14 @@ class ConfluentEventSink:
         return self._producer
 
     async def _produce(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
-        producer = self._started
+        produce = self._started.produce
         acks = _Acks(asyncio.get_running_loop(), len(records))
+        # One callback per delivery report, one future per request (not per event).
+        delivered = acks.delivered
         for key, value in records:
             while True:
                 try:
-                    producer.produce(topic, value=value, key=key, on_delivery=acks.delivered)
+                    produce(topic, value, key, on_delivery=delivered)
                     break
                 except BufferError:
                     # librdkafka's queue is full: let the poll thread drain it.
