@@ -16,16 +16,17 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import psutil
 
@@ -71,49 +72,56 @@ def serve(settings: Settings) -> None:
             await sink.stop()
 
     api.router.lifespan_context = lifespan
+    # SO_REUSEPORT: several gateway processes may listen on one port (the kernel
+    # spreads connections over them), as replicas behind one address would.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((settings.api_host, settings.api_port))
+    listener.listen(1024)
     try:
-        uvicorn.run(
-            api,
-            host=settings.api_host,
-            port=settings.api_port,
-            log_level="warning",
-            access_log=False,
-        )
+        # log_level info: the parent waits for "Application startup complete".
+        uvicorn.Server(uvicorn.Config(api, log_level="info", access_log=False)).run([listener])
     finally:
         platform.close()
 
 
+def _started(log: Path) -> bool:
+    return b"Application startup complete" in log.read_bytes()
+
+
 class Gateway:
-    """A gateway process of the benchmark's own (``python -m bench.ingest serve``)."""
+    """Gateway processes of the benchmark's own (``python -m bench.ingest serve``) on one port."""
 
-    def __init__(self, settings: Settings, folder: Path, tree: Path = ROOT) -> None:
+    def __init__(
+        self, settings: Settings, folder: Path, tree: Path = ROOT, processes: int = 1
+    ) -> None:
         self.port = settings.api_port
-        self.base = f"http://{HOST}:{settings.api_port}"
-        # -P: the platform's code from ``tree`` (PYTHONPATH), not from the current folder.
-        self.process = spawn(
-            [sys.executable, "-P", "-m", "bench.ingest", "serve"],
-            folder / "gateway.log",
-            env={**settings.to_env(), "PYTHONPATH": str(tree)},
-        )
-        self.ps = psutil.Process(self.process.pid)
-        process = self.process
-        if not wait_until(self._healthy, 120, alive=lambda: process.poll() is None):
-            raise RuntimeError(f"the gateway did not start; see {folder / 'gateway.log'}")
-
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.base}/health", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
+        self.processes = []
+        for index in range(processes):
+            # Each its own chdb folder: chdb allows one process per folder.
+            own = settings.model_copy(update={"data_dir": folder / f"process{index}"})
+            log = folder / f"gateway{index}.log"
+            # -P: the platform's code from ``tree`` (PYTHONPATH), not from the current folder.
+            process = spawn(
+                [sys.executable, "-P", "-m", "bench.ingest", "serve"],
+                log,
+                env={**own.to_env(), "PYTHONPATH": str(tree)},
+            )
+            self.processes.append(process)
+            if not wait_until(
+                partial(_started, log), 120, alive=lambda p=process: p.poll() is None
+            ):
+                raise RuntimeError(f"the gateway did not start; see {log}")
+        self._measured = [psutil.Process(process.pid) for process in self.processes]
 
     def cpu_seconds(self) -> float:
-        """User and system time of the gateway process so far (all its threads)."""
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
+        """User and system time of the gateway processes so far (all their threads)."""
+        return sum(float(p.cpu_times().user + p.cpu_times().system) for p in self._measured)
 
     def close(self) -> None:
-        """Stop it (the producer flushes first)."""
-        stop(self.process, timeout=30)
+        """Stop them (each producer flushes first)."""
+        for process in self.processes:
+            stop(process, timeout=30)
 
 
 def batch_request(host: str, port: int, body: bytes, write_key: str) -> bytes:
@@ -201,11 +209,16 @@ def median_rate(rates: list[Rate]) -> Rate:
 
 
 def measure(
-    events: int, connections: int, repeats: int, baseline: Path | None = None
+    events: int,
+    connections: int,
+    repeats: int,
+    baseline: Path | None = None,
+    processes: int = 1,
 ) -> dict[str, Rate]:
     """Raw producer and gateway, alternating, ``repeats`` times each; medians.
 
-    With ``baseline`` (another checkout with this file), its gateway runs
+    With ``processes`` > 1, that many gateway processes on one port are measured
+    too. With ``baseline`` (another checkout with this file), its gateway runs
     beside this one, alternating, for a before/after in one run.
     """
     calls = storefront_calls(events, seed=7)
@@ -220,15 +233,16 @@ def measure(
             ensure_topics(
                 broker.bootstrap_servers, settings.all_topics, settings.topic_partitions, 1
             )
-            trees = {"gateway": ROOT}
+            trees = {"gateway": (ROOT, 1)}
+            if processes > 1:
+                trees[f"{processes} gateway processes"] = (ROOT, processes)
             if baseline is not None:
-                trees["baseline gateway"] = baseline
+                trees["baseline gateway"] = (baseline, 1)
             gateways: dict[str, Gateway] = {}
             try:
-                for name, tree in trees.items():
-                    data = folder / name.replace(" ", "-")
-                    own = settings.model_copy(update={"data_dir": data, "api_port": free_port()})
-                    gateways[name] = Gateway(own, data, tree)
+                for name, (tree, count) in trees.items():
+                    port = settings.model_copy(update={"api_port": free_port()})
+                    gateways[name] = Gateway(port, folder / name.replace(" ", "-"), tree, count)
                     # Warm up: connections, the producer's metadata, first-call imports.
                     gateway_rate(gateways[name], bodies[:20], settings.write_key, connections)
                 rates: dict[str, list[Rate]] = {"raw producer": []}
@@ -278,13 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--processes", type=int, default=1, help="also measure this many gateway processes"
+    )
+    parser.add_argument(
         "--baseline", type=Path, help="another checkout whose gateway runs beside this one"
     )
     args = parser.parse_args(argv)
     if args.mode == "serve":
         serve(Settings())
         return 0
-    rates = measure(args.events, args.connections, args.repeats, args.baseline)
+    rates = measure(args.events, args.connections, args.repeats, args.baseline, args.processes)
     print(render(rates, args.events, args.connections, args.repeats))
     return 0
 
