@@ -173,12 +173,13 @@ _PROPERTIES_BY_NAME: dict[str, type[_SpecProperties]] = {
 SUPPORT_EVENTS = ("Ticket Created", "Ticket Updated", "Ticket Resolved", "Feedback Submitted")
 
 
-# Models without a required property: they accept any dict none of whose keys they type.
-_ALL_OPTIONAL = frozenset(
-    model
+# Models without a required property, with the names they type: they accept any
+# dict none of whose keys they type.
+_TYPED_IF_ALL_OPTIONAL = {
+    model: frozenset(model.model_fields)
     for model in (*PROPERTIES_BY_TYPE.values(), *_PROPERTIES_BY_NAME.values())
     if not any(info.is_required() for info in model.model_fields.values())
-)
+}
 
 
 def properties_model(event_type: EventType, event_name: str) -> type[_SpecProperties]:
@@ -194,7 +195,8 @@ def check_properties(
     ``field`` prefixes each location, e.g. ``properties.products.0.price``.
     """
     model = properties_model(event_type, event_name)
-    if model in _ALL_OPTIONAL and properties.keys().isdisjoint(model.model_fields):
+    typed = _TYPED_IF_ALL_OPTIONAL.get(model)
+    if typed is not None and properties.keys().isdisjoint(typed):
         # Only custom properties: nothing is typed, nothing can be wrong. Most
         # storefront calls (page views, searches) skip a model instance this way.
         return []

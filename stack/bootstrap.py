@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -141,6 +142,18 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
     )
 
 
+def settle_heap() -> None:
+    """Keep what start-up built (modules, schemas, stores) out of the garbage collector's scans.
+
+    A process holds a few hundred thousand such objects, and every full
+    collection walked them all: 20 % of the gateway's main thread under
+    ``/v1/batch`` (py-spy). Frozen, they are never collected, which they never
+    were going to be; what requests allocate is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def event_sink(settings: Settings) -> GatewaySink:
     """The gateway's producer, as ``JOURNEYS_GATEWAY_PRODUCER`` chooses (see architecture.md)."""
     kind = ConfluentEventSink if settings.gateway_producer == "confluent" else KafkaEventSink
@@ -148,7 +161,12 @@ def event_sink(settings: Settings) -> GatewaySink:
 
 
 def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams | None) -> Gateway:
-    """The API's collaborators, with a health check per component."""
+    """The API's collaborators, with a health check per component.
+
+    Called once a process has started up: it also settles the heap (see
+    :func:`settle_heap`).
+    """
+    settle_heap()
     settings = platform.settings
 
     async def broker() -> dict[str, Any]:
