@@ -1,5 +1,5 @@
 # The two commands of the Quickstart; each does its own setup, idempotently.
-.PHONY: up demo test lint setup bench bench-funnel
+.PHONY: up demo test lint setup bench bench-funnel bench-ingest
 
 up: setup
 	.venv/bin/journeys up
@@ -29,3 +29,7 @@ bench: setup
 bench-funnel: setup
 	.venv/bin/python -m bench.funnel --events 10000000 --customers 1000000 --runs 7 \
 		--data bench/results/data-10m --json bench/results/funnel-10m.json
+
+# The ingest gateway alone (no worker) beside a raw librdkafka producer.
+bench-ingest: setup
+	.venv/bin/python -m bench.ingest --events 100000 --repeats 3 --processes 2

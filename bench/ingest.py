@@ -2,12 +2,16 @@
 
     python -m bench.ingest                          # 50k events, 16 connections, 3 repeats
     python -m bench.ingest --events 400 --repeats 1 # tiny, as the test suite runs it
+    python -m bench.ingest --processes 2            # also 2 gateway processes on one port
+    python -m bench.ingest --baseline DIR           # also DIR's gateway (a before/after)
 
 Starts a Tansu broker and the gateway in a process of its own (the real ASGI
 app under uvicorn, the real librdkafka sink, no worker), drives ``/v1/batch``
 with 100 storefront calls per request over N connections, and prints events/s
 and events per CPU-second of the gateway process beside a raw librdkafka
-producer measured in the same run. Rates are medians of ``--repeats``.
+producer measured in the same run. Rates are medians of ``--repeats``; the
+gateways measured take turns with the raw producer. A ``--baseline`` checkout
+needs this file in its bench/ (copy it there).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import base64
 import contextlib
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,6 +94,10 @@ def _started(log: Path) -> bool:
     return b"Application startup complete" in log.read_bytes()
 
 
+def _running(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is None
+
+
 class Gateway:
     """Gateway processes of the benchmark's own (``python -m bench.ingest serve``) on one port."""
 
@@ -108,9 +117,7 @@ class Gateway:
                 env={**own.to_env(), "PYTHONPATH": str(tree)},
             )
             self.processes.append(process)
-            if not wait_until(
-                partial(_started, log), 120, alive=lambda p=process: p.poll() is None
-            ):
+            if not wait_until(partial(_started, log), 120, alive=partial(_running, process)):
                 raise RuntimeError(f"the gateway did not start; see {log}")
         self._measured = [psutil.Process(process.pid) for process in self.processes]
 
