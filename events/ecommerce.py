@@ -197,8 +197,8 @@ def check_properties(
     model = properties_model(event_type, event_name)
     typed = _TYPED_IF_ALL_OPTIONAL.get(model)
     if typed is not None and properties.keys().isdisjoint(typed):
-        # Only custom properties: nothing is typed, nothing can be wrong. Most
-        # storefront calls (page views, searches) skip a model instance this way.
+        # Only custom properties: nothing is typed, nothing can be wrong, and no
+        # model instance is built (a page view's {"path": ...}, for one).
         return []
     try:
         model.model_validate(properties)
