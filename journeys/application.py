@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import ProcessRecorder, Tracking
+from eventsourcing.persistence import ProcessRecorder, Tracking, Transcoder
 
 from events import EventType, TrackedEvent
 from journeys.domainmodel import (
@@ -34,6 +34,7 @@ from journeys.domainmodel import (
 )
 from journeys.stages import Stage, StageRules
 from journeys.touches import Touch
+from journeys.transcoding import OrjsonTranscoder
 
 # Call types of the messages the worker itself puts on the events topic.
 LINK_CALL = "journey.link"
@@ -87,6 +88,12 @@ class JourneyApplication(Application[UUID]):
     def __init__(self, rules: StageRules | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.rules = rules or StageRules()
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's JSON format, written and read by orjson (journeys/transcoding.py)."""
+        transcoder = OrjsonTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_recorder(self) -> ProcessRecorder:
         """A recorder that also keeps consumed positions (tracking records)."""

@@ -194,15 +194,14 @@ class CustomerJourney(Aggregate):
     # --- events ------------------------------------------------------------------------
 
     def _record_fact(self, fact: str, touch: Touch, forget_before: datetime) -> None:
-        data = touch.to_dict()
-        if fact == "OrderPlaced":
-            self._order_placed(touch=data, forget_before=forget_before, **_order(touch))
-        elif fact == "OrderRefunded":
-            self._order_refunded(touch=data, forget_before=forget_before, **_order(touch))
+        # The event class the @event method declares, triggered directly: the same
+        # stored event without the decorator's argument matching (5 % of recording).
+        fields: dict[str, Any] = {"touch": touch.to_dict(), "forget_before": forget_before}
+        if fact in ("OrderPlaced", "OrderRefunded"):
+            fields |= _order(touch)
         elif fact == "FeedbackGiven":
-            self._feedback_given(touch=data, forget_before=forget_before, rating=touch.rating)
-        else:
-            getattr(self, _FACT_METHODS[fact])(touch=data, forget_before=forget_before)
+            fields["rating"] = touch.rating
+        self.trigger_event(getattr(type(self), fact), **fields)  # the class @event made
 
     @event("Browsed")
     def _browsed(self, touch: dict[str, Any], forget_before: datetime) -> None:
@@ -361,7 +360,13 @@ class CustomerJourney(Aggregate):
         # Stages are reached in time order: a late (or merged) event cannot place a
         # stage before the one the customer is already in.
         at = max(at, self.stage_since) if self.stage_since is not None else at
-        self._reach_stage(stage=stage.value, reason=reason, at=at, event_id=event_id)
+        self.trigger_event(
+            type(self).StageReached,  # type: ignore[attr-defined]  # made by @event
+            stage=stage.value,
+            reason=reason,
+            at=at,
+            event_id=event_id,
+        )
         return StageChange(
             customer_key=self.customer_key,
             stage=stage,
@@ -476,18 +481,6 @@ class CustomerJourney(Aggregate):
         times = sorted(self.order_times)
         gaps = [(b - a).total_seconds() / 86400 for a, b in pairwise(times)]
         return float(median(gaps)) if gaps else None
-
-
-_FACT_METHODS = {
-    "Browsed": "_browsed",
-    "Interacted": "_interacted",
-    "CartOpened": "_cart_opened",
-    "CartChanged": "_cart_changed",
-    "CartEmptied": "_cart_emptied",
-    "CheckoutStarted": "_checkout_started",
-    "TicketOpened": "_ticket_opened",
-    "TicketResolved": "_ticket_resolved",
-}
 
 
 @dataclass(frozen=True, slots=True)
