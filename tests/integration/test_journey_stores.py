@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
-from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, Tracking, Transcoder
 
 from events import TrackedEvent
 from journeys.application import JourneyApplication
@@ -211,3 +212,56 @@ def test_projections_equal_a_from_scratch_replay_and_rules_can_be_tried(
     assert database.endswith("_whatif")
     assert projections(platform) == live  # the live projection is untouched
     assert "what-if" in capsys.readouterr().err
+
+
+class LibraryTranscoderJourneys(JourneyApplication):
+    """The journeys as stored before the orjson transcoder: the library's stdlib JSON."""
+
+    name = JourneyApplication.name  # the same tables (PostgreSQL names them by application)
+
+    def construct_transcoder(self) -> Transcoder:
+        """The eventsourcing library's own ``JSONTranscoder``."""
+        return Application.construct_transcoder(self)
+
+
+def stored_journeys(app: JourneyApplication) -> dict[str, tuple[dict[str, Any], list[Any]]]:
+    """Every stored journey as ``app`` reads it: its state and its events' state, by customer."""
+    found = {}
+    for journey_id in {journey_id for journey_id, _ in app.all_journey_ids()}:
+        journey = app.repository.get(journey_id)
+        assert isinstance(journey, CustomerJourney)
+        state = {k: v for k, v in vars(journey).items() if k != "_pending_events"}
+        history = [(type(e).__name__, vars(e)) for e in app.events.get(journey_id)]
+        found[journey.customer_key] = (state, history)
+    return found
+
+
+def test_a_store_written_by_the_library_transcoder_reads_the_same(platform: Platform) -> None:
+    before = LibraryTranscoderJourneys(env=event_store_env(platform.settings))
+    written = JourneyPipeline(before, platform.event_log, platform.stages, platform.profiles)
+    # Identity merges, orders, stages; and a long journey, past the snapshot interval.
+    views = [make_event(f"v{i}", "lea", "Product Viewed", i, category="hats") for i in range(205)]
+    run_like_a_worker(written, [*scripted_batches(), views])
+    assert before.snapshots is not None
+    lea_id = CustomerJourney.create_id("lea")
+    assert list(before.snapshots.get(lea_id)), "a snapshot was stored"
+
+    now = platform.journeys  # the orjson transcoder
+    old_reading = stored_journeys(before)
+    assert set(old_reading) >= {"uma", "anon:dev1", "lea"}
+    assert stored_journeys(now) == old_reading
+    assert now.journey("lea") == before.journey("lea") is not None
+
+    # The projections rebuilt from the library-written store equal the live ones.
+    live = projections(platform)
+    rebuild(platform)
+    assert projections(platform) == live
+
+    # And what the new transcoder writes, the library's reads.
+    more = [
+        make_event("u-late", "uma", "Ticket Created", 900),
+        make_event("v-late", "lea", "Order Completed", 901, order_id="l1", revenue=5),
+    ]
+    run_like_a_worker(platform.pipeline(), [more])
+    assert stored_journeys(before) == stored_journeys(now)
+    before.close()
