@@ -10,7 +10,7 @@ hex, Decimals as text), so what either transcoder stored, the other reads.
 Where orjson's JSON would differ from the stdlib's, the library's own encoder
 and decoder do the work: a UUID (orjson writes it as plain text: found by its
 text in orjson's output, then confirmed on the object) and an integer beyond
-64 bits (orjson refuses it). One difference stays: orjson writes a NaN or an
+64 bits (orjson refuses to write it and reads it as a float). One difference stays: orjson writes a NaN or an
 infinity as null, the stdlib as ``NaN``; journeys never hold one (a touch keeps
 finite numbers only, journeys/touches.py), and a stored ``NaN`` still reads.
 """
@@ -30,6 +30,8 @@ from eventsourcing.persistence import JSONTranscoder
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
 # How orjson writes a UUID: a string (or a text that merely looks like one) to check.
 _UUID_TEXT = re.compile(rb"-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\"")
+# Twenty digits in a row: maybe an integer beyond 64 bits (or only a long number in a text).
+_LONG_NUMBER = re.compile(rb"[0-9]{20}")
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -48,6 +50,8 @@ class OrjsonTranscoder(JSONTranscoder):
 
     def decode(self, data: bytes) -> Any:
         """The object :meth:`encode` (or the library's transcoder) wrote."""
+        if _LONG_NUMBER.search(data) is not None:
+            return super().decode(data)  # orjson reads an integer beyond 64 bits as a float
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
