@@ -44,7 +44,7 @@ class OrjsonTranscoder(JSONTranscoder):
         except orjson.JSONEncodeError:
             # An unregistered type (the library raises its own error) or a huge integer.
             return super().encode(obj)
-        if _UUID_TEXT.search(data) is not None and _holds_uuid(obj):
+        if _UUID_TEXT.search(data) is not None and _holds_uuid([obj]):
             return super().encode(obj)
         return data
 
@@ -81,8 +81,21 @@ class OrjsonTranscoder(JSONTranscoder):
 
 def _holds_uuid(value: Any) -> bool:
     """Whether ``value`` holds a UUID anywhere (orjson would write it as plain text)."""
-    if isinstance(value, dict):
-        return any(_holds_uuid(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return any(_holds_uuid(item) for item in value)
-    return isinstance(value, UUID)
+    # A loop, not recursion, and plain values skipped by their exact type: this runs
+    # for every event whose text has something that looks like a UUID (messageIds).
+    pending = [value]
+    while pending:
+        container = pending.pop()
+        items = container.values() if isinstance(container, dict) else container
+        for item in items:
+            kind = type(item)
+            if kind in _PLAIN:
+                continue
+            if isinstance(item, UUID):
+                return True
+            if isinstance(item, dict | list | tuple):
+                pending.append(item)
+    return False
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None), datetime})
