@@ -10,9 +10,10 @@ hex, Decimals as text), so what either transcoder stored, the other reads.
 Where orjson's JSON would differ from the stdlib's, the library's own encoder
 and decoder do the work: a UUID (orjson writes it as plain text: found by its
 text in orjson's output, then confirmed on the object) and an integer beyond
-64 bits (orjson refuses to write it and reads it as a float). One difference stays: orjson writes a NaN or an
-infinity as null, the stdlib as ``NaN``; journeys never hold one (a touch keeps
-finite numbers only, journeys/touches.py), and a stored ``NaN`` still reads.
+64 bits (orjson refuses to write it and reads it as a float). One difference
+stays: orjson writes a NaN or an infinity as null, the stdlib as ``NaN``;
+journeys never hold one (a touch keeps finite numbers only,
+journeys/touches.py), and a stored ``NaN`` still reads.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from eventsourcing.persistence import JSONTranscoder
 
 # Datetimes and dataclasses go to the registered transcodings, as with the stdlib;
 # non-string keys become strings, as the stdlib does.
-_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+)
 # How orjson writes a UUID: a string (or a text that merely looks like one) to check.
 _UUID_TEXT = re.compile(rb"-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\"")
 # Twenty digits in a row: maybe an integer beyond 64 bits (or only a long number in a text).
