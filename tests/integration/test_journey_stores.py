@@ -301,3 +301,21 @@ def test_journeys_stored_by_earlier_code_reconstruct_identically(platform: Platf
         domain_event = app.mapper.to_domain_event(event)
         assert app.mapper.to_stored_event(domain_event) == event
     library.close()
+
+
+def test_the_store_says_at_once_which_journeys_it_holds(platform: Platform) -> None:
+    app = platform.journeys
+    assert app.stored_journeys is not None
+    app.commit(app.record([make_event("k1", "kim", "Product Viewed", 0)], Tracking("k", 1)))
+    many = [CustomerJourney.create_id(f"nobody-{i}") for i in range(1200)]  # past one chunk
+    kim = CustomerJourney.create_id("kim")
+    assert app.stored_journeys([*many, kim]) == {kim}
+    # A batch of new and known customers: the known one continues, the new ones start.
+    update = app.record(
+        [make_event("k2", "kim", "Product Added", 1), make_event("n1", "nia", "Product Viewed", 1)],
+        Tracking("k", 2),
+    )
+    assert update.unstored == {"nia"}
+    assert update.journeys["kim"].touchpoints == 2  # continued from the stored journey
+    app.commit(update)
+    assert app.journey("nia") is not None
