@@ -11,12 +11,11 @@ beside the choice of store; the journeys only see a function.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Recorder
-from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteProcessRecorder
-from psycopg.sql import SQL, Identifier
 
 from journeys.application import StoredJourneys
 
@@ -28,7 +27,8 @@ def stored_journeys_query(recorder: Recorder) -> StoredJourneys | None:
     """A batch query for the store behind ``recorder``; None where lookups are cheap (memory)."""
     if isinstance(recorder, SQLiteProcessRecorder):
         return _SQLiteStoredJourneys(recorder)
-    if isinstance(recorder, PostgresProcessRecorder):
+    # PostgreSQL's driver is an optional extra (pyproject.toml): only its recorder brings it.
+    if type(recorder).__module__ == "eventsourcing.postgres":
         return _PostgresStoredJourneys(recorder)
     return None
 
@@ -57,7 +57,9 @@ class _SQLiteStoredJourneys:
 class _PostgresStoredJourneys:
     """The ids with stored events in PostgreSQL (a uuid column)."""
 
-    def __init__(self, recorder: PostgresProcessRecorder) -> None:
+    def __init__(self, recorder: Any) -> None:
+        from psycopg.sql import SQL, Identifier
+
         self._recorder = recorder
         self._statement = SQL(
             "SELECT DISTINCT originator_id FROM {schema}.{table} WHERE originator_id = ANY(%s)"
