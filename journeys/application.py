@@ -98,7 +98,7 @@ class JourneyApplication(Application[UUID]):
         self.stored_journeys: StoredJourneys | None = None
 
     def construct_transcoder(self) -> Transcoder:
-        """The library's JSON format, written and read by orjson (journeys/transcoding.py)."""
+        """The library's JSON format, written by orjson (journeys/transcoding.py)."""
         transcoder = OrjsonTranscoder()
         self.register_transcodings(transcoder)
         return transcoder
