@@ -11,6 +11,13 @@ transaction per 2000 events, SQLite) and the replay rates (domain events/s of
 Instead: the journey pipeline in this process (no Kafka, no Faust) over the
 synthetic storefront, with and without the journeys it keeps in memory
 (:class:`streams.pipeline.LiveJourneys`), alternating, CPU seconds, medians of 3.
+
+    .venv/bin/python bench/replay.py --domain-events [events]
+
+Instead: what each step costs per domain event in the eventsourcing library
+(recording with the decisions, applying alone, collecting, transcoding with the
+library's transcoder and with orjson's, storing in SQLite), CPU microseconds,
+best of 3 (the least disturbed by other work on the machine).
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import UUID
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.application import Application
+from eventsourcing.persistence import Mapper, Tracking
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from events import TrackedEvent, event_type_for
+from journeys.application import JourneyApplication
 from journeys.stages import StageRules
 from stack.bootstrap import build_platform
 from stack.replay import rebuild, what_if
@@ -108,10 +118,56 @@ def compare_live_journeys(events: int) -> None:
         )
 
 
+def domain_event_costs(events: int) -> None:
+    """Print CPU microseconds per domain event of each step (best of 3)."""
+    from bench.run import storefront_events
+
+    tracked = [TrackedEvent.from_json(value) for _, value in storefront_events(events, seed=1)]
+    costs: dict[str, list[float]] = {}
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as folder:
+            # Recorded in memory (no journey lookups in SQLite), stored in SQLite.
+            memory = JourneyApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+            env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": f"{folder}/e.db"}
+            app = JourneyApplication(env=env)
+            library = Application.construct_transcoder(app)
+            started = time.process_time()
+            update = memory.record(tracked, Tracking("bench", len(tracked)))
+            steps = {"record (decisions, build, apply)": time.process_time() - started}
+            pending = [e for j in update.journeys.values() for e in j.pending_events]
+            started = time.process_time()
+            for journey in update.journeys.values():
+                copy = None
+                for domain_event in journey.pending_events:
+                    copy = domain_event.mutate(copy)
+            steps["apply alone (reconstruct)"] = time.process_time() - started
+            started = time.process_time()
+            update.processing.collect_events(*update.journeys.values())
+            steps["collect"] = time.process_time() - started
+            for name, transcoder in (("library JSON", library), ("orjson", app.mapper.transcoder)):
+                mapper: Mapper[UUID] = Mapper(transcoder=transcoder)
+                started = time.process_time()
+                stored = [mapper.to_stored_event(e) for e in pending]
+                steps[f"to stored event, {name}"] = time.process_time() - started
+            started = time.process_time()
+            app.recorder.insert_events(stored, tracking=update.processing.tracking)
+            steps["insert (SQLite, one transaction)"] = time.process_time() - started
+            for step, seconds in steps.items():
+                costs.setdefault(step, []).append(seconds * 1e6 / len(pending))
+            app.close()
+            memory.close()
+    print(f"{len(pending)} domain events of {len(tracked)} tracked events")
+    for step, found in costs.items():
+        print(f"{step:>36}: {min(found):6.1f} us per domain event")
+
+
 def main() -> None:
     """Run the benchmark and print the rates."""
     if sys.argv[1:2] == ["--pipeline"]:
         compare_live_journeys(int(sys.argv[2]) if len(sys.argv) > 2 else 40_000)
+        return
+    if sys.argv[1:2] == ["--domain-events"]:
+        domain_event_costs(int(sys.argv[2]) if len(sys.argv) > 2 else 20_000)
         return
     customers = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     per_customer = int(sys.argv[2]) if len(sys.argv) > 2 else 20

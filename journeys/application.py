@@ -15,14 +15,14 @@ forwarded to U as they come. The messages this module asks to be sent are in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import ProcessRecorder, Tracking
+from eventsourcing.persistence import ProcessRecorder, Tracking, Transcoder
 
 from events import EventType, TrackedEvent
 from journeys.domainmodel import (
@@ -34,6 +34,11 @@ from journeys.domainmodel import (
 )
 from journeys.stages import Stage, StageRules
 from journeys.touches import Touch
+from journeys.transcoding import OrjsonTranscoder
+
+# Which of these journey ids the event store holds (one query for a batch); given
+# by the composition root, which knows the store (stack/journey_lookup.py).
+StoredJourneys = Callable[[Sequence[UUID]], set[UUID]]
 
 # Call types of the messages the worker itself puts on the events topic.
 LINK_CALL = "journey.link"
@@ -75,6 +80,8 @@ class JourneyUpdate:
     in_flight: Mapping[str, CustomerJourney] = field(default_factory=dict)
     # Journeys as last committed, held by the caller (see record()).
     live: Mapping[str, CustomerJourney] = field(default_factory=dict)
+    # Customers the event store was asked about for this batch and holds no journey of.
+    unstored: frozenset[str] = frozenset()
 
 
 class JourneyApplication(Application[UUID]):
@@ -87,6 +94,14 @@ class JourneyApplication(Application[UUID]):
     def __init__(self, rules: StageRules | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.rules = rules or StageRules()
+        # Asks the store about a batch's customers at once (None: one by one, as needed).
+        self.stored_journeys: StoredJourneys | None = None
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's JSON format, written by orjson (journeys/transcoding.py)."""
+        transcoder = OrjsonTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_recorder(self) -> ProcessRecorder:
         """A recorder that also keeps consumed positions (tracking records)."""
@@ -130,6 +145,8 @@ class JourneyApplication(Application[UUID]):
         update = JourneyUpdate(processing=ProcessingEvent(tracking=position))
         update.in_flight = in_flight or {}
         update.live = live or {}
+        touches = list(touches)
+        update.unstored = self._unstored(touches, update)
         for touch in touches:
             if touch.call_type == LINK_CALL:
                 self._merge_request(touch, update)
@@ -145,12 +162,30 @@ class JourneyApplication(Application[UUID]):
             )
         return update
 
+    def _unstored(self, touches: list[TrackedEvent], update: JourneyUpdate) -> frozenset[str]:
+        """The batch's customers the store holds no journey of (asked at once, if it can)."""
+        if self.stored_journeys is None:
+            return frozenset()
+        keys = {t.customer_key for t in touches}
+        ids = {
+            CustomerJourney.create_id(key): key
+            for key in keys
+            if key not in update.in_flight and key not in update.live
+        }
+        if not ids:
+            return frozenset()
+        stored = self.stored_journeys(list(ids))
+        return frozenset(key for journey_id, key in ids.items() if journey_id not in stored)
+
+    def _stored_journey(self, update: JourneyUpdate, key: str) -> CustomerJourney | None:
+        return None if key in update.unstored else self.journey(key)
+
     def _journey_for(self, update: JourneyUpdate, key: str, at: datetime) -> CustomerJourney:
         journey = update.journeys.get(key) or update.in_flight.get(key)
         if journey is None:
             journey = (
                 update.live.get(key)
-                or self.journey(key)
+                or self._stored_journey(update, key)
                 or CustomerJourney(customer_key=key, started_at=at)
             )
             update.journeys[key] = journey
@@ -192,7 +227,7 @@ class JourneyApplication(Application[UUID]):
     def _merge_request(self, request: TrackedEvent, update: JourneyUpdate) -> None:
         key = request.customer_key
         known = key in update.journeys or key in update.live
-        if not is_anonymous(key) and not known and self.journey(key) is None:
+        if not is_anonymous(key) and not known and self._stored_journey(update, key) is None:
             return  # an alias's previousId that is no known customer: nothing to refuse
         journey = self._journey_for(update, key, request.timestamp)
         into = request.user_id or ""

@@ -34,7 +34,11 @@ class Stage(StrEnum):
     @property
     def rank(self) -> int:
         """Position in the journey: awareness is 0, loyalty 4, lapsed 5, merged 6."""
-        return list(Stage).index(self)
+        # A table, not list(Stage).index: the stage decisions ask for it per event.
+        return _RANKS[self]
+
+
+_RANKS = {stage: rank for rank, stage in enumerate(Stage)}
 
 
 PROGRESSION = (

@@ -11,7 +11,7 @@ from clickhouse_connect.driver.client import Client
 
 from journeys.stages import JOURNEY_STAGES, Stage
 from journeys.touches import Touch
-from projections.clickhouse import as_utc
+from projections.clickhouse import TableInsert, as_utc
 
 _COLUMNS = [
     "customer_key",
@@ -66,23 +66,21 @@ class CustomerStageView:
         self._client = client
         self._db = database
         self._table = f"{database}.customer_stages"
+        self._stages = TableInsert(client, self._table, _COLUMNS)
+        self._orders = TableInsert(
+            client, f"{database}.customer_orders", ["customer_key", "order_id", "at", "revenue"]
+        )
 
     def upsert(self, summaries: Iterable[dict[str, Any]]) -> None:
         """Write the current state of each journey (``CustomerJourney.summary()``)."""
-        rows = [[s[column] for column in _COLUMNS] for s in summaries if s["stage"]]
-        if rows:
-            self._client.insert(self._table, rows, column_names=_COLUMNS)
+        self._stages.insert([[s[column] for column in _COLUMNS] for s in summaries if s["stage"]])
 
     def append_orders(self, orders: Iterable[tuple[str, Touch]]) -> None:
         """Record orders (customer, touch); the same order written again collapses."""
         # Without an order id, the event (its messageId within its source) is the order.
-        rows = [[key, t.order_id or t.dedup_keys[0], t.at, t.revenue] for key, t in orders]
-        if rows:
-            self._client.insert(
-                f"{self._db}.customer_orders",
-                rows,
-                column_names=["customer_key", "order_id", "at", "revenue"],
-            )
+        self._orders.insert(
+            [[key, t.order_id or t.dedup_keys[0], t.at, t.revenue] for key, t in orders]
+        )
 
     def get(self, customer_key: str) -> CustomerStage | None:
         """The customer's row, or None if the customer was never seen."""

@@ -11,6 +11,7 @@ from clickhouse_connect.driver.client import Client
 from events import TrackedEvent
 from journeys.domainmodel import StageChange
 from journeys.funnels import Funnel
+from projections.clickhouse import TableInsert
 
 # The e-commerce fields with a column of their own, by kind. A property of
 # the wrong kind (a price that is not a number) stays in ``properties``.
@@ -97,6 +98,10 @@ class EventLog:
     def __init__(self, client: Client, database: str) -> None:
         self._client = client
         self._db = database
+        self._events = TableInsert(client, f"{database}.events", _EVENT_COLUMNS)
+        self._stage_changes = TableInsert(
+            client, f"{database}.stage_changes", _STAGE_CHANGE_COLUMNS
+        )
 
     @property
     def client(self) -> Client:
@@ -137,7 +142,7 @@ class EventLog:
                     e.timestamp_clamped,
                 ]
             )
-        self._client.insert(f"{self._db}.events", rows, column_names=_EVENT_COLUMNS)
+        self._events.insert(rows)
 
     def merge_identities(self, merges: Sequence[tuple[str, str]]) -> None:
         """Move each anonymous key's events to the customer it merged into: one person.
@@ -202,7 +207,7 @@ class EventLog:
             ]
             for c in changes
         ]
-        self._client.insert(f"{self._db}.stage_changes", rows, column_names=_STAGE_CHANGE_COLUMNS)
+        self._stage_changes.insert(rows)
 
     def event_count(self, customer_key: str | None = None) -> int:
         """Distinct events in the log, for one customer or all."""

@@ -15,7 +15,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from journeys.domainmodel import CustomerJourney
-from projections.clickhouse import as_utc
+from projections.clickhouse import TableInsert, as_utc
 
 INTEREST_TAGS = 5
 # The LTV estimate looks this many days ahead at the observed purchase cycle.
@@ -94,12 +94,11 @@ class ProfileView:
     def __init__(self, client: Client, database: str) -> None:
         self._client = client
         self._table = f"{database}.customer_profiles"
+        self._rows = TableInsert(client, self._table, _COLUMNS)
 
     def upsert(self, journeys: Iterable[CustomerJourney]) -> None:
         """Write the current profile of each journey."""
-        rows = [[p[c] for c in _COLUMNS] for p in map(profile_of, journeys)]
-        if rows:
-            self._client.insert(self._table, rows, column_names=_COLUMNS)
+        self._rows.insert([[p[c] for c in _COLUMNS] for p in map(profile_of, journeys)])
 
     def get(self, customer_key: str) -> dict[str, Any] | None:
         """The customer's profile, or None if the customer was never seen."""

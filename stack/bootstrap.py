@@ -23,6 +23,7 @@ from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.profiles import ProfileView
 from projections.write_keys import WriteKeyStore
+from stack.journey_lookup import stored_journeys_query
 from stack.outreach import OutreachAdmin, build_store
 from stack.settings import Settings
 from streams.app import JourneyStreams
@@ -129,12 +130,14 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
     """The platform's stores over an open ClickHouse client (chdb: one per process)."""
     database = database_name(settings.clickhouse_database)
     migrate(clickhouse, database)
+    journeys = JourneyApplication(rules=load_rules(settings), env=event_store_env(settings))
+    journeys.stored_journeys = stored_journeys_query(journeys.recorder)
     return Platform(
         settings=settings,
         clickhouse=clickhouse,
         event_log=EventLog(clickhouse, database),
         stages=CustomerStageView(clickhouse, database),
-        journeys=JourneyApplication(rules=load_rules(settings), env=event_store_env(settings)),
+        journeys=journeys,
         dead_letters=DeadLetterLog(clickhouse, database),
         write_keys=WriteKeyStore(clickhouse, database),
         profiles=ProfileView(clickhouse, database),

