@@ -131,7 +131,10 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         OutreachAdmin(settings, platform.outreach).rules_in_force,
         segment_reader(platform.event_log),
     )
-    services: list[ServiceT] = [ApiServer(platform, streams)] if with_api else []
+    # Stopped in reverse: the API drains into a journey consumer still running.
+    services: list[ServiceT] = [streams.journey_consumer]
+    if with_api:
+        services.append(ApiServer(platform, streams))
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
     try:
         node.execute_from_commandline()
