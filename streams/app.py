@@ -23,6 +23,7 @@ from stack.settings import Settings
 from streams.batches import BatchLoop, PartitionRecords
 from streams.consumer import BatchConsumer
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
+from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
 
 log = logging.getLogger(__name__)
@@ -58,15 +59,10 @@ class JourneyStreams:
         )
         # Every agent on this app (the outreach ones too) runs this loop: fail fast.
         self.batches = BatchLoop(self.app, settings.batch_max_events, settings.batch_within_s)
-        self.events_topic = self.app.topic(
-            settings.events_topic, key_serializer="raw", value_serializer="raw"
-        )
-        self.stage_changes_topic = self.app.topic(
-            settings.stage_changes_topic, key_serializer="raw", value_serializer="raw"
-        )
         self.dead_letter_topic = self.app.topic(
             settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
         )
+        self.outcomes = OutcomePublisher(settings.kafka_bootstrap_servers)
         self.journey_consumer = BatchConsumer(
             name="journey",
             topic=settings.events_topic,
@@ -88,11 +84,13 @@ class JourneyStreams:
             PartitionBatch(source=self._source(partition), records=items)
             for partition, items in sorted(records.items())
         ]
-        prepared = await asyncio.to_thread(self.pipeline.prepare_many, batches)
+        await asyncio.to_thread(self._apply_journey_batch, batches)
+
+    def _apply_journey_batch(self, batches: Sequence[PartitionBatch]) -> None:
+        prepared = self.pipeline.prepare_many(batches)
         # Published before the commit: at least once, never lost.
-        for one in prepared:
-            await self._publish_outcomes(one)
-        await asyncio.to_thread(self.pipeline.commit_many, prepared)
+        self.outcomes.publish([record for one in prepared for record in self._outcomes(one)])
+        self.pipeline.commit_many(prepared)
 
     async def _dead_letter_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Keep every dead letter in ClickHouse so the API can list it (at least once)."""
@@ -116,8 +114,9 @@ class JourneyStreams:
     def _source(self, partition: int) -> str:
         return source_name(self.settings.events_topic, partition, self.settings.kafka_epoch)
 
-    async def _publish_outcomes(self, prepared: PreparedBatch) -> None:
-        pending: list[Any] = []
+    def _outcomes(self, prepared: PreparedBatch) -> list[OutcomeRecord]:
+        settings = self.settings
+        outcomes: list[OutcomeRecord] = []
         for change in prepared.update.stage_changes:
             record: dict[str, Any] = {
                 "customer_key": change.customer_key,
@@ -127,18 +126,12 @@ class JourneyStreams:
                 "event_id": change.at_event_id,
                 "at": change.at,
             }
-            pending.append(
-                await self.stage_changes_topic.send(
-                    key=change.customer_key.encode(), value=orjson.dumps(record)
-                )
-            )
+            key = change.customer_key.encode()
+            outcomes.append((settings.stage_changes_topic, key, orjson.dumps(record)))
         # Identity: link requests, merged histories and re-keyed events, keyed by customer.
         for message in prepared.update.forwards:
-            pending.append(
-                await self.events_topic.send(
-                    key=message.customer_key.encode(), value=message.to_json()
-                )
-            )
+            key = message.customer_key.encode()
+            outcomes.append((settings.events_topic, key, message.to_json()))
         for refusal in prepared.update.refusals:
             log.warning(
                 "identity merge refused: %s cannot merge into %s (message %s)",
@@ -151,9 +144,8 @@ class JourneyStreams:
                 "reasons": reasons,
                 "payload": payload.decode("utf-8", "replace"),
             }
-            pending.append(await self.dead_letter_topic.send(value=orjson.dumps(rejected)))
-        if pending:
-            await asyncio.gather(*pending)
+            outcomes.append((settings.dead_letter_topic, None, orjson.dumps(rejected)))
+        return outcomes
 
     def status(self) -> dict[str, Any]:
         """What the worker is doing, for the health endpoint."""
