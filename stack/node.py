@@ -123,8 +123,8 @@ def run_worker(settings: Settings) -> None:
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
     platform = build_platform(settings)
     streams = JourneyStreams(settings, platform.pipeline(), platform.dead_letters)
-    # The trigger and outreach agents share the worker's Faust app (and its consumer).
-    OutreachWorker(
+    # The trigger and outreach agents share the worker's Faust app.
+    outreach = OutreachWorker(
         settings,
         streams.batches,
         platform.outreach,
@@ -132,7 +132,7 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         segment_reader(platform.event_log),
     )
     # Stopped in reverse: the API drains into a journey consumer still running.
-    services: list[ServiceT] = [streams.journey_consumer]
+    services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
     if with_api:
         services.append(ApiServer(platform, streams))
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
