@@ -20,8 +20,8 @@ from faust.types import EventT
 
 from projections.dead_letters import DeadLetterLog
 from stack.settings import Settings
-from streams.batches import BatchLoop, PartitionRecords
-from streams.consumer import BatchConsumer
+from streams.batches import BatchLoop
+from streams.consumer import BatchConsumer, TopicRecords
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
@@ -65,10 +65,10 @@ class JourneyStreams:
         self.outcomes = OutcomePublisher(settings.kafka_bootstrap_servers)
         self.journey_consumer = BatchConsumer(
             name="journey",
-            topic=settings.events_topic,
+            topics=[settings.events_topic],
             group_id=f"{settings.worker_group}.journeys",
             bootstrap_servers=settings.kafka_bootstrap_servers,
-            stored_position=self.consumed_position,
+            stored_position=lambda _topic, partition: self.consumed_position(partition),
             handle=self._journey_batch,
             on_failure=self.app.crash,
             max_records=settings.batch_max_events,
@@ -79,10 +79,10 @@ class JourneyStreams:
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
 
-    async def _journey_batch(self, records: PartitionRecords) -> None:
+    async def _journey_batch(self, records: TopicRecords) -> None:
         batches = [
             PartitionBatch(source=self._source(partition), records=items)
-            for partition, items in sorted(records.items())
+            for partition, items in sorted(records[self.settings.events_topic].items())
         ]
         await asyncio.to_thread(self._apply_journey_batch, batches)
 
@@ -155,7 +155,7 @@ class JourneyStreams:
         committed = self.consumed_positions(assigned)
         lag = 0
         for partition in assigned:
-            highwater = consumer.highwater(partition)
+            highwater = consumer.highwater(self.settings.events_topic, partition)
             if highwater is not None:
                 lag += max(0, highwater - committed[partition])
         return {

@@ -10,16 +10,21 @@ saves its consumed position with its effects, in one transaction, so on every
 assignment the consumer seeks to the stored positions. Exactly-once does not
 depend on when (or whether) Kafka's offsets are committed, and a failed batch
 can never be committed past.
+
+Several topics keyed alike (by customer) are co-partitioned: the range
+assignor gives partition N of each to the same member, so one member owns all
+of a customer's records, as Faust's assignor did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from mode import Service
 
@@ -27,14 +32,16 @@ from streams.batches import PartitionRecords
 
 log = logging.getLogger(__name__)
 
-RecordsHandler = Callable[[PartitionRecords], Awaitable[None]]
-# The stored position of a partition: the offset of the first record not yet applied.
-StoredPosition = Callable[[int], int]
+# A batch: each topic's records, per partition, in offset order.
+TopicRecords = dict[str, PartitionRecords]
+RecordsHandler = Callable[[TopicRecords], Awaitable[None]]
+# The stored position of a topic's partition: the offset of the first record not yet applied.
+StoredPosition = Callable[[str, int], int]
 FailureHandler = Callable[[BaseException], Awaitable[None]]
 
 
 class BatchConsumer(Service):
-    """Reads ``topic`` in a group and hands each fetched batch, per partition, to ``handle``.
+    """Reads ``topics`` in a group and hands each fetched batch, per partition, to ``handle``.
 
     One batch at a time: a rebalance waits for the batch in hand to finish, and
     a batch fetched before a rebalance is dropped (it is read again from the
@@ -46,7 +53,7 @@ class BatchConsumer(Service):
         self,
         *,
         name: str,
-        topic: str,
+        topics: Sequence[str],
         group_id: str,
         bootstrap_servers: str,
         stored_position: StoredPosition,
@@ -59,7 +66,7 @@ class BatchConsumer(Service):
     ) -> None:
         super().__init__()
         self.name = name
-        self.topic = topic
+        self.topics = list(topics)
         self._stored_position = stored_position
         self._handle = handle
         self._on_failure = on_failure
@@ -71,6 +78,7 @@ class BatchConsumer(Service):
             "client_id": f"journeys-{name}",
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
+            "partition_assignment_strategy": (RangePartitionAssignor,),
             "session_timeout_ms": int(session_timeout_s * 1000),
             "heartbeat_interval_ms": int(heartbeat_interval_s * 1000),
             "max_poll_records": max_records,
@@ -95,21 +103,21 @@ class BatchConsumer(Service):
         return self._consumer
 
     def assigned_partitions(self) -> list[int]:
-        """The partitions of ``topic`` this member holds now."""
+        """The partition numbers this member holds now (the same of every topic)."""
         if self._consumer is None:
             return []
-        return sorted(tp.partition for tp in self._consumer.assignment())
+        return sorted({tp.partition for tp in self._consumer.assignment()})
 
-    def highwater(self, partition: int) -> int | None:
-        """The broker's end of ``partition`` as last fetched (None before a fetch)."""
+    def highwater(self, topic: str, partition: int) -> int | None:
+        """The broker's end of a partition as last fetched (None before a fetch)."""
         if self._consumer is None:
             return None
-        return self._consumer.highwater(TopicPartition(self.topic, partition))
+        return self._consumer.highwater(TopicPartition(topic, partition))
 
     async def on_start(self) -> None:
         """Join the group; the loop starts with the service's task."""
         self._consumer = AIOKafkaConsumer(**self._consumer_options)
-        self._consumer.subscribe([self.topic], listener=_SeekToStoredPositions(self))
+        self._consumer.subscribe(self.topics, listener=_SeekToStoredPositions(self))
         await self._consumer.start()
 
     async def on_stop(self) -> None:
@@ -133,11 +141,11 @@ class BatchConsumer(Service):
             async with self._handling:
                 if self.should_stop or generation != self._generation:
                     continue  # fetched before a rebalance: read again from stored positions
-                records: PartitionRecords = {
-                    tp.partition: [(r.offset, r.value or b"") for r in batch]
-                    for tp, batch in fetched.items()
-                    if batch
-                }
+                records: TopicRecords = {}
+                for tp, batch in fetched.items():
+                    if batch:
+                        by_partition = records.setdefault(tp.topic, {})
+                        by_partition[tp.partition] = [(r.offset, r.value or b"") for r in batch]
                 try:
                     await self._handle(records)
                 except Exception as error:
@@ -156,7 +164,7 @@ class BatchConsumer(Service):
     async def seek_to_stored(self, assigned: Collection[TopicPartition]) -> None:
         """Start each newly assigned partition at the position its handler stored."""
         for tp in assigned:
-            position = await asyncio.to_thread(self._stored_position, tp.partition)
+            position = await asyncio.to_thread(self._stored_position, tp.topic, tp.partition)
             self.consumer.seek(tp, position)
         self.rebalancing = False
 

@@ -1,10 +1,10 @@
 """The trigger and outreach agents, on the worker's Faust app.
 
-- trigger consumer and agent: ``<prefix>.events`` (read with aiokafka in a group
-  of its own, like the journey consumer: every event passes here) and
-  ``<prefix>.stage-changes`` (a Faust agent) → customer facts and timers
-  (journeys/triggers.py decides), saved with the consumed position in one
-  transaction.
+- trigger consumer: ``<prefix>.events`` and ``<prefix>.stage-changes``, read
+  with aiokafka in a group of its own like the journey consumer (every event
+  passes here; the two topics are co-partitioned, so one worker owns all of a
+  customer's facts) → customer facts and timers (journeys/triggers.py
+  decides), saved with the consumed position in one transaction.
 - timer loop: every ``trigger_tick_s``, the due timers of the partitions this
   worker owns *and has consumed up to the broker's high-water mark* are
   decided; fired triggers are recorded, then published on ``<prefix>.triggers``.
@@ -38,8 +38,8 @@ from events import TrackedEvent
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from stack.settings import Settings
-from streams.batches import BatchLoop, PartitionRecords, by_partition
-from streams.consumer import BatchConsumer
+from streams.batches import BatchLoop, by_partition
+from streams.consumer import BatchConsumer, TopicRecords
 from streams.outreach.channels import Attempt, post_webhook, send_email
 from streams.outreach.store import Delivery, Endpoint, OutreachStore
 from streams.pipeline import source_name
@@ -90,10 +90,10 @@ class OutreachWorker:
 
         self.trigger_consumer = BatchConsumer(
             name="triggers",
-            topic=settings.events_topic,
+            topics=[settings.events_topic, settings.stage_changes_topic],
             group_id=f"{settings.worker_group}.triggers",
             bootstrap_servers=settings.kafka_bootstrap_servers,
-            stored_position=self._events_position,
+            stored_position=self._position,
             handle=self._trigger_batch,
             on_failure=app.crash,
             max_records=batches.max_events,
@@ -101,10 +101,8 @@ class OutreachWorker:
             session_timeout_s=settings.kafka_session_timeout_s,
             heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
         )
-        self.stage_topic = raw(settings.stage_changes_topic)
         self.triggers_topic = raw(settings.triggers_topic)
         self.dlq_topic = raw(settings.triggers_dead_letter_topic)
-        app.agent(self.stage_topic, name="trigger-stages")(self._stage_agent)
         app.agent(self.triggers_topic, name="outreach")(self._outreach_agent)
         app.timer(settings.trigger_tick_s, name="trigger-timers")(self._fire_due)
         app.timer(settings.trigger_tick_s, name="outreach-deliveries")(self._deliver_due)
@@ -125,14 +123,18 @@ class OutreachWorker:
         start = self.store.position(source)
         return source, [(offset, value) for offset, value in records if offset >= start]
 
-    def _events_position(self, partition: int) -> int:
-        topic, epoch = self.settings.events_topic, self.settings.kafka_epoch
-        return self.store.position(source_name(topic, partition, epoch))
+    def _position(self, topic: str, partition: int) -> int:
+        return self.store.position(source_name(topic, partition, self.settings.kafka_epoch))
 
-    async def _trigger_batch(self, records: PartitionRecords) -> None:
-        for partition, items in sorted(records.items()):
-            async with self._lock:
-                await asyncio.to_thread(self._apply_events, partition, items)
+    async def _trigger_batch(self, records: TopicRecords) -> None:
+        # Events first: a stage change is caused by an event of the same customer.
+        for topic, apply in (
+            (self.settings.events_topic, self._apply_events),
+            (self.settings.stage_changes_topic, self._apply_stages),
+        ):
+            for partition, items in sorted(records.get(topic, {}).items()):
+                async with self._lock:
+                    await asyncio.to_thread(apply, partition, items)
 
     def _apply_events(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         source, fresh = self._unconsumed(self.settings.events_topic, partition, records)
@@ -152,14 +154,6 @@ class OutreachWorker:
             source,
             fresh[-1][0] + 1,
         )
-
-    async def _stage_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self.batches.run(stream, "trigger-stages", self._stage_batch)
-
-    async def _stage_batch(self, events: Sequence[EventT]) -> None:
-        for partition, records in by_partition(events).items():
-            async with self._lock:
-                await asyncio.to_thread(self._apply_stages, partition, records)
 
     def _apply_stages(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         source, fresh = self._unconsumed(self.settings.stage_changes_topic, partition, records)
@@ -249,10 +243,10 @@ class OutreachWorker:
             return []
         ready = []
         for partition in consumer.assigned_partitions():
-            highwater = consumer.highwater(partition)
+            highwater = consumer.highwater(self.settings.events_topic, partition)
             if highwater is None:
                 continue  # not fetched yet: we do not know what is waiting
-            if self._events_position(partition) >= highwater:
+            if self._position(self.settings.events_topic, partition) >= highwater:
                 ready.append(partition)
         return ready
 

@@ -16,8 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from stack.broker import EmbeddedBroker
-from streams.batches import PartitionRecords
-from streams.consumer import BatchConsumer
+from streams.consumer import BatchConsumer, TopicRecords
 from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -32,12 +31,13 @@ class PositionStore:
         self.positions: dict[int, int] = dict(positions or {})
         self.applied: Counter[tuple[int, int]] = Counter()
 
-    def position(self, partition: int) -> int:
+    def position(self, _topic: str, partition: int) -> int:
         return self.positions.get(partition, 0)
 
-    async def apply(self, records: PartitionRecords) -> None:
-        for partition, items in records.items():
-            fresh = [(o, v) for o, v in items if o >= self.position(partition)]
+    async def apply(self, records: TopicRecords) -> None:
+        [by_partition] = records.values()  # one topic
+        for partition, items in by_partition.items():
+            fresh = [(o, v) for o, v in items if o >= self.positions.get(partition, 0)]
             self.applied.update((partition, offset) for offset, _ in fresh)
             if fresh:
                 self.positions[partition] = fresh[-1][0] + 1
@@ -62,7 +62,7 @@ def consumer(
 ) -> BatchConsumer:
     options: dict[str, object] = {
         "name": "test",
-        "topic": topic,
+        "topics": [topic],
         "group_id": group,
         "bootstrap_servers": bootstrap,
         "stored_position": store.position,
@@ -127,7 +127,7 @@ def test_a_failing_batch_stops_consuming_and_reports_the_failure(
         failures: list[BaseException] = []
         calls = 0
 
-        async def refuse(records: PartitionRecords) -> None:
+        async def refuse(records: TopicRecords) -> None:
             nonlocal calls
             calls += 1
             raise RuntimeError("refused by the test")
@@ -167,18 +167,19 @@ def test_two_members_sharing_the_partitions_apply_every_record_once_across_a_reb
         members: list[BatchConsumer] = []  # first, second
         in_hand: Counter[int] = Counter()
 
-        def applying_as(me: int) -> Callable[[PartitionRecords], Awaitable[None]]:
-            async def apply(records: PartitionRecords) -> None:
-                in_hand.update(records.keys())
+        def applying_as(me: int) -> Callable[[TopicRecords], Awaitable[None]]:
+            async def apply(records: TopicRecords) -> None:
+                [partitions] = [set(by_partition) for by_partition in records.values()]
+                in_hand.update(partitions)
                 if not store.applied:
                     # The first batch is still in hand when the second member joins,
                     # for longer than the group takes to rebalance (~3 s here).
                     await asyncio.sleep(6.0)
                 # Still ours: the other member must not have been given any of these.
-                if taken := set(records) & set(members[1 - me].assigned_partitions()):
+                if taken := partitions & set(members[1 - me].assigned_partitions()):
                     overlaps.append(sorted(taken))
                 await store.apply(records)
-                in_hand.subtract(records.keys())
+                in_hand.subtract(partitions)
 
             return apply
 
@@ -208,3 +209,40 @@ def test_two_members_sharing_the_partitions_apply_every_record_once_across_a_reb
     assert sum(store.applied.values()) == sum(ends.values()) == 800
     assert max(store.applied.values()) == 1
     assert overlaps == [], "two members handled one partition at the same time"
+
+
+def test_topics_keyed_alike_are_co_partitioned_across_members(
+    broker: EmbeddedBroker, topic: str, unique: str
+) -> None:
+    other = f"{topic}.other"
+    ensure_topics(broker.bootstrap_servers, [other], PARTITIONS, 1)
+
+    async def scenario() -> list[dict[str, list[int]]]:
+        store = PositionStore()
+        members = [
+            consumer(broker.bootstrap_servers, topic, f"g{unique}", store, topics=[topic, other])
+            for _ in range(3)  # two would be co-partitioned by round robin too
+        ]
+        for member in members:
+            await member.start()
+        try:
+            assert await until(
+                lambda: (
+                    all(m.assigned_partitions() for m in members)
+                    and not any(m.rebalancing for m in members)
+                )
+            )
+            return [
+                {
+                    name: sorted(tp.partition for tp in m.consumer.assignment() if tp.topic == name)
+                    for name in (topic, other)
+                }
+                for m in members
+            ]
+        finally:
+            for member in members:
+                await member.stop()
+
+    assignments = asyncio.run(scenario())
+    assert all(mine[topic] == mine[other] for mine in assignments), assignments
+    assert sorted(p for mine in assignments for p in mine[topic]) == list(range(PARTITIONS))
