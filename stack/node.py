@@ -123,15 +123,18 @@ def run_worker(settings: Settings) -> None:
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
     platform = build_platform(settings)
     streams = JourneyStreams(settings, platform.pipeline(), platform.dead_letters)
-    # The trigger and outreach agents share the worker's Faust app (and its consumer).
-    OutreachWorker(
+    # The trigger and outreach agents share the worker's Faust app.
+    outreach = OutreachWorker(
         settings,
         streams.batches,
         platform.outreach,
         OutreachAdmin(settings, platform.outreach).rules_in_force,
         segment_reader(platform.event_log),
     )
-    services: list[ServiceT] = [ApiServer(platform, streams)] if with_api else []
+    # Stopped in reverse: the API drains into a journey consumer still running.
+    services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
+    if with_api:
+        services.append(ApiServer(platform, streams))
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
     try:
         node.execute_from_commandline()

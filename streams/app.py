@@ -1,8 +1,10 @@
-"""The Faust app: topics and the journey agent.
+"""The worker's Faust app: topics, the journey consumer and the dead-letter agent.
 
-The agent takes events in batches (one event-store transaction and one
-ClickHouse insert per partition per batch) and does the blocking work in a
-thread, so the event loop (and, in the embedded node, the API) stays free.
+The journey consumer takes events in batches (one event-store transaction per
+partition and one ClickHouse insert per table per batch) and does the blocking
+work in a thread, so the event loop (and, in the embedded node, the API) stays
+free. It reads with aiokafka directly rather than as a Faust agent: Faust's
+per-message path cost more than the pipeline itself (streams/consumer.py).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from faust.types import EventT
 
 from projections.dead_letters import DeadLetterLog
 from stack.settings import Settings
-from streams.batches import BatchLoop, by_partition
+from streams.batches import BatchLoop
+from streams.consumer import BatchConsumer, TopicRecords
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
+from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
 
 log = logging.getLogger(__name__)
@@ -55,29 +59,38 @@ class JourneyStreams:
         )
         # Every agent on this app (the outreach ones too) runs this loop: fail fast.
         self.batches = BatchLoop(self.app, settings.batch_max_events, settings.batch_within_s)
-        self.events_topic = self.app.topic(
-            settings.events_topic, key_serializer="raw", value_serializer="raw"
-        )
-        self.stage_changes_topic = self.app.topic(
-            settings.stage_changes_topic, key_serializer="raw", value_serializer="raw"
-        )
         self.dead_letter_topic = self.app.topic(
             settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
         )
-        self.app.agent(self.events_topic, name="journey")(self._journey_agent)
+        self.outcomes = OutcomePublisher(settings.kafka_bootstrap_servers)
+        self.journey_consumer = BatchConsumer(
+            name="journey",
+            topics=[settings.events_topic],
+            group_id=f"{settings.worker_group}.journeys",
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            stored_position=lambda _topic, partition: self.consumed_position(partition),
+            handle=self._journey_batch,
+            on_failure=self.app.crash,
+            max_records=settings.batch_max_events,
+            within_s=settings.batch_within_s,
+            session_timeout_s=settings.kafka_session_timeout_s,
+            heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+        )
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
 
-    async def _journey_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self.batches.run(stream, "journey", self._journey_batch)
+    async def _journey_batch(self, records: TopicRecords) -> None:
+        batches = [
+            PartitionBatch(source=self._source(partition), records=items)
+            for partition, items in sorted(records[self.settings.events_topic].items())
+        ]
+        await asyncio.to_thread(self._apply_journey_batch, batches)
 
-    async def _journey_batch(self, events: Sequence[EventT]) -> None:
-        batches = self._by_partition(events)
-        prepared = await asyncio.to_thread(self.pipeline.prepare_many, batches)
+    def _apply_journey_batch(self, batches: Sequence[PartitionBatch]) -> None:
+        prepared = self.pipeline.prepare_many(batches)
         # Published before the commit: at least once, never lost.
-        for one in prepared:
-            await self._publish_outcomes(one)
-        await asyncio.to_thread(self.pipeline.commit_many, prepared)
+        self.outcomes.publish([record for one in prepared for record in self._outcomes(one)])
+        self.pipeline.commit_many(prepared)
 
     async def _dead_letter_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Keep every dead letter in ClickHouse so the API can list it (at least once)."""
@@ -98,19 +111,12 @@ class JourneyStreams:
             store_dead_letters, self.dead_letters, records, self.settings.kafka_epoch
         )
 
-    def _by_partition(self, events: Sequence[EventT]) -> list[PartitionBatch]:
-        return [
-            PartitionBatch(
-                source=source_name(
-                    self.settings.events_topic, partition, self.settings.kafka_epoch
-                ),
-                records=records,
-            )
-            for partition, records in by_partition(events).items()
-        ]
+    def _source(self, partition: int) -> str:
+        return source_name(self.settings.events_topic, partition, self.settings.kafka_epoch)
 
-    async def _publish_outcomes(self, prepared: PreparedBatch) -> None:
-        pending: list[Any] = []
+    def _outcomes(self, prepared: PreparedBatch) -> list[OutcomeRecord]:
+        settings = self.settings
+        outcomes: list[OutcomeRecord] = []
         for change in prepared.update.stage_changes:
             record: dict[str, Any] = {
                 "customer_key": change.customer_key,
@@ -120,18 +126,12 @@ class JourneyStreams:
                 "event_id": change.at_event_id,
                 "at": change.at,
             }
-            pending.append(
-                await self.stage_changes_topic.send(
-                    key=change.customer_key.encode(), value=orjson.dumps(record)
-                )
-            )
+            key = change.customer_key.encode()
+            outcomes.append((settings.stage_changes_topic, key, orjson.dumps(record)))
         # Identity: link requests, merged histories and re-keyed events, keyed by customer.
         for message in prepared.update.forwards:
-            pending.append(
-                await self.events_topic.send(
-                    key=message.customer_key.encode(), value=message.to_json()
-                )
-            )
+            key = message.customer_key.encode()
+            outcomes.append((settings.events_topic, key, message.to_json()))
         for refusal in prepared.update.refusals:
             log.warning(
                 "identity merge refused: %s cannot merge into %s (message %s)",
@@ -144,40 +144,31 @@ class JourneyStreams:
                 "reasons": reasons,
                 "payload": payload.decode("utf-8", "replace"),
             }
-            pending.append(await self.dead_letter_topic.send(value=orjson.dumps(rejected)))
-        if pending:
-            await asyncio.gather(*pending)
+            outcomes.append((settings.dead_letter_topic, None, orjson.dumps(rejected)))
+        return outcomes
 
     def status(self) -> dict[str, Any]:
         """What the worker is doing, for the health endpoint."""
-        consumer = self.app.consumer if self.app.started else None
-        # The journey agent's partitions: the app's consumer also holds the other
-        # agents' topics, whose offsets are not comparable with these positions.
-        topic = self.settings.events_topic
-        assignment = {
-            tp for tp in (consumer.assignment() if consumer else set()) if tp.topic == topic
-        }
-        assigned = sorted(tp.partition for tp in assignment)
+        consumer = self.journey_consumer
+        assigned = consumer.assigned_partitions()
         # Lag: what the broker has (highwater, as last fetched) beyond what is committed.
         committed = self.consumed_positions(assigned)
         lag = 0
-        for tp in assignment:
-            highwater = consumer.highwater(tp) if consumer else None
+        for partition in assigned:
+            highwater = consumer.highwater(self.settings.events_topic, partition)
             if highwater is not None:
-                lag += max(0, highwater - committed[tp.partition])
+                lag += max(0, highwater - committed[partition])
         return {
-            "ok": bool(assigned) and not self.app.rebalancing,
+            "ok": bool(assigned) and not consumer.rebalancing and consumer.failed is None,
             "assigned_partitions": assigned,
-            "rebalancing": bool(self.app.rebalancing),
+            "rebalancing": consumer.rebalancing,
             "lag": lag,
         }
 
+    def consumed_position(self, partition: int) -> int:
+        """The committed position of ``partition``, from the event store's tracking."""
+        return self.pipeline.journeys.consumed_position(self._source(partition))
+
     def consumed_positions(self, partitions: Sequence[int]) -> dict[int, int]:
         """The committed position of each partition, from the event store's tracking."""
-        topic, epoch = self.settings.events_topic, self.settings.kafka_epoch
-        return {
-            partition: self.pipeline.journeys.consumed_position(
-                source_name(topic, partition, epoch)
-            )
-            for partition in partitions
-        }
+        return {partition: self.consumed_position(partition) for partition in partitions}

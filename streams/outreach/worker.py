@@ -1,8 +1,10 @@
 """The trigger and outreach agents, on the worker's Faust app.
 
-- trigger agent: ``<prefix>.events`` and ``<prefix>.stage-changes`` → customer
-  facts and timers (journeys/triggers.py decides), saved with the consumed
-  position in one transaction.
+- trigger consumer: ``<prefix>.events`` and ``<prefix>.stage-changes``, read
+  with aiokafka in a group of its own like the journey consumer (every event
+  passes here; the two topics are co-partitioned, so one worker owns all of a
+  customer's facts) → customer facts and timers (journeys/triggers.py
+  decides), saved with the consumed position in one transaction.
 - timer loop: every ``trigger_tick_s``, the due timers of the partitions this
   worker owns *and has consumed up to the broker's high-water mark* are
   decided; fired triggers are recorded, then published on ``<prefix>.triggers``.
@@ -30,13 +32,14 @@ from typing import Any
 import faust
 import httpx
 import orjson
-from faust.types import TP, EventT
+from faust.types import EventT
 
 from events import TrackedEvent
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from stack.settings import Settings
 from streams.batches import BatchLoop, by_partition
+from streams.consumer import BatchConsumer, TopicRecords
 from streams.outreach.channels import Attempt, post_webhook, send_email
 from streams.outreach.store import Delivery, Endpoint, OutreachStore
 from streams.pipeline import source_name
@@ -85,12 +88,21 @@ class OutreachWorker:
         def raw(name: str) -> faust.TopicT:
             return app.topic(name, key_serializer="raw", value_serializer="raw")
 
-        self.events_topic = raw(settings.events_topic)
-        self.stage_topic = raw(settings.stage_changes_topic)
+        self.trigger_consumer = BatchConsumer(
+            name="triggers",
+            topics=[settings.events_topic, settings.stage_changes_topic],
+            group_id=f"{settings.worker_group}.triggers",
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            stored_position=self._position,
+            handle=self._trigger_batch,
+            on_failure=app.crash,
+            max_records=batches.max_events,
+            within_s=batches.within_s,
+            session_timeout_s=settings.kafka_session_timeout_s,
+            heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+        )
         self.triggers_topic = raw(settings.triggers_topic)
         self.dlq_topic = raw(settings.triggers_dead_letter_topic)
-        app.agent(self.events_topic, name="triggers")(self._trigger_agent)
-        app.agent(self.stage_topic, name="trigger-stages")(self._stage_agent)
         app.agent(self.triggers_topic, name="outreach")(self._outreach_agent)
         app.timer(settings.trigger_tick_s, name="trigger-timers")(self._fire_due)
         app.timer(settings.trigger_tick_s, name="outreach-deliveries")(self._deliver_due)
@@ -111,13 +123,18 @@ class OutreachWorker:
         start = self.store.position(source)
         return source, [(offset, value) for offset, value in records if offset >= start]
 
-    async def _trigger_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self.batches.run(stream, "triggers", self._trigger_batch)
+    def _position(self, topic: str, partition: int) -> int:
+        return self.store.position(source_name(topic, partition, self.settings.kafka_epoch))
 
-    async def _trigger_batch(self, events: Sequence[EventT]) -> None:
-        for partition, records in by_partition(events).items():
-            async with self._lock:
-                await asyncio.to_thread(self._apply_events, partition, records)
+    async def _trigger_batch(self, records: TopicRecords) -> None:
+        # Events first: a stage change is caused by an event of the same customer.
+        for topic, apply in (
+            (self.settings.events_topic, self._apply_events),
+            (self.settings.stage_changes_topic, self._apply_stages),
+        ):
+            for partition, items in sorted(records.get(topic, {}).items()):
+                async with self._lock:
+                    await asyncio.to_thread(apply, partition, items)
 
     def _apply_events(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         source, fresh = self._unconsumed(self.settings.events_topic, partition, records)
@@ -137,14 +154,6 @@ class OutreachWorker:
             source,
             fresh[-1][0] + 1,
         )
-
-    async def _stage_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self.batches.run(stream, "trigger-stages", self._stage_batch)
-
-    async def _stage_batch(self, events: Sequence[EventT]) -> None:
-        for partition, records in by_partition(events).items():
-            async with self._lock:
-                await asyncio.to_thread(self._apply_stages, partition, records)
 
     def _apply_stages(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         source, fresh = self._unconsumed(self.settings.stage_changes_topic, partition, records)
@@ -169,7 +178,7 @@ class OutreachWorker:
 
     async def _observe_segments(self, *_: Any) -> None:
         try:
-            if self._segments is None or not self.app.started or self.app.rebalancing:
+            if self._segments is None or self.trigger_consumer.rebalancing:
                 return
             if not any(rule.trigger == "high_value" for rule in self.engine.rules):
                 return  # no rule watches segments: spare ClickHouse the ranking of all buyers
@@ -220,9 +229,8 @@ class OutreachWorker:
     # --- firing -------------------------------------------------------------------------
 
     def assigned_partitions(self) -> list[int]:
-        """Partitions of the events topic assigned to this worker."""
-        topic = self.settings.events_topic
-        return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
+        """Partitions of the events topic assigned to this worker's trigger consumer."""
+        return self.trigger_consumer.assigned_partitions()
 
     def ready_partitions(self) -> list[int]:
         """Partitions owned here whose events were consumed up to the high-water mark.
@@ -230,19 +238,16 @@ class OutreachWorker:
         Until then a timer could overtake an accepted event that cancels it
         (a purchase waiting in the backlog), so its timers wait.
         """
-        if not self.app.started or self.app.rebalancing:
+        consumer = self.trigger_consumer
+        if consumer.rebalancing:
             return []
-        consumer = self.app.consumer
-        topic, epoch = self.settings.events_topic, self.settings.kafka_epoch
         ready = []
-        for tp in consumer.assignment():
-            if tp.topic != topic:
-                continue
-            highwater = consumer.highwater(TP(topic, tp.partition))
+        for partition in consumer.assigned_partitions():
+            highwater = consumer.highwater(self.settings.events_topic, partition)
             if highwater is None:
                 continue  # not fetched yet: we do not know what is waiting
-            if self.store.position(source_name(topic, tp.partition, epoch)) >= highwater:
-                ready.append(tp.partition)
+            if self._position(self.settings.events_topic, partition) >= highwater:
+                ready.append(partition)
         return ready
 
     async def _fire_due(self, *_: Any) -> None:

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 import schemathesis
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from clickhouse_connect.driver.client import Client
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -69,21 +69,21 @@ class Harness:
         return await self.client.post(path, content=content, headers=headers, **kw)
 
     async def read_topic(self, topic: str) -> list[bytes]:
-        """Everything on ``topic`` so far."""
+        """Everything on ``topic`` so far: up to the end offsets as they are now."""
         consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False
         )
         await consumer.start()
         try:
+            partitions = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
             found: list[bytes] = []
-            while True:
-                batch = await consumer.getmany(timeout_ms=1500)
-                if not batch:
-                    return found
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                batch = await consumer.getmany(timeout_ms=1000)
                 found.extend(r.value or b"" for records in batch.values() for r in records)
+            return found
         finally:
             await consumer.stop()
 
@@ -94,6 +94,13 @@ class Harness:
 
     async def dead_letters(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for v in await self.read_topic(self.settings.dead_letter_topic)]
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer.topics()  # fetches the metadata of every topic
+    found = consumer.partitions_for_topic(topic)
+    assert found, f"topic {topic} has no partitions"
+    return set(found)
 
 
 @pytest.fixture

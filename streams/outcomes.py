@@ -1,0 +1,70 @@
+"""Publishing what a journey batch produced: stage changes, identity messages, dead letters.
+
+With librdkafka rather than Faust's producer: Faust's ``Topic.send`` cost
+more of the worker's event loop per stage change than the whole journey batch
+did on it (py-spy, docs/performance.md). Every record of a batch must be
+acknowledged before the batch commits (at least once, never lost), so a batch
+is produced and flushed as one, from the worker's thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+# (topic, key, value)
+OutcomeRecord = tuple[str, bytes | None, bytes]
+
+
+def keyed_producer_config(bootstrap_servers: str) -> dict[str, Any]:
+    """librdkafka settings for records keyed by customer, acknowledged by every replica."""
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "acks": "all",
+        # Java's partitioner (murmur2), as aiokafka and Faust use: one customer's
+        # records must land on one partition whichever client produced them
+        # (librdkafka's default, CRC32, put them on different partitions).
+        "partitioner": "murmur2_random",
+        "linger.ms": 2,
+        "message.timeout.ms": 15000,
+        # Retries cannot reorder one customer's records within a batch.
+        "enable.idempotence": False,
+        "max.in.flight.requests.per.connection": 1,
+    }
+
+
+class OutcomePublisher:
+    """Produces a batch's records and returns once the broker acknowledged all of them.
+
+    Blocking: call it from a worker thread. One batch at a time (the journey
+    consumer's), so flushing the producer waits for exactly this batch.
+    """
+
+    def __init__(self, bootstrap_servers: str, timeout_s: float = 30.0) -> None:
+        self._producer = Producer(keyed_producer_config(bootstrap_servers))
+        self.timeout_s = timeout_s
+
+    def publish(self, records: Sequence[OutcomeRecord]) -> None:
+        """Produce ``records`` and wait for every acknowledgement; raise on any failure."""
+        if not records:
+            return
+        failures: list[KafkaError] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(error)
+
+        for topic, key, value in records:
+            while True:
+                try:
+                    self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                    break
+                except BufferError:
+                    self._producer.poll(0.01)  # librdkafka's queue is full: deliver some
+        unacknowledged = self._producer.flush(self.timeout_s)
+        if failures:
+            raise KafkaException(failures[0])
+        if unacknowledged:
+            raise TimeoutError(f"{unacknowledged} outcome records unacknowledged")
