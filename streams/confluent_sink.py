@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from events import TrackedEvent
+from streams.outcomes import keyed_producer_config
 from streams.producer import dead_letter_record
 
 
@@ -58,22 +59,7 @@ class ConfluentEventSink:
 
     async def start(self) -> None:
         """Create the producer and the thread that delivers its reports."""
-        self._producer = Producer(
-            {
-                "bootstrap.servers": self._bootstrap_servers,
-                "acks": "all",
-                # Java's partitioner (murmur2), as aiokafka and Faust use: the worker
-                # re-keys identity messages through Faust, and one customer's events
-                # must land on one partition whichever client produced them
-                # (librdkafka's default, CRC32, put them on different partitions).
-                "partitioner": "murmur2_random",
-                "linger.ms": 2,
-                "message.timeout.ms": 15000,
-                # Retries cannot reorder one customer's events within a request.
-                "enable.idempotence": False,
-                "max.in.flight.requests.per.connection": 1,
-            }
-        )
+        self._producer = Producer(keyed_producer_config(self._bootstrap_servers))
         self._stopping.clear()
         self._poller = threading.Thread(target=self._poll, name="confluent-sink", daemon=True)
         self._poller.start()
