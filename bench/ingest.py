@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -61,22 +59,9 @@ def serve(settings: Settings) -> None:
     """
     import uvicorn
 
-    from api.app import create_api
-    from stack.bootstrap import build_gateway, build_platform, event_sink
+    from stack.node import standalone_api
 
-    platform = build_platform(settings)
-    sink = event_sink(settings)
-    api = create_api(build_gateway(platform, sink, streams=None))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: object) -> AsyncIterator[None]:
-        await sink.start()
-        try:
-            yield
-        finally:
-            await sink.stop()
-
-    api.router.lifespan_context = lifespan
+    api, platform = standalone_api(settings)
     # SO_REUSEPORT: several gateway processes may listen on one port (the kernel
     # spreads connections over them), as replicas behind one address would.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

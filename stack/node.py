@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 
 import faust
 import uvicorn
+from fastapi import FastAPI
 from mode import Service
 from mode.types import ServiceT
 
@@ -142,13 +143,8 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         platform.close()
 
 
-def run_api(settings: Settings) -> None:
-    """The API alone (scale-out), against a ClickHouse server."""
-    if settings.uses_embedded_clickhouse:
-        raise SystemExit(
-            "the API alone needs a ClickHouse server (JOURNEYS_CLICKHOUSE_URL): chdb's data "
-            "folder can be opened by one process only, the worker's; use `journeys node`"
-        )
+def standalone_api(settings: Settings) -> tuple[FastAPI, Platform]:
+    """The API in a process of its own: its producer starts and stops with the app."""
     platform = build_platform(settings)
     sink = event_sink(settings)
     api = create_api(build_gateway(platform, sink, streams=None))
@@ -162,6 +158,17 @@ def run_api(settings: Settings) -> None:
             await sink.stop()
 
     api.router.lifespan_context = lifespan
+    return api, platform
+
+
+def run_api(settings: Settings) -> None:
+    """The API alone (scale-out), against a ClickHouse server."""
+    if settings.uses_embedded_clickhouse:
+        raise SystemExit(
+            "the API alone needs a ClickHouse server (JOURNEYS_CLICKHOUSE_URL): chdb's data "
+            "folder can be opened by one process only, the worker's; use `journeys node`"
+        )
+    api, platform = standalone_api(settings)
     try:
         uvicorn.run(
             api,
