@@ -93,7 +93,7 @@ def test_a_failing_trigger_batch_stops_the_worker_and_is_redone_after_restart(
         process = node.process
         assert process is not None
         assert wait_until(lambda: process.poll() is not None, 60, alive=lambda: True), (
-            "the worker went on after a failed trigger batch"
+            f"the worker went on after a failed trigger batch:\n{node.log_tail()}"
         )
         assert "triggers batch failed; stopping the worker" in node.log_path.read_text()
         assert not receiver.seen("/ok", "c-poison")
