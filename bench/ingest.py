@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import socket
 import statistics
 import subprocess
@@ -33,7 +32,14 @@ from typing import Any
 import orjson
 import psutil
 
-from bench.run import node_settings, raw_produce_rate, storefront_calls, storefront_events
+from bench.run import (
+    node_settings,
+    post_request,
+    raw_produce_rate,
+    read_answer,
+    storefront_calls,
+    storefront_events,
+)
 from stack.broker import EmbeddedBroker
 from stack.processes import free_port, spawn, stop, wait_until
 from stack.settings import Settings
@@ -116,28 +122,6 @@ class Gateway:
             stop(process, timeout=30)
 
 
-def batch_request(host: str, port: int, body: bytes, write_key: str) -> bytes:
-    """A whole HTTP/1.1 ``/v1/batch`` request, built before the clock starts."""
-    credentials = base64.b64encode(f"{write_key}:".encode()).decode()
-    head = (
-        f"POST /v1/batch HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Authorization: Basic {credentials}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One response on a keep-alive connection: its status and body."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    length = next(
-        int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")
-    )
-    return status, await reader.readexactly(length)
-
-
 async def drive(host: str, port: int, requests: list[bytes], connections: int) -> float:
     """Send every request over ``connections`` keep-alive connections; the seconds it took.
 
@@ -151,7 +135,7 @@ async def drive(host: str, port: int, requests: list[bytes], connections: int) -
     async def sender(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for request in pending:
             writer.write(request)
-            status, body = await _answer(reader)
+            status, body = await read_answer(reader)
             if status != 200:
                 raise RuntimeError(f"/v1/batch answered {status}: {body.decode()}")
 
@@ -169,7 +153,7 @@ def gateway_rate(
 ) -> Rate:
     """Events/s the gateway accepts and the events per CPU-second it spent on them."""
     events = sum(count for _, count in bodies)
-    requests = [batch_request(HOST, gateway.port, body, write_key) for body, _ in bodies]
+    requests = [post_request(HOST, gateway.port, body, write_key) for body, _ in bodies]
     cpu = gateway.cpu_seconds()
     elapsed = asyncio.run(drive(HOST, gateway.port, requests, connections))
     spent = gateway.cpu_seconds() - cpu
