@@ -57,7 +57,7 @@ class JourneyStreams:
             broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
             producer_acks=-1,
         )
-        # Every agent on this app (the outreach ones too) runs this loop: fail fast.
+        # Every Faust agent on this app (the outreach one too) runs this loop: fail fast.
         self.batches = BatchLoop(self.app, settings.batch_max_events, settings.batch_within_s)
         self.dead_letter_topic = self.app.topic(
             settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"

@@ -1,4 +1,4 @@
-"""The batch loop every agent of the worker runs: take a batch, handle it, or stop the worker.
+"""The batch loop every Faust agent of the worker runs: take a batch, handle it, or stop the worker.
 
 Fail fast: when handling a batch raises, its events stay unacked, but an agent
 that Faust restarts in this process would go on with later offsets and save
