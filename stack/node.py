@@ -83,8 +83,12 @@ class ApiServer(Service):
         if self._serving is not None:
             await self._serving
         await self.sink.stop()
-        if self.streams is not None and self.platform.settings.kafka_epoch:
-            await drain(self.streams, self.platform.settings)
+        streams = self.streams
+        # After a crash every service of the worker is marked crashed and stops
+        # consuming: a drain would wait its whole timeout for positions that
+        # cannot move. The next start re-reads from the stored positions.
+        if streams is not None and self.platform.settings.kafka_epoch and not streams.app.crashed:
+            await drain(streams, self.platform.settings)
 
 
 async def drain(streams: JourneyStreams, settings: Settings) -> bool:
