@@ -83,12 +83,8 @@ class ApiServer(Service):
         if self._serving is not None:
             await self._serving
         await self.sink.stop()
-        streams = self.streams
-        # After a crash every service of the worker is marked crashed and stops
-        # consuming: a drain would wait its whole timeout for positions that
-        # cannot move. The next start re-reads from the stored positions.
-        if streams is not None and self.platform.settings.kafka_epoch and not streams.app.crashed:
-            await drain(streams, self.platform.settings)
+        if self.streams is not None and self.platform.settings.kafka_epoch:
+            await drain(self.streams, self.platform.settings)
 
 
 async def drain(streams: JourneyStreams, settings: Settings) -> bool:
@@ -96,6 +92,11 @@ async def drain(streams: JourneyStreams, settings: Settings) -> bool:
     ends = await end_offsets(settings.kafka_bootstrap_servers, settings.events_topic)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
+        if not streams.consuming:
+            # A crash marks every service of the worker crashed, the journey
+            # consumer too: its positions cannot move. The next start re-reads.
+            log.warning("the journey consumer has stopped; not waiting for it to catch up")
+            return False
         positions = await asyncio.to_thread(streams.consumed_positions, list(ends))
         behind = {p: ends[p] - positions[p] for p in ends if positions[p] < ends[p]}
         if not behind:

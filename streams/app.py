@@ -21,7 +21,7 @@ from faust.types import EventT
 from projections.dead_letters import DeadLetterLog
 from stack.settings import Settings
 from streams.batches import BatchLoop
-from streams.consumer import BatchConsumer, TopicRecords
+from streams.consumer import TopicRecords, worker_consumer
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
@@ -63,18 +63,14 @@ class JourneyStreams:
             settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
         )
         self.outcomes = OutcomePublisher(settings.kafka_bootstrap_servers)
-        self.journey_consumer = BatchConsumer(
+        self.journey_consumer = worker_consumer(
+            settings,
             name="journey",
+            group="journeys",
             topics=[settings.events_topic],
-            group_id=f"{settings.worker_group}.journeys",
-            bootstrap_servers=settings.kafka_bootstrap_servers,
             stored_position=lambda _topic, partition: self.consumed_position(partition),
             handle=self._journey_batch,
             on_failure=self.app.crash,
-            max_records=settings.batch_max_events,
-            within_s=settings.batch_within_s,
-            session_timeout_s=settings.kafka_session_timeout_s,
-            heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
         )
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
@@ -164,6 +160,12 @@ class JourneyStreams:
             "rebalancing": consumer.rebalancing,
             "lag": lag,
         }
+
+    @property
+    def consuming(self) -> bool:
+        """False once the journey consumer stopped for good (a failure, a crash, a stop)."""
+        consumer = self.journey_consumer
+        return not consumer.should_stop and consumer.failed is None
 
     def consumed_position(self, partition: int) -> int:
         """The committed position of ``partition``, from the event store's tracking."""

@@ -28,6 +28,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from mode import Service
 
+from stack.settings import Settings
 from streams.batches import PartitionRecords
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,32 @@ class BatchConsumer(Service):
         self.rebalancing = True
         async with self._handling:
             self._generation += 1
+
+
+def worker_consumer(
+    settings: Settings,
+    *,
+    name: str,
+    group: str,
+    topics: Sequence[str],
+    stored_position: StoredPosition,
+    handle: RecordsHandler,
+    on_failure: FailureHandler,
+) -> BatchConsumer:
+    """A consumer of the worker in group ``<worker_group>.<group>``, with its batch settings."""
+    return BatchConsumer(
+        name=name,
+        topics=topics,
+        group_id=f"{settings.worker_group}.{group}",
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        stored_position=stored_position,
+        handle=handle,
+        on_failure=on_failure,
+        max_records=settings.batch_max_events,
+        within_s=settings.batch_within_s,
+        session_timeout_s=settings.kafka_session_timeout_s,
+        heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+    )
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):

@@ -39,7 +39,7 @@ from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from stack.settings import Settings
 from streams.batches import BatchLoop, by_partition
-from streams.consumer import BatchConsumer, TopicRecords
+from streams.consumer import TopicRecords, worker_consumer
 from streams.outreach.channels import Attempt, post_webhook, send_email
 from streams.outreach.store import Delivery, Endpoint, OutreachStore
 from streams.pipeline import source_name
@@ -88,18 +88,14 @@ class OutreachWorker:
         def raw(name: str) -> faust.TopicT:
             return app.topic(name, key_serializer="raw", value_serializer="raw")
 
-        self.trigger_consumer = BatchConsumer(
+        self.trigger_consumer = worker_consumer(
+            settings,
             name="triggers",
+            group="triggers",
             topics=[settings.events_topic, settings.stage_changes_topic],
-            group_id=f"{settings.worker_group}.triggers",
-            bootstrap_servers=settings.kafka_bootstrap_servers,
             stored_position=self._position,
             handle=self._trigger_batch,
             on_failure=app.crash,
-            max_records=batches.max_events,
-            within_s=batches.within_s,
-            session_timeout_s=settings.kafka_session_timeout_s,
-            heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
         )
         self.triggers_topic = raw(settings.triggers_topic)
         self.dlq_topic = raw(settings.triggers_dead_letter_topic)
