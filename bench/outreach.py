@@ -49,7 +49,8 @@ def trigger_batches(payloads: list[tuple[bytes, bytes]], settings: Settings) -> 
     the journey agent publishes them.
     """
     batches: list[TopicRecords] = []
-    offsets = {settings.events_topic: [0] * PARTITIONS, settings.stage_changes_topic: [0] * PARTITIONS}
+    topics = (settings.events_topic, settings.stage_changes_topic)
+    offsets = {topic: [0] * PARTITIONS for topic in topics}
 
     def add(records: TopicRecords, topic: str, key: bytes, value: bytes) -> None:
         partition = zlib.crc32(key) % PARTITIONS
