@@ -46,6 +46,7 @@ _SETTLED_PER_RULE = 20
 
 CART_ADD = {"product added", "wishlist product added to cart"}
 CART_REMOVE = {"product removed"}
+CART_LINE_EVENTS = CART_ADD | CART_REMOVE
 ORDER = "order completed"
 ORDER_VOIDED = {"order refunded", "order cancelled"}
 TICKET_OPENED = "ticket created"
@@ -150,8 +151,11 @@ class CustomerFacts:
 
     def is_settled(self, rule_id: str, anchor: datetime) -> bool:
         """True when the clock started at ``anchor`` already ended for this rule."""
+        entries = self.settled.get(rule_id)
+        if not entries:
+            return False
         key = _iso(anchor)
-        return any(item["anchor"] == key for item in self.settled.get(rule_id, []))
+        return any(item["anchor"] == key for item in entries)
 
     def settle(self, rule_id: str, anchor: datetime, due: datetime, outcome: str) -> None:
         """Remember that the clock started at ``anchor`` ended, and how."""
@@ -164,18 +168,22 @@ class CustomerFacts:
     def observe(self, touch: TrackedEvent) -> bool:
         """Fold one event in, by its event time; False when it was seen before."""
         keys = touch.dedup_keys  # the messageId within its source
-        if any(key in self.recent_ids for key in keys):
+        recent = self.recent_ids
+        if any(key in recent for key in keys):
             return False
-        self.recent_ids.append(keys[0])
-        del self.recent_ids[:-_RECENT_IDS]
+        recent.append(keys[0])
+        if len(recent) > _RECENT_IDS:
+            del recent[:-_RECENT_IDS]
         at = touch.timestamp
+        stamp = _iso(at)  # formatted once: most events move two marks below
+        historical = is_historical(touch)
         name = normalized_name(touch.event_name)
         props = touch.properties
-        if self._later("last_activity_at", at):
-            self.last_activity_historical = is_historical(touch)
+        if self._later("last_activity_at", at, stamp):
+            self.last_activity_historical = historical
         previous = self.last_by_name.get(name)
         if previous is None or _at(previous) < at:
-            self.last_by_name[name] = _iso(at)
+            self.last_by_name[name] = stamp
         zone = touch.context.get("timezone") or props.get("timezone")
         if isinstance(zone, str) and zone:
             self.timezone = zone
@@ -184,7 +192,7 @@ class CustomerFacts:
         if touch.event_type is EventType.CART:
             self._cart_event(name, props, at)
         elif touch.event_type is EventType.PURCHASE and name == ORDER:
-            self._order(props, at, is_historical(touch))
+            self._order(props, at, historical)
         elif touch.event_type is EventType.PURCHASE and name in ORDER_VOIDED:
             self._later("voided_at", at)
         elif name == TICKET_OPENED:
@@ -225,10 +233,10 @@ class CustomerFacts:
         """The completed order with the latest event time."""
         return max(self.orders, key=lambda order: _at(order["at"]), default=None)
 
-    def _later(self, attribute: str, at: datetime) -> bool:
+    def _later(self, attribute: str, at: datetime, stamp: str | None = None) -> bool:
         current = getattr(self, attribute)
         if current is None or _at(current) < at:
-            setattr(self, attribute, _iso(at))
+            setattr(self, attribute, stamp or _iso(at))
             return True
         return False
 
@@ -256,7 +264,7 @@ class CustomerFacts:
         if props.get("currency"):
             self.currency = str(props["currency"])
         products = props.get("products")
-        if isinstance(products, list) and name not in CART_ADD | CART_REMOVE:
+        if isinstance(products, list) and name not in CART_LINE_EVENTS:
             # A full snapshot of the cart (Cart Viewed with products[]): the newer one wins.
             if self.cart_activity_at is None or _at(self.cart_activity_at) <= at:
                 self.cart = {}
@@ -469,6 +477,8 @@ class TriggerEngine:
 
     def fire_time(self, rule: TriggerRule, facts: CustomerFacts, due: datetime) -> datetime:
         """The due time, moved to the end of quiet hours in the customer's time zone."""
+        if rule.quiet_hours is None:
+            return due  # no need to look the zone up
         return _after_quiet_hours(rule.quiet_hours, due, facts.zone)
 
     def plan(self, facts: CustomerFacts) -> list[Timer]:
@@ -506,10 +516,12 @@ class TriggerEngine:
         A stage reached on imported events (the latest event is historical)
         settles the clocks it starts, as the import itself would have.
         """
+        if not facts.last_activity_historical:
+            facts.observe_stage(stage, at)  # live: nothing to settle, no plan to compare
+            return
         before = {(t.rule_id, t.anchor) for t in self.plan(facts)}
         facts.observe_stage(stage, at)
-        if facts.last_activity_historical:
-            self._settle_started(facts, before)
+        self._settle_started(facts, before)
 
     def observe_segment(self, facts: CustomerFacts, segment: str) -> bool:
         """Fold the customer's RFM segment, observed now, into the facts; True when it changed.

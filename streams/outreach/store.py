@@ -24,6 +24,9 @@ import orjson
 
 from journeys.triggers import CustomerFacts, Timer, TriggerFired
 
+# Keys bound in one IN (...) query: below SQLite's oldest limit of 999 variables.
+_KEYS_PER_QUERY = 500
+
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS trigger_positions (
         source TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
@@ -123,6 +126,16 @@ class OutreachStore:
             sql = sql.replace("?", "%s")
         return self._conn.execute(sql, tuple(params))
 
+    def _exec_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        # One prepared statement for all rows (psycopg pipelines them).
+        if not rows:
+            return
+        if self._postgres:
+            with self._conn.cursor() as cursor:
+                cursor.executemany(sql.replace("?", "%s"), rows)
+        else:
+            self._conn.executemany(sql, rows)
+
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._exec(sql, params).fetchall())
@@ -169,19 +182,44 @@ class OutreachStore:
         )
         return int(rows[0][0]) if rows else None
 
-    def _save_customer(self, facts: CustomerFacts, partition: int, timers: Iterable[Timer]) -> None:
-        self._exec(
+    def facts_of(self, customer_keys: Iterable[str]) -> dict[str, CustomerFacts]:
+        """The recorded facts of those of ``customer_keys`` that have any (one query per
+        ``_KEYS_PER_QUERY`` keys, not one per customer)."""
+        keys = list(customer_keys)
+        found: dict[str, CustomerFacts] = {}
+        for first in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[first : first + _KEYS_PER_QUERY]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._rows(
+                f"SELECT facts FROM trigger_customers WHERE customer_key IN ({marks})", chunk
+            )
+            for (text,) in rows:
+                facts = CustomerFacts.from_dict(orjson.loads(text))
+                found[facts.customer_key] = facts
+        return found
+
+    def _save_customers(
+        self, customers: Sequence[tuple[CustomerFacts, int, Iterable[Timer]]]
+    ) -> None:
+        # A customer listed twice: the last entry is the truth, as if saved one by one.
+        latest = {entry[0].customer_key: entry for entry in customers}
+        self._exec_many(
             "INSERT INTO trigger_customers (customer_key, partition_no, facts) VALUES (?, ?, ?) "
             "ON CONFLICT (customer_key) DO UPDATE SET partition_no = excluded.partition_no, "
             "facts = excluded.facts",
-            (facts.customer_key, partition, orjson.dumps(facts.to_dict()).decode()),
+            [
+                (key, partition, orjson.dumps(facts.to_dict()).decode())
+                for key, (facts, partition, _) in latest.items()
+            ],
         )
         # The plan is the whole truth for the customer: replace, do not merge.
-        self._exec("DELETE FROM trigger_timers WHERE customer_key = ?", (facts.customer_key,))
-        for timer in timers:
-            self._exec(
-                "INSERT INTO trigger_timers (timer_id, customer_key, rule_id, partition_no, "
-                "anchor, due_at, fire_at, fire_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        self._exec_many(
+            "DELETE FROM trigger_timers WHERE customer_key = ?", [(key,) for key in latest]
+        )
+        self._exec_many(
+            "INSERT INTO trigger_timers (timer_id, customer_key, rule_id, partition_no, "
+            "anchor, due_at, fire_at, fire_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
                 (
                     timer.timer_id,
                     timer.customer_key,
@@ -191,8 +229,11 @@ class OutreachStore:
                     timer.due_at.isoformat(),
                     timer.fire_at.isoformat(),
                     timer.fire_at.timestamp(),
-                ),
-            )
+                )
+                for _, partition, timers in latest.values()
+                for timer in timers
+            ],
+        )
 
     def save_batch(
         self,
@@ -202,8 +243,7 @@ class OutreachStore:
     ) -> None:
         """Customers' facts and timers, with the consumed position, atomically."""
         with self.transaction():
-            for facts, partition, timers in customers:
-                self._save_customer(facts, partition, timers)
+            self._save_customers(customers)
             self._save_position(source, position)
 
     def save_customers(
@@ -211,8 +251,7 @@ class OutreachStore:
     ) -> None:
         """Customers' facts and timers, atomically (facts that come from no topic position)."""
         with self.transaction():
-            for facts, partition, timers in customers:
-                self._save_customer(facts, partition, timers)
+            self._save_customers(customers)
 
     def save_decision(
         self,
@@ -228,7 +267,7 @@ class OutreachStore:
         Returns False when this trigger id was already recorded (it fired before).
         """
         with self.transaction():
-            self._save_customer(facts, partition, timers)
+            self._save_customers([(facts, partition, timers)])
             if fired is None:
                 return True
             lateness_ms = (fired.fired_at - fired.fire_at).total_seconds() * 1000

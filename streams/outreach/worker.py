@@ -25,7 +25,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,6 +117,8 @@ class OutreachWorker:
         """
         source = source_name(topic, partition, self.settings.kafka_epoch)
         start = self.store.position(source)
+        if not records or records[0][0] >= start:
+            return source, records  # the usual case: nothing of it was applied yet
         return source, [(offset, value) for offset, value in records if offset >= start]
 
     def _position(self, topic: str, partition: int) -> int:
@@ -136,26 +138,23 @@ class OutreachWorker:
         source, fresh = self._unconsumed(self.settings.events_topic, partition, records)
         if not fresh:
             return
-        customers: dict[str, CustomerFacts] = {}
+        touches: list[TrackedEvent] = []
         for _, value in fresh:
             try:
-                touch = TrackedEvent.from_json(value)
+                touches.append(TrackedEvent.from_json(value))
             except (ValueError, TypeError, KeyError):
                 continue  # the journey pipeline dead-letters it; nothing to trigger on
-            facts = customers.get(touch.customer_key) or self._facts(touch.customer_key)
-            customers[touch.customer_key] = facts
-            self.engine.observe(facts, touch)
-        self.store.save_batch(
-            [(facts, partition, self.engine.plan(facts)) for facts in customers.values()],
-            source,
-            fresh[-1][0] + 1,
-        )
+        customers = self._facts_of(touch.customer_key for touch in touches)
+        engine = self.engine
+        for touch in touches:
+            engine.observe(customers[touch.customer_key], touch)
+        self._save_batch(customers, partition, source, fresh[-1][0] + 1)
 
     def _apply_stages(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         source, fresh = self._unconsumed(self.settings.stage_changes_topic, partition, records)
         if not fresh:
             return
-        customers: dict[str, CustomerFacts] = {}
+        changes: list[tuple[str, str, datetime]] = []
         for _, value in fresh:
             try:
                 change = orjson.loads(value)
@@ -163,13 +162,27 @@ class OutreachWorker:
                 at = datetime.fromisoformat(change["at"])
             except (ValueError, TypeError, KeyError):
                 continue
-            facts = customers.get(key) or self._facts(key)
-            customers[key] = facts
-            self.engine.observe_stage(facts, stage, at if at.tzinfo else at.replace(tzinfo=UTC))
+            changes.append((key, stage, at if at.tzinfo else at.replace(tzinfo=UTC)))
+        customers = self._facts_of(key for key, _, _ in changes)
+        engine = self.engine
+        for key, stage, at in changes:
+            engine.observe_stage(customers[key], stage, at)
+        self._save_batch(customers, partition, source, fresh[-1][0] + 1)
+
+    def _facts_of(self, customer_keys: Iterable[str]) -> dict[str, CustomerFacts]:
+        """Each customer's facts (new ones for customers not seen before), one read in all."""
+        keys = dict.fromkeys(customer_keys)
+        found = self.store.facts_of(keys)
+        return {key: found.get(key) or CustomerFacts(key) for key in keys}
+
+    def _save_batch(
+        self, customers: dict[str, CustomerFacts], partition: int, source: str, position: int
+    ) -> None:
+        engine = self.engine
         self.store.save_batch(
-            [(facts, partition, self.engine.plan(facts)) for facts in customers.values()],
+            [(facts, partition, engine.plan(facts)) for facts in customers.values()],
             source,
-            fresh[-1][0] + 1,
+            position,
         )
 
     async def _observe_segments(self, *_: Any) -> None:
