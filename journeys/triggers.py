@@ -32,11 +32,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
-from typing import Any
+from typing import Any, Protocol
 from uuid import NAMESPACE_URL, uuid5
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from events import EventType, TrackedEvent, normalized_name
+from events import EventType, normalized_name
 from journeys.outreach_rules import QuietHours, TriggerRule
 
 _TRIGGER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:trigger")
@@ -53,6 +53,26 @@ TICKET_OPENED = "ticket created"
 TICKET_RESOLVED = "ticket resolved"
 # The top RFM segment (projections/analytics/reports.py SEGMENTS): high-value welcome.
 TOP_SEGMENT = "champions"
+
+
+class ObservedEvent(Protocol):
+    """What the rules read of a tracked event: ``events.TrackedEvent`` has it all, and
+    the trigger consumer parses only this much (streams/outreach/trigger_events.py)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def event_type(self) -> EventType: ...
+    @property
+    def event_name(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def properties(self) -> dict[str, Any]: ...
+    @property
+    def context(self) -> dict[str, Any]: ...
+    @property
+    def dedup_keys(self) -> tuple[str, ...]: ...
 
 
 def _iso(moment: datetime) -> str:
@@ -165,7 +185,7 @@ class CustomerFacts:
 
     # --- facts from events ---------------------------------------------------------
 
-    def observe(self, touch: TrackedEvent) -> bool:
+    def observe(self, touch: ObservedEvent) -> bool:
         """Fold one event in, by its event time; False when it was seen before."""
         keys = touch.dedup_keys  # the messageId within its source
         recent = self.recent_ids
@@ -496,7 +516,7 @@ class TriggerEngine:
             )
         return timers
 
-    def observe(self, facts: CustomerFacts, touch: TrackedEvent) -> bool:
+    def observe(self, facts: CustomerFacts, touch: ObservedEvent) -> bool:
         """Fold an event into the facts; False when it was seen before.
 
         A historical event (import, backfill) that starts or restarts a clock
@@ -631,6 +651,6 @@ def _after_quiet_hours(quiet: QuietHours | None, due: datetime, zone: ZoneInfo) 
     return end.astimezone(UTC)
 
 
-def is_historical(touch: TrackedEvent) -> bool:
+def is_historical(touch: ObservedEvent) -> bool:
     """Imports and backfills say so in ``context.historical``."""
     return touch.context.get("historical") is True

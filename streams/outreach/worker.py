@@ -34,7 +34,6 @@ import httpx
 import orjson
 from faust.types import EventT
 
-from events import TrackedEvent
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from stack.settings import Settings
@@ -42,6 +41,7 @@ from streams.batches import BatchLoop, by_partition
 from streams.consumer import TopicRecords, worker_consumer
 from streams.outreach.channels import Attempt, post_webhook, send_email
 from streams.outreach.store import Delivery, Endpoint, OutreachStore
+from streams.outreach.trigger_events import TriggerEvent
 from streams.pipeline import source_name
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,10 @@ class OutreachWorker:
         source, fresh = self._unconsumed(self.settings.events_topic, partition, records)
         if not fresh:
             return
-        touches: list[TrackedEvent] = []
+        touches: list[TriggerEvent] = []
         for _, value in fresh:
             try:
-                touches.append(TrackedEvent.from_json(value))
+                touches.append(TriggerEvent.from_json(value))
             except (ValueError, TypeError, KeyError):
                 continue  # the journey pipeline dead-letters it; nothing to trigger on
         customers = self._facts_of(touch.customer_key for touch in touches)
