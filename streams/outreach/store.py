@@ -14,6 +14,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ from journeys.triggers import CustomerFacts, Timer, TriggerFired
 
 # Keys bound in one IN (...) query: below SQLite's oldest limit of 999 variables.
 _KEYS_PER_QUERY = 500
+# Customers' facts kept in memory as this store last committed them (a few KB each).
+KEPT_FACTS = 10_000
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS trigger_positions (
@@ -96,8 +99,18 @@ class Delivery:
 class OutreachStore:
     """Timers, customer facts, fired triggers, deliveries, endpoints and rule overrides."""
 
-    def __init__(self, sqlite_path: Path | None = None, postgres_dsn: str = "") -> None:
+    def __init__(
+        self, sqlite_path: Path | None = None, postgres_dsn: str = "", kept_facts: int = KEPT_FACTS
+    ) -> None:
         self._lock = threading.RLock()
+        # Facts as this store committed them last, so the next batch of the same
+        # customers need not read and decode them again. An entry is handed over
+        # (removed) when read, and put back only by a committed save: whatever a
+        # reader changes and does not save, or a rolled-back transaction, is never
+        # seen here. Other processes' writes are not: see forget_kept_facts.
+        self._kept: OrderedDict[str, CustomerFacts] = OrderedDict()
+        self._kept_max = kept_facts
+        self._saving: list[CustomerFacts] = []
         self._postgres = bool(postgres_dsn)
         if postgres_dsn:
             import psycopg
@@ -148,9 +161,30 @@ class OutreachStore:
             try:
                 yield
             except BaseException:
+                self._saving.clear()
                 self._exec("ROLLBACK")
                 raise
-            self._exec("COMMIT")
+            try:
+                self._exec("COMMIT")
+            finally:
+                saved, self._saving = self._saving, []
+            self._keep(saved)
+
+    def _keep(self, saved: Sequence[CustomerFacts]) -> None:
+        if not self._kept_max:
+            return
+        kept = self._kept
+        for facts in saved:
+            kept[facts.customer_key] = facts
+            kept.move_to_end(facts.customer_key)
+        while len(kept) > self._kept_max:
+            kept.popitem(last=False)
+
+    def forget_kept_facts(self) -> None:
+        """Drop the facts kept in memory: another process may have written them since
+        (a rebalance gave their partitions to another worker for a while)."""
+        with self._lock:
+            self._kept.clear()
 
     # --- consumed positions ------------------------------------------------------
 
@@ -170,9 +204,13 @@ class OutreachStore:
 
     def facts(self, customer_key: str) -> CustomerFacts | None:
         """A customer's facts, if any were recorded."""
-        rows = self._rows(
-            "SELECT facts FROM trigger_customers WHERE customer_key = ?", (customer_key,)
-        )
+        with self._lock:
+            kept = self._kept.pop(customer_key, None)
+            if kept is not None:
+                return kept
+            rows = self._rows(
+                "SELECT facts FROM trigger_customers WHERE customer_key = ?", (customer_key,)
+            )
         return CustomerFacts.from_dict(orjson.loads(rows[0][0])) if rows else None
 
     def partition_of(self, customer_key: str) -> int | None:
@@ -185,17 +223,24 @@ class OutreachStore:
     def facts_of(self, customer_keys: Iterable[str]) -> dict[str, CustomerFacts]:
         """The recorded facts of those of ``customer_keys`` that have any (one query per
         ``_KEYS_PER_QUERY`` keys, not one per customer)."""
-        keys = list(customer_keys)
         found: dict[str, CustomerFacts] = {}
-        for first in range(0, len(keys), _KEYS_PER_QUERY):
-            chunk = keys[first : first + _KEYS_PER_QUERY]
-            marks = ", ".join("?" for _ in chunk)
-            rows = self._rows(
-                f"SELECT facts FROM trigger_customers WHERE customer_key IN ({marks})", chunk
-            )
-            for (text,) in rows:
-                facts = CustomerFacts.from_dict(orjson.loads(text))
-                found[facts.customer_key] = facts
+        with self._lock:
+            keys = []
+            for key in customer_keys:
+                kept = self._kept.pop(key, None)
+                if kept is None:
+                    keys.append(key)
+                else:
+                    found[key] = kept
+            for first in range(0, len(keys), _KEYS_PER_QUERY):
+                chunk = keys[first : first + _KEYS_PER_QUERY]
+                marks = ", ".join("?" for _ in chunk)
+                rows = self._rows(
+                    f"SELECT facts FROM trigger_customers WHERE customer_key IN ({marks})", chunk
+                )
+                for (text,) in rows:
+                    facts = CustomerFacts.from_dict(orjson.loads(text))
+                    found[facts.customer_key] = facts
         return found
 
     def _save_customers(
@@ -203,6 +248,7 @@ class OutreachStore:
     ) -> None:
         # A customer listed twice: the last entry is the truth, as if saved one by one.
         latest = {entry[0].customer_key: entry for entry in customers}
+        self._saving.extend(facts for facts, _, _ in latest.values())
         self._exec_many(
             "INSERT INTO trigger_customers (customer_key, partition_no, facts) VALUES (?, ?, ?) "
             "ON CONFLICT (customer_key) DO UPDATE SET partition_no = excluded.partition_no, "

@@ -93,7 +93,7 @@ class OutreachWorker:
             name="triggers",
             group="triggers",
             topics=[settings.events_topic, settings.stage_changes_topic],
-            stored_position=self._position,
+            stored_position=self._position_when_assigned,
             handle=self._trigger_batch,
             on_failure=app.crash,
         )
@@ -123,6 +123,12 @@ class OutreachWorker:
 
     def _position(self, topic: str, partition: int) -> int:
         return self.store.position(source_name(topic, partition, self.settings.kafka_epoch))
+
+    def _position_when_assigned(self, topic: str, partition: int) -> int:
+        # Another worker may have had the partition since: its customers' facts in
+        # memory may be older than the stored ones.
+        self.store.forget_kept_facts()
+        return self._position(topic, partition)
 
     async def _trigger_batch(self, records: TopicRecords) -> None:
         # Events first: a stage change is caused by an event of the same customer.

@@ -120,3 +120,38 @@ def test_endpoints_and_rule_overrides(store: OutreachStore) -> None:
     store.set_rule_override({"id": "vip", "trigger": "high_value", "enabled": False})
     assert store.rule_overrides() == [{"id": "vip", "trigger": "high_value", "enabled": False}]
     assert store.remove_endpoint("wh1") and not store.remove_endpoint("wh1")
+
+
+def test_facts_kept_in_memory_are_only_what_was_committed(store: OutreachStore) -> None:
+    facts = CustomerFacts("a", stage="awareness")
+    store.save_batch([(facts, 0, [])], "events#0", 1)
+    read = store.facts("a")
+    assert read is not None and read.stage == "awareness"
+    read.stage = "purchase"  # changed and never saved
+    again = store.facts("a")
+    assert again is not None and again.stage == "awareness"
+    # A save that rolls back leaves the committed facts.
+    again.stage = "loyalty"
+    with pytest.raises(RuntimeError), store.transaction():
+        store._save_customers([(again, 0, [])])
+        raise RuntimeError("the batch failed")
+    found = store.facts_of(["a", "nobody"])
+    assert list(found) == ["a"] and found["a"].stage == "awareness"
+
+
+def test_kept_facts_are_forgotten_when_another_store_may_have_written(
+    store: OutreachStore, tmp_path: Path
+) -> None:
+    store.save_batch([(CustomerFacts("a", stage="awareness"), 0, [])], "events#0", 1)
+    # Another worker (its own store on the same database) had the partition meanwhile.
+    if store._postgres:
+        other = OutreachStore(postgres_dsn=store._conn.info.dsn)
+    else:
+        other = OutreachStore(sqlite_path=tmp_path / "events.sqlite")
+    try:
+        other.save_batch([(CustomerFacts("a", stage="retention"), 0, [])], "events#0", 2)
+    finally:
+        other.close()
+    store.forget_kept_facts()
+    facts = store.facts("a")
+    assert facts is not None and facts.stage == "retention"
