@@ -189,8 +189,9 @@ class CustomerFacts:
         """Fold one event in, by its event time; False when it was seen before."""
         keys = touch.dedup_keys  # the messageId within its source
         recent = self.recent_ids
-        if any(key in recent for key in keys):
-            return False
+        for key in keys:
+            if key in recent:
+                return False
         recent.append(keys[0])
         if len(recent) > _RECENT_IDS:
             del recent[:-_RECENT_IDS]
@@ -199,7 +200,8 @@ class CustomerFacts:
         historical = is_historical(touch)
         name = normalized_name(touch.event_name)
         props = touch.properties
-        if self._later("last_activity_at", at, stamp):
+        if self.last_activity_at is None or _at(self.last_activity_at) < at:
+            self.last_activity_at = stamp
             self.last_activity_historical = historical
         previous = self.last_by_name.get(name)
         if previous is None or _at(previous) < at:
@@ -253,10 +255,10 @@ class CustomerFacts:
         """The completed order with the latest event time."""
         return max(self.orders, key=lambda order: _at(order["at"]), default=None)
 
-    def _later(self, attribute: str, at: datetime, stamp: str | None = None) -> bool:
+    def _later(self, attribute: str, at: datetime) -> bool:
         current = getattr(self, attribute)
         if current is None or _at(current) < at:
-            setattr(self, attribute, stamp or _iso(at))
+            setattr(self, attribute, _iso(at))
             return True
         return False
 
