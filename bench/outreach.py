@@ -22,16 +22,15 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 import faust
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from stack.bootstrap import build_platform
 from stack.outreach import declared_rules
 from stack.settings import Settings
+from streams.app import JourneyStreams
 from streams.batches import BatchLoop
 from streams.consumer import TopicRecords
 from streams.outreach.store import OutreachStore
@@ -45,8 +44,8 @@ BATCH = 2000
 def trigger_batches(payloads: list[tuple[bytes, bytes]], settings: Settings) -> list[TopicRecords]:
     """What the trigger consumer reads for ``payloads``: per batch, each topic's partitions.
 
-    The stage changes are the journey pipeline's own for these events, shaped as
-    the journey agent publishes them.
+    The stage changes (and identity messages back to the events topic) are the
+    journey pipeline's own for these events, as the journey agent publishes them.
     """
     batches: list[TopicRecords] = []
     topics = (settings.events_topic, settings.stage_changes_topic)
@@ -59,6 +58,9 @@ def trigger_batches(payloads: list[tuple[bytes, bytes]], settings: Settings) -> 
         )
         offsets[topic][partition] += 1
 
+    # The journey agent's records, without its Faust app and producer (no broker here).
+    outcomes = JourneyStreams.__new__(JourneyStreams)
+    outcomes.settings = settings
     with tempfile.TemporaryDirectory() as folder:
         platform = build_platform(Settings(data_dir=Path(folder)))
         try:
@@ -75,17 +77,10 @@ def trigger_batches(payloads: list[tuple[bytes, bytes]], settings: Settings) -> 
                 )
                 pipeline.commit_many(prepared)
                 for one in prepared:
-                    for change in one.update.stage_changes:
-                        record: dict[str, Any] = {
-                            "customer_key": change.customer_key,
-                            "stage": change.stage.value,
-                            "previous_stage": change.previous.value if change.previous else None,
-                            "reason": change.reason,
-                            "event_id": change.at_event_id,
-                            "at": change.at,
-                        }
-                        key = change.customer_key.encode()
-                        add(records, settings.stage_changes_topic, key, orjson.dumps(record))
+                    # Stage changes and identity messages as the journey agent publishes them.
+                    for topic, keyed, record in outcomes._outcomes(one):
+                        if keyed is not None and topic in topics:
+                            add(records, topic, keyed, record)
                 batches.append(records)
         finally:
             platform.close()
