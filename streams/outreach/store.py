@@ -109,8 +109,11 @@ class OutreachStore:
         # reader changes and does not save, or a rolled-back transaction, is never
         # seen here. Other processes' writes are not: see forget_kept_facts.
         self._kept: OrderedDict[str, CustomerFacts] = OrderedDict()
+        # The timer rows (partition, plan) of customers as this store committed them,
+        # so an unchanged plan is not deleted and inserted again.
+        self._kept_timers: OrderedDict[str, tuple[int, tuple[Timer, ...]]] = OrderedDict()
         self._kept_max = kept_facts
-        self._saving: list[CustomerFacts] = []
+        self._saving: list[tuple[CustomerFacts, int, tuple[Timer, ...]]] = []
         self._postgres = bool(postgres_dsn)
         if postgres_dsn:
             import psycopg
@@ -170,21 +173,26 @@ class OutreachStore:
                 saved, self._saving = self._saving, []
             self._keep(saved)
 
-    def _keep(self, saved: Sequence[CustomerFacts]) -> None:
+    def _keep(self, saved: Sequence[tuple[CustomerFacts, int, tuple[Timer, ...]]]) -> None:
         if not self._kept_max:
             return
-        kept = self._kept
-        for facts in saved:
-            kept[facts.customer_key] = facts
-            kept.move_to_end(facts.customer_key)
-        while len(kept) > self._kept_max:
-            kept.popitem(last=False)
+        kept, timers = self._kept, self._kept_timers
+        for facts, partition, plan in saved:
+            key = facts.customer_key
+            kept[key] = facts
+            kept.move_to_end(key)
+            timers[key] = (partition, plan)
+            timers.move_to_end(key)
+        for memory in (kept, timers):
+            while len(memory) > self._kept_max:
+                memory.popitem(last=False)
 
     def forget_kept_facts(self) -> None:
         """Drop the facts kept in memory: another process may have written them since
         (a rebalance gave their partitions to another worker for a while)."""
         with self._lock:
             self._kept.clear()
+            self._kept_timers.clear()
 
     # --- consumed positions ------------------------------------------------------
 
@@ -247,8 +255,11 @@ class OutreachStore:
         self, customers: Sequence[tuple[CustomerFacts, int, Iterable[Timer]]]
     ) -> None:
         # A customer listed twice: the last entry is the truth, as if saved one by one.
-        latest = {entry[0].customer_key: entry for entry in customers}
-        self._saving.extend(facts for facts, _, _ in latest.values())
+        latest = {
+            facts.customer_key: (facts, partition, tuple(timers))
+            for facts, partition, timers in customers
+        }
+        self._saving.extend(latest.values())
         self._exec_many(
             "INSERT INTO trigger_customers (customer_key, partition_no, facts) VALUES (?, ?, ?) "
             "ON CONFLICT (customer_key) DO UPDATE SET partition_no = excluded.partition_no, "
@@ -258,9 +269,16 @@ class OutreachStore:
                 for key, (facts, partition, _) in latest.items()
             ],
         )
-        # The plan is the whole truth for the customer: replace, do not merge.
+        # The plan is the whole truth for the customer: replace, do not merge (unless
+        # the rows are that plan already, as this store last committed them).
+        known = self._kept_timers
+        replaced = {
+            key: (partition, timers)
+            for key, (_, partition, timers) in latest.items()
+            if known.get(key) != (partition, timers)
+        }
         self._exec_many(
-            "DELETE FROM trigger_timers WHERE customer_key = ?", [(key,) for key in latest]
+            "DELETE FROM trigger_timers WHERE customer_key = ?", [(key,) for key in replaced]
         )
         self._exec_many(
             "INSERT INTO trigger_timers (timer_id, customer_key, rule_id, partition_no, "
@@ -276,7 +294,7 @@ class OutreachStore:
                     timer.fire_at.isoformat(),
                     timer.fire_at.timestamp(),
                 )
-                for _, partition, timers in latest.values()
+                for partition, timers in replaced.values()
                 for timer in timers
             ],
         )

@@ -122,6 +122,13 @@ def test_endpoints_and_rule_overrides(store: OutreachStore) -> None:
     assert store.remove_endpoint("wh1") and not store.remove_endpoint("wh1")
 
 
+def same_database(store: OutreachStore, tmp_path: Path) -> OutreachStore:
+    """Another store (another worker's) on the database of ``store``."""
+    if store._postgres:
+        return OutreachStore(postgres_dsn=store._conn.info.dsn)
+    return OutreachStore(sqlite_path=tmp_path / "events.sqlite")
+
+
 def test_facts_kept_in_memory_are_only_what_was_committed(store: OutreachStore) -> None:
     facts = CustomerFacts("a", stage="awareness")
     store.save_batch([(facts, 0, [])], "events#0", 1)
@@ -144,10 +151,7 @@ def test_kept_facts_are_forgotten_when_another_store_may_have_written(
 ) -> None:
     store.save_batch([(CustomerFacts("a", stage="awareness"), 0, [])], "events#0", 1)
     # Another worker (its own store on the same database) had the partition meanwhile.
-    if store._postgres:
-        other = OutreachStore(postgres_dsn=store._conn.info.dsn)
-    else:
-        other = OutreachStore(sqlite_path=tmp_path / "events.sqlite")
+    other = same_database(store, tmp_path)
     try:
         other.save_batch([(CustomerFacts("a", stage="retention"), 0, [])], "events#0", 2)
     finally:
@@ -155,3 +159,31 @@ def test_kept_facts_are_forgotten_when_another_store_may_have_written(
     store.forget_kept_facts()
     facts = store.facts("a")
     assert facts is not None and facts.stage == "retention"
+
+
+def test_timers_are_the_plan_last_saved_whatever_was_skipped(
+    store: OutreachStore, tmp_path: Path
+) -> None:
+    def planned() -> list[str]:
+        return [t["rule"] + "@" + t["due_at"] for t in store.timers("a")]
+
+    first, second = timer("a", -60), timer("a", -30)
+    store.save_batch([(CustomerFacts("a"), 0, [first])], "events#0", 1)
+    store.save_batch([(CustomerFacts("a"), 0, [first])], "events#0", 2)  # the same plan
+    assert planned() == [f"abandoned_cart@{first.due_at.isoformat()}"]
+    # A plan saved in a transaction that rolled back was never written.
+    with pytest.raises(RuntimeError), store.transaction():
+        store._save_customers([(CustomerFacts("a"), 0, [second])])
+        raise RuntimeError("the batch failed")
+    store.save_batch([(CustomerFacts("a"), 0, [second])], "events#0", 3)
+    assert planned() == [f"abandoned_cart@{second.due_at.isoformat()}"]
+    # Another worker's store replaced the timers; after forgetting, ours are written again.
+    other = same_database(store, tmp_path)
+    try:
+        other.save_batch([(CustomerFacts("a"), 0, [])], "events#0", 4)
+    finally:
+        other.close()
+    store.forget_kept_facts()
+    store.save_batch([(CustomerFacts("a"), 0, [second])], "events#0", 5)
+    assert planned() == [f"abandoned_cart@{second.due_at.isoformat()}"]
+    assert [t.customer_key for t in store.due_timers([0], time.time())] == ["a"]
