@@ -238,9 +238,6 @@ class OutreachWorker:
         self.store.save_customers(customers)
         self._segments_known.update(known)
 
-    def _facts(self, customer_key: str) -> CustomerFacts:
-        return self.store.facts(customer_key) or CustomerFacts(customer_key)
-
     # --- firing -------------------------------------------------------------------------
 
     def assigned_partitions(self) -> list[int]:
