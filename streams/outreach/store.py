@@ -113,7 +113,8 @@ class OutreachStore:
         # so an unchanged plan is not deleted and inserted again.
         self._kept_timers: OrderedDict[str, tuple[int, tuple[Timer, ...]]] = OrderedDict()
         self._kept_max = kept_facts
-        self._saving: list[tuple[CustomerFacts, int, tuple[Timer, ...]]] = []
+        # Saved in the open transaction, by customer: kept once it commits.
+        self._saving: dict[str, tuple[CustomerFacts, int, tuple[Timer, ...]]] = {}
         self._postgres = bool(postgres_dsn)
         if postgres_dsn:
             import psycopg
@@ -170,10 +171,10 @@ class OutreachStore:
             try:
                 self._exec("COMMIT")
             finally:
-                saved, self._saving = self._saving, []
-            self._keep(saved)
+                saved, self._saving = self._saving, {}
+            self._keep(saved.values())
 
-    def _keep(self, saved: Sequence[tuple[CustomerFacts, int, tuple[Timer, ...]]]) -> None:
+    def _keep(self, saved: Iterable[tuple[CustomerFacts, int, tuple[Timer, ...]]]) -> None:
         if not self._kept_max:
             return
         kept, timers = self._kept, self._kept_timers
@@ -259,7 +260,6 @@ class OutreachStore:
             facts.customer_key: (facts, partition, tuple(timers))
             for facts, partition, timers in customers
         }
-        self._saving.extend(latest.values())
         self._exec_many(
             "INSERT INTO trigger_customers (customer_key, partition_no, facts) VALUES (?, ?, ?) "
             "ON CONFLICT (customer_key) DO UPDATE SET partition_no = excluded.partition_no, "
@@ -270,13 +270,15 @@ class OutreachStore:
             ],
         )
         # The plan is the whole truth for the customer: replace, do not merge (unless
-        # the rows are that plan already, as this store last committed them).
-        known = self._kept_timers
-        replaced = {
-            key: (partition, timers)
-            for key, (_, partition, timers) in latest.items()
-            if known.get(key) != (partition, timers)
-        }
+        # the rows are that plan already: as this transaction or the last commit left them).
+        saving, known = self._saving, self._kept_timers
+        replaced = {}
+        for key, (_, partition, timers) in latest.items():
+            pending = saving.get(key)
+            stored = (pending[1], pending[2]) if pending is not None else known.get(key)
+            if stored != (partition, timers):
+                replaced[key] = (partition, timers)
+        saving.update(latest)
         self._exec_many(
             "DELETE FROM trigger_timers WHERE customer_key = ?", [(key,) for key in replaced]
         )

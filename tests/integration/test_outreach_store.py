@@ -177,6 +177,11 @@ def test_timers_are_the_plan_last_saved_whatever_was_skipped(
         raise RuntimeError("the batch failed")
     store.save_batch([(CustomerFacts("a"), 0, [second])], "events#0", 3)
     assert planned() == [f"abandoned_cart@{second.due_at.isoformat()}"]
+    # Saved twice in one transaction: the last plan is what is left.
+    with store.transaction():
+        store._save_customers([(CustomerFacts("a"), 0, [first])])
+        store._save_customers([(CustomerFacts("a"), 0, [second])])
+    assert planned() == [f"abandoned_cart@{second.due_at.isoformat()}"]
     # Another worker's store replaced the timers; after forgetting, ours are written again.
     other = same_database(store, tmp_path)
     try:
