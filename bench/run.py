@@ -523,7 +523,9 @@ async def track_to_stage_latency(
     # No consumer group: assigned and positioned at the end before the first probe
     # (a group join takes seconds, and "latest" would skip what came meanwhile).
     listener = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=5,
     )
     await listener.start()
     topic = settings.stage_changes_topic
@@ -621,6 +623,8 @@ class Sizes:
     repeats: int
     latency_rate: float
     latency_seconds: float
+    # A second latency measure at a load the node takes with room to spare.
+    latency_low_rate: float = 100
     # Local scale-out: worker counts, over this many partitions (none: skipped).
     workers: tuple[int, ...] = ()
     partitions: int = 8
@@ -720,6 +724,12 @@ def measure(sizes: Sizes) -> Run:
                         latency = asyncio.run(
                             track_to_stage_latency(node, sizes.latency_rate, sizes.latency_seconds)
                         )
+                        wait_drained(node)  # the low-load probes do not queue behind the load
+                        floor = asyncio.run(
+                            track_to_stage_latency(
+                                node, sizes.latency_low_rate, sizes.latency_seconds
+                            )
+                        )
                 except Exception:
                     log = folder / f"node{attempt}" / "node.log"
                     print(log.read_text(errors="replace")[-6000:], file=sys.stderr)
@@ -765,6 +775,16 @@ def measure(sizes: Sizes) -> Run:
                     ),
                 ),
                 Figure("latency p99: /v1/track 200 → stage visible", latency["p99_ms"], "ms"),
+                Figure(
+                    "latency p50 at low load",
+                    floor["p50_ms"],
+                    "ms",
+                    note=(
+                        f"offered {floor['offered_per_s']:.0f}/s, {floor['probes']:.0f} probes: "
+                        "what one batch costs"
+                    ),
+                ),
+                Figure("latency p99 at low load", floor["p99_ms"], "ms"),
                 Figure(
                     "replay: event store → projections",
                     statistics.median(replays),
@@ -850,6 +870,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument(
+        "--latency-low-rate",
+        type=float,
+        default=100,
+        help="offered /v1/track calls per second of the low-load latency",
+    )
+    parser.add_argument(
         "--workers", default="", help="local scale-out, worker counts: e.g. 1,2,4 (default: none)"
     )
     parser.add_argument("--partitions", type=int, default=8, help="partitions of the scale-out")
@@ -868,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats,
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds,
+        latency_low_rate=args.latency_low_rate,
         workers=tuple(int(count) for count in args.workers.split(",") if count),
         partitions=args.partitions,
         customers=args.customers,
