@@ -449,7 +449,8 @@ class CustomerJourney(Aggregate):
     @property
     def stage(self) -> Stage | None:
         """The stage the customer is in after the last recorded event, if any."""
-        return Stage(self.stage_name) if self.stage_name else None
+        # A table, not Stage(name): the decisions ask for the stage several times per event.
+        return _STAGES[self.stage_name] if self.stage_name else None
 
     @property
     def orders(self) -> int:
@@ -533,6 +534,8 @@ class StageChange:
     at_event_id: str
     at: datetime
 
+
+_STAGES = {stage.value: stage for stage in Stage}
 
 # Actions whose fact event does not depend on the journey's state.
 _FIXED_FACTS = {
