@@ -26,7 +26,6 @@ from projections.write_keys import WriteKeyStore
 from stack.journey_lookup import stored_journeys_query
 from stack.outreach import OutreachAdmin, build_store
 from stack.settings import Settings
-from stack.sqlite_recorder import RECORDER_TOPIC as SQLITE_RECORDER_TOPIC
 from streams.app import JourneyStreams
 from streams.confluent_sink import ConfluentEventSink
 from streams.outreach.store import OutreachStore
@@ -119,8 +118,6 @@ def _store_env(settings: Settings) -> dict[str, str]:
         "SQLITE_DBNAME": str(settings.sqlite_path),
         # Readers (the API) and the writer (the worker) share the file; wait, don't fail.
         "SQLITE_LOCK_TIMEOUT": "30",
-        # A commit's events in one INSERT statement (stack/sqlite_recorder.py).
-        "PROCESS_RECORDER_TOPIC": SQLITE_RECORDER_TOPIC,
     }
 
 
