@@ -17,6 +17,7 @@ import base64
 import io
 import json
 import platform
+import random
 import re
 import signal
 import statistics
@@ -25,8 +26,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -189,26 +191,69 @@ class PeakMemory:
         self._thread.join()
 
 
-def storefront_calls(count: int, seed: int) -> list[dict[str, Any]]:
+def storefront_call_stream(count: int, seed: int) -> Iterator[dict[str, Any]]:
     """``count`` Segment calls from the synthetic storefront (about 12 per shopper)."""
     shoppers = max(1, count // 12)
-    out: list[dict[str, Any]] = []
-    while len(out) < count:
-        for call in Storefront(seed=seed + len(out), shoppers=shoppers).calls():
-            out.append(call)
-            if len(out) == count:
+    made = 0
+    while made < count:
+        for call in Storefront(seed=seed + made, shoppers=shoppers).calls():
+            yield call
+            made += 1
+            if made == count:
                 break
-    return out
+
+
+def storefront_calls(count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` Segment calls from the synthetic storefront, as a list."""
+    return list(storefront_call_stream(count, seed))
 
 
 def storefront_events(count: int, seed: int) -> list[tuple[bytes, bytes]]:
     """``count`` canonical events from the synthetic storefront, as (key, JSON)."""
     received = datetime.now(UTC)
     out: list[tuple[bytes, bytes]] = []
-    for call in storefront_calls(count, seed):
+    for call in storefront_call_stream(count, seed):
         event = to_tracked_event(CALL_MODELS[call["type"]].model_validate(call), received)
         out.append((event.customer_key.encode(), event.to_json()))
     return out
+
+
+def customer_base_events(customers: int, seed: int) -> Iterator[tuple[bytes, bytes]]:
+    """One event for each of ``customers`` distinct customers, as (key, JSON), made as sent.
+
+    A large customer base rather than a realistic session mix: what the worker
+    keeps per customer (journeys, trigger facts, RFM segments) is what this
+    measures. Every fifth customer buys, so RFM ranks and the high-value rule
+    have buyers; the rest view a product. Generated lazily: a million events
+    held at once would measure the load generator.
+    """
+    rng = random.Random(seed)
+    received = datetime.now(UTC)
+    start = received - timedelta(days=365)
+    catalogue = Storefront(seed=seed, shoppers=0).catalogue
+    for index in range(customers):
+        product = rng.choice(catalogue)
+        call: dict[str, Any] = {
+            "type": "track",
+            "userId": f"base-{index:07d}",
+            "messageId": f"base-{seed}-{index}",
+            "timestamp": (start + timedelta(seconds=rng.uniform(0, 365 * 86400))).isoformat(),
+        }
+        if index % 5 == 0:
+            price = product.price * rng.randint(1, 3)
+            call |= {
+                "event": "Order Completed",
+                "properties": {
+                    "order_id": f"base-order-{index}",
+                    "revenue": price,
+                    "currency": "USD",
+                    "products": [product.properties()],
+                },
+            }
+        else:
+            call |= {"event": "Product Viewed", "properties": product.properties()}
+        event = to_tracked_event(TrackCall.model_validate(call), received)
+        yield event.customer_key.encode(), event.to_json()
 
 
 def consumed_total(sqlite_path: Path) -> int:
@@ -397,10 +442,15 @@ def replay_rate(settings: Settings) -> float:
         platform.close()
 
 
-def pipeline_rate(node: BenchNode, payloads: list[tuple[bytes, bytes]]) -> float:
-    """Events/s from the events topic through the journey agent to committed state."""
+def pipeline_rate(node: BenchNode, payloads: Iterable[tuple[bytes, bytes]]) -> float:
+    """Events/s from the events topic through the journey agent to committed state.
+
+    ``payloads`` may be a generator: producing runs ahead of the worker, so
+    making the events is timed with the rest.
+    """
     sqlite_path = node.settings.sqlite_path
     already = consumed_total(sqlite_path)
+    produced = 0
     producer = Producer(
         {
             "bootstrap.servers": node.settings.kafka_bootstrap_servers,
@@ -412,6 +462,7 @@ def pipeline_rate(node: BenchNode, payloads: list[tuple[bytes, bytes]]) -> float
     )
     started = time.perf_counter()
     for key, value in payloads:
+        produced += 1
         while True:
             try:
                 producer.produce(node.settings.events_topic, value, key=key)
@@ -419,13 +470,13 @@ def pipeline_rate(node: BenchNode, payloads: list[tuple[bytes, bytes]]) -> float
             except BufferError:
                 producer.poll(0.01)
     producer.flush(120)
-    target = already + len(payloads)
+    target = already + produced
     deadline = time.monotonic() + 3600
     while consumed_total(sqlite_path) < target:
         if time.monotonic() > deadline or node.process.poll() is not None:
             raise RuntimeError("the worker did not finish the stream")
         time.sleep(0.05)
-    return len(payloads) / (time.perf_counter() - started)
+    return produced / (time.perf_counter() - started)
 
 
 def post_request(
@@ -472,7 +523,9 @@ async def track_to_stage_latency(
     # No consumer group: assigned and positioned at the end before the first probe
     # (a group join takes seconds, and "latest" would skip what came meanwhile).
     listener = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=5,
     )
     await listener.start()
     topic = settings.stage_changes_topic
@@ -570,9 +623,13 @@ class Sizes:
     repeats: int
     latency_rate: float
     latency_seconds: float
+    # A second latency measure at a load the node takes with room to spare.
+    latency_low_rate: float = 100
     # Local scale-out: worker counts, over this many partitions (none: skipped).
     workers: tuple[int, ...] = ()
     partitions: int = 8
+    # A node given this many distinct customers, one event each (0: skipped).
+    customers: int = 0
 
 
 def node_settings(folder: Path, bootstrap: str, attempt: int) -> Settings:
@@ -638,6 +695,7 @@ def measure(sizes: Sizes) -> Run:
             "ingest_events": sizes.ingest_events,
             "repeats": sizes.repeats,
             "partitions": sizes.partitions,
+            "customers": sizes.customers,
         },
     )
     memory = PeakMemory()
@@ -666,6 +724,12 @@ def measure(sizes: Sizes) -> Run:
                         latency = asyncio.run(
                             track_to_stage_latency(node, sizes.latency_rate, sizes.latency_seconds)
                         )
+                        wait_drained(node)  # the low-load probes do not queue behind the load
+                        floor = asyncio.run(
+                            track_to_stage_latency(
+                                node, sizes.latency_low_rate, sizes.latency_seconds
+                            )
+                        )
                 except Exception:
                     log = folder / f"node{attempt}" / "node.log"
                     print(log.read_text(errors="replace")[-6000:], file=sys.stderr)
@@ -673,6 +737,8 @@ def measure(sizes: Sizes) -> Run:
                 finally:
                     node.close()
                 replays.append(replay_rate(settings))
+            if sizes.customers:
+                run.figures.append(customer_base_rate(folder, broker, memory, sizes, consume_limit))
             # The scale-out takes --events, not --pipeline-events: three runs of 1M is long.
             spread = storefront_events(sizes.events, seed=4) if sizes.workers else []
             scale = {
@@ -710,6 +776,16 @@ def measure(sizes: Sizes) -> Run:
                 ),
                 Figure("latency p99: /v1/track 200 → stage visible", latency["p99_ms"], "ms"),
                 Figure(
+                    "latency p50 at low load",
+                    floor["p50_ms"],
+                    "ms",
+                    note=(
+                        f"offered {floor['offered_per_s']:.0f}/s, {floor['probes']:.0f} probes: "
+                        "what one batch costs"
+                    ),
+                ),
+                Figure("latency p99 at low load", floor["p99_ms"], "ms"),
+                Figure(
                     "replay: event store → projections",
                     statistics.median(replays),
                     "events/s",
@@ -733,6 +809,32 @@ def measure(sizes: Sizes) -> Run:
     for name, peak in sorted(memory.peaks.items()):
         run.figures.append(Figure(f"peak memory: {name}", peak / 2**20, "MiB"))
     return run
+
+
+def customer_base_rate(
+    folder: Path, broker: EmbeddedBroker, memory: PeakMemory, sizes: Sizes, consume_limit: float
+) -> Figure:
+    """A fresh node given ``sizes.customers`` distinct customers: its rate (and peak memory)."""
+    settings = node_settings(folder, broker.bootstrap_servers, sizes.repeats)
+    ensure_topics(broker.bootstrap_servers, settings.all_topics, settings.topic_partitions, 1)
+    node = BenchNode(
+        settings, settings.data_dir, memory, f"node with {sizes.customers:,} customers"
+    )
+    try:
+        rate = pipeline_rate(node, customer_base_events(sizes.customers, seed=5))
+    except Exception:
+        print((settings.data_dir / "node.log").read_text(errors="replace")[-6000:], file=sys.stderr)
+        raise
+    finally:
+        node.close()
+    return Figure(
+        f"pipeline: {sizes.customers:,} new customers, one event each",
+        rate,
+        "events/s",
+        "raw consumer",
+        consume_limit,
+        note="generated while sent",
+    )
 
 
 def render(run: Run) -> str:
@@ -768,9 +870,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument(
+        "--latency-low-rate",
+        type=float,
+        default=100,
+        help="offered /v1/track calls per second of the low-load latency",
+    )
+    parser.add_argument(
         "--workers", default="", help="local scale-out, worker counts: e.g. 1,2,4 (default: none)"
     )
     parser.add_argument("--partitions", type=int, default=8, help="partitions of the scale-out")
+    parser.add_argument(
+        "--customers",
+        type=int,
+        default=0,
+        help="also a fresh node given this many customers, one event each (default: none)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     sizes = Sizes(
@@ -780,8 +894,10 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats,
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds,
+        latency_low_rate=args.latency_low_rate,
         workers=tuple(int(count) for count in args.workers.split(",") if count),
         partitions=args.partitions,
+        customers=args.customers,
     )
     run = measure(sizes)
     print(render(run))

@@ -278,7 +278,12 @@ class JourneyApplication(Application[UUID]):
 
     def commit(self, update: JourneyUpdate) -> None:
         """Save every changed journey and the consumed position atomically."""
-        update.processing.collect_events(*update.journeys.values())
+        # What ProcessingEvent.collect_events does for aggregates, without its two
+        # runtime-checkable Protocol isinstance checks per journey (slow in Python 3.11).
+        processing = update.processing
+        for journey in update.journeys.values():
+            processing.events.extend(journey.collect_events())
+            processing.aggregates[journey.id] = journey
         # The public save() cannot carry a tracking record; this is the path the
         # library's own ProcessApplication takes for the same reason.
         recordings = self._record(update.processing)

@@ -67,6 +67,9 @@ def _holds_uuid(value: Any) -> bool:
     while pending:
         container = pending.pop()
         items = container.values() if isinstance(container, dict) else container
+        # Most containers hold plain values only: their types checked in one C loop.
+        if _PLAIN.issuperset(map(type, items)):
+            continue
         for item in items:
             kind = type(item)
             if kind in _PLAIN:

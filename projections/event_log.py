@@ -55,12 +55,17 @@ def split_properties(properties: dict[str, Any]) -> tuple[list[Any], dict[str, s
     Deterministic: the same properties always give the same row, which is what
     lets a re-sent event collapse onto the first copy.
     """
-    rest = {key: value for key, value in properties.items() if key not in TYPED_FIELDS}
+    if _TYPED.isdisjoint(properties):
+        # No e-commerce field (page views, identify calls): every column empty.
+        return list(_NO_TYPED), {key: _json(value) for key, value in properties.items()}
+    rest = {key: value for key, value in properties.items() if key not in _TYPED}
     typed: list[Any] = []
     for name in STRING_FIELDS:
         value = properties.get(name)
         if value is None:
             typed.append("")
+        elif type(value) is str:
+            typed.append(value)
         elif isinstance(value, str | int | float) and not isinstance(value, bool):
             typed.append(str(value))
         else:
@@ -70,8 +75,16 @@ def split_properties(properties: dict[str, Any]) -> tuple[list[Any], dict[str, s
         typed.append(_number(properties, name, float, rest))
     for name in INT_FIELDS:
         typed.append(_number(properties, name, int, rest))
-    encoded = {key: orjson.dumps(value).decode() for key, value in rest.items()}
-    return typed, encoded
+    return typed, {key: _json(value) for key, value in rest.items()}
+
+
+# A set for the membership test per property; the columns of properties without any.
+_TYPED = frozenset(TYPED_FIELDS)
+_NO_TYPED: list[Any] = [""] * len(STRING_FIELDS) + [None] * (len(FLOAT_FIELDS) + len(INT_FIELDS))
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _number(properties: dict[str, Any], name: str, kind: type, rest: dict[str, Any]) -> Any:

@@ -64,6 +64,7 @@ class BatchConsumer(Service):
         within_s: float,
         session_timeout_s: float,
         heartbeat_interval_s: float,
+        fetch_max_wait_ms: int = 500,
     ) -> None:
         super().__init__()
         self.name = name
@@ -83,6 +84,7 @@ class BatchConsumer(Service):
             "session_timeout_ms": int(session_timeout_s * 1000),
             "heartbeat_interval_ms": int(heartbeat_interval_s * 1000),
             "max_poll_records": max_records,
+            "fetch_max_wait_ms": fetch_max_wait_ms,
             # A fetch should carry a whole batch: 2000 events of ~700 B.
             "max_partition_fetch_bytes": 4 * 1024 * 1024,
             "fetch_max_bytes": 16 * 1024 * 1024,
@@ -199,6 +201,7 @@ def worker_consumer(
         within_s=settings.batch_within_s,
         session_timeout_s=settings.kafka_session_timeout_s,
         heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     )
 
 

@@ -27,6 +27,10 @@ def test_benchmark_prints_each_figure_beside_its_raw_limit_and_writes_json(tmp_p
             "20",
             "--latency-seconds",
             "2",
+            "--latency-low-rate",
+            "10",
+            "--customers",
+            "300",
             "--out",
             str(tmp_path),
         ],
@@ -52,5 +56,10 @@ def test_benchmark_prints_each_figure_beside_its_raw_limit_and_writes_json(tmp_p
     assert figures["replay: event store → projections"]["value"] > 0
     latency_p50 = figures["latency p50: /v1/track 200 → stage visible"]["value"]
     assert 0 < latency_p50 <= figures["latency p99: /v1/track 200 → stage visible"]["value"]
+    low_p50 = figures["latency p50 at low load"]["value"]
+    assert 0 < low_p50 <= figures["latency p99 at low load"]["value"]
     assert figures["peak memory: node"]["value"] > 0
+    base = figures["pipeline: 300 new customers, one event each"]
+    assert base["value"] > 0 and base["raw_value"] == pipeline["raw_value"]
+    assert figures["peak memory: node with 300 customers"]["value"] > 0
     assert run["sizes"]["events"] == 400

@@ -9,7 +9,10 @@ rule fires nothing.
 
 RFM segments rank buyers against each other, so buyers are sent one at a time
 (each waits until ClickHouse counts all its orders) in an order where no
-customer but the history import and ``c-vip`` is ever in the top segment.
+customer but the history import and ``c-vip`` is ever in the top segment, in
+any state between two batches: ``c-vip`` (three orders, the most recent) before
+``c-repurchase`` (two). The other way round, a scan that saw one of ``c-vip``'s
+orders ranked ``c-repurchase`` a champion (frequency 2 of 1, 1, 1, 2, 4).
 """
 
 from __future__ import annotations
@@ -201,9 +204,9 @@ def test_every_lifecycle_rule_fires_once_and_history_fires_nothing_on_postgres(
         hist_at = _now()
         _orders(node, "c-hist", [hist_at - timedelta(seconds=s) for s in (4, 3, 2, 1)], **imported)
         rep_at = _now()
-        _orders(node, "c-repurchase", [rep_at - timedelta(seconds=1), rep_at])
-        vip_at = _now() + timedelta(seconds=1)  # the most recent orders of all
+        vip_at = rep_at + timedelta(seconds=3)  # the most recent orders of all
         _orders(node, "c-vip", [vip_at - timedelta(seconds=s) for s in (2, 1, 0)])
+        _orders(node, "c-repurchase", [rep_at - timedelta(seconds=1), rep_at])
 
         # Customers who are not buyers.
         for n, (customer, event, props) in enumerate(

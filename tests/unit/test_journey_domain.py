@@ -453,6 +453,30 @@ def test_ids_recorded_before_sources_were_kept_still_dedupe() -> None:
     assert set(journey.recorded_ids) == {"shop/m-new"}
 
 
+def test_a_fact_stored_before_arrival_and_scope_were_kept_applies_with_their_defaults() -> None:
+    # The touch of an old fact event lacks received_at, id_scope and merged_from:
+    # applied from the stored dict, the event time stands for the arrival and the
+    # bare messageId is the remembered key, as Touch.from_dict's defaults say.
+    journey = new_journey()
+    sent = touch("Order Completed", event_id="m-1", at=timedelta(hours=2))
+    sent = replace(sent, source="shop", properties={"order_id": "o-1", "revenue": 30})
+    full = touch_from(sent).to_dict()
+    old = {k: v for k, v in full.items() if k not in ("received_at", "id_scope", "merged_from")}
+    forget = T0 - timedelta(hours=RULES.dedup_window_hours)
+    journey.trigger_event(
+        CustomerJourney.OrderPlaced,
+        touch=old,
+        forget_before=forget,
+        order_id="o-1",
+        revenue=full["revenue"],
+    )
+    assert journey.recorded_ids == {"m-1": T0 + timedelta(hours=2)}
+    assert journey.last_arrival == T0 + timedelta(hours=2)
+    assert (journey.orders, journey.order_ids, journey.revenue) == (1, {"o-1": None}, 30.0)
+    assert journey.channels == {full["channel"]: 1}
+    assert Touch.from_dict(old).arrived == journey.last_arrival
+
+
 def test_redelivered_order_is_not_a_second_order() -> None:
     journey = new_journey()
     order = touch("Order Completed", event_id="order-1")
