@@ -12,6 +12,13 @@ Instead: the journey pipeline in this process (no Kafka, no Faust) over the
 synthetic storefront, with and without the journeys it keeps in memory
 (:class:`streams.pipeline.LiveJourneys`), alternating, CPU seconds, medians of 3.
 
+    .venv/bin/python bench/replay.py --phases [events] [batch]
+
+Instead: the pipeline in this process, what each phase of a batch costs per
+event (recording the journeys, writing the ClickHouse effects, committing the
+event store), wall and thread-CPU microseconds; batches of 2000 events, or
+``batch`` (1: what a batch costs whatever its size, as at low load).
+
     .venv/bin/python bench/replay.py --domain-events [events]
 
 Instead: what each step costs per domain event in the eventsourcing library
@@ -28,8 +35,10 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
@@ -87,19 +96,72 @@ def pipeline_cpu_rate(payloads: list[tuple[bytes, bytes]], live_journeys: int) -
                 platform.profiles,
                 live_journeys=live_journeys,
             )
-            offsets = [0] * 4
             started = time.process_time()
-            for first in range(0, len(payloads), 2000):
-                records: dict[int, list[tuple[int, bytes]]] = {}
-                for key, value in payloads[first : first + 2000]:
-                    partition = zlib.crc32(key) % 4
-                    records.setdefault(partition, []).append((offsets[partition], value))
-                    offsets[partition] += 1
-                batches = [PartitionBatch(f"bench#{p}", r) for p, r in sorted(records.items())]
-                pipeline.commit_many(pipeline.prepare_many(batches))
+            run_batches(pipeline, payloads)
             return len(payloads) / (time.process_time() - started)
         finally:
             platform.close()
+
+
+def run_batches(
+    pipeline: JourneyPipeline, payloads: list[tuple[bytes, bytes]], size: int = 2000
+) -> None:
+    """``payloads`` through ``pipeline`` as the worker would: 4 partitions, batches of ``size``."""
+    offsets = [0] * 4
+    for first in range(0, len(payloads), size):
+        records: dict[int, list[tuple[int, bytes]]] = {}
+        for key, value in payloads[first : first + size]:
+            partition = zlib.crc32(key) % 4
+            records.setdefault(partition, []).append((offsets[partition], value))
+            offsets[partition] += 1
+        batches = [PartitionBatch(f"bench#{p}", r) for p, r in sorted(records.items())]
+        pipeline.commit_many(pipeline.prepare_many(batches))
+
+
+def phase_costs(events: int, size: int) -> None:
+    """Print wall and thread-CPU microseconds per event of each phase of the pipeline."""
+    from bench.run import storefront_events
+
+    payloads = storefront_events(events, seed=1)
+    spent: dict[str, list[float]] = {}
+
+    def timed(name: str, step: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return step(*args, **kwargs)
+            finally:
+                found = spent.setdefault(name, [0.0, 0.0])
+                found[0] += time.perf_counter() - wall
+                found[1] += time.thread_time() - cpu
+
+        return run
+
+    with tempfile.TemporaryDirectory() as folder:
+        platform = build_platform(Settings(data_dir=Path(folder)))
+        try:
+            pipeline = JourneyPipeline(
+                platform.journeys,
+                platform.event_log,
+                platform.stages,
+                platform.profiles,
+                live_journeys=10_000,
+            )
+            # The phases, wrapped on this instance only.
+            pipeline._record = timed("record journeys", pipeline._record)  # type: ignore[method-assign]
+            pipeline._write_effects = timed("ClickHouse effects", pipeline._write_effects)  # type: ignore[method-assign]
+            pipeline.commit = timed("event-store commit", pipeline.commit)  # type: ignore[method-assign]
+            started = time.perf_counter()
+            run_batches(pipeline, payloads, size)
+            wall = time.perf_counter() - started
+        finally:
+            platform.close()
+    print(f"{events} events in batches of {size}: {events / wall:,.0f} events/s")
+    for name, (seconds, cpu) in spent.items():
+        print(
+            f"{name:>20}: {seconds * 1e6 / events:5.0f} us wall, "
+            f"{cpu * 1e6 / events:5.0f} us thread CPU per event"
+        )
 
 
 def compare_live_journeys(events: int) -> None:
@@ -165,6 +227,12 @@ def main() -> None:
     """Run the benchmark and print the rates."""
     if sys.argv[1:2] == ["--pipeline"]:
         compare_live_journeys(int(sys.argv[2]) if len(sys.argv) > 2 else 40_000)
+        return
+    if sys.argv[1:2] == ["--phases"]:
+        phase_costs(
+            int(sys.argv[2]) if len(sys.argv) > 2 else 30_000,
+            int(sys.argv[3]) if len(sys.argv) > 3 else 2000,
+        )
         return
     if sys.argv[1:2] == ["--domain-events"]:
         domain_event_costs(int(sys.argv[2]) if len(sys.argv) > 2 else 20_000)
