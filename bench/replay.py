@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from events import TrackedEvent, event_type_for
 from journeys.application import JourneyApplication
 from journeys.stages import StageRules
-from stack.bootstrap import build_platform
+from stack.bootstrap import Platform, build_platform
 from stack.replay import rebuild, what_if
 from stack.settings import Settings
 from streams.pipeline import JourneyPipeline, PartitionBatch
@@ -89,18 +89,23 @@ def pipeline_cpu_rate(payloads: list[tuple[bytes, bytes]], live_journeys: int) -
         # The library's aggregate cache stays as configured: only the pipeline's changes.
         platform = build_platform(Settings(data_dir=Path(folder)))
         try:
-            pipeline = JourneyPipeline(
-                platform.journeys,
-                platform.event_log,
-                platform.stages,
-                platform.profiles,
-                live_journeys=live_journeys,
-            )
+            pipeline = pipeline_of(platform, live_journeys)
             started = time.process_time()
             run_batches(pipeline, payloads)
             return len(payloads) / (time.process_time() - started)
         finally:
             platform.close()
+
+
+def pipeline_of(platform: Platform, live_journeys: int) -> JourneyPipeline:
+    """The worker's journey pipeline over ``platform``'s stores."""
+    return JourneyPipeline(
+        platform.journeys,
+        platform.event_log,
+        platform.stages,
+        platform.profiles,
+        live_journeys=live_journeys,
+    )
 
 
 def run_batches(
@@ -140,13 +145,7 @@ def phase_costs(events: int, size: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         platform = build_platform(Settings(data_dir=Path(folder)))
         try:
-            pipeline = JourneyPipeline(
-                platform.journeys,
-                platform.event_log,
-                platform.stages,
-                platform.profiles,
-                live_journeys=10_000,
-            )
+            pipeline = pipeline_of(platform, 10_000)
             # The phases, wrapped on this instance only.
             pipeline._record = timed("record journeys", pipeline._record)  # type: ignore[method-assign]
             pipeline._write_effects = timed("ClickHouse effects", pipeline._write_effects)  # type: ignore[method-assign]
