@@ -1,7 +1,7 @@
 """Trigger rules at work: what a customer's facts say is due, cancelled or fired.
 
 Pure: given a customer's facts, the rules and a clock reading, decide. The
-worker (streams/triggers.py) persists facts and timers and asks these
+worker (streams/outreach/worker.py) persists facts and timers and asks these
 functions what to do.
 
 The clock
