@@ -3,46 +3,36 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.bench_process import run_bench
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
 
 
 def test_funnel_benchmark_runs_and_both_queries_agree(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.funnel",
-            "--events",
-            "5000",
-            "--customers",
-            "300",
-            "--runs",
-            "1",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    stdout = run_bench(
+        "-m",
+        "bench.funnel",
+        "--events",
+        "5000",
+        "--customers",
+        "300",
+        "--runs",
+        "1",
+        "--json",
+        str(out),
         timeout=240,
-        check=False,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(out.read_text())
     assert figures["events"] == 5000
     assert figures["counts_equal"] is True
     assert figures["plain_counts"][0] > figures["plain_counts"][-1] > 0
     assert len(figures["plain_seconds"]) == len(figures["our_seconds"]) == 1
-    assert "ratio" in done.stdout
+    assert "ratio" in stdout
 
 
 def test_funnel_benchmark_reuses_its_kept_data(tmp_path: Path) -> None:
@@ -51,16 +41,10 @@ def test_funnel_benchmark_reuses_its_kept_data(tmp_path: Path) -> None:
     for name in ("first", "second"):
         out = tmp_path / f"{name}.json"
         sizes = ["--events", "3000", "--customers", "200", "--runs", "1"]
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.funnel", *sizes, "--data", str(data), "--json", str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
+        stdout = run_bench(
+            "-m", "bench.funnel", *sizes, "--data", str(data), "--json", str(out), timeout=240
         )
-        assert done.returncode == 0, done.stdout + done.stderr
-        runs.append((done.stdout, json.loads(out.read_text())))
+        runs.append((stdout, json.loads(out.read_text())))
     (first_out, first), (second_out, second) = runs
     assert first["generate_seconds"] is not None and "generated in" in first_out
     assert second["generate_seconds"] is None and "data reused" in second_out

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.bench_process import run_bench
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_ingest_benchmark_prints_the_gateway_beside_the_raw_producer() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.ingest", "--events", "300", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    stdout = run_bench("-m", "bench.ingest", "--events", "300", "--repeats", "1")
     rows = {
-        line[:42].strip(): line[42:].split()
-        for line in done.stdout.splitlines()
-        if line[:42].strip()
+        line[:42].strip(): line[42:].split() for line in stdout.splitlines() if line[:42].strip()
     }
     raw = rows["raw producer (librdkafka, acks=all)"]
     gateway = rows["gateway: /v1/batch"]
