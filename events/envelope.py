@@ -55,7 +55,7 @@ class TrackedEvent:
         The importer derives ids from the shop's own row ids, which name the
         same order whichever write key imports the file: one scope for all.
         """
-        return HISTORY_SCOPE if self.historical else self.source
+        return id_scope_of(self.context, self.source)
 
     @property
     def dedup_keys(self) -> tuple[str, ...]:
@@ -75,15 +75,12 @@ class TrackedEvent:
     def from_json(cls, payload: bytes | str) -> TrackedEvent:
         """Parse what :meth:`to_json` wrote."""
         data = orjson.loads(payload)
-        kind = data["event_type"]
-        # A table, not EventType(kind) (a tenth of parsing); unknown values still raise.
-        found = _EVENT_TYPES.get(kind) if type(kind) is str else None
-        data["event_type"] = found if found is not None else EventType(kind)
-        data["timestamp"] = _parse_time(data["timestamp"])
-        data["received_at"] = _parse_time(data["received_at"])
+        data["event_type"] = event_type_of(data["event_type"])
+        data["timestamp"] = parse_event_time(data["timestamp"])
+        data["received_at"] = parse_event_time(data["received_at"])
         for name in ("original_timestamp", "sent_at"):
             if data.get(name) is not None:
-                data[name] = _parse_time(data[name])
+                data[name] = parse_event_time(data[name])
         return cls(**data)
 
 
@@ -103,6 +100,19 @@ def scoped_dedup_keys(scope: str, event_id: str) -> tuple[str, ...]:
 _EVENT_TYPES = {kind.value: kind for kind in EventType}
 
 
-def _parse_time(value: str) -> datetime:
+def id_scope_of(context: dict[str, Any], source: str) -> str:
+    """Within what an event's id is unique: ``history`` for imported history, else its source."""
+    return HISTORY_SCOPE if context.get("historical") is True else source
+
+
+def event_type_of(kind: Any) -> EventType:
+    """The canonical type named ``kind`` in an envelope; ValueError for any other value."""
+    # A table, not EventType(kind) (a tenth of parsing); unknown values still raise.
+    found = _EVENT_TYPES.get(kind) if type(kind) is str else None
+    return found if found is not None else EventType(kind)
+
+
+def parse_event_time(value: str) -> datetime:
+    """A time as the envelope writes it (ISO-8601); UTC when it names no zone."""
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

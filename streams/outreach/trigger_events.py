@@ -11,13 +11,13 @@ the events the journey pipeline records (the others it dead-letters).
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
 
 from events import EventType, TrackedEvent
-from events.envelope import HISTORY_SCOPE, scoped_dedup_keys
+from events.envelope import event_type_of, id_scope_of, parse_event_time, scoped_dedup_keys
 
 _FIELDS = frozenset(field.name for field in dataclasses.fields(TrackedEvent))
 _REQUIRED = frozenset(
@@ -43,8 +43,7 @@ class TriggerEvent(NamedTuple):
     @property
     def dedup_keys(self) -> tuple[str, ...]:
         """As ``TrackedEvent.dedup_keys``: imported history has one scope, the rest their source."""
-        scope = HISTORY_SCOPE if self.context.get("historical") is True else self.source
-        return scoped_dedup_keys(scope, self.event_id)
+        return scoped_dedup_keys(id_scope_of(self.context, self.source), self.event_id)
 
     @classmethod
     def from_json(cls, payload: bytes | str) -> TriggerEvent:
@@ -58,22 +57,17 @@ class TriggerEvent(NamedTuple):
             raise TypeError(f"unexpected fields: {sorted(names - _FIELDS)}")
         if not names >= _REQUIRED:
             raise TypeError(f"missing fields: {sorted(_REQUIRED - names)}")
-        _time(data["received_at"])  # not read here, but an envelope without it is refused
+        parse_event_time(data["received_at"])  # not read here, but refused when wrong
         for name in _OPTIONAL_TIMES:
             if data.get(name) is not None:
-                _time(data[name])
+                parse_event_time(data[name])
         return cls(
             data["event_id"],
             data["customer_key"],
-            EventType(data["event_type"]),
+            event_type_of(data["event_type"]),
             data["event_name"],
-            _time(data["timestamp"]),
+            parse_event_time(data["timestamp"]),
             data.get("properties", {}),
             data.get("context", {}),
             data.get("source", ""),
         )
-
-
-def _time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
