@@ -24,8 +24,8 @@ class EmbeddedBroker:
         """``host:port`` for Kafka clients."""
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start the broker and wait until it accepts connections."""
+    def start(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+        """Start the broker and wait until it accepts connections; its process."""
         url = f"tcp://{self.host}:{self.port}"
         self.process = spawn(
             [
@@ -46,6 +46,7 @@ class EmbeddedBroker:
         ):
             self.stop()
             raise RuntimeError(f"the broker did not start; see {self.log_path}")
+        return process
 
     def stop(self) -> None:
         """Stop the broker (its log is in memory and goes with it)."""

@@ -23,8 +23,10 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -33,8 +35,9 @@ import httpx
 
 from stack import analysis_cli, demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBroker
-from stack.processes import port_open, spawn, stop, wait_until
+from stack.processes import port_open, spawn
 from stack.settings import Settings
+from stack.supervisor import CrashLoop, RestartPolicy, Supervised, sleep_unless
 from streams.topics import ensure_topics
 
 STARTUP_TIMEOUT_S = 180.0
@@ -62,9 +65,12 @@ def _stored_keys(settings: Settings) -> dict[str, str]:
 
 
 def up(settings: Settings, demo_rate: float = 0) -> int:
-    """Start the broker (unless one is configured), the topics and the node; stop on a signal.
+    """Start the broker (unless one is configured), the topics and the node, and supervise them.
 
-    With ``demo_rate`` > 0, synthetic storefront traffic flows in at that many calls/s.
+    A child that dies is restarted with backoff while the others keep running; a
+    crash loop stops the stack (exit 1). Only SIGINT/SIGTERM stop it cleanly:
+    node first (drained), then the broker. With ``demo_rate`` > 0, synthetic
+    storefront traffic flows in at that many calls/s.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.data_dir / "logs"
@@ -86,65 +92,119 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    broker: EmbeddedBroker | None = None
-    node = None
-    try:
-        if not settings.kafka_bootstrap_servers:
-            broker = EmbeddedBroker(logs / "broker.log")
-            print(
-                f"starting the embedded broker (Tansu) on {broker.bootstrap_servers} …", flush=True
-            )
-            broker.start()
-            epoch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + secrets.token_hex(2)
-            settings = settings.model_copy(
-                update={
-                    "kafka_bootstrap_servers": broker.bootstrap_servers,
-                    "kafka_epoch": epoch,
-                }
-            )
+    policy = RestartPolicy(
+        max_restarts=settings.supervisor_max_restarts, window_s=settings.supervisor_window_s
+    )
+    broker = EmbeddedBroker(logs / "broker.log") if not settings.kafka_bootstrap_servers else None
+    if demo_rate > 0:
+        settings = demo.demo_settings(settings)
+    node_settings = settings
+
+    def start_broker() -> subprocess.Popen[bytes]:
+        # A new broker's log is empty and its offsets start at 0: a new epoch, so
+        # positions tracked on the old one are not mistaken for it (see Settings).
+        nonlocal node_settings
+        assert broker is not None
+        print(f"starting the embedded broker (Tansu) on {broker.bootstrap_servers} …", flush=True)
+        process = broker.start()
+        epoch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + secrets.token_hex(2)
+        node_settings = settings.model_copy(
+            update={"kafka_bootstrap_servers": broker.bootstrap_servers, "kafka_epoch": epoch}
+        )
         created = ensure_topics(
-            settings.kafka_bootstrap_servers,
-            settings.all_topics,
-            settings.topic_partitions,
-            settings.topic_replication_factor,
+            node_settings.kafka_bootstrap_servers,
+            node_settings.all_topics,
+            node_settings.topic_partitions,
+            node_settings.topic_replication_factor,
         )
         print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
+        return process
 
-        if demo_rate > 0:
-            settings = demo.demo_settings(settings)
+    def start_node() -> subprocess.Popen[bytes]:
         print("starting the node (journey worker + API) …", flush=True)
-        node = spawn(
-            [sys.executable, "-m", "stack.cli", "node"], logs / "node.log", env=settings.to_env()
+        return spawn(
+            [sys.executable, "-m", "stack.cli", "node"],
+            logs / "node.log",
+            env=node_settings.to_env(),
         )
-        base = f"http://{settings.api_host}:{settings.api_port}"
-        process = node
-        healthy = wait_until(
-            lambda: _healthy(base),
-            STARTUP_TIMEOUT_S,
-            alive=lambda: process.poll() is None and not stopping,
-        )
-        if not healthy:
-            if not stopping:
-                print(f"the node did not become healthy; see {logs / 'node.log'}:", file=sys.stderr)
-                print(_tail(logs / "node.log"), file=sys.stderr)
-            return 1
-        _banner(settings, base, broker)
-        demo_run = demo.DemoRun(base, settings, demo_rate) if demo_rate > 0 else None
-        while not stopping and node.poll() is None:
+
+    node = Supervised("node", logs / "node.log", start_node, NODE_STOP_TIMEOUT_S)
+    children = [node]
+    if broker is not None:
+        children.insert(0, Supervised("broker", broker.log_path, start_broker, 10.0))
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    demo_run: demo.DemoRun | None = None
+    try:
+        for child in children:
+            _start(child, policy, lambda: stopping)
+        started_at = time.monotonic()
+        announced = False
+        while not stopping:
+            _restart_dead(children, policy, lambda: stopping)
+            if not announced:
+                if _healthy(base):
+                    _banner(node_settings, base, broker)
+                    announced = True
+                    if demo_rate > 0:
+                        demo_run = demo.DemoRun(base, node_settings, demo_rate)
+                elif time.monotonic() - started_at > STARTUP_TIMEOUT_S:
+                    print(f"the node did not become healthy; see {node.log_path}:", file=sys.stderr)
+                    print(_tail(node.log_path), file=sys.stderr)
+                    return 1
             time.sleep(0.2)
-        if node.poll() is not None and not stopping:
-            print(f"the node stopped unexpectedly; see {logs / 'node.log'}", file=sys.stderr)
-            return 1
-        if demo_run is not None:
-            demo_run.stop()
         print("stopping: API, then the worker once it has caught up, then the broker …", flush=True)
         return 0
+    except CrashLoop as loop:
+        print(str(loop), file=sys.stderr)
+        print(_tail(loop.child.log_path), file=sys.stderr)
+        return 1
     finally:
-        if node is not None:
-            stop(node, NODE_STOP_TIMEOUT_S)
-        if broker is not None:
-            broker.stop()
+        if demo_run is not None:
+            demo_run.stop()
+        # Node before broker: the node drains into the event store while the broker lives.
+        for child in reversed(children):
+            child.stop()
         print("stopped.", flush=True)
+
+
+def _start(child: Supervised, policy: RestartPolicy, stopping: Callable[[], bool]) -> None:
+    """Start ``child``; a start that fails counts as a death (backoff, or CrashLoop)."""
+    while not stopping():
+        try:
+            child.start()
+            return
+        except RuntimeError as error:
+            delay = child.record_death(time.monotonic(), policy)
+            print(f"{error}; trying again in {delay:.1f} s", file=sys.stderr, flush=True)
+            sleep_unless(stopping, delay)
+
+
+def _restart_dead(
+    children: list[Supervised], policy: RestartPolicy, stopping: Callable[[], bool]
+) -> None:
+    """Restart every child that died. The node depends on the broker: with a new
+    broker comes a new epoch, so the node is restarted after it, whatever its state."""
+    for index, child in enumerate(children):
+        code = child.exit_code()
+        if code is None or stopping():
+            continue
+        delay = child.record_death(time.monotonic(), policy)
+        print(
+            f"the {child.name} exited (code {code}); restarting it in {delay:.1f} s "
+            f"(see {child.log_path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        dependants = children[index + 1 :]
+        for dependant in dependants:
+            # Its broker is gone: nothing to drain into, and a 200 is in the journal.
+            dependant.kill()
+        if not sleep_unless(stopping, delay):
+            return
+        _start(child, policy, stopping)
+        for dependant in dependants:
+            _start(dependant, policy, stopping)
+        return
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # Set by `journeys up` for its memory-only broker: offsets restart with each
     # broker, so consumed positions are tracked per broker epoch.
     kafka_epoch: str = ""
+    # `journeys up` restarts a dead child (broker, node) with backoff; more than this
+    # many deaths of one child within the window is a crash loop and stops the stack.
+    supervisor_max_restarts: int = Field(default=5, ge=0)
+    supervisor_window_s: float = Field(default=60.0, gt=0)
     topic_prefix: str = "journey"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1)

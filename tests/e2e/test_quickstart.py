@@ -6,78 +6,15 @@ the same data folder still knows the customer (nothing corrupted or lost).
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from stack.processes import free_port
+from tests.stack_process import RunningStack, leftovers, wait_for
 
 pytestmark = pytest.mark.e2e
-
-BANNER_TIMEOUT_S = 180
-
-
-class RunningStack:
-    """``journeys up`` in a subprocess, as from a terminal."""
-
-    def __init__(self, workdir: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_")}
-        env["JOURNEYS_API_PORT"] = str(port)
-        env["JOURNEYS_KAFKA_SESSION_TIMEOUT_S"] = "6"
-        self.output_path = workdir / "up.out"
-        self._output = open(self.output_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "stack.cli", "up"],
-            cwd=workdir,
-            env=env,
-            stdout=self._output,
-            stderr=subprocess.STDOUT,
-        )
-        self.base = f"http://127.0.0.1:{port}"
-
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace")
-
-    def wait_for_banner(self) -> tuple[str, str]:
-        """Wait for 'is up'; return the printed write and read keys."""
-        deadline = time.monotonic() + BANNER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            text = self.output()
-            if "is up" in text:
-                write = re.search(r"write key\s+(\S+)", text)
-                read = re.search(r"read key\s+(\S+)", text)
-                assert write and read, text
-                assert f"{self.base}/docs" in text
-                return write.group(1), read.group(1)
-            assert self.process.poll() is None, f"journeys up exited early:\n{text}"
-            time.sleep(0.3)
-        raise AssertionError(f"no banner within {BANNER_TIMEOUT_S}s:\n{self.output()}")
-
-    def interrupt(self) -> tuple[int, list[int]]:
-        """Ctrl-C; returns the exit code and the pids of the children it had."""
-        children = [c.pid for c in psutil.Process(self.process.pid).children(recursive=True)]
-        self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(timeout=120)
-        self._output.close()
-        return code, children
-
-
-def wait_for(check, timeout: float = 60):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    return check()
 
 
 def test_quickstart_up_track_query_and_stop(tmp_path: Path) -> None:
@@ -147,12 +84,7 @@ def test_quickstart_up_track_query_and_stop(tmp_path: Path) -> None:
     assert code == 0, stack.output()
     assert "stopped." in stack.output()
     assert children, "journeys up should have run a broker and a node"
-    leftovers = [
-        pid
-        for pid in children
-        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    ]
-    assert leftovers == [], f"processes left running: {leftovers}"
+    assert leftovers(children) == [], f"processes left running: {leftovers(children)}"
 
     # A second start on the same data folder: same keys, the customer is still there.
     again = RunningStack(tmp_path, port)
