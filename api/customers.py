@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
+from api.times import ApiTime
 from journeys.application import timeline_of
 from journeys.stages import StageRules
 from projections.analytics.reports import Reports
@@ -22,10 +23,7 @@ from projections.profiles import rfm
 
 router = APIRouter(prefix="/v1", tags=["customers"], dependencies=[Depends(require_read_key)])
 
-AsOf = Annotated[
-    datetime | None,
-    Query(description="ISO-8601 time: answer as of this moment (UTC if no offset is given)"),
-]
+AsOf = Annotated[ApiTime | None, Query(description="answer as of this moment; default now")]
 
 
 class RfmScores(BaseModel):
@@ -100,9 +98,7 @@ class JourneyView(BaseModel):
 
 
 def _moment(as_of: datetime | None) -> datetime:
-    if as_of is None:
-        return datetime.now(UTC)
-    return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+    return datetime.now(UTC) if as_of is None else as_of  # ApiTime is UTC already
 
 
 def _rules(gateway: Gateway) -> StageRules:

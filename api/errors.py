@@ -26,6 +26,15 @@ def problem(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
+class ApiProblem(Exception):
+    """Raised by a handler or dependency: answered as :func:`problem` naming one field and rule."""
+
+    def __init__(self, status: int, field: str, rule: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.status = status
+        self.reason = {"field": field, "rule": rule, "message": message}
+
+
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """FastAPI's validation errors as field / rule / message, without the 'body' prefix."""
     problems = []
@@ -48,6 +57,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc)
         return problem(400, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+
+    @app.exception_handler(ApiProblem)
+    async def _problem(_: Request, exc: ApiProblem) -> JSONResponse:
+        return problem(exc.status, str(exc), [exc.reason])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
