@@ -57,6 +57,9 @@ class Profile(BaseModel):
     average_rating: float | None
     open_tickets: int
     rfm: RfmScores | None = None
+    # A stored figure was not finite or beyond its bound and is shown clamped
+    # (a journey built from events accepted before the value bounds).
+    clamped: bool = False
 
 
 class CustomerView(BaseModel):
@@ -156,7 +159,10 @@ def _profile(row: dict[str, Any], moment: datetime) -> Profile:
     raw = rfm(row, moment)
     expected = None
     if row["last_order_at"] is not None and row["purchase_cycle_days"]:
-        expected = row["last_order_at"] + timedelta(days=row["purchase_cycle_days"])
+        try:
+            expected = row["last_order_at"] + timedelta(days=row["purchase_cycle_days"])
+        except OverflowError:  # a cycle beyond year 9999 expects nothing
+            expected = None
     return Profile(
         first_seen=row["first_seen"],
         last_seen=row["last_seen"],
@@ -175,6 +181,7 @@ def _profile(row: dict[str, Any], moment: datetime) -> Profile:
         interest_tags=row["interest_tags"],
         average_rating=row["average_rating"],
         open_tickets=row["open_tickets"],
+        clamped=row.get("clamped", False),
     )
 
 

@@ -50,6 +50,20 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return problems
 
 
+def _unreadable_body(exc: StarletteHTTPException) -> dict[str, str] | None:
+    """FastAPI's "There was an error parsing the body" with its cause named.
+
+    FastAPI parses JSON bodies with ``json.loads`` and answers any failure but a
+    syntax error with that bare sentence; the cause is chained to the exception.
+    """
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, RecursionError):
+        return {"field": "body", "rule": "max_depth", "message": "the JSON is nested too deeply"}
+    return {"field": "body", "rule": "json_invalid", "message": f"unreadable body: {cause}"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """400 for invalid requests, JSON for HTTP errors, 500 without details as a last resort."""
 
@@ -64,6 +78,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unreadable = _unreadable_body(exc)
+        if unreadable is not None:
+            return problem(400, f"body: {unreadable['message']}", [unreadable])
         return problem(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
