@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
-from api.errors import ApiProblem, problem
+from api.errors import ApiProblem, error_responses, problem
 from api.times import ApiTime
 from events import EventType
 from journeys.funnels import (
@@ -44,7 +44,12 @@ from projections.analytics.reports import (
     RfmScore,
 )
 
-router = APIRouter(prefix="/v1", tags=["analysis"], dependencies=[Depends(require_read_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["analysis"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401),
+)
 T = TypeVar("T")
 
 Scalar = str | float
@@ -428,7 +433,7 @@ async def rfm(
     }
 
 
-@router.get("/rfm/{customer_id}")
+@router.get("/rfm/{customer_id}", responses=error_responses(404))
 async def customer_rfm(customer_id: str, request: Request, as_of: AsOf = None) -> Any:
     """One customer's RFM scores, segment and tier (404 if they never ordered)."""
     moment = as_of or datetime.now(UTC)

@@ -15,13 +15,19 @@ from pydantic import BaseModel
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
+from api.errors import error_responses
 from api.times import ApiTime
 from journeys.application import timeline_of
 from journeys.stages import StageRules
 from projections.analytics.reports import Reports
 from projections.profiles import rfm
 
-router = APIRouter(prefix="/v1", tags=["customers"], dependencies=[Depends(require_read_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["customers"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401, 404),
+)
 
 AsOf = Annotated[ApiTime | None, Query(description="answer as of this moment; default now")]
 
@@ -185,7 +191,9 @@ def _profile(row: dict[str, Any], moment: datetime) -> Profile:
     )
 
 
-@router.get("/customers/{customer_id}/journey", response_model=JourneyView)
+@router.get(
+    "/customers/{customer_id}/journey", response_model=JourneyView, responses=error_responses(503)
+)
 async def journey(customer_id: str, request: Request, as_of: AsOf = None) -> JourneyView:
     """The customer's timeline of domain events and stage changes (up to ``as_of`` if given)."""
     gateway: Gateway = request.app.state.gateway

@@ -21,9 +21,9 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.auth import basic_user
+from api.auth import WriteKey, basic_user
 from api.dependencies import Gateway
-from api.errors import problem
+from api.errors import error_responses, problem
 from events.envelope import TrackedEvent
 from events.json_schemas import call_schemas
 from events.segment import CALL_MODELS, RejectedCall, SegmentCall, accept_call
@@ -54,6 +54,13 @@ def _documented_body(call_type: str) -> dict[str, Any]:
     schema = {k: v for k, v in call_schemas()[call_type].items() if k not in ("$schema", "$id")}
     content = {"application/json": {"schema": schema}}
     return {"requestBody": {"required": True, "content": content}}
+
+
+# What every ingest route declares: its key scheme and its refusals.
+_INGEST_ROUTE: dict[str, Any] = {
+    "dependencies": [WriteKey],
+    "responses": error_responses(400, 401, 413, 415, 429, 503),
+}
 
 
 class _Refused(Exception):
@@ -395,6 +402,7 @@ def _batch_item(
     "/batch",
     summary="Many calls in one request (Segment batch)",
     openapi_extra=_documented_body("batch"),
+    **_INGEST_ROUTE,
 )
 async def batch(request: Request) -> Response:
     """Segment ``batch``: ``{"batch": [{"type": "track", ...}, ...], "sentAt": ...}``.
@@ -453,6 +461,7 @@ async def batch(request: Request) -> Response:
     "/track",
     summary="Record an action the customer performed (Segment track)",
     openapi_extra=_documented_body("track"),
+    **_INGEST_ROUTE,
 )
 async def track(request: Request) -> Response:
     """Segment ``track`` call: ``{"userId"|"anonymousId", "event", "properties", ...}``."""
@@ -460,7 +469,10 @@ async def track(request: Request) -> Response:
 
 
 @router.post(
-    "/page", summary="Record a page view (Segment page)", openapi_extra=_documented_body("page")
+    "/page",
+    summary="Record a page view (Segment page)",
+    openapi_extra=_documented_body("page"),
+    **_INGEST_ROUTE,
 )
 async def page(request: Request) -> Response:
     """Segment ``page`` call; counts as browsing."""
@@ -471,6 +483,7 @@ async def page(request: Request) -> Response:
     "/screen",
     summary="Record an app screen view (Segment screen)",
     openapi_extra=_documented_body("screen"),
+    **_INGEST_ROUTE,
 )
 async def screen(request: Request) -> Response:
     """Segment ``screen`` call; counts as browsing."""
@@ -481,6 +494,7 @@ async def screen(request: Request) -> Response:
     "/identify",
     summary="Say who the customer is (Segment identify)",
     openapi_extra=_documented_body("identify"),
+    **_INGEST_ROUTE,
 )
 async def identify(request: Request) -> Response:
     """Segment ``identify`` call with traits."""
@@ -491,6 +505,7 @@ async def identify(request: Request) -> Response:
     "/group",
     summary="Put the customer in a group (Segment group)",
     openapi_extra=_documented_body("group"),
+    **_INGEST_ROUTE,
 )
 async def group(request: Request) -> Response:
     """Segment ``group`` call: ``groupId`` and group traits."""
@@ -501,6 +516,7 @@ async def group(request: Request) -> Response:
     "/alias",
     summary="Link an earlier id to the customer (Segment alias)",
     openapi_extra=_documented_body("alias"),
+    **_INGEST_ROUTE,
 )
 async def alias(request: Request) -> Response:
     """Segment ``alias`` call: ``previousId`` and ``userId`` are one customer."""
@@ -513,7 +529,7 @@ async def schemas() -> dict[str, Any]:
     return {"version": "v1", "schemas": call_schemas()}
 
 
-@router.get("/schemas/{name}", summary="One JSON Schema document")
+@router.get("/schemas/{name}", summary="One JSON Schema document", responses=error_responses(404))
 async def schema(name: str) -> dict[str, Any]:
     """One schema document, e.g. ``/v1/schemas/track`` or ``/v1/schemas/cart.properties``."""
     documents = call_schemas()

@@ -11,10 +11,16 @@ from pydantic import BaseModel
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
+from api.errors import error_responses
 from api.times import ApiTime
 from journeys.stages import StageRules
 
-router = APIRouter(prefix="/v1", tags=["customers"], dependencies=[Depends(require_read_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["customers"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401),
+)
 
 
 class StageDistribution(BaseModel):
