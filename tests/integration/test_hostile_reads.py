@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 from clickhouse_connect.driver.client import Client
 from fastapi.testclient import TestClient
@@ -110,7 +111,9 @@ STEPS = [{"event_type": "browse"}, {"event_type": "cart"}, {"event_type": "purch
 SPAN = {"start": "2020-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}
 
 
-def every_report(api: TestClient, customers: Sequence[str]) -> list[tuple[str, Any]]:
+def every_report(
+    api: httpx.Client, customers: Sequence[str], headers: dict[str, str] = READ
+) -> list[tuple[str, Any]]:
     """Each read endpoint's answer: (what was asked, the response)."""
     funnel = {"steps": STEPS, "window_seconds": 86400}
     asked = [
@@ -142,7 +145,7 @@ def every_report(api: TestClient, customers: Sequence[str]) -> list[tuple[str, A
     for key in map(functools.partial(quote, safe=""), customers):
         asked += [("GET", f"/v1/rfm/{key}", None), ("GET", f"/v1/customers/{key}", None)]
     return [
-        (f"{method} {path}", api.request(method, path, json=body, headers=READ))
+        (f"{method} {path}", api.request(method, path, json=body, headers=headers))
         for method, path, body in asked
     ]
 
