@@ -52,7 +52,9 @@ router = APIRouter(
 )
 T = TypeVar("T")
 
-Scalar = str | float
+# FastAPI reads bodies with json.loads, which takes NaN, Infinity and 1e999: a
+# filter compares with finite numbers only.
+Scalar = str | Annotated[float, Field(allow_inf_nan=False)]
 
 
 class FilterIn(BaseModel):

@@ -249,3 +249,19 @@ def test_random_extreme_stored_values_never_make_a_report_fail(store: Store) -> 
             assert response.status_code in (200, 400, 404), (asked, response.text)
 
     never_5xx()
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"1" + b"0" * 400])
+def test_non_finite_numbers_in_an_analysis_body_are_refused_by_field(
+    store: Store, number: bytes
+) -> None:
+    # FastAPI reads bodies with json.loads, which takes NaN, Infinity and 1e999 (inf).
+    store.log.append([make_event("n1", "n", "Product Added", 0, price=5.0)])
+    step = b'{"event_type": "cart", "filters": [{"property": "price", "op": "gt", "value": %s}]}'
+    body = b'{"steps": [%s, %s]}' % (step % number, step % number)
+    response = store.api.post(
+        "/v1/funnels", content=body, headers={**READ, "content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    fields = {e["field"] for e in response.json()["errors"]}
+    assert "steps.0.filters.0.value.float" in fields, response.text
