@@ -94,12 +94,18 @@ def profile_of(journey: CustomerJourney) -> dict[str, Any]:
 
 def bounded(profile: dict[str, Any]) -> dict[str, Any]:
     """``profile`` with every number finite and within its bound; ``clamped`` says
-    whether one was not (NaN reads as 0, infinities and excess as the bound)."""
+    whether one was not (NaN reads as 0, infinities and excess as the bound).
+
+    A value exactly at the bound reads as clamped too: the row was clamped when
+    written (no real sum lands on 1e15 exactly), and the table keeps no flag.
+    """
     clamped = False
     for column, bound in _BOUNDS.items():
         value = profile.get(column)
-        if value is None or (math.isfinite(value) and abs(value) <= bound):
+        if value is None or (math.isfinite(value) and abs(value) < bound):
             continue
+        if column == "average_rating" and value == bound:
+            continue  # straight fives
         clamped = True
         profile[column] = 0.0 if math.isnan(value) else math.copysign(bound, value)
     profile["clamped"] = clamped

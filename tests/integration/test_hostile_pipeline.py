@@ -9,6 +9,7 @@ is asked: never a 5xx, and every figure finite.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,9 @@ from hypothesis import strategies as st
 
 from stack.processes import wait_until
 from stack.settings import Settings
+from streams.producer import KafkaEventSink
 from streams.topics import ensure_topics
+from tests.conftest import make_event
 from tests.integration.test_hostile_reads import every_report
 from tests.node_process import NodeProcess
 
@@ -124,3 +127,60 @@ def test_extreme_values_through_the_pipeline_never_fail_a_report(settings: Setti
         node.stop()
     assert "Traceback" not in log, log
     assert reported and sum(reported) >= 5, reported
+
+
+def test_events_an_older_gateway_put_on_the_topic_are_read_without_failure(
+    settings: Settings,
+) -> None:
+    # Events accepted before the bounds may still sit on the topic when the
+    # upgraded worker starts: it projects them, and every report stays readable.
+    ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, 2, 1)
+    old = [
+        make_event("o1", "big", "Order Completed", 1, order_id="b1", revenue=1e307),
+        make_event("o2", "sum", "Order Completed", 2, order_id="s1", revenue=1e308),
+        make_event("o3", "sum", "Order Completed", 3, order_id="s2", revenue=1e308),
+        make_event("o4", "neg", "Order Completed", 4, order_id="n1", revenue=-1e308),
+        make_event("o5", "neg", "Product Added", 5, price=1e40, quantity=2**62),
+        make_event("o6", "fine", "Order Completed", 6, order_id="f1", revenue=20.0),
+    ]
+
+    async def publish() -> None:
+        sink = KafkaEventSink(
+            settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic
+        )
+        await sink.start()
+        try:
+            await sink.publish(old)
+        finally:
+            await sink.stop()
+
+    asyncio.run(publish())
+    node = NodeProcess(settings, settings.data_dir / "node.log")
+    node.start()
+    read = {"Authorization": f"Bearer {settings.read_key}"}
+    counts = {"big": 1, "sum": 2, "neg": 2, "fine": 1}
+    try:
+        with httpx.Client(base_url=node.base, timeout=60) as client:
+            process = node.process
+            assert process is not None
+
+            def projected() -> bool:
+                for key, count in counts.items():
+                    found = client.get(f"/v1/customers/{key}", headers=read)
+                    if found.status_code != 200 or found.json()["event_count"] != count:
+                        return False
+                return True
+
+            assert wait_until(projected, 90, lambda: process.poll() is None), node.log_tail()
+            for asked, response in every_report(client, list(counts), read):
+                assert response.status_code == 200, (asked, response.text)
+            rfm = {r["customer_key"]: r for r in client.get("/v1/rfm", headers=read).json()["page"]}
+            assert rfm["big"]["monetary"] == 1e12 and rfm["big"]["clamped"] is True
+            assert rfm["sum"]["monetary"] == 2e12
+            assert rfm["fine"]["monetary"] == 20.0 and rfm["fine"]["clamped"] is False
+            summed = client.get("/v1/customers/sum", headers=read).json()["profile"]
+            assert summed["clamped"] is True and math.isfinite(summed["revenue"]), summed
+    finally:
+        log = node.log_tail(80)
+        node.stop()
+    assert "Traceback" not in log, log
