@@ -11,9 +11,15 @@ from pydantic import BaseModel, Field
 
 from api.auth import require_admin_key
 from api.dependencies import Gateway
+from api.errors import error_responses
 from projections.write_keys import WriteKey
 
-router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[Depends(require_admin_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["admin"],
+    dependencies=[Depends(require_admin_key)],
+    responses=error_responses(400, 401, 404),
+)
 
 
 class WriteKeyIn(BaseModel):

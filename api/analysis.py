@@ -13,13 +13,15 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
-from api.errors import problem
+from api.errors import ApiProblem, error_responses, problem
+from api.times import ApiTime
 from events import EventType
 from journeys.funnels import (
     MAX_EXCLUSIONS,
@@ -42,10 +44,17 @@ from projections.analytics.reports import (
     RfmScore,
 )
 
-router = APIRouter(prefix="/v1", tags=["analysis"], dependencies=[Depends(require_read_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["analysis"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401),
+)
 T = TypeVar("T")
 
-Scalar = str | float
+# FastAPI reads bodies with json.loads, which takes NaN, Infinity and 1e999: a
+# filter compares with finite numbers only.
+Scalar = str | Annotated[float, Field(allow_inf_nan=False)]
 
 
 class FilterIn(BaseModel):
@@ -92,14 +101,13 @@ class FunnelStepIn(BaseModel):
 class DateRange(BaseModel):
     """An optional ``[start, end)`` over event times (UTC when no offset is given)."""
 
-    start: datetime | None = None
-    end: datetime | None = None
+    start: ApiTime | None = None
+    end: ApiTime | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> DateRange:
-        self.start, self.end = _utc(self.start), _utc(self.end)
         if self.start and self.end and self.start >= self.end:
-            raise ValueError("end must come after start")
+            raise PydanticCustomError("time_order", "end must come after start")
         return self
 
 
@@ -220,18 +228,17 @@ class PathOut(BaseModel):
     customers: int
 
 
+Start = Annotated[ApiTime | None, Query(description="from this time on; default: all")]
+End = Annotated[ApiTime | None, Query(description="before this time; default: all")]
+AsOf = Annotated[ApiTime | None, Query(description="as of this moment; default now")]
+
+
 def _span(start: datetime | None, end: datetime | None) -> DateRange:
-    """A date range from query parameters; a 400 naming ``end`` when it is not after ``start``."""
-    try:
-        return DateRange(start=start, end=end)
-    except ValidationError as bad:
-        raise HTTPException(status_code=400, detail=f"end: {bad.errors()[0]['msg']}") from bad
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """A date range from query parameters; a 400 naming ``query.end`` when it is not after
+    ``start`` (both are ApiTime: in range and UTC already)."""
+    if start is not None and end is not None and start >= end:
+        raise ApiProblem(400, "query.end", "time_order", "end must come after start")
+    return DateRange.model_construct(start=start, end=end)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -319,9 +326,7 @@ async def dropped(query: DroppedRequest, request: Request) -> Any:
 
 
 @router.get("/funnels/stages")
-async def stage_funnel(
-    request: Request, start: datetime | None = None, end: datetime | None = None
-) -> Any:
+async def stage_funnel(request: Request, start: Start = None, end: End = None) -> Any:
     """Customers reaching each journey stage, awareness → loyalty, from stage changes."""
     span = _span(start, end)
     counts = await _answer(lambda: _reports(request).stage_funnel(span.start, span.end))
@@ -385,9 +390,7 @@ async def paths(query: PathsRequest, request: Request) -> Any:
 
 
 @router.get("/stage-flow")
-async def stage_flow(
-    request: Request, start: datetime | None = None, end: datetime | None = None
-) -> Any:
+async def stage_flow(request: Request, start: Start = None, end: End = None) -> Any:
     """Transitions between journey stages in ``[start, end)``."""
     span = _span(start, end)
     rows = await _answer(lambda: _reports(request).stage_flow(span.start, span.end))
@@ -397,9 +400,7 @@ async def stage_flow(
 
 
 @router.get("/trends")
-async def trends(
-    request: Request, start: datetime | None = None, end: datetime | None = None
-) -> Any:
+async def trends(request: Request, start: Start = None, end: End = None) -> Any:
     """Events per UTC day and canonical type."""
     span = _span(start, end)
     rows = await _answer(lambda: _reports(request).trends(span.start, span.end))
@@ -411,12 +412,12 @@ async def trends(
 @router.get("/rfm")
 async def rfm(
     request: Request,
-    as_of: datetime | None = None,
+    as_of: AsOf = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Any:
     """RFM segments and purchase-frequency tiers: counts, and customers a page at a time."""
-    moment = _utc(as_of) or datetime.now(UTC)
+    moment = as_of or datetime.now(UTC)
     rows = await _answer(lambda: _reports(request).rfm(moment))
     if isinstance(rows, JSONResponse):
         return rows
@@ -434,10 +435,10 @@ async def rfm(
     }
 
 
-@router.get("/rfm/{customer_id}")
-async def customer_rfm(customer_id: str, request: Request, as_of: datetime | None = None) -> Any:
+@router.get("/rfm/{customer_id}", responses=error_responses(404))
+async def customer_rfm(customer_id: str, request: Request, as_of: AsOf = None) -> Any:
     """One customer's RFM scores, segment and tier (404 if they never ordered)."""
-    moment = _utc(as_of) or datetime.now(UTC)
+    moment = as_of or datetime.now(UTC)
     row = await _answer(lambda: _reports(request).customer_rfm(customer_id, moment))
     if isinstance(row, JSONResponse):
         return row

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from api import admin, analysis, customers, ingest, outreach, stages
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
-from api.errors import install_error_handlers
+from api.errors import install_error_handlers, install_openapi
 
 
 def create_api(gateway: Gateway) -> FastAPI:
@@ -23,6 +23,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     )
     app.state.gateway = gateway
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(ingest.router)
     app.include_router(customers.router)
     app.include_router(stages.router)
@@ -31,7 +32,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(outreach.router)
     install_dashboard(app)
 
-    @app.get("/health", tags=["operations"])
+    @app.get("/health", tags=["operations"], responses={503: {"description": "Degraded"}})
     async def health(request: Request) -> JSONResponse:
         """Each component's state; 200 when all are healthy, else 503."""
         checks = request.app.state.gateway.health_checks

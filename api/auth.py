@@ -4,10 +4,41 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from api.dependencies import Gateway
+
+
+class _DocumentedBasic(HTTPBasic):
+    """The write key's scheme, for the OpenAPI document only: ingest reads the key
+    itself (HTTP Basic or ``writeKey`` in the body), so this never refuses."""
+
+    async def __call__(self, request: HTTPConnection) -> None:
+        return None
+
+
+write_key_scheme = _DocumentedBasic(
+    scheme_name="writeKey",
+    auto_error=False,
+    description="The write key as the HTTP Basic user, empty password (Segment's "
+    "convention); a `writeKey` field in the body works too.",
+)
+read_key_scheme = HTTPBearer(
+    scheme_name="readKey",
+    auto_error=False,
+    description="A read key (an admin key also reads): `Authorization: Bearer <key>`.",
+)
+admin_key_scheme = HTTPBearer(
+    scheme_name="adminKey", auto_error=False, description="`Authorization: Bearer <admin key>`."
+)
+# The schemes as dependencies: declared on a route, they put its security in the document.
+WriteKey = Depends(write_key_scheme)
+_ReadKey = Annotated[HTTPAuthorizationCredentials | None, Depends(read_key_scheme)]
+_AdminKey = Annotated[HTTPAuthorizationCredentials | None, Depends(admin_key_scheme)]
 
 
 def basic_user(request: Request) -> str | None:
@@ -32,7 +63,7 @@ def presented_read_key(request: Request) -> str | None:
     return basic_user(request)
 
 
-def require_admin_key(request: Request) -> None:
+def require_admin_key(request: Request, _: _AdminKey) -> None:
     """FastAPI dependency: 401 unless a valid admin key is presented."""
     gateway: Gateway = request.app.state.gateway
     if not gateway.keys.can_administer(presented_read_key(request)):
@@ -43,7 +74,7 @@ def require_admin_key(request: Request) -> None:
         )
 
 
-def require_read_key(request: Request) -> None:
+def require_read_key(request: Request, _: _ReadKey) -> None:
     """FastAPI dependency: 401 unless a valid read key is presented."""
     gateway: Gateway = request.app.state.gateway
     if not gateway.keys.can_read(presented_read_key(request)):

@@ -15,17 +15,21 @@ from pydantic import BaseModel
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
+from api.errors import error_responses
+from api.times import ApiTime
 from journeys.application import timeline_of
 from journeys.stages import StageRules
 from projections.analytics.reports import Reports
 from projections.profiles import rfm
 
-router = APIRouter(prefix="/v1", tags=["customers"], dependencies=[Depends(require_read_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["customers"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401, 404),
+)
 
-AsOf = Annotated[
-    datetime | None,
-    Query(description="ISO-8601 time: answer as of this moment (UTC if no offset is given)"),
-]
+AsOf = Annotated[ApiTime | None, Query(description="answer as of this moment; default now")]
 
 
 class RfmScores(BaseModel):
@@ -59,6 +63,9 @@ class Profile(BaseModel):
     average_rating: float | None
     open_tickets: int
     rfm: RfmScores | None = None
+    # A stored figure was not finite or beyond its bound and is shown clamped
+    # (a journey built from events accepted before the value bounds).
+    clamped: bool = False
 
 
 class CustomerView(BaseModel):
@@ -100,9 +107,7 @@ class JourneyView(BaseModel):
 
 
 def _moment(as_of: datetime | None) -> datetime:
-    if as_of is None:
-        return datetime.now(UTC)
-    return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+    return datetime.now(UTC) if as_of is None else as_of  # ApiTime is UTC already
 
 
 def _rules(gateway: Gateway) -> StageRules:
@@ -160,7 +165,10 @@ def _profile(row: dict[str, Any], moment: datetime) -> Profile:
     raw = rfm(row, moment)
     expected = None
     if row["last_order_at"] is not None and row["purchase_cycle_days"]:
-        expected = row["last_order_at"] + timedelta(days=row["purchase_cycle_days"])
+        try:
+            expected = row["last_order_at"] + timedelta(days=row["purchase_cycle_days"])
+        except OverflowError:  # a cycle beyond year 9999 expects nothing
+            expected = None
     return Profile(
         first_seen=row["first_seen"],
         last_seen=row["last_seen"],
@@ -179,10 +187,13 @@ def _profile(row: dict[str, Any], moment: datetime) -> Profile:
         interest_tags=row["interest_tags"],
         average_rating=row["average_rating"],
         open_tickets=row["open_tickets"],
+        clamped=row.get("clamped", False),
     )
 
 
-@router.get("/customers/{customer_id}/journey", response_model=JourneyView)
+@router.get(
+    "/customers/{customer_id}/journey", response_model=JourneyView, responses=error_responses(503)
+)
 async def journey(customer_id: str, request: Request, as_of: AsOf = None) -> JourneyView:
     """The customer's timeline of domain events and stage changes (up to ``as_of`` if given)."""
     gateway: Gateway = request.app.state.gateway

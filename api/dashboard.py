@@ -13,12 +13,16 @@ from pydantic import BaseModel
 from api import outreach
 from api.auth import require_read_key
 from api.dependencies import Gateway
+from api.errors import error_responses
 
 STATIC = Path(__file__).resolve().parent / "static"
 RATE_WINDOW_S = 60
 
 stats_router = APIRouter(
-    prefix="/v1", tags=["operations"], dependencies=[Depends(require_read_key)]
+    prefix="/v1",
+    tags=["operations"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401, 503),
 )
 
 

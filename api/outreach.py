@@ -16,10 +16,13 @@ from pydantic import BaseModel, Field, field_validator
 
 from api.auth import require_admin_key
 from api.dependencies import Gateway, OutreachControl
-from api.errors import problem
+from api.errors import error_responses, problem
 
 router = APIRouter(
-    prefix="/v1/outreach", tags=["outreach"], dependencies=[Depends(require_admin_key)]
+    prefix="/v1/outreach",
+    tags=["outreach"],
+    dependencies=[Depends(require_admin_key)],
+    responses=error_responses(400, 401, 404, 503),
 )
 
 
@@ -115,7 +118,11 @@ async def list_timers(
     return {"timers": await asyncio.to_thread(_outreach(request).timers, customer_id, limit)}
 
 
-@router.post("/triggers/{trigger_id}/redeliver", summary="Re-deliver a dead-lettered trigger")
+@router.post(
+    "/triggers/{trigger_id}/redeliver",
+    status_code=202,
+    summary="Re-deliver a dead-lettered trigger",
+)
 async def redeliver(trigger_id: str, request: Request) -> JSONResponse:
     """Dead deliveries of the trigger go back to pending, with a fresh retry horizon."""
     count = await asyncio.to_thread(_outreach(request).redeliver, trigger_id)

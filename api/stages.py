@@ -11,9 +11,16 @@ from pydantic import BaseModel
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
+from api.errors import error_responses
+from api.times import ApiTime
 from journeys.stages import StageRules
 
-router = APIRouter(prefix="/v1", tags=["customers"], dependencies=[Depends(require_read_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["customers"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401),
+)
 
 
 class StageDistribution(BaseModel):
@@ -27,14 +34,11 @@ class StageDistribution(BaseModel):
 @router.get("/stages", response_model=StageDistribution)
 async def stages(
     request: Request,
-    as_of: Annotated[
-        datetime | None, Query(description="ISO-8601 time (UTC if no offset); default now")
-    ] = None,
+    as_of: Annotated[ApiTime | None, Query(description="ISO-8601 time; default now")] = None,
 ) -> StageDistribution:
     """Customers per stage now, or ``as_of`` a past moment, with lapse decided at that moment."""
     gateway: Gateway = request.app.state.gateway
     moment = datetime.now(UTC) if as_of is None else as_of
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     rules = gateway.journeys.rules if gateway.journeys is not None else StageRules()
     counts = await asyncio.to_thread(gateway.stages.distribution, moment, rules.loyalty_lapse_days)
     return StageDistribution(as_of=moment, total=sum(counts.values()), stages=counts)

@@ -7,9 +7,11 @@ kept as a custom property, never rejected. A spec property of the wrong type
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -17,13 +19,46 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from events.types import EventType, normalized_name
 
+# Value bounds. Every typed number is finite and within a range, so no single
+# event can overflow a sum, a cents conversion or a score for everyone (one
+# revenue of 1e307 once made every RFM answer fail). Money is at most 1e12 in
+# the event's currency (a trillion: beyond any real order, far below where
+# Float64 cents lose whole units). Prices, shipping, tax and discounts are
+# amounts, so never negative; order totals (revenue, total, subtotal, value)
+# may be: some shops send refunds and adjustments as negative amounts, and the
+# journey counts a negative order amount as 0. Quantities are whole numbers up
+# to a million, ratings 1 to 5.
+MAX_MONEY = 1e12
+MAX_COUNT = 1_000_000
 # Strict: "20" is not a price, True is not a quantity. Ints are accepted as numbers.
-Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Count = Annotated[int, Field(strict=True, ge=0)]
+Money = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=MAX_MONEY)]
+SignedMoney = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_MONEY, le=MAX_MONEY)]
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_COUNT)]
+Rating = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=1, le=5)]
 Text = Annotated[str, Field(strict=True, max_length=1000)]
+
+# C0 and C1 control characters (NUL, ESC, …): never part of an id or a name, and
+# a NUL cuts strings short in many of the tools that read them later.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+MAX_ID_LENGTH = 255
+# Numeric ids are 64-bit: what every store and client can hold.
+_INT64 = 2**63
+
+
+def check_no_control(value: str) -> str:
+    """``value`` unchanged; raises ``control_characters`` when it holds one."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        code = f"U+{ord(found.group()):04X}"
+        raise PydanticCustomError(
+            "control_characters", f"must not contain control characters (found {code})"
+        )
+    return value
 
 
 def _id(value: object) -> str | int:
@@ -31,13 +66,35 @@ def _id(value: object) -> str | int:
     # (not a union) so an error names the property itself, not a union member.
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError("must be a string or an integer")
-    if isinstance(value, str) and not 1 <= len(value) <= 255:
-        raise ValueError("must be 1 to 255 characters")
-    return value
+    if isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            raise PydanticCustomError("int64", "a numeric id must fit in 64 bits")
+        return value
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_ID_LENGTH} characters")
+    return check_no_control(value)
 
 
-_ID_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 255}, {"type": "integer"}]}
+_ID_TEXT_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": NO_CONTROL_PATTERN,
+}
+_ID_SCHEMA = {
+    "anyOf": [
+        _ID_TEXT_SCHEMA,
+        {"type": "integer", "minimum": -_INT64, "maximum": _INT64 - 1},
+    ]
+}
 Id = Annotated[str | int, PlainValidator(_id), WithJsonSchema(_ID_SCHEMA)]
+# A textual id (cart, checkout, list…): 1 to 255 characters, no control characters.
+TextId = Annotated[
+    str,
+    Field(strict=True, min_length=1, max_length=MAX_ID_LENGTH),
+    AfterValidator(check_no_control),
+    WithJsonSchema(_ID_TEXT_SCHEMA),
+]
 Currency = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z]{3}$")]
 
 
@@ -56,7 +113,7 @@ class ProductProperties(_SpecProperties):
     name: Text | None = None
     brand: Text | None = None
     variant: Text | None = None
-    price: Number | None = None
+    price: Money | None = None
     quantity: Count | None = None
     coupon: Text | None = None
     position: Count | None = None
@@ -68,36 +125,36 @@ class BrowseProperties(ProductProperties):
     """Browsing: searches, product lists, product views and clicks, promotions."""
 
     query: Text | None = None
-    list_id: Text | None = None
+    list_id: TextId | None = None
     products: list[ProductProperties] | None = None
-    promotion_id: Text | None = None
+    promotion_id: TextId | None = None
     creative: Text | None = None
-    wishlist_id: Text | None = None
+    wishlist_id: TextId | None = None
     wishlist_name: Text | None = None
-    review_id: Text | None = None
-    rating: Number | None = None
+    review_id: TextId | None = None
+    rating: Rating | None = None
 
 
 class CartProperties(ProductProperties):
     """Cart events: Product Added / Removed, Cart Viewed."""
 
-    cart_id: Text | None = None
+    cart_id: TextId | None = None
     currency: Currency | None = None
     products: list[ProductProperties] | None = None
 
 
 class _OrderAmounts(_SpecProperties):
     order_id: Id | None = None
-    checkout_id: Text | None = None
-    cart_id: Text | None = None
+    checkout_id: TextId | None = None
+    cart_id: TextId | None = None
     affiliation: Text | None = None
-    total: Number | None = None
-    subtotal: Number | None = None
-    revenue: Number | None = None
-    value: Number | None = None
-    shipping: Number | None = None
-    tax: Number | None = None
-    discount: Number | None = None
+    total: SignedMoney | None = None
+    subtotal: SignedMoney | None = None
+    revenue: SignedMoney | None = None
+    value: SignedMoney | None = None
+    shipping: Money | None = None
+    tax: Money | None = None
+    discount: Money | None = None
     coupon: Text | None = None
     currency: Currency | None = None
     products: list[ProductProperties] | None = None
@@ -109,7 +166,7 @@ class CheckoutProperties(_OrderAmounts):
     step: Count | None = None
     shipping_method: Text | None = None
     payment_method: Text | None = None
-    coupon_id: Text | None = None
+    coupon_id: TextId | None = None
     coupon_name: Text | None = None
     reason: Text | None = None
 

@@ -11,15 +11,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 
-from events.ecommerce import check_properties
+from events.ecommerce import MAX_ID_LENGTH, NO_CONTROL_PATTERN, check_no_control, check_properties
 from events.envelope import TrackedEvent
 from events.types import EventType, event_type_for
 
@@ -31,7 +33,34 @@ MAX_FUTURE_SKEW = timedelta(hours=1)
 # they are replaced by the arrival time and flagged like a clamped future.
 EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
-Identifier = Annotated[str, Field(min_length=1, max_length=255)]
+# Ids and names: bounded, and no control characters (NUL, ESC…): see events.ecommerce.
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=None),
+    AfterValidator(check_no_control),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": NO_CONTROL_PATTERN,
+        }
+    ),
+]
+EventName = Annotated[
+    str,
+    Field(min_length=1, max_length=200),
+    AfterValidator(check_no_control),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_CONTROL_PATTERN}
+    ),
+]
+PageName = Annotated[
+    str,
+    Field(max_length=200),
+    AfterValidator(check_no_control),
+    WithJsonSchema({"type": "string", "maxLength": 200, "pattern": NO_CONTROL_PATTERN}),
+]
 
 
 class SegmentCall(BaseModel):
@@ -69,7 +98,7 @@ class TrackCall(SegmentCall):
     """``/v1/track``: the customer did something."""
 
     type: Literal["track"] = "track"
-    event: Annotated[str, Field(min_length=1, max_length=200)]
+    event: EventName
     properties: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -77,7 +106,7 @@ class PageCall(SegmentCall):
     """``/v1/page``: the customer viewed a web page (counts as browsing)."""
 
     type: Literal["page"] = "page"
-    name: Annotated[str, Field(max_length=200)] | None = None
+    name: PageName | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -85,7 +114,7 @@ class ScreenCall(SegmentCall):
     """``/v1/screen``: the customer viewed an app screen (counts as browsing)."""
 
     type: Literal["screen"] = "screen"
-    name: Annotated[str, Field(max_length=200)] | None = None
+    name: PageName | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -16,6 +16,7 @@ from operator import attrgetter
 from typing import Any
 
 from events import EventType, TrackedEvent, normalized_name
+from events.ecommerce import MAX_MONEY
 from events.envelope import scoped_dedup_keys
 
 
@@ -200,10 +201,12 @@ def _channel(event: TrackedEvent) -> str:
 
 
 def _revenue(props: dict[str, Any]) -> float:
+    # Bounded as ingest bounds it: an event accepted before the bounds (1e308)
+    # must not sum the journey's revenue to inf, which its JSON state cannot hold.
     for key in ("revenue", "total", "value"):
         value = _number(props.get(key))
         if value is not None:
-            return max(0.0, value)
+            return min(max(0.0, value), MAX_MONEY)
     return 0.0
 
 

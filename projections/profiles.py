@@ -8,6 +8,7 @@ order time and the API computes recency at question time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,19 @@ from journeys.domainmodel import CustomerJourney
 from projections.clickhouse import TableInsert, as_utc
 
 INTEREST_TAGS = 5
+# Defence in depth: a profile's money sums stay finite and within this bound, on
+# write and on read (a journey built from events accepted before the value
+# bounds may sum to 1e308 or inf). A thousand orders at the ingest maximum.
+MAX_PROFILE_MONEY = 1e15
+# Past this a cycle or a rating is not data: more than any span of real order times.
+_BOUNDS = {
+    "revenue": MAX_PROFILE_MONEY,
+    "refunded": MAX_PROFILE_MONEY,
+    "aov": MAX_PROFILE_MONEY,
+    "ltv_estimate": MAX_PROFILE_MONEY,
+    "purchase_cycle_days": 100_000.0,
+    "average_rating": 5.0,
+}
 # The LTV estimate looks this many days ahead at the observed purchase cycle.
 LTV_HORIZON_DAYS = 365
 
@@ -58,7 +72,7 @@ def profile_of(journey: CustomerJourney) -> dict[str, Any]:
         ltv = round(revenue + aov * LTV_HORIZON_DAYS / cycle, 2)
     tags = sorted(journey.categories.items(), key=lambda item: (-item[1], item[0]))
     ratings = journey.ratings
-    return {
+    profile = {
         "customer_key": journey.customer_key,
         "first_seen": journey.first_seen,
         "last_seen": journey.last_seen,
@@ -75,6 +89,27 @@ def profile_of(journey: CustomerJourney) -> dict[str, Any]:
         "open_tickets": journey.open_tickets,
         "version": journey.version,
     }
+    return bounded(profile)
+
+
+def bounded(profile: dict[str, Any]) -> dict[str, Any]:
+    """``profile`` with every number finite and within its bound; ``clamped`` says
+    whether one was not (NaN reads as 0, infinities and excess as the bound).
+
+    A value exactly at the bound reads as clamped too: the row was clamped when
+    written (no real sum lands on 1e15 exactly), and the table keeps no flag.
+    """
+    clamped = False
+    for column, bound in _BOUNDS.items():
+        value = profile.get(column)
+        if value is None or (math.isfinite(value) and abs(value) < bound):
+            continue
+        if column == "average_rating" and value == bound:
+            continue  # straight fives
+        clamped = True
+        profile[column] = 0.0 if math.isnan(value) else math.copysign(bound, value)
+    profile["clamped"] = clamped
+    return profile
 
 
 def rfm(profile: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -115,4 +150,4 @@ class ProfileView:
                 row[column] = as_utc(row[column])
         row["channels"] = list(row["channels"])
         row["interest_tags"] = list(row["interest_tags"])
-        return row
+        return bounded(row)

@@ -18,6 +18,7 @@ from events import TrackedEvent
 from journeys.funnels import FilterOp, Funnel, FunnelStep, OrderMode, PropertyFilter
 from projections.analytics.funnels import FunnelReport, nearest_rank, step_stats
 from projections.analytics.reports import (
+    MAX_STORED_MONEY,
     Cohort,
     Period,
     RetentionMode,
@@ -342,6 +343,7 @@ def rfm(events: Sequence[TrackedEvent], as_of: datetime) -> list[RfmScore]:
     last: dict[str, int] = {}
     frequency: dict[str, int] = defaultdict(int)
     cents: dict[str, int] = defaultdict(int)
+    clamped: set[str] = set()
     cutoff = int(as_of.timestamp() * 1000)
     for e in dedup(events):
         order = e.event_type.value == "purchase" and e.event_name.lower() == "order completed"
@@ -350,7 +352,12 @@ def rfm(events: Sequence[TrackedEvent], as_of: datetime) -> list[RfmScore]:
         last[e.customer_key] = max(last.get(e.customer_key, 0), ms(e))
         frequency[e.customer_key] += 1
         typed, _ = _fields(e)
-        cents[e.customer_key] += math.floor((typed["revenue"] or 0) * 100 + 0.5)
+        revenue = typed["revenue"] or 0
+        if not math.isfinite(revenue) or abs(revenue) > MAX_STORED_MONEY:
+            clamped.add(e.customer_key)
+            revenue = max(-MAX_STORED_MONEY, min(MAX_STORED_MONEY, revenue))
+            revenue = revenue if math.isfinite(revenue) else 0  # NaN counts nothing
+        cents[e.customer_key] += math.floor(revenue * 100 + 0.5)
     n = len(last)
     out = []
     for c in sorted(last):
@@ -369,6 +376,7 @@ def rfm(events: Sequence[TrackedEvent], as_of: datetime) -> list[RfmScore]:
                 m=m,
                 segment=segment(r, f),
                 tier=tier(f, m),
+                clamped=c in clamped,
             )
         )
     return out

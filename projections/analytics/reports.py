@@ -107,7 +107,22 @@ class RfmScore:
     m: int
     segment: str
     tier: str
+    # True when a stored revenue was not finite or beyond MAX_STORED_MONEY and was
+    # clamped (an event accepted before the value bounds, or written by hand).
+    clamped: bool = False
 
+
+# Defence in depth: events accepted under older, looser rules may hold any
+# Float64 (1e307, -inf, NaN). RFM counts a revenue only as a finite amount within
+# the ingest bound (events.ecommerce.MAX_MONEY), clamped, so no stored value can
+# overflow the cents or fail the report (and the worker's segment scan) for all.
+MAX_STORED_MONEY = 1e12
+_REVENUE = "ifNull(revenue, 0)"
+_CLAMPED_REVENUE = (
+    f"if(isFinite({_REVENUE}), greatest(-{MAX_STORED_MONEY:.0e}, "
+    f"least({MAX_STORED_MONEY:.0e}, {_REVENUE})), 0)"
+)
+_OUT_OF_RANGE = f"(NOT isFinite({_REVENUE}) OR abs({_REVENUE}) > {MAX_STORED_MONEY:.0e})"
 
 # First match wins: (segment, lowest R, highest R, lowest F, highest F).
 SEGMENTS: tuple[tuple[str, int, int, int, int], ...] = (
@@ -298,9 +313,9 @@ class Reports:
             only = f"WHERE customer_key = {params.add(customer, 'String')}"
         sql = f"""
             SELECT customer_key, recency_ms, frequency, cents, r, f, m,
-                   {_segment_sql()} AS segment
+                   {_segment_sql()} AS segment, clamped
             FROM (
-                SELECT customer_key, recency_ms, frequency, cents,
+                SELECT customer_key, recency_ms, frequency, cents, clamped,
                        1 + intDiv(5 * (rank() OVER (ORDER BY recency_ms DESC) - 1), n) AS r,
                        1 + intDiv(5 * (rank() OVER (ORDER BY frequency) - 1), n) AS f,
                        1 + intDiv(5 * (rank() OVER (ORDER BY cents) - 1), n) AS m
@@ -309,7 +324,8 @@ class Reports:
                            toUnixTimestamp64Milli({cutoff})
                                - max(toUnixTimestamp64Milli(timestamp)) AS recency_ms,
                            count() AS frequency,
-                           sum(toInt64(floor(ifNull(revenue, 0) * 100 + 0.5))) AS cents,
+                           sum(toInt128(floor({_CLAMPED_REVENUE} * 100 + 0.5))) AS cents,
+                           max({_OUT_OF_RANGE}) AS clamped,
                            count() OVER () AS n
                     FROM {self._db}.events FINAL
                     WHERE event_type = 'purchase' AND lower(event_name) = 'order completed'
@@ -331,8 +347,9 @@ class Reports:
                 m=int(m),
                 segment=str(seg),
                 tier=tier(int(f), int(m)),
+                clamped=bool(clamped),
             )
-            for key, rec, freq, cents, r, f, m, seg in self._rows(sql, params)
+            for key, rec, freq, cents, r, f, m, seg, clamped in self._rows(sql, params)
         ]
 
     def customer_rfm(self, customer_key: str, as_of: datetime) -> RfmScore | None:

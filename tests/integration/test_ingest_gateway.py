@@ -349,7 +349,7 @@ async def test_schemas_are_served(harness: Harness) -> None:
     listed = (await harness.client.get("/v1/schemas")).json()["schemas"]
     assert {"track", "batch", "alias", "cart.properties", "support.properties"} <= set(listed)
     price = (await harness.client.get("/v1/schemas/cart.properties")).json()["properties"]["price"]
-    assert {"type": "number"} in price["anyOf"]
+    assert {"type": "number", "minimum": 0, "maximum": 1e12} in price["anyOf"]
     assert (await harness.client.get("/v1/schemas/nope")).status_code == 404
     openapi = (await harness.client.get("/openapi.json")).json()
     body = openapi["paths"]["/v1/track"]["post"]["requestBody"]["content"]["application/json"]
