@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from api.auth import require_admin_key
+from api.cors import origin_problem
 from api.dependencies import Gateway
 from api.errors import error_responses
 from projections.write_keys import WriteKey
@@ -22,20 +23,54 @@ router = APIRouter(
 )
 
 
+Origins = Annotated[
+    list[Annotated[str, Field(max_length=300)]],
+    Field(
+        max_length=100,
+        description="Browser origins (https://shop.example) that may send with the key; "
+        "empty: the gateway's default (JOURNEYS_INGEST_ORIGINS)",
+    ),
+]
+
+
+def _checked_origins(origins: list[str]) -> list[str]:
+    for origin in origins:
+        problem = origin_problem(origin)
+        if problem:
+            raise ValueError(f"{origin!r}: {problem}")
+    return origins
+
+
 class WriteKeyIn(BaseModel):
     """A new write key for a source (a storefront, an app, an import)."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
+    allowed_origins: Origins = []
+
+    _origins = field_validator("allowed_origins")(_checked_origins)
+
+
+class OriginsIn(BaseModel):
+    """The browser origins a write key accepts from now on."""
+
+    allowed_origins: Origins
+
+    _origins = field_validator("allowed_origins")(_checked_origins)
 
 
 class WriteKeyOut(BaseModel):
-    """A write key without its secret; ``key_id`` is the source id events carry."""
+    """A write key without its secret; ``key_id`` is the source id events carry.
+
+    The development key from settings (JOURNEYS_WRITE_KEY) is listed as ``dev``,
+    with no creation time: it is not stored, and is changed in the settings.
+    """
 
     key_id: str
     name: str
-    created_at: datetime
+    created_at: datetime | None
     revoked_at: datetime | None
     active: bool
+    allowed_origins: list[str]
 
 
 class CreatedWriteKey(WriteKeyOut):
@@ -68,6 +103,7 @@ def _out(key: WriteKey) -> dict[str, Any]:
         "created_at": key.created_at,
         "revoked_at": key.revoked_at,
         "active": key.active,
+        "allowed_origins": list(key.allowed_origins),
     }
 
 
@@ -82,7 +118,9 @@ def _registry(request: Request) -> Any:
 async def create_write_key(body: WriteKeyIn, request: Request) -> CreatedWriteKey:
     """Create a write key for a source; the answer is the only time the key is shown."""
     registry = _registry(request)
-    key, secret = await asyncio.to_thread(registry.store.create, body.name)
+    key, secret = await asyncio.to_thread(
+        registry.store.create, body.name, tuple(body.allowed_origins)
+    )
     registry.invalidate()
     return CreatedWriteKey(**_out(key), write_key=secret)
 
@@ -92,7 +130,29 @@ async def list_write_keys(request: Request) -> list[WriteKeyOut]:
     """Every write key, newest first, revoked ones included; secrets are never shown."""
     registry = _registry(request)
     keys = await asyncio.to_thread(registry.store.all_keys)
-    return [WriteKeyOut(**_out(key)) for key in keys]
+    static = [
+        WriteKeyOut(
+            key_id=source,
+            name="development key (JOURNEYS_WRITE_KEY)",
+            created_at=None,
+            revoked_at=None,
+            active=True,
+            allowed_origins=[],
+        )
+        for source in registry.static_sources()
+    ]
+    return [*[WriteKeyOut(**_out(key)) for key in keys], *static]
+
+
+@router.put("/write-keys/{key_id}/origins", response_model=WriteKeyOut)
+async def set_write_key_origins(key_id: str, body: OriginsIn, request: Request) -> WriteKeyOut:
+    """Replace the browser origins a key accepts (empty list: the gateway's default)."""
+    registry = _registry(request)
+    key = await asyncio.to_thread(registry.store.set_origins, key_id, tuple(body.allowed_origins))
+    if key is None:
+        raise HTTPException(404, f"no write key {key_id!r}")
+    registry.invalidate()
+    return WriteKeyOut(**_out(key))
 
 
 @router.delete("/write-keys/{key_id}", response_model=WriteKeyOut)

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import admin, analysis, customers, ingest, outreach, stages
+from api import admin, analysis, browser, customers, ingest, outreach, stages
+from api.cors import CorsMiddleware, public_paths
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
 from api.errors import install_error_handlers, install_openapi
@@ -25,12 +26,16 @@ def create_api(gateway: Gateway) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(ingest.router)
+    app.include_router(ingest.beacon_router)
+    app.include_router(browser.router)
     app.include_router(customers.router)
     app.include_router(stages.router)
     app.include_router(analysis.router)
     app.include_router(admin.router)
     app.include_router(outreach.router)
     install_dashboard(app)
+    public = [*ingest.router.routes, *ingest.beacon_router.routes, *browser.router.routes]
+    app.add_middleware(CorsMiddleware, gateway=gateway, public=public_paths(public))
 
     @app.get("/health", tags=["operations"], responses={503: {"description": "Degraded"}})
     async def health(request: Request) -> JSONResponse:

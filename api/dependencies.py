@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from api.cors import CorsPolicy
 from api.rate_limit import TokenBuckets
 from api.write_keys import WriteKeyRegistry
 from events.sink import EventSink
@@ -91,6 +92,8 @@ class Gateway:
     write_keys: WriteKeyRegistry | None = None
     dead_letters: DeadLetterLog | None = None
     rate_limit: TokenBuckets = field(default_factory=lambda: TokenBuckets(rate=0, burst=1))
+    # Which browser origins may send events, and read (api/cors.py).
+    cors: CorsPolicy = field(default_factory=CorsPolicy)
     # Customer read side: profiles (ClickHouse) and journeys' history (event store).
     profiles: ProfileView | None = None
     journeys: JourneyApplication | None = None

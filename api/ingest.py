@@ -31,6 +31,8 @@ from events.segment import CALL_MODELS, RejectedCall, SegmentCall, accept_call
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
+# RudderStack's browser SDK sends its sendBeacon batches outside /v1.
+beacon_router = APIRouter(tags=["ingest"])
 
 # Segment's limits: one call, one batch request, events per batch.
 MAX_EVENT_BYTES = 32 * 1024
@@ -220,6 +222,9 @@ async def _authenticate(
     key = basic_user(request)
     if not key and isinstance(parsed, dict) and isinstance(parsed.get("writeKey"), str):
         key = parsed["writeKey"]
+    if not key:
+        # sendBeacon cannot set headers: RudderStack's beacons carry ?writeKey=.
+        key = request.query_params.get("writeKey")
     source: str | None
     if gateway.write_keys is not None:
         source = await gateway.write_keys.source_of(key)
@@ -312,6 +317,21 @@ class _Admitted:
         return _rejection(status, reasons)
 
 
+async def _origin_refused(request: Request, gateway: Gateway, source: str) -> dict[str, Any] | None:
+    """The problem when a browser sends from an origin the key does not accept (api/cors.py)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None  # not a browser: origins do not apply
+    listed = await gateway.write_keys.origins_of(source) if gateway.write_keys else ()
+    if gateway.cors.ingest_accepts(origin, listed):
+        return None
+    return {
+        "field": "Origin",
+        "rule": "allowed_origins",
+        "message": f"{origin} is not an allowed origin of this write key",
+    }
+
+
 def _batch_length(parsed: Any) -> int:
     items = parsed.get("batch") if isinstance(parsed, dict) else None
     return len(items) if isinstance(items, list) else 1
@@ -339,6 +359,9 @@ async def _admit(
     if limited is not None:
         return limited
     admitted = _Admitted(gateway, source, body, parsed if isinstance(parsed, dict) else {})
+    refused_origin = await _origin_refused(request, gateway, source)
+    if refused_origin is not None:
+        return await admitted.reject(403, [refused_origin])
     if len(body) > limit.max_bytes:
         message = (
             f"{limit.what} may be at most {limit.max_bytes // 1024} KB "
@@ -521,6 +544,21 @@ async def group(request: Request) -> Response:
 async def alias(request: Request) -> Response:
     """Segment ``alias`` call: ``previousId`` and ``userId`` are one customer."""
     return await _ingest(request, CALL_MODELS["alias"])
+
+
+# analytics.js posts to the call type's first letter (``/v1/t`` for track);
+# hidden from the OpenAPI document, which lists each call once.
+for _short, _handler in {
+    "t": track,
+    "p": page,
+    "s": screen,
+    "i": identify,
+    "g": group,
+    "a": alias,
+    "b": batch,
+}.items():
+    router.add_api_route(f"/{_short}", _handler, methods=["POST"], include_in_schema=False)
+beacon_router.add_api_route("/beacon/v1/batch", batch, methods=["POST"], include_in_schema=False)
 
 
 @router.get("/schemas", summary="The JSON Schemas of every call and canonical event type")

@@ -36,7 +36,7 @@ class WriteKeyRegistry:
         self._static = dict(static_keys)
         self._cache_seconds = cache_seconds
         self._clock = clock
-        self._digests: dict[str, tuple[str, str]] = {}
+        self._digests: dict[str, tuple[str, str, tuple[str, ...]]] = {}
         self._loaded_at: float | None = None
         self._lock = asyncio.Lock()
 
@@ -55,6 +55,26 @@ class WriteKeyRegistry:
         if found is None or not hmac.compare_digest(found[0], digest(key)):
             return None
         return key_id
+
+    def static_sources(self) -> list[str]:
+        """The sources of the keys from settings (the development key)."""
+        return sorted(set(self._static.values()))
+
+    async def origins_of(self, source: str) -> tuple[str, ...]:
+        """The browser origins a source's key accepts; empty: the gateway's default."""
+        if self.store is None or source in self._static.values():
+            return ()
+        await self._refresh_if_stale()
+        found = self._digests.get(source)
+        return found[2] if found is not None else ()
+
+    async def any_key_accepts(self, origin: str) -> bool:
+        """True when some active key lists ``origin``: a preflight, which carries
+        no key, is answered for the origins any key may send from."""
+        if self.store is None:
+            return False
+        await self._refresh_if_stale()
+        return any(origin in origins for _, _, origins in self._digests.values())
 
     def invalidate(self) -> None:
         """Reload on the next check (after this replica created or revoked a key)."""

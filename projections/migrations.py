@@ -8,7 +8,7 @@ write keys; 3 journey projections (orders, profiles); 4 and 6 per-customer
 timelines for funnels. 5 was reserved for outreach, which keeps its tables in
 the event store's database instead: it stays unused. 7 source, historical and
 clamped columns of the event log. 8: identity merges in the event log (cheap
-deletes, merged flags).
+deletes, merged flags). 9: the browser origins each write key accepts.
 """
 
 from __future__ import annotations
@@ -319,6 +319,18 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             # every read made the 10M funnel 0.15 s slower until the parts merged.
             "ALTER TABLE {db}.customer_timelines MATERIALIZE COLUMN merged",
             "ALTER TABLE {db}.customer_type_times MATERIALIZE COLUMN merged",
+        ],
+    ),
+    (
+        9,
+        "tracking API: the browser origins a write key accepts",
+        [
+            # Empty: the settings' default (JOURNEYS_INGEST_ORIGINS, "*"). Rows of
+            # keys created before read empty, so they keep the default.
+            """
+            ALTER TABLE {db}.write_keys
+                ADD COLUMN IF NOT EXISTS allowed_origins Array(String) AFTER revoked_at
+            """,
         ],
     ),
 ]

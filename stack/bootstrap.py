@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from clickhouse_connect.driver.client import Client
 
+from api.cors import CorsPolicy
 from api.dependencies import AccessKeys, Gateway, HealthCheck
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
@@ -213,6 +214,7 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
         ),
         dead_letters=platform.dead_letters,
         rate_limit=TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst),
+        cors=CorsPolicy(settings.ingest_origin_list, settings.dashboard_origin_list),
         profiles=platform.profiles,
         journeys=platform.journeys,
         outreach=OutreachAdmin(settings, platform.outreach),

@@ -28,22 +28,32 @@ def add_commands(commands: Any) -> None:
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a new write key for a source")
     create.add_argument("name", help="the source, e.g. shop-eu")
+    create.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        help="a browser origin that may send with it, e.g. https://shop.example (repeat); "
+        "default: JOURNEYS_INGEST_ORIGINS of the API",
+    )
     listing = actions.add_parser("list", help="every write key, without secrets")
     revoke = actions.add_parser("revoke", help="refuse a key from now on")
     revoke.add_argument("key_id")
+    origins = actions.add_parser("origins", help="set the browser origins a key accepts")
+    origins.add_argument("key_id")
+    origins.add_argument("origins", nargs="*", help="none: back to the API's default")
     # On each action, so the flags go where users put them: `keys list --url …`.
-    for action in (create, listing, revoke):
-        _connection(action, "admin")
+    for action in (create, listing, revoke, origins):
+        connection(action, "admin")
 
     letters = commands.add_parser("dead-letters", help="list rejected events, newest first")
-    _connection(letters, "admin")
+    connection(letters, "admin")
     letters.add_argument("--limit", type=int, default=50)
     letters.add_argument("--json", action="store_true", help="one JSON object per line")
     letters.add_argument("--source", help="only this write key id's letters")
     letters.add_argument("--before", help="the cursor printed after a full page")
 
     history = commands.add_parser("import", help="import customers and orders from CSV files")
-    _connection(history, "write")
+    connection(history, "write")
     history.add_argument("files", nargs="+", type=Path, help="customers.csv, orders.csv")
     history.add_argument("--dry-run", action="store_true", help="validate only; send nothing")
 
@@ -56,27 +66,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     url = args.url or settings.api_base_url
     try:
         if args.command == "keys":
-            return _keys(args, url, _key(args, settings, "admin"))
+            return _keys(args, url, key(args, settings, "admin"))
         if args.command == "dead-letters":
-            return _dead_letters(args, url, _key(args, settings, "admin"))
-        return _import(args, url, _key(args, settings, "write"))
+            return _dead_letters(args, url, key(args, settings, "admin"))
+        return _import(args, url, key(args, settings, "write"))
     except httpx.HTTPError as error:
         print(f"cannot reach the API at {url}: {error}", file=sys.stderr)
         return 2
 
 
-def _connection(parser: argparse.ArgumentParser, kind: str) -> None:
+def connection(parser: argparse.ArgumentParser, kind: str, *, nested: bool = False) -> None:
+    """``--url`` and ``--<kind>-key``: how every HTTP command finds the API and its key.
+
+    ``nested``: the flags of a command's sub-parser, which only set what is
+    given there, so they may come before or after the subcommand.
+    """
+    default = argparse.SUPPRESS if nested else ""
     parser.add_argument(
-        "--url", default="", help="the API (default: JOURNEYS_API_URL, or host:port)"
+        "--url", default=default, help="the API (default: JOURNEYS_API_URL, or host:port)"
     )
     parser.add_argument(
         f"--{kind}-key",
-        default="",
+        default=default,
         help=f"default: JOURNEYS_{kind.upper()}_KEY, or data/dev-keys.json of `journeys up`",
     )
 
 
-def _key(args: argparse.Namespace, settings: Settings, kind: str) -> str:
+def key(args: argparse.Namespace, settings: Settings, kind: str) -> str:
+    """The key given, configured or kept by `journeys up` (in that order)."""
     given = getattr(args, f"{kind}_key") or getattr(settings, f"{kind}_key")
     if given:
         return str(given)
@@ -101,7 +118,8 @@ def _keys(args: argparse.Namespace, url: str, admin_key: str) -> int:
     headers = {"Authorization": f"Bearer {admin_key}"}
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
         if args.action == "create":
-            response = client.post("/v1/write-keys", json={"name": args.name})
+            body = {"name": args.name, "allowed_origins": args.origin}
+            response = client.post("/v1/write-keys", json=body)
             if _failed(response):
                 return 1
             created = response.json()
@@ -114,12 +132,21 @@ def _keys(args: argparse.Namespace, url: str, admin_key: str) -> int:
                 return 1
             print(f"revoked {args.key_id}")
             return 0
+        if args.action == "origins":
+            body = {"allowed_origins": args.origins}
+            response = client.put(f"/v1/write-keys/{args.key_id}/origins", json=body)
+            if _failed(response):
+                return 1
+            print(f"{args.key_id} accepts {', '.join(args.origins) or 'the default origins'}")
+            return 0
         response = client.get("/v1/write-keys")
         if _failed(response):
             return 1
-        for key in response.json():
-            state = "active" if key["active"] else f"revoked {key['revoked_at']}"
-            print(f"{key['key_id']}  {key['name']:<30} created {key['created_at']}  {state}")
+        for found in response.json():
+            state = "active" if found["active"] else f"revoked {found['revoked_at']}"
+            created = f"created {found['created_at']}" if found["created_at"] else "from settings"
+            origins = ", ".join(found.get("allowed_origins") or []) or "default origins"
+            print(f"{found['key_id']}  {found['name']:<38} {created}  {state}  ({origins})")
         return 0
 
 

@@ -10,47 +10,55 @@ from typing import Any
 
 import httpx
 
+from stack.http_commands import connection, key
 from stack.settings import Settings
 
 
 def add_parser(commands: Any) -> None:
     """The ``outreach`` subcommand and its verbs."""
     parser = commands.add_parser("outreach", help="webhooks, rules and triggers (admin key)")
-    parser.add_argument("--api", help="API base URL (default: from JOURNEYS_API_HOST/PORT)")
-    parser.add_argument("--admin-key", help="admin key (default: settings or data/dev-keys.json)")
+    connection(parser, "admin")
     areas = parser.add_subparsers(dest="area", required=True)
+    verbs_made: list[argparse.ArgumentParser] = []
+
+    def verb(verbs: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = verbs.add_parser(name, **kwargs)
+        verbs_made.append(made)
+        return made
 
     webhooks = areas.add_parser("webhooks", help="subscribed webhook endpoints")
     verbs = webhooks.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list")
-    add = verbs.add_parser("add")
-    add.add_argument("url")
+    verb(verbs, "list")
+    add = verb(verbs, "add")
+    add.add_argument("url_to_call", metavar="url")
     add.add_argument("--rule", action="append", default=[], help="subscribe to a rule (repeat)")
     add.add_argument("--secret", help="signing secret (default: generated, shown once)")
-    remove = verbs.add_parser("remove")
+    remove = verb(verbs, "remove")
     remove.add_argument("endpoint_id")
 
     rules = areas.add_parser("rules", help="the rules in force")
     verbs = rules.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list")
-    put = verbs.add_parser("set", help="declare or replace a rule from JSON")
+    verb(verbs, "list")
+    put = verb(verbs, "set", help="declare or replace a rule from JSON")
     put.add_argument("rule_id")
     put.add_argument("json", help="the rule as JSON, or @file.json")
 
     triggers = areas.add_parser("triggers", help="recent triggers and re-delivery")
     verbs = triggers.add_subparsers(dest="verb", required=True)
-    listing = verbs.add_parser("list")
+    listing = verb(verbs, "list")
     listing.add_argument("--customer")
     listing.add_argument("--limit", type=int, default=50)
-    again = verbs.add_parser("redeliver", help="re-deliver a dead-lettered trigger")
+    again = verb(verbs, "redeliver", help="re-deliver a dead-lettered trigger")
     again.add_argument("trigger_id")
+    # As every HTTP command: `outreach webhooks list --url …` as well as `outreach --url …`.
+    for made in verbs_made:
+        connection(made, "admin", nested=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Do what was asked; print the API's JSON answer; non-zero on a 4xx/5xx."""
-    base = args.api or f"http://{settings.api_host}:{settings.api_port}"
-    key = args.admin_key or settings.admin_key or _stored_admin_key(settings)
-    headers = {"Authorization": f"Bearer {key}"}
+    base = args.url or settings.api_base_url
+    headers = {"Authorization": f"Bearer {key(args, settings, 'admin')}"}
     method, path, body, params = _request(args)
     try:
         response = httpx.request(
@@ -74,7 +82,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, Any]]:
         if args.verb == "list":
             return "GET", "/webhooks", None, {}
         if args.verb == "add":
-            body = {"url": args.url, "rules": args.rule}
+            body = {"url": args.url_to_call, "rules": args.rule}
             if args.secret:
                 body["secret"] = args.secret
             return "POST", "/webhooks", body, {}
@@ -92,10 +100,3 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, Any]]:
             params["customer_id"] = args.customer
         return "GET", "/triggers", None, params
     return "POST", f"/triggers/{args.trigger_id}/redeliver", None, {}
-
-
-def _stored_admin_key(settings: Settings) -> str:
-    path = settings.data_dir / "dev-keys.json"
-    if path.exists():
-        return str(json.loads(path.read_text()).get("admin_key", ""))
-    return ""

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.cors import origin_problem
+
 ENV_PREFIX = "JOURNEYS_"
 
 
@@ -83,6 +85,13 @@ class Settings(BaseSettings):
     # The gateway's Kafka producer: librdkafka (confluent-kafka) measured 1.2-2.7x
     # aiokafka's rate under concurrent requests (docs/architecture.md).
     gateway_producer: Literal["confluent", "aiokafka"] = "confluent"
+    # Browser origins that may send events (comma-separated ``https://shop.example``,
+    # or ``*``: a browser write key is public, as Segment's). A write key's own
+    # list, when it has one, replaces this for that key.
+    ingest_origins: str = "*"
+    # Origins of dashboards that may call the read and admin APIs from a browser;
+    # empty: none (the dashboard this API serves is same-origin).
+    dashboard_origins: str = ""
     # Where the CLI's HTTP commands (keys, dead-letters, import) find the API;
     # empty: http://<api_host>:<api_port>.
     api_url: str = ""
@@ -123,6 +132,15 @@ class Settings(BaseSettings):
     def _known_clickhouse_scheme(cls, value: str) -> str:
         if value and urlsplit(value).scheme not in {"chdb", "http", "https"}:
             raise ValueError("must start with chdb://, http:// or https://")
+        return value
+
+    @field_validator("ingest_origins", "dashboard_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in _split(value):
+            problem = origin_problem(origin)
+            if problem:
+                raise ValueError(f"{origin!r}: {problem}")
         return value
 
     @field_validator("postgres_dsn")
@@ -176,6 +194,16 @@ class Settings(BaseSettings):
         ]
 
     @property
+    def ingest_origin_list(self) -> frozenset[str]:
+        """:attr:`ingest_origins` as a set."""
+        return frozenset(_split(self.ingest_origins))
+
+    @property
+    def dashboard_origin_list(self) -> frozenset[str]:
+        """:attr:`dashboard_origins` as a set."""
+        return frozenset(_split(self.dashboard_origins))
+
+    @property
     def api_base_url(self) -> str:
         """The API's URL for clients (the CLI's HTTP commands)."""
         return self.api_url.rstrip("/") or f"http://{self.api_host}:{self.api_port}"
@@ -204,3 +232,7 @@ class Settings(BaseSettings):
             if value is not None:  # unset optional settings stay unset in the child
                 env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         return env
+
+
+def _split(origins: str) -> list[str]:
+    return [origin.strip() for origin in origins.split(",") if origin.strip()]

@@ -45,9 +45,16 @@ def test_keys_are_stored_as_digests_and_revoked_by_a_newer_version(
     assert key_id_of(key) == created.key_id and created.active
     stored = clickhouse.query(f"SELECT secret_sha256 FROM {database}.write_keys").result_rows
     assert stored == [(digest(key),)] and key not in str(stored)
-    assert store.active_digests() == {created.key_id: (digest(key), "shop-eu")}
+    assert store.active_digests() == {created.key_id: (digest(key), "shop-eu", ())}
+    # Browser origins: a newer version of the row; revoking keeps them.
+    shop = ("https://shop.example", "https://www.shop.example")
+    changed = store.set_origins(created.key_id, shop)
+    assert changed is not None and changed.allowed_origins == shop and changed.active
+    assert store.active_digests() == {created.key_id: (digest(key), "shop-eu", shop)}
+    assert store.set_origins("00000000", shop) is None
     revoked = store.revoke(created.key_id)
     assert revoked is not None and not revoked.active
+    assert revoked.allowed_origins == shop
     assert store.active_digests() == {}
     assert [(k.key_id, k.active) for k in store.all_keys()] == [(created.key_id, False)]
     assert store.revoke("00000000") is None

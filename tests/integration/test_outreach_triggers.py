@@ -265,7 +265,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
             cli_main(
                 [
                     "outreach",
-                    "--api",
+                    "--url",
                     node.base,
                     "--admin-key",
                     settings.admin_key,
@@ -483,14 +483,15 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         assert (
             cli_main(
                 [
+                    # The connection flags after the verb too, as for every HTTP command.
                     "outreach",
-                    "--api",
-                    node.base,
-                    "--admin-key",
-                    settings.admin_key,
                     "triggers",
                     "redeliver",
                     abandon_id,
+                    "--url",
+                    node.base,
+                    "--admin-key",
+                    settings.admin_key,
                 ]
             )
             == 0
