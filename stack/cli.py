@@ -197,7 +197,7 @@ def _restart_dead(
         )
         dependants = children[index + 1 :]
         for dependant in dependants:
-            # Its broker is gone: nothing to drain into, and a 200 is in the journal.
+            # Its broker is gone: there is nothing to drain into.
             dependant.kill()
         if not sleep_unless(stopping, delay):
             return
