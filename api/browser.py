@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import basic_user
 from api.dependencies import Gateway
-from api.errors import problem
+from api.errors import error_responses, problem
 
 router = APIRouter(tags=["ingest"])
 
@@ -34,6 +34,8 @@ async def _source(request: Request, key: str | None) -> str | None:
 @router.get(
     "/v1/projects/{write_key}/settings",
     summary="analytics.js settings for a write key (the shape Segment's CDN serves)",
+    # The key is in the path: analytics.js fetches its settings with no credentials.
+    responses=error_responses(404),
 )
 async def segment_settings(write_key: str, request: Request) -> JSONResponse:
     """Sends analytics.js's events here (``apiHost``), nothing to Segment: no metrics."""
@@ -65,6 +67,8 @@ async def segment_settings(write_key: str, request: Request) -> JSONResponse:
 @router.get(
     "/sourceConfig",
     summary="RudderStack browser SDK source configuration for a write key",
+    # The key is the Basic user or ?writeKey=, as the SDK sends it.
+    responses=error_responses(400, 401),
 )
 @router.get("/sourceConfig/", include_in_schema=False)
 async def rudderstack_source_config(

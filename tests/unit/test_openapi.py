@@ -59,6 +59,8 @@ def expected_scheme(method: str, path: str) -> str | None:
         return "adminKey"
     if path in ("/health",) or path.startswith("/v1/schemas"):
         return None
+    if path in ("/v1/projects/{write_key}/settings", "/sourceConfig"):
+        return None  # the browser SDKs' settings: the write key is in the path or query
     if method == "POST" and path.rsplit("/", 1)[-1] in (
         "track", "page", "screen", "identify", "group", "alias", "batch",
     ):  # fmt: skip
