@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the page templates keep the vendors' snippet lines as they are
 """The real browser SDKs, unmodified, in headless Chromium, from another origin than the API.
 
 A storefront page is served from one origin (a static server on 127.0.0.1) and
