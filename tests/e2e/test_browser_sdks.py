@@ -1,0 +1,309 @@
+# ruff: noqa: E501 - the page templates keep the vendors' snippet lines as they are
+"""The real browser SDKs, unmodified, in headless Chromium, from another origin than the API.
+
+A storefront page is served from one origin (a static server on 127.0.0.1) and
+a real node (broker, worker, API) answers on another. Segment's analytics.js
+(the standalone bundle its snippet loads) and RudderStack's browser SDK (its
+npm bundle, plugins included) are vendored in tests/data/browser/. Each sends
+page, identify, track (e-commerce), group and alias in its delivery modes:
+per call, batched, and on unload (fetch keepalive, sendBeacon) by navigating
+away. Every event must land exactly once: counted through the read API while
+the node runs, then row by row in ClickHouse. No request may leave 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Route, sync_playwright
+
+from stack.broker import EmbeddedBroker
+from stack.processes import free_port, wait_until
+from stack.settings import Settings
+from streams.topics import ensure_topics
+from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from tests.node_process import NodeProcess, query_chdb_folder
+
+pytestmark = pytest.mark.e2e
+
+BUNDLES = Path(__file__).resolve().parents[1] / "data" / "browser"
+SEGMENT_BUNDLE = "analytics-next-1.84.3.standalone.js"
+RUDDER_BUNDLE = "rudderstack-analytics-js-3.34.1.bundled.umd.js"
+WRITE_KEY = "wk_browser"
+
+# Segment's snippet (5.2.1) as its docs give it, but for where the bundle is loaded
+# from, and with analytics._cdn naming the API, which serves the SDK's settings.
+SEGMENT_PAGE = """<!doctype html><html><head><title>shop</title><script>
+!function(){var i="analytics",analytics=window[i]=window[i]||[];if(!analytics.initialize)
+if(analytics.invoked)window.console&&console.error&&console.error("Segment snippet included twice.");
+else{analytics.invoked=!0;analytics.methods=["trackSubmit","trackClick","trackLink","trackForm",
+"pageview","identify","reset","group","track","ready","alias","debug","page","screen","once","off",
+"on","addSourceMiddleware","addIntegrationMiddleware","setAnonymousId","addDestinationMiddleware",
+"register"];analytics.factory=function(e){return function(){if(window[i].initialized)return window[i][e]
+.apply(window[i],arguments);var n=Array.prototype.slice.call(arguments);if(["track","screen","alias",
+"group","page","identify"].indexOf(e)>-1){var c=document.querySelector("link[rel='canonical']");
+n.push({__t:"bpc",c:c&&c.getAttribute("href")||void 0,p:location.pathname,u:location.href,
+s:location.search,t:document.title,r:document.referrer})}n.unshift(e);analytics.push(n);return analytics}};
+for(var n=0;n<analytics.methods.length;n++){var key=analytics.methods[n];analytics[key]=analytics.factory(key)}
+analytics.load=function(key,n){var t=document.createElement("script");t.type="text/javascript";t.async=!0;
+t.setAttribute("data-global-segment-analytics-key",i);t.src="/BUNDLE";
+var r=document.getElementsByTagName("script")[0];r.parentNode.insertBefore(t,r);analytics._loadOptions=n};
+analytics._writeKey="WRITE_KEY";analytics._cdn="API";analytics.SNIPPET_VERSION="5.2.1";
+analytics.load("WRITE_KEY", OPTIONS);
+}}();
+</script></head><body>shop</body></html>"""
+
+RUDDER_PAGE = """<!doctype html><html><head><title>shop</title>
+<script src="/BUNDLE"></script><script>
+window.rudder = new rudderanalytics.RudderAnalytics();
+window.rudder.load("WRITE_KEY", "API", Object.assign({configUrl: "API", logLevel: "ERROR"}, OPTIONS));
+window.rudder.ready(() => { window.rudderReady = true; });
+</script></head><body>shop</body></html>"""
+
+# Per mode: the load options, and whether the calls are sent by leaving the page.
+SEGMENT_MODES: dict[str, tuple[dict[str, Any], bool]] = {
+    "per-call": ({}, False),
+    "batching": (
+        {"integrations": {"Segment.io": {"deliveryStrategy": {
+            "strategy": "batching", "config": {"size": 3, "timeout": 300}}}}},
+        False,
+    ),
+}  # fmt: skip
+RUDDER_MODES: dict[str, tuple[dict[str, Any], bool]] = {
+    "per-call": ({}, False),
+    "batching": (
+        {"queueOptions": {"batch": {"enabled": True, "maxItems": 3, "flushInterval": 300}}},
+        False,
+    ),
+}
+
+# The calls of one mode, as (call type, event name as the event log keeps it).
+SEGMENT_CALLS = """(user) => {
+  const a = window.analytics;
+  return [
+    a.identify(user, {email: user + "@example.com", first_name: "Ada"}),
+    a.page("Shop", "Home", {path: "/"}),
+    a.track("Product Viewed", {product_id: "p1", sku: "SKU-1", price: 19.5, category: "shoes"}),
+    a.track("Product Added", {product_id: "p1", price: 19.5, quantity: 2, cart_id: "c1"}),
+    a.track("Checkout Started", {order_id: "o-" + user, revenue: 39, currency: "EUR"}),
+    a.track("Order Completed", {order_id: "o-" + user, revenue: 39, currency: "EUR",
+      products: [{product_id: "p1", price: 19.5, quantity: 2}]}),
+    a.group("org-" + user, {name: "Acme"}),
+    a.alias(user, "legacy-" + user),
+  ];
+}"""
+RUDDER_CALLS = """(user) => {
+  const r = window.rudder;
+  r.identify(user, {email: user + "@example.com", first_name: "Ada"});
+  r.page("Shop", "Home", {path: "/"});
+  r.track("Product Viewed", {product_id: "p1", sku: "SKU-1", price: 19.5, category: "shoes"});
+  r.track("Product Added", {product_id: "p1", price: 19.5, quantity: 2, cart_id: "c1"});
+  r.track("Checkout Started", {order_id: "o-" + user, revenue: 39, currency: "EUR"});
+  r.track("Order Completed", {order_id: "o-" + user, revenue: 39, currency: "EUR",
+    products: [{product_id: "p1", price: 19.5, quantity: 2}]});
+  r.group("org-" + user, {name: "Acme"});
+  r.alias(user, "legacy-" + user);
+  return [];
+}"""
+CALLS_PER_MODE = 8
+TRACKED = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"]
+
+# Users sent for, across the module's tests: the last test counts their rows.
+SENT: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    folder = tmp_path_factory.mktemp("browser")
+    broker = EmbeddedBroker(folder / "broker.log")
+    broker.start()
+    settings = Settings(
+        data_dir=folder / "data",
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        kafka_epoch="browser",
+        topic_prefix="browser",
+        topic_partitions=2,
+        worker_group="browser",
+        kafka_session_timeout_s=6,
+        write_key=WRITE_KEY,
+        read_key="rk_browser",
+        admin_key="ak_browser",
+        batch_within_s=0.05,
+    )
+    ensure_topics(broker.bootstrap_servers, settings.all_topics, 2, 1)
+    running = NodeProcess(settings, folder / "node.log")
+    running.start()
+    try:
+        yield running
+    finally:
+        if running.process is not None:
+            running.stop()
+        broker.stop()
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory, node: NodeProcess) -> Iterator[str]:
+    """The storefront's origin: a static server with a page per SDK and mode."""
+    root = tmp_path_factory.mktemp("shop")
+    for name in (SEGMENT_BUNDLE, RUDDER_BUNDLE):
+        (root / name).write_bytes((BUNDLES / name).read_bytes())
+    for sdk, template, bundle, modes in (
+        ("segment", SEGMENT_PAGE, SEGMENT_BUNDLE, SEGMENT_MODES),
+        ("rudder", RUDDER_PAGE, RUDDER_BUNDLE, RUDDER_MODES),
+    ):
+        for mode, (options, _) in modes.items():
+            page = (
+                template.replace("BUNDLE", bundle)
+                .replace("WRITE_KEY", WRITE_KEY)
+                .replace("API", node.base)
+                .replace("OPTIONS", json.dumps(options))
+            )
+            (root / f"{sdk}-{mode}.html").write_text(page)
+    (root / "bye.html").write_text("<!doctype html><title>bye</title>bye")
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", free_port()), functools.partial(_Quiet, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def event_count(node: NodeProcess, user: str) -> int:
+    response = node.read("GET", f"/v1/customers/{user}")
+    return int(response.json()["event_count"]) if response.is_success else 0
+
+
+def run_mode(
+    browser: Browser, shop: str, node: NodeProcess, sdk: str, mode: str, unload: bool
+) -> dict[str, Any]:
+    """Load the page, send the calls, leave if asked; what the browser saw."""
+    user = f"{sdk}-{mode}"
+    context = browser.new_context()  # its own storage: the SDKs persist ids and queues
+    outside: list[str] = []
+    errors: list[str] = []
+    posted: list[str] = []
+
+    def refuse(route: Route) -> None:
+        outside.append(route.request.url)
+        route.abort()
+
+    # Nothing may leave 127.0.0.1: no vendor CDN, settings or metrics.
+    context.route(re.compile(r"^(?!http://127\.0\.0\.1[:/])"), refuse)
+    context.on(
+        "request",
+        lambda r: (
+            posted.append(r.url) if r.method == "POST" and r.url.startswith(node.base) else None
+        ),
+    )
+    page = context.new_page()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{shop}/{sdk}-{mode}.html")
+    if sdk == "segment":
+        page.wait_for_function("window.analytics && window.analytics.initialized === true")
+        calls = SEGMENT_CALLS
+    else:
+        page.wait_for_function("window.rudderReady === true")
+        calls = RUDDER_CALLS
+    if unload and mode == "keepalive-unload":
+        # Leave as soon as every call's request is on its way, before any answer:
+        # keepalive is what keeps requests in flight alive past the unload (a call
+        # the SDK had not yet handed to fetch is lost in any browser SDK).
+        page.evaluate(f"(user) => {{ ({calls})(user); }}", user)
+        wait_until(
+            lambda: sum(1 for url in posted if "/v1/" in url) >= CALLS_PER_MODE,
+            timeout=30,
+            alive=lambda: True,
+            interval=0.01,
+        )
+    else:
+        # Resolved once each call is handed to the SDK's delivery (sent, or queued
+        # for a batch that only leaving the page sends: its timers are ten minutes).
+        page.evaluate(f"(user) => Promise.all(({calls})(user))", user)
+    if unload:
+        page.goto(f"{shop}/bye.html")  # pagehide: keepalive fetches, beacons
+    landed = wait_until(
+        lambda: event_count(node, user) >= CALLS_PER_MODE, timeout=60, alive=lambda: True
+    )
+    context.close()
+    SENT.append(user)
+    return {
+        "user": user,
+        "landed": landed,
+        "count": event_count(node, user),
+        "outside": outside,
+        "errors": errors,
+        "posted": posted,
+    }
+
+
+@pytest.mark.parametrize(("mode", "unload"), [(m, u) for m, (_, u) in SEGMENT_MODES.items()])
+def test_analytics_js_sends_from_another_origin(
+    browser: Browser, shop: str, node: NodeProcess, mode: str, unload: bool
+) -> None:
+    seen = run_mode(browser, shop, node, "segment", mode, unload)
+    assert seen["landed"], (repr(seen), node.log_tail())
+    assert seen["count"] == CALLS_PER_MODE, seen
+    assert seen["outside"] == [] and seen["errors"] == [], seen
+    paths = {p.removeprefix(node.base).partition("?")[0] for p in seen["posted"]}
+    batched = mode.startswith("batching")
+    assert paths == ({"/v1/b"} if batched else {"/v1/i", "/v1/p", "/v1/t", "/v1/g", "/v1/a"})
+
+
+@pytest.mark.parametrize(("mode", "unload"), [(m, u) for m, (_, u) in RUDDER_MODES.items()])
+def test_rudderstack_sends_from_another_origin(
+    browser: Browser, shop: str, node: NodeProcess, mode: str, unload: bool
+) -> None:
+    seen = run_mode(browser, shop, node, "rudder", mode, unload)
+    assert seen["landed"], (repr(seen), node.log_tail())
+    assert seen["count"] == CALLS_PER_MODE, seen
+    assert seen["outside"] == [] and seen["errors"] == [], seen
+    paths = {p.removeprefix(node.base).partition("?")[0] for p in seen["posted"]}
+    expected = {
+        "per-call": {"/v1/identify", "/v1/page", "/v1/track", "/v1/group", "/v1/alias"},
+        "batching": {"/v1/batch"},
+    }
+    assert paths == expected[mode]
+
+
+def test_every_browser_event_is_stored_exactly_once(node: NodeProcess) -> None:
+    """After both SDKs' tests: the node stops, and ClickHouse is counted without FINAL."""
+    assert len(SENT) == len(SEGMENT_MODES) + len(RUDDER_MODES), "run the whole module"
+    assert node.stop() == 0, node.log_tail()
+    users = ", ".join(f"'{user}'" for user in SENT)
+    rows = query_chdb_folder(
+        node.settings.chdb_path,
+        f"SELECT user_id, call_type, event_name, event_id, count() "
+        f"FROM {node.settings.clickhouse_database}.events WHERE user_id IN ({users}) "
+        "GROUP BY user_id, call_type, event_name, event_id",
+    )
+    assert all(count == 1 for *_, count in rows), rows
+    for user in SENT:
+        mine = sorted((call, name) for u, call, name, _, _ in rows if u == user)
+        assert len(mine) == CALLS_PER_MODE, (user, mine)
+        assert [name for call, name in mine if call == "track"] == sorted(TRACKED), mine
+        assert sorted(call for call, _ in mine) == sorted(
+            ["identify", "page", "group", "alias", *["track"] * len(TRACKED)]
+        ), mine
