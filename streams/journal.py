@@ -234,11 +234,11 @@ class Journal:
 
     # --- writing ------------------------------------------------------------------
 
-    def append(self, records: Sequence[Record]) -> Ticket:
+    def append(self, records: Sequence[Record], *, bounded: bool = True) -> Ticket:
         """Write ``records`` (not yet fsynced: see :meth:`sync`); JournalFull past the bound."""
         data = b"".join(frame(key, value) for key, value in records)
         with self._write_lock:
-            if self._retained_bytes + len(data) > self.max_bytes:
+            if bounded and self._retained_bytes + len(data) > self.max_bytes:
                 raise JournalFull(
                     f"the journal holds {self._retained_bytes} bytes (JOURNEYS_JOURNAL_MAX_MIB); "
                     "the worker is behind"
@@ -289,9 +289,9 @@ class Journal:
                 self.fsyncs += 1
                 self._synced = max(self._synced, target)
 
-    def write(self, records: Sequence[Record]) -> Ticket:
+    def write(self, records: Sequence[Record], *, bounded: bool = True) -> Ticket:
         """Append and fsync: ``records`` are durable when this returns."""
-        ticket = self.append(records)
+        ticket = self.append(records, bounded=bounded)
         self.sync(ticket)
         return ticket
 
