@@ -202,19 +202,28 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         platform.close()
 
 
-def standalone_api(settings: Settings) -> tuple[FastAPI, Platform]:
-    """The API in a process of its own: its producer starts and stops with the app."""
+def standalone_api(settings: Settings, *, journaled: bool = False) -> tuple[FastAPI, Platform]:
+    """The API in a process of its own: its producer starts and stops with the app.
+
+    ``journaled``: behind an ingest journal that nothing trims (no worker here):
+    for measuring the journal's cost (bench/ingest.py); `journeys api` never is.
+    """
     platform = build_platform(settings)
-    sink = event_sink(settings)
+    journal = open_journal(settings) if journaled else None
+    sink = event_sink(settings, journal)
     api = create_api(build_gateway(platform, sink, streams=None))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[None]:
+        if journal is not None:
+            journal.open()
         await sink.start()
         try:
             yield
         finally:
             await sink.stop()
+            if journal is not None:
+                journal.close()
 
     api.router.lifespan_context = lifespan
     return api, platform
