@@ -12,6 +12,7 @@ import pytest
 from streams.journal import (
     SEGMENT_MAGIC,
     Delivery,
+    GroupCommit,
     Journal,
     JournalFull,
     Record,
@@ -121,6 +122,29 @@ def test_concurrent_writers_share_fsyncs_and_lose_nothing(tmp_path: Path) -> Non
     assert sorted(journal_records(journal)) == written
     # 320 durable appends; group commit shares fsyncs between the concurrent ones.
     assert journal.fsyncs - before < 320
+
+
+def test_requests_on_the_event_loop_share_the_fsync_thread(tmp_path: Path) -> None:
+    journal = opened(tmp_path)
+    commit = GroupCommit(journal)
+
+    async def requests() -> None:
+        commit.start()
+        try:
+
+            async def request(n: int) -> None:
+                await commit.durable(journal.append(records(2, start=2 * n)))
+
+            await asyncio.gather(*(request(n) for n in range(200)))
+        finally:
+            await commit.stop()
+
+    before = journal.fsyncs
+    asyncio.run(requests())
+    assert journal.synced == 200  # every append durable when its request returned
+    assert 1 <= journal.fsyncs - before < 200
+    journal.close()
+    assert sorted(journal_records(journal)) == sorted(records(400))
 
 
 def test_segments_rotate_by_size_and_by_age(tmp_path: Path) -> None:
