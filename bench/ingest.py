@@ -4,13 +4,16 @@
     python -m bench.ingest --events 400 --repeats 1 # tiny, as the test suite runs it
     python -m bench.ingest --processes 2            # also 2 gateway processes on one port
     python -m bench.ingest --baseline DIR           # also DIR's gateway (a before/after)
+    python -m bench.ingest --journal                # also a gateway behind the ingest journal
 
 Starts a Tansu broker and the gateway in a process of its own (the real ASGI
 app under uvicorn, the real librdkafka sink, no worker), drives ``/v1/batch``
 with 100 storefront calls per request over N connections, and prints events/s
 and events per CPU-second of the gateway process beside a raw librdkafka
 producer measured in the same run. Rates are medians of ``--repeats``; the
-gateways measured take turns with the raw producer. A ``--baseline`` checkout
+gateways measured take turns with the raw producer. Each gateway's latency of
+a single ``/v1/track`` (to its 200) is measured too, on one connection and on
+16 at once, in the same turns. A ``--baseline`` checkout
 needs this file in its bench/ (copy it there).
 """
 
@@ -67,7 +70,7 @@ def serve(settings: Settings) -> None:
 
     from stack.node import standalone_api
 
-    api, platform = standalone_api(settings)
+    api, platform = standalone_api(settings, journaled=settings.uses_journal)
     # SO_REUSEPORT: several gateway processes may listen on one port (the kernel
     # spreads connections over them), as replicas behind one address would.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -160,6 +163,58 @@ def gateway_rate(
     return Rate(events / elapsed, events / spent if spent else float("inf"))
 
 
+async def track_latencies(
+    host: str, port: int, requests: list[bytes], connections: int
+) -> list[float]:
+    """Seconds from each single /v1/track request sent to its 200, over ``connections``."""
+    pending = iter(requests)
+    latencies: list[float] = []
+    opened = [await asyncio.open_connection(host, port) for _ in range(connections)]
+
+    async def sender(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for request in pending:
+            started = time.perf_counter()
+            writer.write(request)
+            status, body = await read_answer(reader)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                raise RuntimeError(f"/v1/track answered {status}: {body.decode()}")
+
+    try:
+        await asyncio.gather(*(sender(reader, writer) for reader, writer in opened))
+    finally:
+        for _, writer in opened:
+            writer.close()
+    return latencies
+
+
+def track_requests(port: int, write_key: str, count: int, run: str) -> list[bytes]:
+    """``count`` single track calls, new message ids each ``run``."""
+    return [
+        post_request(
+            HOST,
+            port,
+            orjson.dumps(
+                {
+                    "userId": f"lat-{i % 500}",
+                    "event": "Product Viewed",
+                    "messageId": f"lat-{run}-{i}",
+                    "properties": {"product_id": f"p{i % 50}", "price": 9.5},
+                }
+            ),
+            write_key,
+            path="/v1/track",
+        )
+        for i in range(count)
+    ]
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The ``share`` quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
 def raw_rate(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> Rate:
     """The raw librdkafka producer (bench/run.py's), with the CPU it used in this process."""
     cpu = time.process_time()
@@ -184,13 +239,18 @@ def median_rate(rates: list[Rate]) -> Rate:
     )
 
 
+# Single /v1/track calls per latency sample: on one connection, and on 16 at once.
+TRACKS = {"1 connection": (1, 300), "16 connections": (16, 1600)}
+
+
 def measure(
     events: int,
     connections: int,
     repeats: int,
     baseline: Path | None = None,
     processes: int = 1,
-) -> dict[str, Rate]:
+    journal: bool = False,
+) -> tuple[dict[str, Rate], dict[str, list[float]]]:
     """Raw producer and gateway, alternating, ``repeats`` times each; medians.
 
     With ``processes`` > 1, that many gateway processes on one port are measured
@@ -210,6 +270,8 @@ def measure(
                 broker.bootstrap_servers, settings.all_topics, settings.topic_partitions, 1
             )
             trees = {"gateway": (ROOT, 1)}
+            if journal:
+                trees["journaled gateway"] = (ROOT, 1)
             if processes > 1:
                 trees[f"{processes} gateway processes"] = (ROOT, processes)
             if baseline is not None:
@@ -217,11 +279,15 @@ def measure(
             gateways: dict[str, Gateway] = {}
             try:
                 for name, (tree, count) in trees.items():
-                    port = settings.model_copy(update={"api_port": free_port()})
+                    # The journal is on only where asked: the same settings otherwise.
+                    port = settings.model_copy(
+                        update={"api_port": free_port(), "journal_enabled": name.startswith("j")}
+                    )
                     gateways[name] = Gateway(port, folder / name.replace(" ", "-"), tree, count)
                     # Warm up: connections, the producer's metadata, first-call imports.
                     gateway_rate(gateways[name], bodies[:20], settings.write_key, connections)
                 rates: dict[str, list[Rate]] = {"raw producer": []}
+                latencies: dict[str, list[float]] = {}
                 for attempt in range(repeats):
                     topic = f"bench.raw.{attempt}"
                     ensure_topics(broker.bootstrap_servers, [topic], settings.topic_partitions, 1)
@@ -232,15 +298,29 @@ def measure(
                         rates.setdefault(name, []).append(
                             gateway_rate(gateway, bodies, settings.write_key, connections)
                         )
+                        for label, (senders, count) in TRACKS.items():
+                            run = f"{attempt}-{label}"
+                            # A tiny run (the test suite's) sends fewer.
+                            count = min(count, max(4 * senders, events // 10))
+                            requests = track_requests(gateway.port, settings.write_key, count, run)
+                            latencies.setdefault(f"{name}, {label}", []).extend(
+                                asyncio.run(track_latencies(HOST, gateway.port, requests, senders))
+                            )
             finally:
                 for gateway in gateways.values():
                     gateway.close()
         finally:
             broker.stop()
-    return {name: median_rate(measured) for name, measured in rates.items()}
+    return {name: median_rate(measured) for name, measured in rates.items()}, latencies
 
 
-def render(rates: dict[str, Rate], events: int, connections: int, repeats: int) -> str:
+def render(
+    rates: dict[str, Rate],
+    events: int,
+    connections: int,
+    repeats: int,
+    latencies: dict[str, list[float]] | None = None,
+) -> str:
     """The table: each rate, and each gateway's as a share of the raw producer's."""
     raw = rates["raw producer"]
     lines = [
@@ -257,6 +337,11 @@ def render(rates: dict[str, Rate], events: int, connections: int, repeats: int) 
                 f"{name + ' / raw producer':42} {rate.events_per_s / raw.events_per_s:>10.3f} "
                 f"{rate.events_per_cpu_s / raw.events_per_cpu_s:>13.3f}"
             )
+    if latencies:
+        lines.append(f"single /v1/track to its 200, all repeats {'p50 ms':>14} {'p99 ms':>13}")
+        for name, values in latencies.items():
+            p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
+            lines.append(f"{name:42} {p50:>10.2f} {p99:>13.2f}")
     return "\n".join(lines)
 
 
@@ -273,12 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", type=Path, help="another checkout whose gateway runs beside this one"
     )
+    parser.add_argument(
+        "--journal", action="store_true", help="also a gateway behind the ingest journal"
+    )
     args = parser.parse_args(argv)
     if args.mode == "serve":
         serve(Settings())
         return 0
-    rates = measure(args.events, args.connections, args.repeats, args.baseline, args.processes)
-    print(render(rates, args.events, args.connections, args.repeats))
+    rates, latencies = measure(
+        args.events, args.connections, args.repeats, args.baseline, args.processes, args.journal
+    )
+    print(render(rates, args.events, args.connections, args.repeats, latencies))
     return 0
 
 

@@ -322,6 +322,11 @@ class CustomerFacts:
         line["added_at"] = max(line["added_at"], _iso(at))
 
     def _order(self, props: Mapping[str, Any], at: datetime, historical: bool) -> None:
+        order_id = props.get("order_id")
+        if order_id is not None and any(o["order_id"] == order_id for o in self.orders):
+            # An order id seen again is never a second order (as in the journey), also
+            # when its event id is older than the recent ids kept: a journal replay.
+            return
         revenue = props.get("revenue", props.get("total"))
         if revenue is None:
             revenue = sum(
@@ -333,7 +338,7 @@ class CustomerFacts:
             {
                 "at": _iso(at),
                 "revenue": _number(revenue),
-                "order_id": props.get("order_id"),
+                "order_id": order_id,
                 # An imported order never earns a welcome (see TriggerEngine.observe_segment).
                 "historical": historical,
             }

@@ -29,11 +29,12 @@ from stack.outreach import OutreachAdmin, build_store
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.confluent_sink import ConfluentEventSink
+from streams.journal import Journal, JournaledSink
 from streams.outreach.store import OutreachStore
 from streams.pipeline import JourneyPipeline
 from streams.producer import KafkaEventSink
 
-GatewaySink = KafkaEventSink | ConfluentEventSink
+GatewaySink = KafkaEventSink | ConfluentEventSink | JournaledSink
 
 
 @dataclass
@@ -158,10 +159,28 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def event_sink(settings: Settings) -> GatewaySink:
-    """The gateway's producer, as ``JOURNEYS_GATEWAY_PRODUCER`` chooses (see architecture.md)."""
+def event_sink(settings: Settings, journal: Journal | None = None) -> GatewaySink:
+    """The gateway's producer, as ``JOURNEYS_GATEWAY_PRODUCER`` chooses (see architecture.md),
+    behind the ingest journal when there is one."""
     kind = ConfluentEventSink if settings.gateway_producer == "confluent" else KafkaEventSink
-    return kind(settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic)
+    producer = kind(
+        settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic
+    )
+    if journal is None:
+        return producer
+    return JournaledSink(producer, journal, settings.topic_partitions)
+
+
+def open_journal(settings: Settings) -> Journal:
+    """The node's ingest journal (not yet opened), sized by the settings."""
+    mib = 1024 * 1024
+    return Journal(
+        settings.journal_path,
+        settings.kafka_epoch,
+        segment_bytes=settings.journal_segment_mib * mib,
+        segment_age_s=settings.journal_segment_s,
+        max_bytes=settings.journal_max_mib * mib,
+    )
 
 
 def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams | None) -> Gateway:
@@ -190,6 +209,19 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
         "clickhouse": clickhouse,
         "event_store": event_store,
     }
+    if isinstance(sink, JournaledSink):
+        journal = sink.journal
+
+        async def journal_check() -> dict[str, Any]:
+            # Not ok once full: ingest answers 503 until the worker catches up.
+            retained = journal.retained_bytes
+            return {
+                "ok": retained < journal.max_bytes,
+                "retained_bytes": retained,
+                "segments": len(journal.segments),
+            }
+
+        checks["journal"] = journal_check
     if streams is not None:
 
         async def worker() -> dict[str, Any]:

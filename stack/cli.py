@@ -9,6 +9,7 @@ journeys demo     stream synthetic storefront traffic to a running platform
 journeys keys create NAME | list | revoke KEY_ID   write keys (admin key, over HTTP)
 journeys dead-letters                            rejected events, newest first
 journeys import customers.csv orders.csv         history import through /v1/batch
+journeys verify   compare the event store, event log and counters (node stopped)
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
 journeys outreach webhooks, rules and triggers, over the API (admin key)
@@ -358,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     outreach_cli.add_parser(commands)
     analysis_cli.add_commands(commands)
+    commands.add_parser(
+        "verify", help="compare the event store, the event log and the counters (node stopped)"
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command in http_commands.COMMANDS:
@@ -373,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_replay(settings, args.rules)
     if args.command == "outreach":
         return outreach_cli.run(args, settings)
+    if args.command == "verify":
+        from stack.verify import run_verify
+
+        return run_verify(settings)
     if not settings.kafka_bootstrap_servers:
         parser.error(
             f"`journeys {args.command}` needs JOURNEYS_KAFKA_BOOTSTRAP_SERVERS "

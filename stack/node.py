@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
 import faust
 import uvicorn
@@ -20,11 +20,13 @@ from mode import Service
 from mode.types import ServiceT
 
 from api.app import create_api
-from stack.bootstrap import Platform, build_gateway, build_platform, event_sink
+from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
 from stack.outreach import OutreachAdmin, segment_reader
 from stack.settings import Settings
 from streams.app import JourneyStreams
+from streams.journal import Journal, JournaledSink, Segment
 from streams.outreach.worker import OutreachWorker
+from streams.pipeline import source_name
 from streams.topics import end_offsets
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,22 @@ class ApiServer(Service):
     so a clean shutdown loses nothing.
     """
 
-    def __init__(self, platform: Platform, streams: JourneyStreams | None) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        streams: JourneyStreams | None,
+        journal: Journal | None = None,
+        unproduced: Sequence[Segment] = (),
+    ) -> None:
         super().__init__()
         self.platform = platform
         self.streams = streams
         settings = platform.settings
-        self.sink = event_sink(settings)
+        # The journal's segments to produce again before taking traffic (a new broker).
+        self.journal = journal
+        self.unproduced = list(unproduced)
+        self._trimming: asyncio.Task[None] | None = None
+        self.sink = event_sink(settings, journal)
         api = create_api(build_gateway(platform, self.sink, streams))
         config = uvicorn.Config(
             api,
@@ -68,8 +80,13 @@ class ApiServer(Service):
         self._serving: asyncio.Future[None] | None = None
 
     async def on_start(self) -> None:
-        """Connect the producer, then serve HTTP."""
+        """Connect the producer, produce what the journal holds for a new broker, then serve."""
         await self.sink.start()
+        if isinstance(self.sink, JournaledSink):
+            # Before any new event: one customer's events stay in the order first accepted.
+            await self.sink.replay(self.unproduced, self._position)
+            self.unproduced = []
+            self._trimming = asyncio.ensure_future(self._trim_journal())
         self._serving = asyncio.ensure_future(self.server.serve())
         while not self.server.started:
             if self._serving.done():
@@ -85,6 +102,38 @@ class ApiServer(Service):
         await self.sink.stop()
         if self.streams is not None and self.platform.settings.kafka_epoch:
             await drain(self.streams, self.platform.settings)
+        if self._trimming is not None:
+            self._trimming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimming
+        if self.journal is not None:
+            await asyncio.to_thread(self._trim_once)
+
+    def _position(self, epoch: str, partition: int) -> int:
+        """The journey pipeline's tracked position of ``partition`` in broker ``epoch``."""
+        topic = self.platform.settings.events_topic
+        return self.platform.journeys.consumed_position(source_name(topic, partition, epoch))
+
+    def _trim_once(self) -> None:
+        assert self.journal is not None
+        positions: dict[tuple[str, int], int] = {}
+
+        def position(epoch: str, partition: int) -> int:
+            # One event-store read per partition per round, however many segments.
+            if (epoch, partition) not in positions:
+                positions[epoch, partition] = self._position(epoch, partition)
+            return positions[epoch, partition]
+
+        self.journal.trim(position)
+
+    async def _trim_journal(self) -> None:
+        """Delete the journal's processed segments, every ``journal_trim_s``."""
+        while True:
+            await asyncio.sleep(self.platform.settings.journal_trim_s)
+            try:
+                await asyncio.to_thread(self._trim_once)
+            except Exception:
+                log.exception("could not trim the ingest journal")
 
 
 async def drain(streams: JourneyStreams, settings: Settings) -> bool:
@@ -128,7 +177,10 @@ def run_worker(settings: Settings) -> None:
 
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
     platform = build_platform(settings)
-    streams = JourneyStreams(settings, platform.pipeline(), platform.dead_letters)
+    # The node journals what its gateway accepts (and its worker's identity messages).
+    journal = open_journal(settings) if with_api and settings.uses_journal else None
+    unproduced = journal.open() if journal is not None else []
+    streams = JourneyStreams(settings, platform.pipeline(), platform.dead_letters, journal)
     # The trigger and outreach agents share the worker's Faust app.
     outreach = OutreachWorker(
         settings,
@@ -140,27 +192,38 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
     # Stopped in reverse: the API drains into a journey consumer still running.
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
     if with_api:
-        services.append(ApiServer(platform, streams))
+        services.append(ApiServer(platform, streams, journal, unproduced))
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
     try:
         node.execute_from_commandline()
     finally:
+        if journal is not None:
+            journal.close()
         platform.close()
 
 
-def standalone_api(settings: Settings) -> tuple[FastAPI, Platform]:
-    """The API in a process of its own: its producer starts and stops with the app."""
+def standalone_api(settings: Settings, *, journaled: bool = False) -> tuple[FastAPI, Platform]:
+    """The API in a process of its own: its producer starts and stops with the app.
+
+    ``journaled``: behind an ingest journal that nothing trims (no worker here):
+    for measuring the journal's cost (bench/ingest.py); `journeys api` never is.
+    """
     platform = build_platform(settings)
-    sink = event_sink(settings)
+    journal = open_journal(settings) if journaled else None
+    sink = event_sink(settings, journal)
     api = create_api(build_gateway(platform, sink, streams=None))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[None]:
+        if journal is not None:
+            journal.open()
         await sink.start()
         try:
             yield
         finally:
             await sink.stop()
+            if journal is not None:
+                journal.close()
 
     api.router.lifespan_context = lifespan
     return api, platform

@@ -38,6 +38,19 @@ class Settings(BaseSettings):
     # many deaths of one child within the window is a crash loop and stops the stack.
     supervisor_max_restarts: int = Field(default=5, ge=0)
     supervisor_window_s: float = Field(default=60.0, gt=0)
+    # The ingest journal (streams/journal.py): the node keeps every accepted event on
+    # disk (fsynced before the 200) until the journey worker processed it, and produces
+    # it again into a new broker. Only where the broker forgets its log, i.e. where an
+    # epoch is set (`journeys up`'s embedded broker); a replicated Kafka keeps its own.
+    journal_enabled: bool = True
+    # Empty: ``data_dir/journal``.
+    journal_dir: Path | None = None
+    journal_segment_mib: int = Field(default=64, ge=1)
+    # A segment is closed after this long too, so a quiet stack's journal empties.
+    journal_segment_s: float = Field(default=60.0, gt=0)
+    # Past this, ingest answers 503 (Retry-After): the worker is that far behind.
+    journal_max_mib: int = Field(default=4096, ge=1)
+    journal_trim_s: float = Field(default=1.0, gt=0)
     topic_prefix: str = "journey"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1)
@@ -219,6 +232,16 @@ class Settings(BaseSettings):
     def uses_embedded_clickhouse(self) -> bool:
         """True when ClickHouse is chdb in this process, not a server."""
         return not self.clickhouse_url or self.clickhouse_url.startswith("chdb://")
+
+    @property
+    def uses_journal(self) -> bool:
+        """True when the node journals accepted events (the broker forgets: an epoch is set)."""
+        return self.journal_enabled and bool(self.kafka_epoch)
+
+    @property
+    def journal_path(self) -> Path:
+        """The ingest journal's folder."""
+        return self.journal_dir or self.data_dir / "journal"
 
     @property
     def sqlite_path(self) -> Path:

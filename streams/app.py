@@ -23,6 +23,7 @@ from stack.settings import Settings
 from streams.batches import BatchLoop
 from streams.consumer import TopicRecords, worker_consumer
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
+from streams.journal import Journal
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
 
@@ -37,6 +38,7 @@ class JourneyStreams:
         settings: Settings,
         pipeline: JourneyPipeline,
         dead_letters: DeadLetterLog | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -62,7 +64,9 @@ class JourneyStreams:
         self.dead_letter_topic = self.app.topic(
             settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
         )
-        self.outcomes = OutcomePublisher(settings.kafka_bootstrap_servers)
+        self.outcomes = OutcomePublisher(
+            settings.kafka_bootstrap_servers, journal=journal, events_topic=settings.events_topic
+        )
         self.journey_consumer = worker_consumer(
             settings,
             name="journey",

@@ -28,11 +28,18 @@ class _Acks:
         self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = expected
         self.error: KafkaError | None = None
+        # Where each record landed, in report order (the journal keeps the highest per partition).
+        self.deliveries: list[tuple[int, int] | None] = []
 
-    def delivered(self, error: KafkaError | None, _message: Message) -> None:
+    def delivered(self, error: KafkaError | None, message: Message) -> None:
         # Runs on the poll thread, one report at a time (poll is not re-entered).
-        if error is not None and self.error is None:
-            self.error = error
+        partition, offset = message.partition(), message.offset()
+        if error is not None or partition is None or offset is None:
+            if error is not None and self.error is None:
+                self.error = error
+            self.deliveries.append(None)
+        else:
+            self.deliveries.append((partition, offset))
         self.remaining -= 1
         if self.remaining == 0:
             self.loop.call_soon_threadsafe(self._resolve)
@@ -87,7 +94,9 @@ class ConfluentEventSink:
             raise RuntimeError("the event sink is not started")
         return self._producer
 
-    async def _produce(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+    async def _produce(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+    ) -> list[tuple[int, int] | None]:
         produce = self._started.produce
         acks = _Acks(asyncio.get_running_loop(), len(records))
         # One callback per delivery report, one future per request (not per event).
@@ -101,6 +110,7 @@ class ConfluentEventSink:
                     # librdkafka's queue is full: let the poll thread drain it.
                     await asyncio.sleep(0.005)
         await acks.future
+        return acks.deliveries
 
     async def publish(self, events: Sequence[TrackedEvent]) -> None:
         """Produce every event and wait for all acknowledgements."""
@@ -108,6 +118,14 @@ class ConfluentEventSink:
             await self._produce(
                 self._events_topic, [(e.customer_key.encode(), e.to_json()) for e in events]
             )
+
+    async def produce_events(
+        self, records: Sequence[tuple[bytes, bytes]]
+    ) -> list[tuple[int, int] | None]:
+        """Produce keyed records as they are (a journal replay); where each landed."""
+        if not records:
+            return []
+        return await self._produce(self._events_topic, records)
 
     async def dead_letter(
         self, payload: bytes, reasons: Sequence[dict[str, Any]], source: str = ""

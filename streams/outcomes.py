@@ -14,6 +14,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streams.journal import Delivery, Journal
+
 # (topic, key, value)
 OutcomeRecord = tuple[str, bytes | None, bytes]
 
@@ -42,28 +44,55 @@ class OutcomePublisher:
     consumer's), so flushing the producer waits for exactly this batch.
     """
 
-    def __init__(self, bootstrap_servers: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        timeout_s: float = 30.0,
+        journal: Journal | None = None,
+        events_topic: str = "",
+    ) -> None:
         self._producer = Producer(keyed_producer_config(bootstrap_servers))
         self.timeout_s = timeout_s
+        # Identity messages to ``events_topic`` are journaled like the gateway's events:
+        # a broker that dies before their receiver processed them must not take them.
+        self._journal = journal
+        self._events_topic = events_topic
 
     def publish(self, records: Sequence[OutcomeRecord]) -> None:
         """Produce ``records`` and wait for every acknowledgement; raise on any failure."""
         if not records:
             return
         failures: list[KafkaError] = []
+        landed: list[Delivery] = []
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is not None:
                 failures.append(error)
 
+        def journaled(error: KafkaError | None, message: Message) -> None:
+            partition, offset = message.partition(), message.offset()
+            if error is not None or partition is None or offset is None:
+                failures.extend([error] if error is not None else [])
+                landed.append(None)
+            else:
+                landed.append((partition, offset))
+
+        ticket = None
+        if self._journal is not None:
+            keep = [(k or b"", v) for topic, k, v in records if topic == self._events_topic]
+            # Unbounded: refusing the worker's own messages would stall it, not ingest.
+            ticket = self._journal.write(keep, bounded=False) if keep else None
         for topic, key, value in records:
+            report = journaled if ticket is not None and topic == self._events_topic else delivered
             while True:
                 try:
-                    self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                    self._producer.produce(topic, value=value, key=key, on_delivery=report)
                     break
                 except BufferError:
                     self._producer.poll(0.01)  # librdkafka's queue is full: deliver some
         unacknowledged = self._producer.flush(self.timeout_s)
+        if ticket is not None and self._journal is not None:
+            self._journal.resolve(ticket, landed + [None] * (ticket.count - len(landed)))
         if failures:
             raise KafkaException(failures[0])
         if unacknowledged:

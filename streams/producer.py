@@ -73,6 +73,16 @@ class KafkaEventSink:
         ]
         await asyncio.gather(*sends)
 
+    async def produce_events(
+        self, records: Sequence[tuple[bytes, bytes]]
+    ) -> list[tuple[int, int] | None]:
+        """Produce keyed records as they are (a journal replay); where each landed."""
+        sends = [
+            await self._started.send(self._events_topic, value=value, key=key)
+            for key, value in records
+        ]
+        return [(meta.partition, meta.offset) for meta in await asyncio.gather(*sends)]
+
     async def dead_letter(
         self, payload: bytes, reasons: Sequence[dict[str, Any]], source: str = ""
     ) -> None:
