@@ -35,7 +35,12 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(outreach.router)
     install_dashboard(app)
     public = [*ingest.router.routes, *ingest.beacon_router.routes, *browser.router.routes]
-    app.add_middleware(CorsMiddleware, gateway=gateway, public=public_paths(public))
+    app.add_middleware(
+        CorsMiddleware,
+        policy=gateway.cors,
+        registry=gateway.write_keys,
+        public=public_paths(public),
+    )
 
     @app.get("/health", tags=["operations"], responses={503: {"description": "Degraded"}})
     async def health(request: Request) -> JSONResponse:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -23,9 +22,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem
-
-if TYPE_CHECKING:
-    from api.dependencies import Gateway
+from api.write_keys import WriteKeyRegistry
 
 # What analytics.js (Authorization, X-Retry-Count) and RudderStack's SDK
 # (AnonymousId, SentAt, its Rsa-* retry headers) send with their events.
@@ -90,7 +87,9 @@ class CorsMiddleware:
     """ASGI middleware answering preflights and marking answers for allowed origins."""
 
     app: ASGIApp
-    gateway: Gateway
+    policy: CorsPolicy
+    # Write keys list origins of their own; None where keys come from settings only.
+    registry: WriteKeyRegistry | None = None
     public: list[re.Pattern[str]] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,7 +101,7 @@ class CorsMiddleware:
         if origin is None:
             await self.app(scope, receive, send)
             return
-        policy = self.gateway.cors
+        policy = self.policy
         public = any(pattern.match(scope["path"]) for pattern in self.public)
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             await self._preflight(scope, receive, send, origin, public)
@@ -125,7 +124,7 @@ class CorsMiddleware:
     async def _preflight(
         self, scope: Scope, receive: Receive, send: Send, origin: str, public: bool
     ) -> None:
-        policy, registry = self.gateway.cors, self.gateway.write_keys
+        policy, registry = self.policy, self.registry
         if public:
             allowed = policy.ingest_accepts(origin) or (
                 registry is not None and await registry.any_key_accepts(origin)

@@ -123,6 +123,21 @@ def _store_env(settings: Settings) -> dict[str, str]:
     }
 
 
+class StoresUnavailable(Exception):
+    """The stores of an offline command (replay, verify) could not be opened."""
+
+
+def open_platform_offline(settings: Settings) -> Platform:
+    """``build_platform`` for a command run beside a stopped node; StoresUnavailable says why."""
+    try:
+        return build_platform(settings)
+    except Exception as error:
+        raise StoresUnavailable(
+            f"cannot open the stores ({type(error).__name__}: {error}); with the embedded "
+            "ClickHouse, stop the node first: its data folder takes one process only"
+        ) from error
+
+
 def build_platform(settings: Settings) -> Platform:
     """Connect the stores and bring the ClickHouse schema up to date."""
     return platform_on(settings, connect(settings.clickhouse_url, settings.chdb_path))

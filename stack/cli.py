@@ -280,7 +280,7 @@ Ctrl-C stops everything.""",
 def run_replay(settings: Settings, rules_file: Path | None) -> int:
     """``journeys replay``: rebuild projections, or compare stage counts under other rules."""
     from journeys.stages import StageRules
-    from stack.bootstrap import build_platform
+    from stack.bootstrap import StoresUnavailable, open_platform_offline
     from stack.replay import format_what_if, rebuild, what_if
 
     other = None
@@ -291,13 +291,9 @@ def run_replay(settings: Settings, rules_file: Path | None) -> int:
             print(f"--rules {rules_file}: {error}", file=sys.stderr)
             return 2
     try:
-        platform = build_platform(settings)
-    except Exception as error:
-        print(
-            f"cannot open the stores ({type(error).__name__}: {error}); with the embedded "
-            "ClickHouse, stop the node first: its data folder takes one process only",
-            file=sys.stderr,
-        )
+        platform = open_platform_offline(settings)
+    except StoresUnavailable as error:
+        print(error, file=sys.stderr)
         return 1
     try:
         if other is None:

@@ -27,7 +27,7 @@ from uuid import UUID
 from journeys.application import JourneyApplication
 from journeys.domainmodel import FACT_EVENTS, CustomerJourney
 from projections.clickhouse import database_name
-from stack.bootstrap import Platform, build_platform
+from stack.bootstrap import Platform, StoresUnavailable, open_platform_offline
 from stack.settings import Settings
 
 # Ids listed per difference, at most.
@@ -187,13 +187,9 @@ def format_report(report: VerifyReport) -> str:
 def run_verify(settings: Settings) -> int:
     """``journeys verify``: 0 when the stores agree, 1 on any difference, 2 if not openable."""
     try:
-        platform = build_platform(settings)
-    except Exception as error:
-        print(
-            f"cannot open the stores ({type(error).__name__}: {error}); with the embedded "
-            "ClickHouse, stop the node first: its data folder takes one process only",
-            file=sys.stderr,
-        )
+        platform = open_platform_offline(settings)
+    except StoresUnavailable as error:
+        print(error, file=sys.stderr)
         return 2
     try:
         report = verify(platform)

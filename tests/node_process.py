@@ -16,6 +16,29 @@ from stack.processes import free_port, spawn, stop, wait_until
 from stack.settings import Settings
 
 
+def platform_settings(
+    data_dir: Path, name: str, bootstrap_servers: str, **overrides: Any
+) -> Settings:
+    """Settings of one test's platform: its own topics, group, database, keys and folder."""
+    return Settings(
+        **{
+            "data_dir": data_dir,
+            "kafka_bootstrap_servers": bootstrap_servers,
+            "kafka_epoch": f"test{name}",
+            "topic_prefix": f"t{name}",
+            "topic_partitions": 2,
+            "worker_group": f"g{name}",
+            "kafka_session_timeout_s": 6,
+            "clickhouse_database": f"db_{name}",
+            "write_key": f"wk_{name}",
+            "read_key": f"rk_{name}",
+            "admin_key": f"ak_{name}",
+            "batch_within_s": 0.05,
+            **overrides,
+        }
+    )
+
+
 class NodeProcess:
     """The embedded node (journey worker and API) as a child process."""
 

@@ -27,10 +27,9 @@ from playwright.sync_api import Browser, Route, sync_playwright
 
 from stack.broker import EmbeddedBroker
 from stack.processes import free_port, wait_until
-from stack.settings import Settings
 from streams.topics import ensure_topics
 from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
-from tests.node_process import NodeProcess, query_chdb_folder
+from tests.node_process import NodeProcess, platform_settings, query_chdb_folder
 
 pytestmark = pytest.mark.e2e
 
@@ -125,18 +124,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     folder = tmp_path_factory.mktemp("browser")
     broker = EmbeddedBroker(folder / "broker.log")
     broker.start()
-    settings = Settings(
-        data_dir=folder / "data",
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_epoch="browser",
-        topic_prefix="browser",
-        topic_partitions=2,
-        worker_group="browser",
-        kafka_session_timeout_s=6,
-        write_key=WRITE_KEY,
-        read_key="rk_browser",
-        admin_key="ak_browser",
-        batch_within_s=0.05,
+    settings = platform_settings(
+        folder / "data", "browser", broker.bootstrap_servers, write_key=WRITE_KEY
     )
     ensure_topics(broker.bootstrap_servers, settings.all_topics, 2, 1)
     running = NodeProcess(settings, folder / "node.log")

@@ -23,9 +23,8 @@ from simulation.storefront import Storefront
 from simulation.webhook_inbox import WebhookInbox
 from stack import demo
 from stack.broker import EmbeddedBroker
-from stack.settings import Settings
 from streams.topics import ensure_topics
-from tests.node_process import NodeProcess
+from tests.node_process import NodeProcess, platform_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -76,19 +75,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, inbox: WebhookInbox) -> Itera
     folder = tmp_path_factory.mktemp("dashboard")
     broker = EmbeddedBroker(folder / "broker.log")
     broker.start()
-    settings = Settings(
-        data_dir=folder / "data",
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_epoch="dash",
-        topic_prefix="dash",
-        topic_partitions=2,
-        worker_group="dash",
-        kafka_session_timeout_s=6,
-        write_key="wk_dash",
-        read_key="rk_dash",
-        admin_key="ak_dash",
-        batch_within_s=0.05,
-    )
+    settings = platform_settings(folder / "data", "dash", broker.bootstrap_servers)
     settings = demo.demo_settings(settings)
     ensure_topics(broker.bootstrap_servers, settings.all_topics, 2, 1)
     running = NodeProcess(settings, folder / "node.log")

@@ -15,6 +15,7 @@ from clickhouse_connect.driver.client import Client
 from projections.clickhouse import connect
 from stack.broker import EmbeddedBroker
 from stack.settings import Settings
+from tests.node_process import platform_settings
 
 
 @pytest.fixture(scope="session")
@@ -37,20 +38,7 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
 @pytest.fixture
 def settings(tmp_path: Path, unique: str, broker: EmbeddedBroker) -> Settings:
     """Settings of a test's own platform: own topics, group, database and data folder."""
-    return Settings(
-        data_dir=tmp_path / "data",
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_epoch=f"test{unique}",
-        topic_prefix=f"t{unique}",
-        topic_partitions=2,
-        worker_group=f"g{unique}",
-        kafka_session_timeout_s=6,
-        clickhouse_database=f"db_{unique}",
-        write_key=f"wk_{unique}",
-        read_key=f"rk_{unique}",
-        admin_key=f"ak_{unique}",
-        batch_within_s=0.05,
-    )
+    return platform_settings(tmp_path / "data", unique, broker.bootstrap_servers)
 
 
 @pytest.fixture(scope="session")

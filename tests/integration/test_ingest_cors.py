@@ -20,18 +20,14 @@ from clickhouse_connect.driver.client import Client
 
 from api.app import create_api
 from api.cors import INGEST_HEADERS, CorsPolicy
-from api.dependencies import AccessKeys, Gateway
-from api.rate_limit import TokenBuckets
-from api.write_keys import DEV_SOURCE, WriteKeyRegistry
+from api.dependencies import Gateway
+from api.write_keys import DEV_SOURCE
 from events import TrackedEvent
-from projections.customer_stages import CustomerStageView
-from projections.dead_letters import DeadLetterLog
-from projections.event_log import EventLog
 from projections.migrations import migrate
-from projections.write_keys import WriteKeyStore
 from stack.bootstrap import event_sink
 from stack.settings import Settings
 from streams.topics import ensure_topics
+from tests.integration.gateways import ingest_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -87,21 +83,8 @@ async def api(settings: Settings, clickhouse: Client) -> AsyncIterator[Api]:
     migrate(clickhouse, database)
     sink = event_sink(settings)
     await sink.start()
-    gateway = Gateway(
-        sink=sink,
-        keys=AccessKeys(
-            write_keys=frozenset(),
-            read_keys=frozenset({settings.read_key}),
-            admin_keys=frozenset({settings.admin_key}),
-        ),
-        event_log=EventLog(clickhouse, database),
-        stages=CustomerStageView(clickhouse, database),
-        write_keys=WriteKeyRegistry(
-            WriteKeyStore(clickhouse, database), {settings.write_key: DEV_SOURCE}, 60
-        ),
-        dead_letters=DeadLetterLog(clickhouse, database),
-        rate_limit=TokenBuckets(rate=0, burst=1),
-        cors=CorsPolicy(frozenset({"*"}), frozenset({DASHBOARD})),
+    gateway = ingest_gateway(
+        settings, clickhouse, sink, cors=CorsPolicy(frozenset({"*"}), frozenset({DASHBOARD}))
     )
     transport = httpx.ASGITransport(app=create_api(gateway))
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test:8000") as client:

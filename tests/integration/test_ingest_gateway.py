@@ -26,21 +26,18 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from api.app import create_api
-from api.dependencies import AccessKeys, Gateway
+from api.dependencies import Gateway
 from api.rate_limit import TokenBuckets
-from api.write_keys import DEV_SOURCE, WriteKeyRegistry
+from api.write_keys import DEV_SOURCE
 from events import TrackedEvent
 from events.segment import CALL_MODELS, to_tracked_event, validate_call
-from projections.customer_stages import CustomerStageView
-from projections.dead_letters import DeadLetterLog
-from projections.event_log import EventLog
 from projections.migrations import migrate
-from projections.write_keys import WriteKeyStore
 from stack.bootstrap import event_sink
 from stack.settings import Settings
 from streams.confluent_sink import ConfluentEventSink
 from streams.producer import KafkaEventSink
 from streams.topics import ensure_topics
+from tests.integration.gateways import ingest_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -110,21 +107,7 @@ async def harness(settings: Settings, clickhouse: Client) -> AsyncIterator[Harne
     migrate(clickhouse, database)
     sink = event_sink(settings)  # the configured producer (confluent-kafka by default)
     await sink.start()
-    gateway = Gateway(
-        sink=sink,
-        keys=AccessKeys(
-            write_keys=frozenset(),
-            read_keys=frozenset({settings.read_key}),
-            admin_keys=frozenset({settings.admin_key}),
-        ),
-        event_log=EventLog(clickhouse, database),
-        stages=CustomerStageView(clickhouse, database),
-        write_keys=WriteKeyRegistry(
-            WriteKeyStore(clickhouse, database), {settings.write_key: DEV_SOURCE}, 60
-        ),
-        dead_letters=DeadLetterLog(clickhouse, database),
-        rate_limit=TokenBuckets(rate=0, burst=1),
-    )
+    gateway = ingest_gateway(settings, clickhouse, sink)
     transport = httpx.ASGITransport(app=create_api(gateway))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         yield Harness(settings, client, gateway)

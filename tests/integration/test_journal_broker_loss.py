@@ -25,10 +25,9 @@ import pytest
 
 from stack.broker import EmbeddedBroker
 from stack.processes import free_port, wait_until
-from stack.settings import Settings
 from streams.journal import SEGMENT_MAGIC
 from streams.topics import ensure_topics
-from tests.node_process import NodeProcess, query_chdb_folder, run_cli
+from tests.node_process import NodeProcess, platform_settings, query_chdb_folder, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -102,19 +101,11 @@ def test_acknowledged_events_survive_a_broker_killed_before_the_worker_processed
     port = free_port()
     first = EmbeddedBroker(tmp_path / "broker-1.log", port=port)
     first.start()
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        kafka_bootstrap_servers=first.bootstrap_servers,
+    settings = platform_settings(
+        tmp_path / "data",
+        unique,
+        first.bootstrap_servers,
         kafka_epoch="epoch-1",
-        topic_prefix=f"t{unique}",
-        topic_partitions=2,
-        worker_group=f"g{unique}",
-        kafka_session_timeout_s=6,
-        clickhouse_database=f"db_{unique}",
-        write_key=f"wk_{unique}",
-        read_key=f"rk_{unique}",
-        admin_key=f"ak_{unique}",
-        batch_within_s=0.05,
         journal_segment_s=1.0,
         journal_trim_s=0.2,
     )

@@ -1,0 +1,40 @@
+"""The ingest gateway over real stores, as the gateway tests build it (no key cache wait)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from api.dependencies import AccessKeys, Gateway
+from api.rate_limit import TokenBuckets
+from api.write_keys import DEV_SOURCE, WriteKeyRegistry
+from events.sink import EventSink
+from projections.customer_stages import CustomerStageView
+from projections.dead_letters import DeadLetterLog
+from projections.event_log import EventLog
+from projections.write_keys import WriteKeyStore
+from stack.settings import Settings
+
+
+def ingest_gateway(
+    settings: Settings, clickhouse: Client, sink: EventSink, **overrides: Any
+) -> Gateway:
+    """A Gateway on ``sink`` and ClickHouse: settings' keys, no rate limit; ``overrides`` win."""
+    database = settings.clickhouse_database
+    parts: dict[str, Any] = {
+        "sink": sink,
+        "keys": AccessKeys(
+            write_keys=frozenset(),
+            read_keys=frozenset({settings.read_key}),
+            admin_keys=frozenset({settings.admin_key}),
+        ),
+        "event_log": EventLog(clickhouse, database),
+        "stages": CustomerStageView(clickhouse, database),
+        "write_keys": WriteKeyRegistry(
+            WriteKeyStore(clickhouse, database), {settings.write_key: DEV_SOURCE}, 60
+        ),
+        "dead_letters": DeadLetterLog(clickhouse, database),
+        "rate_limit": TokenBuckets(rate=0, burst=1),
+    }
+    return Gateway(**{**parts, **overrides})
