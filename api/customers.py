@@ -1,7 +1,9 @@
 """Customer read side: stage, profile and journey timeline. Requires a read key.
 
-Stages and profiles come from the ClickHouse projections; the timeline from the
-event store, the journey's own domain events.
+Stages and profiles now come from the ClickHouse projections; the timeline from
+the event store, the journey's own domain events. An ``as_of`` answer is cut whole
+at that moment: the journey's facts up to it, decided in event time (the event
+store, when this process has it).
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ from api.auth import require_read_key
 from api.dependencies import Gateway
 from api.errors import error_responses
 from api.times import ApiTime
-from journeys.application import timeline_of
 from journeys.stages import StageRules
 from projections.analytics.reports import Reports
-from projections.profiles import rfm
+from projections.profiles import profile_of, rfm
 
 router = APIRouter(
     prefix="/v1",
@@ -78,8 +79,9 @@ class CustomerView(BaseModel):
     stage_since: datetime | None
     event_count: int
     orders: int
-    first_seen: datetime
-    last_seen: datetime
+    # Null for an as_of answer before the customer's first event.
+    first_seen: datetime | None
+    last_seen: datetime | None
     merged_into: str | None
     profile: Profile | None
 
@@ -127,6 +129,8 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
     found = await asyncio.to_thread(gateway.stages.get, customer_id)
     if found is None:
         raise _unknown(customer_id)
+    if as_of is not None and gateway.journeys is not None:
+        return await asyncio.to_thread(_customer_as_of, gateway, found.customer_key, moment)
     if as_of is None:
         stage: str | None = found.stage_at(moment, lapse_days)
     else:
@@ -157,6 +161,49 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
         first_seen=found.first_seen,
         last_seen=found.last_seen,
         merged_into=found.merged_into or None,
+        profile=profile,
+    )
+
+
+def _customer_as_of(gateway: Gateway, customer_key: str, moment: datetime) -> CustomerView:
+    """The whole view as of ``moment``, from the journey's facts up to it (the event store)."""
+    app = gateway.journeys
+    assert app is not None
+    journey = app.journey(customer_key)
+    past = app.journey_as_of(journey, moment) if journey is not None else None
+    if past is None:
+        return CustomerView(
+            customer_id=customer_key,
+            stage=None,
+            as_of=moment,
+            stage_since=None,
+            event_count=0,
+            orders=0,
+            first_seen=None,
+            last_seen=None,
+            merged_into=None,
+            profile=None,
+        )
+    stage = past.stage_as_of(moment, app.rules)
+    merged = past.merged_into or (journey.merged_into if journey is not None else None)
+    profile = _profile(profile_of(past), moment)
+    if profile.orders:
+        log = gateway.event_log
+        score = Reports(log.client, log.database).customer_rfm(customer_key, moment)
+        if score is not None:
+            profile.rfm = RfmScores(
+                r=score.r, f=score.f, m=score.m, segment=score.segment, tier=score.tier
+            )
+    return CustomerView(
+        customer_id=customer_key,
+        stage=stage.value if stage is not None else None,
+        as_of=moment,
+        stage_since=None,
+        event_count=past.touchpoints,
+        orders=past.orders,
+        first_seen=past.first_seen,
+        last_seen=past.last_seen,
+        merged_into=merged or None,
         profile=profile,
     )
 
@@ -204,8 +251,7 @@ async def journey(customer_id: str, request: Request, as_of: AsOf = None) -> Jou
     found = await asyncio.to_thread(app.journey, customer_id)
     if found is None:
         raise _unknown(customer_id)
-    history = await asyncio.to_thread(app.history, found)
-    entries = [e for e in timeline_of(history) if e["at"] <= moment]
+    entries = await asyncio.to_thread(app.timeline, found, moment)
     stage = found.stage_as_of(moment, app.rules)
     steps = [
         StageStep(stage=step.value, at=at)

@@ -30,10 +30,11 @@ from journeys.domainmodel import (
     FACT_EVENTS,
     CustomerJourney,
     StageChange,
+    decided_in_event_time,
     is_anonymous,
 )
 from journeys.stages import Stage, StageRules
-from journeys.touches import Touch
+from journeys.touches import Touch, touch_from
 from journeys.transcoding import OrjsonTranscoder
 
 # Which of these journey ids the event store holds (one query for a batch); given
@@ -82,6 +83,9 @@ class JourneyUpdate:
     live: Mapping[str, CustomerJourney] = field(default_factory=dict)
     # Customers the event store was asked about for this batch and holds no journey of.
     unstored: frozenset[str] = frozenset()
+    # Journeys given a fact out of event-time order (or a merged history) in this
+    # batch: their stages are re-derived from all their facts once, at its end.
+    unsettled: dict[str, None] = field(default_factory=dict)
 
 
 class JourneyApplication(Application[UUID]):
@@ -145,7 +149,7 @@ class JourneyApplication(Application[UUID]):
         update = JourneyUpdate(processing=ProcessingEvent(tracking=position))
         update.in_flight = in_flight or {}
         update.live = live or {}
-        touches = list(touches)
+        touches = _in_event_time(list(touches))
         update.unstored = self._unstored(touches, update)
         for touch in touches:
             if touch.call_type == LINK_CALL:
@@ -154,11 +158,14 @@ class JourneyApplication(Application[UUID]):
                 self._absorb(touch, update)
             else:
                 self._record_one(touch, update)
+        for key in update.unsettled:
+            journey = update.journeys[key]
+            update.stage_changes.extend(journey.revise(self.touches_of(journey), self.rules))
         for journey in update.journeys.values():
             update.orders.extend(
-                (journey.customer_key, Touch.from_dict(e.touch))  # type: ignore[attr-defined]
+                (journey.customer_key, order)
                 for e in journey.pending_events
-                if type(e).__name__ == "OrderPlaced"
+                for order in orders_of(e)
             )
         return update
 
@@ -204,9 +211,14 @@ class JourneyApplication(Application[UUID]):
             )
             return
         before, links = journey.touchpoints, len(journey.linked_keys)
-        update.stage_changes.extend(journey.record(touch, self.rules))
+        fact = touch_from(touch)
+        unsettled = journey.customer_key in update.unsettled
+        decide = False if unsettled else journey.in_order(fact)
+        update.stage_changes.extend(journey.record_touch(fact, self.rules, decide=decide))
         if journey.touchpoints != before:
             update.recorded.append(touch)
+            if not decide:
+                update.unsettled[journey.customer_key] = None
         targets = list(journey.linked_keys[links:])
         if targets and touch.call_type == "alias":
             # An alias's previousId may be an earlier userId rather than an anonymousId:
@@ -272,9 +284,12 @@ class JourneyApplication(Application[UUID]):
             for stage, at in message.properties.get("stages", [])
         ]
         journey = self._journey_for(update, message.customer_key, message.timestamp)
+        before = journey.touchpoints
         update.stage_changes.extend(
             journey.absorb(anonymous_key, touches, message.timestamp, self.rules, stages)
         )
+        if journey.touchpoints != before:
+            update.unsettled[journey.customer_key] = None
 
     def commit(self, update: JourneyUpdate) -> None:
         """Save every changed journey and the consumed position atomically."""
@@ -299,6 +314,28 @@ class JourneyApplication(Application[UUID]):
         pending = [e for e in journey.pending_events if e.originator_version > saved]
         return stored + pending
 
+    def journey_as_of(self, journey: CustomerJourney, moment: datetime) -> CustomerJourney | None:
+        """``journey`` as its facts up to ``moment`` make it (in memory); None before any.
+
+        Every figure (stage, counters, orders, revenue, the profile's inputs) is cut
+        at ``moment`` alike: the facts of event time up to it, decided in event time.
+        """
+        facts = [t for t in self.touches_of(journey) if t.at <= moment]
+        return decided_in_event_time(journey.customer_key, facts, self.rules)
+
+    def timeline(self, journey: CustomerJourney, moment: datetime) -> list[dict[str, Any]]:
+        """``journey``'s timeline up to ``moment``, in event time, whatever the arrival order.
+
+        Its facts and stage changes as the facts decided in event time give them
+        (:meth:`journey_as_of`), with the identity events the store recorded. The
+        revisions themselves (``StagesRevised``, ``CountsRevised``) are how the
+        store got there, not the customer's history: they stay in the store.
+        """
+        past = self.journey_as_of(journey, moment)
+        derived = list(past.pending_events) if past is not None else []
+        recorded = [e for e in self.history(journey) if _is_identity_entry(e)]
+        return [e for e in timeline_of([*derived, *recorded]) if e["at"] <= moment]
+
     def touches_of(self, journey: CustomerJourney) -> list[Touch]:
         """The touches ``journey`` recorded, in recording order."""
         history = self.history(journey)
@@ -315,6 +352,45 @@ class JourneyApplication(Application[UUID]):
             for notification in notifications:
                 yield UUID(str(notification.originator_id)), notification.originator_version
             start = notifications[-1].id + 1
+
+
+def _in_event_time(touches: list[TrackedEvent]) -> list[TrackedEvent]:
+    """The batch with each customer's own events in event-time order (fact_order).
+
+    Identity messages keep their places; a customer's events are permuted among
+    the places they held. So the facts of one batch are decided in event time as
+    they come, and a revision is needed only for what an earlier batch decided.
+    """
+    slots: dict[str, list[int]] = {}
+    for index, touch in enumerate(touches):
+        if touch.call_type not in (LINK_CALL, MERGE_CALL):
+            slots.setdefault(touch.customer_key, []).append(index)
+    ordered = list(touches)
+    for indexes in slots.values():
+        if len(indexes) > 1:
+            events = sorted(
+                (touches[i] for i in indexes),
+                key=lambda t: (t.timestamp, t.id_scope, t.event_id),
+            )
+            for index, event in zip(indexes, events, strict=True):
+                ordered[index] = event
+    return ordered
+
+
+def _is_identity_entry(domain_event: Any) -> bool:
+    """Identity events, and the end of a merged journey: the timeline takes them as stored."""
+    if isinstance(domain_event, CustomerJourney.StageReached):
+        return bool(domain_event.stage == Stage.MERGED)
+    return type(domain_event).__name__ in ("IdentityLinked", "IdentityMerged", "MergedInto")
+
+
+def orders_of(domain_event: Any) -> list[Touch]:
+    """The orders a domain event records for the orders projection (a revision: its book)."""
+    if isinstance(domain_event, CustomerJourney.OrderPlaced):
+        return [Touch.from_dict(domain_event.touch)]
+    if isinstance(domain_event, CustomerJourney.CountsRevised):
+        return [Touch.from_dict(touch) for touch in domain_event.orders]
+    return []
 
 
 def timeline_entry(domain_event: Any) -> dict[str, Any]:
@@ -340,8 +416,16 @@ def timeline_entry(domain_event: Any) -> dict[str, Any]:
         entry |= {
             "at": domain_event.at,
             "anonymous_key": domain_event.anonymous_key,
-            "touches": domain_event.touches,
-            "stages": [{"stage": stage, "at": at} for stage, at in domain_event.stages],
+        }
+    elif kind == "StagesRevised":
+        history = domain_event.history
+        # Placed at the first entry it changed (a revision never empties a history).
+        first = history[min(domain_event.revised_from, len(history) - 1)]
+        entry |= {
+            "at": first[2],
+            "revision": domain_event.revision,
+            "revised_from": domain_event.revised_from,
+            "stages": [{"stage": stage, "at": at} for stage, _, at, _ in history],
         }
     elif kind == "JourneyStarted":
         entry |= {"at": domain_event.started_at, "customer_key": domain_event.customer_key}

@@ -10,8 +10,9 @@ it means (``OrderPlaced``, ``CartOpened``, ``Browsed`` …), each carrying the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import pairwise
 from statistics import median
@@ -60,8 +61,21 @@ def is_anonymous(customer_key: str) -> bool:
     return customer_key.startswith(ANONYMOUS_PREFIX)
 
 
+def fact_order(touch: Touch) -> tuple[datetime, str, str]:
+    """The order in which a journey's facts are decided: event time, then source, then id.
+
+    Ties of event time are broken by the id scope (the source) and the messageId, so
+    the same facts give the same stages whatever order they arrived in.
+    """
+    return (touch.at, touch.id_scope, touch.event_id)
+
+
 class CustomerJourney(Aggregate):
     """A customer's journey from first touch to loyalty."""
+
+    # How many times the stage history was revised (StagesRevised); an instance
+    # attribute only once revised, so journeys stored before read unchanged.
+    stage_revision = 0
 
     @staticmethod
     def create_id(customer_key: str) -> UUID:
@@ -112,15 +126,37 @@ class CustomerJourney(Aggregate):
         """Record a tracked event once; returns the stage changes it caused, in order."""
         return self.record_touch(touch_from(event), rules)
 
-    def record_touch(self, touch: Touch, rules: StageRules) -> list[StageChange]:
+    def in_order(self, touch: Touch, ties: bool = False) -> bool:
+        """Whether ``touch`` comes after every fact recorded so far (in event time).
+
+        Only then can its stage be decided from the current state; an earlier
+        fact needs the history re-derived (:meth:`revise`). A fact at the same
+        time as the latest counts as in order only with ``ties``: the state does
+        not keep the tie-break key of the latest fact, so the application
+        re-derives ties (:func:`fact_order`).
+        """
+        if self.touchpoints == 0:
+            return True
+        return touch.at >= self.last_seen if ties else touch.at > self.last_seen
+
+    def record_touch(
+        self, touch: Touch, rules: StageRules, decide: bool | None = None
+    ) -> list[StageChange]:
         """Record a touch once; returns the stage changes it caused, in order.
 
         Every journey begins at awareness, so a first touch that already shows
         more (a cart, an order) reaches awareness and then the further stage.
+        With ``decide`` false, or (``decide`` None) for a touch out of event-time
+        order, only the fact is recorded: the caller re-derives the stages
+        (:meth:`revise`). True decides regardless (facts given in order).
         """
         horizon = max(self.last_arrival, touch.arrived) - timedelta(hours=rules.dedup_window_hours)
         first_arrival = self._first_arrival(touch)
         if (first_arrival is not None and first_arrival >= horizon) or self.merged_into is not None:
+            return []
+        if decide is False or (decide is None and not self.in_order(touch, ties=True)):
+            self._record_fact(self._fact_name(touch), touch, horizon)
+            self._link_if_new(touch)
             return []
         changes = self._lapse_if_due(touch.at, touch.event_id, rules)
         fact = self._fact_name(touch)
@@ -131,6 +167,10 @@ class CustomerJourney(Aggregate):
         decision = self._next_stage(touch, fact, rules)
         if decision is not None:
             changes.append(self._change_to(*decision, touch.event_id, touch.at))
+        self._link_if_new(touch)
+        return changes
+
+    def _link_if_new(self, touch: Touch) -> None:
         anonymous_key = ANONYMOUS_PREFIX + touch.links_anonymous_id
         if (
             touch.links_anonymous_id
@@ -138,7 +178,90 @@ class CustomerJourney(Aggregate):
             and anonymous_key not in self.linked_keys
         ):
             self._link_identity(anonymous_key=anonymous_key, at=touch.at, event_id=touch.event_id)
+
+    def revise(self, touches: Iterable[Touch], rules: StageRules) -> list[StageChange]:
+        """Make the stage history the one ``touches`` (all recorded facts) give in event time.
+
+        The facts are decided in :func:`fact_order`, as if they had arrived in
+        that order. A history that only grows gets ``StageReached`` events; one
+        whose past changes (a late fact, a merged identity) gets one
+        ``StagesRevised`` with the whole new history: stored events are never
+        rewritten. The changes returned for a revision are the whole new history:
+        entries the old one lacked marked ``revised``, the others ``restated``.
+        """
+        if self.merged_into is not None:
+            return []
+        scratch = decided_in_event_time(self.customer_key, touches, rules)
+        if scratch is None:
+            return []
+        self._revise_counts(scratch)
+        derived = [
+            (e.stage, e.reason, e.at, e.event_id)
+            for e in scratch.pending_events
+            if isinstance(e, CustomerJourney.StageReached)
+        ]
+        old = self.stage_history
+        new = [[stage, at] for stage, _, at, _ in derived]
+        if new == old:
+            return []
+        common = 0
+        while common < min(len(old), len(new)) and old[common] == new[common]:
+            common += 1
+        if common == len(old):
+            return [
+                self._change_to(Stage(stage), reason, event_id, at)
+                for stage, reason, at, event_id in derived[common:]
+            ]
+        revision = self.stage_revision + 1
+        self.trigger_event(
+            CustomerJourney.StagesRevised,
+            history=[list(entry) for entry in derived],
+            revised_from=common,
+            revision=revision,
+        )
+        changes = []
+        previous: Stage | None = None
+        held = {(stage, at) for stage, at in old}
+        for stage, reason, at, event_id in derived:
+            kept = (stage, at) in held
+            changes.append(
+                StageChange(
+                    customer_key=self.customer_key,
+                    stage=Stage(stage),
+                    previous=previous,
+                    reason=reason,
+                    at_event_id=event_id,
+                    at=at,
+                    revision=revision,
+                    revised=not kept,
+                    restated=kept,
+                )
+            )
+            previous = Stage(stage)
         return changes
+
+    def _revise_counts(self, scratch: CustomerJourney) -> None:
+        """Make the counts that depend on order those of the facts in event time (``scratch``).
+
+        An order id counts once, at its first occurrence by event time: a copy
+        (another messageId) that arrives later but is stamped earlier is the
+        order, with its time and revenue. Open tickets and cart items clamp at
+        zero, so a resolve or removal that arrives before its cause counts too.
+        """
+        if (
+            sorted(scratch.order_times) == sorted(self.order_times)
+            and math.isclose(scratch.revenue, self.revenue, rel_tol=1e-12, abs_tol=1e-9)
+            and (scratch.open_tickets, scratch.cart_items) == (self.open_tickets, self.cart_items)
+        ):
+            return
+        moved = set(scratch.order_times) ^ set(self.order_times)
+        self.trigger_event(
+            CustomerJourney.CountsRevised,
+            at=min(moved) if moved else self.last_seen,
+            orders=_order_book(scratch),
+            open_tickets=scratch.open_tickets,
+            cart_items=scratch.cart_items,
+        )
 
     def _first_arrival(self, touch: Touch) -> datetime | None:
         """When this event (its id within its source) was recorded, if still remembered."""
@@ -179,15 +302,13 @@ class CustomerJourney(Aggregate):
         rules: StageRules,
         stages: Iterable[tuple[str, datetime]] = (),
     ) -> list[StageChange]:
-        """Take in the history of an anonymous journey merged into this one, in time order.
+        """Take in the history of an anonymous journey merged into this one.
 
-        Each touch goes through the same rules as a live one (an id seen
-        before counts once). This journey's own stage changes are never
-        rewritten (they were published): a stage the merged touches reach is
-        reached at the later of the touch's time and the current stage's. The
-        anonymous journey's own stage history (``stages``) is kept beside it,
-        so the person's stage "as of" a moment before the merge is the furthest
-        any of their identities had reached (:meth:`stage_as_of`).
+        The touches become facts of this journey (an id seen before counts
+        once); their stages are not decided here: the caller re-derives the
+        whole history from all facts in event time (:meth:`revise`), so the
+        merged identities' facts are decided as one person's. The anonymous
+        journey's own stage history (``stages``) is kept beside it.
         """
         if anonymous_key in self.absorbed_keys or self.merged_into is not None:
             return []
@@ -197,11 +318,11 @@ class CustomerJourney(Aggregate):
             at=at,
             touches=len(ordered),
             stages=[[stage, when] for stage, when in stages if stage != Stage.MERGED],
+            derived=True,
         )
-        changes: list[StageChange] = []
         for touch in ordered:
-            changes.extend(self.record_touch(touch.merged(anonymous_key), rules))
-        return changes
+            self.record_touch(touch.merged(anonymous_key), rules, decide=False)
+        return []
 
     # --- events ------------------------------------------------------------------------
 
@@ -286,16 +407,72 @@ class CustomerJourney(Aggregate):
             aggregate.stage_since = self.at
             aggregate.stage_history.append([self.stage, self.at])
 
+    class StagesRevised(Aggregate.Event):
+        """The stage history derived from the facts in event time changed in its past.
+
+        ``history`` is the whole new history (``[stage, reason, at, event_id]``),
+        ``revised_from`` the index of its first entry that differs from the old
+        one, ``revision`` the count of revisions so far (the projections keep
+        the rows of the newest revision).
+        """
+
+        history: list[list[Any]]
+        revised_from: int
+        revision: int
+
+        def apply(self, aggregate: Aggregate) -> None:
+            """The journey's stage and history become the revised ones."""
+            assert isinstance(aggregate, CustomerJourney)
+            aggregate.stage_history = [[stage, at] for stage, _, at, _ in self.history]
+            last = self.history[-1] if self.history else None
+            aggregate.stage_name = last[0] if last else None
+            aggregate.stage_reason = last[1] if last else ""
+            aggregate.stage_since = last[2] if last else None
+            aggregate.stage_revision = self.revision
+
+    class CountsRevised(Aggregate.Event):
+        """The counts that depend on order, re-decided from the facts in event time.
+
+        ``orders`` is the whole order book: each order id once, at its first
+        occurrence by event time (the touches, as ``OrderPlaced`` carries them).
+        ``at`` places it in the timeline: the earliest order time it moved.
+        """
+
+        at: datetime
+        orders: list[dict[str, Any]]
+        open_tickets: int
+        cart_items: int
+
+        def apply(self, aggregate: Aggregate) -> None:
+            """Order times, ids, revenue, open tickets and cart items become the revised ones."""
+            assert isinstance(aggregate, CustomerJourney)
+            book = [Touch.from_dict(touch) for touch in self.orders]
+            aggregate.order_times = [touch.at for touch in book]
+            aggregate.order_ids = {touch.order_id: None for touch in book if touch.order_id}
+            aggregate.revenue = sum(touch.revenue for touch in book)
+            aggregate.open_tickets = self.open_tickets
+            aggregate.cart_items = self.cart_items
+
     @event("IdentityLinked")
     def _link_identity(self, anonymous_key: str, at: datetime, event_id: str) -> None:
         self.linked_keys.append(anonymous_key)
 
     @event("IdentityMerged")
     def _merge_identity(
-        self, anonymous_key: str, at: datetime, touches: int, stages: list[list[Any]]
+        self,
+        anonymous_key: str,
+        at: datetime,
+        touches: int,
+        stages: list[list[Any]],
+        derived: bool = False,
     ) -> None:
+        # ``derived``: the merged facts are decided with this journey's own in
+        # event time (revise), so its history already holds the person's stages.
+        # Merges stored before that (no such field) stamped the merged stages at
+        # the merge: for those the anonymous history still answers "as of".
         self.absorbed_keys.append(anonymous_key)
-        self.absorbed_stages[anonymous_key] = stages
+        if not derived:
+            self.absorbed_stages[anonymous_key] = stages
 
     @event("MergedInto")
     def _merge_into(self, customer_key: str, at: datetime, event_id: str) -> None:
@@ -413,6 +590,7 @@ class CustomerJourney(Aggregate):
             reason=reason,
             at_event_id=event_id,
             at=at,
+            revision=self.stage_revision,
         )
 
     def _next_stage(self, touch: Touch, fact: str, rules: StageRules) -> tuple[Stage, str] | None:
@@ -460,9 +638,9 @@ class CustomerJourney(Aggregate):
     def stage_as_of(self, moment: datetime, rules: StageRules) -> Stage | None:
         """The person's stage at ``moment``, lapse included; None before any stage.
 
-        The furthest of this journey's stage and those the merged anonymous
-        journeys had reached by then (a person is as far along as the furthest
-        of their identities).
+        The stage history holds the facts of every merged identity decided in
+        event time; only merges stored before that (``absorbed_stages``) add the
+        furthest stage their anonymous journey had reached by then.
         """
         stage = _last_stage(self.stage_history, moment)
         if stage is Stage.LOYALTY:
@@ -482,6 +660,8 @@ class CustomerJourney(Aggregate):
         those that take the person further (or lapse / win back loyalty).
         """
         entries = [(Stage(name), at) for name, at in self.stage_history]
+        if not self.absorbed_stages:
+            return entries  # the history is already the person's, decided in event time
         for history in self.absorbed_stages.values():
             entries.extend((Stage(name), at) for name, at in history)
         entries.sort(key=lambda entry: (entry[1], entry[0].rank))
@@ -533,6 +713,51 @@ class StageChange:
     reason: str
     at_event_id: str
     at: datetime
+    # Which revision of the journey's stage history this change belongs to, and
+    # whether a revision moved it (into the past): triggers do not fire for those.
+    revision: int = 0
+    revised: bool = False
+    # An entry of a revision that was already true: rewritten under the new
+    # revision in the projections, not published again.
+    restated: bool = False
+
+
+def decided_in_event_time(
+    customer_key: str, touches: Iterable[Touch], rules: StageRules
+) -> CustomerJourney | None:
+    """A scratch journey (in memory) of ``touches`` recorded in event time; None without any.
+
+    A pure function of the facts, whatever order they arrived in: the same
+    decisions as a live journey's, the facts taken in :func:`fact_order`.
+    """
+    ordered = sorted(touches, key=fact_order)
+    if not ordered:
+        return None
+    scratch = CustomerJourney(customer_key=customer_key, started_at=ordered[0].at)
+    for touch in ordered:
+        scratch.record_touch(replace(touch, links_anonymous_id=""), rules, decide=True)
+    return scratch
+
+
+def derive_stages(
+    customer_key: str, touches: Iterable[Touch], rules: StageRules
+) -> list[tuple[str, str, datetime, str]]:
+    """The stage history ``touches`` give in event time: ``(stage, reason, at, event_id)``."""
+    scratch = decided_in_event_time(customer_key, touches, rules)
+    return [
+        (e.stage, e.reason, e.at, e.event_id)
+        for e in (scratch.pending_events if scratch is not None else [])
+        if isinstance(e, CustomerJourney.StageReached)
+    ]
+
+
+def _order_book(journey: CustomerJourney) -> list[dict[str, Any]]:
+    """The touches of the orders ``journey`` counts (an order id once), as stored."""
+    return [
+        e.touch
+        for e in journey.pending_events
+        if isinstance(e, CustomerJourney.OrderPlaced)
+    ]
 
 
 _STAGES = {stage.value: stage for stage in Stage}

@@ -55,6 +55,19 @@ class CustomerStage:
         return self.stage
 
 
+def current_stage_changes(database: str) -> str:
+    """``stage_changes`` as a subquery of only each customer's newest revision.
+
+    A revised stage history is written whole under a higher revision; the rows
+    of earlier revisions that it no longer holds are superseded by it.
+    """
+    table = f"{database}.stage_changes"
+    return (
+        f"(SELECT * FROM {table} FINAL WHERE (customer_key, revision) IN "
+        f"(SELECT customer_key, max(revision) FROM {table} GROUP BY customer_key))"
+    )
+
+
 class CustomerStageView:
     """Reads and writes ``customer_stages`` and ``customer_orders``.
 
@@ -150,7 +163,7 @@ class CustomerStageView:
                 FROM (
                     SELECT customer_key, stage, at,
                            indexOf({{order:Array(String)}}, stage) AS rank
-                    FROM {self._db}.stage_changes FINAL
+                    FROM {current_stage_changes(self._db)}
                     WHERE at <= {{moment:DateTime64(3, 'UTC')}} {where}
                 )
                 GROUP BY customer_key

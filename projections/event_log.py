@@ -46,7 +46,16 @@ _EVENT_COLUMNS = [
     "historical",
     "clamped",
 ]
-_STAGE_CHANGE_COLUMNS = ["customer_key", "stage", "previous_stage", "reason", "event_id", "at"]
+_STAGE_CHANGE_COLUMNS = [
+    "customer_key",
+    "stage",
+    "previous_stage",
+    "reason",
+    "event_id",
+    "at",
+    # Migration 10: the journey's stage-history revision; reads keep the newest.
+    "revision",
+]
 
 
 def split_properties(properties: dict[str, Any]) -> tuple[list[Any], dict[str, str]]:
@@ -217,6 +226,7 @@ class EventLog:
                 c.reason,
                 c.at_event_id,
                 c.at,
+                c.revision,
             ]
             for c in changes
         ]

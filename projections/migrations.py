@@ -333,6 +333,20 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        10,
+        "journeys: stage_changes rows carry the revision of the stage history",
+        [
+            # A journey's stage history is re-derived when a late fact or a merge
+            # changes its past (StagesRevised): the new history is written whole
+            # under the next revision, and reads keep each customer's newest
+            # revision, so rows that are no longer true drop out of every answer.
+            """
+            ALTER TABLE {db}.stage_changes
+                ADD COLUMN IF NOT EXISTS revision UInt32 DEFAULT 0
+            """,
+        ],
+    ),
 ]
 
 

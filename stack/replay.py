@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from uuid import UUID
 
-from journeys.application import JourneyApplication
+from journeys.application import JourneyApplication, orders_of
 from journeys.domainmodel import FACT_EVENTS, CustomerJourney
 from journeys.stages import JOURNEY_STAGES, Stage, StageRules
 from journeys.touches import Touch
@@ -116,13 +116,18 @@ def rebuild(platform: Platform, stream: TextIO | None = None) -> ReplayReport:
 
 
 def _write(platform: Platform, chunk: list[tuple[CustomerJourney, list[Any]]]) -> None:
-    stage_rows, orders = [], []
+    stage_rows: list[list[Any]] = []
+    orders: list[tuple[str, Touch]] = []
     for journey, history in chunk:
-        previous = ""
+        # The rows of the newest revision, as the live worker leaves them current:
+        # a revision replaces the history, later stage changes extend it.
+        rows: list[list[Any]] = []
+        revision = 0
         for domain_event in history:
             kind = type(domain_event).__name__
             if kind == "StageReached":
-                stage_rows.append(
+                previous = rows[-1][1] if rows else ""
+                rows.append(
                     [
                         journey.customer_key,
                         domain_event.stage,
@@ -130,18 +135,34 @@ def _write(platform: Platform, chunk: list[tuple[CustomerJourney, list[Any]]]) -
                         domain_event.reason,
                         domain_event.event_id,
                         domain_event.at,
+                        revision,
                     ]
                 )
-                previous = domain_event.stage
-            elif kind == "OrderPlaced":
-                orders.append((journey.customer_key, Touch.from_dict(domain_event.touch)))
+            elif kind == "StagesRevised":
+                revision = domain_event.revision
+                rows = []
+                for stage, reason, at, event_id in domain_event.history:
+                    previous = rows[-1][1] if rows else ""
+                    rows.append(
+                        [journey.customer_key, stage, previous, reason, event_id, at, revision]
+                    )
+            orders.extend((journey.customer_key, order) for order in orders_of(domain_event))
+        stage_rows.extend(rows)
     journeys = [journey for journey, _ in chunk]
     database = platform.settings.clickhouse_database
     if stage_rows:
         platform.clickhouse.insert(
             f"{database}.stage_changes",
             stage_rows,
-            column_names=["customer_key", "stage", "previous_stage", "reason", "event_id", "at"],
+            column_names=[
+                "customer_key",
+                "stage",
+                "previous_stage",
+                "reason",
+                "event_id",
+                "at",
+                "revision",
+            ],
         )
     platform.stages.append_orders(orders)
     platform.stages.upsert(journey.summary() for journey in journeys)
@@ -151,6 +172,7 @@ def _write(platform: Platform, chunk: list[tuple[CustomerJourney, list[Any]]]) -
 def redecide(history: Iterable[Any], rules: StageRules) -> CustomerJourney:
     """The journey its recorded facts would have made under ``rules`` (in memory only)."""
     journey: CustomerJourney | None = None
+    facts: list[Touch] = []
     for domain_event in history:
         kind = type(domain_event).__name__
         if kind == "JourneyStarted":
@@ -160,14 +182,19 @@ def redecide(history: Iterable[Any], rules: StageRules) -> CustomerJourney:
         elif journey is None:
             continue
         elif kind in FACT_EVENTS:
-            journey.record_touch(Touch.from_dict(domain_event.touch), rules)
+            facts.append(Touch.from_dict(domain_event.touch))
+            journey.record_touch(facts[-1], rules, decide=False)
         elif kind == "IdentityMerged":
             # The anonymous journey's stages as it recorded them (it is re-decided on its own).
             stages = [(stage, at) for stage, at in domain_event.stages]
             journey.absorb(domain_event.anonymous_key, [], domain_event.at, rules, stages)
         elif kind == "MergedInto":
+            # The anonymous journey's stages from its facts, then its end in the merge.
+            journey.revise(facts, rules)
             journey.merge_into(domain_event.customer_key, domain_event.at, domain_event.event_id)
     assert journey is not None
+    # Every fact decided in event time (journeys.domainmodel.fact_order), as live.
+    journey.revise(facts, rules)
     return journey
 
 

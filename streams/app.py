@@ -118,6 +118,8 @@ class JourneyStreams:
         settings = self.settings
         outcomes: list[OutcomeRecord] = []
         for change in prepared.update.stage_changes:
+            if change.restated:
+                continue  # already published; only the projections take the new revision
             record: dict[str, Any] = {
                 "customer_key": change.customer_key,
                 "stage": change.stage.value,
@@ -126,6 +128,9 @@ class JourneyStreams:
                 "event_id": change.at_event_id,
                 "at": change.at,
             }
+            if change.revised:
+                # A revision moved this stage (into the past): triggers do not fire for it.
+                record["revised"] = True
             key = change.customer_key.encode()
             outcomes.append((settings.stage_changes_topic, key, orjson.dumps(record)))
         # Identity: link requests, merged histories and re-keyed events, keyed by customer.

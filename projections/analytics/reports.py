@@ -13,7 +13,8 @@ Definitions (the reference in :mod:`projections.analytics.reference` follows the
 - **trends**: distinct events per UTC day and canonical type.
 - **stage flow**: stage changes in the period, counted per (previous, stage).
 - **stage funnel**: customers reaching each stage, awareness → loyalty.
-- **RFM**: over ``Order Completed`` events before ``as_of``: recency (ms since
+- **RFM**: over the orders placed before ``as_of`` (``Order Completed`` events, one
+  per ``order_id`` at its first occurrence by event time): recency (ms since
   the last order), frequency (orders), monetary (revenue, summed in cents).
   Each score is ``1 + floor(5 * below / n)`` where ``below`` counts customers
   strictly worse (longer ago, fewer orders, less revenue): quintiles that give
@@ -34,6 +35,7 @@ from journeys.stages import PROGRESSION
 from projections.analytics.errors import QueryProblem
 from projections.analytics.funnels import check_event_names
 from projections.analytics.sql import Params, step_sql
+from projections.customer_stages import current_stage_changes
 
 MAX_PERIODS = 52
 MAX_PATH_STEPS = 5
@@ -117,7 +119,7 @@ class RfmScore:
 # the ingest bound (events.ecommerce.MAX_MONEY), clamped, so no stored value can
 # overflow the cents or fail the report (and the worker's segment scan) for all.
 MAX_STORED_MONEY = 1e12
-_REVENUE = "ifNull(revenue, 0)"
+_REVENUE = "ifNull(first_revenue, 0)"  # the order's first occurrence (below)
 _CLAMPED_REVENUE = (
     f"if(isFinite({_REVENUE}), greatest(-{MAX_STORED_MONEY:.0e}, "
     f"least({MAX_STORED_MONEY:.0e}, {_REVENUE})), 0)"
@@ -288,7 +290,7 @@ class Reports:
         where = params.time_range(start, end, "at")
         sql = f"""
             SELECT toString(previous_stage) AS prev, toString(stage) AS st, count()
-            FROM {self._db}.stage_changes FINAL WHERE {where}
+            FROM {current_stage_changes(self._db)} WHERE {where}
             GROUP BY prev, st ORDER BY prev, st
         """
         return [(p, s, int(c)) for p, s, c in self._rows(sql, params)]
@@ -299,7 +301,7 @@ class Reports:
         where = params.time_range(start, end, "at")
         sql = f"""
             SELECT toString(stage), uniqExact(customer_key)
-            FROM {self._db}.stage_changes WHERE {where} GROUP BY stage
+            FROM {current_stage_changes(self._db)} WHERE {where} GROUP BY stage
         """
         counts = {str(s): int(c) for s, c in self._rows(sql, params)}
         return [(stage.value, counts.get(stage.value, 0)) for stage in PROGRESSION]
@@ -322,14 +324,24 @@ class Reports:
                 FROM (
                     SELECT customer_key,
                            toUnixTimestamp64Milli({cutoff})
-                               - max(toUnixTimestamp64Milli(timestamp)) AS recency_ms,
+                               - max(toUnixTimestamp64Milli(first_at)) AS recency_ms,
                            count() AS frequency,
                            sum(toInt128(floor({_CLAMPED_REVENUE} * 100 + 0.5))) AS cents,
                            max({_OUT_OF_RANGE}) AS clamped,
                            count() OVER () AS n
-                    FROM {self._db}.events FINAL
-                    WHERE event_type = 'purchase' AND lower(event_name) = 'order completed'
-                          AND timestamp < {cutoff}
+                    FROM (
+                        -- One order per order_id (the event itself without one): its
+                        -- first occurrence by event time, as the journey counts it.
+                        SELECT customer_key,
+                               if(ifNull(order_id, '') = '', concat(source, '/', event_id),
+                                  order_id) AS order_key,
+                               min(timestamp) AS first_at,
+                               argMin(revenue, (timestamp, source, event_id)) AS first_revenue
+                        FROM {self._db}.events FINAL
+                        WHERE event_type = 'purchase' AND lower(event_name) = 'order completed'
+                        GROUP BY customer_key, order_key
+                    )
+                    WHERE first_at < {cutoff}
                     GROUP BY customer_key
                 )
             )

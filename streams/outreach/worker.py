@@ -164,6 +164,9 @@ class OutreachWorker:
         for _, value in fresh:
             try:
                 change = orjson.loads(value)
+                if change.get("revised"):
+                    # A revised stage history: what fired stays fired, nothing new fires.
+                    continue
                 key, stage = str(change["customer_key"]), str(change["stage"])
                 at = datetime.fromisoformat(change["at"])
             except (ValueError, TypeError, KeyError):

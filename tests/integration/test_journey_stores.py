@@ -23,6 +23,7 @@ from events import TrackedEvent
 from journeys.application import JourneyApplication
 from journeys.domainmodel import CustomerJourney
 from journeys.stages import Stage, StageRules
+from projections.customer_stages import current_stage_changes
 from stack.bootstrap import Platform, event_store_env, platform_on
 from stack.replay import rebuild, what_if
 from stack.settings import Settings
@@ -181,9 +182,13 @@ def projections(platform: Platform) -> dict[str, Any]:
     database = platform.settings.clickhouse_database
     tables = {}
     for table in ("stage_changes", "customer_stages", "customer_orders", "customer_profiles"):
-        rows = platform.clickhouse.query(
-            f"SELECT * FROM {database}.{table} FINAL ORDER BY tuple(*)"
-        ).result_rows
+        # stage_changes as read: each customer's newest revision (superseded rows stay).
+        source = (
+            current_stage_changes(database)
+            if table == "stage_changes"
+            else f"{database}.{table} FINAL"
+        )
+        rows = platform.clickhouse.query(f"SELECT * FROM {source} ORDER BY tuple(*)").result_rows
         tables[table] = [tuple(str(value) for value in row) for row in rows]
     return tables
 

@@ -12,6 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from projections.customer_stages import current_stage_changes
 from stack.processes import wait_until
 from stack.settings import Settings
 from streams.topics import ensure_topics
@@ -176,10 +177,14 @@ def test_accepted_events_survive_kill_and_restart_and_count_once(
 
 def projection_tables(settings: Settings) -> dict[str, list[list[object]]]:
     """Every projection table the replay rebuilds, whole, in a stable order."""
+    database = settings.clickhouse_database
+    # stage_changes as read: each customer's newest revision (superseded rows stay).
+    sources = {
+        table: f"{database}.{table} FINAL"
+        for table in ("customer_stages", "customer_orders", "customer_profiles")
+    }
+    sources["stage_changes"] = current_stage_changes(database)
     return {
-        table: query_chdb_folder(
-            settings.chdb_path,
-            f"SELECT * FROM {settings.clickhouse_database}.{table} FINAL ORDER BY tuple(*)",
-        )
-        for table in ("stage_changes", "customer_stages", "customer_orders", "customer_profiles")
+        table: query_chdb_folder(settings.chdb_path, f"SELECT * FROM {source} ORDER BY tuple(*)")
+        for table, source in sorted(sources.items())
     }

@@ -362,12 +362,21 @@ def test_loyalty_window_is_configurable() -> None:
 
 def test_late_arriving_earlier_order_within_window_is_loyalty() -> None:
     journey = new_journey()
-    stages = play(
-        journey,
+    late, early = (
         touch("Order Completed", at=timedelta(days=100)),
         touch("Order Completed", at=timedelta(days=10)),
     )
-    assert stages == [Stage.PURCHASE, Stage.LOYALTY]
+    assert play(journey, late) == [Stage.PURCHASE]
+    # Out of event-time order: recorded, then the stages are re-derived from all facts.
+    assert play(journey, early) == [None]
+    changes = journey.revise([touch_from(late), touch_from(early)], RULES)
+    assert [(c.stage, c.at, c.revised) for c in changes] == [
+        (Stage.AWARENESS, T0 + timedelta(days=10), True),
+        (Stage.PURCHASE, T0 + timedelta(days=10), True),
+        (Stage.LOYALTY, T0 + timedelta(days=100), True),
+    ]
+    assert journey.stage is Stage.LOYALTY
+    assert journey.stage_history[1] == ["purchase", T0 + timedelta(days=10)]
 
 
 def test_stages_never_go_backwards() -> None:
@@ -639,3 +648,22 @@ def test_funnel_window_must_be_positive(window: timedelta) -> None:
 def test_funnel_with_smallest_positive_window_is_accepted() -> None:
     steps = (FunnelStep(event_type=EventType.BROWSE), FunnelStep(event_type=EventType.PURCHASE))
     assert Funnel(steps=steps, window=timedelta(microseconds=1)).window == timedelta(microseconds=1)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(deliveries=touch_sequences(), seed=st.randoms(use_true_random=False))
+def test_stages_once_revised_do_not_depend_on_the_arrival_order(
+    deliveries: list[TrackedEvent], seed: Any
+) -> None:
+    """Two arrival orders of the same facts, each re-derived: one stage history."""
+    rules = StageRules(loyalty_lapse_days=30, dedup_window_hours=24 * 10_000)
+    histories = []
+    for order in (deliveries, seed.sample(deliveries, len(deliveries))):
+        journey = new_journey(started_at=order[0].timestamp)
+        recorded: dict[str, Touch] = {}
+        for event in order:
+            journey.record(event, rules)
+            recorded.setdefault(event.event_id, touch_from(event))
+        journey.revise(recorded.values(), rules)
+        histories.append(journey.stage_history)
+    assert histories[0] == histories[1]
