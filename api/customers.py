@@ -19,7 +19,7 @@ from api.auth import require_read_key
 from api.dependencies import Gateway
 from api.errors import error_responses
 from api.times import ApiTime
-from journeys.stages import StageRules
+from journeys.stages import Stage, StageRules
 from projections.analytics.reports import Reports
 from projections.profiles import profile_of, rfm
 
@@ -184,8 +184,9 @@ def _customer_as_of(gateway: Gateway, customer_key: str, moment: datetime) -> Cu
             merged_into=None,
             profile=None,
         )
-    stage = past.stage_as_of(moment, app.rules)
-    merged = past.merged_into or (journey.merged_into if journey is not None else None)
+    merged = journey.merged_into if journey is not None else None
+    # Merged: its facts are the person's from their own times (see /v1/stages).
+    stage = Stage.MERGED if merged else past.stage_as_of(moment, app.rules)
     profile = _profile(profile_of(past), moment)
     if profile.orders:
         log = gateway.event_log

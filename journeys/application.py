@@ -333,8 +333,12 @@ class JourneyApplication(Application[UUID]):
         """
         past = self.journey_as_of(journey, moment)
         derived = list(past.pending_events) if past is not None else []
-        recorded = [e for e in self.history(journey) if _is_identity_entry(e)]
-        return [e for e in timeline_of([*derived, *recorded]) if e["at"] <= moment]
+        recorded = [timeline_entry(e) for e in self.history(journey) if _is_identity_entry(e)]
+        # Identity events in the order of their time and cause, not of their arrival.
+        recorded.sort(key=lambda e: (e["at"], e.get("event_id", ""), e.get("anonymous_key", "")))
+        entries = [*map(timeline_entry, derived), *recorded]
+        order = sorted(range(len(entries)), key=lambda i: (entries[i]["at"], i))
+        return [entries[i] for i in order if entries[i]["at"] <= moment]
 
     def touches_of(self, journey: CustomerJourney) -> list[Touch]:
         """The touches ``journey`` recorded, in recording order."""

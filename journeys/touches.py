@@ -165,6 +165,9 @@ def touch_from(event: TrackedEvent) -> Touch:
         rating=_number(props.get("rating")),
         ticket_id=_text(props.get("ticket_id") or props.get("ticketId")),
         links_anonymous_id=links,
+        # Re-keyed after a merge (JourneyApplication): from the anonymous journey,
+        # as the touches absorbed with the merge are.
+        merged_from=_text(event.context.get("merged_from")),
         id_scope=event.id_scope,
     )
 

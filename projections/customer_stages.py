@@ -165,6 +165,12 @@ class CustomerStageView:
                            indexOf({{order:Array(String)}}, stage) AS rank
                     FROM {current_stage_changes(self._db)}
                     WHERE at <= {{moment:DateTime64(3, 'UTC')}} {where}
+                          -- A merged anonymous journey is part of its person at every
+                          -- moment: its facts are in the person's history from their
+                          -- own times, so counting it too would count them twice.
+                          AND customer_key NOT IN (
+                              SELECT customer_key FROM {self._table} FINAL
+                              WHERE stage = 'merged')
                 )
                 GROUP BY customer_key
             ) AS s
