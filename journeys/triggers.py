@@ -323,10 +323,6 @@ class CustomerFacts:
 
     def _order(self, props: Mapping[str, Any], at: datetime, historical: bool) -> None:
         order_id = props.get("order_id")
-        if order_id is not None and any(o["order_id"] == order_id for o in self.orders):
-            # An order id seen again is never a second order (as in the journey), also
-            # when its event id is older than the recent ids kept: a journal replay.
-            return
         revenue = props.get("revenue", props.get("total"))
         if revenue is None:
             revenue = sum(
@@ -334,6 +330,16 @@ class CustomerFacts:
                 for p in props.get("products", [])
                 if isinstance(p, Mapping)
             )
+        seen = [o for o in self.orders if order_id is not None and o["order_id"] == order_id]
+        if seen:
+            # An order id seen again is never a second order (as in the journey), also
+            # when its event id is older than the recent ids kept: a journal replay.
+            # Its first occurrence by event time is the order: a copy stamped earlier
+            # moves it there (what fired on the later copy stays fired).
+            if _at(seen[0]["at"]) > at:
+                seen[0] |= {"at": _iso(at), "revenue": _number(revenue)}
+                self.orders.sort(key=lambda o: _at(o["at"]))
+            return
         self.orders.append(
             {
                 "at": _iso(at),

@@ -291,6 +291,17 @@ def test_an_order_replayed_past_the_recent_ids_is_still_one_order() -> None:
     assert [o["order_id"] for o in facts.orders] == ["o1", "o2"]
 
 
+def test_an_order_copy_stamped_earlier_is_the_order() -> None:
+    facts = CustomerFacts("c1")
+    facts.observe(touch(1, "Order Completed", 10, order_id="o1", revenue=10))
+    facts.observe(touch(2, "Order Completed", 5, order_id="o2", revenue=7))
+    facts.observe(touch(3, "Order Completed", 0, order_id="o1", revenue=12))  # same order
+    assert [(o["order_id"], o["revenue"]) for o in facts.orders] == [("o1", 12.0), ("o2", 7.0)]
+    assert facts.orders[0]["at"] < facts.orders[1]["at"]
+    facts.observe(touch(4, "Order Completed", 20, order_id="o1", revenue=99))  # later copy
+    assert [o["revenue"] for o in facts.orders] == [12.0, 7.0]
+
+
 VIP = TriggerRule(
     id="vip",
     trigger="high_value",
