@@ -753,11 +753,7 @@ def derive_stages(
 
 def _order_book(journey: CustomerJourney) -> list[dict[str, Any]]:
     """The touches of the orders ``journey`` counts (an order id once), as stored."""
-    return [
-        e.touch
-        for e in journey.pending_events
-        if isinstance(e, CustomerJourney.OrderPlaced)
-    ]
+    return [e.touch for e in journey.pending_events if isinstance(e, CustomerJourney.OrderPlaced)]
 
 
 _STAGES = {stage.value: stage for stage in Stage}

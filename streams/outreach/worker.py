@@ -163,10 +163,10 @@ class OutreachWorker:
         changes: list[tuple[str, str, datetime]] = []
         for _, value in fresh:
             try:
+                # A revised change ("revised": true) goes through the same rules: the
+                # facts keep the latest stage by event time, so one moved into the past
+                # changes nothing, and what fired stays fired (its anchor, its cap).
                 change = orjson.loads(value)
-                if change.get("revised"):
-                    # A revised stage history: what fired stays fired, nothing new fires.
-                    continue
                 key, stage = str(change["customer_key"]), str(change["stage"])
                 at = datetime.fromisoformat(change["at"])
             except (ValueError, TypeError, KeyError):

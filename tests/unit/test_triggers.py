@@ -291,6 +291,15 @@ def test_an_order_replayed_past_the_recent_ids_is_still_one_order() -> None:
     assert [o["order_id"] for o in facts.orders] == ["o1", "o2"]
 
 
+def test_a_stage_moved_into_the_past_by_a_revision_changes_no_facts() -> None:
+    facts = CustomerFacts("c1")
+    facts.observe_stage("loyalty", T0 + timedelta(days=2))
+    facts.observe_stage("awareness", T0)  # revised: the history's start moved back
+    assert (facts.stage, facts.stage_at) == ("loyalty", (T0 + timedelta(days=2)).isoformat())
+    facts.observe_stage("lapsed", T0 + timedelta(days=200))  # later: taken
+    assert facts.stage == "lapsed"
+
+
 def test_an_order_copy_stamped_earlier_is_the_order() -> None:
     facts = CustomerFacts("c1")
     facts.observe(touch(1, "Order Completed", 10, order_id="o1", revenue=10))
