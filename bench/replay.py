@@ -19,6 +19,12 @@ event (recording the journeys, writing the ClickHouse effects, committing the
 event store), wall and thread-CPU microseconds; batches of 2000 events, or
 ``batch`` (1: what a batch costs whatever its size, as at low load).
 
+    .venv/bin/python bench/replay.py --arrival [events]
+
+Instead: the pipeline in this process over the same events in time order, with
+a tenth of them late, and shuffled: what revising histories costs, CPU seconds,
+medians of 3, each beside the in-order rate.
+
     .venv/bin/python bench/replay.py --domain-events [events]
 
 Instead: what each step costs per domain event in the eventsourcing library
@@ -179,6 +185,32 @@ def compare_live_journeys(events: int) -> None:
         )
 
 
+def compare_arrival_orders(events: int) -> None:
+    """Print the pipeline's rate for the same events in three arrival orders (medians of 3).
+
+    In time order (the storefront as generated: the raw figure beside the
+    others), with every tenth event held back to the end (late: each revises its
+    customer's history from all their facts), and shuffled whole.
+    """
+    from bench.run import storefront_events
+
+    in_order = storefront_events(events, seed=1)
+    late = [p for i, p in enumerate(in_order) if i % 10] + in_order[::10]
+    shuffled = random.Random(1).sample(in_order, len(in_order))
+    arrivals = {"in time order": in_order, "10% late": late, "shuffled": shuffled}
+    rates: dict[str, list[float]] = {name: [] for name in arrivals}
+    for _ in range(3):
+        for name, payloads in arrivals.items():
+            rates[name].append(pipeline_cpu_rate(payloads, 10_000))
+    base = statistics.median(rates["in time order"])
+    for name, found in rates.items():
+        rate = statistics.median(found)
+        print(
+            f"pipeline in-process, {name:>13}: {rate:,.0f} events per CPU second "
+            f"({rate / base:.2f} of in time order)"
+        )
+
+
 def domain_event_costs(events: int) -> None:
     """Print CPU microseconds per domain event of each step (best of 3)."""
     from bench.run import storefront_events
@@ -232,6 +264,9 @@ def main() -> None:
             int(sys.argv[2]) if len(sys.argv) > 2 else 30_000,
             int(sys.argv[3]) if len(sys.argv) > 3 else 2000,
         )
+        return
+    if sys.argv[1:2] == ["--arrival"]:
+        compare_arrival_orders(int(sys.argv[2]) if len(sys.argv) > 2 else 40_000)
         return
     if sys.argv[1:2] == ["--domain-events"]:
         domain_event_costs(int(sys.argv[2]) if len(sys.argv) > 2 else 20_000)

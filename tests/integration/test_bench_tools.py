@@ -29,3 +29,11 @@ def test_one_node_reports_its_rate_and_cpu_per_event() -> None:
     )
     assert found is not None, out
     assert all(int(value.replace(",", "")) > 0 for value in found.groups())
+
+
+def test_the_cost_of_late_and_shuffled_arrival_is_measured() -> None:
+    out = run_bench(str(ROOT / "bench" / "replay.py"), "--arrival", "300")
+    for name in ("in time order", "10% late", "shuffled"):
+        found = re.search(rf"{name}: ([\d,]+) events per CPU second \(([\d.]+) of", out)
+        assert found is not None, out
+        assert int(found.group(1).replace(",", "")) > 0
