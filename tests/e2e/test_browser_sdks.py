@@ -350,6 +350,19 @@ def test_rudderstack_sends_from_another_origin(
     assert delivered(seen, node.base, unload) == RUDDER_DELIVERY[mode], seen
 
 
+def test_the_readme_snippet_is_the_one_tested() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = readme.split("```html\n<script>\n", 1)[1].split("\n</script>\n```", 1)[0]
+    for placeholder, tested in (
+        ("/js/analytics-next-1.84.3.standalone.js", "/BUNDLE"),
+        ("YOUR_WRITE_KEY", "WRITE_KEY"),
+        ("https://journeys.example.com", "API"),
+        ('"WRITE_KEY", {})', '"WRITE_KEY", OPTIONS)'),
+    ):
+        snippet = snippet.replace(placeholder, tested)
+    assert f"<script>\n{snippet}\n</script>" in SEGMENT_PAGE
+
+
 def test_every_browser_event_is_stored_exactly_once(node: NodeProcess) -> None:
     """After both SDKs' tests: the node stops, and ClickHouse is counted without FINAL."""
     assert len(SENT) == len(SEGMENT_MODES) + len(RUDDER_MODES), "run the whole module"
