@@ -12,6 +12,7 @@ from api import admin, analysis, browser, customers, ingest, outreach, stages
 from api.cors import CorsMiddleware, public_paths
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
+from api.docs import install_docs
 from api.errors import install_error_handlers, install_openapi
 
 
@@ -21,6 +22,9 @@ def create_api(gateway: Gateway) -> FastAPI:
         title="Customer Journeys",
         version="0.1.0",
         description="Segment-compatible tracking API and customer-journey analysis.",
+        # api/docs.py serves both pages with their assets from the package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.gateway = gateway
     install_error_handlers(app)
@@ -34,6 +38,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(outreach.router)
     install_dashboard(app)
+    install_docs(app)
     public = [*ingest.router.routes, *ingest.beacon_router.routes, *browser.router.routes]
     app.add_middleware(
         CorsMiddleware,
