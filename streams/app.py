@@ -19,13 +19,13 @@ import orjson
 from faust.types import EventT
 
 from projections.dead_letters import DeadLetterLog
-from stack.settings import Settings
 from streams.batches import BatchLoop
 from streams.consumer import TopicRecords, worker_consumer
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.journal import Journal
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
+from streams.settings import JourneyWorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class JourneyStreams:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: JourneyWorkerSettings,
         pipeline: JourneyPipeline,
         dead_letters: DeadLetterLog | None = None,
         journal: Journal | None = None,

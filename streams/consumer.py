@@ -28,8 +28,8 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from mode import Service
 
-from stack.settings import Settings
 from streams.batches import PartitionRecords
+from streams.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class BatchConsumer(Service):
 
 
 def worker_consumer(
-    settings: Settings,
+    settings: ConsumerSettings,
     *,
     name: str,
     group: str,

@@ -36,13 +36,13 @@ from faust.types import EventT
 
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
-from stack.settings import Settings
 from streams.batches import BatchLoop, by_partition
 from streams.consumer import TopicRecords, worker_consumer
 from streams.outreach.channels import Attempt, post_webhook, send_email
 from streams.outreach.store import Delivery, Endpoint, OutreachStore
 from streams.outreach.trigger_events import TriggerEvent
 from streams.pipeline import source_name
+from streams.settings import OutreachWorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class OutreachWorker:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: OutreachWorkerSettings,
         batches: BatchLoop,
         store: OutreachStore,
         load_rules: Callable[[], list[TriggerRule]],
