@@ -74,6 +74,7 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
     storefront traffic flows in at that many calls/s.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)  # a folder made before (by hand, or an older version)
     logs = settings.data_dir / "logs"
     settings = dev_keys(settings)
     if port_open(settings.api_host, settings.api_port):
@@ -359,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         "verify", help="compare the event store, the event log and the counters (node stopped)"
     )
     args = parser.parse_args(argv)
+    # What the stores hold is about people: whatever this process and its children
+    # create (data folder, event store, ClickHouse, journal, logs) is the owner's
+    # alone, files 0600 and folders 0700.
+    os.umask(0o077)
     settings = Settings()
     if args.command in http_commands.COMMANDS:
         return http_commands.run(args, settings)

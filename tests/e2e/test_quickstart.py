@@ -6,6 +6,8 @@ the same data folder still knows the customer (nothing corrupted or lost).
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -86,6 +88,11 @@ def test_quickstart_up_track_query_and_stop(tmp_path: Path) -> None:
         unknown = httpx.get(f"{stack.base}/v1/customers/nobody", headers=reader, timeout=30)
         assert unknown.status_code == 404
         assert httpx.get(f"{stack.base}/v1/customers/ann", timeout=30).status_code == 401
+
+        # Everything the stack wrote is its owner's alone (0600 files, 0700 folders).
+        modes = modes_under(tmp_path / "data")
+        shared = [f"{path} {stat.filemode(mode)}" for path, mode in modes if mode & 0o077]
+        assert len(modes) > 10 and shared == []
     finally:
         code, children = stack.interrupt()
     assert code == 0, stack.output()
@@ -104,3 +111,17 @@ def test_quickstart_up_track_query_and_stop(tmp_path: Path) -> None:
     finally:
         code, _ = again.interrupt()
     assert code == 0, again.output()
+
+
+def modes_under(folder: Path) -> list[tuple[Path, int]]:
+    """Each path under ``folder`` (itself included) with its mode, skipping what vanished
+    meanwhile (ClickHouse's temporary parts, trimmed journal segments)."""
+    found = []
+    # os.walk, not rglob: a folder that vanishes while walked is skipped, not an error.
+    walked = [Path(root) / name for root, dirs, files in os.walk(folder) for name in dirs + files]
+    for path in [folder, *walked]:
+        try:
+            found.append((path, path.stat().st_mode))
+        except FileNotFoundError:
+            continue
+    return found
