@@ -22,6 +22,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from events import EventType, TrackedEvent
+from events.ecommerce import MAX_MONEY
 from events.envelope import scoped_dedup_keys
 from journeys.stages import Stage, StageRules
 from journeys.touches import Action, Touch, touch_from
@@ -59,6 +60,18 @@ _ORDER = Action.ORDER.value
 def is_anonymous(customer_key: str) -> bool:
     """True for the key of a customer known only by an anonymousId."""
     return customer_key.startswith(ANONYMOUS_PREFIX)
+
+
+def stored_money(value: Any) -> float:
+    """A stored touch's amount as the journey sums it: finite, within the ingest bound.
+
+    Touches made now are bounded already (``touches.touch_from``); this keeps a
+    journey stored before the bounds (a 1e308 order) from summing to inf, which
+    its JSON state and snapshots cannot hold.
+    """
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return 0.0
+    return float(min(max(0.0, value), MAX_MONEY))
 
 
 def fact_order(touch: Touch) -> tuple[datetime, str, str]:
@@ -449,7 +462,7 @@ class CustomerJourney(Aggregate):
             book = [Touch.from_dict(touch) for touch in self.orders]
             aggregate.order_times = [touch.at for touch in book]
             aggregate.order_ids = {touch.order_id: None for touch in book if touch.order_id}
-            aggregate.revenue = sum(touch.revenue for touch in book)
+            aggregate.revenue = sum(stored_money(touch.revenue) for touch in book)
             aggregate.open_tickets = self.open_tickets
             aggregate.cart_items = self.cart_items
 
@@ -528,14 +541,14 @@ class CustomerJourney(Aggregate):
             if rating is not None:
                 self.ratings.append(rating)
         elif action == _REFUND:
-            self.refunded += data.get("revenue", 0.0)
+            self.refunded += stored_money(data.get("revenue"))
         elif action == _ORDER:
             order_id = data.get("order_id", "")
             if not (order_id and order_id in self.order_ids):
                 self.order_times.append(at)
                 if order_id:
                     self.order_ids[order_id] = None
-                self.revenue += data.get("revenue", 0.0)
+                self.revenue += stored_money(data.get("revenue"))
                 self.cart_items = 0
 
     # --- decisions ---------------------------------------------------------------------

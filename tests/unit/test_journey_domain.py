@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import EventType, TrackedEvent, event_type_for
+from events.ecommerce import MAX_MONEY
 from journeys.domainmodel import CustomerJourney
 from journeys.funnels import MAX_STEPS, MIN_STEPS, Funnel, FunnelStep
 from journeys.stages import Stage, StageRules
@@ -667,3 +669,17 @@ def test_stages_once_revised_do_not_depend_on_the_arrival_order(
         journey.revise(recorded.values(), rules)
         histories.append(journey.stage_history)
     assert histories[0] == histories[1]
+
+
+def test_orders_stored_before_the_value_bounds_sum_to_a_finite_revenue() -> None:
+    # Touches recorded before ingest bounded amounts may hold 1e308: summed, inf,
+    # which the journey's JSON state (and a snapshot of it) cannot hold.
+    journey = CustomerJourney(customer_key="rich", started_at=T0)
+    for n in range(3):
+        order = touch_from(touch("Order Completed", at=timedelta(minutes=n), customer="rich"))
+        journey.record_touch(replace(order, order_id=f"o{n}", revenue=1e308), StageRules())
+    assert math.isfinite(journey.revenue) and journey.revenue == 3 * MAX_MONEY
+    rebuilt = None
+    for domain_event in journey.collect_events():
+        rebuilt = domain_event.mutate(rebuilt)
+    assert isinstance(rebuilt, CustomerJourney) and rebuilt.revenue == journey.revenue
