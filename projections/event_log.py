@@ -230,7 +230,13 @@ class EventLog:
             ]
             for c in changes
         ]
-        self._stage_changes.insert(rows)
+        self.append_stage_rows(rows)
+
+    def append_stage_rows(self, rows: Sequence[list[Any]]) -> None:
+        """Insert stage-change rows as they are stored (a replay's), in the columns'
+        order: customer, stage, previous stage, reason, event id, time, revision."""
+        if rows:
+            self._stage_changes.insert(rows)
 
     def event_count(self, customer_key: str | None = None) -> int:
         """Distinct events in the log, for one customer or all."""

@@ -149,21 +149,7 @@ def _write(platform: Platform, chunk: list[tuple[CustomerJourney, list[Any]]]) -
             orders.extend((journey.customer_key, order) for order in orders_of(domain_event))
         stage_rows.extend(rows)
     journeys = [journey for journey, _ in chunk]
-    database = platform.settings.clickhouse_database
-    if stage_rows:
-        platform.clickhouse.insert(
-            f"{database}.stage_changes",
-            stage_rows,
-            column_names=[
-                "customer_key",
-                "stage",
-                "previous_stage",
-                "reason",
-                "event_id",
-                "at",
-                "revision",
-            ],
-        )
+    platform.event_log.append_stage_rows(stage_rows)
     platform.stages.append_orders(orders)
     platform.stages.upsert(journey.summary() for journey in journeys)
     platform.profiles.upsert(journeys)

@@ -14,6 +14,7 @@ import httpx
 
 from stack.processes import free_port, spawn, stop, wait_until
 from stack.settings import Settings
+from streams.topics import ensure_topics
 
 
 def platform_settings(
@@ -129,3 +130,16 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def started_node(settings: Settings) -> NodeProcess:
+    """A node on ``settings``'s own topics (created first), started; its log is data/node.log."""
+    ensure_topics(
+        settings.kafka_bootstrap_servers,
+        settings.all_topics,
+        settings.topic_partitions,
+        settings.topic_replication_factor,
+    )
+    node = NodeProcess(settings, settings.data_dir / "node.log")
+    node.start()
+    return node

@@ -17,8 +17,7 @@ import pytest
 
 from stack.processes import wait_until
 from stack.settings import Settings
-from streams.topics import ensure_topics
-from tests.node_process import NodeProcess
+from tests.node_process import NodeProcess, started_node
 
 pytestmark = pytest.mark.integration
 
@@ -93,14 +92,7 @@ CASES = {
 
 
 def test_the_seven_cases_read_back_through_the_api(settings: Settings) -> None:
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.all_topics,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    node = NodeProcess(settings, settings.data_dir / "node.log")
-    node.start()
+    node = started_node(settings)
     try:
         for body in CASES.values():
             send(node, body)

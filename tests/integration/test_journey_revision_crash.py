@@ -19,9 +19,8 @@ import pytest
 
 from stack.processes import wait_until
 from stack.settings import Settings
-from streams.topics import ensure_topics
 from tests.integration.test_worker_restarts import projection_tables
-from tests.node_process import NodeProcess, query_chdb_folder, run_cli
+from tests.node_process import NodeProcess, query_chdb_folder, run_cli, started_node
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +29,7 @@ HOUR = timedelta(hours=1)
 
 
 def test_a_revision_killed_before_its_commit_is_decided_again_once(settings: Settings) -> None:
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.all_topics,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    node = NodeProcess(settings, settings.data_dir / "node.log")
-    node.start()
+    node = started_node(settings)
     try:
         send(node, "late", "Order Completed", T0 + HOUR, "m1", order_id="o1", revenue=30)
         send(node, "other", "Product Viewed", T0 + 2 * HOUR, "m2")

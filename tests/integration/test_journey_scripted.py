@@ -15,8 +15,7 @@ import pytest
 
 from stack.processes import wait_until
 from stack.settings import Settings
-from streams.topics import ensure_topics
-from tests.node_process import NodeProcess
+from tests.node_process import NodeProcess, started_node
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +45,7 @@ def node_settings(request: pytest.FixtureRequest, settings: Settings) -> Setting
 
 def test_scripted_journey_merges_devices_and_answers_as_of(node_settings: Settings) -> None:
     settings = node_settings
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.all_topics,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    node = NodeProcess(settings, settings.data_dir / "node.log")
-    node.start()
+    node = started_node(settings)
     try:
         laptop, phone = {"anonymousId": "laptop-1"}, {"anonymousId": "phone-1"}
         web = {"context": {"page": {"path": "/"}}}

@@ -32,8 +32,7 @@ from events.segment import TrackCall, to_tracked_event
 from stack.cli import main as cli_main
 from stack.processes import free_port, wait_until
 from stack.settings import Settings
-from streams.topics import ensure_topics
-from tests.node_process import NodeProcess
+from tests.node_process import NodeProcess, started_node
 
 pytestmark = pytest.mark.integration
 
@@ -161,14 +160,7 @@ def start_node(settings: Settings, rules: str, tmp_path: Path, **updates: Any) -
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(rules)
     settings = settings.model_copy(update={"trigger_rules_file": str(rules_file), **updates})
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.all_topics,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    node = NodeProcess(settings, settings.data_dir / "node.log")
-    node.start()
+    node = started_node(settings)
     return node
 
 
