@@ -117,6 +117,7 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             node_settings.all_topics,
             node_settings.topic_partitions,
             node_settings.topic_replication_factor,
+            node_settings.topic_configs,
         )
         print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
         return process
@@ -388,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.all_topics,
             settings.topic_partitions,
             settings.topic_replication_factor,
+            settings.topic_configs,
         )
         print("created: " + (", ".join(created) or "nothing, all existed"))
         return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.cors import origin_problem
@@ -54,6 +54,25 @@ class Settings(BaseSettings):
     topic_prefix: str = "journey"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1)
+    # A write with acks=all succeeds only while this many replicas have it: with 3
+    # replicas and 2, one broker can be lost without losing or refusing an event.
+    topic_min_insync_replicas: int = Field(default=1, ge=1)
+    # Retention per topic role (stack/topics.py: topic_configs). The ingest topic must keep
+    # a record until the worker processed it: past the journey's 24 h dedup window a
+    # worker down over a long weekend still finds its backlog. Sizes are per partition.
+    topic_events_retention_h: float = Field(default=168.0, gt=0)
+    topic_events_retention_mib: int = Field(default=10_240, ge=1)
+    # Stage changes and fired triggers are read by the platform's own consumers within
+    # seconds; a week lets a downstream consumer catch up.
+    topic_outcomes_retention_h: float = Field(default=168.0, gt=0)
+    topic_outcomes_retention_mib: int = Field(default=2048, ge=1)
+    # Dead letters are for people to look at: kept for days, and small.
+    topic_dead_letters_retention_h: float = Field(default=336.0, gt=0)
+    topic_dead_letters_retention_mib: int = Field(default=1024, ge=1)
+    # Idempotent producers (librdkafka and aiokafka): a retried produce is not written
+    # twice and cannot reorder a partition (up to 5 requests in flight). Off by
+    # default: the embedded shape measured and tested with it off (one request in flight).
+    kafka_idempotence: bool = False
     worker_group: str = "journeys-worker"
     # Short enough that a restarted worker rejoins quickly, long enough for GC pauses.
     kafka_session_timeout_s: float = Field(default=10.0, gt=0)
@@ -156,6 +175,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r}: {problem}")
         return value
 
+    @model_validator(mode="after")
+    def _insync_replicas_exist(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                f"topic_min_insync_replicas ({self.topic_min_insync_replicas}) exceeds "
+                f"topic_replication_factor ({self.topic_replication_factor}): "
+                "every acks=all write would be refused"
+            )
+        return self
+
     @field_validator("postgres_dsn")
     @classmethod
     def _postgres_scheme(cls, value: str) -> str:
@@ -205,6 +234,34 @@ class Settings(BaseSettings):
             self.triggers_topic,
             self.triggers_dead_letter_topic,
         ]
+
+    @property
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Each platform topic's broker configuration: durability and retention by role.
+
+        None is compacted: no topic is a changelog (state lives in the event store, and
+        Faust's tables and changelogs are unused), and a compacted stage-change or trigger
+        topic would drop the earlier records of a customer that its readers need.
+        """
+
+        def role(hours: float, mib: int) -> dict[str, str]:
+            return {
+                "cleanup.policy": "delete",
+                "retention.ms": str(int(hours * 3_600_000)),
+                "retention.bytes": str(mib * 1024 * 1024),
+                "min.insync.replicas": str(self.topic_min_insync_replicas),
+            }
+
+        ingest = role(self.topic_events_retention_h, self.topic_events_retention_mib)
+        outcomes = role(self.topic_outcomes_retention_h, self.topic_outcomes_retention_mib)
+        dead = role(self.topic_dead_letters_retention_h, self.topic_dead_letters_retention_mib)
+        return {
+            self.events_topic: ingest,
+            self.dead_letter_topic: dead,
+            self.stage_changes_topic: outcomes,
+            self.triggers_topic: outcomes,
+            self.triggers_dead_letter_topic: dead,
+        }
 
     @property
     def ingest_origin_list(self) -> frozenset[str]:
