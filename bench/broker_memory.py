@@ -1,0 +1,217 @@
+"""The embedded broker's resident memory under sustained load, with retention set.
+
+    python -m bench.broker_memory --events 2000000   # the issue's size (about a minute)
+    python -m bench.broker_memory --events 3000      # tiny, as the test suite runs it
+
+Starts the embedded broker (Tansu, ``memory://``) as ``journeys up`` does, creates
+the events topic with the platform's configuration and a short retention
+(``--retention-s``, ``--retention-mib`` per partition, small segments), and produces
+storefront events through a raw librdkafka producer (acks=all) as fast as the
+broker takes them. Every ``--events / --samples`` events it prints the broker's
+RSS beside the bytes produced so far (keys and values, the raw size the broker
+must hold at the least) and the RSS growth per byte produced, and the run's
+produce rate. Then it checks what could
+bound the memory, each beside the RSS it leaves:
+
+- time and size retention: waits past ``--retention-s`` and reads the earliest
+  offset still served (0: nothing was deleted);
+- DeleteRecords (what an explicit trim past processed positions would send);
+- deleting the topic;
+- a new broker (what ``journeys up`` does after a broker crash: a new epoch), whose
+  RSS with the same topics is the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka.structs import TopicPartition as AioTopicPartition
+from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from bench.run import storefront_events
+from stack.broker import EmbeddedBroker
+from stack.settings import Settings
+from streams.outcomes import keyed_producer_config
+from streams.topics import ensure_topics
+
+MIB = 1024 * 1024
+# Distinct storefront events cycled with a fresh id each: realistic sizes and keys
+# without the load generator's own cost in the measurement.
+DISTINCT_EVENTS = 5_000
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def earliest_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """The first offset the broker still serves in each partition (ListOffsets earliest)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def read() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            wanted = [AioTopicPartition(topic, p) for p in range(partitions)]
+            offsets = await consumer.beginning_offsets(wanted)
+            return {tp.partition: offset for tp, offset in offsets.items()}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def topic_settings(args: argparse.Namespace, topic_prefix: str) -> tuple[Settings, dict[str, str]]:
+    settings = Settings(topic_prefix=topic_prefix, topic_partitions=args.partitions)
+    config = dict(settings.topic_configs[settings.events_topic])
+    config.update(
+        {
+            "retention.ms": str(int(args.retention_s * 1000)),
+            "retention.bytes": str(args.retention_mib * MIB),
+            "segment.ms": str(int(args.retention_s * 1000)),
+            "segment.bytes": str(max(1, args.retention_mib // 4) * MIB),
+        }
+    )
+    return settings, config
+
+
+def start_broker(folder: Path, name: str) -> EmbeddedBroker:
+    broker = EmbeddedBroker(folder / f"{name}.log")
+    broker.start()
+    return broker
+
+
+def produce(args: argparse.Namespace, broker: EmbeddedBroker, topic: str, idle: float) -> None:
+    """Produce ``args.events`` events; print RSS beside the bytes produced at each sample."""
+    assert broker.process is not None
+    pid = broker.process.pid
+    base = storefront_events(min(DISTINCT_EVENTS, args.events), seed=7)
+    producer = Producer(
+        {**keyed_producer_config(broker.bootstrap_servers), "linger.ms": 5}
+        | {"queue.buffering.max.messages": 500_000}
+    )
+    every = max(1, args.events // args.samples)
+    produced_bytes = 0
+    failures: list[str] = []
+
+    def delivered(error: object, _message: object) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    print(f"{'events':>12} {'MiB produced':>13} {'broker RSS MiB':>15} {'growth / produced':>18}")
+    started = time.perf_counter()
+    for index, (key, value) in enumerate(itertools.islice(itertools.cycle(base), args.events)):
+        # A fresh id per record, the same length, so no two records are alike.
+        value = value.replace(b'"event_id":"', b'"event_id":"%012d-' % index, 1)
+        while True:
+            try:
+                producer.produce(topic, value, key=key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        produced_bytes += len(key) + len(value)
+        if (index + 1) % every == 0 or index + 1 == args.events:
+            producer.flush(120)
+            rss = rss_mib(pid)
+            mib = produced_bytes / MIB
+            growth = (rss - idle) / mib
+            print(f"{index + 1:>12,} {mib:>13,.1f} {rss:>15,.1f} {growth:>18.2f}", flush=True)
+    if producer.flush(120):
+        raise RuntimeError("events not acknowledged")
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} produce failures, first: {failures[0]}")
+    print(
+        f"produced {args.events:,} events ({produced_bytes / MIB:,.1f} MiB) "
+        f"at {args.events / elapsed:,.0f} events/s, acks=all"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--retention-s", type=float, default=10.0)
+    parser.add_argument("--retention-mib", type=int, default=16)
+    args = parser.parse_args(argv)
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-broker-memory-"))
+    prefix = f"bench{int(time.time())}"
+    settings, config = topic_settings(args, prefix)
+    topic = settings.events_topic
+    broker = start_broker(folder, "broker")
+    try:
+        assert broker.process is not None
+        pid = broker.process.pid
+        ensure_topics(broker.bootstrap_servers, [topic], args.partitions, 1, {topic: config})
+        idle = rss_mib(pid)
+        print(
+            f"Tansu memory://, topic {topic}: {args.partitions} partitions, retention.ms "
+            f"{config['retention.ms']}, retention.bytes {config['retention.bytes']} per partition"
+        )
+        print(f"broker RSS, idle with the topic:            {idle:,.1f} MiB")
+        produce(args, broker, topic, idle)
+        loaded = rss_mib(pid)
+
+        time.sleep(args.retention_s + 5)
+        earliest = earliest_offsets(broker.bootstrap_servers, topic, args.partitions)
+        after_retention = rss_mib(pid)
+        kept = "nothing deleted" if not any(earliest.values()) else "records deleted"
+        print(
+            f"after retention.ms passed (+5 s):           {after_retention:,.1f} MiB; "
+            f"earliest offsets {sorted(earliest.items())} ({kept})"
+        )
+
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+        try:
+            futures = admin.delete_records(
+                [TopicPartition(topic, p, 1) for p in range(args.partitions)],
+                request_timeout=10,
+            )
+            for future in futures.values():
+                future.result(timeout=15)
+            outcome = "accepted"
+        except KafkaException as error:
+            outcome = f"failed: {error.args[0].str()}"
+        alive = broker.process.poll() is None
+        print(
+            f"DeleteRecords (offset 1 of each partition): {outcome}; broker "
+            f"{'still running' if alive else 'exited'}, RSS "
+            f"{rss_mib(pid) if alive else 0:,.1f} MiB"
+        )
+        if alive:
+            for future in admin.delete_topics([topic], operation_timeout=10).values():
+                future.result(timeout=15)
+            time.sleep(2)
+            print(f"after deleting the topic (+2 s):            {rss_mib(pid):,.1f} MiB")
+    finally:
+        broker.stop()
+
+    fresh = start_broker(folder, "fresh")
+    try:
+        assert fresh.process is not None
+        ensure_topics(fresh.bootstrap_servers, [topic], args.partitions, 1, {topic: config})
+        print(
+            f"a new broker (new epoch), idle with the topic: {rss_mib(fresh.process.pid):,.1f} MiB"
+        )
+    finally:
+        fresh.stop()
+    print(f"peak while loaded: {loaded:,.1f} MiB; idle floor {idle:,.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
