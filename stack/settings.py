@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # many deaths of one child within the window is a crash loop and stops the stack.
     supervisor_max_restarts: int = Field(default=5, ge=0)
     supervisor_window_s: float = Field(default=60.0, gt=0)
+    # The embedded broker (Tansu, memory://) keeps every record it was sent, whatever
+    # the topics' retention (bench/broker_memory.py). Past this resident size `journeys up`
+    # rolls it: the node drains and stops, a new broker (a new epoch) starts, then the
+    # node. 0: never. About 1.5M storefront events per GiB.
+    broker_max_rss_mib: int = Field(default=2048, ge=0)
     # The ingest journal (streams/journal.py): the node keeps every accepted event on
     # disk (fsynced before the 200) until the journey worker processed it, and produces
     # it again into a new broker. Only where the broker forgets its log, i.e. where an
