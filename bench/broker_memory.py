@@ -2,6 +2,8 @@
 
     python -m bench.broker_memory --events 2000000   # the issue's size (about a minute)
     python -m bench.broker_memory --events 3000      # tiny, as the test suite runs it
+    python -m bench.broker_memory --stack --events 2000000 --max-rss-mib 256
+                                                     # through `journeys up`, rolled
 
 Starts the embedded broker (Tansu, ``memory://``) as ``journeys up`` does, creates
 the events topic with the platform's configuration and a short retention
@@ -19,39 +21,50 @@ bound the memory, each beside the RSS it leaves:
 - deleting the topic;
 - a new broker (what ``journeys up`` does after a broker crash: a new epoch), whose
   RSS with the same topics is the floor.
+
+With ``--stack`` it runs ``journeys up`` instead (gateway, journal, worker, the
+supervisor's broker roll at ``--max-rss-mib``) and sends storefront calls to
+``/v1/batch`` (100 a request) from ``--senders`` SDK-like threads that re-send until
+they get a 200; it prints the broker's RSS beside the events acknowledged and the
+bytes sent, the rolls so far, and at the end the highest RSS seen, the sender's
+longest wait for a 200 and the ingest rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import re
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import httpx
+import orjson
+import psutil
 from aiokafka.structs import TopicPartition as AioTopicPartition
 from confluent_kafka import KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.run import storefront_events
+from bench.run import storefront_call_stream, storefront_events
 from stack.broker import EmbeddedBroker
+from stack.processes import free_port, rss_mib
 from stack.settings import Settings
 from streams.outcomes import keyed_producer_config
 from streams.topics import ensure_topics
 
 MIB = 1024 * 1024
+BATCH = 100
+# Longer than the supervisor's RSS check interval (stack/cli.py: BROKER_RSS_CHECK_S).
+SETTLE_S = 5.0
 # Distinct storefront events cycled with a fresh id each: realistic sizes and keys
 # without the load generator's own cost in the measurement.
 DISTINCT_EVENTS = 5_000
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` (VmRSS), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def earliest_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -139,6 +152,127 @@ def produce(args: argparse.Namespace, broker: EmbeddedBroker, topic: str, idle: 
     )
 
 
+def through_stack(args: argparse.Namespace) -> int:
+    """``journeys up`` under sustained load: the broker's RSS, bounded by the roll."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-broker-roll-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_")}
+    env |= {
+        "JOURNEYS_API_PORT": str(port),
+        "JOURNEYS_BROKER_MAX_RSS_MIB": str(args.max_rss_mib),
+        "JOURNEYS_INGEST_RATE_PER_S": "0",
+        "JOURNEYS_TOPIC_PARTITIONS": str(args.partitions),
+    }
+    output = folder / "up.out"
+    with open(output, "wb") as sink:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "stack.cli", "up"],
+            cwd=folder,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "is up" not in output.read_text(errors="replace"):
+            if up.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"journeys up did not come up:\n{output.read_text()}")
+            time.sleep(0.3)
+        text = output.read_text(errors="replace")
+        found = re.search(r"write key\s+(\S+)", text)
+        assert found, text
+        return _drive(args, up, f"http://127.0.0.1:{port}", found.group(1), output)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
+def _broker_pid(up: subprocess.Popen[bytes]) -> int | None:
+    for child in psutil.Process(up.pid).children(recursive=True):
+        try:
+            if "tansu" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def _drive(
+    args: argparse.Namespace, up: subprocess.Popen[bytes], base: str, key: str, output: Path
+) -> int:
+    calls = storefront_call_stream(args.events, seed=11)
+    lock = threading.Lock()
+    state = {"acked": 0, "bytes": 0, "longest": 0.0}
+
+    def next_batch() -> bytes | None:
+        with lock:
+            chunk = list(itertools.islice(calls, BATCH))
+        return orjson.dumps({"batch": chunk}) if chunk else None
+
+    def send() -> None:
+        with httpx.Client(base_url=base, auth=(key, ""), timeout=60) as client:
+            while (body := next_batch()) is not None:
+                began = time.monotonic()
+                while True:
+                    try:
+                        answer = client.post(
+                            "/v1/batch", content=body, headers={"content-type": "application/json"}
+                        )
+                        if answer.status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass  # the node is down for a roll: send again, as an SDK does
+                    time.sleep(0.2)
+                with lock:
+                    state["acked"] += body.count(b'"messageId"')
+                    state["bytes"] += len(body)
+                    state["longest"] = max(state["longest"], time.monotonic() - began)
+
+    senders = [threading.Thread(target=send, daemon=True) for _ in range(args.senders)]
+    started = time.perf_counter()
+    for sender in senders:
+        sender.start()
+    every = max(1, args.events // args.samples)
+    peak = 0.0
+    printed = 0
+    print(f"journeys up, JOURNEYS_BROKER_MAX_RSS_MIB={args.max_rss_mib}, {args.senders} senders")
+    print(f"{'events acked':>12} {'MiB sent':>9} {'broker RSS MiB':>15} {'rolls':>6}")
+    settled: float | None = None
+    while True:
+        # Sampled a little past the last 200, so a roll the load called for is seen.
+        if settled is None and not any(sender.is_alive() for sender in senders):
+            settled = time.monotonic() + SETTLE_S
+        alive = settled is None or time.monotonic() < settled
+        pid = _broker_pid(up)
+        rss = rss_mib(pid) if pid else 0.0
+        peak = max(peak, rss)
+        with lock:
+            acked, sent = state["acked"], state["bytes"]
+        if acked - printed >= every or not alive:
+            printed = int(acked)
+            rolls = output.read_text(errors="replace").count("broker rolled")
+            print(f"{acked:>12,.0f} {sent / MIB:>9,.1f} {rss:>15,.1f} {rolls:>6}", flush=True)
+        if not alive:
+            break
+        time.sleep(0.5)
+    elapsed = time.perf_counter() - started - SETTLE_S
+    rolls = output.read_text(errors="replace").count("broker rolled")
+    print(
+        f"acknowledged {state['acked']:,.0f} events in {elapsed:,.0f} s "
+        f"({state['acked'] / elapsed:,.0f} events/s, rolls included); broker RSS peak "
+        f"{peak:,.1f} MiB (bound {args.max_rss_mib} MiB, sampled every 0.5 s); {rolls} rolls; "
+        f"longest wait for a 200: {state['longest']:.1f} s"
+    )
+    for line in output.read_text(errors="replace").splitlines():
+        if line.startswith("broker rolled"):
+            print(f"  {line}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
@@ -146,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--retention-s", type=float, default=10.0)
     parser.add_argument("--retention-mib", type=int, default=16)
+    parser.add_argument("--stack", action="store_true", help="through `journeys up`")
+    parser.add_argument("--max-rss-mib", type=int, default=256)
+    parser.add_argument("--senders", type=int, default=4)
     args = parser.parse_args(argv)
+    if args.stack:
+        return through_stack(args)
 
     folder = Path(tempfile.mkdtemp(prefix="bench-broker-memory-"))
     prefix = f"bench{int(time.time())}"
