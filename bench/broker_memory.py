@@ -23,7 +23,8 @@ bound the memory, each beside the RSS it leaves:
   RSS with the same topics is the floor.
 
 With ``--stack`` it runs ``journeys up`` instead (gateway, journal, worker, the
-supervisor's broker roll at ``--max-rss-mib``) and sends storefront calls to
+supervisor's broker roll at ``--max-rss-mib``, draining for at most
+``--drain-s``) and sends storefront calls to
 ``/v1/batch`` (100 a request) from ``--senders`` SDK-like threads that re-send until
 they get a 200; it prints the broker's RSS beside the events acknowledged and the
 bytes sent, the rolls so far, and at the end the highest RSS seen, the sender's
@@ -160,10 +161,13 @@ def through_stack(args: argparse.Namespace) -> int:
     env |= {
         "JOURNEYS_API_PORT": str(port),
         "JOURNEYS_BROKER_MAX_RSS_MIB": str(args.max_rss_mib),
+        "JOURNEYS_BROKER_ROLL_DRAIN_S": str(args.drain_s),
         "JOURNEYS_INGEST_RATE_PER_S": "0",
         "JOURNEYS_TOPIC_PARTITIONS": str(args.partitions),
     }
     output = folder / "up.out"
+    # A SIGTERM (a timeout) unwinds through the finally below, which stops the stack.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with open(output, "wb") as sink:
         up = subprocess.Popen(
             [sys.executable, "-m", "stack.cli", "up"],
@@ -239,7 +243,10 @@ def _drive(
     every = max(1, args.events // args.samples)
     peak = 0.0
     printed = 0
-    print(f"journeys up, JOURNEYS_BROKER_MAX_RSS_MIB={args.max_rss_mib}, {args.senders} senders")
+    print(
+        f"journeys up, JOURNEYS_BROKER_MAX_RSS_MIB={args.max_rss_mib}, "
+        f"JOURNEYS_BROKER_ROLL_DRAIN_S={args.drain_s:g}, {args.senders} senders"
+    )
     print(f"{'events acked':>12} {'MiB sent':>9} {'broker RSS MiB':>15} {'rolls':>6}")
     settled: float | None = None
     while True:
@@ -283,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", action="store_true", help="through `journeys up`")
     parser.add_argument("--max-rss-mib", type=int, default=256)
     parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--drain-s", type=float, default=Settings().broker_roll_drain_s)
     args = parser.parse_args(argv)
     if args.stack:
         return through_stack(args)

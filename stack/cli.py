@@ -148,9 +148,7 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             _restart_dead(children, policy, lambda: stopping)
             if broker is not None and time.monotonic() - checked_rss > BROKER_RSS_CHECK_S:
                 checked_rss = time.monotonic()
-                _roll_if_full(
-                    children[0], node, settings.broker_max_rss_mib, policy, lambda: stopping
-                )
+                _roll_if_full(children[0], node, settings, policy, lambda: stopping)
             if not announced:
                 if _healthy(base):
                     _banner(node_settings, base, broker)
@@ -192,17 +190,19 @@ def _start(child: Supervised, policy: RestartPolicy, stopping: Callable[[], bool
 def _roll_if_full(
     broker: Supervised,
     node: Supervised,
-    max_rss_mib: int,
+    settings: Settings,
     policy: RestartPolicy,
     stopping: Callable[[], bool],
 ) -> bool:
-    """Roll the embedded broker once its memory passes ``max_rss_mib``; True if it did.
+    """Roll the embedded broker once its memory passes ``broker_max_rss_mib``; True if it did.
 
     Tansu's memory storage never frees a record (retention is not applied, DeleteRecords
     is not implemented), so the only bound is a new broker. The node is stopped first as
-    on Ctrl-C, drained into the event store, so the new epoch starts with nothing to
-    replay; ingest is refused (connection refused: SDKs retry) until the node is back.
+    on Ctrl-C, drained into the event store for up to ``broker_roll_drain_s``; a node
+    still behind then is killed and replays its journal into the new broker, as after a
+    crash. Ingest is refused (connection refused: SDKs retry) until the node is back.
     """
+    max_rss_mib = settings.broker_max_rss_mib
     if not max_rss_mib or broker.process is None or broker.exit_code() is not None:
         return False
     rss = rss_mib(broker.process.pid)
@@ -214,13 +214,13 @@ def _roll_if_full(
         flush=True,
     )
     began = time.monotonic()
-    node.stop()
+    node.stop(settings.broker_roll_drain_s)
     drained = time.monotonic()
     broker.stop()
     _start(broker, policy, stopping)
     _start(node, policy, stopping)
     print(
-        f"broker rolled (node drained and stopped in {drained - began:.1f} s, new broker "
+        f"broker rolled (node stopped in {drained - began:.1f} s, new broker "
         f"in {time.monotonic() - drained:.1f} s); the node is starting",
         flush=True,
     )
