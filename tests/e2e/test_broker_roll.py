@@ -1,8 +1,9 @@
 """`journeys up` bounds the embedded broker's memory by rolling it, losing no acknowledged event.
 
 Tansu's memory storage keeps every record (bench/broker_memory.py); past
-``JOURNEYS_BROKER_MAX_RSS_MIB`` the supervisor drains and stops the node, starts a
-new broker (a new epoch) and the node again. An SDK-like sender that re-sends until
+``JOURNEYS_BROKER_MAX_RSS_MIB`` the supervisor drains and stops the node (killing it
+past ``JOURNEYS_BROKER_ROLL_DRAIN_S``: it then replays its journal), starts a new
+broker (a new epoch) and the node again. An SDK-like sender that re-sends until
 it gets a 200 keeps sending through the roll; afterwards every acknowledged event is
 counted once and the new broker holds less than the bound.
 """
@@ -56,9 +57,22 @@ def send_until_200(client: httpx.Client, calls: list[dict[str, Any]]) -> float:
         time.sleep(0.2)
 
 
-def test_the_broker_is_rolled_past_its_memory_bound_and_nothing_is_lost(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "drain_s",
+    [
+        "10",  # the default: this small backlog drains in time, nothing to replay
+        "0",  # no drain: the node is killed and replays its journal into the new broker
+    ],
+)
+def test_the_broker_is_rolled_past_its_memory_bound_and_nothing_is_lost(
+    tmp_path: Path, drain_s: str
+) -> None:
     stack = RunningStack(
-        tmp_path, free_port(), broker_max_rss_mib=str(LIMIT_MIB), ingest_rate_per_s="0"
+        tmp_path,
+        free_port(),
+        broker_max_rss_mib=str(LIMIT_MIB),
+        broker_roll_drain_s=drain_s,
+        ingest_rate_per_s="0",
     )
     write_key, read_key = stack.wait_for_banner()
     broker = stack.child("tansu")
