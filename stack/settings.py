@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # The embedded broker (Tansu, memory://) keeps every record it was sent, whatever
     # the topics' retention (bench/broker_memory.py). Past this resident size `journeys up`
     # rolls it: the node drains and stops, a new broker (a new epoch) starts, then the
-    # node. 0: never. About 1.5M storefront events per GiB.
+    # node. 0: never. About 0.85M storefront events per GiB (with their outcomes).
     broker_max_rss_mib: int = Field(default=2048, ge=0)
     # How long a roll lets the node drain; past it the node is killed and replays its
     # journal into the new broker (the crash path), so ingest pauses for at most this
