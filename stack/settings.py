@@ -43,10 +43,11 @@ class Settings(BaseSettings):
     # rolls it: the node drains and stops, a new broker (a new epoch) starts, then the
     # node. 0: never. About 0.85M storefront events per GiB (with their outcomes).
     broker_max_rss_mib: int = Field(default=2048, ge=0)
-    # How long a roll lets the node drain; past it the node is killed and replays its
-    # journal into the new broker (the crash path), so ingest pauses for at most this
-    # plus a node start rather than for the worker's whole backlog.
-    broker_roll_drain_s: float = Field(default=10.0, ge=0)
+    # How long a roll lets the node drain (ingest is paused meanwhile); past it the node
+    # is killed and replays its journal into the new broker (the crash path). A short
+    # drain shortens the pause but carries the backlog into the new broker, which then
+    # rolls again soon: measured with 10 s, ingest all but stalled (docs/architecture.md).
+    broker_roll_drain_s: float = Field(default=90.0, ge=0)
     # The ingest journal (streams/journal.py): the node keeps every accepted event on
     # disk (fsynced before the 200) until the journey worker processed it, and produces
     # it again into a new broker. Only where the broker forgets its log, i.e. where an

@@ -60,7 +60,7 @@ def send_until_200(client: httpx.Client, calls: list[dict[str, Any]]) -> float:
 @pytest.mark.parametrize(
     "drain_s",
     [
-        "10",  # the default: this small backlog drains in time, nothing to replay
+        "90",  # the default: this small backlog drains in time, nothing to replay
         "0",  # no drain: the node is killed and replays its journal into the new broker
     ],
 )
