@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     # is killed and replays its journal into the new broker (the crash path). A short
     # drain shortens the pause but carries the backlog into the new broker, which then
     # rolls again soon: measured with 10 s, ingest all but stalled (docs/architecture.md).
+    # The node's own drain gives up after 60 s (stack/node.py: DRAIN_TIMEOUT_S).
     broker_roll_drain_s: float = Field(default=90.0, ge=0)
     # The ingest journal (streams/journal.py): the node keeps every accepted event on
     # disk (fsynced before the 200) until the journey worker processed it, and produces
