@@ -120,10 +120,13 @@ class CustomerJourney(Aggregate):
         self.categories: dict[str, int] = {}
         # Ids of recently recorded events ("<source>/<messageId>"; bare messageIds
         # before ids were kept per source) and their arrival: a re-sent event is
-        # recognised and ignored. Kept by arrival time and pruned past the dedup window
-        # (StageRules.dedup_window_hours): a re-send is a second arrival, however old
-        # the event itself is (a re-imported history, a replayed backfill).
+        # recognised and ignored, however old the event itself is (a re-imported
+        # history, a replayed backfill). Past the dedup window (StageRules.
+        # dedup_window_hours, in arrival time) an id moves to ``earlier_ids``, without
+        # its arrival: it is still recognised, so a re-send a week later (a new receive
+        # time, so a new row in the event log) is not a second event either.
         self.recorded_ids: dict[str, datetime] = {}
+        self.earlier_ids: dict[str, None] = {}
         self.last_arrival: datetime = started_at
         # Identity: anonymous keys linked to this (known) customer, and those whose
         # history was absorbed; for an anonymous journey, the customer it merged into.
@@ -164,8 +167,7 @@ class CustomerJourney(Aggregate):
         (:meth:`revise`). True decides regardless (facts given in order).
         """
         horizon = max(self.last_arrival, touch.arrived) - timedelta(hours=rules.dedup_window_hours)
-        first_arrival = self._first_arrival(touch)
-        if (first_arrival is not None and first_arrival >= horizon) or self.merged_into is not None:
+        if self.merged_into is not None or self._seen(touch):
             return []
         if decide is False or (decide is None and not self.in_order(touch, ties=True)):
             self._record_fact(self._fact_name(touch), touch, horizon)
@@ -276,12 +278,17 @@ class CustomerJourney(Aggregate):
             cart_items=scratch.cart_items,
         )
 
-    def _first_arrival(self, touch: Touch) -> datetime | None:
-        """When this event (its id within its source) was recorded, if still remembered."""
-        for key in touch.dedup_keys:
-            if key in self.recorded_ids:
-                return self.recorded_ids[key]
-        return None
+    def _seen(self, touch: Touch) -> bool:
+        """Whether this event (its id within its source) was recorded, whenever it arrived."""
+        earlier = self.ids_past_window
+        return any(key in self.recorded_ids or key in earlier for key in touch.dedup_keys)
+
+    @property
+    def ids_past_window(self) -> dict[str, None]:
+        """:attr:`earlier_ids`, also on a journey restored from a snapshot taken before
+        ids were kept past the window (a snapshot restores ``__dict__`` as it was)."""
+        earlier: dict[str, None] = self.__dict__.setdefault("earlier_ids", {})
+        return earlier
 
     def merge_into(
         self, customer_key: str, at: datetime, event_id: str
@@ -292,7 +299,11 @@ class CustomerJourney(Aggregate):
         identified customers stay apart), nor is an anonymous journey merged
         into a second customer: both are refused and recorded.
         """
-        if event_id in self.recorded_ids or self.merged_into == customer_key:
+        if (
+            event_id in self.recorded_ids
+            or event_id in self.ids_past_window
+            or self.merged_into == customer_key
+        ):
             return "duplicate", []
         if not is_anonymous(self.customer_key):
             reason = f"{self.customer_key} is an identified customer"
@@ -510,11 +521,14 @@ class CustomerJourney(Aggregate):
         recorded_ids[scoped_dedup_keys(data.get("id_scope", ""), data["event_id"])[0]] = arrived
         if arrived > self.last_arrival:
             self.last_arrival = arrived
-        # Forget ids only when one has expired: min() is one C loop, the deletions rare.
+        # Move ids past the window only when one has expired: min() is one C loop,
+        # the moves rare.
         if min(recorded_ids.values()) < forget_before:
+            earlier = self.ids_past_window
             for event_id, seen_at in list(recorded_ids.items()):
                 if seen_at < forget_before:
                     del recorded_ids[event_id]
+                    earlier[event_id] = None
         self.touchpoints += 1
         if at < self.first_seen:
             self.first_seen = at

@@ -74,10 +74,10 @@ class StageRules:
     - lapsed: loyalty with no order for more than ``loyalty_lapse_days``, decided
       from event time: when the customer's next event arrives, and when a
       question is asked "as of" a moment. The next order wins them back to loyalty.
-    - ``dedup_window_hours``: how long a journey remembers event ids to drop
-      re-sent events, in arrival time (``received_at``, kept with each event, so
-      replays agree): a history sent twice within the window counts once,
-      however old its events are.
+    - ``dedup_window_hours``: how long a journey remembers event ids with their
+      arrival time (``received_at``, kept with each event, so replays agree);
+      older ids are kept without it. Either way a re-sent event counts once,
+      however old its events are and however late it is sent again.
     """
 
     consideration_product_views: int = 2

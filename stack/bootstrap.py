@@ -179,7 +179,10 @@ def event_sink(settings: Settings, journal: Journal | None = None) -> GatewaySin
     behind the ingest journal when there is one."""
     kind = ConfluentEventSink if settings.gateway_producer == "confluent" else KafkaEventSink
     producer = kind(
-        settings.kafka_bootstrap_servers, settings.events_topic, settings.dead_letter_topic
+        settings.kafka_bootstrap_servers,
+        settings.events_topic,
+        settings.dead_letter_topic,
+        idempotence=settings.kafka_idempotence,
     )
     if journal is None:
         return producer

@@ -36,13 +36,15 @@ import httpx
 
 from stack import analysis_cli, demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBroker
-from stack.processes import port_open, spawn
+from stack.processes import port_open, rss_mib, spawn
 from stack.settings import Settings
 from stack.supervisor import CrashLoop, RestartPolicy, Supervised, sleep_unless
 from streams.topics import ensure_topics
 
 STARTUP_TIMEOUT_S = 180.0
 NODE_STOP_TIMEOUT_S = 90.0
+# How often `journeys up` reads the embedded broker's resident size.
+BROKER_RSS_CHECK_S = 2.0
 
 
 def dev_keys(settings: Settings) -> Settings:
@@ -118,6 +120,7 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             node_settings.all_topics,
             node_settings.topic_partitions,
             node_settings.topic_replication_factor,
+            node_settings.topic_configs,
         )
         print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
         return process
@@ -141,8 +144,12 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             _start(child, policy, lambda: stopping)
         started_at = time.monotonic()
         announced = False
+        checked_rss = time.monotonic()
         while not stopping:
             _restart_dead(children, policy, lambda: stopping)
+            if broker is not None and time.monotonic() - checked_rss > BROKER_RSS_CHECK_S:
+                checked_rss = time.monotonic()
+                _roll_if_full(children[0], node, settings, policy, lambda: stopping)
             if not announced:
                 if _healthy(base):
                     _banner(node_settings, base, broker)
@@ -179,6 +186,46 @@ def _start(child: Supervised, policy: RestartPolicy, stopping: Callable[[], bool
             delay = child.record_death(time.monotonic(), policy)
             print(f"{error}; trying again in {delay:.1f} s", file=sys.stderr, flush=True)
             sleep_unless(stopping, delay)
+
+
+def _roll_if_full(
+    broker: Supervised,
+    node: Supervised,
+    settings: Settings,
+    policy: RestartPolicy,
+    stopping: Callable[[], bool],
+) -> bool:
+    """Roll the embedded broker once its memory passes ``broker_max_rss_mib``; True if it did.
+
+    Tansu's memory storage never frees a record (retention is not applied, DeleteRecords
+    is not implemented), so the only bound is a new broker. The node is stopped first as
+    on Ctrl-C, drained into the event store for up to ``broker_roll_drain_s``; a node
+    still behind then is killed and replays its journal into the new broker, as after a
+    crash. Ingest is refused (connection refused: SDKs retry) until the node is back.
+    """
+    max_rss_mib = settings.broker_max_rss_mib
+    if not max_rss_mib or broker.process is None or broker.exit_code() is not None:
+        return False
+    rss = rss_mib(broker.process.pid)
+    if rss <= max_rss_mib:
+        return False
+    print(
+        f"the broker holds {rss:,.0f} MiB (JOURNEYS_BROKER_MAX_RSS_MIB={max_rss_mib}): rolling "
+        "it: the node drains and stops, a new broker starts, then the node",
+        flush=True,
+    )
+    began = time.monotonic()
+    node.stop(settings.broker_roll_drain_s)
+    drained = time.monotonic()
+    broker.stop()
+    _start(broker, policy, stopping)
+    _start(node, policy, stopping)
+    print(
+        f"broker rolled (node stopped in {drained - began:.1f} s, new broker "
+        f"in {time.monotonic() - drained:.1f} s); the node is starting",
+        flush=True,
+    )
+    return True
 
 
 def _restart_dead(
@@ -393,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.all_topics,
             settings.topic_partitions,
             settings.topic_replication_factor,
+            settings.topic_configs,
         )
         print("created: " + (", ".join(created) or "nothing, all existed"))
         return 0

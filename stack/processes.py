@@ -67,6 +67,18 @@ def stop(process: subprocess.Popen[bytes], timeout: float) -> int:
     return process.returncode
 
 
+def rss_mib(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def wait_until(
     ready: Callable[[], bool], timeout: float, alive: Callable[[], bool], interval: float = 0.2
 ) -> bool:

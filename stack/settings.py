@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.cors import origin_problem
@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     # many deaths of one child within the window is a crash loop and stops the stack.
     supervisor_max_restarts: int = Field(default=5, ge=0)
     supervisor_window_s: float = Field(default=60.0, gt=0)
+    # The embedded broker (Tansu, memory://) keeps every record it was sent, whatever
+    # the topics' retention (bench/broker_memory.py). Past this resident size `journeys up`
+    # rolls it: the node drains and stops, a new broker (a new epoch) starts, then the
+    # node. 0: never. About 0.85M storefront events per GiB (with their outcomes).
+    broker_max_rss_mib: int = Field(default=2048, ge=0)
+    # How long a roll lets the node drain (ingest is paused meanwhile); past it the node
+    # is killed and replays its journal into the new broker (the crash path). A short
+    # drain shortens the pause but carries the backlog into the new broker, which then
+    # rolls again soon: measured with 10 s, ingest all but stalled (docs/architecture.md).
+    # The node's own drain gives up after 60 s (stack/node.py: DRAIN_TIMEOUT_S).
+    broker_roll_drain_s: float = Field(default=90.0, ge=0)
     # The ingest journal (streams/journal.py): the node keeps every accepted event on
     # disk (fsynced before the 200) until the journey worker processed it, and produces
     # it again into a new broker. Only where the broker forgets its log, i.e. where an
@@ -54,6 +65,25 @@ class Settings(BaseSettings):
     topic_prefix: str = "journey"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1)
+    # A write with acks=all succeeds only while this many replicas have it: with 3
+    # replicas and 2, one broker can be lost without losing or refusing an event.
+    topic_min_insync_replicas: int = Field(default=1, ge=1)
+    # Retention per topic role (stack/topics.py: topic_configs). The ingest topic must keep
+    # a record until the worker processed it: past the journey's 24 h dedup window a
+    # worker down over a long weekend still finds its backlog. Sizes are per partition.
+    topic_events_retention_h: float = Field(default=168.0, gt=0)
+    topic_events_retention_mib: int = Field(default=10_240, ge=1)
+    # Stage changes and fired triggers are read by the platform's own consumers within
+    # seconds; a week lets a downstream consumer catch up.
+    topic_outcomes_retention_h: float = Field(default=168.0, gt=0)
+    topic_outcomes_retention_mib: int = Field(default=2048, ge=1)
+    # Dead letters are for people to look at: kept for days, and small.
+    topic_dead_letters_retention_h: float = Field(default=336.0, gt=0)
+    topic_dead_letters_retention_mib: int = Field(default=1024, ge=1)
+    # Idempotent producers (librdkafka and aiokafka): a retried produce is not written
+    # twice and cannot reorder a partition (up to 5 requests in flight). Off by
+    # default: the embedded shape measured and tested with it off (one request in flight).
+    kafka_idempotence: bool = False
     worker_group: str = "journeys-worker"
     # Short enough that a restarted worker rejoins quickly, long enough for GC pauses.
     kafka_session_timeout_s: float = Field(default=10.0, gt=0)
@@ -156,6 +186,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r}: {problem}")
         return value
 
+    @model_validator(mode="after")
+    def _insync_replicas_exist(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                f"topic_min_insync_replicas ({self.topic_min_insync_replicas}) exceeds "
+                f"topic_replication_factor ({self.topic_replication_factor}): "
+                "every acks=all write would be refused"
+            )
+        return self
+
     @field_validator("postgres_dsn")
     @classmethod
     def _postgres_scheme(cls, value: str) -> str:
@@ -205,6 +245,34 @@ class Settings(BaseSettings):
             self.triggers_topic,
             self.triggers_dead_letter_topic,
         ]
+
+    @property
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Each platform topic's broker configuration: durability and retention by role.
+
+        None is compacted: no topic is a changelog (state lives in the event store, and
+        Faust's tables and changelogs are unused), and a compacted stage-change or trigger
+        topic would drop the earlier records of a customer that its readers need.
+        """
+
+        def role(hours: float, mib: int) -> dict[str, str]:
+            return {
+                "cleanup.policy": "delete",
+                "retention.ms": str(int(hours * 3_600_000)),
+                "retention.bytes": str(mib * 1024 * 1024),
+                "min.insync.replicas": str(self.topic_min_insync_replicas),
+            }
+
+        ingest = role(self.topic_events_retention_h, self.topic_events_retention_mib)
+        outcomes = role(self.topic_outcomes_retention_h, self.topic_outcomes_retention_mib)
+        dead = role(self.topic_dead_letters_retention_h, self.topic_dead_letters_retention_mib)
+        return {
+            self.events_topic: ingest,
+            self.dead_letter_topic: dead,
+            self.stage_changes_topic: outcomes,
+            self.triggers_topic: outcomes,
+            self.triggers_dead_letter_topic: dead,
+        }
 
     @property
     def ingest_origin_list(self) -> frozenset[str]:

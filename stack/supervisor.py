@@ -62,10 +62,10 @@ class Supervised:
         """The exit code if the child has died, else None (also None if never started)."""
         return None if self.process is None else self.process.poll()
 
-    def stop(self) -> None:
-        """SIGTERM (the node drains), SIGKILL after the timeout."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM (the node drains), SIGKILL after the timeout (``stop_timeout_s``)."""
         if self.process is not None:
-            stop(self.process, self.stop_timeout_s)
+            stop(self.process, self.stop_timeout_s if timeout_s is None else timeout_s)
 
     def kill(self) -> None:
         """SIGKILL at once: for a child whose peer is gone (a node whose broker died)."""

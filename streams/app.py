@@ -65,7 +65,10 @@ class JourneyStreams:
             settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
         )
         self.outcomes = OutcomePublisher(
-            settings.kafka_bootstrap_servers, journal=journal, events_topic=settings.events_topic
+            settings.kafka_bootstrap_servers,
+            journal=journal,
+            events_topic=settings.events_topic,
+            idempotence=settings.kafka_idempotence,
         )
         self.journey_consumer = worker_consumer(
             settings,

@@ -56,8 +56,15 @@ class _Acks:
 class ConfluentEventSink:
     """Produces accepted events keyed by customer, acks=all, through librdkafka."""
 
-    def __init__(self, bootstrap_servers: str, events_topic: str, dead_letter_topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        events_topic: str,
+        dead_letter_topic: str,
+        idempotence: bool = False,
+    ) -> None:
         self._bootstrap_servers = bootstrap_servers
+        self._idempotence = idempotence
         self._events_topic = events_topic
         self._dead_letter_topic = dead_letter_topic
         self._producer: Producer | None = None
@@ -66,10 +73,14 @@ class ConfluentEventSink:
 
     async def start(self) -> None:
         """Create the producer and the thread that delivers its reports."""
-        self._producer = Producer(keyed_producer_config(self._bootstrap_servers))
+        self._producer = Producer(self.config())
         self._stopping.clear()
         self._poller = threading.Thread(target=self._poll, name="confluent-sink", daemon=True)
         self._poller.start()
+
+    def config(self) -> dict[str, Any]:
+        """The producer's librdkafka settings."""
+        return keyed_producer_config(self._bootstrap_servers, self._idempotence)
 
     def _poll(self) -> None:
         producer = self._producer

@@ -20,8 +20,13 @@ from streams.journal import Delivery, Journal
 OutcomeRecord = tuple[str, bytes | None, bytes]
 
 
-def keyed_producer_config(bootstrap_servers: str) -> dict[str, Any]:
-    """librdkafka settings for records keyed by customer, acknowledged by every replica."""
+def keyed_producer_config(bootstrap_servers: str, idempotence: bool = False) -> dict[str, Any]:
+    """librdkafka settings for records keyed by customer, acknowledged by every in-sync replica.
+
+    Either way a retry cannot reorder one customer's records: idempotence (the broker
+    drops a retried batch it has and keeps sequence order) allows 5 requests in flight,
+    without it only one is.
+    """
     return {
         "bootstrap.servers": bootstrap_servers,
         "acks": "all",
@@ -31,9 +36,8 @@ def keyed_producer_config(bootstrap_servers: str) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         "linger.ms": 2,
         "message.timeout.ms": 15000,
-        # Retries cannot reorder one customer's records within a batch.
-        "enable.idempotence": False,
-        "max.in.flight.requests.per.connection": 1,
+        "enable.idempotence": idempotence,
+        "max.in.flight.requests.per.connection": 5 if idempotence else 1,
     }
 
 
@@ -50,8 +54,10 @@ class OutcomePublisher:
         timeout_s: float = 30.0,
         journal: Journal | None = None,
         events_topic: str = "",
+        idempotence: bool = False,
     ) -> None:
-        self._producer = Producer(keyed_producer_config(bootstrap_servers))
+        self.config = keyed_producer_config(bootstrap_servers, idempotence)
+        self._producer = Producer(self.config)
         self.timeout_s = timeout_s
         # Identity messages to ``events_topic`` are journaled like the gateway's events:
         # a broker that dies before their receiver processed them must not take them.

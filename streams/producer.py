@@ -33,23 +33,34 @@ def dead_letter_record(payload: bytes, reasons: Sequence[dict[str, Any]], source
 class KafkaEventSink:
     """Produces accepted events keyed by customer, so one customer's events stay in order."""
 
-    def __init__(self, bootstrap_servers: str, events_topic: str, dead_letter_topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        events_topic: str,
+        dead_letter_topic: str,
+        idempotence: bool = False,
+    ) -> None:
         self._bootstrap_servers = bootstrap_servers
+        self._idempotence = idempotence
         self._events_topic = events_topic
         self._dead_letter_topic = dead_letter_topic
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         """Connect to the broker (aiokafka binds to the running loop, so not before)."""
-        # acks="all": a 200 is only sent once the broker has the event.
-        self._producer = AIOKafkaProducer(
+        self._producer = AIOKafkaProducer(**self.config())
+        await self._producer.start()
+
+    def config(self) -> dict[str, Any]:
+        """The producer's settings. acks="all": a 200 is only sent once the broker has the event."""
+        return dict(
             bootstrap_servers=self._bootstrap_servers,
             acks="all",
+            enable_idempotence=self._idempotence,
             linger_ms=2,
             max_batch_size=256 * 1024,
             request_timeout_ms=15000,
         )
-        await self._producer.start()
 
     async def stop(self) -> None:
         """Flush what is in flight and disconnect."""

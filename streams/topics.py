@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -11,9 +12,16 @@ from kafka.errors import TopicAlreadyExistsError
 
 
 def ensure_topics(
-    bootstrap_servers: str, names: list[str], partitions: int, replication_factor: int
+    bootstrap_servers: str,
+    names: list[str],
+    partitions: int,
+    replication_factor: int,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
+    """Create the topics that do not exist yet, with ``configs[name]``; returns those created.
+
+    An existing topic keeps the configuration it has (change it with Kafka's tools).
+    """
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="journeys-admin")
     try:
         existing = set(admin.list_topics())
@@ -22,7 +30,15 @@ def ensure_topics(
             # Created meanwhile by another process: that is what we wanted.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    [NewTopic(name, partitions, replication_factor) for name in missing]
+                    [
+                        NewTopic(
+                            name,
+                            partitions,
+                            replication_factor,
+                            topic_configs=dict((configs or {}).get(name, {})),
+                        )
+                        for name in missing
+                    ]
                 )
         return missing
     finally:

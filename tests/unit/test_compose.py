@@ -18,22 +18,26 @@ import tomllib
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
 
-from stack import cli
+from journeys.stages import StageRules
+from stack import bootstrap, cli
 from stack.bootstrap import event_store_env
 from stack.settings import ENV_PREFIX, Settings
+from streams.app import JourneyStreams
+from streams.pipeline import JourneyPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = ROOT / "pyproject.toml"
 
-INFRASTRUCTURE = ("kafka", "clickhouse", "postgres")
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+INFRASTRUCTURE = (*KAFKA_NODES, "clickhouse", "postgres")
 # The platform's services and the `journeys` subcommand each must run.
 PLATFORM_COMMANDS = {"topics": "topics", "worker": "worker", "api": "api"}
 SCALED = ("worker", "api")
@@ -263,24 +267,46 @@ def test_the_scale_out_services_exist() -> None:
     assert not missing, f"docker-compose.yml lacks the services {sorted(missing)}"
 
 
-def test_kafka_runs_in_kraft_mode_without_zookeeper() -> None:
-    env = environment("kafka")
+@pytest.mark.parametrize("name", KAFKA_NODES)
+def test_kafka_runs_in_kraft_mode_without_zookeeper(name: str) -> None:
+    env = environment(name)
     roles = {role.strip() for role in env.get("KAFKA_PROCESS_ROLES", "").split(",")}
     assert roles == {"broker", "controller"}, (
-        f"KAFKA_PROCESS_ROLES is {env.get('KAFKA_PROCESS_ROLES')!r}; a single KRaft node "
-        "must be both broker and controller"
+        f"{name}: KAFKA_PROCESS_ROLES is {env.get('KAFKA_PROCESS_ROLES')!r}; the nodes are "
+        "combined broker and controller (as docs/architecture.md says)"
     )
     zookeeper = [
-        name
-        for name, entry in services().items()
-        if "zookeeper" in name.lower() or "zookeeper" in str(entry.get("image", "")).lower()
+        other
+        for other, entry in services().items()
+        if "zookeeper" in other.lower() or "zookeeper" in str(entry.get("image", "")).lower()
     ]
     assert not zookeeper, f"KRaft needs no ZooKeeper, yet these services run it: {zookeeper}"
-    assert not [key for key in env if "ZOOKEEPER" in key], "kafka is configured for ZooKeeper"
+    assert not [key for key in env if "ZOOKEEPER" in key], f"{name} is configured for ZooKeeper"
 
 
-def test_kafka_kraft_quorum_and_listeners_are_consistent() -> None:
-    env = environment("kafka")
+def test_kafka_is_a_cluster_of_three_nodes() -> None:
+    nodes = [name for name, entry in services().items() if "kafka" in str(entry.get("image", ""))]
+    assert sorted(nodes) == sorted(KAFKA_NODES), f"the Kafka services are {nodes}"
+    ids = [environment(name).get("KAFKA_NODE_ID") for name in KAFKA_NODES]
+    assert len(set(ids)) == len(KAFKA_NODES) and all(ids), f"node ids are not distinct: {ids}"
+    for name in KAFKA_NODES:
+        assert service(name).get("hostname") == name, f"{name}: hostname is not the service name"
+        assert replicas(name) == 1, f"{name}: a Kafka node is one container with its own id"
+    images = {service(name)["image"] for name in KAFKA_NODES}
+    assert len(images) == 1, f"the nodes run different images: {images}"
+    clusters = {environment(name).get("CLUSTER_ID") for name in KAFKA_NODES}
+    assert len(clusters) == 1, f"the nodes are formatted for different clusters: {clusters}"
+    (cluster,) = clusters
+    try:
+        raw = base64.urlsafe_b64decode(str(cluster) + "==")
+    except (binascii.Error, ValueError):
+        raw = b""
+    assert len(raw) == 16, f"CLUSTER_ID {cluster!r} is not a base64url UUID"
+
+
+@pytest.mark.parametrize("name", KAFKA_NODES)
+def test_kafka_listeners_are_consistent(name: str) -> None:
+    env = environment(name)
     required = (
         "KAFKA_NODE_ID",
         "KAFKA_LISTENERS",
@@ -288,56 +314,104 @@ def test_kafka_kraft_quorum_and_listeners_are_consistent() -> None:
         "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
         "KAFKA_CONTROLLER_LISTENER_NAMES",
         "KAFKA_CONTROLLER_QUORUM_VOTERS",
+        "KAFKA_INTER_BROKER_LISTENER_NAME",
     )
     missing = [key for key in required if not env.get(key)]
-    assert not missing, f"kafka lacks the KRaft settings {missing}"
+    assert not missing, f"{name} lacks the KRaft settings {missing}"
     bound = listeners(env["KAFKA_LISTENERS"])
     advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
     protocols = dict(
         pair.split(":", 1) for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
     )
     controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
-    assert controller in bound, f"controller listener {controller!r} is not in KAFKA_LISTENERS"
-    assert controller not in advertised, "the controller listener must not be advertised"
+    assert controller in bound, f"{name}: controller listener {controller!r} is not bound"
+    assert controller not in advertised, f"{name}: the controller listener must not be advertised"
     unmapped = (set(bound) | set(advertised)) - set(protocols)
-    assert not unmapped, f"listeners without a security protocol: {sorted(unmapped)}"
-    assert set(advertised) <= set(bound), "an advertised listener is not bound"
-    for name, (_, port) in advertised.items():
-        assert bound[name][1] == port, (
-            f"listener {name} binds {bound[name][1]} but advertises {port}"
+    assert not unmapped, f"{name}: listeners without a security protocol: {sorted(unmapped)}"
+    assert set(advertised) <= set(bound), f"{name}: an advertised listener is not bound"
+    for listener, (_, port) in advertised.items():
+        assert bound[listener][1] == port, (
+            f"{name}: listener {listener} binds {bound[listener][1]} but advertises {port}"
         )
-
-    voters = [voter.split("@") for voter in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")]
-    assert [node for node, _ in voters] == [env["KAFKA_NODE_ID"]], (
-        f"KAFKA_CONTROLLER_QUORUM_VOTERS {env['KAFKA_CONTROLLER_QUORUM_VOTERS']!r} must name "
-        f"this node ({env['KAFKA_NODE_ID']}) alone"
+    inter = env["KAFKA_INTER_BROKER_LISTENER_NAME"]
+    assert advertised.get(inter, ("", 0))[0] == name, (
+        f"{name}: the other brokers reach it as {advertised.get(inter)}, not by its own name"
     )
-    voter_host, _, voter_port = voters[0][1].rpartition(":")
-    assert int(voter_port) == bound[controller][1], "the voter's port is not the controller's"
-    assert voter_host in {"kafka", service("kafka").get("hostname")}, (
-        f"the voter {voter_host!r} is not the kafka service"
+    published = {_published(str(port)) for port in service(name).get("ports", [])}
+    for listener, (host, port) in advertised.items():
+        if host == "localhost":
+            assert str(port) in published, (
+                f"{name}: {listener} advertises localhost:{port}, which the host does not publish"
+            )
+
+
+def test_kafka_quorum_voters_are_the_three_nodes() -> None:
+    voters = {environment(name)["KAFKA_CONTROLLER_QUORUM_VOTERS"] for name in KAFKA_NODES}
+    assert len(voters) == 1, f"the nodes disagree on the quorum: {voters}"
+    (quorum,) = voters
+    parsed = {}
+    for voter in quorum.split(","):
+        node_id, _, address = voter.partition("@")
+        host, _, port = address.rpartition(":")
+        parsed[node_id] = (host, int(port))
+    expected = {}
+    for name in KAFKA_NODES:
+        env = environment(name)
+        controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+        expected[env["KAFKA_NODE_ID"]] = (name, listeners(env["KAFKA_LISTENERS"])[controller][1])
+    assert parsed == expected, (
+        f"KAFKA_CONTROLLER_QUORUM_VOTERS {quorum!r} is not every node's id at its controller "
+        f"listener: expected {expected}"
     )
-    for key in (
-        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-    ):
-        assert env.get(key) == "1", f"{key} must be 1 on a single broker, is {env.get(key)!r}"
-
-    if "CLUSTER_ID" in env:
-        try:
-            raw = base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")
-        except (binascii.Error, ValueError):
-            raw = b""
-        assert len(raw) == 16, f"CLUSTER_ID {env['CLUSTER_ID']!r} is not a base64url UUID"
+    assert len(parsed) % 2 == 1, "an even quorum tolerates no more failures than one voter fewer"
 
 
-def test_kafka_keeps_its_log_in_a_volume() -> None:
-    log_dir = environment("kafka").get("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs")
-    targets = [
-        volume["target"] if isinstance(volume, dict) else str(volume).split(":")[1]
-        for volume in service("kafka").get("volumes", [])
-    ]
-    assert log_dir in targets, f"KAFKA_LOG_DIRS {log_dir} is not a volume: {targets}"
+@pytest.mark.parametrize("name", KAFKA_NODES)
+def test_kafka_internal_topics_are_replicated(name: str) -> None:
+    env = environment(name)
+    brokers = len(KAFKA_NODES)
+    expected = {
+        "KAFKA_DEFAULT_REPLICATION_FACTOR": str(brokers),
+        "KAFKA_MIN_INSYNC_REPLICAS": str(brokers - 1),
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": str(brokers),
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": str(brokers),
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": str(brokers - 1),
+        "KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE": "false",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
+    }
+    wrong = {key: (env.get(key), value) for key, value in expected.items() if env.get(key) != value}
+    assert not wrong, f"{name}: (got, expected) {wrong}"
+
+
+@pytest.mark.parametrize("name", KAFKA_NODES)
+def test_kafka_keeps_its_log_in_a_volume_of_its_own(name: str) -> None:
+    log_dir = environment(name).get("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs")
+    mounts = {
+        (volume["target"] if isinstance(volume, dict) else str(volume).split(":")[1]): (
+            volume["source"] if isinstance(volume, dict) else str(volume).split(":")[0]
+        )
+        for volume in service(name).get("volumes", [])
+    }
+    assert log_dir in mounts, f"{name}: KAFKA_LOG_DIRS {log_dir} is not a volume: {mounts}"
+    for other in KAFKA_NODES:
+        if other != name:
+            theirs = {
+                volume["source"] if isinstance(volume, dict) else str(volume).split(":")[0]
+                for volume in service(other).get("volumes", [])
+            }
+            assert mounts[log_dir] not in theirs, f"{name} and {other} share {mounts[log_dir]}"
+
+
+def test_no_service_mounts_a_host_path() -> None:
+    for name, entry in services().items():
+        for volume in entry.get("volumes", []):
+            kind = volume.get("type", "volume") if isinstance(volume, dict) else ""
+            source = volume.get("source", "") if isinstance(volume, dict) else str(volume)
+            source = source.split(":")[0] if isinstance(volume, str) else source
+            assert kind == "volume" or not isinstance(volume, dict), f"{name}: {volume}"
+            assert not source.startswith((".", "/", "~")), (
+                f"{name} mounts the host path {source!r}: the file must run on any host"
+            )
 
 
 def test_every_named_volume_is_declared() -> None:
@@ -417,21 +491,136 @@ def test_topics_have_a_partition_for_every_worker(monkeypatch: pytest.MonkeyPatc
     )
 
 
-def test_bootstrap_servers_are_an_advertised_kafka_listener(
+def test_bootstrap_servers_are_every_nodes_advertised_listener(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    env = environment("kafka")
-    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
-    reachable = {(host, port) for host, port in advertised.values()}
-    kafka_names = {"kafka", service("kafka").get("hostname")}
+    reachable = {}
+    for name in KAFKA_NODES:
+        advertised = listeners(environment(name)["KAFKA_ADVERTISED_LISTENERS"])
+        reachable |= {address: name for address in advertised.values()}
     servers = compose_settings("worker", monkeypatch).kafka_bootstrap_servers
+    named = set()
     for server in servers.split(","):
         host, _, port = server.strip().rpartition(":")
         assert (host, int(port)) in reachable, (
-            f"bootstrap server {server} is not advertised by kafka ({sorted(reachable)}): "
+            f"bootstrap server {server} is not advertised by a Kafka node ({sorted(reachable)}): "
             "clients would be redirected to an address they cannot reach"
         )
-        assert host in kafka_names, f"bootstrap server {server} is not the kafka service"
+        named.add(reachable[(host, int(port))])
+    assert named == set(KAFKA_NODES), (
+        f"the bootstrap list names {sorted(named)}: a client starting while another node is "
+        "down could not find the cluster"
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Durability: replication, acks and retention of what the platform creates and writes.
+# ---------------------------------------------------------------------------------
+
+
+def test_every_platform_topic_has_three_replicas_and_two_in_sync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = compose_settings("topics", monkeypatch)
+    assert settings.topic_replication_factor == len(KAFKA_NODES), (
+        f"JOURNEYS_TOPIC_REPLICATION_FACTOR is {settings.topic_replication_factor}"
+    )
+    configs = settings.topic_configs
+    assert set(configs) == set(settings.all_topics), (
+        f"topics created without a configuration: {set(settings.all_topics) - set(configs)}"
+    )
+    for topic in settings.all_topics:
+        assert configs[topic].get("min.insync.replicas") == "2", (
+            f"{topic}: min.insync.replicas is {configs[topic].get('min.insync.replicas')!r}"
+        )
+
+
+def test_the_topics_command_creates_them_with_those_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`journeys topics` (what the service runs) hands the settings' values to the admin call."""
+    settings = compose_settings("topics", monkeypatch)
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(cli, "ensure_topics", lambda *args: calls.append(args) or [])
+    assert cli.main(command("topics")) == 0
+    assert calls == [
+        (
+            settings.kafka_bootstrap_servers,
+            settings.all_topics,
+            settings.topic_partitions,
+            3,
+            settings.topic_configs,
+        )
+    ]
+
+
+def test_min_insync_replicas_beyond_the_replicas_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOURNEYS_TOPIC_REPLICATION_FACTOR", "1")
+    monkeypatch.setenv("JOURNEYS_TOPIC_MIN_INSYNC_REPLICAS", "2")
+    with pytest.raises(ValueError, match="min_insync_replicas"):
+        Settings()
+
+
+@pytest.mark.parametrize("producer", ["confluent", "aiokafka"])
+def test_the_gateway_produces_with_acks_all_and_idempotence(
+    producer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = compose_settings("api", monkeypatch).model_copy(
+        update={"gateway_producer": producer}
+    )
+    config = bootstrap.event_sink(settings).config()
+    if producer == "confluent":
+        assert (config["acks"], config["enable.idempotence"]) == ("all", True), config
+        assert config["max.in.flight.requests.per.connection"] <= 5, config
+    else:
+        assert (config["acks"], config["enable_idempotence"]) == ("all", True), config
+
+
+def test_the_worker_produces_with_acks_all_and_idempotence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's outcome producer (stage changes, identity messages, dead letters)."""
+    settings = compose_settings("worker", monkeypatch)
+    streams = JourneyStreams(settings, pipeline=cast(JourneyPipeline, None))
+    config = streams.outcomes.config
+    assert (config["acks"], config["enable.idempotence"]) == ("all", True), config
+    # The Faust producer (fired triggers) has no idempotence outside transactions;
+    # acks=all it has, and the trigger consumers keep one delivery per trigger id.
+    assert streams.app.conf.producer_acks == -1
+
+
+def test_without_the_setting_producers_are_not_idempotent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checks above can fail: the embedded default is one request in flight instead."""
+    settings = Settings(kafka_bootstrap_servers="127.0.0.1:9092")
+    config = bootstrap.event_sink(settings).config()
+    assert config["enable.idempotence"] is False
+    assert config["max.in.flight.requests.per.connection"] == 1
+
+
+def test_retention_fits_each_topics_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = compose_settings("topics", monkeypatch)
+    configs = settings.topic_configs
+    hour = 3_600_000
+    dedup_window_ms = StageRules().dedup_window_hours * hour
+    for topic, config in configs.items():
+        assert config.get("cleanup.policy") == "delete", (
+            f"{topic}: {config.get('cleanup.policy')!r}; no platform topic is a changelog, and "
+            "compaction would drop a customer's earlier records that its readers need"
+        )
+        assert int(config["retention.bytes"]) > 0, f"{topic}: no size bound"
+        assert int(config["retention.ms"]) > 0, f"{topic}: no time bound"
+    events = int(configs[settings.events_topic]["retention.ms"])
+    assert events > dedup_window_ms, (
+        f"{settings.events_topic} keeps {events / hour} h, less than the journey's dedup window "
+        f"({dedup_window_ms / hour} h): a worker down that long finds its backlog gone"
+    )
+    for topic in (settings.dead_letter_topic, settings.triggers_dead_letter_topic):
+        days = int(configs[topic]["retention.ms"]) / (24 * hour)
+        assert days >= 7, f"{topic}: dead letters kept {days} days, too short to look at them"
 
 
 def test_clickhouse_url_is_the_clickhouse_service(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -544,9 +733,11 @@ def test_platform_waits_for_healthy_stores_and_topics(name: str) -> None:
     assert topics == "service_completed_successfully", f"{name} waits for topics with {topics!r}"
 
 
-def test_topics_wait_for_a_healthy_broker() -> None:
-    condition = ((service("topics").get("depends_on") or {}).get("kafka") or {}).get("condition")
-    assert condition == "service_healthy", f"topics waits for kafka with {condition!r}"
+def test_topics_wait_for_every_healthy_broker() -> None:
+    depends_on = service("topics").get("depends_on") or {}
+    for node in KAFKA_NODES:
+        condition = (depends_on.get(node) or {}).get("condition")
+        assert condition == "service_healthy", f"topics waits for {node} with {condition!r}"
     restart = str(service("topics").get("restart", "no"))
     assert restart in {"no", "on-failure"}, f"topics is one-shot but restarts {restart!r}"
 

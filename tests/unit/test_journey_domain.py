@@ -456,12 +456,16 @@ def test_ids_recorded_before_sources_were_kept_still_dedupe() -> None:
     assert set(journey.recorded_ids) == {"m-old"}
     assert journey.record(sent, RULES) == []  # the source re-sends after the upgrade
     assert journey.touchpoints == 1
-    # ... until the old id ages out of the dedup window: it is not kept for ever.
+    # Once the old id ages out of the dedup window it is kept without its arrival,
+    # and still recognised.
     later = replace(
         touch("Product Viewed", event_id="m-new", at=timedelta(hours=25)), source="shop"
     )
     journey.record(later, RULES)
     assert set(journey.recorded_ids) == {"shop/m-new"}
+    assert set(journey.ids_past_window) == {"m-old"}
+    assert journey.record(replace(sent, received_at=T0 + timedelta(hours=26)), RULES) == []
+    assert journey.touchpoints == 2
 
 
 def test_a_fact_stored_before_arrival_and_scope_were_kept_applies_with_their_defaults() -> None:

@@ -102,7 +102,7 @@ def test_stage_as_of_follows_the_history_and_decides_lapse_at_the_moment() -> No
     assert j.stage is Stage.LOYALTY
 
 
-def test_dedup_window_forgets_ids_that_arrived_longer_ago_than_the_window() -> None:
+def test_ids_past_the_dedup_window_are_kept_without_their_arrival() -> None:
     rules = StageRules(dedup_window_hours=24)
     j = journey()
     j.record(touch("Product Viewed", 0, event_id="old"), rules)
@@ -110,8 +110,10 @@ def test_dedup_window_forgets_ids_that_arrived_longer_ago_than_the_window() -> N
     assert set(j.recorded_ids) == {"old", "mid"}
     j.record(touch("Product Viewed", 1.2, event_id="new"), rules)
     assert set(j.recorded_ids) == {"mid", "new"}
-    # Within the window a re-sent event is still recognised.
+    assert set(j.ids_past_window) == {"old"}
+    # Within the window and past it, a re-sent event is recognised.
     assert j.record(touch("Product Viewed", 0.5, event_id="mid"), rules) == []
+    assert j.record(touch("Product Viewed", 1.3, event_id="old"), rules) == []
     assert j.touchpoints == 3
 
 
@@ -127,11 +129,29 @@ def test_an_old_event_sent_again_soon_after_is_recognised_whatever_its_event_tim
     resent = replace(old_order, received_at=now + timedelta(hours=1))
     assert j.record(resent, rules) == []
     assert j.touchpoints == 2
-    # Sent again after the window (by arrival), it is a new arrival and counts.
+    # Sent again after the window (by arrival, with a new receive time), it is still
+    # the same event: one touch, one row in the event log.
     much_later = replace(old_order, received_at=now + timedelta(hours=30))
-    j.record(much_later, rules)
-    assert j.touchpoints == 3
-    assert j.orders == 1  # an order id seen again is never a second order
+    assert j.record(much_later, rules) == []
+    assert j.touchpoints == 2
+    assert j.orders == 1
+    # Even once its id has moved past the window (a later arrival pruned it).
+    j.record(replace(later, event_id="v2", received_at=now + timedelta(hours=60)), rules)
+    assert "o1" in j.ids_past_window and "o1" not in j.recorded_ids
+    assert j.record(replace(old_order, received_at=now + timedelta(days=30)), rules) == []
+    assert (j.touchpoints, j.orders) == (3, 1)
+
+
+def test_a_journey_restored_from_an_older_snapshot_keeps_ids_past_the_window() -> None:
+    """A snapshot taken before ``earlier_ids`` existed restores a journey without it."""
+    rules = StageRules(dedup_window_hours=1)
+    j = journey()
+    j.record(touch("Product Viewed", 0, event_id="a"), rules)
+    del j.__dict__["earlier_ids"]
+    j.record(touch("Product Viewed", 1, event_id="b"), rules)
+    assert set(j.ids_past_window) == {"a"}
+    assert j.record(touch("Product Viewed", 1.1, event_id="a"), rules) == []
+    assert j.touchpoints == 2
 
 
 def test_replaying_the_stored_events_gives_the_same_pruned_state() -> None:
