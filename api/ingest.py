@@ -58,10 +58,25 @@ def _documented_body(call_type: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
+def _ingest_responses() -> dict[int | str, dict[str, Any]]:
+    responses = error_responses(400, 401, 413, 415, 429, 503)
+    responses[503] = {
+        **responses[503],
+        "description": (
+            "Not stored, retry after Retry-After: the broker did not acknowledge, the journal "
+            "is full, or the pipeline is behind its lag limit (rule `backlog`)"
+        ),
+        "headers": {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        },
+    }
+    return responses
+
+
 # What every ingest route declares: its key scheme and its refusals.
 _INGEST_ROUTE: dict[str, Any] = {
     "dependencies": [WriteKey],
-    "responses": error_responses(400, 401, 413, 415, 429, 503),
+    "responses": _ingest_responses(),
 }
 
 
@@ -240,6 +255,21 @@ async def _authenticate(
     return source, None
 
 
+def _backlogged(gateway: Gateway) -> Response | None:
+    """503 while the worker is further behind than the lag limit: nothing of it is kept."""
+    if gateway.backlog is None:
+        return None
+    exceeded = gateway.backlog.exceeded()
+    if exceeded is None:
+        return None
+    return problem(
+        503,
+        f"the pipeline is behind ({exceeded}); nothing was stored, retry later",
+        [{"field": "pipeline", "rule": "backlog", "message": exceeded}],
+        headers={"Retry-After": "1"},
+    )
+
+
 def _rate_limited(gateway: Gateway, source: str, events: int) -> Response | None:
     wait = gateway.rate_limit.take(source, events)
     if not wait:
@@ -342,7 +372,7 @@ async def _admit(
 ) -> _Admitted | Response:
     """What every ingest request goes through first, or the answer that ends it.
 
-    Read (gunzip), parse, authenticate, rate-limit (``events_in`` the parsed
+    Read (gunzip), parse, authenticate, lag limit, rate-limit (``events_in`` the parsed
     body's events), size limit, JSON-object check; from authentication on, a
     refusal is dead-lettered.
     """
@@ -355,6 +385,10 @@ async def _admit(
     source, denied = await _authenticate(request, gateway, parsed)
     if source is None:
         return denied or problem(401, "unauthenticated")
+    # Before the rate limit takes tokens: a refused request spends none.
+    backlogged = _backlogged(gateway)
+    if backlogged is not None:
+        return backlogged
     limited = _rate_limited(gateway, source, events_in(parsed))
     if limited is not None:
         return limited

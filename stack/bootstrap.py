@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from clickhouse_connect.driver.client import Client
 
 from api.cors import CorsPolicy
-from api.dependencies import AccessKeys, Gateway, HealthCheck
+from api.dependencies import AccessKeys, BacklogLimit, Gateway, HealthCheck
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
@@ -237,6 +237,7 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
             }
 
         checks["journal"] = journal_check
+    backlog: BacklogLimit | None = None
     if streams is not None:
 
         async def worker() -> dict[str, Any]:
@@ -244,6 +245,18 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
             return await asyncio.to_thread(streams.status)
 
         checks["worker"] = worker
+        # The gateway's acks and the consumer's progress, in memory: cheap per request.
+        sink.on_delivered = streams.backlog.delivered
+        backlog = BacklogLimit(
+            streams.backlog, settings.ingest_max_lag_events, settings.ingest_max_lag_s
+        )
+        limit = backlog
+
+        async def backlog_check() -> dict[str, Any]:
+            # Not ok past the lag limit: ingest answers 503 until the worker catches up.
+            return limit.state()
+
+        checks["backlog"] = backlog_check
     return Gateway(
         sink=sink,
         keys=AccessKeys(
@@ -265,4 +278,5 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
         profiles=platform.profiles,
         journeys=platform.journeys,
         outreach=OutreachAdmin(settings, platform.outreach),
+        backlog=backlog,
     )

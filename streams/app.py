@@ -19,6 +19,7 @@ import orjson
 from faust.types import EventT
 
 from projections.dead_letters import DeadLetterLog
+from streams.backlog import Backlog
 from streams.batches import BatchLoop
 from streams.consumer import TopicRecords, worker_consumer
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
@@ -43,6 +44,8 @@ class JourneyStreams:
         self.settings = settings
         self.pipeline = pipeline
         self.dead_letters = dead_letters
+        # What the worker has yet to process, in memory (the gateway reports its writes).
+        self.backlog = Backlog()
         self.app = faust.App(
             settings.worker_group,
             broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
@@ -75,9 +78,14 @@ class JourneyStreams:
             stored_position=lambda _topic, partition: self.consumed_position(partition),
             handle=self._journey_batch,
             on_failure=self.app.crash,
+            on_progress=self._progressed,
         )
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
+
+    def _progressed(self, _topic: str, partition: int, position: int, end: int | None) -> None:
+        self.backlog.fetched(partition, end)
+        self.backlog.processed(partition, position)
 
     async def _journey_batch(self, records: TopicRecords) -> None:
         batches = [

@@ -78,3 +78,7 @@ def test_each_route_declares_the_key_it_checks(document: dict[str, Any]) -> None
             assert {"400", "401"} <= statuses, (method, path)
         if scheme == "writeKey":
             assert {"413", "415", "429", "503"} <= statuses, (method, path)
+            # A 503 of ingest (broker, full journal, lag limit) says when to retry.
+            unavailable = operation["responses"]["503"]
+            assert "Retry-After" in unavailable["headers"], (method, path)
+            assert "backlog" in unavailable["description"], (method, path)
