@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from api.cors import CorsPolicy
+from api.metrics import IngestMetrics
 from api.rate_limit import TokenBuckets
 from api.write_keys import WriteKeyRegistry
 from events.sink import EventSink
@@ -150,6 +151,8 @@ class Gateway:
     outreach: OutreachControl | None = None
     # Where the API shares a process with the journey worker (the node): its backlog.
     backlog: BacklogLimit | None = None
+    # Counters of /metrics, in the registry the composition root fills with the rest.
+    metrics: IngestMetrics = field(default_factory=IngestMetrics)
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

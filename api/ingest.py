@@ -173,6 +173,7 @@ async def _refused(request: Request, gateway: Gateway, refused: _Refused) -> Res
     source, _ = await _authenticate(request, gateway, None)
     if source is not None:
         await _dead_letter(gateway, refused.payload, [refused.reason], source)
+    gateway.metrics.rejected([refused.reason])
     return _rejection(refused.status, [refused.reason])
 
 
@@ -301,6 +302,9 @@ async def _dead_letter(gateway: Gateway, payload: bytes, reasons: Problems, sour
         log.exception("could not write dead letter: %s", reasons)
 
 
+_NOT_STORED = [{"field": "body", "rule": "not_stored", "message": "retry later"}]
+
+
 async def _publish(gateway: Gateway, events: list[TrackedEvent]) -> Response | None:
     """Produce and wait for every ack; the 503 to answer when the broker did not ack."""
     if not events:
@@ -309,9 +313,11 @@ async def _publish(gateway: Gateway, events: list[TrackedEvent]) -> Response | N
         await gateway.sink.publish(events)
     except Exception:
         log.exception("broker did not acknowledge %d events", len(events))
+        gateway.metrics.rejected(_NOT_STORED, len(events))
         return problem(
             503, "the events could not be stored; retry later", headers={"Retry-After": "1"}
         )
+    gateway.metrics.accepted(len(events))
     return None
 
 
@@ -340,10 +346,13 @@ class _Admitted:
     source: str
     body: bytes
     call: dict[str, Any]
+    # The events the request holds, as far as its body could be read (for the counters).
+    events: int = 1
 
     async def reject(self, status: int, reasons: Problems) -> Response:
         """Dead-letter the whole body with ``reasons`` and answer ``status``."""
         await _dead_letter(self.gateway, self.body, reasons, self.source)
+        self.gateway.metrics.rejected(reasons, self.events)
         return _rejection(status, reasons)
 
 
@@ -367,6 +376,12 @@ def _batch_length(parsed: Any) -> int:
     return len(items) if isinstance(items, list) else 1
 
 
+# The rules of refusals answered before a request is admitted, for the counters.
+_WRITE_KEY = [{"rule": "write_key"}]
+_BACKLOG = [{"rule": "backlog"}]
+_RATE_LIMIT = [{"rule": "rate_limit"}]
+
+
 async def _admit(
     request: Request, limit: _SizeLimit, events_in: Callable[[Any], int]
 ) -> _Admitted | Response:
@@ -382,17 +397,21 @@ async def _admit(
     except _Refused as refused:
         return await _refused(request, gateway, refused)
     parsed, parse_error = _parse(body)
+    events = events_in(parsed)
     source, denied = await _authenticate(request, gateway, parsed)
     if source is None:
+        gateway.metrics.rejected(_WRITE_KEY, events)
         return denied or problem(401, "unauthenticated")
     # Before the rate limit takes tokens: a refused request spends none.
     backlogged = _backlogged(gateway)
     if backlogged is not None:
+        gateway.metrics.rejected(_BACKLOG, events)
         return backlogged
-    limited = _rate_limited(gateway, source, events_in(parsed))
+    limited = _rate_limited(gateway, source, events)
     if limited is not None:
+        gateway.metrics.rejected(_RATE_LIMIT, events)
         return limited
-    admitted = _Admitted(gateway, source, body, parsed if isinstance(parsed, dict) else {})
+    admitted = _Admitted(gateway, source, body, parsed if isinstance(parsed, dict) else {}, events)
     refused_origin = await _origin_refused(request, gateway, source)
     if refused_origin is not None:
         return await admitted.reject(403, [refused_origin])
@@ -493,6 +512,7 @@ async def batch(request: Request) -> Response:
             accepted.append(event)
             continue
         errors.extend({"index": index, **p} for p in problems)
+        gateway.metrics.rejected(problems)
         letters.append(_dead_letter(gateway, orjson.dumps(item), problems, source))
     failed = await _publish(gateway, accepted)
     await asyncio.gather(*letters)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from streams.batches import BatchLoop
 from streams.consumer import TopicRecords, worker_consumer
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.journal import Journal
+from streams.metrics import WorkerMetrics
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
 from streams.settings import JourneyWorkerSettings
@@ -40,9 +42,13 @@ class JourneyStreams:
         pipeline: JourneyPipeline,
         dead_letters: DeadLetterLog | None = None,
         journal: Journal | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.metrics = metrics
+        if metrics is not None:
+            pipeline.on_inserted = metrics.clickhouse_insert_seconds.observe
         self.dead_letters = dead_letters
         # What the worker has yet to process, in memory (the gateway reports its writes).
         self.backlog = Backlog()
@@ -92,7 +98,11 @@ class JourneyStreams:
             PartitionBatch(source=self._source(partition), records=items)
             for partition, items in sorted(records[self.settings.events_topic].items())
         ]
+        started = time.perf_counter()
         await asyncio.to_thread(self._apply_journey_batch, batches)
+        if self.metrics is not None:
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_events.observe(sum(len(b.records) for b in batches))
 
     def _apply_journey_batch(self, batches: Sequence[PartitionBatch]) -> None:
         prepared = self.pipeline.prepare_many(batches)

@@ -66,8 +66,11 @@ class OutreachWorker:
         store: OutreachStore,
         load_rules: Callable[[], list[TriggerRule]],
         segments: SegmentReader | None = None,
+        lateness: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Told how late each trigger fired, in seconds (a metric), when set.
+        self._lateness = lateness
         # The worker app's batch loop: a failed batch stops the worker, as for journeys.
         self.batches = batches
         self.app = app = batches.app
@@ -317,6 +320,8 @@ class OutreachWorker:
                 log.info("timer %s for %s: %s", timer.rule_id, timer.customer_key, decision.outcome)
             return None
         lateness = (fired.fired_at - fired.fire_at).total_seconds()
+        if self._lateness is not None:
+            self._lateness(lateness)
         log.info(
             "trigger %s fired for %s (%s), %.3fs after its fire time",
             fired.rule_id,

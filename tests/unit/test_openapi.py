@@ -57,7 +57,7 @@ def test_every_refusal_is_documented_with_the_error_body(document: dict[str, Any
 def expected_scheme(method: str, path: str) -> str | None:
     if path.startswith(("/v1/write-keys", "/v1/dead-letters", "/v1/outreach")):
         return "adminKey"
-    if path in ("/health",) or path.startswith("/v1/schemas"):
+    if path in ("/health", "/metrics") or path.startswith("/v1/schemas"):
         return None
     if path in ("/v1/projects/{write_key}/settings", "/sourceConfig"):
         return None  # the browser SDKs' settings: the write key is in the path or query
