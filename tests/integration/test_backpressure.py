@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stack.broker import EmbeddedBroker
 from stack.processes import wait_until
@@ -33,6 +34,18 @@ def backlog(node: NodeProcess) -> dict[str, Any]:
         "backlog"
     ]
     return state
+
+
+def refused_for_backlog(node: NodeProcess) -> float:
+    """/metrics: events refused under the rule ``backlog`` so far."""
+    text = httpx.get(f"{node.base}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "journeys_events_rejected_total" and sample.labels == {
+                "rule": "backlog"
+            }:
+                return sample.value
+    return 0.0
 
 
 def refused_as_backlog(response: httpx.Response) -> None:
@@ -89,6 +102,8 @@ def test_past_the_lag_limit_ingest_answers_503_and_recovers_once_the_worker_catc
             assert state["lag_seconds"] > 0 and state["max_lag_events"] == LIMIT
             stats = node.read("GET", "/v1/stats").json()
             assert stats["backlog_events"] == LIMIT + 1 and stats["backlog_seconds"] > 0
+            # Counted: the first refused call, /v1/track, /v1/t and the two batches' items.
+            assert refused_for_backlog(node) == 5
         finally:
             lock.execute("ROLLBACK")
             lock.close()
