@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from api.app import create_api
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
+from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
 from stack.settings import Settings
 from streams.app import JourneyStreams
@@ -198,6 +199,7 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         segment_reader(platform.event_log),
         lateness=metrics.trigger_lateness_seconds.observe,
     )
+    register_node_gauges(registry, None, None, outreach.consumer_lag)
     # Stopped in reverse: the API drains into a journey consumer still running.
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
     if with_api:

@@ -36,16 +36,15 @@ def backlog(node: NodeProcess) -> dict[str, Any]:
     return state
 
 
-def refused_for_backlog(node: NodeProcess) -> float:
-    """/metrics: events refused under the rule ``backlog`` so far."""
+def samples(node: NodeProcess, name: str) -> list[tuple[dict[str, str], float]]:
+    """/metrics: the samples of ``name``, with their labels."""
     text = httpx.get(f"{node.base}/metrics", timeout=30).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "journeys_events_rejected_total" and sample.labels == {
-                "rule": "backlog"
-            }:
-                return sample.value
-    return 0.0
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 def refused_as_backlog(response: httpx.Response) -> None:
@@ -103,7 +102,14 @@ def test_past_the_lag_limit_ingest_answers_503_and_recovers_once_the_worker_catc
             stats = node.read("GET", "/v1/stats").json()
             assert stats["backlog_events"] == LIMIT + 1 and stats["backlog_seconds"] > 0
             # Counted: the first refused call, /v1/track, /v1/t and the two batches' items.
-            assert refused_for_backlog(node) == 5
+            refused = samples(node, "journeys_events_rejected_total")
+            assert refused == [({"rule": "backlog"}, 5.0)], refused
+            lag = samples(node, "journeys_consumer_lag_events")
+            assert sum(v for _, v in lag) == LIMIT + 1, lag
+            # The trigger consumer (same SQLite file) is held too, and knows it is behind.
+            events_topic = settings.events_topic
+            trigger_lag = samples(node, "journeys_trigger_consumer_lag_events")
+            assert sum(v for labels, v in trigger_lag if labels["topic"] == events_topic) > 0
         finally:
             lock.execute("ROLLBACK")
             lock.close()

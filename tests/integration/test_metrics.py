@@ -104,7 +104,10 @@ def test_metrics_count_exactly_what_was_sent_and_show_the_pipeline(
             now = scrape(node)
             lag = [v for (name, _), v in now.items() if name == "journeys_consumer_lag_events"]
             fired = value(now, "journeys_trigger_lateness_seconds_count")
-            return len(lag) == 2 and sum(lag) == 0 and fired >= 1
+            triggers = [
+                v for (name, _), v in now.items() if name == "journeys_trigger_consumer_lag_events"
+            ]
+            return len(lag) == 2 and sum(lag) == 0 and fired >= 1 and sum(triggers) == 0
 
         assert wait_until(caught_up_and_fired, 60, alive=lambda: True), node.log_tail()
         after = scrape(node)
@@ -129,6 +132,14 @@ def test_metrics_count_exactly_what_was_sent_and_show_the_pipeline(
         assert value(after, "journeys_consumer_lag_events", partition="1") == 0
         assert value(after, "journeys_consumer_lag_seconds") == 0
         assert value(after, "journeys_journal_retained_bytes") > 0
+        # The trigger consumer: both topics it reads, each partition, caught up.
+        trigger_lag = {
+            (dict(labels)["topic"], dict(labels)["partition"]): v
+            for (name, labels), v in after.items()
+            if name == "journeys_trigger_consumer_lag_events"
+        }
+        topics = (settings.events_topic, settings.stage_changes_topic)
+        assert trigger_lag == {(t, p): 0 for t in topics for p in ("0", "1")}
         assert moved("journeys_trigger_lateness_seconds_count") == 1
         assert 0 <= moved("journeys_trigger_lateness_seconds_sum") < 30
     finally:
