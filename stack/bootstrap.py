@@ -265,7 +265,7 @@ def build_gateway(
         limit = backlog
 
         async def backlog_check() -> dict[str, Any]:
-            # Not ok past the lag limit: ingest answers 503 until the worker catches up.
+            # Past the lag limit ingest answers 503 ("accepting": false) until it catches up.
             return limit.state()
 
         checks["backlog"] = backlog_check
