@@ -259,10 +259,9 @@ def build_gateway(
         checks["worker"] = worker
         # The gateway's acks and the consumer's progress, in memory: cheap per request.
         sink.on_delivered = streams.backlog.delivered
-        backlog = BacklogLimit(
+        backlog = limit = BacklogLimit(
             streams.backlog, settings.ingest_max_lag_events, settings.ingest_max_lag_s
         )
-        limit = backlog
 
         async def backlog_check() -> dict[str, Any]:
             # Past the lag limit ingest answers 503 ("accepting": false) until it catches up.
