@@ -32,6 +32,9 @@ class LiveStats(BaseModel):
     events_last_minute: int
     events_per_second: float
     worker_lag: int | None
+    # The backlog where the API shares the worker's process: events and the oldest one's age.
+    backlog_events: int | None = None
+    backlog_seconds: float | None = None
     # Rejected events kept in the dead-letter log; None when this process keeps none.
     dead_letters: int | None = None
 
@@ -45,11 +48,14 @@ async def stats(request: Request) -> LiveStats:
     lag = (await worker()).get("lag") if worker else None
     letters = gateway.dead_letters
     dead = await asyncio.to_thread(letters.count) if letters is not None else None
+    backlog = gateway.backlog
     return LiveStats(
         events_last_minute=recent,
         events_per_second=round(recent / RATE_WINDOW_S, 2),
         worker_lag=lag,
         dead_letters=dead,
+        backlog_events=backlog.gauge.events() if backlog else None,
+        backlog_seconds=round(backlog.gauge.seconds(), 3) if backlog else None,
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from api.cors import CorsPolicy
+from api.metrics import IngestMetrics
 from api.rate_limit import TokenBuckets
 from api.write_keys import WriteKeyRegistry
 from events.sink import EventSink
@@ -78,6 +79,62 @@ class OutreachControl(Protocol):
         ...
 
 
+class BacklogGauge(Protocol):
+    """How far the journey worker is behind what was accepted (streams/backlog.py), in memory."""
+
+    def events(self) -> int:
+        """Accepted events not yet processed."""
+        ...
+
+    def seconds(self) -> float:
+        """Age of the oldest accepted event not yet processed."""
+        ...
+
+    def partitions(self) -> dict[int, int]:
+        """Events behind, per partition."""
+        ...
+
+
+@dataclass(frozen=True)
+class BacklogLimit:
+    """Ingest answers 503 while the worker is further behind than this (0: no limit)."""
+
+    gauge: BacklogGauge
+    max_events: int = 0
+    max_seconds: float = 0.0
+
+    def exceeded(self) -> str | None:
+        """Which limit the backlog is past, as a sentence; None within both."""
+        if self.max_events:
+            events = self.gauge.events()
+            if events > self.max_events:
+                return f"{events} events not yet processed (limit {self.max_events})"
+        if self.max_seconds:
+            seconds = self.gauge.seconds()
+            if seconds > self.max_seconds:
+                limit = f"limit {self.max_seconds:g} s"
+                return f"oldest unprocessed event {seconds:.1f} s old ({limit})"
+        return None
+
+    def state(self) -> dict[str, Any]:
+        """The backlog and its limits, for /health and the dashboard.
+
+        Always ok: a node catching up works as it should (and `journeys up` waits
+        for a healthy node at start, which a restart onto a backlog must not fail);
+        ``accepting`` says whether ingest is open.
+        """
+        partitions = self.gauge.partitions()
+        return {
+            "ok": True,
+            "accepting": self.exceeded() is None,
+            "lag_events": sum(partitions.values()),
+            "lag_seconds": round(self.gauge.seconds(), 3),
+            "partitions": {str(p): lag for p, lag in partitions.items()},
+            "max_lag_events": self.max_events,
+            "max_lag_s": self.max_seconds,
+        }
+
+
 @dataclass(frozen=True)
 class Gateway:
     """The gateway's collaborators."""
@@ -98,6 +155,10 @@ class Gateway:
     profiles: ProfileView | None = None
     journeys: JourneyApplication | None = None
     outreach: OutreachControl | None = None
+    # Where the API shares a process with the journey worker (the node): its backlog.
+    backlog: BacklogLimit | None = None
+    # Counters of /metrics, in the registry the composition root fills with the rest.
+    metrics: IngestMetrics = field(default_factory=IngestMetrics)
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

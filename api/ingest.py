@@ -58,10 +58,25 @@ def _documented_body(call_type: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
+def _ingest_responses() -> dict[int | str, dict[str, Any]]:
+    responses = error_responses(400, 401, 413, 415, 429, 503)
+    responses[503] = {
+        **responses[503],
+        "description": (
+            "Not stored, retry after Retry-After: the broker did not acknowledge, the journal "
+            "is full, or the pipeline is behind its lag limit (rule `backlog`)"
+        ),
+        "headers": {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        },
+    }
+    return responses
+
+
 # What every ingest route declares: its key scheme and its refusals.
 _INGEST_ROUTE: dict[str, Any] = {
     "dependencies": [WriteKey],
-    "responses": error_responses(400, 401, 413, 415, 429, 503),
+    "responses": _ingest_responses(),
 }
 
 
@@ -158,6 +173,7 @@ async def _refused(request: Request, gateway: Gateway, refused: _Refused) -> Res
     source, _ = await _authenticate(request, gateway, None)
     if source is not None:
         await _dead_letter(gateway, refused.payload, [refused.reason], source)
+    gateway.metrics.rejected([refused.reason])
     return _rejection(refused.status, [refused.reason])
 
 
@@ -240,6 +256,21 @@ async def _authenticate(
     return source, None
 
 
+def _backlogged(gateway: Gateway) -> Response | None:
+    """503 while the worker is further behind than the lag limit: nothing of it is kept."""
+    if gateway.backlog is None:
+        return None
+    exceeded = gateway.backlog.exceeded()
+    if exceeded is None:
+        return None
+    return problem(
+        503,
+        f"the pipeline is behind ({exceeded}); nothing was stored, retry later",
+        [{"field": "pipeline", "rule": "backlog", "message": exceeded}],
+        headers={"Retry-After": "1"},
+    )
+
+
 def _rate_limited(gateway: Gateway, source: str, events: int) -> Response | None:
     wait = gateway.rate_limit.take(source, events)
     if not wait:
@@ -271,6 +302,9 @@ async def _dead_letter(gateway: Gateway, payload: bytes, reasons: Problems, sour
         log.exception("could not write dead letter: %s", reasons)
 
 
+_NOT_STORED = [{"field": "body", "rule": "not_stored", "message": "retry later"}]
+
+
 async def _publish(gateway: Gateway, events: list[TrackedEvent]) -> Response | None:
     """Produce and wait for every ack; the 503 to answer when the broker did not ack."""
     if not events:
@@ -279,9 +313,11 @@ async def _publish(gateway: Gateway, events: list[TrackedEvent]) -> Response | N
         await gateway.sink.publish(events)
     except Exception:
         log.exception("broker did not acknowledge %d events", len(events))
+        gateway.metrics.rejected(_NOT_STORED, len(events))
         return problem(
             503, "the events could not be stored; retry later", headers={"Retry-After": "1"}
         )
+    gateway.metrics.accepted(len(events))
     return None
 
 
@@ -310,10 +346,13 @@ class _Admitted:
     source: str
     body: bytes
     call: dict[str, Any]
+    # The events the request holds, as far as its body could be read (for the counters).
+    events: int = 1
 
     async def reject(self, status: int, reasons: Problems) -> Response:
         """Dead-letter the whole body with ``reasons`` and answer ``status``."""
         await _dead_letter(self.gateway, self.body, reasons, self.source)
+        self.gateway.metrics.rejected(reasons, self.events)
         return _rejection(status, reasons)
 
 
@@ -337,12 +376,18 @@ def _batch_length(parsed: Any) -> int:
     return len(items) if isinstance(items, list) else 1
 
 
+# The rules of refusals answered before a request is admitted, for the counters.
+_WRITE_KEY = [{"rule": "write_key"}]
+_BACKLOG = [{"rule": "backlog"}]
+_RATE_LIMIT = [{"rule": "rate_limit"}]
+
+
 async def _admit(
     request: Request, limit: _SizeLimit, events_in: Callable[[Any], int]
 ) -> _Admitted | Response:
     """What every ingest request goes through first, or the answer that ends it.
 
-    Read (gunzip), parse, authenticate, rate-limit (``events_in`` the parsed
+    Read (gunzip), parse, authenticate, lag limit, rate-limit (``events_in`` the parsed
     body's events), size limit, JSON-object check; from authentication on, a
     refusal is dead-lettered.
     """
@@ -352,13 +397,21 @@ async def _admit(
     except _Refused as refused:
         return await _refused(request, gateway, refused)
     parsed, parse_error = _parse(body)
+    events = events_in(parsed)
     source, denied = await _authenticate(request, gateway, parsed)
     if source is None:
+        gateway.metrics.rejected(_WRITE_KEY, events)
         return denied or problem(401, "unauthenticated")
-    limited = _rate_limited(gateway, source, events_in(parsed))
+    # Before the rate limit takes tokens: a refused request spends none.
+    backlogged = _backlogged(gateway)
+    if backlogged is not None:
+        gateway.metrics.rejected(_BACKLOG, events)
+        return backlogged
+    limited = _rate_limited(gateway, source, events)
     if limited is not None:
+        gateway.metrics.rejected(_RATE_LIMIT, events)
         return limited
-    admitted = _Admitted(gateway, source, body, parsed if isinstance(parsed, dict) else {})
+    admitted = _Admitted(gateway, source, body, parsed if isinstance(parsed, dict) else {}, events)
     refused_origin = await _origin_refused(request, gateway, source)
     if refused_origin is not None:
         return await admitted.reject(403, [refused_origin])
@@ -459,6 +512,7 @@ async def batch(request: Request) -> Response:
             accepted.append(event)
             continue
         errors.extend({"index": index, **p} for p in problems)
+        gateway.metrics.rejected(problems)
         letters.append(_dead_letter(gateway, orjson.dumps(item), problems, source))
     failed = await _publish(gateway, accepted)
     await asyncio.gather(*letters)

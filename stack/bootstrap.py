@@ -10,9 +10,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from clickhouse_connect.driver.client import Client
+from prometheus_client import CollectorRegistry
 
 from api.cors import CorsPolicy
-from api.dependencies import AccessKeys, Gateway, HealthCheck
+from api.dependencies import AccessKeys, BacklogLimit, Gateway, HealthCheck
+from api.metrics import IngestMetrics
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
@@ -25,6 +27,7 @@ from projections.migrations import migrate
 from projections.profiles import ProfileView
 from projections.write_keys import WriteKeyStore
 from stack.journey_lookup import stored_journeys_query
+from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
 from stack.settings import Settings
 from streams.app import JourneyStreams
@@ -201,8 +204,16 @@ def open_journal(settings: Settings) -> Journal:
     )
 
 
-def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams | None) -> Gateway:
+def build_gateway(
+    platform: Platform,
+    sink: GatewaySink,
+    streams: JourneyStreams | None,
+    registry: CollectorRegistry | None = None,
+) -> Gateway:
     """The API's collaborators, with a health check per component.
+
+    ``registry``: where /metrics reads, with the worker's histograms when the
+    process has a worker (the node); the gateway's counters and gauges join it.
 
     Called once a process has started up: it also settles the heap (see
     :func:`settle_heap`).
@@ -222,6 +233,7 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
         position = await asyncio.to_thread(platform.journeys.consumed_position, "health-probe")
         return {"ok": position == 0, "kind": settings.event_store}
 
+    registry = registry if registry is not None else CollectorRegistry()
     checks: dict[str, HealthCheck] = {
         "broker": broker,
         "clickhouse": clickhouse,
@@ -240,6 +252,7 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
             }
 
         checks["journal"] = journal_check
+    backlog: BacklogLimit | None = None
     if streams is not None:
 
         async def worker() -> dict[str, Any]:
@@ -247,6 +260,19 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
             return await asyncio.to_thread(streams.status)
 
         checks["worker"] = worker
+        # The gateway's acks and the consumer's progress, in memory: cheap per request.
+        sink.on_delivered = streams.backlog.delivered
+        backlog = limit = BacklogLimit(
+            streams.backlog, settings.ingest_max_lag_events, settings.ingest_max_lag_s
+        )
+
+        async def backlog_check() -> dict[str, Any]:
+            # Past the lag limit ingest answers 503 ("accepting": false) until it catches up.
+            return limit.state()
+
+        checks["backlog"] = backlog_check
+    journaled = sink.journal if isinstance(sink, JournaledSink) else None
+    register_node_gauges(registry, streams.backlog if streams else None, journaled)
     return Gateway(
         sink=sink,
         keys=AccessKeys(
@@ -268,4 +294,6 @@ def build_gateway(platform: Platform, sink: GatewaySink, streams: JourneyStreams
         profiles=platform.profiles,
         journeys=platform.journeys,
         outreach=OutreachAdmin(settings, platform.outreach),
+        backlog=backlog,
+        metrics=IngestMetrics(registry),
     )

@@ -18,13 +18,16 @@ import uvicorn
 from fastapi import FastAPI
 from mode import Service
 from mode.types import ServiceT
+from prometheus_client import CollectorRegistry
 
 from api.app import create_api
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
+from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.journal import Journal, JournaledSink, Segment
+from streams.metrics import WorkerMetrics
 from streams.outreach.worker import OutreachWorker
 from streams.pipeline import source_name
 from streams.topics import end_offsets
@@ -57,6 +60,7 @@ class ApiServer(Service):
         streams: JourneyStreams | None,
         journal: Journal | None = None,
         unproduced: Sequence[Segment] = (),
+        registry: CollectorRegistry | None = None,
     ) -> None:
         super().__init__()
         self.platform = platform
@@ -67,7 +71,7 @@ class ApiServer(Service):
         self.unproduced = list(unproduced)
         self._trimming: asyncio.Task[None] | None = None
         self.sink = event_sink(settings, journal)
-        api = create_api(build_gateway(platform, self.sink, streams))
+        api = create_api(build_gateway(platform, self.sink, streams, registry))
         config = uvicorn.Config(
             api,
             host=settings.api_host,
@@ -180,7 +184,12 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
     # The node journals what its gateway accepts (and its worker's identity messages).
     journal = open_journal(settings) if with_api and settings.uses_journal else None
     unproduced = journal.open() if journal is not None else []
-    streams = JourneyStreams(settings, platform.pipeline(), platform.dead_letters, journal)
+    # /metrics (the node's API) reads the worker's histograms from this registry too.
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    streams = JourneyStreams(
+        settings, platform.pipeline(), platform.dead_letters, journal, metrics=metrics
+    )
     # The trigger and outreach agents share the worker's Faust app.
     outreach = OutreachWorker(
         settings,
@@ -188,11 +197,13 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         platform.outreach,
         OutreachAdmin(settings, platform.outreach).rules_in_force,
         segment_reader(platform.event_log),
+        lateness=metrics.trigger_lateness_seconds.observe,
     )
+    register_node_gauges(registry, None, None, outreach.consumer_lag)
     # Stopped in reverse: the API drains into a journey consumer still running.
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
     if with_api:
-        services.append(ApiServer(platform, streams, journal, unproduced))
+        services.append(ApiServer(platform, streams, journal, unproduced, registry))
     node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
     try:
         node.execute_from_commandline()

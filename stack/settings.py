@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     # Per write key token bucket (events per second, burst); 0 turns it off.
     ingest_rate_per_s: float = Field(default=2000.0, ge=0)
     ingest_burst: int = Field(default=10000, ge=1)
+    # Backpressure (the node, where the API shares the worker's process): while the
+    # journey worker is further behind than this, ingest answers 503 with Retry-After
+    # instead of letting the backlog grow. In events (1M: about 10 min of the node's
+    # pipeline) and in seconds (age of the oldest unprocessed event); 0 turns one off.
+    ingest_max_lag_events: int = Field(default=1_000_000, ge=0)
+    ingest_max_lag_s: float = Field(default=0.0, ge=0)
     # The gateway's Kafka producer: librdkafka (confluent-kafka) measured 1.2-2.7x
     # aiokafka's rate under concurrent requests (docs/architecture.md).
     gateway_producer: Literal["confluent", "aiokafka"] = "confluent"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,10 +20,12 @@ import orjson
 from faust.types import EventT
 
 from projections.dead_letters import DeadLetterLog
+from streams.backlog import Backlog
 from streams.batches import BatchLoop
 from streams.consumer import TopicRecords, worker_consumer
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.journal import Journal
+from streams.metrics import WorkerMetrics
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
 from streams.settings import JourneyWorkerSettings
@@ -39,10 +42,16 @@ class JourneyStreams:
         pipeline: JourneyPipeline,
         dead_letters: DeadLetterLog | None = None,
         journal: Journal | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.metrics = metrics
+        if metrics is not None:
+            pipeline.on_inserted = metrics.clickhouse_insert_seconds.observe
         self.dead_letters = dead_letters
+        # What the worker has yet to process, in memory (the gateway reports its writes).
+        self.backlog = Backlog()
         self.app = faust.App(
             settings.worker_group,
             broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
@@ -78,16 +87,25 @@ class JourneyStreams:
             stored_position=lambda _topic, partition: self.consumed_position(partition),
             handle=self._journey_batch,
             on_failure=self.app.crash,
+            on_progress=self._progressed,
         )
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
+
+    def _progressed(self, _topic: str, partition: int, position: int, end: int | None) -> None:
+        self.backlog.fetched(partition, end)
+        self.backlog.processed(partition, position)
 
     async def _journey_batch(self, records: TopicRecords) -> None:
         batches = [
             PartitionBatch(source=self._source(partition), records=items)
             for partition, items in sorted(records[self.settings.events_topic].items())
         ]
+        started = time.perf_counter()
         await asyncio.to_thread(self._apply_journey_batch, batches)
+        if self.metrics is not None:
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_events.observe(sum(len(b.records) for b in batches))
 
     def _apply_journey_batch(self, batches: Sequence[PartitionBatch]) -> None:
         prepared = self.pipeline.prepare_many(batches)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -70,6 +70,8 @@ class ConfluentEventSink:
         self._producer: Producer | None = None
         self._stopping = threading.Event()
         self._poller: threading.Thread | None = None
+        # Told where each published event landed (the node's backlog, streams/backlog.py).
+        self.on_delivered: Callable[[Sequence[tuple[int, int] | None]], None] | None = None
 
     async def start(self) -> None:
         """Create the producer and the thread that delivers its reports."""
@@ -126,9 +128,11 @@ class ConfluentEventSink:
     async def publish(self, events: Sequence[TrackedEvent]) -> None:
         """Produce every event and wait for all acknowledgements."""
         if events:
-            await self._produce(
+            deliveries = await self._produce(
                 self._events_topic, [(e.customer_key.encode(), e.to_json()) for e in events]
             )
+            if self.on_delivered is not None:
+                self.on_delivered(deliveries)
 
     async def produce_events(
         self, records: Sequence[tuple[bytes, bytes]]

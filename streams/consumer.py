@@ -39,6 +39,8 @@ RecordsHandler = Callable[[TopicRecords], Awaitable[None]]
 # The stored position of a topic's partition: the offset of the first record not yet applied.
 StoredPosition = Callable[[str, int], int]
 FailureHandler = Callable[[BaseException], Awaitable[None]]
+# Told (topic, partition, position, high-water mark or None) after a seek or a handled batch.
+ProgressHandler = Callable[[str, int, int, int | None], None]
 
 
 class BatchConsumer(Service):
@@ -65,6 +67,7 @@ class BatchConsumer(Service):
         session_timeout_s: float,
         heartbeat_interval_s: float,
         fetch_max_wait_ms: int = 500,
+        on_progress: ProgressHandler | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -72,6 +75,7 @@ class BatchConsumer(Service):
         self._stored_position = stored_position
         self._handle = handle
         self._on_failure = on_failure
+        self._on_progress = on_progress
         self.max_records = max_records
         self.within_ms = max(1, int(within_s * 1000))
         self._consumer_options: dict[str, Any] = {
@@ -156,6 +160,7 @@ class BatchConsumer(Service):
                     self.failed = error
                     await self._on_failure(error)
                     return
+                self._progressed(fetched)
             await self._commit_hint(fetched)
 
     async def _commit_hint(self, fetched: dict[TopicPartition, list[Any]]) -> None:
@@ -164,11 +169,22 @@ class BatchConsumer(Service):
         except KafkaError as error:  # a rebalance in between: the stored positions rule
             log.info("%s: offsets not committed to Kafka (%r)", self.name, error)
 
+    def _progressed(self, handled: dict[TopicPartition, list[Any]]) -> None:
+        # The handler committed these positions with its effects (in memory: no store read).
+        if self._on_progress is None:
+            return
+        for tp, batch in handled.items():
+            if batch:
+                highwater = self.consumer.highwater(tp)
+                self._on_progress(tp.topic, tp.partition, batch[-1].offset + 1, highwater)
+
     async def seek_to_stored(self, assigned: Collection[TopicPartition]) -> None:
         """Start each newly assigned partition at the position its handler stored."""
         for tp in assigned:
             position = await asyncio.to_thread(self._stored_position, tp.topic, tp.partition)
             self.consumer.seek(tp, position)
+            if self._on_progress is not None:
+                self._on_progress(tp.topic, tp.partition, position, None)
         self.rebalancing = False
 
     async def wait_for_batch_in_hand(self) -> None:
@@ -187,6 +203,7 @@ def worker_consumer(
     stored_position: StoredPosition,
     handle: RecordsHandler,
     on_failure: FailureHandler,
+    on_progress: ProgressHandler | None = None,
 ) -> BatchConsumer:
     """A consumer of the worker in group ``<worker_group>.<group>``, with its batch settings."""
     return BatchConsumer(
@@ -202,6 +219,7 @@ def worker_consumer(
         session_timeout_s=settings.kafka_session_timeout_s,
         heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        on_progress=on_progress,
     )
 
 

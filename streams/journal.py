@@ -498,6 +498,8 @@ class JournaledSink:
         self.journal = journal
         self.partitions = partitions
         self.group_commit = GroupCommit(journal)
+        # Told where each published event landed (the node's backlog, streams/backlog.py).
+        self.on_delivered: Callable[[Sequence[Delivery]], None] | None = None
 
     async def start(self) -> None:
         """Connect the producer and start the fsync thread (the journal's owner opens it)."""
@@ -530,6 +532,8 @@ class JournaledSink:
             journal.resolve(ticket, [None] * len(records))
             raise
         journal.resolve(ticket, deliveries)
+        if self.on_delivered is not None:
+            self.on_delivered(deliveries)
         await self.group_commit.durable(ticket)
 
     async def dead_letter(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +45,8 @@ class KafkaEventSink:
         self._events_topic = events_topic
         self._dead_letter_topic = dead_letter_topic
         self._producer: AIOKafkaProducer | None = None
+        # Told where each published event landed (the node's backlog, streams/backlog.py).
+        self.on_delivered: Callable[[Sequence[tuple[int, int] | None]], None] | None = None
 
     async def start(self) -> None:
         """Connect to the broker (aiokafka binds to the running loop, so not before)."""
@@ -82,7 +84,9 @@ class KafkaEventSink:
             )
             for event in events
         ]
-        await asyncio.gather(*sends)
+        metas = await asyncio.gather(*sends)
+        if self.on_delivered is not None:
+            self.on_delivered([(meta.partition, meta.offset) for meta in metas])
 
     async def produce_events(
         self, records: Sequence[tuple[bytes, bytes]]

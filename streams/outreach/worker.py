@@ -66,8 +66,11 @@ class OutreachWorker:
         store: OutreachStore,
         load_rules: Callable[[], list[TriggerRule]],
         segments: SegmentReader | None = None,
+        lateness: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Told how late each trigger fired, in seconds (a metric), when set.
+        self._lateness = lateness
         # The worker app's batch loop: a failed batch stops the worker, as for journeys.
         self.batches = batches
         self.app = app = batches.app
@@ -96,7 +99,10 @@ class OutreachWorker:
             stored_position=self._position_when_assigned,
             handle=self._trigger_batch,
             on_failure=app.crash,
+            on_progress=self._progressed,
         )
+        # (topic, partition) -> [processed position, high-water mark last fetched], for /metrics.
+        self._progress: dict[tuple[str, int], list[int]] = {}
         self.triggers_topic = raw(settings.triggers_topic)
         self.dlq_topic = raw(settings.triggers_dead_letter_topic)
         app.agent(self.triggers_topic, name="outreach")(self._outreach_agent)
@@ -104,6 +110,22 @@ class OutreachWorker:
         app.timer(settings.trigger_tick_s, name="outreach-deliveries")(self._deliver_due)
         if segments is not None:
             app.timer(settings.rfm_scan_s, name="trigger-segments")(self._observe_segments)
+
+    def _progressed(self, topic: str, partition: int, position: int, end: int | None) -> None:
+        known = self._progress.setdefault((topic, partition), [position, position])
+        known[0] = position
+        known[1] = max(known[1], position, end if end is not None else 0)
+
+    def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """Records the trigger consumer has not handled, per (topic, partition), as last fetched.
+
+        aiokafka's high-water mark moves with every fetch, prefetches during a batch too.
+        """
+        lag = {}
+        for (topic, partition), (at, end) in sorted(self._progress.items()):
+            fetched = self.trigger_consumer.highwater(topic, partition) or 0
+            lag[topic, partition] = max(end, fetched) - at
+        return lag
 
     # --- consuming facts --------------------------------------------------------------
 
@@ -317,6 +339,8 @@ class OutreachWorker:
                 log.info("timer %s for %s: %s", timer.rule_id, timer.customer_key, decision.outcome)
             return None
         lateness = (fired.fired_at - fired.fire_at).total_seconds()
+        if self._lateness is not None:
+            self._lateness(lateness)
         log.info(
             "trigger %s fired for %s (%s), %.3fs after its fire time",
             fired.rule_id,

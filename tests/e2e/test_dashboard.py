@@ -213,6 +213,8 @@ def test_the_funnel_shows_the_numbers_the_api_returns(
     )
     assert drawn == [s["customers"] for s in expected["steps"]]
     opened.wait_for_function("document.getElementById('live-lag').textContent === '0'")
+    # Caught up: nothing accepted waits, so the oldest unprocessed event is 0 s old.
+    opened.wait_for_function("document.getElementById('live-behind').textContent === '0.0 s'")
     opened.screenshot(path=str(artifacts_dir / "dashboard-funnel.png"), full_page=True)
 
     # A date range: from tomorrow (UTC) on, the demo's events (all sent now) are outside it.

@@ -32,6 +32,7 @@ def test_quickstart_up_track_query_and_stop(tmp_path: Path) -> None:
             "clickhouse",
             "event_store",
             "worker",
+            "backlog",
             "journal",
         }
         assert all(c["ok"] for c in health["components"].values()), health

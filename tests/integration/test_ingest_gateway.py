@@ -327,6 +327,13 @@ async def test_rate_limit_answers_429_with_retry_after(harness: Harness) -> None
     assert limited.status_code == 429
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.json()["errors"][0]["rule"] == "rate_limit"
+    # /metrics: a request refused whole counts the events it holds.
+    over = {"batch": [{"type": "track", **track(f"r-over-{i}")} for i in range(4)]}
+    assert (await harness.post("/v1/batch", over)).status_code == 429
+    registry = harness.gateway.metrics.registry
+    assert registry.get_sample_value("journeys_events_accepted_total") == 3
+    rejected = registry.get_sample_value("journeys_events_rejected_total", {"rule": "rate_limit"})
+    assert rejected == 1 + 4
 
 
 async def test_schemas_are_served(harness: Harness) -> None:

@@ -57,7 +57,7 @@ def test_every_refusal_is_documented_with_the_error_body(document: dict[str, Any
 def expected_scheme(method: str, path: str) -> str | None:
     if path.startswith(("/v1/write-keys", "/v1/dead-letters", "/v1/outreach")):
         return "adminKey"
-    if path in ("/health",) or path.startswith("/v1/schemas"):
+    if path in ("/health", "/metrics") or path.startswith("/v1/schemas"):
         return None
     if path in ("/v1/projects/{write_key}/settings", "/sourceConfig"):
         return None  # the browser SDKs' settings: the write key is in the path or query
@@ -78,3 +78,7 @@ def test_each_route_declares_the_key_it_checks(document: dict[str, Any]) -> None
             assert {"400", "401"} <= statuses, (method, path)
         if scheme == "writeKey":
             assert {"413", "415", "429", "503"} <= statuses, (method, path)
+            # A 503 of ingest (broker, full journal, lag limit) says when to retry.
+            unavailable = operation["responses"]["503"]
+            assert "Retry-After" in unavailable["headers"], (method, path)
+            assert "backlog" in unavailable["description"], (method, path)

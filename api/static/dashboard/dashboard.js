@@ -131,6 +131,8 @@ async function refreshLive() {
     $("live-rate").textContent = stats.events_per_second.toFixed(1);
     $("live-minute").textContent = stats.events_last_minute.toLocaleString();
     $("live-lag").textContent = stats.worker_lag ?? "–";
+    $("live-behind").textContent =
+      stats.backlog_seconds == null ? "–" : `${stats.backlog_seconds.toFixed(1)} s`;
     $("live-dead").textContent = stats.dead_letters ?? "–";
   } catch (error) {
     if (error instanceof Unauthorized) askForKey("The key is no longer accepted.");
