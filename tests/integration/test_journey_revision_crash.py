@@ -33,7 +33,19 @@ def test_a_revision_killed_before_its_commit_is_decided_again_once(settings: Set
     try:
         send(node, "late", "Order Completed", T0 + HOUR, "m1", order_id="o1", revenue=30)
         send(node, "other", "Product Viewed", T0 + 2 * HOUR, "m2")
-        assert wait_until(lambda: _stage(node, "late") == "purchase", 60, alive=lambda: True)
+        # Both processed (committed) before the lock: the batch held below is the late one's.
+        assert wait_until(
+            lambda: (
+                _stage(node, "late") == "purchase"
+                and _stage(node, "other") == "awareness"
+                and httpx.get(f"{node.base}/health", timeout=30).json()["components"]["worker"][
+                    "lag"
+                ]
+                == 0
+            ),
+            60,
+            alive=lambda: True,
+        )
         assert _awareness(node, T0 + HOUR / 2) == 0  # nobody was aware that early yet
 
         lock = sqlite3.connect(settings.sqlite_path, timeout=30, isolation_level=None)
