@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -93,9 +94,13 @@ def test_the_docs_render_every_operation_offline(
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{base}{path}")
     selector, attribute = RENDERED[path]
-    page.wait_for_function(
-        f"document.querySelectorAll({selector!r}).length >= {len(expected)}", timeout=60_000
-    )
+    # Polled from here, not by wait_for_function: its predicate is evaluated as a
+    # string in the page, which the pages' CSP (no 'unsafe-eval') refuses.
+    rendered = page.locator(selector)
+    deadline = time.monotonic() + 60
+    while rendered.count() < len(expected):
+        assert time.monotonic() < deadline, f"{path}: {rendered.count()} of {len(expected)}"
+        page.wait_for_timeout(200)
     names = page.eval_on_selector_all(
         selector, f"(nodes) => nodes.map((n) => n.getAttribute({attribute!r}))"
     )
