@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, ProxySettings, Request, sync_playwright
+from playwright.sync_api import Browser, Page, Request
 
 from stack.broker import EmbeddedBroker
 from stack.processes import free_port, wait_until
 from streams.topics import ensure_topics
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 from tests.node_process import NodeProcess, platform_settings, query_chdb_folder
 
 pytestmark = pytest.mark.e2e
@@ -210,22 +208,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory, node: NodeProcess) -> Iterato
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # Nothing may leave 127.0.0.1: every other host goes through a proxy that refuses
-    # connections (a bound socket that never listens). Not Playwright's request
-    # interception (context.route): it drops a keepalive fetch issued on pagehide,
-    # which is exactly what the unload modes send.
-    with socket.socket() as closed, sync_playwright() as playwright:
-        closed.bind(("127.0.0.1", 0))
-        proxy = {"server": f"http://127.0.0.1:{closed.getsockname()[1]}", "bypass": "127.0.0.1"}
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, proxy=cast(ProxySettings, proxy)
-        )
-        yield launched
-        launched.close()
 
 
 def event_count(node: NodeProcess, user: str) -> int:

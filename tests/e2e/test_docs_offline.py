@@ -6,20 +6,18 @@ is listed, and must be refused by its Content-Security-Policy before any request
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, ProxySettings, sync_playwright
+from playwright.sync_api import Browser
 
 from api.app import create_api
 from api.dependencies import AccessKeys, Gateway
 from stack.processes import free_port, wait_until
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.e2e
 
@@ -43,19 +41,6 @@ def api() -> Iterator[tuple[str, dict[str, Any]]]:
     yield f"http://127.0.0.1:{server.config.port}", app.openapi()
     server.should_exit = True
     thread.join(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # As offline: every host but 127.0.0.1 goes to a proxy that refuses connections.
-    with socket.socket() as closed, sync_playwright() as playwright:
-        closed.bind(("127.0.0.1", 0))
-        proxy = {"server": f"http://127.0.0.1:{closed.getsockname()[1]}", "bypass": "127.0.0.1"}
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, proxy=cast(ProxySettings, proxy)
-        )
-        yield launched
-        launched.close()
 
 
 def operation_ids(document: dict[str, Any]) -> set[str]:
