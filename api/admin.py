@@ -19,7 +19,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["admin"],
     dependencies=[Depends(require_admin_key)],
-    responses=error_responses(400, 401, 404),
+    responses=error_responses(400, 401, 403, 404),
 )
 
 

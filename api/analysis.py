@@ -48,7 +48,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["analysis"],
     dependencies=[Depends(require_read_key)],
-    responses=error_responses(400, 401),
+    responses=error_responses(400, 401, 403),
 )
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import admin, analysis, browser, customers, ingest, metrics, outreach, stages
+from api import admin, analysis, browser, customers, ingest, metrics, outreach, stages, users
 from api.cors import CorsMiddleware, public_paths
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
@@ -38,6 +38,9 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(outreach.router)
     app.include_router(metrics.router)
+    app.include_router(users.session_router)
+    app.include_router(users.guarded_session_router)
+    app.include_router(users.users_router)
     install_dashboard(app)
     install_docs(app)
     public = [*ingest.router.routes, *ingest.beacon_router.routes, *browser.router.routes]

@@ -27,7 +27,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["customers"],
     dependencies=[Depends(require_read_key)],
-    responses=error_responses(400, 401, 404),
+    responses=error_responses(400, 401, 403, 404),
 )
 
 AsOf = Annotated[ApiTime | None, Query(description="answer as of this moment; default now")]

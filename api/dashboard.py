@@ -22,7 +22,7 @@ stats_router = APIRouter(
     prefix="/v1",
     tags=["operations"],
     dependencies=[Depends(require_read_key)],
-    responses=error_responses(400, 401, 503),
+    responses=error_responses(400, 401, 403, 503),
 )
 
 

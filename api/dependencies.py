@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from api.access import AccessControl
 from api.cors import CorsPolicy
 from api.metrics import IngestMetrics
 from api.rate_limit import TokenBuckets
@@ -159,6 +160,8 @@ class Gateway:
     backlog: BacklogLimit | None = None
     # Counters of /metrics, in the registry the composition root fills with the rest.
     metrics: IngestMetrics = field(default_factory=IngestMetrics)
+    # Users, sessions, the audit log and access alerts; None: keys only, nothing audited.
+    access: AccessControl | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

@@ -38,8 +38,10 @@ class ErrorBody(BaseModel):
 
 _MEANING = {
     400: "Invalid request: each problem names the field and the rule",
-    401: "Missing, unknown or revoked key",
+    401: "Missing, unknown or revoked key, or no session",
+    403: "The caller's role may not do this (the role needed is named), or no CSRF token",
     404: "Not found",
+    409: "Exists already",
     413: "Body too large (limits per call and per batch)",
     415: "Unsupported Content-Type or Content-Encoding",
     429: "Rate limit of the write key exceeded; see Retry-After",

@@ -22,7 +22,7 @@ router = APIRouter(
     prefix="/v1/outreach",
     tags=["outreach"],
     dependencies=[Depends(require_admin_key)],
-    responses=error_responses(400, 401, 404, 503),
+    responses=error_responses(400, 401, 403, 404, 503),
 )
 
 

@@ -19,7 +19,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["customers"],
     dependencies=[Depends(require_read_key)],
-    responses=error_responses(400, 401),
+    responses=error_responses(400, 401, 403),
 )
 
 

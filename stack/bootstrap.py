@@ -19,6 +19,7 @@ from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
 from journeys.stages import StageRules
+from projections.access import AccessStore
 from projections.clickhouse import connect, database_name
 from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
@@ -26,6 +27,7 @@ from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.profiles import ProfileView
 from projections.write_keys import WriteKeyStore
+from stack.access import access_control, build_access_store
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
@@ -54,6 +56,8 @@ class Platform:
     profiles: ProfileView
     # Outreach timers, deliveries, endpoints (the event store's database).
     outreach: OutreachStore
+    # Users, sessions and the audit log (data/access.sqlite, or the event store's PostgreSQL).
+    access: AccessStore
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores."""
@@ -69,6 +73,7 @@ class Platform:
         """Release the stores (the chdb folder lock, the SQLite connection)."""
         self.journeys.close()
         self.outreach.close()
+        self.access.close()
         self.clickhouse.close()
 
 
@@ -162,6 +167,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         write_keys=WriteKeyStore(clickhouse, database),
         profiles=ProfileView(clickhouse, database),
         outreach=build_store(settings),
+        access=build_access_store(settings),
     )
 
 
@@ -296,4 +302,5 @@ def build_gateway(
         outreach=OutreachAdmin(settings, platform.outreach),
         backlog=backlog,
         metrics=IngestMetrics(registry),
+        access=access_control(settings, platform.access),
     )

@@ -34,7 +34,7 @@ from types import FrameType
 
 import httpx
 
-from stack import analysis_cli, demo, http_commands, outreach_cli
+from stack import access, analysis_cli, demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBroker
 from stack.processes import port_open, rss_mib, spawn
 from stack.settings import Settings
@@ -402,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rules", type=Path, help="a stage rules file (TOML) to compare against, into *_whatif"
     )
     outreach_cli.add_parser(commands)
+    access.add_parser(commands)
     analysis_cli.add_commands(commands)
     commands.add_parser(
         "verify", help="compare the event store, the event log and the counters (node stopped)"
@@ -425,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_replay(settings, args.rules)
     if args.command == "outreach":
         return outreach_cli.run(args, settings)
+    if args.command == "users":
+        return access.run(args, settings)
     if args.command == "verify":
         from stack.verify import run_verify
 

@@ -174,6 +174,17 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=25, ge=0, le=65535)
     smtp_sender: str = "outreach@localhost"
 
+    # People who sign in (api/access.py): how long a session lasts, and unusual access.
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # An alert when one key or user reads more distinct customers' data in a minute (0: never).
+    alert_customers_per_min: int = Field(default=200, ge=0)
+    # Failed sign-ins of one name from one address within the window: an alert, then 429.
+    signin_max_failures: int = Field(default=5, ge=1)
+    signin_window_s: float = Field(default=300.0, gt=0)
+    # Where alerts are POSTed besides the audit log, signed like outreach webhooks.
+    alert_webhook_url: str = ""
+    alert_webhook_secret: str = ""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("clickhouse_url")
@@ -321,6 +332,11 @@ class Settings(BaseSettings):
     def sqlite_path(self) -> Path:
         """The SQLite event store file."""
         return self.data_dir / "events.sqlite"
+
+    @property
+    def access_store_path(self) -> Path:
+        """Users, sessions and the audit log, in the embedded shape."""
+        return self.data_dir / "access.sqlite"
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``JOURNEYS_*`` variables, for child processes."""

@@ -9,6 +9,9 @@ carts fire after seconds) with the demo's webhook inbox subscribed, as
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -241,7 +244,8 @@ def test_the_trigger_log_is_read_only_for_read_keys(node: NodeProcess) -> None:
         assert "triggers" not in refused.json()
     assert node.read("GET", "/v1/triggers").status_code == 200
     redeliver = node.read("POST", "/v1/outreach/triggers/anything/redeliver")
-    assert redeliver.status_code == 401
+    assert redeliver.status_code == 403  # a read key is an analyst: re-delivery is a marketer's
+    assert redeliver.json()["errors"][0]["rule"] == "role_required"
 
 
 def test_a_customer_timeline_shows_the_journey_and_its_triggers(
@@ -377,4 +381,82 @@ def test_the_trigger_log_shows_abandoned_carts_and_their_delivery(
         node.read("GET", "/v1/stats").json()["dead_letters"]
     )
     opened.screenshot(path=str(artifacts_dir / "dashboard-triggers.png"), full_page=True)
+    assert errors == []
+
+
+PASSWORD = "a long pass phrase"
+
+
+def add_user(node: NodeProcess, name: str, role: str) -> None:
+    """``journeys users add`` beside the running node, as an operator would."""
+    added = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stack.cli",
+            "users",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+        ],
+        env={**os.environ, **node.settings.to_env()},
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+
+
+def sign_in_as(page: Page, name: str, password: str = PASSWORD) -> None:
+    page.fill("#user-name", name)
+    page.fill("#user-password", password)
+    page.click("#sign-in-submit")
+
+
+def test_people_sign_in_and_see_what_their_role_may(
+    node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
+) -> None:
+    opened, errors = page
+    add_user(node, "dash-viewer", "viewer")
+    add_user(node, "dash-analyst", "analyst")
+    opened.goto(f"{node.base}/dashboard")
+    sign_in_as(opened, "dash-viewer", "not the password")
+    opened.wait_for_selector("#key-error:not(:empty)")
+    assert "unknown user or wrong password" in (opened.text_content("#key-error") or "")
+    assert opened.is_hidden("#content")
+    # The refused sign-in is the one error the console shows (the browser logs the 401).
+    assert len(errors) == 1 and "401" in errors[0], errors
+    errors.clear()
+
+    sign_in_as(opened, "dash-viewer")
+    opened.wait_for_selector("#content", state="visible")
+    assert "dash-viewer (viewer)" in (opened.text_content("#who") or "")
+    assert opened.is_visible("#funnel") and opened.is_visible("#stages")
+    for panel in ("#rfm", "#triggers", "#customer"):  # customer-level data: analysts and up
+        assert opened.is_hidden(panel), panel
+    opened.wait_for_selector("#funnel-table tbody tr")
+    opened.screenshot(path=str(artifacts_dir / "dashboard-viewer.png"))
+    cookies = {c["name"]: c for c in opened.context.cookies()}
+    assert (
+        cookies["journeys_session"]["httpOnly"]
+        and cookies["journeys_session"]["sameSite"] == "Strict"
+    )
+    session = {"journeys_session": cookies["journeys_session"]["value"]}
+    assert httpx.get(f"{node.base}/v1/rfm", cookies=session, timeout=30).status_code == 403
+
+    opened.click("#sign-out")
+    opened.wait_for_selector("#key-dialog", state="visible")
+    assert opened.is_hidden("#content")
+    assert httpx.get(f"{node.base}/v1/stages", cookies=session, timeout=30).status_code == 401
+
+    sign_in_as(opened, "dash-analyst")
+    opened.wait_for_selector("#rfm", state="visible")
+    opened.reload()  # the session outlives a reload
+    opened.wait_for_selector("#content", state="visible")
+    assert "dash-analyst (analyst)" in (opened.text_content("#who") or "")
+    assert opened.is_visible("#customer")
     assert errors == []

@@ -1,8 +1,12 @@
 // The marketers' dashboard: plain modules over the platform's read API.
-// The read key lives in sessionStorage only; every request carries it as a Bearer token.
+// People sign in (a session cookie, HttpOnly: scripts never see it; unsafe calls echo the
+// session's CSRF token). A key instead lives in sessionStorage only and goes as a Bearer token.
 "use strict";
 
 const KEY_STORE = "journeys.readKey";
+const SIGNED_IN = "journeys.signedIn"; // a session was opened in this tab: ask for it on reload
+const ROLES = ["viewer", "analyst", "marketer", "admin"];
+let csrfToken = null; // the signed-in session's, from POST or GET /v1/session
 const EVENT_TYPES = ["browse", "cart", "checkout", "purchase", "support", "identify", "custom"];
 const DEFAULT_STEPS = ["browse", "cart", "checkout", "purchase"];
 const STAGE_COLOURS = {
@@ -18,11 +22,11 @@ const charts = {};
 class Unauthorized extends Error {}
 
 async function api(path, options = {}) {
-  const key = sessionStorage.getItem(KEY_STORE) || "";
-  const response = await fetch(path, {
-    ...options,
-    headers: { "Authorization": `Bearer ${key}`, "Content-Type": "application/json", ...(options.headers || {}) },
-  });
+  const key = sessionStorage.getItem(KEY_STORE);
+  const headers = { "Content-Type": "application/json", ...(options.headers || {}) };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (csrfToken && (options.method || "GET") !== "GET") headers["X-CSRF-Token"] = csrfToken;
+  const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
   if (response.status === 401) throw new Unauthorized("this key is not a valid read key");
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.message || body.detail || `${response.status} ${response.statusText}`);
@@ -94,6 +98,41 @@ async function tryKey(key) {
     askForKey(error instanceof Unauthorized ? "That key was refused: check the read key." : error.message);
     return;
   }
+  enter(await api("/v1/session"));
+}
+
+async function signIn(name, password) {
+  const response = await fetch("/v1/session", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ name, password }),
+    credentials: "same-origin",
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    askForKey(body.message || `${response.status} ${response.statusText}`);
+    return;
+  }
+  sessionStorage.setItem(SIGNED_IN, "1");
+  enter(body);
+}
+
+async function signOut() {
+  if (csrfToken) await api("/v1/session", { method: "DELETE" }).catch(() => {});
+  csrfToken = null;
+  sessionStorage.removeItem(KEY_STORE);
+  sessionStorage.removeItem(SIGNED_IN);
+  askForKey();
+}
+
+// Show what the role may see: a panel marked data-role="analyst" is hidden from viewers.
+function enter(session) {
+  csrfToken = session.csrf_token || null;
+  const rank = ROLES.indexOf(session.role);
+  for (const panel of document.querySelectorAll("[data-role]")) {
+    panel.hidden = rank < ROLES.indexOf(panel.dataset.role);
+  }
+  $("who").textContent = `${session.actor} (${session.role})`;
   $("key-dialog").close();
   $("content").hidden = false;
   $("sign-out").hidden = false;
@@ -432,11 +471,11 @@ async function showCustomer(event) {
 // --- start ---------------------------------------------------------------------------------
 
 function refreshPanels() {
-  if (!sessionStorage.getItem(KEY_STORE) || $("content").hidden) return;
+  if ($("content").hidden) return;
   refreshStages();
   refreshFlow();
-  refreshRfm();
-  refreshTriggers();
+  if (!$("rfm").hidden) refreshRfm();
+  if (!$("triggers").hidden) refreshTriggers();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -453,13 +492,16 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     tryKey($("key-input").value.trim());
   });
-  $("sign-out").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORE);
-    askForKey();
+  $("sign-in-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    signIn($("user-name").value.trim(), $("user-password").value);
   });
+  $("sign-out").addEventListener("click", signOut);
   setInterval(refreshLive, 2000);
   setInterval(refreshPanels, PANEL_REFRESH_MS);
   const key = sessionStorage.getItem(KEY_STORE);
-  if (key) tryKey(key); else askForKey();
+  if (key) tryKey(key);
+  else if (sessionStorage.getItem(SIGNED_IN)) api("/v1/session").then(enter, () => signOut());
+  else askForKey();
   refreshLive();
 });

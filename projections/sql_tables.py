@@ -1,0 +1,75 @@
+"""A small connection to SQLite or PostgreSQL for the stores that keep a few tables.
+
+The same SQL (``?`` placeholders) runs on both: SQLite for the embedded default,
+PostgreSQL where many processes share the event store's database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class SqlTables:
+    """One connection, serialised by a lock; autocommit unless in :meth:`transaction`.
+
+    A schema statement may say ``{serial}`` for an auto-numbered primary key.
+    """
+
+    def __init__(
+        self, schema: Sequence[str], sqlite_path: Path | None = None, postgres_dsn: str = ""
+    ) -> None:
+        self._lock = threading.RLock()
+        self.postgres = bool(postgres_dsn)
+        if postgres_dsn:
+            import psycopg
+
+            self._conn: Any = psycopg.connect(postgres_dsn, autocommit=True)
+        else:
+            assert sqlite_path is not None
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fresh = not sqlite_path.exists()
+            self._conn = sqlite3.connect(
+                str(sqlite_path), timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            if fresh:
+                os.chmod(sqlite_path, 0o600)  # personal data and secrets: owner only
+        serial = "BIGSERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        with self.transaction():
+            for statement in schema:
+                self.execute(statement.replace("{serial}", serial))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement; its cursor."""
+        if self.postgres:
+            sql = sql.replace("?", "%s")
+        with self._lock:
+            return self._conn.execute(sql, tuple(params))
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of a query."""
+        with self._lock:
+            return list(self.execute(sql, params).fetchall())
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit of work (SQLite: taking the write lock at once)."""
+        with self._lock:
+            self.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.execute("ROLLBACK")
+                raise
+            self.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
