@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from api.access import AccessAlerts, AccessControl, AlertSink
-from projections.access import AccessStore, Role, UnknownUser, UserExists
+from projections.access import AccessStore, AuditEntry, Role, UnknownUser, UserExists
 from stack.settings import Settings
 from streams.outreach.channels import SIGNATURE_HEADER, sign
 
@@ -96,6 +96,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             user = store.change_user(args.name, role=Role[args.role])
         else:
             user = store.change_user(args.name, disabled=args.verb == "disable")
+        # The command acts on the store directly: it is written down as an admin act is.
+        detail = {"role": user.role.name} if args.verb in ("add", "set-role") else {}
+        store.record(
+            AuditEntry(
+                actor=f"cli:{getpass.getuser()}",
+                role="operator",
+                action=f"users.{args.verb}",
+                target=user.name,
+                source="local",
+                outcome="allowed",
+                detail=detail,
+            )
+        )
         print(json.dumps(user.summary(), indent=2))
         return 0
     except UnknownUser:

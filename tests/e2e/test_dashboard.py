@@ -436,7 +436,7 @@ def test_people_sign_in_and_see_what_their_role_may(
     opened.wait_for_selector("#content", state="visible")
     assert "dash-viewer (viewer)" in (opened.text_content("#who") or "")
     assert opened.is_visible("#funnel") and opened.is_visible("#stages")
-    for panel in ("#rfm", "#triggers", "#customer"):  # customer-level data: analysts and up
+    for panel in ("#rfm", "#triggers", "#customer", "#audit"):  # customer data: analysts up
         assert opened.is_hidden(panel), panel
     opened.wait_for_selector("#funnel-table tbody tr")
     opened.screenshot(path=str(artifacts_dir / "dashboard-viewer.png"))
@@ -458,5 +458,22 @@ def test_people_sign_in_and_see_what_their_role_may(
     opened.reload()  # the session outlives a reload
     opened.wait_for_selector("#content", state="visible")
     assert "dash-analyst (analyst)" in (opened.text_content("#who") or "")
-    assert opened.is_visible("#customer")
+    assert opened.is_visible("#customer") and opened.is_hidden("#audit")  # the log: admins
+
+    opened.click("#sign-out")
+    add_user(node, "dash-admin", "admin")
+    sign_in_as(opened, "dash-admin")
+    opened.wait_for_selector("#audit-table tbody tr")
+    audit = table(opened, "#audit-table")
+    api = httpx.get(
+        f"{node.base}/v1/audit",
+        params={"limit": 1000},
+        headers={"Authorization": f"Bearer {node.settings.admin_key}"},
+        timeout=30,
+    ).json()
+    shown = {(r[1], r[3], r[6]) for r in audit}
+    assert ("user:dash-viewer", "sign_in", "denied") in shown
+    assert ("user:dash-analyst", "sign_in", "allowed") in shown
+    assert shown <= {(e["actor"], e["action"], e["outcome"]) for e in api}
+    opened.screenshot(path=str(artifacts_dir / "dashboard-audit.png"))
     assert errors == []

@@ -194,7 +194,10 @@ def test_the_audit_log_records_who_did_what(node: NodeProcess) -> None:
     assert ("key:admin", "POST /v1/write-keys", "/v1/write-keys", "allowed") in seen
     assert ("user:analyst", "sign_in", "analyst", "allowed") in seen
     assert ("user:analyst", "sign_in", "analyst", "denied") in seen
-    assert all(e["source"] == "127.0.0.1" and e["at"] for e in entries)
+    by_command = {(e["action"], e["target"]) for e in entries if e["actor"].startswith("cli:")}
+    assert {("users.add", "admin"), ("users.disable", "viewer")} <= by_command
+    over_http = [e for e in entries if not e["actor"].startswith("cli:")]
+    assert all(e["source"] == "127.0.0.1" and e["at"] for e in over_http)
     assert [e["seq"] for e in entries] == sorted((e["seq"] for e in entries), reverse=True)
 
     # Append-only: the database itself refuses to rewrite or remove an entry.

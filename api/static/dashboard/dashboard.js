@@ -393,6 +393,18 @@ async function refreshTriggers() {
   });
 }
 
+// --- audit log (admins) -------------------------------------------------------------------
+
+async function refreshAudit() {
+  await guarded("audit-error", async () => {
+    const entries = await api("/v1/audit?limit=100");
+    fillTable("audit-table", entries.map((entry) => row([
+      [when(entry.at), false], [entry.actor, false], [entry.role, false], [entry.action, false],
+      [entry.target, false], [entry.source, false], [entry.outcome, false],
+    ])));
+  });
+}
+
 // --- customer ----------------------------------------------------------------------------
 
 function timelineItem(kind, at, title, detail) {
@@ -476,6 +488,7 @@ function refreshPanels() {
   refreshFlow();
   if (!$("rfm").hidden) refreshRfm();
   if (!$("triggers").hidden) refreshTriggers();
+  if (!$("audit").hidden) refreshAudit();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
