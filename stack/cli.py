@@ -320,6 +320,9 @@ Try it:
        -d '{{"userId": "u1", "event": "Product Viewed", "messageId": "m1"}}' {base}/v1/track
   curl -H 'Authorization: Bearer {settings.read_key}' {base}/v1/customers/u1
 
+People sign in to the dashboard once added (roles: viewer, analyst, marketer, admin):
+  journeys users add NAME --role admin
+
 Ctrl-C stops everything.""",
         flush=True,
     )
