@@ -24,11 +24,13 @@ from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
 from projections.migrations import migrate
+from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
 from projections.write_keys import WriteKeyStore
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
+from stack.privacy import Privacy, open_vault
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.confluent_sink import ConfluentEventSink
@@ -54,6 +56,9 @@ class Platform:
     profiles: ProfileView
     # Outreach timers, deliveries, endpoints (the event store's database).
     outreach: OutreachStore
+    # Customers' data keys and the suppression list; erasure and export over the stores.
+    vault: Vault
+    privacy: Privacy
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores."""
@@ -69,6 +74,7 @@ class Platform:
         """Release the stores (the chdb folder lock, the SQLite connection)."""
         self.journeys.close()
         self.outreach.close()
+        self.vault.keys.close()
         self.clickhouse.close()
 
 
@@ -152,6 +158,8 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
     migrate(clickhouse, database)
     journeys = JourneyApplication(rules=load_rules(settings), env=event_store_env(settings))
     journeys.stored_journeys = stored_journeys_query(journeys.recorder)
+    outreach = build_store(settings)
+    vault = open_vault(settings)
     return Platform(
         settings=settings,
         clickhouse=clickhouse,
@@ -161,7 +169,9 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         dead_letters=DeadLetterLog(clickhouse, database),
         write_keys=WriteKeyStore(clickhouse, database),
         profiles=ProfileView(clickhouse, database),
-        outreach=build_store(settings),
+        outreach=outreach,
+        vault=vault,
+        privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys),
     )
 
 
@@ -274,7 +284,8 @@ def build_gateway(
     journaled = sink.journal if isinstance(sink, JournaledSink) else None
     register_node_gauges(registry, streams.backlog if streams else None, journaled)
     return Gateway(
-        sink=sink,
+        # Sealed before the journal, the broker or the dead letters see anything.
+        sink=SealingSink(sink, platform.vault),
         keys=AccessKeys(
             write_keys=frozenset(k for k in [settings.write_key] if k),
             read_keys=frozenset(k for k in [settings.read_key] if k),
@@ -296,4 +307,5 @@ def build_gateway(
         outreach=OutreachAdmin(settings, platform.outreach),
         backlog=backlog,
         metrics=IngestMetrics(registry),
+        privacy=platform.privacy,
     )

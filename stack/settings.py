@@ -174,6 +174,17 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=25, ge=0, le=65535)
     smtp_sender: str = "outreach@localhost"
 
+    # Encryption at rest (projections/privacy/): the master key wrapping every
+    # customer's data key, base64 of 32 bytes, or a file holding it; neither: the
+    # file data_dir/keys/master.key, generated on first start. Losing it loses every
+    # personal field (the analytics keep working: they never need the values).
+    master_key: str = ""
+    master_key_file: Path | None = None
+    # The personal fields sealed at the gateway (comma-separated keys of traits,
+    # properties and context.traits); empty: the documented defaults
+    # (projections/privacy/fields.py).
+    personal_fields: str = ""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("clickhouse_url")
@@ -321,6 +332,26 @@ class Settings(BaseSettings):
     def sqlite_path(self) -> Path:
         """The SQLite event store file."""
         return self.data_dir / "events.sqlite"
+
+    @property
+    def keys_dir(self) -> Path:
+        """The folder of the master key file and the erasure ledger (0700)."""
+        return self.data_dir / "keys"
+
+    @property
+    def master_key_path(self) -> Path:
+        """Where the master key is read from (when not in the environment)."""
+        return self.master_key_file or self.keys_dir / "master.key"
+
+    @property
+    def key_store_path(self) -> Path:
+        """The SQLite key store: customers' wrapped data keys and the suppression list."""
+        return self.data_dir / "keys.sqlite"
+
+    @property
+    def erasure_ledger_path(self) -> Path:
+        """The append-only record of erasures (who, when, which ids), re-applied at start."""
+        return self.keys_dir / "erasures.jsonl"
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``JOURNEYS_*`` variables, for child processes."""
