@@ -8,6 +8,7 @@ The suppression list names the ids erased: their later events are dropped.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -54,6 +55,9 @@ class KeyStore:
         else:
             assert sqlite_path is not None
             sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            # The owner's alone whatever the umask (SQLite gives -wal/-shm the same mode).
+            os.close(os.open(sqlite_path, os.O_WRONLY | os.O_CREAT, 0o600))
+            sqlite_path.chmod(0o600)
             self._conn = sqlite3.connect(
                 str(sqlite_path), timeout=30, isolation_level=None, check_same_thread=False
             )
