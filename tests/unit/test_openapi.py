@@ -57,6 +57,11 @@ def test_every_refusal_is_documented_with_the_error_body(document: dict[str, Any
 def expected_scheme(method: str, path: str) -> str | None:
     if path.startswith(("/v1/write-keys", "/v1/dead-letters", "/v1/outreach")):
         return "adminKey"
+    # Erasure and export of a customer (GDPR).
+    if (method, path) == ("DELETE", "/v1/customers/{customer_id}"):
+        return "adminKey"
+    if path == "/v1/customers/{customer_id}/export":
+        return "adminKey"
     if path in ("/health", "/metrics") or path.startswith("/v1/schemas"):
         return None
     if path in ("/v1/projects/{write_key}/settings", "/sourceConfig"):
