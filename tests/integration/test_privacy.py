@@ -79,6 +79,12 @@ def _wait_for(check: Any, timeout: float = 60) -> Any:
         time.sleep(0.2)
 
 
+def _letters(node: NodeProcess) -> list[dict[str, Any]]:
+    page = _admin(node, "GET", "/v1/dead-letters", params={"limit": 100})
+    assert page.status_code == 200, page.text
+    return list(page.json()["dead_letters"])
+
+
 def _orders(node: NodeProcess, user: str) -> int:
     response = node.read("GET", f"/v1/customers/{user}")
     return int(response.json()["orders"]) if response.status_code == 200 else -1
@@ -190,6 +196,8 @@ def test_personal_data_is_only_ciphertext_at_rest_and_an_erased_customer_stays_e
         assert len(export["orders"]) == 2 and export["profile"]["orders"] == 2
         assert export["timeline"] and export["events"]
         assert _funnel(node) == [2, 2]
+        # The admin reads the dead letter opened; it is stored sealed (checked below).
+        _wait_for(lambda: any(ALICE["email"] in d["payload"] for d in _letters(node)))
 
         records = _topic_records(settings)
         assert records and not [r for r in records if _plain_in(r)]
@@ -212,6 +220,9 @@ def test_personal_data_is_only_ciphertext_at_rest_and_an_erased_customer_stays_e
         summary = orjson.loads(erased.stdout)
         assert summary["ids"] == ["alice"] and summary["keys_destroyed"] == 1
         assert summary["rows_deleted"]["events"] >= 4
+        assert summary["rows_deleted"]["dead_letters"] == 1
+        assert summary["rows_deleted"]["customer_orders"] == 2
+        assert not any("alice" in d["payload"].lower() for d in _letters(node))
         again = _admin(node, "DELETE", "/v1/customers/alice")
         assert again.status_code == 404
         assert _admin(node, "DELETE", "/v1/customers/nobody").status_code == 404
