@@ -6,6 +6,7 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
@@ -166,6 +167,20 @@ async def revoke_write_key(key_id: str, request: Request) -> WriteKeyOut:
     return WriteKeyOut(**_out(key))
 
 
+def _opened(gateway: Gateway, payload: str) -> str:
+    """A dead letter's payload with its sealed parts opened, for the admin reading it;
+    as stored when nothing opens (an erased customer's, a malformed one)."""
+    if gateway.privacy is None or '"$enc"' not in payload:
+        return payload
+    try:
+        opened = gateway.privacy.open_tree(orjson.loads(payload))
+    except ValueError:  # not JSON, or a sealed value that does not open
+        return payload
+    if opened is None:
+        return payload
+    return opened if isinstance(opened, str) else orjson.dumps(opened).decode()
+
+
 @router.get("/dead-letters", response_model=DeadLetterPage)
 async def dead_letters(
     request: Request,
@@ -184,6 +199,7 @@ async def dead_letters(
         letters = await asyncio.to_thread(gateway.dead_letters.page, limit, before, source)
     except ValueError as error:
         raise HTTPException(400, f"before: {error}") from None
+    payloads = await asyncio.to_thread(lambda: [_opened(gateway, d.payload) for d in letters])
     return DeadLetterPage(
         dead_letters=[
             DeadLetterOut(
@@ -191,9 +207,9 @@ async def dead_letters(
                 rejected_at=d.rejected_at,
                 source=d.source,
                 reasons=d.reasons,
-                payload=d.payload,
+                payload=payload,
             )
-            for d in letters
+            for d, payload in zip(letters, payloads, strict=True)
         ],
         next_before=letters[-1].cursor if len(letters) == limit else None,
     )

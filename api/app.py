@@ -8,7 +8,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import admin, analysis, browser, customers, ingest, metrics, outreach, stages, users
+from api import (
+    admin,
+    analysis,
+    browser,
+    customers,
+    ingest,
+    metrics,
+    outreach,
+    privacy,
+    stages,
+    users,
+)
 from api.cors import CorsMiddleware, public_paths
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
@@ -33,6 +44,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(ingest.beacon_router)
     app.include_router(browser.router)
     app.include_router(customers.router)
+    app.include_router(privacy.router)
     app.include_router(stages.router)
     app.include_router(analysis.router)
     app.include_router(admin.router)

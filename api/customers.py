@@ -84,6 +84,8 @@ class CustomerView(BaseModel):
     last_seen: datetime | None
     merged_into: str | None
     profile: Profile | None
+    # The latest identify traits, personal fields opened (read and admin keys).
+    traits: dict[str, Any] | None = None
 
 
 class StageStep(BaseModel):
@@ -120,12 +122,25 @@ def _unknown(customer_id: str) -> HTTPException:
     return HTTPException(404, f"customer {customer_id!r}: no events from this customer were seen")
 
 
+def _check_not_erased(gateway: Gateway, customer_id: str) -> None:
+    if gateway.privacy is not None and gateway.privacy.is_erased(customer_id):
+        raise _unknown(customer_id)  # erased: as if never seen
+
+
+async def _traits(gateway: Gateway, customer_id: str) -> dict[str, Any] | None:
+    privacy = gateway.privacy
+    if privacy is None:
+        return None
+    return await asyncio.to_thread(privacy.traits, [customer_id])
+
+
 @router.get("/customers/{customer_id}", response_model=CustomerView)
 async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> CustomerView:
     """The customer's journey stage now (or ``as_of`` a moment), counters and profile."""
     gateway: Gateway = request.app.state.gateway
     moment = _moment(as_of)
     lapse_days = _rules(gateway).loyalty_lapse_days
+    _check_not_erased(gateway, customer_id)
     found = await asyncio.to_thread(gateway.stages.get, customer_id)
     if found is None:
         raise _unknown(customer_id)
@@ -162,6 +177,7 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
         last_seen=found.last_seen,
         merged_into=found.merged_into or None,
         profile=profile,
+        traits=await _traits(gateway, found.customer_key),
     )
 
 
@@ -249,6 +265,7 @@ async def journey(customer_id: str, request: Request, as_of: AsOf = None) -> Jou
     if app is None:
         raise HTTPException(503, "the event store is not available to this API process")
     moment = _moment(as_of)
+    _check_not_erased(gateway, customer_id)
     found = await asyncio.to_thread(app.journey, customer_id)
     if found is None:
         raise _unknown(customer_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,6 +77,34 @@ class OutreachControl(Protocol):
 
     def redeliver(self, trigger_id: str) -> int | None:
         """Dead deliveries back to pending; None when the trigger is unknown."""
+        ...
+
+
+class PrivacyControl(Protocol):
+    """Personal data: opening sealed fields, erasure and export (wired in stack/privacy.py)."""
+
+    def is_erased(self, customer_id: str) -> bool:
+        """True for an erased customer id (the API answers 404 for it)."""
+        ...
+
+    def open_tree(self, value: Any) -> Any:
+        """``value`` with every sealed personal field in it opened."""
+        ...
+
+    def identities(self, customer_id: str) -> list[str]:
+        """The id and the ids merged with it; [] when unknown."""
+        ...
+
+    def traits(self, customer_ids: Sequence[str]) -> dict[str, Any]:
+        """The customer's identify traits, opened."""
+        ...
+
+    def erase(self, customer_id: str, actor: str) -> dict[str, Any] | None:
+        """Erase the customer everywhere; a summary, or None when unknown."""
+        ...
+
+    def export(self, customer_id: str) -> dict[str, Any] | None:
+        """Everything held about the customer, opened; None when unknown."""
         ...
 
 
@@ -162,6 +190,8 @@ class Gateway:
     metrics: IngestMetrics = field(default_factory=IngestMetrics)
     # Users, sessions, the audit log and access alerts; None: keys only, nothing audited.
     access: AccessControl | None = None
+    # Opening, erasing and exporting personal data; None: fields are shown as stored.
+    privacy: PrivacyControl | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

@@ -111,7 +111,8 @@ class CustomerFacts:
     # The latest event was an import: a stage it brought (win-back) starts no live clock.
     last_activity_historical: bool = False
     timezone: str | None = None
-    email: str | None = None
+    # The address, or its sealed form ({"$enc": ...}) as the gateway stored it.
+    email: str | dict[str, str] | None = None
     birthday: str | None = None  # "MM-DD"
     birthday_known_at: str | None = None
     open_tickets: dict[str, str] = field(default_factory=dict)
@@ -266,6 +267,9 @@ class CustomerFacts:
         email = traits.get("email")
         if isinstance(email, str) and "@" in email:
             self.email = email
+        elif isinstance(email, dict) and "$enc" in email:
+            # Sealed at the gateway: kept sealed, opened only at delivery.
+            self.email = email
         birthday = traits.get("birthday")
         if isinstance(birthday, str) and len(birthday) >= 5:
             month_day = birthday[-5:]
@@ -392,7 +396,7 @@ class TriggerFired:
     fired_at: datetime
     channels: tuple[str, ...]
     data: dict[str, Any]
-    email: str | None = None
+    email: str | dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The trigger as published on the triggers topic and POSTed to webhooks."""

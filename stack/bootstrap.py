@@ -25,12 +25,14 @@ from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
 from projections.migrations import migrate
+from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
+from stack.privacy import Privacy, open_vault
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.confluent_sink import ConfluentEventSink
@@ -58,6 +60,9 @@ class Platform:
     outreach: OutreachStore
     # Users, sessions and the audit log (data/access.sqlite, or the event store's PostgreSQL).
     access: AccessStore
+    # Customers' data keys and the suppression list; erasure and export over the stores.
+    vault: Vault
+    privacy: Privacy
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores."""
@@ -74,6 +79,7 @@ class Platform:
         self.journeys.close()
         self.outreach.close()
         self.access.close()
+        self.vault.keys.close()
         self.clickhouse.close()
 
 
@@ -157,6 +163,8 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
     migrate(clickhouse, database)
     journeys = JourneyApplication(rules=load_rules(settings), env=event_store_env(settings))
     journeys.stored_journeys = stored_journeys_query(journeys.recorder)
+    outreach = build_store(settings)
+    vault = open_vault(settings)
     return Platform(
         settings=settings,
         clickhouse=clickhouse,
@@ -166,8 +174,10 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         dead_letters=DeadLetterLog(clickhouse, database),
         write_keys=WriteKeyStore(clickhouse, database),
         profiles=ProfileView(clickhouse, database),
-        outreach=build_store(settings),
         access=build_access_store(settings),
+        outreach=outreach,
+        vault=vault,
+        privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys),
     )
 
 
@@ -280,7 +290,8 @@ def build_gateway(
     journaled = sink.journal if isinstance(sink, JournaledSink) else None
     register_node_gauges(registry, streams.backlog if streams else None, journaled)
     return Gateway(
-        sink=sink,
+        # Sealed before the journal, the broker or the dead letters see anything.
+        sink=SealingSink(sink, platform.vault),
         keys=AccessKeys(
             write_keys=frozenset(k for k in [settings.write_key] if k),
             read_keys=frozenset(k for k in [settings.read_key] if k),
@@ -303,4 +314,5 @@ def build_gateway(
         backlog=backlog,
         metrics=IngestMetrics(registry),
         access=access_control(settings, platform.access),
+        privacy=platform.privacy,
     )

@@ -8,6 +8,8 @@ journeys topics   create the platform's topics
 journeys demo     stream synthetic storefront traffic to a running platform
 journeys keys create NAME | list | revoke KEY_ID   write keys (admin key, over HTTP)
 journeys dead-letters                            rejected events, newest first
+journeys customers erase ID | export ID          GDPR erasure and export (admin key, over HTTP)
+journeys master-key rotate                       re-wrap every data key under a new master key
 journeys import customers.csv orders.csv         history import through /v1/batch
 journeys verify   compare the event store, event log and counters (node stopped)
 journeys replay   rebuild the projections from the event store (node stopped);
@@ -36,6 +38,7 @@ import httpx
 
 from stack import access, analysis_cli, demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBroker
+from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
 from stack.processes import port_open, rss_mib, spawn
 from stack.settings import Settings
 from stack.supervisor import CrashLoop, RestartPolicy, Supervised, sleep_unless
@@ -79,6 +82,11 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
     settings.data_dir.chmod(0o700)  # a folder made before (by hand, or an older version)
     logs = settings.data_dir / "logs"
     settings = dev_keys(settings)
+    try:
+        ensure_master_key(settings)
+    except MasterKeyMissing as missing:
+        print(str(missing), file=sys.stderr)
+        return 2
     if port_open(settings.api_host, settings.api_port):
         print(
             f"port {settings.api_port} on {settings.api_host} is in use; "
@@ -303,6 +311,7 @@ def _tail(path: os.PathLike[str], lines: int = 30) -> str:
 
 def _banner(settings: Settings, base: str, broker: EmbeddedBroker | None) -> None:
     where = "embedded Tansu, in memory" if broker else "external"
+    master = "JOURNEYS_MASTER_KEY" if settings.master_key else str(settings.master_key_path)
     print(
         f"""
 Customer Journeys is up.
@@ -314,6 +323,9 @@ Customer Journeys is up.
   admin key   {settings.admin_key}   (Authorization: Bearer <admin key>)
   broker      {settings.kafka_bootstrap_servers} ({where})
   data, logs  {settings.data_dir}/, {settings.data_dir / "logs"}/
+  master key  {master}
+              (wraps every customer's data key: back it up apart from the data;
+              lost, no personal field opens again; leaked, with a copy of the data, all do)
 
 Try it:
   curl -u {settings.write_key}: -H 'content-type: application/json' \\
@@ -407,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     outreach_cli.add_parser(commands)
     access.add_parser(commands)
     analysis_cli.add_commands(commands)
+    master = commands.add_parser("master-key", help="the master key wrapping customers' data keys")
+    master.add_subparsers(dest="action", required=True).add_parser(
+        "rotate", help="re-wrap every data key under a new master key (node stopped)"
+    )
     commands.add_parser(
         "verify", help="compare the event store, the event log and the counters (node stopped)"
     )
@@ -431,6 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         return outreach_cli.run(args, settings)
     if args.command == "users":
         return access.run(args, settings)
+    if args.command == "master-key":
+        try:
+            count = rotate_master_key(settings)
+        except (MasterKeyMissing, ValueError) as error:
+            print(str(error), file=sys.stderr)
+            return 2
+        print(f"re-wrapped {count} data keys under a new master key ({settings.master_key_path})")
+        return 0
     if args.command == "verify":
         from stack.verify import run_verify
 

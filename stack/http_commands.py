@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -52,13 +53,25 @@ def add_commands(commands: Any) -> None:
     letters.add_argument("--source", help="only this write key id's letters")
     letters.add_argument("--before", help="the cursor printed after a full page")
 
+    customers = commands.add_parser(
+        "customers", help="erase or export one customer's data (GDPR; admin key)"
+    )
+    customer_actions = customers.add_subparsers(dest="action", required=True)
+    erase = customer_actions.add_parser(
+        "erase", help="destroy the customer's key, delete their rows, suppress their ids"
+    )
+    export = customer_actions.add_parser("export", help="everything held about them, as JSON")
+    for action in (erase, export):
+        action.add_argument("customer_id")
+        connection(action, "admin")
+
     history = commands.add_parser("import", help="import customers and orders from CSV files")
     connection(history, "write")
     history.add_argument("files", nargs="+", type=Path, help="customers.csv, orders.csv")
     history.add_argument("--dry-run", action="store_true", help="validate only; send nothing")
 
 
-COMMANDS = ("keys", "dead-letters", "import")
+COMMANDS = ("keys", "dead-letters", "customers", "import")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -69,6 +82,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return _keys(args, url, key(args, settings, "admin"))
         if args.command == "dead-letters":
             return _dead_letters(args, url, key(args, settings, "admin"))
+        if args.command == "customers":
+            return _customers(args, url, key(args, settings, "admin"))
         return _import(args, url, key(args, settings, "write"))
     except httpx.HTTPError as error:
         print(f"cannot reach the API at {url}: {error}", file=sys.stderr)
@@ -148,6 +163,18 @@ def _keys(args: argparse.Namespace, url: str, admin_key: str) -> int:
             origins = ", ".join(found.get("allowed_origins") or []) or "default origins"
             print(f"{found['key_id']}  {found['name']:<38} {created}  {state}  ({origins})")
         return 0
+
+
+def _customers(args: argparse.Namespace, url: str, admin_key: str) -> int:
+    path = f"/v1/customers/{quote(args.customer_id, safe='')}"
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+        erasing = args.action == "erase"
+        response = client.delete(path) if erasing else client.get(f"{path}/export")
+    if _failed(response):
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0
 
 
 def _dead_letters(args: argparse.Namespace, url: str, admin_key: str) -> int:

@@ -181,6 +181,8 @@ def run_worker(settings: Settings) -> None:
 
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
     platform = build_platform(settings)
+    # Before any event is consumed: a store restored from before an erasure forgets it again.
+    platform.privacy.reapply_ledger()
     # The node journals what its gateway accepts (and its worker's identity messages).
     journal = open_journal(settings) if with_api and settings.uses_journal else None
     unproduced = journal.open() if journal is not None else []
@@ -198,6 +200,7 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         OutreachAdmin(settings, platform.outreach).rules_in_force,
         segment_reader(platform.event_log),
         lateness=metrics.trigger_lateness_seconds.observe,
+        vault=platform.vault,
     )
     register_node_gauges(registry, None, None, outreach.consumer_lag)
     # Stopped in reverse: the API drains into a journey consumer still running.

@@ -185,6 +185,17 @@ class Settings(BaseSettings):
     alert_webhook_url: str = ""
     alert_webhook_secret: str = ""
 
+    # Encryption at rest (projections/privacy/): the master key wrapping every
+    # customer's data key, base64 of 32 bytes, or a file holding it; neither: the
+    # file data_dir/keys/master.key, generated on first start. Losing it loses every
+    # personal field (the analytics keep working: they never need the values).
+    master_key: str = ""
+    master_key_file: Path | None = None
+    # The personal fields sealed at the gateway (comma-separated keys of traits,
+    # properties and context.traits); empty: the documented defaults
+    # (projections/privacy/fields.py).
+    personal_fields: str = ""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("clickhouse_url")
@@ -337,6 +348,26 @@ class Settings(BaseSettings):
     def access_store_path(self) -> Path:
         """Users, sessions and the audit log, in the embedded shape."""
         return self.data_dir / "access.sqlite"
+
+    @property
+    def keys_dir(self) -> Path:
+        """The folder of the master key file and the erasure ledger (0700)."""
+        return self.data_dir / "keys"
+
+    @property
+    def master_key_path(self) -> Path:
+        """Where the master key is read from (when not in the environment)."""
+        return self.master_key_file or self.keys_dir / "master.key"
+
+    @property
+    def key_store_path(self) -> Path:
+        """The SQLite key store: customers' wrapped data keys and the suppression list."""
+        return self.data_dir / "keys.sqlite"
+
+    @property
+    def erasure_ledger_path(self) -> Path:
+        """The append-only record of erasures (who, when, which ids), re-applied at start."""
+        return self.keys_dir / "erasures.jsonl"
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``JOURNEYS_*`` variables, for child processes."""

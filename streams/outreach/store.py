@@ -195,6 +195,33 @@ class OutreachStore:
             self._kept.clear()
             self._kept_timers.clear()
 
+    def forget_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
+        """Delete everything held about ``customer_keys`` (an erasure): their facts,
+        timers (cancelled), fired triggers and those triggers' deliveries. Rows
+        deleted, by table."""
+        deleted = dict.fromkeys(
+            ("trigger_deliveries", "triggers", "trigger_timers", "trigger_customers"), 0
+        )
+        keys = list(dict.fromkeys(customer_keys))
+        with self.transaction():
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                deleted["trigger_deliveries"] += self._exec(
+                    "DELETE FROM trigger_deliveries WHERE trigger_id IN "
+                    f"(SELECT trigger_id FROM triggers WHERE customer_key IN ({marks}))",
+                    chunk,
+                ).rowcount
+                for table in ("triggers", "trigger_timers", "trigger_customers"):
+                    deleted[table] += self._exec(
+                        f"DELETE FROM {table} WHERE customer_key IN ({marks})", chunk
+                    ).rowcount
+            for key in keys:
+                self._kept.pop(key, None)
+                self._kept_timers.pop(key, None)
+                self._saving.pop(key, None)
+        return deleted
+
     # --- consumed positions ------------------------------------------------------
 
     def position(self, source: str) -> int:

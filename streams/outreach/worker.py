@@ -34,8 +34,10 @@ import httpx
 import orjson
 from faust.types import EventT
 
+from events import EventType
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
+from projections.privacy.vault import Vault, is_sealed
 from streams.batches import BatchLoop, by_partition
 from streams.consumer import TopicRecords, worker_consumer
 from streams.outreach.channels import Attempt, post_webhook, send_email
@@ -67,8 +69,12 @@ class OutreachWorker:
         load_rules: Callable[[], list[TriggerRule]],
         segments: SegmentReader | None = None,
         lateness: Callable[[float], None] | None = None,
+        vault: Vault | None = None,
     ) -> None:
         self.settings = settings
+        # Opens sealed personal fields where a rule or a delivery needs the value
+        # (a birthday's month and day, the recipient's address); None: as stored.
+        self._vault = vault
         # Told how late each trigger fired, in seconds (a metric), when set.
         self._lateness = lateness
         # The worker app's batch loop: a failed batch stops the worker, as for journeys.
@@ -169,14 +175,26 @@ class OutreachWorker:
         touches: list[TriggerEvent] = []
         for _, value in fresh:
             try:
-                touches.append(TriggerEvent.from_json(value))
+                touch = TriggerEvent.from_json(value)
             except (ValueError, TypeError, KeyError):
                 continue  # the journey pipeline dead-letters it; nothing to trigger on
+            touches.append(self._birthday_opened(touch))
         customers = self._facts_of(touch.customer_key for touch in touches)
         engine = self.engine
         for touch in touches:
             engine.observe(customers[touch.customer_key], touch)
         self._save_batch(customers, partition, source, fresh[-1][0] + 1)
+
+    def _birthday_opened(self, touch: TriggerEvent) -> TriggerEvent:
+        """An identify event with its sealed birthday opened: the facts keep only its
+        month and day (journeys/triggers.py), which the birthday rule's clock needs."""
+        birthday = touch.properties.get("birthday")
+        if self._vault is None or touch.event_type is not EventType.IDENTIFY:
+            return touch
+        if not is_sealed(birthday):
+            return touch
+        properties = {**touch.properties, "birthday": self._vault.open_value(birthday)}
+        return touch._replace(properties=properties)
 
     def _apply_stages(self, partition: int, records: list[tuple[int, bytes]]) -> None:
         source, fresh = self._unconsumed(self.settings.stage_changes_topic, partition, records)
@@ -453,6 +471,9 @@ class OutreachWorker:
                 )
                 return
             trigger = orjson.loads(delivery.body)
+            if self._vault is not None:
+                # Opened only now, for this attempt: stored and published sealed.
+                trigger = await asyncio.to_thread(self._vault.open_tree, trigger)
             outcome = await self._send(delivery, trigger, endpoints.get(delivery.endpoint_id))
             await self._record(delivery, trigger, outcome)
         except Exception:
