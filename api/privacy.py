@@ -21,7 +21,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["privacy"],
     dependencies=[Depends(require_admin_key)],
-    responses=error_responses(400, 401, 404, 503),
+    responses=error_responses(400, 401, 403, 404, 503),
 )
 
 CustomerId = Annotated[str, Path(min_length=1, max_length=512, description="the customer's id")]
