@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import admin, analysis, browser, customers, ingest, metrics, outreach, stages
+from api import admin, analysis, backups, browser, customers, ingest, metrics, outreach, stages
 from api.cors import CorsMiddleware, public_paths
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
@@ -36,6 +36,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(stages.router)
     app.include_router(analysis.router)
     app.include_router(admin.router)
+    app.include_router(backups.router)
     app.include_router(outreach.router)
     app.include_router(metrics.router)
     install_dashboard(app)

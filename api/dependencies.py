@@ -79,6 +79,21 @@ class OutreachControl(Protocol):
         ...
 
 
+class BackupInProgress(Exception):
+    """Another backup is being taken by this process: one at a time."""
+
+
+class BackupControl(Protocol):
+    """What the backup route needs: the node takes a consistent backup (wired in stack/)."""
+
+    def take(self, destinations: list[str], keep: int | None = None) -> dict[str, Any]:
+        """Back the stores up into each destination (blocking).
+
+        ValueError names what is wrong with a destination; BackupInProgress when busy.
+        """
+        ...
+
+
 class BacklogGauge(Protocol):
     """How far the journey worker is behind what was accepted (streams/backlog.py), in memory."""
 
@@ -159,6 +174,8 @@ class Gateway:
     backlog: BacklogLimit | None = None
     # Counters of /metrics, in the registry the composition root fills with the rest.
     metrics: IngestMetrics = field(default_factory=IngestMetrics)
+    # Where the process holds the stores and the worker (the embedded node): backups.
+    backups: BackupControl | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

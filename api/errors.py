@@ -40,6 +40,7 @@ _MEANING = {
     400: "Invalid request: each problem names the field and the rule",
     401: "Missing, unknown or revoked key",
     404: "Not found",
+    409: "Conflict with work in progress; retry once it is done",
     413: "Body too large (limits per call and per batch)",
     415: "Unsupported Content-Type or Content-Encoding",
     429: "Rate limit of the write key exceeded; see Retry-After",

@@ -26,6 +26,7 @@ from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.profiles import ProfileView
 from projections.write_keys import WriteKeyStore
+from stack.backup import NodeBackups
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
@@ -273,6 +274,20 @@ def build_gateway(
         checks["backlog"] = backlog_check
     journaled = sink.journal if isinstance(sink, JournaledSink) else None
     register_node_gauges(registry, streams.backlog if streams else None, journaled)
+    backups = None
+    if (
+        streams is not None
+        and settings.event_store == "sqlite"
+        and settings.uses_embedded_clickhouse
+    ):
+        # The node holds the chdb folder and the worker: only it can take a backup.
+        partitions = range(settings.topic_partitions)
+        backups = NodeBackups(
+            settings,
+            platform.clickhouse,
+            lambda: streams.consumed_positions(list(partitions)),
+            streams.between_batches,
+        )
     return Gateway(
         sink=sink,
         keys=AccessKeys(
@@ -296,4 +311,5 @@ def build_gateway(
         outreach=OutreachAdmin(settings, platform.outreach),
         backlog=backlog,
         metrics=IngestMetrics(registry),
+        backups=backups,
     )
