@@ -145,8 +145,10 @@ def _verify(settings: Settings) -> str:
         timeout=3600,
         check=False,
     )
-    last = (done.stdout.strip().splitlines() or [""])[-1]
-    return f"exit {done.returncode} in {time.perf_counter() - began:.1f} s: {last}"
+    lines = done.stdout.strip().splitlines() or [""]
+    # The summary, and the first differences if there are any.
+    shown = "\n    ".join([lines[-1], *[line[:200] for line in lines[:-1][:5]]])
+    return f"exit {done.returncode} in {time.perf_counter() - began:.1f} s: {shown}"
 
 
 def _start_and_stop(folder: Path, port: int) -> float:

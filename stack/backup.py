@@ -238,12 +238,11 @@ def take_backup(
         data_dir = settings.data_dir
         skip = [settings.chdb_path, settings.journal_path]
         database = database_name(settings.clickhouse_database)
-        # Most of the work before the hold; in it, only what the last batches added.
-        apply_patches(clickhouse, database)
         began = time.monotonic()
         with hold():
             held_from = time.monotonic()
             at = positions()
+            # In the hold: no batch deletes (writes a patch) while the patches are applied.
             apply_patches(clickhouse, database)
             for path in sqlite_files(data_dir, skip):
                 copy_sqlite(path, staging / "data" / path.relative_to(data_dir))

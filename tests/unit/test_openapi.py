@@ -55,7 +55,7 @@ def test_every_refusal_is_documented_with_the_error_body(document: dict[str, Any
 
 
 def expected_scheme(method: str, path: str) -> str | None:
-    if path.startswith(("/v1/write-keys", "/v1/dead-letters", "/v1/outreach")):
+    if path.startswith(("/v1/write-keys", "/v1/dead-letters", "/v1/outreach", "/v1/admin")):
         return "adminKey"
     if path in ("/health", "/metrics") or path.startswith("/v1/schemas"):
         return None
