@@ -78,6 +78,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/users"): _ADMIN_CHANGE,
     ("PATCH", "/v1/users/{name}"): _ADMIN_CHANGE,
     ("GET", "/v1/audit"): Rule(Role.admin, audited=True),
+    ("POST", "/v1/admin/backups"): _ADMIN_CHANGE,
     # GDPR: erasure and the subject access export.
     ("DELETE", "/v1/customers/{customer_id}"): _ADMIN_CHANGE,
     ("GET", "/v1/customers/{customer_id}/export"): Rule(Role.admin, audited=True),

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from api import (
     admin,
     analysis,
+    backups,
     browser,
     customers,
     ingest,
@@ -48,6 +49,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(stages.router)
     app.include_router(analysis.router)
     app.include_router(admin.router)
+    app.include_router(backups.router)
     app.include_router(outreach.router)
     app.include_router(metrics.router)
     app.include_router(users.session_router)

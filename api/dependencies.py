@@ -108,6 +108,21 @@ class PrivacyControl(Protocol):
         ...
 
 
+class BackupInProgress(Exception):
+    """Another backup is being taken by this process: one at a time."""
+
+
+class BackupControl(Protocol):
+    """What the backup route needs: the node takes a consistent backup (wired in stack/)."""
+
+    def take(self, destinations: list[str], keep: int | None = None) -> dict[str, Any]:
+        """Back the stores up into each destination (blocking).
+
+        ValueError names what is wrong with a destination; BackupInProgress when busy.
+        """
+        ...
+
+
 class BacklogGauge(Protocol):
     """How far the journey worker is behind what was accepted (streams/backlog.py), in memory."""
 
@@ -192,6 +207,8 @@ class Gateway:
     access: AccessControl | None = None
     # Opening, erasing and exporting personal data; None: fields are shown as stored.
     privacy: PrivacyControl | None = None
+    # Where the process holds the stores and the worker (the embedded node): backups.
+    backups: BackupControl | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

@@ -41,7 +41,7 @@ _MEANING = {
     401: "Missing, unknown or revoked key, or no session",
     403: "The caller's role may not do this (the role needed is named), or no CSRF token",
     404: "Not found",
-    409: "Exists already",
+    409: "Exists already, or conflicts with work in progress (retry once it is done)",
     413: "Body too large (limits per call and per batch)",
     415: "Unsupported Content-Type or Content-Encoding",
     429: "Rate limit of the write key exceeded; see Retry-After",

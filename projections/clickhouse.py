@@ -27,7 +27,12 @@ def connect(url: str, chdb_path: Path) -> Client:
     """
     if not url or url.startswith("chdb://"):
         chdb_path.mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(interface="chdb", path=str(chdb_path))
+        # BACKUP/RESTORE ... TO File(...) needs an allowed path (none by default), and
+        # chdb takes it once per process: any, since a backup goes where its operator
+        # says. Only our own SQL reaches the engine (the API takes no SQL).
+        return clickhouse_connect.get_client(
+            interface="chdb", path=str(chdb_path), chdb_options={"backups.allowed_path": "/"}
+        )
     parts = urlsplit(url)
     return clickhouse_connect.get_client(
         interface=parts.scheme,

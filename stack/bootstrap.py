@@ -29,6 +29,7 @@ from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
+from stack.backup import NodeBackups
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
@@ -289,6 +290,20 @@ def build_gateway(
         checks["backlog"] = backlog_check
     journaled = sink.journal if isinstance(sink, JournaledSink) else None
     register_node_gauges(registry, streams.backlog if streams else None, journaled)
+    backups = None
+    if (
+        streams is not None
+        and settings.event_store == "sqlite"
+        and settings.uses_embedded_clickhouse
+    ):
+        # The node holds the chdb folder and the worker: only it can take a backup.
+        partitions = range(settings.topic_partitions)
+        backups = NodeBackups(
+            settings,
+            platform.clickhouse,
+            lambda: streams.consumed_positions(list(partitions)),
+            streams.between_batches,
+        )
     return Gateway(
         # Sealed before the journal, the broker or the dead letters see anything.
         sink=SealingSink(sink, platform.vault),
@@ -315,4 +330,5 @@ def build_gateway(
         metrics=IngestMetrics(registry),
         access=access_control(settings, platform.access),
         privacy=platform.privacy,
+        backups=backups,
     )

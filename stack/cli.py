@@ -11,7 +11,10 @@ journeys dead-letters                            rejected events, newest first
 journeys customers erase ID | export ID          GDPR erasure and export (admin key, over HTTP)
 journeys master-key rotate                       re-wrap every data key under a new master key
 journeys import customers.csv orders.csv         history import through /v1/batch
-journeys verify   compare the event store, event log and counters (node stopped)
+journeys verify   compare the event store, event log and counters (node stopped);
+                  --backup SRC: check a backup's files against its manifest
+journeys backup DEST [--also DEST2]   a consistent backup of the running node's stores
+journeys restore SRC                  a backup into an empty data folder (node stopped)
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
 journeys outreach webhooks, rules and triggers, over the API (admin key)
@@ -36,7 +39,7 @@ from types import FrameType
 
 import httpx
 
-from stack import access, analysis_cli, demo, http_commands, outreach_cli
+from stack import access, analysis_cli, backup_cli, demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBroker
 from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
 from stack.processes import port_open, rss_mib, spawn
@@ -423,9 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     master.add_subparsers(dest="action", required=True).add_parser(
         "rotate", help="re-wrap every data key under a new master key (node stopped)"
     )
-    commands.add_parser(
+    verify = commands.add_parser(
         "verify", help="compare the event store, the event log and the counters (node stopped)"
     )
+    verify.add_argument(
+        "--backup", type=Path, metavar="SRC", help="check a backup's files against its manifest"
+    )
+    backup_cli.add_commands(commands)
     args = parser.parse_args(argv)
     # What the stores hold is about people: whatever this process and its children
     # create (data folder, event store, ClickHouse, journal, logs) is the owner's
@@ -455,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"re-wrapped {count} data keys under a new master key ({settings.master_key_path})")
         return 0
+    if args.command in backup_cli.COMMANDS:
+        return backup_cli.run(args, settings)
     if args.command == "verify":
+        if args.backup is not None:
+            return backup_cli.run_verify_backup(args.backup)
         from stack.verify import run_verify
 
         return run_verify(settings)

@@ -118,7 +118,7 @@ def key(args: argparse.Namespace, settings: Settings, kind: str) -> str:
     return ""
 
 
-def _failed(response: httpx.Response) -> bool:
+def failed(response: httpx.Response) -> bool:
     if response.is_success:
         return False
     try:
@@ -135,7 +135,7 @@ def _keys(args: argparse.Namespace, url: str, admin_key: str) -> int:
         if args.action == "create":
             body = {"name": args.name, "allowed_origins": args.origin}
             response = client.post("/v1/write-keys", json=body)
-            if _failed(response):
+            if failed(response):
                 return 1
             created = response.json()
             print(f"write key for {created['name']} (id {created['key_id']}), shown only now:")
@@ -143,19 +143,19 @@ def _keys(args: argparse.Namespace, url: str, admin_key: str) -> int:
             return 0
         if args.action == "revoke":
             response = client.delete(f"/v1/write-keys/{args.key_id}")
-            if _failed(response):
+            if failed(response):
                 return 1
             print(f"revoked {args.key_id}")
             return 0
         if args.action == "origins":
             body = {"allowed_origins": args.origins}
             response = client.put(f"/v1/write-keys/{args.key_id}/origins", json=body)
-            if _failed(response):
+            if failed(response):
                 return 1
             print(f"{args.key_id} accepts {', '.join(args.origins) or 'the default origins'}")
             return 0
         response = client.get("/v1/write-keys")
-        if _failed(response):
+        if failed(response):
             return 1
         for found in response.json():
             state = "active" if found["active"] else f"revoked {found['revoked_at']}"
@@ -171,7 +171,7 @@ def _customers(args: argparse.Namespace, url: str, admin_key: str) -> int:
     with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
         erasing = args.action == "erase"
         response = client.delete(path) if erasing else client.get(f"{path}/export")
-    if _failed(response):
+    if failed(response):
         return 1
     print(json.dumps(response.json(), indent=2))
     return 0
@@ -188,7 +188,7 @@ def _dead_letters(args: argparse.Namespace, url: str, admin_key: str) -> int:
         headers={"Authorization": f"Bearer {admin_key}"},
         timeout=30,
     )
-    if _failed(response):
+    if failed(response):
         return 1
     for letter in response.json()["dead_letters"]:
         if args.json:
@@ -222,7 +222,7 @@ def _import(args: argparse.Namespace, url: str, write_key: str) -> int:
     with httpx.Client(base_url=url, auth=(write_key, ""), timeout=60) as client:
         for chunk in batches(calls, IMPORT_BATCH_EVENTS):
             response = client.post("/v1/batch", json={"batch": chunk})
-            if _failed(response):
+            if failed(response):
                 print(f"stopped after {sent} of {len(calls)} events", file=sys.stderr)
                 return 1
             sent += len(chunk)

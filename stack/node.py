@@ -21,6 +21,7 @@ from mode.types import ServiceT
 from prometheus_client import CollectorRegistry
 
 from api.app import create_api
+from stack.backup import NodeBackups
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
@@ -70,8 +71,10 @@ class ApiServer(Service):
         self.journal = journal
         self.unproduced = list(unproduced)
         self._trimming: asyncio.Task[None] | None = None
+        self._backing_up: asyncio.Task[None] | None = None
         self.sink = event_sink(settings, journal)
-        api = create_api(build_gateway(platform, self.sink, streams, registry))
+        self.gateway = build_gateway(platform, self.sink, streams, registry)
+        api = create_api(self.gateway)
         config = uvicorn.Config(
             api,
             host=settings.api_host,
@@ -91,6 +94,9 @@ class ApiServer(Service):
             await self.sink.replay(self.unproduced, self._position)
             self.unproduced = []
             self._trimming = asyncio.ensure_future(self._trim_journal())
+        backups = self.gateway.backups
+        if isinstance(backups, NodeBackups) and self.platform.settings.backup_every_h:
+            self._backing_up = asyncio.ensure_future(backups.scheduled())
         self._serving = asyncio.ensure_future(self.server.serve())
         while not self.server.started:
             if self._serving.done():
@@ -106,10 +112,11 @@ class ApiServer(Service):
         await self.sink.stop()
         if self.streams is not None and self.platform.settings.kafka_epoch:
             await drain(self.streams, self.platform.settings)
-        if self._trimming is not None:
-            self._trimming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._trimming
+        for task in (self._trimming, self._backing_up):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.journal is not None:
             await asyncio.to_thread(self._trim_once)
 

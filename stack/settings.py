@@ -196,6 +196,14 @@ class Settings(BaseSettings):
     # (projections/privacy/fields.py).
     personal_fields: str = ""
 
+    # Scheduled backups (stack/backup.py): every this many hours (0: off) the node takes
+    # a backup into each of ``backup_dirs`` (comma-separated absolute folders: more than
+    # one, so backups exist in more than one place) and keeps the newest
+    # ``backup_keep`` in each.
+    backup_every_h: float = Field(default=0.0, ge=0)
+    backup_dirs: str = ""
+    backup_keep: int = Field(default=7, ge=1)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("clickhouse_url")
@@ -213,6 +221,20 @@ class Settings(BaseSettings):
             if problem:
                 raise ValueError(f"{origin!r}: {problem}")
         return value
+
+    @field_validator("backup_dirs")
+    @classmethod
+    def _absolute_backup_dirs(cls, value: str) -> str:
+        for folder in _split(value):
+            if not Path(folder).is_absolute():
+                raise ValueError(f"{folder!r}: must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _backups_have_a_place(self) -> Settings:
+        if self.backup_every_h and not self.backup_dir_list:
+            raise ValueError("backup_every_h is set but backup_dirs names no folder")
+        return self
 
     @model_validator(mode="after")
     def _insync_replicas_exist(self) -> Settings:
@@ -311,6 +333,11 @@ class Settings(BaseSettings):
     def dashboard_origin_list(self) -> frozenset[str]:
         """:attr:`dashboard_origins` as a set."""
         return frozenset(_split(self.dashboard_origins))
+
+    @property
+    def backup_dir_list(self) -> list[str]:
+        """:attr:`backup_dirs` as a list, in the order given."""
+        return _split(self.backup_dirs)
 
     @property
     def api_base_url(self) -> str:

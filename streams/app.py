@@ -10,9 +10,11 @@ per-message path cost more than the pipeline itself (streams/consumer.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import faust
@@ -52,6 +54,9 @@ class JourneyStreams:
         self.dead_letters = dead_letters
         # What the worker has yet to process, in memory (the gateway reports its writes).
         self.backlog = Backlog()
+        # Held by a batch from its first effect to its commit, and by a backup: a backup
+        # sees the stores between two batches, at one tracked position.
+        self._batch_lock = threading.Lock()
         self.app = faust.App(
             settings.worker_group,
             broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
@@ -108,10 +113,21 @@ class JourneyStreams:
             self.metrics.batch_events.observe(sum(len(b.records) for b in batches))
 
     def _apply_journey_batch(self, batches: Sequence[PartitionBatch]) -> None:
-        prepared = self.pipeline.prepare_many(batches)
-        # Published before the commit: at least once, never lost.
-        self.outcomes.publish([record for one in prepared for record in self._outcomes(one)])
-        self.pipeline.commit_many(prepared)
+        with self._batch_lock:
+            prepared = self.pipeline.prepare_many(batches)
+            # Published before the commit: at least once, never lost.
+            self.outcomes.publish([record for one in prepared for record in self._outcomes(one)])
+            self.pipeline.commit_many(prepared)
+
+    @contextlib.contextmanager
+    def between_batches(self) -> Iterator[None]:
+        """Hold the journey worker between two batches (blocking: call from a thread).
+
+        Meanwhile no batch writes ClickHouse or commits, so the event store's tracked
+        positions and the projections describe the same moment.
+        """
+        with self._batch_lock:
+            yield
 
     async def _dead_letter_agent(self, stream: faust.StreamT[bytes]) -> None:
         """Keep every dead letter in ClickHouse so the API can list it (at least once)."""
