@@ -89,8 +89,7 @@ def processed(node: NodeProcess, customers: list[str] = CUSTOMERS) -> int:
 def plant_other_stores(data_dir: Path) -> None:
     """What the key store and the users/audit store add: found and carried generically."""
     keys = data_dir / "keys"
-    keys.mkdir(mode=0o700)
-    (keys / "master.key").write_bytes(b"k" * 32)
+    keys.mkdir(mode=0o700, exist_ok=True)  # the node's master key lives there already
     (keys / "erasures.log").write_text("erased c-old at 2026-12-01\n")
     with sqlite3.connect(data_dir / "access.sqlite") as access:
         access.execute("CREATE TABLE audit (actor TEXT, action TEXT)")
@@ -199,7 +198,8 @@ def test_restore_into_an_empty_folder_gives_stores_that_verify_clean(
         f"{topic}#{p}@{taken.settings.kafka_epoch}": n for p, n in manifest["positions"].items()
     }
     data = target.data_dir
-    assert (data / "keys" / "master.key").read_bytes() == b"k" * 32
+    source_key = taken.settings.data_dir / "keys" / "master.key"
+    assert (data / "keys" / "master.key").read_bytes() == source_key.read_bytes()
     with sqlite3.connect(data / "access.sqlite") as access:
         assert access.execute("SELECT actor, action FROM audit").fetchall() == [
             ("admin", "sign-in")
