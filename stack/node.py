@@ -148,7 +148,14 @@ class ApiServer(Service):
 
 
 async def drain(streams: JourneyStreams, settings: Settings) -> bool:
-    """Wait until every accepted event is committed by the journey worker."""
+    """Wait until every accepted event is committed by the journey worker.
+
+    The worker adds to the topic while it drains: a batch's identity messages
+    (links, merged histories, re-keyed events) are produced before its commit. So
+    once the positions reach the end offsets, the ends are read again, and the
+    drain is over only when they did not move: otherwise a merge produced by the
+    last batches would wait for the next start, and the stopped stores disagree.
+    """
     ends = await end_offsets(settings.kafka_bootstrap_servers, settings.events_topic)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
@@ -160,7 +167,11 @@ async def drain(streams: JourneyStreams, settings: Settings) -> bool:
         positions = await asyncio.to_thread(streams.consumed_positions, list(ends))
         behind = {p: ends[p] - positions[p] for p in ends if positions[p] < ends[p]}
         if not behind:
-            return True
+            now = await end_offsets(settings.kafka_bootstrap_servers, settings.events_topic)
+            if now == ends:
+                return True
+            ends = now
+            continue
         if time.monotonic() > deadline:
             log.warning("stopping with events not yet processed, per partition: %s", behind)
             return False
