@@ -163,6 +163,10 @@ def through_stack(args: argparse.Namespace) -> int:
         "JOURNEYS_BROKER_MAX_RSS_MIB": str(args.max_rss_mib),
         "JOURNEYS_BROKER_ROLL_DRAIN_S": str(args.drain_s),
         "JOURNEYS_INGEST_RATE_PER_S": "0",
+        # The backlog the worker may fall behind by (else 503): it must fit well under
+        # the bound, as the defaults' 1M events (~1.2 GiB) do under 2 GiB, or each roll's
+        # replay carries more than the bound into the next broker.
+        "JOURNEYS_INGEST_MAX_LAG_EVENTS": str(args.max_lag_events),
         "JOURNEYS_TOPIC_PARTITIONS": str(args.partitions),
     }
     output = folder / "up.out"
@@ -245,7 +249,8 @@ def _drive(
     printed = 0
     print(
         f"journeys up, JOURNEYS_BROKER_MAX_RSS_MIB={args.max_rss_mib}, "
-        f"JOURNEYS_BROKER_ROLL_DRAIN_S={args.drain_s:g}, {args.senders} senders"
+        f"JOURNEYS_BROKER_ROLL_DRAIN_S={args.drain_s:g}, "
+        f"JOURNEYS_INGEST_MAX_LAG_EVENTS={args.max_lag_events}, {args.senders} senders"
     )
     print(f"{'events acked':>12} {'MiB sent':>9} {'broker RSS MiB':>15} {'rolls':>6}")
     settled: float | None = None
@@ -291,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-mib", type=int, default=256)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--drain-s", type=float, default=Settings().broker_roll_drain_s)
+    parser.add_argument("--max-lag-events", type=int, default=100_000)
     args = parser.parse_args(argv)
     if args.stack:
         return through_stack(args)

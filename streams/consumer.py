@@ -122,10 +122,16 @@ class BatchConsumer(Service):
         return self._consumer.highwater(TopicPartition(topic, partition))
 
     async def on_start(self) -> None:
-        """Join the group; the loop starts with the service's task."""
+        """Start joining the group; the loop starts with the service's task.
+
+        Subscribed after ``start``, so ``start`` does not wait for the assignment
+        (a join takes half the session timeout on Tansu): the worker's consumers
+        join side by side, and the services after them (the node's API) start at
+        once. Until assigned, ``rebalancing`` is true and nothing is consumed.
+        """
         self._consumer = AIOKafkaConsumer(**self._consumer_options)
-        self._consumer.subscribe(self.topics, listener=_SeekToStoredPositions(self))
         await self._consumer.start()
+        self._consumer.subscribe(self.topics, listener=_SeekToStoredPositions(self))
 
     async def on_stop(self) -> None:
         """Let the batch in hand finish, then leave the group."""
@@ -146,8 +152,14 @@ class BatchConsumer(Service):
             if not fetched:
                 continue
             async with self._handling:
-                if self.should_stop or generation != self._generation:
-                    continue  # fetched before a rebalance: read again from stored positions
+                if self.should_stop:
+                    continue
+                if generation != self._generation:
+                    # A rebalance came while this fetch was out: what it returned may be
+                    # from before the seek to the stored positions, or after it (the
+                    # position moved past it). Either way, read again from the store.
+                    await self.seek_to_stored(set(fetched) & self.consumer.assignment())
+                    continue
                 records: TopicRecords = {}
                 for tp, batch in fetched.items():
                     if batch:
