@@ -118,12 +118,17 @@ class EmbeddedBrokers:
         settings = self.settings.model_copy(
             update={"kafka_bootstrap_servers": broker.bootstrap_servers, "kafka_epoch": epoch}
         )
-        created = ensure_topics(
-            settings.kafka_bootstrap_servers,
-            settings.all_topics,
-            settings.topic_partitions,
-            settings.topic_replication_factor,
-            settings.topic_configs,
-        )
+        created = ensure_platform_topics(settings)
         print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
         return BrokerEpoch(broker, settings)
+
+
+def ensure_platform_topics(settings: Settings) -> list[str]:
+    """Create the platform's topics on ``settings``' broker (with their configs); those made."""
+    return ensure_topics(
+        settings.kafka_bootstrap_servers,
+        settings.all_topics,
+        settings.topic_partitions,
+        settings.topic_replication_factor,
+        settings.topic_configs,
+    )

@@ -40,12 +40,11 @@ from types import FrameType
 import httpx
 
 from stack import access, analysis_cli, backup_cli, demo, http_commands, outreach_cli
-from stack.broker import EmbeddedBrokers
+from stack.broker import EmbeddedBrokers, ensure_platform_topics
 from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
 from stack.processes import rss_mib, spawn
 from stack.settings import Settings
 from stack.supervisor import CrashLoop, RestartPolicy, Supervised, sleep_unless
-from streams.topics import ensure_topics
 
 STARTUP_TIMEOUT_S = 180.0
 NODE_STOP_TIMEOUT_S = 90.0
@@ -502,13 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             "(only `journeys up` starts a broker of its own)"
         )
     if args.command == "topics":
-        created = ensure_topics(
-            settings.kafka_bootstrap_servers,
-            settings.all_topics,
-            settings.topic_partitions,
-            settings.topic_replication_factor,
-            settings.topic_configs,
-        )
+        created = ensure_platform_topics(settings)
         print("created: " + (", ".join(created) or "nothing, all existed"))
         return 0
     # Imported here: `up` and `topics` need none of the worker's packages.
