@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from journeys.stages import StageRules
-from stack import bootstrap, cli
+from stack import bootstrap, broker, cli
 from stack.bootstrap import event_store_env
 from stack.settings import ENV_PREFIX, Settings
 from streams.app import JourneyStreams
@@ -541,7 +541,7 @@ def test_the_topics_command_creates_them_with_those_settings(
     """`journeys topics` (what the service runs) hands the settings' values to the admin call."""
     settings = compose_settings("topics", monkeypatch)
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(cli, "ensure_topics", lambda *args: calls.append(args) or [])
+    monkeypatch.setattr(broker, "ensure_topics", lambda *args: calls.append(args) or [])
     assert cli.main(command("topics")) == 0
     assert calls == [
         (
