@@ -18,13 +18,15 @@ from typing import Any
 class SqlTables:
     """One connection, serialised by a lock; autocommit unless in :meth:`transaction`.
 
-    A schema statement may say ``{serial}`` for an auto-numbered primary key.
+    A schema statement may say ``{serial}`` for an auto-numbered primary key and
+    ``{blob}`` for bytes.
     """
 
     def __init__(
         self, schema: Sequence[str], sqlite_path: Path | None = None, postgres_dsn: str = ""
     ) -> None:
-        self._lock = threading.RLock()
+        # Held by every call; reentrant, so a caller may hold it across several.
+        self.lock = threading.RLock()
         self.postgres = bool(postgres_dsn)
         if postgres_dsn:
             import psycopg
@@ -33,34 +35,41 @@ class SqlTables:
         else:
             assert sqlite_path is not None
             sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fresh = not sqlite_path.exists()
+            # Personal data and secrets: the owner's alone whatever the umask, before
+            # SQLite writes (it gives -wal and -shm the database file's mode).
+            os.close(os.open(sqlite_path, os.O_WRONLY | os.O_CREAT, 0o600))
+            sqlite_path.chmod(0o600)
             self._conn = sqlite3.connect(
                 str(sqlite_path), timeout=30, isolation_level=None, check_same_thread=False
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
-            if fresh:
-                os.chmod(sqlite_path, 0o600)  # personal data and secrets: owner only
-        serial = "BIGSERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        types = (
+            {"{serial}": "BIGSERIAL PRIMARY KEY", "{blob}": "BYTEA"}
+            if self.postgres
+            else {"{serial}": "INTEGER PRIMARY KEY AUTOINCREMENT", "{blob}": "BLOB"}
+        )
         with self.transaction():
             for statement in schema:
-                self.execute(statement.replace("{serial}", serial))
+                for placeholder, sql_type in types.items():
+                    statement = statement.replace(placeholder, sql_type)
+                self.execute(statement)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; its cursor."""
         if self.postgres:
             sql = sql.replace("?", "%s")
-        with self._lock:
+        with self.lock:
             return self._conn.execute(sql, tuple(params))
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of a query."""
-        with self._lock:
+        with self.lock:
             return list(self.execute(sql, params).fetchall())
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One atomic unit of work (SQLite: taking the write lock at once)."""
-        with self._lock:
+        with self.lock:
             self.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
             try:
                 yield
@@ -71,5 +80,5 @@ class SqlTables:
 
     def close(self) -> None:
         """Close the connection."""
-        with self._lock:
+        with self.lock:
             self._conn.close()

@@ -8,25 +8,21 @@ The suppression list names the ids erased: their later events are dropped.
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from projections.privacy.cipher import CipherError, new_key, unwrap, wrap
+from projections.sql_tables import SqlTables
 
 _TABLES = [
     """CREATE TABLE IF NOT EXISTS privacy_data_keys (
-        customer_id TEXT PRIMARY KEY, wrapped BYTEA NOT NULL,
+        customer_id TEXT PRIMARY KEY, wrapped {blob} NOT NULL,
         created_ts DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS privacy_suppressed (
         customer_id TEXT PRIMARY KEY, erased_ts DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS privacy_meta (
-        name TEXT PRIMARY KEY, wrapped BYTEA NOT NULL)""",
+        name TEXT PRIMARY KEY, wrapped {blob} NOT NULL)""",
 ]
 # The key of the keyed hashes: random, wrapped like a data key, so rotating the
 # master key leaves every stored hash valid.
@@ -46,60 +42,18 @@ class KeyStore:
         self, master: bytes, sqlite_path: Path | None = None, postgres_dsn: str = ""
     ) -> None:
         self._master = master
-        self._lock = threading.RLock()
-        self._postgres = bool(postgres_dsn)
-        if postgres_dsn:
-            import psycopg
-
-            self._conn: Any = psycopg.connect(postgres_dsn, autocommit=True)
-        else:
-            assert sqlite_path is not None
-            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            # The owner's alone whatever the umask (SQLite gives -wal/-shm the same mode).
-            os.close(os.open(sqlite_path, os.O_WRONLY | os.O_CREAT, 0o600))
-            sqlite_path.chmod(0o600)
-            self._conn = sqlite3.connect(
-                str(sqlite_path), timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        with self._transaction():
-            for statement in _TABLES:
-                self._exec(statement if self._postgres else statement.replace("BYTEA", "BLOB"))
+        self._tables = SqlTables(_TABLES, sqlite_path, postgres_dsn)
         self.lookup_key = self._lookup_key()
 
     def close(self) -> None:
         """Close the connection."""
-        with self._lock:
-            self._conn.close()
-
-    # --- SQL on either database ------------------------------------------------------
-
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(sql.replace("?", "%s") if self._postgres else sql, params)
-
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._exec(sql, params).fetchall())
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self._lock:
-            if self._postgres:
-                with self._conn.transaction():
-                    yield
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        self._tables.close()
 
     # --- keys --------------------------------------------------------------------------
 
     def _lookup_key(self) -> bytes:
-        with self._transaction():
-            found = self._rows("SELECT wrapped FROM privacy_meta WHERE name = ?", (_LOOKUP,))
+        with self._tables.transaction():
+            found = self._tables.rows("SELECT wrapped FROM privacy_meta WHERE name = ?", (_LOOKUP,))
             if found:
                 try:
                     return unwrap(self._master, bytes(found[0][0]), _LOOKUP)
@@ -109,7 +63,7 @@ class KeyStore:
                         "wrapped its keys: JOURNEYS_MASTER_KEY / JOURNEYS_MASTER_KEY_FILE)"
                     ) from None
             key = new_key()
-            self._exec(
+            self._tables.execute(
                 "INSERT INTO privacy_meta (name, wrapped) VALUES (?, ?)",
                 (_LOOKUP, wrap(self._master, key, _LOOKUP)),
             )
@@ -122,11 +76,11 @@ class KeyStore:
         """
         wanted = list(dict.fromkeys(customer_ids))
         found: dict[str, bytes] = {}
-        with self._transaction():
+        with self._tables.transaction():
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                for customer_id, wrapped in self._rows(
+                for customer_id, wrapped in self._tables.rows(
                     f"SELECT customer_id, wrapped FROM privacy_data_keys "
                     f"WHERE customer_id IN ({marks})",
                     chunk,
@@ -145,7 +99,7 @@ class KeyStore:
                 found[customer_id] = key
                 rows.append((customer_id, wrap(self._master, key, customer_id), now))
             for row in rows:
-                self._exec(
+                self._tables.execute(
                     "INSERT INTO privacy_data_keys (customer_id, wrapped, created_ts) "
                     "VALUES (?, ?, ?)",
                     row,
@@ -156,11 +110,11 @@ class KeyStore:
         """Delete the data keys of ``customer_ids``; how many there were."""
         ids = list(dict.fromkeys(customer_ids))
         destroyed = 0
-        with self._transaction():
+        with self._tables.transaction():
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                cursor = self._exec(
+                cursor = self._tables.execute(
                     f"DELETE FROM privacy_data_keys WHERE customer_id IN ({marks})", chunk
                 )
                 destroyed += max(cursor.rowcount, 0)
@@ -168,8 +122,8 @@ class KeyStore:
 
     def count(self) -> int:
         """How many data keys the store holds."""
-        with self._lock:
-            return int(self._rows("SELECT count(*) FROM privacy_data_keys")[0][0])
+        with self._tables.lock:
+            return int(self._tables.rows("SELECT count(*) FROM privacy_data_keys")[0][0])
 
     def rewrap(self, new_master: bytes) -> int:
         """Every data key (and the lookup key) wrapped under ``new_master``, in one transaction.
@@ -177,15 +131,15 @@ class KeyStore:
         Returns how many data keys were re-wrapped; afterwards the old master key
         opens none of them.
         """
-        with self._transaction():
-            rows = self._rows("SELECT customer_id, wrapped FROM privacy_data_keys")
+        with self._tables.transaction():
+            rows = self._tables.rows("SELECT customer_id, wrapped FROM privacy_data_keys")
             for customer_id, wrapped in rows:
                 key = unwrap(self._master, bytes(wrapped), customer_id)
-                self._exec(
+                self._tables.execute(
                     "UPDATE privacy_data_keys SET wrapped = ? WHERE customer_id = ?",
                     (wrap(new_master, key, customer_id), customer_id),
                 )
-            self._exec(
+            self._tables.execute(
                 "UPDATE privacy_meta SET wrapped = ? WHERE name = ?",
                 (wrap(new_master, self.lookup_key, _LOOKUP), _LOOKUP),
             )
@@ -196,9 +150,9 @@ class KeyStore:
 
     def suppress(self, customer_ids: Iterable[str], erased_ts: float) -> None:
         """Put ``customer_ids`` on the suppression list (kept if already there)."""
-        with self._transaction():
+        with self._tables.transaction():
             for customer_id in dict.fromkeys(customer_ids):
-                self._exec(
+                self._tables.execute(
                     "INSERT INTO privacy_suppressed (customer_id, erased_ts) VALUES (?, ?) "
                     "ON CONFLICT (customer_id) DO NOTHING",
                     (customer_id, erased_ts),
@@ -206,8 +160,8 @@ class KeyStore:
 
     def suppressed(self) -> set[str]:
         """Every suppressed id."""
-        with self._lock:
-            return {row[0] for row in self._rows("SELECT customer_id FROM privacy_suppressed")}
+        rows = self._tables.rows("SELECT customer_id FROM privacy_suppressed")
+        return {row[0] for row in rows}
 
     def _suppressed_among(self, customer_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -216,7 +170,7 @@ class KeyStore:
             marks = ", ".join("?" * len(chunk))
             found.update(
                 row[0]
-                for row in self._rows(
+                for row in self._tables.rows(
                     f"SELECT customer_id FROM privacy_suppressed WHERE customer_id IN ({marks})",
                     chunk,
                 )

@@ -62,7 +62,7 @@ def test_rewrap_moves_every_key_to_the_new_master_and_the_old_one_opens_none(
         lookup = store.lookup_key
         assert store.rewrap(new) == 50
         # The stored rows, read raw: wrapped under the new key, not the old.
-        rows = store._rows("SELECT customer_id, wrapped FROM privacy_data_keys")
+        rows = store._tables.rows("SELECT customer_id, wrapped FROM privacy_data_keys")
         for customer_id, wrapped in rows:
             assert unwrap(new, bytes(wrapped), customer_id) == keys[customer_id]
             with pytest.raises(CipherError):
