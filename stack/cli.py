@@ -44,7 +44,7 @@ from stack.broker import EmbeddedBrokers, ensure_platform_topics
 from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
 from stack.processes import rss_mib, spawn
 from stack.settings import Settings
-from stack.supervisor import CrashLoop, RestartPolicy, Supervised, sleep_unless
+from stack.supervisor import CrashLoop, RestartPolicy, Standby, Supervised, sleep_unless
 
 STARTUP_TIMEOUT_S = 180.0
 NODE_STOP_TIMEOUT_S = 90.0
@@ -128,6 +128,10 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         return settings if brokers is None or brokers.current is None else brokers.current.settings
 
     def start_node() -> subprocess.Popen[bytes]:
+        waiting = standby.adopt(node_settings().to_env())
+        if waiting is not None:
+            print("starting the node (journey worker + API) from its standby …", flush=True)
+            return waiting
         print("starting the node (journey worker + API) …", flush=True)
         return spawn(
             [sys.executable, "-m", "stack.cli", "node"],
@@ -136,6 +140,14 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             pass_fds=[listener.fileno()],
         )
 
+    standby = Standby(
+        lambda: spawn(
+            [sys.executable, "-m", "stack.cli", "node", "--standby"],
+            logs / "node.log",
+            pass_fds=[listener.fileno()],
+            stdin_pipe=True,
+        )
+    )
     node = Supervised("node", logs / "node.log", start_node, NODE_STOP_TIMEOUT_S)
     children = [node]
     if brokers is not None:
@@ -161,7 +173,9 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
                         f"{brokers.carried_mib:,.0f} MiB after the replay",
                         flush=True,
                     )
-                _roll_if_full(brokers, children[0], node, settings, policy, lambda: stopping)
+                _roll_if_full(
+                    brokers, standby, children[0], node, settings, policy, lambda: stopping
+                )
             if not announced:
                 if _healthy(base):
                     _banner(node_settings(), base, brokers is not None)
@@ -187,6 +201,7 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             child.stop()
         if brokers is not None:
             brokers.discard_standby()
+        standby.discard()
         listener.close()
         print("stopped.", flush=True)
 
@@ -205,6 +220,7 @@ def _start(child: Supervised, policy: RestartPolicy, stopping: Callable[[], bool
 
 def _roll_if_full(
     brokers: EmbeddedBrokers,
+    standby: Standby,
     broker: Supervised,
     node: Supervised,
     settings: Settings,
@@ -214,8 +230,9 @@ def _roll_if_full(
     """Roll the embedded broker once its memory passes ``broker_max_rss_mib``; True if it did.
 
     Tansu's memory storage never frees a record (retention is not applied, DeleteRecords
-    is not implemented), so the only bound is a new broker. The next broker is started
-    first, while the node still serves; then the node is stopped as on Ctrl-C, drained
+    is not implemented), so the only bound is a new broker. The next broker and a standby
+    node (imports done) are started first, while the node still serves; then the node is
+    stopped as on Ctrl-C, drained
     into the event store for up to ``broker_roll_drain_s`` (a node still behind then is
     killed and replays its journal into the new broker, as after a crash), and started
     on the new broker. Meanwhile calls wait in the supervisor's listening socket.
@@ -236,6 +253,7 @@ def _roll_if_full(
         flush=True,
     )
     began = time.monotonic()
+    standby.prepare()
     try:
         brokers.prepare()
     except RuntimeError as error:
@@ -433,7 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     demo_command.add_argument("--shoppers", type=int, default=200)
     demo_command.add_argument("--seed", type=int, default=7)
     demo_command.add_argument("--limit", type=int, default=None, help="stop after N calls")
-    commands.add_parser("node", help="worker and API in one process")
+    node_command = commands.add_parser("node", help="worker and API in one process")
+    node_command.add_argument(
+        "--standby",
+        action="store_true",
+        help="import everything, then wait for the settings (a JSON line of JOURNEYS_* "
+        "variables) on standard input: `journeys up`'s next node at a broker roll",
+    )
     commands.add_parser("worker", help="the journey worker alone")
     commands.add_parser("api", help="the API alone (needs a ClickHouse server)")
     commands.add_parser("topics", help="create the platform's topics")
@@ -463,6 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     # create (data folder, event store, ClickHouse, journal, logs) is the owner's
     # alone, files 0600 and folders 0700.
     os.umask(0o077)
+    if args.command == "node" and args.standby:
+        from stack import node  # imported before it is needed: the point of a standby
+
+        given = sys.stdin.readline()
+        if not given:
+            return 0  # discarded: never needed
+        os.environ.update(json.loads(given))
     settings = Settings()
     if args.command in http_commands.COMMANDS:
         return http_commands.run(args, settings)

@@ -41,17 +41,19 @@ def spawn(
     log_path: Path,
     env: dict[str, str] | None = None,
     pass_fds: Sequence[int] = (),
+    stdin_pipe: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``args`` with output to ``log_path``; it dies if this process dies.
 
-    ``pass_fds``: descriptors the child inherits (the API's listening socket)."""
+    ``pass_fds``: descriptors the child inherits (the API's listening socket);
+    ``stdin_pipe``: its standard input is a pipe from us (else /dev/null)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its life
     return subprocess.Popen(
         args,
         stdout=log,
         stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
         preexec_fn=_die_with_parent,
         pass_fds=tuple(pass_fds),

@@ -102,6 +102,8 @@ def test_the_broker_is_rolled_past_its_memory_bound_and_nothing_is_lost(
             assert after_roll is not None, f"no roll after {acknowledged} events:\n{stack.output()}"
         assert "rolling it: a new broker starts, the node drains and stops" in stack.output()
         assert refused == [], refused[:3]
+        # The next node was waiting, imports done, and took over from the drained one.
+        assert "starting the node (journey worker + API) from its standby" in stack.output()
         new_broker = stack.child("tansu")
         assert new_broker is not None and new_broker.pid != first_broker
         seen.append(new_broker.pid)
