@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -282,6 +283,15 @@ def parse_definitions(data: Mapping[str, Any]) -> Definitions:
         raise DefinitionError(parser.errors)
     order = _dependency_order(parsed_segments)
     return Definitions(traits=parsed_traits, segments={sid: parsed_segments[sid] for sid in order})
+
+
+def definitions_from_toml(text: str) -> Definitions:
+    """A definitions file's text (TOML) as :class:`Definitions`; raises DefinitionError."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise DefinitionError([("", f"not valid TOML: {error}")]) from error
+    return parse_definitions(data)
 
 
 def parse_segment(segment_id: str, raw: Mapping[str, Any], known: Definitions) -> Definitions:

@@ -18,6 +18,7 @@ from api.metrics import IngestMetrics
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
+from journeys.segment_definitions import DefinitionError, Definitions, definitions_from_toml
 from journeys.stages import StageRules
 from projections.access import AccessStore
 from projections.clickhouse import connect, database_name
@@ -94,6 +95,24 @@ def load_rules(settings: Settings) -> StageRules:
     except (OSError, ValueError) as error:
         raise ValueError(
             f"JOURNEYS_STAGE_RULES_FILE={settings.stage_rules_file}: {error}"
+        ) from error
+
+
+def load_segment_definitions(settings: Settings) -> Definitions:
+    """Traits and segments: ``settings.segments_file``, or journeys/segments.toml.
+
+    Not yet read by the worker (issue 17's first slice is the pure evaluator).
+    """
+    if settings.segments_file is None:
+        text = resources.files("journeys").joinpath("segments.toml").read_text("utf-8")
+        return definitions_from_toml(text)
+    try:
+        return definitions_from_toml(settings.segments_file.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"JOURNEYS_SEGMENTS_FILE={settings.segments_file}: {error}") from error
+    except DefinitionError as error:
+        raise DefinitionError(
+            [(f"{settings.segments_file}: {path}", message) for path, message in error.errors]
         ) from error
 
 

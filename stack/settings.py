@@ -109,6 +109,8 @@ class Settings(BaseSettings):
 
     # Stage rules (TOML). Empty: the documented defaults in journeys/stage_rules.toml.
     stage_rules_file: Path | None = None
+    # Computed traits and segments (TOML); unset: journeys/segments.toml.
+    segments_file: Path | None = None
 
     # HTTP gateway.
     api_host: str = "127.0.0.1"
