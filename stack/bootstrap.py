@@ -28,6 +28,8 @@ from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
+from projections.segment_changes import SegmentChangeLog
+from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
 from stack.backup import NodeBackups
@@ -42,6 +44,7 @@ from streams.journal import Journal, JournaledSink
 from streams.outreach.store import OutreachStore
 from streams.pipeline import JourneyPipeline
 from streams.producer import KafkaEventSink
+from streams.segments import SegmentMaintainer
 
 GatewaySink = KafkaEventSink | ConfluentEventSink | JournaledSink
 
@@ -65,15 +68,23 @@ class Platform:
     # Customers' data keys and the suppression list; erasure and export over the stores.
     vault: Vault
     privacy: Privacy
+    # Customers' segment states and their positions (the event store's database).
+    segments: SegmentStore | None = None
 
     def pipeline(self) -> JourneyPipeline:
-        """The journey pipeline over these stores."""
+        """The journey pipeline over these stores (keeping segments when any is defined)."""
+        maintainer = None
+        definitions = load_segment_definitions(self.settings)
+        if self.segments is not None and definitions.segments:
+            log = SegmentChangeLog(self.clickhouse, self.event_log.database)
+            maintainer = SegmentMaintainer(definitions, self.segments, log)
         return JourneyPipeline(
             self.journeys,
             self.event_log,
             self.stages,
             self.profiles,
             live_journeys=self.settings.journey_cache_size,
+            segments=maintainer,
         )
 
     def close(self) -> None:
@@ -81,6 +92,8 @@ class Platform:
         self.journeys.close()
         self.outreach.close()
         self.access.close()
+        if self.segments is not None:
+            self.segments.close()
         self.vault.keys.close()
         self.clickhouse.close()
 
@@ -198,7 +211,15 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         outreach=outreach,
         vault=vault,
         privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys),
+        segments=build_segment_store(settings),
     )
+
+
+def build_segment_store(settings: Settings) -> SegmentStore:
+    """The segment states in the event store's database."""
+    if settings.event_store == "postgres":
+        return SegmentStore(postgres_dsn=settings.postgres_dsn)
+    return SegmentStore(sqlite_path=settings.sqlite_path)
 
 
 def settle_heap() -> None:
