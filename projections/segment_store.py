@@ -7,7 +7,7 @@ computed traits"); tables on SQLite or PostgreSQL (projections/sql_tables.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -50,6 +50,17 @@ class SegmentStore:
             ):
                 found[key] = SegmentState.from_dict(orjson.loads(text))
         return found
+
+    def forget_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
+        """Delete the customers' states (erasure); the count deleted, by table."""
+        deleted = 0
+        with self.tables.transaction():
+            for key in customer_keys:
+                cursor = self.tables.execute(
+                    "DELETE FROM segment_states WHERE customer_key = ?", [key]
+                )
+                deleted += max(0, cursor.rowcount)
+        return {"segment_states": deleted}
 
     def save(self, source: str, position: int, states: Mapping[str, SegmentState]) -> None:
         """Save ``states`` and ``source``'s position, atomically."""

@@ -197,6 +197,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
     journeys = JourneyApplication(rules=load_rules(settings), env=event_store_env(settings))
     journeys.stored_journeys = stored_journeys_query(journeys.recorder)
     outreach = build_store(settings)
+    segments = build_segment_store(settings)
     vault = open_vault(settings)
     return Platform(
         settings=settings,
@@ -210,8 +211,8 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         access=build_access_store(settings),
         outreach=outreach,
         vault=vault,
-        privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys),
-        segments=build_segment_store(settings),
+        privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys, segments),
+        segments=segments,
     )
 
 

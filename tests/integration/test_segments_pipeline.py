@@ -120,4 +120,7 @@ def test_changes_are_recorded_once_whatever_crashes(settings: Settings, clickhou
     ]
     assert log.members_as_of("shoe_lookers", T0 + 30 * minute) == ["alice"]
     assert log.members_as_of("shoe_lookers", T0 + 61 * minute) == []
+    # Erasure takes a customer's segment state with it.
+    assert store.forget_customers(["bob", "nobody"]) == {"segment_states": 1}
+    assert "bob" not in store.states(["bob", "alice"])
     store.close()
