@@ -7,7 +7,7 @@ computed traits"); tables on SQLite or PostgreSQL (projections/sql_tables.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -50,6 +50,12 @@ class SegmentStore:
             ):
                 found[key] = SegmentState.from_dict(orjson.loads(text))
         return found
+
+    def all_states(self) -> Iterator[tuple[str, SegmentState]]:
+        """Every stored (customer, state), by customer."""
+        rows = self.tables.rows("SELECT customer_key, state FROM segment_states ORDER BY 1")
+        for key, text in rows:
+            yield key, SegmentState.from_dict(orjson.loads(text))
 
     def forget_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
         """Delete the customers' states (erasure); the count deleted, by table."""

@@ -29,6 +29,7 @@ from projections.migrations import migrate
 from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
 from projections.segment_changes import SegmentChangeLog
+from projections.segment_reads import SegmentReads
 from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
@@ -216,6 +217,14 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
     )
 
 
+def segment_reads(platform: Platform) -> SegmentReads | None:
+    """Segment definitions and membership for the API (None without a segment store)."""
+    if platform.segments is None:
+        return None
+    log = SegmentChangeLog(platform.clickhouse, platform.event_log.database)
+    return SegmentReads(load_segment_definitions(platform.settings), platform.segments, log)
+
+
 def build_segment_store(settings: Settings) -> SegmentStore:
     """The segment states in the event store's database."""
     if settings.event_store == "postgres":
@@ -371,5 +380,6 @@ def build_gateway(
         metrics=IngestMetrics(registry),
         access=access_control(settings, platform.access),
         privacy=platform.privacy,
+        segments=segment_reads(platform),
         backups=backups,
     )

@@ -3,7 +3,8 @@
 Checked: each change of membership is one ``segment_changes`` row at the event
 time that caused it; a batch replayed after a crash (before the segment commit,
 or between it and the journeys' commit) folds nothing twice; a window sliding
-past an event is recorded at the instant it slid when the next event arrives.
+past an event is recorded at the instant it slid when the next event arrives,
+and read at any instant exactly before that (SegmentReads).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.segment_changes import SegmentChangeLog
+from projections.segment_reads import SegmentReads
 from projections.segment_store import SegmentStore
 from stack.bootstrap import event_store_env
 from stack.settings import Settings
@@ -120,6 +122,19 @@ def test_changes_are_recorded_once_whatever_crashes(settings: Settings, clickhou
     ]
     assert log.members_as_of("shoe_lookers", T0 + 30 * minute) == ["alice"]
     assert log.members_as_of("shoe_lookers", T0 + 61 * minute) == []
+    # Dana views twice and goes quiet: no event records her exit, the read computes it.
+    quiet = [
+        make_event("d1", "dana", "Product Viewed", 100, category="shoes"),
+        make_event("d2", "dana", "Product Viewed", 101, category="shoes"),
+    ]
+    pipeline.process(batch(quiet, first_offset=len(history()) + 1))
+    reads = SegmentReads(DEFINITIONS, store, log)
+    assert reads.members("shoe_lookers", T0 + 30 * minute) == ["alice"]
+    assert reads.members("shoe_lookers", T0 + 100 * minute) == []  # before her 2nd view
+    assert reads.members("shoe_lookers", T0 + 101 * minute) == ["dana"]
+    assert reads.members("shoe_lookers", T0 + 159 * minute) == ["dana"]
+    assert reads.members("shoe_lookers", T0 + 160 * minute) == []  # d1 left the hour
+    assert log.members_as_of("shoe_lookers", T0 + 160 * minute) == ["dana"]  # not yet recorded
     # Erasure takes a customer's segment state with it.
     assert store.forget_customers(["bob", "nobody"]) == {"segment_states": 1}
     assert "bob" not in store.states(["bob", "alice"])
