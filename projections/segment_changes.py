@@ -54,3 +54,13 @@ class SegmentChangeLog:
             parameters={"segment": segment, "as_of": as_of},
         )
         return [row[0] for row in result.result_rows]
+
+    def segments_of(self, customer_key: str, as_of: datetime) -> list[str]:
+        """The segments the customer last entered, not left, at or before ``as_of``."""
+        result = self._client.query(
+            f"SELECT segment FROM {self._database}.segment_changes FINAL"
+            " WHERE customer_key = {customer:String} AND at <= {as_of:DateTime64(3)}"
+            " GROUP BY segment HAVING argMax(entered, (at, entered)) = 1 ORDER BY segment",
+            parameters={"customer": customer_key, "as_of": as_of},
+        )
+        return [row[0] for row in result.result_rows]

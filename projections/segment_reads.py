@@ -10,9 +10,10 @@ windows; before it, every change up to the clock is in ``segment_changes``.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from journeys.segment_definitions import Definitions
-from journeys.segment_state import SegmentEvaluator, to_ms
+from journeys.segment_state import SegmentEvaluator, SegmentState, to_ms
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_store import SegmentStore
 
@@ -25,6 +26,19 @@ class SegmentReads:
         self.evaluator = SegmentEvaluator(definitions)
         self.store = store
         self.log = log
+
+    def customer(
+        self, customer_key: str, as_of: datetime
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """Computed traits (None before the latest event folded) and segments at ``as_of``."""
+        at = to_ms(as_of)
+        state = self.store.states([customer_key]).get(customer_key)
+        if state is None or state.clock is None or at >= state.clock:
+            state = state or SegmentState()
+            traits = self.evaluator.trait_values(state, at)
+            return traits, sorted(self.evaluator.members(state, at))
+        # Before the latest event the state has folded: the recorded changes say.
+        return None, self.log.segments_of(customer_key, as_of)
 
     def members(self, segment_id: str, as_of: datetime) -> list[str]:
         """The customers in ``segment_id`` at ``as_of``, sorted (reads every stored state)."""

@@ -120,6 +120,10 @@ def test_scripted_journey_merges_devices_and_answers_as_of(node_settings: Settin
             9,
             2,
         )
+        # Computed traits from the shipped segments file (uma's own events; the merged
+        # anonymous views are not folded into segments yet).
+        assert customer["segments"]["backfilled"] is False
+        assert customer["segments"]["computed_traits"]["lifetime_revenue"] == 120.0
         profile = customer["profile"]
         assert profile["channels"] == ["app", "unknown", "web"]
         assert profile["interest_tags"] == ["boots", "scarves"]

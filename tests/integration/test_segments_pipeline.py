@@ -135,6 +135,10 @@ def test_changes_are_recorded_once_whatever_crashes(settings: Settings, clickhou
     assert reads.members("shoe_lookers", T0 + 159 * minute) == ["dana"]
     assert reads.members("shoe_lookers", T0 + 160 * minute) == []  # d1 left the hour
     assert log.members_as_of("shoe_lookers", T0 + 160 * minute) == ["dana"]  # not yet recorded
+    # One customer (GET /v1/customers/{id}): traits after their latest event, segments always.
+    assert reads.customer("bob", T0 + 10 * minute) == ({"orders": 2}, ["repeat_buyers"])
+    assert reads.customer("alice", T0 + 6 * minute) == (None, ["shoe_lookers"])
+    assert reads.customer("dana", T0 + 160 * minute) == ({"orders": 0}, [])
     # Erasure takes a customer's segment state with it.
     assert store.forget_customers(["bob", "nobody"]) == {"segment_states": 1}
     assert "bob" not in store.states(["bob", "alice"])
