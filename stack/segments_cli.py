@@ -1,7 +1,7 @@
-"""``journeys segments validate|list|show``: the traits and segments of a definitions file.
+"""``journeys segments validate|list|show|members``: traits and segments.
 
-Reads the file only (no store, no running node): membership is not served yet
-(see docs/architecture.md, "Segments and computed traits").
+``validate``, ``list`` and ``show`` read the definitions file (no store, no
+running node); ``members`` asks a running node's API (read key).
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import httpx
 
 from journeys.segment_definitions import DefinitionError, Definitions
 from stack.bootstrap import load_segment_definitions
+from stack.http_commands import connection, key
 from stack.settings import Settings
 
 SEGMENTS_COMMAND = "segments"
@@ -36,10 +40,17 @@ def add_segments_parser(commands: Any) -> None:
         )
         if name == "show":
             verb.add_argument("segment_id")
+    members = verbs.add_parser("members", help="who is in a segment now, or --as-of a moment")
+    members.add_argument("segment_id")
+    members.add_argument("--as-of", help="ISO-8601 time (default: now)")
+    members.add_argument("--limit", type=int, default=1000)
+    connection(members, "read")
 
 
 def run_segments(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``journeys segments <verb>``; 2 for invalid definitions or an unknown segment."""
+    if args.verb == "members":
+        return _members(args, settings)
     if args.file is not None:
         settings = settings.model_copy(update={"segments_file": args.file})
     try:
@@ -74,3 +85,23 @@ def _listing(definitions: Definitions) -> list[str]:
         prop = f" {trait.property_name}" if trait.property_name else ""
         lines.append(f"trait {trait.id}: {trait.op}{prop} of {of or 'any event'}{span}")
     return lines
+
+
+def _members(args: argparse.Namespace, settings: Settings) -> int:
+    base = args.url or settings.api_base_url
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.as_of:
+        params["as_of"] = args.as_of
+    try:
+        response = httpx.get(
+            f"{base}/v1/segments/{quote(args.segment_id, safe='')}/members",
+            headers={"Authorization": f"Bearer {key(args, settings, 'read')}"},
+            params=params,
+            timeout=60,
+        )
+    except httpx.HTTPError as error:
+        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
+        return 2
+    text = json.dumps(response.json(), indent=2) if response.content else ""
+    print(text, file=sys.stdout if response.is_success else sys.stderr)
+    return 0 if response.is_success else 1
