@@ -68,8 +68,8 @@ class SegmentStore:
                 deleted += max(0, cursor.rowcount)
         return {"segment_states": deleted}
 
-    def save(self, source: str, position: int, states: Mapping[str, SegmentState]) -> None:
-        """Save ``states`` and ``source``'s position, atomically."""
+    def save(self, batches: Sequence[tuple[str, int, Mapping[str, SegmentState]]]) -> None:
+        """Save each (source, position, states), all atomically."""
         upsert_state = (
             "INSERT INTO segment_states (customer_key, state) VALUES (?, ?)"
             " ON CONFLICT (customer_key) DO UPDATE SET state = excluded.state"
@@ -79,6 +79,8 @@ class SegmentStore:
             " ON CONFLICT (source) DO UPDATE SET position = excluded.position"
         )
         with self.tables.transaction():
-            for key, state in states.items():
-                self.tables.execute(upsert_state, [key, orjson.dumps(state.to_dict()).decode()])
-            self.tables.execute(upsert_position, [source, position])
+            for source, position, states in batches:
+                for key, state in states.items():
+                    text = orjson.dumps(state.to_dict()).decode()
+                    self.tables.execute(upsert_state, [key, text])
+                self.tables.execute(upsert_position, [source, position])

@@ -219,14 +219,12 @@ class JourneyPipeline:
         if self.segments is not None:
             self.segments.write([u for u in segment_batches if u is not None])
 
-    def commit(self, prepared: PreparedBatch) -> None:
+    def commit(self, prepared: PreparedBatch, segments_saved: bool = False) -> None:
         """Save journeys and the consumed position atomically."""
         update = prepared.update
         try:
-            if self.segments is not None and prepared.segments is not None:
-                # First: a crash before the journeys' commit replays the batch, whose
-                # events the segment position then shows as folded already.
-                self.segments.commit(prepared.segments)
+            if not segments_saved:
+                self._commit_segments([prepared])
             self.journeys.commit(update)
         except BaseException:
             self.live.clear()
@@ -239,9 +237,25 @@ class JourneyPipeline:
             )
 
     def commit_many(self, prepared: Sequence[PreparedBatch]) -> None:
-        """Commit each partition's batch (one transaction each: one position each)."""
+        """Commit each partition's batch (one transaction each: one position each).
+
+        The segment states of all of them go first, in one transaction (one
+        fsync rather than one per partition; each source keeps its own position).
+        """
+        self._commit_segments(prepared)
         for one in prepared:
-            self.commit(one)
+            self.commit(one, segments_saved=True)
+
+    def _commit_segments(self, prepared: Sequence[PreparedBatch]) -> None:
+        # Before the journeys' commits: a crash in between replays the batches, whose
+        # events the segment positions then show as folded already.
+        if self.segments is None:
+            return
+        try:
+            self.segments.commit([p.segments for p in prepared if p.segments is not None])
+        except BaseException:
+            self.live.clear()
+            raise
 
     def process(self, batch: PartitionBatch) -> PreparedBatch | None:
         """Prepare and commit in one go (replays, tests, tools)."""

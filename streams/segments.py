@@ -85,9 +85,10 @@ class SegmentMaintainer:
         """Insert the batches' changes into ``segment_changes`` (idempotent)."""
         self.log.append([change for batch in batches for change in batch.changes])
 
-    def commit(self, batch: SegmentBatch) -> None:
-        """Save the states and the position, atomically."""
-        self.store.save(batch.source, batch.position, batch.states)
+    def commit(self, batches: Sequence[SegmentBatch]) -> None:
+        """Save the batches' states and positions, atomically."""
+        if batches:
+            self.store.save([(b.source, b.position, b.states) for b in batches])
 
 
 def segment_record(customer_key: str, change: MembershipChange) -> dict[str, object]:

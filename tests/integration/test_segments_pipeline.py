@@ -97,7 +97,7 @@ def test_changes_are_recorded_once_whatever_crashes(settings: Settings, clickhou
     prepared = pipeline.prepare(batch(history()))
     assert prepared is not None and prepared.segments is not None
     assert pipeline.segments is not None
-    pipeline.segments.commit(prepared.segments)
+    pipeline.segments.commit([prepared.segments])
     store.close()
     # The next worker replays the batch: the segments have folded it already.
     pipeline, store = pipeline_for(settings, clickhouse)
