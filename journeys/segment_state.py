@@ -315,6 +315,9 @@ class SegmentEvaluator:
     def __init__(self, definitions: Definitions) -> None:
         self.definitions = definitions
         self.event_conditions = definitions.event_conditions()
+        # Computed once: a fingerprint serialises its definition (most of the fold's time).
+        self.key_of = {id(c): c.key for c in self.event_conditions}
+        self.fingerprints = {t.id: t.fingerprint for t in definitions.traits.values()}
         self.identify_traits = definitions.identify_traits()
         used = {
             n.trait
@@ -352,7 +355,7 @@ class SegmentEvaluator:
             since = condition.window.since_ms
             if since is not None and event.at_ms < since:
                 continue
-            agg = state.conditions.setdefault(condition.key, {})
+            agg = state.conditions.setdefault(self.key_of[id(condition)], {})
             keep = condition.count + 1
             if condition.window.within_ms:
                 times: list[int] = agg.setdefault("t", [])
@@ -370,9 +373,9 @@ class SegmentEvaluator:
 
     def _trait_agg(self, state: SegmentState, trait: TraitDefinition) -> dict[str, Any]:
         agg = state.traits.get(trait.id)
-        if agg is None or agg.get("f") != trait.fingerprint:
+        if agg is None or agg.get("f") != self.fingerprints[trait.id]:
             # New or changed definition: it counts from here on (no backfill).
-            agg = {"f": trait.fingerprint}
+            agg = {"f": self.fingerprints[trait.id]}
             state.traits[trait.id] = agg
         return agg
 
@@ -387,20 +390,20 @@ class SegmentEvaluator:
                 horizon = clock - trait.window.within_ms
                 agg["e"] = [e for e in agg["e"] if e[0] > horizon]
         for condition in self.event_conditions:
-            found = state.conditions.get(condition.key)
+            found = state.conditions.get(self.key_of[id(condition)])
             if condition.window.within_ms and found is not None and "t" in found:
                 horizon = clock - condition.window.within_ms
                 found["t"] = [t for t in found["t"] if t > horizon]
 
     def forget_stale(self, state: SegmentState) -> None:
         """Drop state of definitions that no longer exist (or changed)."""
-        keys = {c.key for c in self.event_conditions}
+        keys = set(self.key_of.values())
         state.conditions = {k: v for k, v in state.conditions.items() if k in keys}
         traits = self.definitions.traits
         state.traits = {
             k: v
             for k, v in state.traits.items()
-            if k in traits and v.get("f") == traits[k].fingerprint
+            if k in traits and v.get("f") == self.fingerprints[k]
         }
         state.identify = {k: v for k, v in state.identify.items() if k in self.identify_traits}
         state.members &= set(self.definitions.segments)
@@ -415,7 +418,7 @@ class SegmentEvaluator:
 
     def trait_value(self, state: SegmentState, trait: TraitDefinition, now_ms: int) -> Any:
         agg = state.traits.get(trait.id)
-        if agg is None or agg.get("f") != trait.fingerprint:
+        if agg is None or agg.get("f") != self.fingerprints[trait.id]:
             agg = {}
         within = trait.window.within_ms
         if within:
@@ -438,11 +441,11 @@ class SegmentEvaluator:
         for condition in self.event_conditions:
             within = condition.window.within_ms
             if within:
-                times = state.conditions.get(condition.key, {}).get("t", [])
+                times = state.conditions.get(self.key_of[id(condition)], {}).get("t", [])
                 candidates.extend(t + within for t in times if t + within > after_ms)
         for trait in self._timed_traits:
             agg = state.traits.get(trait.id)
-            if agg is None or agg.get("f") != trait.fingerprint:
+            if agg is None or agg.get("f") != self.fingerprints[trait.id]:
                 continue
             within = trait.window.within_ms
             last: int | None = None
@@ -537,7 +540,7 @@ class _Context:
         return segments.get(node.segment, False)
 
     def count(self, node: EventCondition) -> int:
-        agg = self.state.conditions.get(node.key, {})
+        agg = self.state.conditions.get(self.evaluator.key_of[id(node)], {})
         within = node.window.within_ms
         if within:
             return sum(1 for t in agg.get("t", []) if self.now_ms - within < t <= self.now_ms)
