@@ -1,14 +1,14 @@
 """Segments: the definitions in force and their members at any instant (issue 17, first slice).
 
 Read-only: definitions come from the node's definitions file
-(JOURNEYS_SEGMENTS_FILE); PUT/DELETE, sizes over time and backfill are not
-built yet (docs/architecture.md, "Segments and computed traits").
+(JOURNEYS_SEGMENTS_FILE); PUT/DELETE and backfill are not built yet
+(docs/architecture.md, "Segments and computed traits").
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -47,6 +47,17 @@ class Segment(BaseModel):
 
 class SegmentList(BaseModel):
     segments: list[Segment]
+
+
+class SegmentSize(BaseModel):
+    at: datetime
+    size: int
+
+
+class SegmentSizes(BaseModel):
+    segment: str
+    sizes: list[SegmentSize] = Field(description="one a day, oldest first, ending at `end`")
+    backfilled: bool
 
 
 class SegmentMembers(BaseModel):
@@ -117,5 +128,29 @@ async def segment_members(
         as_of=moment,
         count=len(members),
         members=members[:limit],
+        backfilled=False,
+    )
+
+
+@router.get("/segments/{segment_id}/sizes", response_model=SegmentSizes)
+async def segment_sizes(
+    request: Request,
+    segment_id: SegmentId,
+    end: Annotated[ApiTime | None, Query(description="ISO-8601 time; default now")] = None,
+    days: Annotated[int, Query(ge=1, le=90)] = 30,
+) -> SegmentSizes | JSONResponse:
+    """The segment's size at ``end`` and at the same time on each of the days before it."""
+    reads = _reads(request)
+    if segment_id not in reads.definitions.segments:
+        return _not_found(segment_id)
+    last = datetime.now(UTC) if end is None else end
+    instants = [last - timedelta(days=back) for back in range(days - 1, -1, -1)]
+    if instants[0].year < 1970:
+        reason = {"field": "end", "rule": "after_1970", "message": "the sizes start before 1970"}
+        return problem(400, "end: the sizes start before 1970", [reason])
+    counts = await asyncio.to_thread(reads.sizes, segment_id, instants)
+    return SegmentSizes(
+        segment=segment_id,
+        sizes=[SegmentSize(at=at, size=n) for at, n in zip(instants, counts, strict=True)],
         backfilled=False,
     )

@@ -53,3 +53,7 @@ class SegmentReads:
             if inside:
                 found.append(customer)
         return sorted(found)
+
+    def sizes(self, segment_id: str, instants: list[datetime]) -> list[int]:
+        """How many customers are in ``segment_id`` at each of ``instants`` (as :meth:`members`)."""
+        return [len(self.members(segment_id, moment)) for moment in instants]

@@ -135,6 +135,14 @@ def test_changes_are_recorded_once_whatever_crashes(settings: Settings, clickhou
     assert reads.members("shoe_lookers", T0 + 159 * minute) == ["dana"]
     assert reads.members("shoe_lookers", T0 + 160 * minute) == []  # d1 left the hour
     assert log.members_as_of("shoe_lookers", T0 + 160 * minute) == ["dana"]  # not yet recorded
+    # Sizes over time (GET /v1/segments/{id}/sizes): the same reads at each instant.
+    assert reads.sizes(
+        "shoe_lookers", [T0 + 30 * minute, T0 + 101 * minute, T0 + 160 * minute]
+    ) == [
+        1,
+        1,
+        0,
+    ]
     # One customer (GET /v1/customers/{id}): traits after their latest event, segments always.
     assert reads.customer("bob", T0 + 10 * minute) == ({"orders": 2}, ["repeat_buyers"])
     assert reads.customer("alice", T0 + 6 * minute) == (None, ["shoe_lookers"])
