@@ -61,6 +61,10 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/customers/{customer_id}"): _PERSONAL,
     ("GET", "/v1/customers/{customer_id}/journey"): _PERSONAL,
     ("GET", "/v1/rfm/{customer_id}"): _PERSONAL,
+    ("GET", "/v1/segments"): _ANALYST,
+    ("GET", "/v1/segments/{segment_id}"): _ANALYST,
+    ("GET", "/v1/segments/{segment_id}/members"): _PERSONAL,  # names customers
+    ("GET", "/v1/segments/{segment_id}/sizes"): _ANALYST,
     ("GET", "/v1/outreach/webhooks"): _MARKETER,
     ("POST", "/v1/outreach/webhooks"): _MARKETER_CHANGE,
     ("DELETE", "/v1/outreach/webhooks/{endpoint_id}"): _MARKETER_CHANGE,

@@ -18,6 +18,7 @@ from api import (
     metrics,
     outreach,
     privacy,
+    segments,
     stages,
     users,
 )
@@ -47,6 +48,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(customers.router)
     app.include_router(privacy.router)
     app.include_router(stages.router)
+    app.include_router(segments.router)
     app.include_router(analysis.router)
     app.include_router(admin.router)
     app.include_router(backups.router)

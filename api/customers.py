@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.auth import require_read_key
 from api.dependencies import Gateway
@@ -69,6 +69,18 @@ class Profile(BaseModel):
     clamped: bool = False
 
 
+class CustomerSegments(BaseModel):
+    """The customer's computed traits and segments (definitions file), at the answer's moment."""
+
+    computed_traits: dict[str, Any] | None = Field(
+        description="null before the customer's latest event folded into segments"
+    )
+    segments: list[str]
+    backfilled: bool = Field(
+        description="false: traits and segments count events since the definitions' start"
+    )
+
+
 class CustomerView(BaseModel):
     """A customer's stage (now, or as of a moment), counters and profile."""
 
@@ -86,6 +98,8 @@ class CustomerView(BaseModel):
     profile: Profile | None
     # The latest identify traits, personal fields opened (read and admin keys).
     traits: dict[str, Any] | None = None
+    # Null where the process keeps no segments.
+    segments: CustomerSegments | None = None
 
 
 class StageStep(BaseModel):
@@ -134,6 +148,15 @@ async def _traits(gateway: Gateway, customer_id: str) -> dict[str, Any] | None:
     return await asyncio.to_thread(privacy.traits, [customer_id])
 
 
+async def _segments(
+    gateway: Gateway, customer_key: str, moment: datetime
+) -> CustomerSegments | None:
+    if gateway.segments is None:
+        return None
+    traits, segments = await asyncio.to_thread(gateway.segments.customer, customer_key, moment)
+    return CustomerSegments(computed_traits=traits, segments=segments, backfilled=False)
+
+
 @router.get("/customers/{customer_id}", response_model=CustomerView)
 async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> CustomerView:
     """The customer's journey stage now (or ``as_of`` a moment), counters and profile."""
@@ -144,8 +167,11 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
     found = await asyncio.to_thread(gateway.stages.get, customer_id)
     if found is None:
         raise _unknown(customer_id)
+    segments = await _segments(gateway, found.customer_key, moment)
     if as_of is not None and gateway.journeys is not None:
-        return await asyncio.to_thread(_customer_as_of, gateway, found.customer_key, moment)
+        view = await asyncio.to_thread(_customer_as_of, gateway, found.customer_key, moment)
+        view.segments = segments
+        return view
     if as_of is None:
         stage: str | None = found.stage_at(moment, lapse_days)
     else:
@@ -178,6 +204,7 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
         merged_into=found.merged_into or None,
         profile=profile,
         traits=await _traits(gateway, found.customer_key),
+        segments=segments,
     )
 
 

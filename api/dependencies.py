@@ -18,6 +18,7 @@ from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
 from projections.profiles import ProfileView
+from projections.segment_reads import SegmentReads
 
 # A component's health: {"ok": bool, ...details}.
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
@@ -209,6 +210,8 @@ class Gateway:
     privacy: PrivacyControl | None = None
     # Where the process holds the stores and the worker (the embedded node): backups.
     backups: BackupControl | None = None
+    # Segment definitions and membership reads; None: no segments in this process.
+    segments: SegmentReads | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

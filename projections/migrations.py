@@ -9,6 +9,7 @@ timelines for funnels. 5 was reserved for outreach, which keeps its tables in
 the event store's database instead: it stays unused. 7 source, historical and
 clamped columns of the event log. 8: identity merges in the event log (cheap
 deletes, merged flags). 9: the browser origins each write key accepts.
+10: stage_changes revisions. 11: segment membership changes.
 """
 
 from __future__ import annotations
@@ -344,6 +345,29 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """
             ALTER TABLE {db}.stage_changes
                 ADD COLUMN IF NOT EXISTS revision UInt32 DEFAULT 0
+            """,
+        ],
+    ),
+    (
+        11,
+        "segments: every entry into and exit from a segment",
+        [
+            # One row per change of membership (SegmentEntered: entered = 1,
+            # SegmentExited: 0) at the event time that caused it; ``event_id`` is
+            # the causing event, '' when a rolling window sliding past an event did.
+            # A replayed batch writes identical rows, which the key collapses (FINAL),
+            # as for stage_changes. Sorted by segment first: members and sizes are
+            # read per segment.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.segment_changes (
+                segment LowCardinality(String),
+                customer_key String,
+                at DateTime64(3, 'UTC'),
+                entered UInt8,
+                event_id String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(at)
+            ORDER BY (segment, customer_key, at, entered, event_id)
             """,
         ],
     ),

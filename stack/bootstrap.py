@@ -18,6 +18,7 @@ from api.metrics import IngestMetrics
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
+from journeys.segment_definitions import DefinitionError, Definitions, definitions_from_toml
 from journeys.stages import StageRules
 from projections.access import AccessStore
 from projections.clickhouse import connect, database_name
@@ -27,6 +28,9 @@ from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
+from projections.segment_changes import SegmentChangeLog
+from projections.segment_reads import SegmentReads
+from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
 from stack.backup import NodeBackups
@@ -41,6 +45,7 @@ from streams.journal import Journal, JournaledSink
 from streams.outreach.store import OutreachStore
 from streams.pipeline import JourneyPipeline
 from streams.producer import KafkaEventSink
+from streams.segments import SegmentMaintainer
 
 GatewaySink = KafkaEventSink | ConfluentEventSink | JournaledSink
 
@@ -64,15 +69,23 @@ class Platform:
     # Customers' data keys and the suppression list; erasure and export over the stores.
     vault: Vault
     privacy: Privacy
+    # Customers' segment states and their positions (the event store's database).
+    segments: SegmentStore | None = None
 
     def pipeline(self) -> JourneyPipeline:
-        """The journey pipeline over these stores."""
+        """The journey pipeline over these stores (keeping segments when any is defined)."""
+        maintainer = None
+        definitions = load_segment_definitions(self.settings)
+        if self.segments is not None and definitions.segments:
+            log = SegmentChangeLog(self.clickhouse, self.event_log.database)
+            maintainer = SegmentMaintainer(definitions, self.segments, log)
         return JourneyPipeline(
             self.journeys,
             self.event_log,
             self.stages,
             self.profiles,
             live_journeys=self.settings.journey_cache_size,
+            segments=maintainer,
         )
 
     def close(self) -> None:
@@ -80,6 +93,8 @@ class Platform:
         self.journeys.close()
         self.outreach.close()
         self.access.close()
+        if self.segments is not None:
+            self.segments.close()
         self.vault.keys.close()
         self.clickhouse.close()
 
@@ -94,6 +109,24 @@ def load_rules(settings: Settings) -> StageRules:
     except (OSError, ValueError) as error:
         raise ValueError(
             f"JOURNEYS_STAGE_RULES_FILE={settings.stage_rules_file}: {error}"
+        ) from error
+
+
+def load_segment_definitions(settings: Settings) -> Definitions:
+    """Traits and segments: ``settings.segments_file``, or journeys/segments.toml.
+
+    Not yet read by the worker (issue 17's first slice is the pure evaluator).
+    """
+    if settings.segments_file is None:
+        text = resources.files("journeys").joinpath("segments.toml").read_text("utf-8")
+        return definitions_from_toml(text)
+    try:
+        return definitions_from_toml(settings.segments_file.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"JOURNEYS_SEGMENTS_FILE={settings.segments_file}: {error}") from error
+    except DefinitionError as error:
+        raise DefinitionError(
+            [(f"{settings.segments_file}: {path}", message) for path, message in error.errors]
         ) from error
 
 
@@ -165,6 +198,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
     journeys = JourneyApplication(rules=load_rules(settings), env=event_store_env(settings))
     journeys.stored_journeys = stored_journeys_query(journeys.recorder)
     outreach = build_store(settings)
+    segments = build_segment_store(settings)
     vault = open_vault(settings)
     return Platform(
         settings=settings,
@@ -178,8 +212,24 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         access=build_access_store(settings),
         outreach=outreach,
         vault=vault,
-        privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys),
+        privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys, segments),
+        segments=segments,
     )
+
+
+def segment_reads(platform: Platform) -> SegmentReads | None:
+    """Segment definitions and membership for the API (None without a segment store)."""
+    if platform.segments is None:
+        return None
+    log = SegmentChangeLog(platform.clickhouse, platform.event_log.database)
+    return SegmentReads(load_segment_definitions(platform.settings), platform.segments, log)
+
+
+def build_segment_store(settings: Settings) -> SegmentStore:
+    """The segment states in the event store's database."""
+    if settings.event_store == "postgres":
+        return SegmentStore(postgres_dsn=settings.postgres_dsn)
+    return SegmentStore(sqlite_path=settings.sqlite_path)
 
 
 def settle_heap() -> None:
@@ -330,5 +380,6 @@ def build_gateway(
         metrics=IngestMetrics(registry),
         access=access_control(settings, platform.access),
         privacy=platform.privacy,
+        segments=segment_reads(platform),
         backups=backups,
     )

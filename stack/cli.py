@@ -43,6 +43,7 @@ from stack import access, analysis_cli, backup_cli, demo, http_commands, outreac
 from stack.broker import EmbeddedBrokers, ensure_platform_topics
 from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
 from stack.processes import rss_mib, spawn
+from stack.segments_cli import SEGMENTS_COMMAND, add_segments_parser, run_segments
 from stack.settings import Settings
 from stack.supervisor import CrashLoop, RestartPolicy, Standby, Supervised, sleep_unless
 
@@ -482,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "--backup", type=Path, metavar="SRC", help="check a backup's files against its manifest"
     )
     backup_cli.add_commands(commands)
+    add_segments_parser(commands)
     args = parser.parse_args(argv)
     # What the stores hold is about people: whatever this process and its children
     # create (data folder, event store, ClickHouse, journal, logs) is the owner's
@@ -508,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_replay(settings, args.rules)
     if args.command == "outreach":
         return outreach_cli.run(args, settings)
+    if args.command == SEGMENTS_COMMAND:
+        return run_segments(args, settings)
     if args.command == "users":
         return access.run(args, settings)
     if args.command == "master-key":

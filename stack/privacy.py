@@ -29,6 +29,7 @@ from projections.privacy.fields import PersonalFields
 from projections.privacy.keystore import KeyStore
 from projections.privacy.vault import Vault
 from projections.profiles import ProfileView
+from projections.segment_store import SegmentStore
 from stack.settings import Settings
 from streams.outreach.store import OutreachStore
 
@@ -43,6 +44,7 @@ CUSTOMER_TABLES = (
     "customer_profiles",
     "customer_timelines",
     "customer_type_times",
+    "segment_changes",
 )
 
 
@@ -171,8 +173,10 @@ class Privacy:
         database: str,
         outreach: OutreachStore,
         journeys: JourneyApplication | None = None,
+        segments: SegmentStore | None = None,
     ) -> None:
         self.settings = settings
+        self._segments = segments
         self.vault = vault
         self._client = clickhouse
         self._db = database
@@ -346,6 +350,8 @@ class Privacy:
             )
         deleted["dead_letters"] = count
         deleted.update(self._outreach.forget_customers(ids))
+        if self._segments is not None:
+            deleted.update(self._segments.forget_customers(ids))
         return deleted
 
     def _append_ledger(self, entry: dict[str, Any]) -> None:

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
 
     # Stage rules (TOML). Empty: the documented defaults in journeys/stage_rules.toml.
     stage_rules_file: Path | None = None
+    # Computed traits and segments (TOML); unset: journeys/segments.toml.
+    segments_file: Path | None = None
 
     # HTTP gateway.
     api_host: str = "127.0.0.1"
@@ -274,6 +276,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.stage-changes"
 
     @property
+    def segments_topic(self) -> str:
+        """Every SegmentEntered / SegmentExited, keyed by customer."""
+        return f"{self.topic_prefix}.segments"
+
+    @property
     def triggers_topic(self) -> str:
         """Fired outreach triggers, keyed by customer."""
         return f"{self.topic_prefix}.triggers"
@@ -295,6 +302,7 @@ class Settings(BaseSettings):
             self.events_topic,
             self.dead_letter_topic,
             self.stage_changes_topic,
+            self.segments_topic,
             self.triggers_topic,
             self.triggers_dead_letter_topic,
         ]
@@ -323,6 +331,7 @@ class Settings(BaseSettings):
             self.events_topic: ingest,
             self.dead_letter_topic: dead,
             self.stage_changes_topic: outcomes,
+            self.segments_topic: outcomes,
             self.triggers_topic: outcomes,
             self.triggers_dead_letter_topic: dead,
         }

@@ -30,6 +30,7 @@ from streams.journal import Journal
 from streams.metrics import WorkerMetrics
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
+from streams.segments import segment_record
 from streams.settings import JourneyWorkerSettings
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,10 @@ class JourneyStreams:
                 record["revised"] = True
             key = change.customer_key.encode()
             outcomes.append((settings.stage_changes_topic, key, orjson.dumps(record)))
+        if prepared.segments is not None:
+            for customer_key, membership in prepared.segments.changes:
+                value = orjson.dumps(segment_record(customer_key, membership))
+                outcomes.append((settings.segments_topic, customer_key.encode(), value))
         # Identity: link requests, merged histories and re-keyed events, keyed by customer.
         for message in prepared.update.forwards:
             key = message.customer_key.encode()

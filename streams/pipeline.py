@@ -25,9 +25,11 @@ from eventsourcing.persistence import Tracking
 from events import TrackedEvent
 from journeys.application import JourneyApplication, JourneyUpdate
 from journeys.domainmodel import CustomerJourney
+from journeys.segment_state import SegmentState
 from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
 from projections.profiles import ProfileView
+from streams.segments import SegmentBatch, SegmentMaintainer
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,8 @@ class PreparedBatch:
 
     update: JourneyUpdate
     rejected: list[tuple[bytes, list[dict[str, Any]]]] = field(default_factory=list)
+    # Segment states and membership changes of the batch (None: no segments, or folded).
+    segments: SegmentBatch | None = None
 
 
 class LiveJourneys:
@@ -104,8 +108,10 @@ class JourneyPipeline:
         stages: CustomerStageView,
         profiles: ProfileView | None = None,
         live_journeys: int = 0,
+        segments: SegmentMaintainer | None = None,
     ) -> None:
         self.journeys = journeys
+        self.segments = segments
         self.event_log = event_log
         self.stages = stages
         self.profiles = profiles
@@ -131,15 +137,18 @@ class JourneyPipeline:
         # One customer's events belong on one partition, but a producer that breaks
         # the keying contract must not make two updates race for one journey.
         in_flight: dict[str, CustomerJourney] = {}
+        in_flight_segments: dict[str, SegmentState] = {}
         try:
             for batch in batches:
-                found = self._record(batch, in_flight)
+                found = self._record(batch, in_flight, in_flight_segments)
                 if found is not None:
                     prepared.append(found)
                     self._uncommitted.add(batch.source)
                     in_flight.update(found.update.journeys)
+                    if found.segments is not None:
+                        in_flight_segments.update(found.segments.states)
             started = time.perf_counter()
-            self._write_effects([p.update for p in prepared])
+            self._write_effects([p.update for p in prepared], [p.segments for p in prepared])
             if prepared and self.on_inserted is not None:
                 self.on_inserted(time.perf_counter() - started)
         except BaseException:
@@ -153,7 +162,10 @@ class JourneyPipeline:
         return found[0] if found else None
 
     def _record(
-        self, batch: PartitionBatch, in_flight: dict[str, CustomerJourney]
+        self,
+        batch: PartitionBatch,
+        in_flight: dict[str, CustomerJourney],
+        in_flight_segments: dict[str, SegmentState],
     ) -> PreparedBatch | None:
         start = self.journeys.consumed_position(batch.source)
         fresh = [(offset, value) for offset, value in batch.records if offset >= start]
@@ -161,20 +173,36 @@ class JourneyPipeline:
             return None
         live = self.live.current(batch.source, start)
         touches: list[TrackedEvent] = []
+        offsets: dict[int, int] = {}  # id(event) -> its offset, for the segment position
         rejected: list[tuple[bytes, list[dict[str, Any]]]] = []
-        for _, value in fresh:
+        for offset, value in fresh:
             try:
                 touches.append(TrackedEvent.from_json(value))
+                offsets[id(touches[-1])] = offset
             except (ValueError, TypeError, KeyError) as error:
                 # Not produced by our gateway: keep it aside rather than stall the partition.
                 reason = {"field": "payload", "rule": "envelope", "message": str(error)}
                 rejected.append((value, [reason]))
+        position = fresh[-1][0] + 1
         update = self.journeys.record(
-            touches, Tracking(batch.source, fresh[-1][0] + 1), in_flight=in_flight, live=live
+            touches, Tracking(batch.source, position), in_flight=in_flight, live=live
         )
-        return PreparedBatch(update=update, rejected=rejected)
+        segments = None
+        if self.segments is not None:
+            recorded = [(offsets[id(e)], e) for e in update.recorded if id(e) in offsets]
+            stages = {
+                key: journey.stage.value
+                for key, journey in update.journeys.items()
+                if journey.stage is not None
+            }
+            segments = self.segments.fold(
+                batch.source, position, recorded, stages, in_flight_segments
+            )
+        return PreparedBatch(update=update, rejected=rejected, segments=segments)
 
-    def _write_effects(self, updates: Sequence[JourneyUpdate]) -> None:
+    def _write_effects(
+        self, updates: Sequence[JourneyUpdate], segment_batches: Sequence[SegmentBatch | None] = ()
+    ) -> None:
         if not updates:
             return
         journeys = [journey for update in updates for journey in update.journeys.values()]
@@ -188,11 +216,15 @@ class JourneyPipeline:
         self.stages.upsert(journey.summary() for journey in journeys)
         if self.profiles is not None:
             self.profiles.upsert(journeys)
+        if self.segments is not None:
+            self.segments.write([u for u in segment_batches if u is not None])
 
-    def commit(self, prepared: PreparedBatch) -> None:
+    def commit(self, prepared: PreparedBatch, segments_saved: bool = False) -> None:
         """Save journeys and the consumed position atomically."""
         update = prepared.update
         try:
+            if not segments_saved:
+                self._commit_segments([prepared])
             self.journeys.commit(update)
         except BaseException:
             self.live.clear()
@@ -205,9 +237,25 @@ class JourneyPipeline:
             )
 
     def commit_many(self, prepared: Sequence[PreparedBatch]) -> None:
-        """Commit each partition's batch (one transaction each: one position each)."""
+        """Commit each partition's batch (one transaction each: one position each).
+
+        The segment states of all of them go first, in one transaction (one
+        fsync rather than one per partition; each source keeps its own position).
+        """
+        self._commit_segments(prepared)
         for one in prepared:
-            self.commit(one)
+            self.commit(one, segments_saved=True)
+
+    def _commit_segments(self, prepared: Sequence[PreparedBatch]) -> None:
+        # Before the journeys' commits: a crash in between replays the batches, whose
+        # events the segment positions then show as folded already.
+        if self.segments is None:
+            return
+        try:
+            self.segments.commit([p.segments for p in prepared if p.segments is not None])
+        except BaseException:
+            self.live.clear()
+            raise
 
     def process(self, batch: PartitionBatch) -> PreparedBatch | None:
         """Prepare and commit in one go (replays, tests, tools)."""

@@ -1,0 +1,557 @@
+"""Incremental evaluation of computed traits and segments, one customer's state at a time.
+
+Pure. A customer's :class:`SegmentState` is folded from their events one at a
+time, in any order (late events are folded in where they belong: every
+aggregate here is order-independent, with ties broken by event id), and
+answers membership and trait values at any instant not before the latest one
+it has seen (its ``clock``). :meth:`SegmentEvaluator.next_change` tells when
+time passing alone can next change a membership (a rolling window sliding
+past an event, a "days since" crossing a day), which is when a timer fires.
+
+State is small, bounded per condition and trait, not per event:
+
+- an all-time (or ``since``) count condition keeps a count capped at ``count + 1``;
+- a rolling-window count condition keeps the newest ``count + 1`` matching times
+  still inside the window (enough to decide its comparison exactly);
+- an all-time trait keeps one aggregate (count, sum, min, max, first, last;
+  most_frequent keeps up to :data:`MAX_DISTINCT` values' counts);
+- a rolling-window trait keeps the matching events inside the window, at most
+  :data:`MAX_WINDOW_ENTRIES` (the newest): beyond that its value is approximate;
+- identify traits keep the latest value of the traits some segment compares.
+
+Times are epoch milliseconds (the event log's precision).
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import insort
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from events import EventType, TrackedEvent, normalized_name
+from journeys.segment_definitions import (
+    DAY_MS,
+    AllOf,
+    AnyOf,
+    Comparison,
+    Condition,
+    Definitions,
+    EventCondition,
+    EventMatch,
+    NoneOf,
+    SegmentCondition,
+    StageCondition,
+    TraitCondition,
+    TraitDefinition,
+)
+
+MAX_DISTINCT = 100
+MAX_WINDOW_ENTRIES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEvent:
+    """What segments read of an event: name, canonical type, properties (an identify's traits)."""
+
+    event_id: str
+    at_ms: int
+    name: str
+    type: str
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Event-time order; ties by event id, so every arrival order folds the same."""
+        return (self.at_ms, self.event_id)
+
+
+def segment_event_from(event: TrackedEvent) -> SegmentEvent:
+    """The segment view of a tracked event."""
+    return SegmentEvent(
+        event_id=event.event_id,
+        at_ms=to_ms(event.timestamp),
+        name=event.event_name,
+        type=event.event_type.value,
+        properties=event.properties,
+    )
+
+
+def to_ms(moment: datetime) -> int:
+    """Epoch milliseconds of ``moment`` (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """A customer entered (or left) a segment at ``at_ms``, because of ``event_id``.
+
+    ``event_id`` is empty when time passing caused it (a window slid past an event).
+    """
+
+    segment: str
+    entered: bool
+    at_ms: int
+    event_id: str = ""
+
+
+@dataclass
+class SegmentState:
+    """One customer's state: JSON-friendly, see :meth:`to_dict`."""
+
+    clock: int | None = None
+    stage: str = ""
+    members: set[str] = field(default_factory=set)
+    traits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    identify: dict[str, list[Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clock": self.clock,
+            "stage": self.stage,
+            "members": sorted(self.members),
+            "traits": self.traits,
+            "conditions": self.conditions,
+            "identify": self.identify,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentState:
+        return cls(
+            clock=data.get("clock"),
+            stage=str(data.get("stage", "")),
+            members=set(data.get("members", [])),
+            traits=dict(data.get("traits", {})),
+            conditions=dict(data.get("conditions", {})),
+            identify=dict(data.get("identify", {})),
+        )
+
+
+# --- matching and comparing ----------------------------------------------------------
+
+
+def matches(match: EventMatch, event: SegmentEvent) -> bool:
+    """True when ``event`` is of the name or type, and passes every property filter."""
+    if match.name and normalized_name(event.name) != match.name:
+        return False
+    if match.type and event.type != match.type:
+        return False
+    # A missing property matches no filter (compare(None, ...) is False).
+    return all(
+        compare(event.properties.get(f.name), Comparison(f.op, f.value)) for f in match.filters
+    )
+
+
+def compare(value: Any, comparison: Comparison) -> bool:
+    """``value <op> operand``; a missing value (None) matches only ``exists = false``."""
+    op, operand = comparison.op, comparison.value
+    if op == "exists":
+        return (value is not None) is operand
+    if value is None:
+        return False
+    if op in ("gt", "gte", "lt", "lte"):
+        if not is_number(value):
+            return False
+        return _ORDERINGS[op](float(value), float(operand))
+    if op == "eq":
+        return _same(value, operand)
+    if op == "ne":
+        return not _same(value, operand)
+    if op == "in":
+        return any(_same(value, item) for item in operand)
+    # contains: a text holding the operand's text
+    return isinstance(value, str) and str(operand) in value
+
+
+_ORDERINGS: dict[str, Callable[[float, float], bool]] = {
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    # true is not 1: a boolean equals only a boolean.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if is_number(a) and is_number(b):
+        return float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def is_scalar(value: object) -> bool:
+    return isinstance(value, str | bool) or is_number(value)
+
+
+def compare_count(count: int, op: str, n: int) -> bool:
+    """``count <op> n`` for an event condition."""
+    if op == "eq":
+        return count == n
+    if op == "ne":
+        return count != n
+    return _ORDERINGS[op](count, n)
+
+
+# --- traits --------------------------------------------------------------------------
+
+
+def trait_input(trait: TraitDefinition, event: SegmentEvent) -> tuple[bool, Any]:
+    """(counts, value): whether ``event`` feeds ``trait``, and the value it brings."""
+    if not matches(trait.match, event):
+        return False, None
+    if trait.window.since_ms is not None and event.at_ms < trait.window.since_ms:
+        return False, None
+    if trait.op in ("count", "days_since_last"):
+        return True, None
+    value: Any = event.properties.get(trait.property_name) if trait.property_name else event.name
+    if trait.op in ("sum", "min", "max"):
+        return (True, float(value)) if is_number(value) else (False, None)
+    return (True, value) if is_scalar(value) else (False, None)
+
+
+def trait_value(trait: TraitDefinition, entries: Iterable[list[Any]], now_ms: int) -> Any:
+    """``trait``'s value over ``entries`` ([at, event id, value] of the events that feed it)."""
+    items = list(entries)
+    op = trait.op
+    if op == "count":
+        return len(items)
+    if op == "sum":
+        return float(sum(v for _, _, v in items))
+    if not items:
+        return None
+    if op == "min":
+        return min(v for _, _, v in items)
+    if op == "max":
+        return max(v for _, _, v in items)
+    if op == "first":
+        return min(items, key=lambda e: (e[0], e[1]))[2]
+    if op == "last":
+        return max(items, key=lambda e: (e[0], e[1]))[2]
+    if op == "days_since_last":
+        return (now_ms - max(e[0] for e in items)) // DAY_MS
+    counts: dict[str, int] = {}
+    for _, _, v in items:
+        key = _value_key(v)
+        counts[key] = counts.get(key, 0) + 1
+    return _most_frequent(counts)
+
+
+def _value_key(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _most_frequent(counts: Mapping[str, int]) -> Any:
+    if not counts:
+        return None
+    # Most occurrences; ties: the smallest value (as JSON text), whatever the order seen.
+    key = min(counts, key=lambda k: (-counts[k], k))
+    return json.loads(key)
+
+
+class _LifetimeTrait:
+    """An all-time (or since-a-date) trait: one aggregate, whatever the number of events."""
+
+    @staticmethod
+    def fold(trait: TraitDefinition, agg: dict[str, Any], event: SegmentEvent, value: Any) -> None:
+        op = trait.op
+        agg["n"] = agg.get("n", 0) + 1
+        if op == "sum":
+            agg["v"] = agg.get("v", 0.0) + value
+        elif op == "min":
+            agg["v"] = value if agg.get("v") is None else min(agg["v"], value)
+        elif op == "max":
+            agg["v"] = value if agg.get("v") is None else max(agg["v"], value)
+        elif op in ("first", "last", "days_since_last"):
+            entry = [event.at_ms, event.event_id, value]
+            held = agg.get("e")
+            earlier = held is None or (entry[0], entry[1]) < (held[0], held[1])
+            if held is None or earlier == (op == "first"):
+                agg["e"] = entry
+        elif op == "most_frequent":
+            counts: dict[str, int] = agg.setdefault("c", {})
+            key = _value_key(value)
+            if key in counts or len(counts) < MAX_DISTINCT:
+                counts[key] = counts.get(key, 0) + 1
+
+    @staticmethod
+    def value(trait: TraitDefinition, agg: Mapping[str, Any], now_ms: int) -> Any:
+        op = trait.op
+        if op == "count":
+            return agg.get("n", 0)
+        if op == "sum":
+            return float(agg.get("v", 0.0))
+        if op in ("min", "max"):
+            return agg.get("v")
+        if op == "most_frequent":
+            return _most_frequent(agg.get("c", {}))
+        held = agg.get("e")
+        if held is None:
+            return None
+        if op == "days_since_last":
+            return (now_ms - held[0]) // DAY_MS
+        return held[2]
+
+
+# --- the evaluator -------------------------------------------------------------------
+
+
+class SegmentEvaluator:
+    """Folds events into customers' states and answers membership under ``definitions``."""
+
+    def __init__(self, definitions: Definitions) -> None:
+        self.definitions = definitions
+        self.event_conditions = definitions.event_conditions()
+        # Computed once: a fingerprint serialises its definition (most of the fold's time).
+        self.key_of = {id(c): c.key for c in self.event_conditions}
+        self.fingerprints = {t.id: t.fingerprint for t in definitions.traits.values()}
+        self.identify_traits = definitions.identify_traits()
+        used = {
+            n.trait
+            for s in definitions.segments.values()
+            for n in _nodes(s.where)
+            if isinstance(n, TraitCondition) and not n.identify
+        }
+        # Traits whose value time alone moves, and that some segment compares.
+        self._timed_traits = [
+            t
+            for t in definitions.traits.values()
+            if t.id in used and (t.window.within_ms or t.op == "days_since_last")
+        ]
+
+    # folding
+
+    def apply(self, state: SegmentState, event: SegmentEvent) -> None:
+        """Fold ``event`` in (any order); moves the clock to it if it is the latest."""
+        if state.clock is None or event.at_ms > state.clock:
+            state.clock = event.at_ms
+        for trait in self.definitions.traits.values():
+            feeds, value = trait_input(trait, event)
+            if not feeds:
+                continue
+            agg = self._trait_agg(state, trait)
+            if trait.window.within_ms:
+                entries: list[list[Any]] = agg.setdefault("e", [])
+                insort(entries, [event.at_ms, event.event_id, value], key=lambda e: (e[0], e[1]))
+                del entries[:-MAX_WINDOW_ENTRIES]
+            else:
+                _LifetimeTrait.fold(trait, agg, event, value)
+        for condition in self.event_conditions:
+            if not matches(condition.match, event):
+                continue
+            since = condition.window.since_ms
+            if since is not None and event.at_ms < since:
+                continue
+            agg = state.conditions.setdefault(self.key_of[id(condition)], {})
+            keep = condition.count + 1
+            if condition.window.within_ms:
+                times: list[int] = agg.setdefault("t", [])
+                insort(times, event.at_ms)
+                del times[:-keep]
+            else:
+                agg["n"] = min(keep, agg.get("n", 0) + 1)
+        if event.type == EventType.IDENTIFY.value:
+            for name in self.identify_traits:
+                value = event.properties.get(name)
+                held = state.identify.get(name)
+                if is_scalar(value) and (held is None or event.order >= (held[0], held[1])):
+                    state.identify[name] = [event.at_ms, event.event_id, value]
+        self._prune(state)
+
+    def _trait_agg(self, state: SegmentState, trait: TraitDefinition) -> dict[str, Any]:
+        agg = state.traits.get(trait.id)
+        if agg is None or agg.get("f") != self.fingerprints[trait.id]:
+            # New or changed definition: it counts from here on (no backfill).
+            agg = {"f": self.fingerprints[trait.id]}
+            state.traits[trait.id] = agg
+        return agg
+
+    def _prune(self, state: SegmentState) -> None:
+        """Drop what no window at or after the clock can hold any more."""
+        clock = state.clock
+        if clock is None:
+            return
+        for trait in self.definitions.traits.values():
+            agg = state.traits.get(trait.id)
+            if trait.window.within_ms and agg is not None and "e" in agg:
+                horizon = clock - trait.window.within_ms
+                agg["e"] = [e for e in agg["e"] if e[0] > horizon]
+        for condition in self.event_conditions:
+            found = state.conditions.get(self.key_of[id(condition)])
+            if condition.window.within_ms and found is not None and "t" in found:
+                horizon = clock - condition.window.within_ms
+                found["t"] = [t for t in found["t"] if t > horizon]
+
+    def forget_stale(self, state: SegmentState) -> None:
+        """Drop state of definitions that no longer exist (or changed)."""
+        keys = set(self.key_of.values())
+        state.conditions = {k: v for k, v in state.conditions.items() if k in keys}
+        traits = self.definitions.traits
+        state.traits = {
+            k: v
+            for k, v in state.traits.items()
+            if k in traits and v.get("f") == self.fingerprints[k]
+        }
+        state.identify = {k: v for k, v in state.identify.items() if k in self.identify_traits}
+        state.members &= set(self.definitions.segments)
+
+    # answering
+
+    def trait_values(self, state: SegmentState, now_ms: int) -> dict[str, Any]:
+        """Every computed trait's value at ``now_ms`` (not before the state's clock)."""
+        return {
+            tid: self.trait_value(state, t, now_ms) for tid, t in self.definitions.traits.items()
+        }
+
+    def trait_value(self, state: SegmentState, trait: TraitDefinition, now_ms: int) -> Any:
+        agg = state.traits.get(trait.id)
+        if agg is None or agg.get("f") != self.fingerprints[trait.id]:
+            agg = {}
+        within = trait.window.within_ms
+        if within:
+            inside = [e for e in agg.get("e", []) if now_ms - within < e[0] <= now_ms]
+            return trait_value(trait, inside, now_ms)
+        return _LifetimeTrait.value(trait, agg, now_ms)
+
+    def members(self, state: SegmentState, now_ms: int, stage: str | None = None) -> set[str]:
+        """The segments the customer is in at ``now_ms`` (not before the state's clock)."""
+        found: dict[str, bool] = {}
+        traits: dict[str, Any] = {}
+        context = _Context(self, state, now_ms, stage if stage is not None else state.stage)
+        for sid, segment in self.definitions.segments.items():  # references come first
+            found[sid] = context.holds(segment.where, found, traits)
+        return {sid for sid, inside in found.items() if inside}
+
+    def next_change(self, state: SegmentState, after_ms: int) -> int | None:
+        """The first instant after ``after_ms`` at which time alone may change a membership."""
+        candidates: list[int] = []
+        for condition in self.event_conditions:
+            within = condition.window.within_ms
+            if within:
+                times = state.conditions.get(self.key_of[id(condition)], {}).get("t", [])
+                candidates.extend(t + within for t in times if t + within > after_ms)
+        for trait in self._timed_traits:
+            agg = state.traits.get(trait.id)
+            if agg is None or agg.get("f") != self.fingerprints[trait.id]:
+                continue
+            within = trait.window.within_ms
+            last: int | None = None
+            if within:
+                entries = agg.get("e", [])
+                candidates.extend(e[0] + within for e in entries if e[0] + within > after_ms)
+                last = max((e[0] for e in entries), default=None)
+            elif agg.get("e") is not None:
+                last = agg["e"][0]
+            if trait.op == "days_since_last" and last is not None:
+                # "days since" moves up by one at each whole day after the last event.
+                candidates.append(last + ((after_ms - last) // DAY_MS + 1) * DAY_MS)
+        return min(candidates) if candidates else None
+
+    # folding and reporting changes
+
+    def advance(
+        self, state: SegmentState, events: Iterable[SegmentEvent], stage: str | None = None
+    ) -> list[MembershipChange]:
+        """Fold ``events`` in (in event-time order) and return the membership changes.
+
+        Before each event newer than the clock, the changes time caused meanwhile
+        are stamped at their own instants; an event older than the clock (late) is
+        folded in and membership re-evaluated at the clock, the change stamped with
+        the late event's time.
+        """
+        if stage is not None:
+            state.stage = stage
+        changes: list[MembershipChange] = []
+        for event in sorted(events, key=lambda e: e.order):
+            if state.clock is not None and event.at_ms > state.clock:
+                changes.extend(self.tick(state, event.at_ms - 1))
+            self.apply(state, event)
+            assert state.clock is not None
+            changes.extend(self._diff(state, state.clock, event.at_ms, event.event_id))
+        return changes
+
+    def tick(self, state: SegmentState, until_ms: int) -> list[MembershipChange]:
+        """Move the clock to ``until_ms``, reporting what windows sliding changed on the way."""
+        changes: list[MembershipChange] = []
+        if state.clock is None:
+            return changes
+        while (due := self.next_change(state, state.clock)) is not None and due <= until_ms:
+            state.clock = due
+            self._prune(state)
+            changes.extend(self._diff(state, due, due, ""))
+        if until_ms > state.clock:
+            state.clock = until_ms
+            self._prune(state)
+        return changes
+
+    def _diff(
+        self, state: SegmentState, now_ms: int, stamp_ms: int, event_id: str
+    ) -> list[MembershipChange]:
+        now = self.members(state, now_ms)
+        changes = [
+            MembershipChange(sid, sid in now, stamp_ms, event_id)
+            for sid in self.definitions.segments
+            if (sid in now) != (sid in state.members)
+        ]
+        state.members = now
+        return changes
+
+
+@dataclass
+class _Context:
+    evaluator: SegmentEvaluator
+    state: SegmentState
+    now_ms: int
+    stage: str
+
+    def holds(self, node: Condition, segments: Mapping[str, bool], traits: dict[str, Any]) -> bool:
+        if isinstance(node, AllOf):
+            return all(self.holds(c, segments, traits) for c in node.children)
+        if isinstance(node, AnyOf):
+            return any(self.holds(c, segments, traits) for c in node.children)
+        if isinstance(node, NoneOf):
+            return not self.holds(node.child, segments, traits)
+        if isinstance(node, EventCondition):
+            return compare_count(self.count(node), node.compare, node.count)
+        if isinstance(node, TraitCondition):
+            if node.identify:
+                held = self.state.identify.get(node.trait)
+                return compare(held[2] if held else None, node.comparison)
+            if node.trait not in traits:
+                trait = self.evaluator.definitions.traits[node.trait]
+                traits[node.trait] = self.evaluator.trait_value(self.state, trait, self.now_ms)
+            return compare(traits[node.trait], node.comparison)
+        if isinstance(node, StageCondition):
+            return self.stage in node.stages
+        assert isinstance(node, SegmentCondition)
+        return segments.get(node.segment, False)
+
+    def count(self, node: EventCondition) -> int:
+        agg = self.state.conditions.get(self.evaluator.key_of[id(node)], {})
+        within = node.window.within_ms
+        if within:
+            return sum(1 for t in agg.get("t", []) if self.now_ms - within < t <= self.now_ms)
+        return int(agg.get("n", 0))
+
+
+def _nodes(condition: Condition) -> list[Condition]:
+    found: list[Condition] = [condition]
+    if isinstance(condition, AllOf | AnyOf):
+        for child in condition.children:
+            found.extend(_nodes(child))
+    elif isinstance(condition, NoneOf):
+        found.extend(_nodes(condition.child))
+    return found

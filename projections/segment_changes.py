@@ -1,0 +1,66 @@
+"""The ``segment_changes`` table: every SegmentEntered / SegmentExited, at its event time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from clickhouse_connect.driver.client import Client
+
+from journeys.segment_state import MembershipChange, from_ms
+from projections.clickhouse import TableInsert, as_utc
+
+_COLUMNS = ["segment", "customer_key", "at", "entered", "event_id"]
+
+
+class SegmentChangeLog:
+    """Appends membership changes (idempotent: a replayed batch's rows collapse) and reads them."""
+
+    def __init__(self, client: Client, database: str) -> None:
+        self._client = client
+        self._database = database
+        self._insert = TableInsert(client, f"{database}.segment_changes", _COLUMNS)
+
+    def append(self, changes: Sequence[tuple[str, MembershipChange]]) -> None:
+        """Insert (customer key, change) pairs."""
+        self._insert.insert(
+            [
+                [c.segment, customer, from_ms(c.at_ms), int(c.entered), c.event_id]
+                for customer, c in changes
+            ]
+        )
+
+    def changes(self, segment: str) -> list[tuple[str, datetime, bool, str]]:
+        """(customer, time, entered, event id) of ``segment``, in time order."""
+        result = self._client.query(
+            f"SELECT customer_key, at, entered, event_id FROM {self._database}.segment_changes"
+            " FINAL WHERE segment = {segment:String} ORDER BY customer_key, at, entered",
+            parameters={"segment": segment},
+        )
+        return [(row[0], as_utc(row[1]), bool(row[2]), row[3]) for row in result.result_rows]
+
+    def members_as_of(self, segment: str, as_of: datetime) -> list[str]:
+        """Customers whose last recorded change of ``segment`` at or before ``as_of`` is an entry.
+
+        As recorded by the worker: exits caused by a window sliding are recorded
+        when the customer's next event arrives (no timers yet), so a customer who
+        has been quiet since may still be listed past their exit.
+        """
+        result = self._client.query(
+            f"SELECT customer_key FROM {self._database}.segment_changes FINAL"
+            " WHERE segment = {segment:String} AND at <= {as_of:DateTime64(3)}"
+            " GROUP BY customer_key HAVING argMax(entered, (at, entered)) = 1"
+            " ORDER BY customer_key",
+            parameters={"segment": segment, "as_of": as_of},
+        )
+        return [row[0] for row in result.result_rows]
+
+    def segments_of(self, customer_key: str, as_of: datetime) -> list[str]:
+        """The segments the customer last entered, not left, at or before ``as_of``."""
+        result = self._client.query(
+            f"SELECT segment FROM {self._database}.segment_changes FINAL"
+            " WHERE customer_key = {customer:String} AND at <= {as_of:DateTime64(3)}"
+            " GROUP BY segment HAVING argMax(entered, (at, entered)) = 1 ORDER BY segment",
+            parameters={"customer": customer_key, "as_of": as_of},
+        )
+        return [row[0] for row in result.result_rows]

@@ -1,0 +1,59 @@
+"""Segment membership read at any instant: stored states for now, recorded changes for the past.
+
+No timers yet (docs/architecture.md, "Segments and computed traits"): a change
+caused by time alone is recorded only when the customer's next event arrives.
+So membership at an instant at or after a customer's clock (their latest
+event) is computed from their state at read time, which is exact for rolling
+windows; before it, every change up to the clock is in ``segment_changes``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from journeys.segment_definitions import Definitions
+from journeys.segment_state import SegmentEvaluator, SegmentState, to_ms
+from projections.segment_changes import SegmentChangeLog
+from projections.segment_store import SegmentStore
+
+
+class SegmentReads:
+    """The definitions in force and membership of their segments."""
+
+    def __init__(self, definitions: Definitions, store: SegmentStore, log: SegmentChangeLog):
+        self.definitions = definitions
+        self.evaluator = SegmentEvaluator(definitions)
+        self.store = store
+        self.log = log
+
+    def customer(
+        self, customer_key: str, as_of: datetime
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """Computed traits (None before the latest event folded) and segments at ``as_of``."""
+        at = to_ms(as_of)
+        state = self.store.states([customer_key]).get(customer_key)
+        if state is None or state.clock is None or at >= state.clock:
+            state = state or SegmentState()
+            traits = self.evaluator.trait_values(state, at)
+            return traits, sorted(self.evaluator.members(state, at))
+        # Before the latest event the state has folded: the recorded changes say.
+        return None, self.log.segments_of(customer_key, as_of)
+
+    def members(self, segment_id: str, as_of: datetime) -> list[str]:
+        """The customers in ``segment_id`` at ``as_of``, sorted (reads every stored state)."""
+        at = to_ms(as_of)
+        recorded = set(self.log.members_as_of(segment_id, as_of))
+        found = []
+        for customer, state in self.store.all_states():
+            if state.clock is not None and at >= state.clock:
+                inside = segment_id in self.evaluator.members(state, at)
+            else:
+                inside = customer in recorded
+            if inside:
+                found.append(customer)
+        return sorted(found)
+
+    def sizes(self, segment_id: str, instants: list[datetime]) -> list[int]:
+        """How many customers are in ``segment_id`` at each of ``instants`` (as :meth:`members`)."""
+        return [len(self.members(segment_id, moment)) for moment in instants]
