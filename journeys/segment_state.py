@@ -25,6 +25,7 @@ Times are epoch milliseconds (the event log's precision).
 from __future__ import annotations
 
 import json
+import math
 from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events import EventType, TrackedEvent, normalized_name
+from events.ecommerce import MAX_MONEY
 from journeys.segment_definitions import (
     DAY_MS,
     AllOf,
@@ -190,7 +192,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    # Finite only: events an older gateway accepted may hold NaN or inf, which no
+    # comparison or sum should take in (and which JSON state cannot keep).
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_scalar(value: object) -> bool:
@@ -219,7 +223,11 @@ def trait_input(trait: TraitDefinition, event: SegmentEvent) -> tuple[bool, Any]
         return True, None
     value: Any = event.properties.get(trait.property_name) if trait.property_name else event.name
     if trait.op in ("sum", "min", "max"):
-        return (True, float(value)) if is_number(value) else (False, None)
+        if not is_number(value):
+            return False, None
+        # Clamped to the largest amount an event may carry, so a sum stays finite
+        # whatever an older gateway let through (1e307), as RFM clamps revenue.
+        return True, max(-MAX_MONEY, min(MAX_MONEY, float(value)))
     return (True, value) if is_scalar(value) else (False, None)
 
 
@@ -293,7 +301,7 @@ class _LifetimeTrait:
         if op == "count":
             return agg.get("n", 0)
         if op == "sum":
-            return float(agg.get("v", 0.0))
+            return float(agg.get("v") or 0.0)
         if op in ("min", "max"):
             return agg.get("v")
         if op == "most_frequent":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from typing import Any
 
 import pytest
 
+from events.ecommerce import MAX_MONEY
 from journeys.segment_definitions import DAY_MS, DefinitionError, parse_definitions
 from journeys.segment_state import SegmentEvaluator, SegmentEvent, SegmentState
 
@@ -216,6 +218,24 @@ def test_stage_identify_traits_and_segment_references() -> None:
     ]
     evaluator.advance(state, [event("Identify", T0 + 61 * DAY_MS, 3, "identify", plan="free")])
     assert state.members == {"big_spenders", "lapsing_loyal"}
+
+
+def test_values_an_older_gateway_let_through_never_break_a_trait() -> None:
+    """NaN, inf and 1e307 (accepted before the bounds): not summed whole, state stays JSON."""
+    evaluator = SegmentEvaluator(definitions())
+    state = SegmentState()
+    hostile = [float("nan"), float("inf"), float("-inf"), 1e307, 1e307]
+    evaluator.advance(
+        state,
+        [
+            event("Order Completed", T0 + i, i, "purchase", revenue=value)
+            for i, value in enumerate(hostile)
+        ],
+    )
+    again = SegmentState.from_dict(json.loads(json.dumps(state.to_dict(), allow_nan=False)))
+    revenue = evaluator.trait_values(again, T0 + DAY_MS)["lifetime_revenue"]
+    assert revenue == 2 * MAX_MONEY  # the two 1e307, clamped; NaN and inf left out
+    assert "big_spenders" in evaluator.members(again, T0 + DAY_MS)
 
 
 def test_state_round_trips_and_a_changed_definition_starts_afresh() -> None:
