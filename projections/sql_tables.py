@@ -35,10 +35,12 @@ class SqlTables:
         else:
             assert sqlite_path is not None
             sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Personal data and secrets: the owner's alone whatever the umask, before
-            # SQLite writes (it gives -wal and -shm the database file's mode).
-            os.close(os.open(sqlite_path, os.O_WRONLY | os.O_CREAT, 0o600))
-            sqlite_path.chmod(0o600)
+            if not sqlite_path.exists():
+                # Personal data and secrets: the owner's alone whatever the umask, before
+                # SQLite writes (it gives -wal and -shm the database file's mode). Only
+                # when new: closing any descriptor of a file drops every POSIX lock this
+                # process holds on it, the event store's own connection's too.
+                os.close(os.open(sqlite_path, os.O_WRONLY | os.O_CREAT, 0o600))
             self._conn = sqlite3.connect(
                 str(sqlite_path), timeout=30, isolation_level=None, check_same_thread=False
             )
