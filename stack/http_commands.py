@@ -118,6 +118,13 @@ def key(args: argparse.Namespace, settings: Settings, kind: str) -> str:
     return ""
 
 
+def print_answer(response: httpx.Response) -> int:
+    """Print the API's JSON answer (stdout on success, else stderr); the exit code."""
+    text = json.dumps(response.json(), indent=2) if response.content else ""
+    print(text, file=sys.stdout if response.is_success else sys.stderr)
+    return 0 if response.is_success else 1
+
+
 def failed(response: httpx.Response) -> bool:
     if response.is_success:
         return False

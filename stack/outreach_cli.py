@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from stack.http_commands import connection, key
+from stack.http_commands import connection, key, print_answer
 from stack.settings import Settings
 
 
@@ -72,9 +72,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except httpx.HTTPError as error:
         print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
         return 2
-    text = json.dumps(response.json(), indent=2) if response.content else ""
-    print(text, file=sys.stdout if response.is_success else sys.stderr)
-    return 0 if response.is_success else 1
+    return print_answer(response)
 
 
 def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, Any]]:

@@ -17,7 +17,7 @@ import httpx
 
 from journeys.segment_definitions import DefinitionError, Definitions
 from stack.bootstrap import load_segment_definitions
-from stack.http_commands import connection, key
+from stack.http_commands import connection, key, print_answer
 from stack.settings import Settings
 
 SEGMENTS_COMMAND = "segments"
@@ -102,6 +102,4 @@ def _members(args: argparse.Namespace, settings: Settings) -> int:
     except httpx.HTTPError as error:
         print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
         return 2
-    text = json.dumps(response.json(), indent=2) if response.content else ""
-    print(text, file=sys.stdout if response.is_success else sys.stderr)
-    return 0 if response.is_success else 1
+    return print_answer(response)
