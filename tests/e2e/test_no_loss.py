@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 from stack.processes import free_port
 from stack.settings import Settings
 from tests.node_process import query_chdb_folder, run_cli
-from tests.stack_process import RunningStack, leftovers, wait_for
+from tests.stack_process import RunningStack, Sender, leftovers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -55,41 +54,6 @@ def calls() -> list[dict[str, Any]]:
             call["properties"] = {"order_id": f"o{customer}", "revenue": 25.0}
         made.append(call)
     return made
-
-
-class Sender:
-    """An SDK's delivery loop: each request is sent again until it is answered 200."""
-
-    def __init__(self, base: str, write_key: str, requests: list[list[dict[str, Any]]]) -> None:
-        self.base, self.write_key = base, write_key
-        self.pending = list(reversed(requests))
-        self.lock = threading.Lock()
-        self.acknowledged: list[dict[str, Any]] = []
-        self.retries = 0
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base, auth=(self.write_key, ""), timeout=30) as client:
-            while True:
-                with self.lock:
-                    if not self.pending:
-                        return
-                    batch = self.pending.pop()
-                while not self._sent(client, batch):
-                    with self.lock:
-                        self.retries += 1
-                    time.sleep(0.2)
-                with self.lock:
-                    self.acknowledged.extend(batch)
-
-    def _sent(self, client: httpx.Client, batch: list[dict[str, Any]]) -> bool:
-        try:
-            return client.post("/v1/batch", json={"batch": batch}).status_code == 200
-        except httpx.HTTPError:
-            return False  # the node is restarting: try again, as an SDK does
-
-    def done(self) -> int:
-        with self.lock:
-            return len(self.acknowledged)
 
 
 def kill_child(stack: RunningStack, marker: str) -> int:
