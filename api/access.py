@@ -77,6 +77,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/flows/validate"): _MARKETER,
     ("GET", "/v1/flows/{flow_id}"): _MARKETER,
     ("POST", "/v1/flows/{flow_id}/backtest"): _MARKETER,
+    ("GET", "/v1/customers/{customer_id}/flows"): _PERSONAL,
     ("GET", "/v1/write-keys"): _ADMIN,
     ("POST", "/v1/write-keys"): _ADMIN_CHANGE,
     ("PUT", "/v1/write-keys/{key_id}/origins"): _ADMIN_CHANGE,

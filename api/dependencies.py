@@ -93,6 +93,10 @@ class FlowControl(Protocol):
         """One flow with its definition as written; None when unknown."""
         ...
 
+    def customer_flows(self, customer_key: str) -> dict[str, Any] | None:
+        """The customer's flow states and decisions; None when flows do not run here."""
+        ...
+
     def backtest(
         self, flow_id: str, draft: dict[str, Any] | None, start: datetime, end: datetime
     ) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from api.auth import GatewayDep, require_admin_key
+from api.auth import GatewayDep, require_admin_key, require_read_key
 from api.dependencies import FlowControl
 from api.errors import error_responses, problem
 from api.times import ApiTime
@@ -35,6 +35,7 @@ def _flows(gateway: GatewayDep) -> FlowControl:
 
 Flows = Annotated[FlowControl, Depends(_flows)]
 FlowId = Annotated[str, Path(description="the flow's id", max_length=64)]
+CustomerId = Annotated[str, Path(description="the customer key", max_length=255)]
 
 router = APIRouter(
     prefix="/v1/flows",
@@ -114,3 +115,35 @@ async def backtest_flow(flow_id: FlowId, body: BacktestIn, flows: Flows) -> Any:
     except FlowError as error:
         return _invalid(error)
     return _not_found(flow_id) if report is None else report
+
+
+customer_router = APIRouter(
+    prefix="/v1/customers",
+    tags=["flows"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401, 403, 404, 503),
+)
+
+
+@customer_router.get(
+    "/{customer_id}/flows", summary="Why a customer did or didn't get each flow's messages"
+)
+async def customer_flows(customer_id: CustomerId, gateway: GatewayDep, flows: Flows) -> Any:
+    """Each flow the customer has a state in (where they are, until when they wait) and
+    every decision in event time, each with the reason: entered, node reached, waiting,
+    sent, skipped (holdout, consent, quiet hours, cap, expired, template, re-entry),
+    converted, left."""
+    if gateway.privacy is not None and gateway.privacy.is_erased(customer_id):
+        return _no_customer(customer_id)
+    found = await asyncio.to_thread(flows.customer_flows, customer_id)
+    if found is None:
+        raise HTTPException(503, "flows do not run in this process")
+    if not found["flows"]:
+        return _no_customer(customer_id)
+    return found
+
+
+def _no_customer(customer_id: str) -> JSONResponse:
+    message = f"no flow has a state for customer {customer_id!r}"
+    reason = {"field": "customer_id", "rule": "exists", "message": message}
+    return problem(404, f"customer_id: {message}", [reason])

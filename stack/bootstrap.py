@@ -382,6 +382,8 @@ def build_gateway(
         access=access_control(settings, platform.access),
         privacy=platform.privacy,
         segments=segment_reads(platform),
-        flows=FlowsAdmin(settings, platform.clickhouse, platform.event_log.database),
+        flows=FlowsAdmin(
+            settings, platform.clickhouse, platform.event_log.database, platform.outreach
+        ),
         backups=backups,
     )

@@ -17,10 +17,12 @@ from journeys.flows.definitions import (
     flows_from_toml,
     parse_flow,
 )
-from journeys.flows.engine import FlowEngine
-from journeys.flows.inputs import to_ms
+from journeys.flows.engine import FlowEngine, FlowState
+from journeys.flows.facts import explain
+from journeys.flows.inputs import iso, to_ms
 from projections.flow_history import FlowHistory
 from stack.settings import Settings
+from streams.outreach.store import OutreachStore
 
 
 def load_flows(settings: Settings) -> list[FlowDefinition]:
@@ -60,6 +62,8 @@ class FlowsAdmin:
     settings: Settings
     clickhouse: Client
     database: str
+    # The live flows' states and facts; None: backtests only.
+    store: OutreachStore | None = None
 
     def flows(self) -> list[dict[str, Any]]:
         return [flow.summary() for flow in load_flows(self.settings)]
@@ -67,6 +71,40 @@ class FlowsAdmin:
     def flow(self, flow_id: str) -> dict[str, Any] | None:
         found = next((f for f in load_flows(self.settings) if f.id == flow_id), None)
         return None if found is None else {**found.summary(), "definition": dict(found.source)}
+
+    def customer_flows(self, customer_key: str) -> dict[str, Any] | None:
+        """Each flow the customer has a state in: where they are, and every decision with
+        its reason ("why did or didn't they get this message?"); None without a store."""
+        if self.store is None:
+            return None
+        facts_by_flow: dict[str, list[dict[str, Any]]] = {}
+        for fact in self.store.flow_facts(customer_key):
+            facts_by_flow.setdefault(fact["flow_id"], []).append({**fact, "why": explain(fact)})
+        flows = []
+        for row in self.store.flow_states(customer_key):
+            state = FlowState.from_dict(row["state"])
+            run = state.run
+            flows.append(
+                {
+                    "flow_id": row["flow_id"],
+                    "inside": run is not None,
+                    "run": None
+                    if run is None
+                    else {
+                        "run_id": run.run_id,
+                        "version": run.version,
+                        "entered_at": iso(run.entered_ms),
+                        "node": run.node,
+                        "since": iso(run.since_ms),
+                        "waiting_until": iso(run.deadline_ms) if run.deadline_ms else None,
+                        "group": run.group,
+                        "holdout": run.holdout,
+                    },
+                    "entries": state.entries,
+                    "facts": facts_by_flow.pop(row["flow_id"], []),
+                }
+            )
+        return {"customer_id": customer_key, "flows": flows}
 
     def backtest(
         self, flow_id: str, draft: dict[str, Any] | None, start: datetime, end: datetime

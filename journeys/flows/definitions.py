@@ -101,6 +101,17 @@ class FlowDefinition:
         text = json.dumps(self.source, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def triggers(self) -> list[Trigger]:
+        """Every trigger the flow reacts to: entries, wait_until nodes, the goal, exits."""
+        found: list[Trigger] = [*self.exits]
+        if self.goal is not None:
+            found.append(self.goal.trigger)
+        for node in self.nodes.values():
+            trigger = getattr(node, "trigger", None)
+            if trigger is not None:
+                found.append(trigger)
+        return found
+
     def summary(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -119,6 +130,9 @@ class FlowCatalog:
     """Every known version of every flow; new runs start on the newest of each."""
 
     versions: Mapping[str, Mapping[int, FlowDefinition]] = field(default_factory=dict)
+    # The version new runs start on, per flow; None: the newest of every flow. A flow
+    # not listed takes no new runs (removed from the file), its runs inside finish.
+    in_force: Mapping[str, int] | None = None
 
     @classmethod
     def of(cls, flows: Iterable[FlowDefinition]) -> FlowCatalog:
@@ -131,18 +145,25 @@ class FlowCatalog:
         """This catalog with ``flow`` added (older versions kept for the runs on them)."""
         versions = {fid: dict(known) for fid, known in self.versions.items()}
         versions.setdefault(flow.id, {})[flow.version] = flow
-        return FlowCatalog(versions)
+        in_force = None if self.in_force is None else {**self.in_force, flow.id: flow.version}
+        return FlowCatalog(versions, in_force)
 
     def definition(self, flow_id: str, version: int) -> FlowDefinition | None:
         return self.versions.get(flow_id, {}).get(version)
 
     def current(self, flow_id: str) -> FlowDefinition | None:
+        """The version new runs of the flow start on; None when it takes none."""
         known = self.versions.get(flow_id)
-        return known[max(known)] if known else None
+        if not known:
+            return None
+        if self.in_force is None:
+            return known[max(known)]
+        version = self.in_force.get(flow_id)
+        return None if version is None else known.get(version)
 
-    def flows(self) -> list[FlowDefinition]:
-        """The newest version of each flow, by id."""
-        return [self.versions[fid][max(self.versions[fid])] for fid in sorted(self.versions)]
+    def flow_ids(self) -> list[str]:
+        """Every flow with a known version (runs may be inside those no longer in force)."""
+        return sorted(self.versions)
 
 
 def parse_flows(document: Mapping[str, Any]) -> list[FlowDefinition]:

@@ -76,6 +76,7 @@ _SENDS_PER_CHANNEL = 20
 _PROPERTIES = 100
 # A path is acyclic (validated), so this bounds nothing real; it guards the loop.
 _MAX_HOPS = 1000
+_CONSENT_EVENTS = ("unsubscribed", "subscribed")
 
 
 @dataclass
@@ -191,6 +192,19 @@ class FlowEngine:
         turn.run_until(until_ms)
         state.clock_ms = until_ms if state.clock_ms is None else max(state.clock_ms, until_ms)
         return FlowStep(state, self.wake(state), turn.facts)
+
+    def wants(self, flow_id: str, item: FlowInput) -> bool:
+        """Whether ``item`` can matter to the flow: a trigger of one of its versions, or
+        what the flow remembers (identify traits, consent, stage, segments, a time zone).
+
+        The live worker keeps no state for the rest (page views …): they change nothing.
+        """
+        if not isinstance(item, TrackedInput):
+            return True
+        if item.timezone or item.type == "identify" or item.name in _CONSENT_EVENTS:
+            return True
+        versions = self.catalog.versions.get(flow_id, {})
+        return any(t.matches(item) for flow in versions.values() for t in flow.triggers())
 
     @staticmethod
     def wake(state: FlowState) -> int | None:
@@ -404,7 +418,7 @@ class _Turn:
             state.timezone = [item.timezone, item.at_ms]
         if item.type == "identify":
             self._identify(item)
-        elif item.name in ("unsubscribed", "subscribed"):
+        elif item.name in _CONSENT_EVENTS:
             channel = item.properties.get("channel")
             self._consent(channel if isinstance(channel, str) else "*", item)
 

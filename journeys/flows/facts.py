@@ -115,6 +115,46 @@ FACT_TYPES: dict[str, type[FlowFact]] = {
 }
 
 
+_SKIPPED = {
+    "holdout": "in the holdout (gets nothing, so the flow's uplift can be measured)",
+    "consent": "not subscribed to the channel",
+    "quiet_hours": "due in the customer's quiet hours (the flow skips those)",
+    "cap": "the flow sent on this channel too recently (frequency cap)",
+    "expired": "due too long before it could be decided (a replay or a long outage)",
+    "template": "the message did not render",
+    "reentry": "the re-entry policy refused a new run",
+}
+_LEFT = {
+    "converted": "reached the goal",
+    "exit": "an exit condition happened",
+    "completed": "the path ended",
+    "version_removed": "the version it ran on is no longer known",
+}
+
+
+def explain(fact: Mapping[str, Any]) -> str:
+    """One sentence for a fact (as :meth:`FlowFact.to_dict` wrote it): the "why"."""
+    kind, node = fact.get("type"), fact.get("node") or ""
+    if kind == "Entered":
+        return f"entered version {fact.get('version')} at {node} (by {fact.get('via')})"
+    if kind == "NodeReached":
+        return f"reached {node} ({fact.get('via')})"
+    if kind == "Waiting":
+        return f"waits at {node or 'the end'} until {fact.get('until')} ({fact.get('reason')})"
+    if kind == "Sent":
+        return f"sent {node} on {fact.get('channel')} (message {fact.get('message_id')})"
+    if kind == "Skipped":
+        reason = str(fact.get("reason"))
+        detail = f": {fact['detail']}" if fact.get("detail") else ""
+        return f"{node} not sent: {_SKIPPED.get(reason, reason)}{detail}"
+    if kind == "GoalReached":
+        return f"converted (by {fact.get('via')})"
+    if kind == "Left":
+        reason = str(fact.get("reason"))
+        return f"left at {node or 'the end'}: {_LEFT.get(reason, reason)}"
+    return str(kind)
+
+
 def fact_from_dict(data: Mapping[str, Any]) -> FlowFact:
     """A fact as :meth:`FlowFact.to_dict` wrote it."""
     kind = FACT_TYPES[data["type"]]

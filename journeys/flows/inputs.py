@@ -10,23 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from events import normalized_name
+from journeys.segment_state import from_ms, to_ms
 from journeys.triggers import ObservedEvent, is_historical
-
-
-def to_ms(moment: datetime) -> int:
-    """Epoch milliseconds of ``moment`` (naive means UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def from_ms(ms: int) -> datetime:
-    """The UTC instant of epoch milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def iso(ms: int) -> str:
