@@ -215,6 +215,12 @@ class FlowEngine:
         return min(times) if times else None
 
 
+def render_message(node: SendNode, variables: Mapping[str, Any]) -> tuple[str, str]:
+    """The send node's subject ("" without one) and body; raises RenderFailed."""
+    subject = node.subject.render(variables) if node.subject else ""
+    return subject, node.body.render(variables)
+
+
 def sticky_bucket(flow_id: str, node: str, seed: str, customer_key: str) -> float:
     """The customer's place in [0, 100) for a split: the same across runs, versions, restarts."""
     digest = hashlib.sha256(f"{flow_id}|{node}|{seed}|{customer_key}".encode()).digest()
@@ -529,13 +535,14 @@ class _Turn:
             "node": node.id,
         }
         try:
-            subject = node.subject.render(variables) if node.subject else ""
-            body = node.body.render(variables)
+            # A trial: personal values are sealed here ({"$enc": …}) and only opened at
+            # delivery, where the message is rendered for real (render_message).
+            render_message(node, variables)
         except RenderFailed as error:
             return skip("template", str(error))
         message_id = str(uuid5(_MESSAGE_NAMESPACE, f"{run.run_id}|{node.id}"))
         self.facts.append(
-            Sent(*who, channel=node.channel, message_id=message_id, subject=subject, body=body)
+            Sent(*who, channel=node.channel, message_id=message_id, variables=variables)
         )
         sends = state.sends.setdefault(node.channel, [])
         sends.append(at_ms)

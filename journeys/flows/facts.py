@@ -14,6 +14,7 @@ its delivery (one per run and send node: sent once across crashes).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
@@ -45,7 +46,9 @@ class FlowFact:
     @property
     def fact_id(self) -> str:
         """Stable: the same decision always has the same id."""
-        detail = "|".join(str(v) for v in asdict(self).values())
+        # Canonical JSON: the same decision read back in another key order (the event
+        # log's columns) has the same id.
+        detail = json.dumps(asdict(self), sort_keys=True, default=str)
         return str(uuid5(_FACT_NAMESPACE, f"{self.type}|{detail}"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,9 +85,9 @@ class Sent(FlowFact):
     type: ClassVar[str] = "Sent"
     channel: str = ""
     message_id: str = ""
-    subject: str = ""
-    body: str = ""
-    data: Mapping[str, Any] = field(default_factory=dict)
+    # What the templates render with, as stored (personal values sealed): the message
+    # is rendered at delivery, after opening them, so no rendered text is kept.
+    variables: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

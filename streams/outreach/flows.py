@@ -24,9 +24,11 @@ from typing import Any
 import orjson
 
 from journeys.flows.definitions import FlowCatalog, FlowDefinition, FlowError, parse_flow
-from journeys.flows.engine import FlowEngine, FlowState, FlowStep
+from journeys.flows.engine import FlowEngine, FlowState, FlowStep, render_message
 from journeys.flows.facts import Sent
 from journeys.flows.inputs import FlowInput, iso
+from journeys.flows.nodes import SendNode
+from journeys.flows.templates import RenderFailed
 from streams.outreach.store import FlowWrite, OutreachStore
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,17 @@ class FlowRunner:
                 targets = self._targets(message["rule"], [fact.channel], message)
                 write.sends.append((message, targets))
 
+    def rendered(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The message (its personal values opened) with its subject and body rendered, and
+        without the variables; raises RenderFailed when it cannot be rendered."""
+        flow = self.engine.catalog.definition(str(message["flow"]), int(message["version"]))
+        node = flow.nodes.get(str(message["node"])) if flow is not None else None
+        if not isinstance(node, SendNode):
+            raise RenderFailed(f"flow {message['flow']} v{message['version']} has no such send")
+        subject, body = render_message(node, message.get("variables") or {})
+        shown = {k: v for k, v in message.items() if k != "variables"}
+        return {**shown, "subject": subject, "body": body}
+
     @staticmethod
     def message(sent: Sent, state: FlowState, now_ms: int) -> dict[str, Any]:
         """A flow's message as the triggers topic carries it and webhooks receive it."""
@@ -158,8 +171,7 @@ class FlowRunner:
             "run_id": sent.run_id,
             "fact_id": sent.fact_id,
             "channels": [sent.channel],
-            "subject": sent.subject,
-            "body": sent.body,
+            "variables": dict(sent.variables),
             "email": email[0] if email else None,
             "started_at": iso(sent.at_ms),
             "due_at": iso(sent.at_ms),

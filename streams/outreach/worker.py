@@ -36,6 +36,7 @@ from faust.types import EventT
 
 from events import EventType
 from journeys.flows.inputs import FlowInput, StageInput, to_ms, tracked_input
+from journeys.flows.templates import RenderFailed
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from projections.privacy.vault import Vault, is_sealed
@@ -516,6 +517,16 @@ class OutreachWorker:
             if self._vault is not None:
                 # Opened only now, for this attempt: stored and published sealed.
                 trigger = await asyncio.to_thread(self._vault.open_tree, trigger)
+            if trigger.get("trigger") == "flow":
+                # A flow's message is rendered only now, from its opened variables.
+                try:
+                    if self.flows is None:
+                        raise RenderFailed("flows do not run in this worker any more")
+                    trigger = self.flows.rendered(trigger)
+                except RenderFailed as error:
+                    failed = f"template: {error}"
+                    await asyncio.to_thread(self.store.record_attempt, delivery, "dead", failed)
+                    return
             outcome = await self._send(delivery, trigger, endpoints.get(delivery.endpoint_id))
             await self._record(delivery, trigger, outcome)
         except Exception:

@@ -13,9 +13,10 @@ import pytest
 from events import event_type_for
 from journeys.flows.backtest import BacktestTally, run_history
 from journeys.flows.definitions import FlowCatalog, FlowError, parse_flow, parse_flows
-from journeys.flows.engine import FlowEngine, FlowState, sticky_bucket
+from journeys.flows.engine import FlowEngine, FlowState, render_message, sticky_bucket
 from journeys.flows.facts import FlowFact, Left, Sent, Skipped, fact_from_dict
 from journeys.flows.inputs import FlowInput, SegmentInput, StageInput, TrackedInput, to_ms
+from journeys.flows.nodes import SendNode
 
 T0 = to_ms(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))  # a Monday, 10:00 UTC
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -69,6 +70,15 @@ def sent(facts: list[FlowFact]) -> list[Sent]:
     return [f for f in facts if isinstance(f, Sent)]
 
 
+def text(message: Sent, table: dict[str, Any], flow_id: str = "abandoned_cart") -> tuple[str, str]:
+    """The message's subject and body, rendered as the delivery renders them."""
+    flow = parse_flow(flow_id, table)
+    assert flow is not None
+    node = flow.nodes[message.node]
+    assert isinstance(node, SendNode)
+    return render_message(node, message.variables)
+
+
 def left(facts: list[FlowFact]) -> Left:
     found = [f for f in facts if isinstance(f, Left)]
     assert len(found) == 1, kinds(facts)
@@ -106,7 +116,7 @@ def test_bought_after_the_reminder_gets_the_reminder_only() -> None:
     (reminder,) = sent(facts)
     assert reminder.node == "reminder" and reminder.channel == "webhook"
     assert reminder.at_ms == T0 + HOUR  # due when the wait timed out, in event time
-    assert reminder.body == "Hi, Mug is still in your cart."
+    assert text(reminder, CART)[1] == "Hi, Mug is still in your cart."
     assert left(facts).reason == "converted"
 
 
@@ -119,8 +129,9 @@ def test_never_bought_gets_reminder_then_coupon_and_leaves_when_the_goal_window_
     reminder, coupon = sent(facts)
     assert (reminder.node, coupon.node) == ("reminder", "coupon")
     assert coupon.at_ms == T0 + HOUR + DAY and coupon.channel == "email"
-    assert coupon.subject == "Ada, your cart is waiting: 10 % off"
-    assert "Use the code CART10" in coupon.body and coupon.body.startswith("Hi Ada,")
+    subject, body = text(coupon, CART)
+    assert subject == "Ada, your cart is waiting: 10 % off"
+    assert "Use the code CART10" in body and body.startswith("Hi Ada,")
     end = left(facts)
     assert (end.reason, end.at_ms, end.holdout) == ("completed", T0 + 3 * DAY, False)
     assert reminder.message_id != coupon.message_id and state.run is None
@@ -298,7 +309,7 @@ def test_customers_inside_finish_on_the_version_they_entered() -> None:
     engine.observe(newcomer, ev(2, "Product Added", 60))
     new = engine.advance(newcomer, T0 + 5 * DAY).facts
     old = engine.advance(inside, T0 + 5 * DAY).facts
-    assert [f.body for f in sent(new)] == ["second 2"]
+    assert [text(f, v2, "f")[1] for f in sent(new)] == ["second 2"]
     assert left(old).version == 1 and left(old).at_ms == T0 + DAY  # v1's one-day wait
     assert left(new).version == 2 and left(new).at_ms == T0 + HOUR + 2 * DAY
     gone = FlowEngine(FlowCatalog.of([parse_flow("f", v2)]))  # type: ignore[list-item]
@@ -366,8 +377,8 @@ def test_an_unsubscribed_channel_is_skipped_with_reason_consent() -> None:
 def test_a_missing_trait_renders_its_documented_default() -> None:
     facts, _ = run(CART, [ev(1, "Product Added", 0, cart_id="k9")], 5 * 24 * 60)
     reminder, coupon = sent(facts)
-    assert reminder.body == "Hi, your item is still in your cart."
-    assert coupon.subject.startswith("Hello, your cart")
+    assert text(reminder, CART)[1] == "Hi, your item is still in your cart."
+    assert text(coupon, CART)[0].startswith("Hello, your cart")
 
 
 # --- triggers and branches -----------------------------------------------------------------------
@@ -396,10 +407,10 @@ def test_branch_on_trait_stage_and_segment_and_entry_on_a_segment() -> None:
     stage = StageInput("src/e0", T0 - MINUTE, "loyalty")
     entered = SegmentInput("src/e1", T0, "vip", True)
     facts, _ = run(flow, [stage, entered], 60, key="c1", flow_id="f")
-    assert [s.body for s in sent(facts)] == ["loyal"]
+    assert [text(s, flow, "f")[1] for s in sent(facts)] == ["loyal"]
     pro = ev(5, "Identify", -3, "identify", plan="pro")
     facts, state = run(flow, [stage, entered, pro], 60, key="c1", flow_id="f")
-    assert [s.body for s in sent(facts)] == ["pro"] and state.run is not None
+    assert [text(s, flow, "f")[1] for s in sent(facts)] == ["pro"] and state.run is not None
     lapsed = StageInput("src/e9", T0 + HOUR, "lapsed")
     facts, state = run(flow, [stage, entered, lapsed], 120, key="c1", flow_id="f")
     assert (left(facts).reason, left(facts).detail) == ("exit", "stage lapsed")
