@@ -60,7 +60,6 @@ from journeys.flows.inputs import (
     TrackedInput,
     from_ms,
     input_from_dict,
-    order_key,
     to_ms,
 )
 from journeys.flows.nodes import Go, SendNode, Stay, Step
@@ -179,7 +178,8 @@ class FlowEngine:
         if key in state.seen or any(p.get("_key") == key for p in state.pending):
             return FlowStep(state, self.wake(state), [])
         if state.clock_ms is None or item.at_ms > state.clock_ms:
-            insort(state.pending, {**item.to_dict(), "_key": key}, key=_pending_order)
+            kept = {**item.to_dict(), "_key": key, "_rank": item.rank}
+            insort(state.pending, kept, key=_pending_order)
             return FlowStep(state, self.wake(state), [])
         turn = _Turn(self, state, wall_now_ms)
         turn.take(item)
@@ -228,7 +228,8 @@ def sticky_bucket(flow_id: str, node: str, seed: str, customer_key: str) -> floa
 
 
 def _pending_order(data: Mapping[str, Any]) -> tuple[int, int, str]:
-    return order_key(input_from_dict(data))
+    # order_key of the input, kept with it (not rebuilt per comparison)
+    return (data["at_ms"], data["_rank"], data["_key"])
 
 
 class _Turn:
@@ -258,6 +259,7 @@ class _Turn:
             if next_input is not None and (deadline is None or next_input <= deadline):
                 data = state.pending.pop(0)
                 data.pop("_key", None)
+                data.pop("_rank", None)
                 self.take(input_from_dict(data))
             elif deadline is not None:
                 self._deadline(deadline)
