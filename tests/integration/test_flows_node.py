@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from journeys.flows.engine import sticky_bucket
 from stack.cli import main as cli_main
 from stack.processes import wait_until
 from stack.settings import Settings
+from tests.integration.test_flows_backtest import _key
 from tests.integration.test_outreach_triggers import (
     Mailbox,
     Receiver,
@@ -80,14 +80,6 @@ channel = "email"
 subject = "{{ traits.first_name }}, 10 % off your cart"
 body = "Use CART10 for {{ entry.name }}."
 """
-
-
-def _key(holdout: bool, tag: str) -> str:
-    for i in range(1000):
-        key = f"{tag}-{i}"
-        if (sticky_bucket("abandoned_cart", "holdout_split", "", key) < 10) is holdout:
-            return key
-    raise AssertionError("no key")
 
 
 def _event(customer: str, name: str, n: int, /, **properties: Any) -> dict[str, Any]:
