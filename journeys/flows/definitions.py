@@ -145,8 +145,8 @@ class FlowCatalog:
         """This catalog with ``flow`` added (older versions kept for the runs on them)."""
         versions = {fid: dict(known) for fid, known in self.versions.items()}
         versions.setdefault(flow.id, {})[flow.version] = flow
-        in_force = None if self.in_force is None else {**self.in_force, flow.id: flow.version}
-        return FlowCatalog(versions, in_force)
+        # Which versions take new runs does not change by knowing another one.
+        return FlowCatalog(versions, self.in_force)
 
     def definition(self, flow_id: str, version: int) -> FlowDefinition | None:
         return self.versions.get(flow_id, {}).get(version)

@@ -107,3 +107,36 @@ def test_live_decisions_equal_the_backtest(
     store.save_batch([], "events#0", position, replay)
     assert len(store.recent_triggers(limit=50)) == 3
     store.close()
+
+
+def test_runs_inside_finish_on_their_version_after_the_file_moves_on(tmp_path: Path) -> None:
+    """The versions are recorded in the store: a new runner (a restart with a new flows
+    file) still knows the version a run started on; new runs take the new one; a flow
+    removed from the file takes no new runs."""
+    (v1,) = load_flows(Settings())
+    table = dict(v1.source)
+    nodes = {k: dict(v) for k, v in table["nodes"].items()}
+    nodes["wait_for_order"]["timeout"] = "2h"
+    from journeys.flows.definitions import parse_flow
+
+    v2 = parse_flow("abandoned_cart", {**table, "version": 2, "nodes": nodes})
+    assert v2 is not None
+    store = OutreachStore(sqlite_path=tmp_path / "events.sqlite")
+    first = FlowRunner(store, [v1], _targets, None)
+    add = EVENTS[2]  # QUICK's Product Added at T0
+    at = to_ms(add.timestamp)
+    store.save_flows(first.observe(0, [(QUICK, tracked_input(add))], at))
+    store.save_flows(first.advance_due([0], at + 1000))
+    restarted = FlowRunner(store, [v2], _targets, None)  # the file moved on to version 2
+    newcomer = tracked_input(EVENTS[4])  # LATER's Product Added
+    store.save_flows(restarted.observe(0, [(LATER, newcomer)], at + 60_000))
+    store.save_flows(restarted.advance_due([0], at + 3 * 3_600_000))
+    quick_sent = [f for f in store.flow_facts(QUICK) if f["type"] == "Sent"]
+    later_facts = store.flow_facts(LATER)
+    assert [(f["version"], f["at_ms"] - at) for f in quick_sent] == [(1, 3_600_000)]  # v1: 1 h
+    entered = [f for f in later_facts if f["type"] == "Entered"]
+    assert [f["version"] for f in entered] == [2]
+    removed = FlowRunner(store, [], _targets, None)
+    assert removed.active  # runs inside still finish ...
+    assert removed.engine.catalog.current("abandoned_cart") is None  # ... but none starts
+    store.close()
