@@ -14,6 +14,7 @@ from api import (
     backups,
     browser,
     customers,
+    flows,
     ingest,
     metrics,
     outreach,
@@ -53,6 +54,8 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(backups.router)
     app.include_router(outreach.router)
+    app.include_router(flows.router)
+    app.include_router(flows.customer_router)
     app.include_router(metrics.router)
     app.include_router(users.session_router)
     app.include_router(users.guarded_session_router)

@@ -34,6 +34,7 @@ from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
 from stack.backup import NodeBackups
+from stack.flows import FlowsAdmin
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
@@ -381,5 +382,8 @@ def build_gateway(
         access=access_control(settings, platform.access),
         privacy=platform.privacy,
         segments=segment_reads(platform),
+        flows=FlowsAdmin(
+            settings, platform.clickhouse, platform.event_log.database, platform.outreach
+        ),
         backups=backups,
     )

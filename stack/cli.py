@@ -18,6 +18,7 @@ journeys restore SRC                  a backup into an empty data folder (node s
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
 journeys outreach webhooks, rules and triggers, over the API (admin key)
+journeys flows    validate|list|show the flows file; backtest FLOW --from --to (admin key)
 journeys funnel   run a funnel through the API and print it (--csv to export)
 journeys retention  print a retention table from the API (--csv to export)
 """
@@ -41,6 +42,7 @@ import httpx
 
 from stack import access, analysis_cli, backup_cli, demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBrokers, ensure_platform_topics
+from stack.flows_cli import FLOWS_COMMAND, add_flows_parser, run_flows
 from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
 from stack.processes import rss_mib, spawn
 from stack.segments_cli import SEGMENTS_COMMAND, add_segments_parser, run_segments
@@ -491,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     backup_cli.add_commands(commands)
     add_segments_parser(commands)
+    add_flows_parser(commands)
     args = parser.parse_args(argv)
     # What the stores hold is about people: whatever this process and its children
     # create (data folder, event store, ClickHouse, journal, logs) is the owner's
@@ -519,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         return outreach_cli.run(args, settings)
     if args.command == SEGMENTS_COMMAND:
         return run_segments(args, settings)
+    if args.command == FLOWS_COMMAND:
+        return run_flows(args, settings)
     if args.command == "users":
         return access.run(args, settings)
     if args.command == "master-key":

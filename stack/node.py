@@ -25,12 +25,14 @@ from prometheus_client import CollectorRegistry
 from api.app import create_api
 from stack.backup import NodeBackups
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
+from stack.flows import load_flows
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.journal import Journal, JournaledSink, Segment
 from streams.metrics import WorkerMetrics
+from streams.outreach.flows import FlowRunner
 from streams.outreach.worker import OutreachWorker
 from streams.pipeline import source_name
 from streams.topics import end_offsets
@@ -242,6 +244,12 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         segment_reader(platform.event_log),
         lateness=metrics.trigger_lateness_seconds.observe,
         vault=platform.vault,
+        flows=lambda worker: FlowRunner(
+            platform.outreach,
+            load_flows(settings),
+            worker.delivery_targets,
+            int(settings.trigger_grace.total_seconds() * 1000),
+        ),
     )
     register_node_gauges(registry, None, None, outreach.consumer_lag)
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]

@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     stage_rules_file: Path | None = None
     # Computed traits and segments (TOML); unset: journeys/segments.toml.
     segments_file: Path | None = None
+    # Journey flows (TOML); unset: journeys/flows.toml.
+    flows_file: Path | None = None
 
     # HTTP gateway.
     api_host: str = "127.0.0.1"
