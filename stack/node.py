@@ -27,6 +27,7 @@ from stack.backup import NodeBackups
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
+from stack.processes import API_BACKLOG
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.journal import Journal, JournaledSink, Segment
@@ -84,6 +85,9 @@ class ApiServer(Service):
             log_level=settings.log_level,
             lifespan="off",
             access_log=False,
+            # Under `journeys up` the socket is the supervisor's: asyncio's listen()
+            # would cut its backlog to uvicorn's default 2048.
+            backlog=API_BACKLOG,
         )
         self.server = _EmbeddedUvicorn(config)
         # Under `journeys up` the socket is the supervisor's (it outlives this process).
