@@ -280,7 +280,10 @@ def _gateway_count(settings: Settings) -> int:
             "still holds events only it replays",
             flush=True,
         )
-    return max(wanted, needed)
+    count = max(wanted, needed)
+    if count:
+        (settings.data_dir / "gateways").mkdir(exist_ok=True)
+    return count
 
 
 def _gateway_journal(data_dir: Path, index: int) -> Path:

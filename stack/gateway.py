@@ -41,7 +41,7 @@ from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
 from projections.privacy.vault import SealingSink, Vault
-from stack.bootstrap import event_sink, event_store_env, load_rules, open_journal, settle_heap
+from stack.bootstrap import event_sink, event_store_env, open_journal, settle_heap
 from stack.privacy import open_vault
 from stack.processes import API_BACKLOG
 from stack.settings import Settings
@@ -96,9 +96,8 @@ class IngestGateway:
         self.sink = event_sink(settings, self.journal)
         self.vault = open_vault(settings)
         # Only for the worker's committed positions (tracking records): nothing is written.
-        self.positions_store = JourneyApplication(
-            rules=load_rules(settings), env=event_store_env(settings)
-        )
+        # (No stage rules: nothing is decided here, and a bad rules file is the node's to report.)
+        self.positions_store = JourneyApplication(env=event_store_env(settings))
         self.write_key_source = NodeWriteKeys(settings.node_socket, settings.admin_key)
         self.backlog = Backlog()
         self.sink.on_delivered = self.backlog.delivered
