@@ -47,7 +47,7 @@ async def app(scope, receive, send):
     while (await receive()).get("more_body"):
         pass
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"16")]})
     await send({"type": "http.response.body", "body": b'{"success":true}'})
 """
 
@@ -161,7 +161,7 @@ class UpStack:
         self.write_key = _found(r"write key\s+(\S+)", text)
         self.read_key = _found(r"read key\s+(\S+)", text)
         self.settings = Settings(
-            kafka_bootstrap_servers=_found(r"broker\s+(\S+)", text),
+            kafka_bootstrap_servers=_found(r"(?m)^\s+broker\s+(\S+) \(", text),
             api_port=self.port,
             write_key=self.write_key,
             read_key=self.read_key,
