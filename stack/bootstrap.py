@@ -396,7 +396,7 @@ def build_gateway(
         journeys=platform.journeys,
         outreach=OutreachAdmin(settings, platform.outreach),
         backlog=backlog,
-        metrics=IngestMetrics(registry),
+        metrics=IngestMetrics(registry, counted_elsewhere=settings.gateway_metrics_dir is not None),
         access=access_control(settings, platform.access),
         privacy=platform.privacy,
         segments=segment_reads(platform),

@@ -31,6 +31,7 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,6 +129,8 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
     node_socket_path = _node_socket_path(settings.data_dir) if gateway_count else ""
     node_listener = _unix_listener(node_socket_path) if node_socket_path else listener
     settings = settings.model_copy(update={"api_socket_fd": node_listener.fileno()})
+    if gateway_count:
+        settings = settings.model_copy(update={"gateway_metrics_dir": _metrics_dir(settings)})
     brokers = (
         EmbeddedBrokers(settings, logs / "broker.log")
         if not settings.kafka_bootstrap_servers
@@ -158,10 +161,12 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
                 "journal_dir": _gateway_journal(settings.data_dir, index),
             }
         )
+        # Counters in files the node's /metrics sums (prometheus_client's multiprocess mode).
+        counters = {"PROMETHEUS_MULTIPROC_DIR": str(settings.gateway_metrics_dir)}
         return spawn(
             [sys.executable, "-m", "stack.cli", "gateway", "--index", str(index)],
             logs / f"gateway-{index}.log",
-            env=gateway_settings.to_env(),
+            env={**gateway_settings.to_env(), **counters},
             pass_fds=[listener.fileno()],
         )
 
@@ -284,6 +289,14 @@ def _gateway_count(settings: Settings) -> int:
     if count:
         (settings.data_dir / "gateways").mkdir(exist_ok=True)
     return count
+
+
+def _metrics_dir(settings: Settings) -> Path:
+    """The gateways' counter files, emptied at each start (a new stack counts from 0)."""
+    folder = settings.data_dir / "gateway-metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    return folder
 
 
 def _gateway_journal(data_dir: Path, index: int) -> Path:

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from api.app import create_api
 from stack.backup import NodeBackups
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
-from stack.metrics import register_node_gauges
+from stack.metrics import register_gateway_counters, register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
 from stack.processes import API_BACKLOG
 from stack.settings import Settings
@@ -248,6 +248,7 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         vault=platform.vault,
     )
     register_node_gauges(registry, None, None, outreach.consumer_lag)
+    register_gateway_counters(registry, settings.gateway_metrics_dir)
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
     api = ApiServer(platform, streams, journal, unproduced, registry) if with_api else None
     node = NodeWorker(streams.app, *services, api=api, loglevel=settings.log_level)

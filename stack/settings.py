@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     gateways: int | None = Field(default=None, ge=0)
     # Set by `journeys up` for a gateway: the node's private Unix socket.
     node_socket: str = ""
+    # Set by `journeys up` with gateways: where they keep their counters (prometheus
+    # multiprocess files), which the node's /metrics sums.
+    gateway_metrics_dir: Path | None = None
     # How often a gateway reads the worker's positions and the broker's end offsets
     # for its lag limit: the staleness of its 503.
     gateway_lag_poll_s: float = Field(default=0.25, gt=0)
