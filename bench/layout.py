@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,6 +212,15 @@ def _found(pattern: str, text: str) -> str:
     return match.group(1)
 
 
+def _py_spy(pid: int, out: Path, seconds: float) -> None:
+    """py-spy (raw, with idle, GIL) of ``pid`` through the middle of the saturation."""
+    time.sleep(seconds / 2)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [str(py_spy), "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "100"]
+    command += ["-f", "raw", "-o", str(out), "--idle"]
+    subprocess.run(command, capture_output=True, check=False)
+
+
 def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     seconds = {}
     for role, process in processes.items():
@@ -231,12 +241,23 @@ def measure_layout(
             roles = stack.children()
             client = psutil.Process()
             before = cpu_seconds({**roles, "load client": client})
+            spies = []
+            if args.profile is not None and gateways:
+                for role in ("gateway 0", "node"):
+                    out = args.profile / f"{role.replace(' ', '-')}.txt"
+                    spy = threading.Thread(
+                        target=_py_spy, args=(roles[role].pid, out, args.seconds / 2)
+                    )
+                    spy.start()
+                    spies.append(spy)
             began = time.monotonic()
             taken = asyncio.run(
                 saturate(stack.port, stack.write_key, args.seconds, args.connections, name)
             )
             spent = time.monotonic() - began
             after = cpu_seconds({**roles, "load client": client})
+            for spy in spies:
+                spy.join()
             lag = stack.lag_events()
             drain_began = time.monotonic()
             while stack.lag_events() > 0 and time.monotonic() - drain_began < 600:
@@ -306,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-low-rate", type=float, default=100)
     parser.add_argument("--latency-seconds", type=float, default=15)
     parser.add_argument("--gateways", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy gateway 0 and the node under load into this folder"
+    )
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     run = Run(
         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         machine={"cpus": os.cpu_count()},

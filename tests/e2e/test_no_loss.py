@@ -93,7 +93,9 @@ class Sender:
 
 
 def kill_child(stack: RunningStack, marker: str) -> int:
-    child = stack.child(marker)
+    # Ingest gateways take the load while the node or broker restarts, so the next
+    # share can be reached before the killed child's dependant is back: wait for it.
+    child = wait_for(lambda: stack.child(marker), timeout=120)
     assert child is not None, stack.output()
     child.send_signal(signal.SIGKILL)
     return child.pid
