@@ -25,25 +25,17 @@ import pytest
 from stack.processes import free_port
 from stack.settings import Settings
 from tests.node_process import query_chdb_folder
-from tests.stack_process import RunningStack, leftovers, wait_for
+from tests.stack_process import GATEWAY, NODE, RunningStack, leftovers, wait_for
 
 pytestmark = pytest.mark.e2e
 
-GATEWAY = "stack.cli gateway"
 EVENTS = 3_000
 CUSTOMERS = 60
 SENDERS = 8
 
 
 def gateways(stack: RunningStack) -> list[psutil.Process]:
-    found = []
-    for child in stack.children():
-        try:
-            if GATEWAY in " ".join(child.cmdline()):
-                found.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return found
+    return stack.children_matching(GATEWAY)
 
 
 class SingleCalls:
@@ -106,7 +98,7 @@ def test_killed_gateways_lose_no_acknowledged_event_and_refuse_no_connection(
     write_key, read_key = stack.wait_for_banner()
     running = gateways(stack)
     assert len(running) == 2, stack.output()
-    assert stack.child("stack.cli node") is not None
+    assert stack.child(NODE) is not None
     calls = SingleCalls(stack.base, write_key)
     threads = [threading.Thread(target=calls.run) for _ in range(SENDERS)]
     try:
@@ -128,7 +120,7 @@ def test_killed_gateways_lose_no_acknowledged_event_and_refuse_no_connection(
         assert calls.done() == EVENTS
         assert calls.refused == [], calls.refused[:3]
         assert stack.output().count("the gateway ") >= 3, stack.output()
-        assert stack.child("stack.cli node") is not None
+        assert stack.child(NODE) is not None
 
         reader = {"Authorization": f"Bearer {read_key}"}
 
