@@ -135,7 +135,9 @@ def bare_rate(processes: int, seconds: float, connections: int) -> Saturation:
 class UpStack:
     """`journeys up` in a temporary folder, as a user runs it."""
 
-    def __init__(self, folder: Path, gateways: int | None) -> None:
+    def __init__(
+        self, folder: Path, gateways: int | None, extra: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_")}
         env.update(
@@ -148,6 +150,7 @@ class UpStack:
         )
         if gateways is not None:
             env["JOURNEYS_GATEWAYS"] = str(gateways)
+        env.update(extra or {})
         self.output_path = folder / "up.out"
         self._output = open(self.output_path, "wb")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
