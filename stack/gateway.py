@@ -173,9 +173,14 @@ class IngestGateway:
 
     def _trim_once(self) -> None:
         assert self.journal is not None
+        # This epoch's positions as the lag poller last read them (no read of its own:
+        # each costs the worker time); another epoch's (an old segment) from the store.
+        latest = self.poller.latest
         positions: dict[tuple[str, int], int] = {}
 
         def position(epoch: str, partition: int) -> int:
+            if epoch == self.settings.kafka_epoch and partition in latest:
+                return latest[partition]
             if (epoch, partition) not in positions:
                 positions[epoch, partition] = self._position(epoch, partition)
             return positions[epoch, partition]

@@ -130,8 +130,8 @@ class Settings(BaseSettings):
     # multiprocess files), which the node's /metrics sums.
     gateway_metrics_dir: Path | None = None
     # How often a gateway reads the worker's positions and the broker's end offsets
-    # for its lag limit: the staleness of its 503.
-    gateway_lag_poll_s: float = Field(default=0.25, gt=0)
+    # for its lag limit (and its journal's trim): the staleness of its 503.
+    gateway_lag_poll_s: float = Field(default=1.0, gt=0)
     # Development keys. `journeys up` generates and keeps them in data_dir when unset.
     write_key: str = ""
     read_key: str = ""
