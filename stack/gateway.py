@@ -47,7 +47,7 @@ from stack.processes import API_BACKLOG
 from stack.settings import Settings
 from streams.backlog import Backlog
 from streams.gateway_lag import BacklogPoller
-from streams.journal import JournaledSink
+from streams.journal import JournaledSink, trim_periodically
 from streams.pipeline import source_name
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,11 @@ class IngestGateway:
         await self.sink.start()
         if isinstance(self.sink, JournaledSink):
             await self.sink.replay(unproduced, self._position)
-            self._tasks.append(asyncio.ensure_future(self._trim_journal()))
+            self._tasks.append(
+                asyncio.ensure_future(
+                    trim_periodically(self._trim_once, self.settings.journal_trim_s)
+                )
+            )
         await self.poller.start()
         self._tasks.append(asyncio.ensure_future(self._watch_erasures()))
 
@@ -186,14 +190,6 @@ class IngestGateway:
             return positions[epoch, partition]
 
         self.journal.trim(position)
-
-    async def _trim_journal(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.journal_trim_s)
-            try:
-                await asyncio.to_thread(self._trim_once)
-            except Exception:
-                log.exception("could not trim the ingest journal")
 
     async def _watch_erasures(self) -> None:
         while True:

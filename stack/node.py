@@ -30,7 +30,7 @@ from stack.outreach import OutreachAdmin, segment_reader
 from stack.processes import API_BACKLOG
 from stack.settings import Settings
 from streams.app import JourneyStreams
-from streams.journal import Journal, JournaledSink, Segment
+from streams.journal import Journal, JournaledSink, Segment, trim_periodically
 from streams.metrics import WorkerMetrics
 from streams.outreach.worker import OutreachWorker
 from streams.pipeline import source_name
@@ -102,7 +102,9 @@ class ApiServer(Service):
             # Before any new event: one customer's events stay in the order first accepted.
             await self.sink.replay(self.unproduced, self._position)
             self.unproduced = []
-            self._trimming = asyncio.ensure_future(self._trim_journal())
+            self._trimming = asyncio.ensure_future(
+                trim_periodically(self._trim_once, self.platform.settings.journal_trim_s)
+            )
         backups = self.gateway.backups
         if isinstance(backups, NodeBackups) and self.platform.settings.backup_every_h:
             self._backing_up = asyncio.ensure_future(backups.scheduled())
@@ -145,15 +147,6 @@ class ApiServer(Service):
             return positions[epoch, partition]
 
         self.journal.trim(position)
-
-    async def _trim_journal(self) -> None:
-        """Delete the journal's processed segments, every ``journal_trim_s``."""
-        while True:
-            await asyncio.sleep(self.platform.settings.journal_trim_s)
-            try:
-                await asyncio.to_thread(self._trim_once)
-            except Exception:
-                log.exception("could not trim the ingest journal")
 
 
 async def drain(streams: JourneyStreams, settings: Settings) -> bool:
