@@ -13,6 +13,7 @@ node) answer on the same port.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -161,3 +162,88 @@ def test_killed_gateways_lose_no_acknowledged_event_and_refuse_no_connection(
         settings.chdb_path, f"SELECT customer_key, event_count FROM {db}.customer_stages FINAL"
     )
     assert {key: n for key, n in counters} == dict(expected)
+
+
+LIMIT = 12
+
+
+def test_the_gateways_answer_503_past_the_lag_limit_and_recover(tmp_path: Path) -> None:
+    """The lag limit in the gateways: read from the worker's positions and the broker.
+
+    The worker is held (its commit waits on a SQLite write lock this test takes, as
+    in tests/integration/test_backpressure.py); calls are sent one at a time, more
+    than a poll apart, so each gateway's view is fresh: exactly the limit's worth and
+    one more get their 200, then every ingest route answers 503 (rule ``backlog``),
+    counted in the node's /metrics from the gateways' counters.
+    """
+    stack = RunningStack(
+        tmp_path,
+        free_port(),
+        gateways="2",
+        ingest_rate_per_s="0",
+        ingest_max_lag_events=str(LIMIT),
+        gateway_lag_poll_s="0.2",
+    )
+    write_key, read_key = stack.wait_for_banner()
+    auth = (write_key, "")
+
+    def track(message_id: str) -> httpx.Response:
+        call = {"userId": "bp", "event": "Product Viewed", "messageId": message_id}
+        return httpx.post(f"{stack.base}/v1/track", json=call, auth=auth, timeout=30)
+
+    def refused_as_backlog(response: httpx.Response) -> None:
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "1"
+        assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [
+            ("pipeline", "backlog")
+        ]
+
+    def lag() -> int:
+        body = httpx.get(f"{stack.base}/health", timeout=30).json()
+        return int(body["components"]["backlog"]["lag_events"])
+
+    accepted = 0
+    try:
+        for n in range(3):
+            assert track(f"warm-{n}").status_code == 200
+            accepted += 1
+        assert wait_for(lambda: lag() == 0, timeout=60)
+        time.sleep(0.6)  # both gateways have read the positions since
+        settings = Settings(data_dir=tmp_path / "data")
+        lock = sqlite3.connect(settings.sqlite_path, timeout=30, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            statuses = []
+            for n in range(LIMIT + 5):
+                response = track(f"held-{n}")
+                statuses.append(response.status_code)
+                if response.status_code != 200:
+                    refused_as_backlog(response)
+                    break
+                time.sleep(0.6)
+            assert statuses == [200] * (LIMIT + 1) + [503], statuses
+            accepted += LIMIT + 1
+            call = {"userId": "bp", "event": "Product Viewed", "messageId": "refused-0"}
+            refused_as_backlog(httpx.post(f"{stack.base}/v1/t", json=call, auth=auth))
+            batch = {"batch": [{"type": "track", **call, "messageId": "refused-1"}]}
+            refused_as_backlog(httpx.post(f"{stack.base}/v1/batch", json=batch, auth=auth))
+            beacon = f"{stack.base}/beacon/v1/batch?writeKey={write_key}"
+            refused_as_backlog(httpx.post(beacon, json=batch))
+            metrics = httpx.get(f"{stack.base}/metrics", timeout=30).text
+            assert 'journeys_events_rejected_total{rule="backlog"} 4.0' in metrics, metrics
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert wait_for(lambda: track("after-0").status_code == 200, timeout=60)
+        accepted += 1
+        reader = {"Authorization": f"Bearer {read_key}"}
+
+        def counted() -> int | None:
+            response = httpx.get(f"{stack.base}/v1/customers/bp", headers=reader, timeout=10)
+            return response.json().get("event_count") if response.status_code == 200 else None
+
+        # Exactly the 200s are counted: nothing refused with a 503 was kept.
+        assert wait_for(lambda: counted() == accepted, timeout=60), counted()
+    finally:
+        code, _ = stack.interrupt(signal.SIGTERM)
+    assert code == 0, stack.output()
