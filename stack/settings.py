@@ -121,6 +121,19 @@ class Settings(BaseSettings):
     # inherited by the node, so connections wait in its backlog while the node
     # restarts (a crash, a broker roll) rather than being refused.
     api_socket_fd: int | None = None
+    # Ingest gateways `journeys up` runs on the API's socket (`journeys gateway`:
+    # parse, validate, journal, produce), the kernel spreading connections among
+    # them; every other path they forward to the node. Unset: one per core. 0: none,
+    # the node serves the socket itself (the layout before issue 19).
+    gateways: int | None = Field(default=None, ge=0)
+    # Set by `journeys up` for a gateway: the node's private Unix socket.
+    node_socket: str = ""
+    # Set by `journeys up` with gateways: where they keep their counters (prometheus
+    # multiprocess files), which the node's /metrics sums.
+    gateway_metrics_dir: Path | None = None
+    # How often a gateway reads the worker's positions and the broker's end offsets
+    # for its lag limit (and its journal's trim): the staleness of its 503.
+    gateway_lag_poll_s: float = Field(default=1.0, gt=0)
     # Development keys. `journeys up` generates and keeps them in data_dir when unset.
     write_key: str = ""
     read_key: str = ""

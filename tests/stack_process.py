@@ -16,6 +16,9 @@ import httpx
 import psutil
 
 BANNER_TIMEOUT_S = 180
+# Command-line markers of `journeys up`'s children (``stack.child(NODE)``).
+NODE = "stack.cli node"
+GATEWAY = "stack.cli gateway"
 
 
 class RunningStack:
@@ -68,6 +71,17 @@ class RunningStack:
             except psutil.NoSuchProcess:
                 continue
         return None
+
+    def children_matching(self, marker: str) -> list[psutil.Process]:
+        """Every child whose command line contains ``marker`` (``GATEWAY``: the gateways)."""
+        found = []
+        for child in self.children():
+            try:
+                if marker in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return found
 
     def interrupt(self, signum: int = signal.SIGINT) -> tuple[int, list[int]]:
         """Ctrl-C (or ``signum``); returns the exit code and the pids of the children it had."""
