@@ -9,11 +9,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
+
+from stack.settings import Settings
+from tests.node_process import query_chdb_folder
 
 BANNER_TIMEOUT_S = 180
 # Command-line markers of `journeys up`'s children (``stack.child(NODE)``).
@@ -153,3 +157,34 @@ class Sender:
     def done(self) -> int:
         with self.lock:
             return len(self.times)
+
+
+def counted_events(base: str, read_key: str, customers: int) -> int:
+    """The event counts of customers ``u0`` … ``u{customers - 1}`` summed; -1 while any
+    of them cannot be read yet."""
+    reader = {"Authorization": f"Bearer {read_key}"}
+    total = 0
+    for customer in range(customers):
+        response = httpx.get(f"{base}/v1/customers/u{customer}", headers=reader, timeout=10)
+        if response.status_code != 200:
+            return -1
+        total += response.json()["event_count"]
+    return total
+
+
+def assert_counted_once(data_dir: Path, expected: Counter[str]) -> None:
+    """The stopped stack's event log holds each customer's ``expected`` events, each once,
+    and the stage counters agree."""
+    settings = Settings(data_dir=data_dir)
+    db = settings.clickhouse_database
+    rows = query_chdb_folder(
+        settings.chdb_path,
+        f"SELECT customer_key, count(), uniqExact(event_id) FROM {db}.events FINAL "
+        "GROUP BY customer_key",
+    )
+    assert {key: n for key, n, _ in rows} == dict(expected)
+    assert all(n == unique for _, n, unique in rows)
+    counters = query_chdb_folder(
+        settings.chdb_path, f"SELECT customer_key, event_count FROM {db}.customer_stages FINAL"
+    )
+    assert {key: n for key, n in counters} == dict(expected)

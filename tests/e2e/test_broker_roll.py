@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from stack.processes import free_port, rss_mib
-from tests.stack_process import RunningStack, leftovers, wait_for
+from tests.stack_process import RunningStack, counted_events, leftovers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -123,18 +123,8 @@ def test_the_broker_is_rolled_past_its_memory_bound_and_nothing_is_lost(
 
         assert wait_for(under_bound, timeout=120), stack.output()
 
-        reader = {"Authorization": f"Bearer {read_key}"}
-
         def counted() -> int:
-            total = 0
-            for customer in range(CUSTOMERS):
-                response = httpx.get(
-                    f"{stack.base}/v1/customers/u{customer}", headers=reader, timeout=10
-                )
-                if response.status_code != 200:
-                    return -1
-                total += response.json()["event_count"]
-            return total
+            return counted_events(stack.base, read_key, CUSTOMERS)
 
         assert wait_for(lambda: counted() == acknowledged, timeout=180), (
             f"{counted()} counted of {acknowledged} acknowledged\n" + stack.output()

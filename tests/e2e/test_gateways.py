@@ -25,8 +25,15 @@ import pytest
 
 from stack.processes import free_port
 from stack.settings import Settings
-from tests.node_process import query_chdb_folder
-from tests.stack_process import GATEWAY, NODE, RunningStack, leftovers, wait_for
+from tests.stack_process import (
+    GATEWAY,
+    NODE,
+    RunningStack,
+    assert_counted_once,
+    counted_events,
+    leftovers,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -123,21 +130,10 @@ def test_killed_gateways_lose_no_acknowledged_event_and_refuse_no_connection(
         assert stack.output().count("the gateway ") >= 3, stack.output()
         assert stack.child(NODE) is not None
 
-        reader = {"Authorization": f"Bearer {read_key}"}
-
-        def counted() -> int:
-            total = 0
-            for customer in range(CUSTOMERS):
-                response = httpx.get(
-                    f"{stack.base}/v1/customers/u{customer}", headers=reader, timeout=10
-                )
-                if response.status_code != 200:
-                    return -1
-                total += response.json()["event_count"]
-            return total
-
         # Reads reach the node through the gateways, on the same port.
-        assert wait_for(lambda: counted() == EVENTS, timeout=180), (counted(), stack.output())
+        assert wait_for(
+            lambda: counted_events(stack.base, read_key, CUSTOMERS) == EVENTS, timeout=180
+        ), stack.output()
     finally:
         code, children = stack.interrupt(signal.SIGTERM)
     assert code == 0, stack.output()
@@ -148,20 +144,7 @@ def test_killed_gateways_lose_no_acknowledged_event_and_refuse_no_connection(
         path.name for path in logs.glob("gateway-*.log") if "journal: produced" in path.read_text()
     ]
     assert replayed, "a restarted gateway produced its journal again"
-    expected = Counter(f"u{n % CUSTOMERS}" for n in range(EVENTS))
-    settings = Settings(data_dir=tmp_path / "data")
-    db = settings.clickhouse_database
-    rows = query_chdb_folder(
-        settings.chdb_path,
-        f"SELECT customer_key, count(), uniqExact(event_id) FROM {db}.events FINAL "
-        "GROUP BY customer_key",
-    )
-    assert {key: n for key, n, _ in rows} == dict(expected)
-    assert all(n == unique for _, n, unique in rows)
-    counters = query_chdb_folder(
-        settings.chdb_path, f"SELECT customer_key, event_count FROM {db}.customer_stages FINAL"
-    )
-    assert {key: n for key, n in counters} == dict(expected)
+    assert_counted_once(tmp_path / "data", Counter(f"u{n % CUSTOMERS}" for n in range(EVENTS)))
 
 
 LIMIT = 12
