@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from typing import Any
 
 import httpx
@@ -43,7 +42,7 @@ from journeys.application import JourneyApplication
 from projections.privacy.vault import SealingSink, Vault
 from stack.bootstrap import event_sink, event_store_env, open_journal, settle_heap
 from stack.privacy import open_vault
-from stack.processes import API_BACKLOG
+from stack.processes import api_server
 from stack.settings import Settings
 from streams.backlog import Backlog
 from streams.gateway_lag import BacklogPoller
@@ -206,19 +205,8 @@ def run_gateway(settings: Settings) -> None:
     # Not a line per forwarded request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     gateway = IngestGateway(settings)
-    config = uvicorn.Config(
-        gateway.app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level,
-        lifespan="off",
-        access_log=False,
-        # The supervisor's socket: asyncio's listen() would otherwise cut its backlog.
-        backlog=API_BACKLOG,
-    )
+    config, sockets = api_server(gateway.app, settings)
     server = uvicorn.Server(config)
-    fd = settings.api_socket_fd
-    sockets = None if fd is None else [socket.socket(fileno=fd)]
 
     async def serve() -> None:
         await gateway.start()

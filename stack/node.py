@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from stack.bootstrap import Platform, build_gateway, build_platform, event_sink,
 from stack.flows import load_flows
 from stack.metrics import register_gateway_counters, register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
-from stack.processes import API_BACKLOG
+from stack.processes import api_server
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.journal import Journal, JournaledSink, Segment, trim_periodically
@@ -80,21 +79,8 @@ class ApiServer(Service):
         self.sink = event_sink(settings, journal)
         self.gateway = build_gateway(platform, self.sink, streams, registry)
         api = create_api(self.gateway)
-        config = uvicorn.Config(
-            api,
-            host=settings.api_host,
-            port=settings.api_port,
-            log_level=settings.log_level,
-            lifespan="off",
-            access_log=False,
-            # Under `journeys up` the socket is the supervisor's: asyncio's listen()
-            # would cut its backlog to uvicorn's default 2048.
-            backlog=API_BACKLOG,
-        )
+        config, self._sockets = api_server(api, settings)
         self.server = _EmbeddedUvicorn(config)
-        # Under `journeys up` the socket is the supervisor's (it outlives this process).
-        fd = settings.api_socket_fd
-        self._sockets = None if fd is None else [socket.socket(fileno=fd)]
         self._serving: asyncio.Future[None] | None = None
 
     async def on_start(self) -> None:

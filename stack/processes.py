@@ -11,12 +11,36 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from stack.settings import Settings
 
 _PR_SET_PDEATHSIG = 1
 # Connections the supervisor's listening sockets hold while nothing accepts them (a
 # restart). Whoever serves on one passes it again: asyncio's listen() resets it.
 API_BACKLOG = 4096
+
+
+def api_server(app: Any, settings: Settings) -> tuple[uvicorn.Config, list[socket.socket] | None]:
+    """uvicorn's config for ``app`` (a node's or a gateway's API, run on their own event
+    loop: no lifespan, no access log) and the sockets to serve on: the supervisor's
+    (``settings.api_socket_fd``, it outlives this process) or none, to bind the port."""
+    import uvicorn  # only the processes that serve pay for it
+
+    config = uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level,
+        lifespan="off",
+        access_log=False,
+        backlog=API_BACKLOG,
+    )
+    fd = settings.api_socket_fd
+    return config, None if fd is None else [socket.socket(fileno=fd)]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
