@@ -43,8 +43,7 @@ class SegmentChangeLog:
         """Customers whose last recorded change of ``segment`` at or before ``as_of`` is an entry.
 
         As recorded by the worker: exits caused by a window sliding are recorded
-        when the customer's next event arrives (no timers yet), so a customer who
-        has been quiet since may still be listed past their exit.
+        by its timer loop once due (within a tick, when the worker is caught up).
         """
         result = self._client.query(
             f"SELECT customer_key FROM {self._database}.segment_changes FINAL"

@@ -1,10 +1,11 @@
 """Segment membership read at any instant: stored states for now, recorded changes for the past.
 
-No timers yet (docs/architecture.md, "Segments and computed traits"): a change
-caused by time alone is recorded only when the customer's next event arrives.
-So membership at an instant at or after a customer's clock (their latest
-event) is computed from their state at read time, which is exact for rolling
-windows; before it, every change up to the clock is in ``segment_changes``.
+A change caused by time alone is recorded by the worker's timer loop shortly
+after it happens (docs/architecture.md, "Segments and computed traits"). So
+membership at an instant at or after a customer's clock (their latest event
+or timer tick) is computed from their state at read time, which is exact for
+rolling windows between ticks; before it, every change up to the clock is in
+``segment_changes``.
 """
 
 from __future__ import annotations

@@ -8,14 +8,18 @@ commits. The states are saved with their own consumed position, in one
 transaction, just before the journeys' commit: after a crash between the two,
 the replayed batch finds the segment position past it and folds nothing twice.
 
-No timers yet: an exit caused by a rolling window sliding is recorded (at the
-instant it happened) when the customer's next event arrives.
+Each saved state carries its next due instant (``segment_due``): the timer loop
+(streams/segment_timers.py) advances due states to now with :meth:`tick`, so an
+exit caused by a rolling window sliding is recorded at the instant it happened
+without waiting for the customer's next event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import orjson
 
 from events import TrackedEvent
 from journeys.segment_definitions import Definitions
@@ -26,7 +30,7 @@ from journeys.segment_state import (
     segment_event_from,
 )
 from projections.segment_changes import SegmentChangeLog
-from projections.segment_store import SegmentStore
+from projections.segment_store import Due, SegmentStore
 
 
 @dataclass
@@ -37,6 +41,25 @@ class SegmentBatch:
     position: int
     states: dict[str, SegmentState] = field(default_factory=dict)
     changes: list[tuple[str, MembershipChange]] = field(default_factory=list)
+    # Each state's partition and next due instant, saved with it.
+    due: dict[str, Due] = field(default_factory=dict)
+
+
+@dataclass
+class SegmentTick:
+    """Due states advanced to ``now_ms`` by the timer loop: changes to write, states to save."""
+
+    now_ms: int
+    states: dict[str, SegmentState] = field(default_factory=dict)
+    # Each state's stored text when read: saved only if still the same (see save_ticked).
+    read: dict[str, str] = field(default_factory=dict)
+    changes: list[tuple[str, MembershipChange]] = field(default_factory=list)
+    due: dict[str, Due] = field(default_factory=dict)
+
+
+def partition_of_source(source: str) -> int:
+    """The partition of a source named by streams.pipeline.source_name (``topic#N[@epoch]``)."""
+    return int(source.rsplit("#", 1)[1].split("@", 1)[0])
 
 
 class SegmentMaintainer:
@@ -47,6 +70,15 @@ class SegmentMaintainer:
         self.evaluator = SegmentEvaluator(definitions)
         self.store = store
         self.log = log
+
+    def use(self, definitions: Definitions) -> None:
+        """Fold with ``definitions`` from now on (between batches: the caller holds them)."""
+        self.definitions = definitions
+        self.evaluator = SegmentEvaluator(definitions)
+
+    def _due(self, state: SegmentState, partition: int) -> Due:
+        clock = state.clock
+        return partition, None if clock is None else self.evaluator.next_change(state, clock)
 
     def fold(
         self,
@@ -71,6 +103,7 @@ class SegmentMaintainer:
         held = dict(in_flight or {})
         stored = self.store.states(key for key in fresh if key not in held)
         folded = SegmentBatch(source, position)
+        partition = partition_of_source(source)
         for key, events in fresh.items():
             state = held.get(key) or stored.get(key) or SegmentState()
             self.evaluator.forget_stale(state)
@@ -79,16 +112,45 @@ class SegmentMaintainer:
             )
             folded.states[key] = state
             folded.changes.extend((key, change) for change in changes)
+            folded.due[key] = self._due(state, partition)
         return folded
 
-    def write(self, batches: Sequence[SegmentBatch]) -> None:
+    def write(self, batches: Sequence[SegmentBatch | SegmentTick]) -> None:
         """Insert the batches' changes into ``segment_changes`` (idempotent)."""
         self.log.append([change for batch in batches for change in batch.changes])
 
     def commit(self, batches: Sequence[SegmentBatch]) -> None:
-        """Save the batches' states and positions, atomically."""
+        """Save the batches' states, due instants and positions, atomically."""
         if batches:
-            self.store.save([(b.source, b.position, b.states) for b in batches])
+            due: dict[str, Due] = {}
+            for batch in batches:
+                due.update(batch.due)
+            self.store.save([(b.source, b.position, b.states) for b in batches], due)
+
+    def tick(self, due: Sequence[tuple[str, int]], now_ms: int) -> SegmentTick:
+        """Advance the states of the (customer, partition) pairs ``due`` to ``now_ms``.
+
+        Each change is stamped at the instant its window slid (not at ``now_ms``),
+        so a tick replayed after a crash writes the same rows.
+        """
+        ticked = SegmentTick(now_ms)
+        partitions = dict(due)
+        ticked.read = self.store.stored_texts(partitions)
+        for key, text in ticked.read.items():
+            state = SegmentState.from_dict(orjson.loads(text))
+            self.evaluator.forget_stale(state)
+            changes = self.evaluator.tick(state, now_ms)
+            ticked.states[key] = state
+            ticked.changes.extend((key, change) for change in changes)
+            ticked.due[key] = self._due(state, partitions[key])
+        # A due row without a state (erased meanwhile) is dropped.
+        for key, partition in partitions.items():
+            ticked.due.setdefault(key, (partition, None))
+        return ticked
+
+    def commit_tick(self, ticked: SegmentTick) -> list[str]:
+        """Save the ticked states and their due instants, atomically; the customers saved."""
+        return self.store.save_ticked(ticked.states, ticked.read, ticked.due)
 
 
 def segment_record(customer_key: str, change: MembershipChange) -> dict[str, object]:
