@@ -16,39 +16,63 @@ from typing import Any
 from journeys.segment_definitions import Definitions
 from journeys.segment_state import SegmentEvaluator, SegmentState, to_ms
 from projections.segment_changes import SegmentChangeLog
+from projections.segment_definition_store import SegmentDefinitions
 from projections.segment_store import SegmentStore
 
 
 class SegmentReads:
     """The definitions in force and membership of their segments."""
 
-    def __init__(self, definitions: Definitions, store: SegmentStore, log: SegmentChangeLog):
-        self.definitions = definitions
-        self.evaluator = SegmentEvaluator(definitions)
+    def __init__(
+        self,
+        definitions: Definitions | SegmentDefinitions,
+        store: SegmentStore,
+        log: SegmentChangeLog,
+    ) -> None:
+        # Stored definitions (the admin API changes them) are read at their version.
+        self.stored = definitions if isinstance(definitions, SegmentDefinitions) else None
+        fixed = definitions if isinstance(definitions, Definitions) else definitions.current()
+        self._evaluator = SegmentEvaluator(fixed)
         self.store = store
         self.log = log
+
+    @property
+    def definitions(self) -> Definitions:
+        """The definitions in force now."""
+        return self.evaluator.definitions
+
+    @property
+    def evaluator(self) -> SegmentEvaluator:
+        """An evaluator of the definitions in force now."""
+        if self.stored is not None:
+            current = self.stored.current()
+            if current is not self._evaluator.definitions:
+                self._evaluator = SegmentEvaluator(current)
+        return self._evaluator
 
     def customer(
         self, customer_key: str, as_of: datetime
     ) -> tuple[dict[str, Any] | None, list[str]]:
         """Computed traits (None before the latest event folded) and segments at ``as_of``."""
         at = to_ms(as_of)
+        evaluator = self.evaluator
         state = self.store.states([customer_key]).get(customer_key)
         if state is None or state.clock is None or at >= state.clock:
             state = state or SegmentState()
-            traits = self.evaluator.trait_values(state, at)
-            return traits, sorted(self.evaluator.members(state, at))
+            traits = evaluator.trait_values(state, at)
+            return traits, sorted(evaluator.members(state, at))
         # Before the latest event the state has folded: the recorded changes say.
         return None, self.log.segments_of(customer_key, as_of)
 
     def members(self, segment_id: str, as_of: datetime) -> list[str]:
         """The customers in ``segment_id`` at ``as_of``, sorted (reads every stored state)."""
         at = to_ms(as_of)
+        evaluator = self.evaluator
         recorded = set(self.log.members_as_of(segment_id, as_of))
         found = []
         for customer, state in self.store.all_states():
             if state.clock is not None and at >= state.clock:
-                inside = segment_id in self.evaluator.members(state, at)
+                inside = segment_id in evaluator.members(state, at)
             else:
                 inside = customer in recorded
             if inside:

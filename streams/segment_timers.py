@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # Due customers advanced per lock hold, so the journey consumer waits little.
 TICK_CHUNK = 500
+# How often the definitions' version is read (a changed one is taken between batches).
+DEFINITIONS_RELOAD_S = 2.0
 
 
 class SegmentTimers:
@@ -61,6 +63,7 @@ class SegmentTimers:
         self._publish = publish
         self._topic = segments_topic
         self._clock = clock
+        self._reloaded = time.monotonic()
 
     def register(self, app: faust.App, tick_s: float) -> None:
         """Run :meth:`fire_due` every ``tick_s`` on ``app``."""
@@ -72,8 +75,16 @@ class SegmentTimers:
         except Exception:
             log.exception("segment timer loop failed; retrying on the next tick")
 
+    def reload_definitions(self) -> bool:
+        """Take changed definitions (admin API) between two batches; True if they changed."""
+        with self._lock:
+            self._reloaded = time.monotonic()
+            return self.maintainer.reload()
+
     def fire_due(self) -> int:
         """Advance every due state of the ready partitions to now; the changes recorded."""
+        if time.monotonic() - self._reloaded >= DEFINITIONS_RELOAD_S:
+            self.reload_definitions()
         ready = self._ready()
         if not ready:
             return 0

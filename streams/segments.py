@@ -16,7 +16,8 @@ without waiting for the customer's next event.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -31,6 +32,8 @@ from journeys.segment_state import (
 )
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_store import Due, SegmentStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,16 +68,38 @@ def partition_of_source(source: str) -> int:
 class SegmentMaintainer:
     """Folds recorded events into segment states under one set of definitions."""
 
-    def __init__(self, definitions: Definitions, store: SegmentStore, log: SegmentChangeLog):
+    def __init__(
+        self,
+        definitions: Definitions,
+        store: SegmentStore,
+        log: SegmentChangeLog,
+        source: Callable[[], Definitions] | None = None,
+    ) -> None:
         self.definitions = definitions
         self.evaluator = SegmentEvaluator(definitions)
         self.store = store
         self.log = log
+        # The definitions in force (the admin API changes them), for :meth:`reload`.
+        self._source = source
 
     def use(self, definitions: Definitions) -> None:
         """Fold with ``definitions`` from now on (between batches: the caller holds them)."""
         self.definitions = definitions
         self.evaluator = SegmentEvaluator(definitions)
+
+    def reload(self) -> bool:
+        """Take the definitions in force if they changed (between batches); True if so."""
+        if self._source is None:
+            return False
+        try:
+            found = self._source()
+        except ValueError:
+            log.exception("segment definitions could not be loaded; keeping the previous ones")
+            return False
+        if found is self.definitions:
+            return False
+        self.use(found)
+        return True
 
     def _due(self, state: SegmentState, partition: int) -> Due:
         clock = state.clock
@@ -93,6 +118,8 @@ class SegmentMaintainer:
         ``position``: the offset after the batch; ``stages``: each customer's stage
         after it; ``in_flight``: states of earlier, uncommitted batches of the same call.
         """
+        if not self.definitions.segments and not self.definitions.traits:
+            return None  # nothing defined: no segment work at all
         start = self.store.position(source)
         if position <= start:
             return None
