@@ -41,16 +41,27 @@ admin_router = APIRouter(
 SegmentId = Annotated[str, Path(description="the segment's id in the definitions file")]
 
 
+class BackfillProgress(BaseModel):
+    """The backfill of the segment's definition in force from the event log."""
+
+    state: str = Field(description="pending (not started yet), running or done")
+    progress: float = Field(description="customers done over those the log held at its start")
+    customers_done: int
+    customers_total: int
+
+
 class Segment(BaseModel):
-    """A segment as defined, with what the platform does and does not do for it yet."""
+    """A segment as defined, and how far its history has been backfilled."""
 
     id: str
     name: str
     description: str
     definition: dict[str, Any] = Field(description="the segment's table as written in the file")
     backfilled: bool = Field(
-        description="false: membership counts the events from the definition's start on"
+        description="true once membership counts every event of the log, not only the "
+        "events since the definition took effect"
     )
+    backfill: BackfillProgress
     time_dependent: bool = Field(description="true when time passing alone changes membership")
 
 
@@ -85,12 +96,25 @@ def _reads(request: Request) -> SegmentReads:
 
 
 def _shown(reads: SegmentReads, segment: SegmentDefinition) -> Segment:
+    found = reads.backfill(segment.id)
+    if found is None:
+        progress = BackfillProgress(
+            state="pending", progress=0, customers_done=0, customers_total=0
+        )
+    else:
+        progress = BackfillProgress(
+            state="done" if found.finished else "running",
+            progress=found.progress,
+            customers_done=found.done,
+            customers_total=found.total,
+        )
     return Segment(
         id=segment.id,
         name=segment.name,
         description=segment.description,
         definition=dict(segment.source),
-        backfilled=False,
+        backfilled=found is not None and found.finished,
+        backfill=progress,
         time_dependent=reads.definitions.time_dependent(),
     )
 
@@ -104,15 +128,23 @@ def _not_found(segment_id: str) -> JSONResponse:
 async def list_segments(request: Request) -> SegmentList:
     """Every segment of the definitions file."""
     reads = _reads(request)
-    return SegmentList(segments=[_shown(reads, s) for s in reads.definitions.segments.values()])
+
+    def listed() -> SegmentList:
+        return SegmentList(segments=[_shown(reads, s) for s in reads.definitions.segments.values()])
+
+    return await asyncio.to_thread(listed)
 
 
 @router.get("/segments/{segment_id}", response_model=Segment)
 async def get_segment(request: Request, segment_id: SegmentId) -> Segment | JSONResponse:
     """One segment's definition."""
     reads = _reads(request)
-    segment = reads.definitions.segments.get(segment_id)
-    return _not_found(segment_id) if segment is None else _shown(reads, segment)
+
+    def shown() -> Segment | JSONResponse:
+        segment = reads.definitions.segments.get(segment_id)
+        return _not_found(segment_id) if segment is None else _shown(reads, segment)
+
+    return await asyncio.to_thread(shown)
 
 
 @router.get("/segments/{segment_id}/members", response_model=SegmentMembers)
@@ -137,7 +169,7 @@ async def segment_members(
         as_of=moment,
         count=len(members),
         members=members[:limit],
-        backfilled=False,
+        backfilled=await asyncio.to_thread(reads.backfilled, segment_id),
     )
 
 
@@ -161,7 +193,7 @@ async def segment_sizes(
     return SegmentSizes(
         segment=segment_id,
         sizes=[SegmentSize(at=at, size=n) for at, n in zip(instants, counts, strict=True)],
-        backfilled=False,
+        backfilled=await asyncio.to_thread(reads.backfilled, segment_id),
     )
 
 
@@ -212,7 +244,7 @@ async def put_segment(
     except TypeError as error:  # a value the store cannot keep (orjson)
         reason = {"field": "body", "rule": "storable", "message": str(error)}
         return problem(422, f"body: {error}", [reason])
-    shown = _shown(reads, definitions.segments[segment_id])
+    shown = await asyncio.to_thread(_shown, reads, definitions.segments[segment_id])
     if existed:
         return shown
     return JSONResponse(status_code=201, content=shown.model_dump(mode="json"))
@@ -231,4 +263,4 @@ async def delete_segment(gateway: GatewayDep, segment_id: SegmentId) -> Segment 
         await asyncio.to_thread(stored.change, "segments", segment_id, None)
     except DefinitionError as error:
         return _refused(error, 409)
-    return _shown(reads, segment)
+    return await asyncio.to_thread(_shown, reads, segment)

@@ -225,6 +225,18 @@ class Definitions:
             if isinstance(c, TraitCondition) and c.identify
         }
 
+    def segment_fingerprint(self, segment_id: str) -> str:
+        """Changes whenever the segment's membership rule does: its tree, or a trait or
+        segment it refers to (a changed one is backfilled again)."""
+        segment = self.segments[segment_id]
+        parts = [_fingerprint(segment.where)]
+        for node in _walk(segment.where):
+            if isinstance(node, TraitCondition) and not node.identify:
+                parts.append(self.traits[node.trait].fingerprint)
+            elif isinstance(node, SegmentCondition):
+                parts.append(self.segment_fingerprint(node.segment))
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
     def time_dependent(self) -> bool:
         """True when time passing alone can change some membership (rolling windows)."""
         return any(c.window.within_ms for c in self.event_conditions()) or any(

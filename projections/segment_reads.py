@@ -17,7 +17,7 @@ from journeys.segment_definitions import Definitions
 from journeys.segment_state import SegmentEvaluator, SegmentState, to_ms
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_definition_store import SegmentDefinitions
-from projections.segment_store import SegmentStore
+from projections.segment_store import Backfill, SegmentStore
 
 
 class SegmentReads:
@@ -49,6 +49,23 @@ class SegmentReads:
             if current is not self._evaluator.definitions:
                 self._evaluator = SegmentEvaluator(current)
         return self._evaluator
+
+    def backfill(self, segment_id: str) -> Backfill | None:
+        """The segment's backfill at its definition in force (None: not started yet)."""
+        found = self.store.backfills().get(segment_id)
+        definitions = self.definitions
+        if found is None or segment_id not in definitions.segments:
+            return None
+        return found if found.fingerprint == definitions.segment_fingerprint(segment_id) else None
+
+    def backfilled(self, segment_id: str) -> bool:
+        """True once the segment's history was backfilled at its definition in force."""
+        found = self.backfill(segment_id)
+        return found is not None and found.finished
+
+    def all_backfilled(self) -> bool:
+        """True once every segment's history was backfilled at its definition in force."""
+        return all(self.backfilled(sid) for sid in self.definitions.segments)
 
     def customer(
         self, customer_key: str, as_of: datetime

@@ -13,7 +13,9 @@ query, as the outreach timers do.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -30,10 +32,56 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS segment_due (
         customer_key TEXT PRIMARY KEY, partition INTEGER NOT NULL, due_ms BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS segment_due_by_time ON segment_due (partition, due_ms)",
+    # A segment's backfill at one definition (fingerprint), per partition: every
+    # customer of the partition with a key <= cursor is done; total: customers in
+    # the event log when it started (all partitions).
+    """CREATE TABLE IF NOT EXISTS segment_backfills (
+        segment TEXT NOT NULL, partition INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+        cursor TEXT NOT NULL, done BIGINT NOT NULL, total BIGINT NOT NULL,
+        finished INTEGER NOT NULL, PRIMARY KEY (segment, partition))""",
 ]
 
 # (partition, due instant in epoch ms or None) of a customer's state.
 Due = tuple[int, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillPart:
+    """One partition's share of a segment's backfill."""
+
+    cursor: str
+    done: int
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """A segment's backfill at one definition: its parts by partition."""
+
+    segment: str
+    fingerprint: str
+    total: int
+    parts: Mapping[int, BackfillPart]
+
+    @property
+    def finished(self) -> bool:
+        return all(part.finished for part in self.parts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(part.done for part in self.parts.values())
+
+    @property
+    def progress(self) -> float:
+        """Done customers over those the log held at the start (1.0 once finished)."""
+        if self.finished:
+            return 1.0
+        return min(0.99, self.done / self.total) if self.total else 0.0
+
+    def covers(self, partition: int, customer_key: str) -> bool:
+        """True when the customer's history was backfilled (or live since it was)."""
+        part = self.parts.get(partition)
+        return part is None or part.finished or customer_key <= part.cursor
 
 
 class SegmentStore:
@@ -141,6 +189,81 @@ class SegmentStore:
                 found[key] = text
         return found
 
+    def backfills(self) -> dict[str, Backfill]:
+        """Every segment's backfill as recorded (at the fingerprint it was started for)."""
+        rows = self.tables.rows(
+            "SELECT segment, partition, fingerprint, cursor, done, total, finished"
+            " FROM segment_backfills ORDER BY segment, partition"
+        )
+        grouped: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            grouped.setdefault(str(row[0]), []).append(row)
+        return {
+            segment: Backfill(
+                segment,
+                str(found[0][2]),
+                int(found[0][5]),
+                {int(r[1]): BackfillPart(str(r[3]), int(r[4]), bool(r[6])) for r in found},
+            )
+            for segment, found in grouped.items()
+        }
+
+    def start_backfill(self, segment: str, fingerprint: str, partitions: int, total: int) -> bool:
+        """Start the segment's backfill at ``fingerprint`` unless it is; True if started here."""
+        with self.tables.transaction():
+            rows = self.tables.rows(
+                "SELECT fingerprint FROM segment_backfills WHERE segment = ?", [segment]
+            )
+            if rows and all(row[0] == fingerprint for row in rows):
+                return False
+            self.tables.execute("DELETE FROM segment_backfills WHERE segment = ?", [segment])
+            for partition in range(partitions):
+                self.tables.execute(
+                    "INSERT INTO segment_backfills (segment, partition, fingerprint, cursor,"
+                    " done, total, finished) VALUES (?, ?, ?, '', 0, ?, 0)",
+                    [segment, partition, fingerprint, total],
+                )
+        return True
+
+    def forget_backfills(self, keep: Iterable[str]) -> None:
+        """Drop the backfills of segments not in ``keep`` (deleted: a new one starts afresh)."""
+        kept = set(keep)
+        with self.tables.transaction():
+            for (segment,) in self.tables.rows("SELECT DISTINCT segment FROM segment_backfills"):
+                if segment not in kept:
+                    self.tables.execute(
+                        "DELETE FROM segment_backfills WHERE segment = ?", [segment]
+                    )
+
+    def save_backfilled(
+        self,
+        segment: str,
+        fingerprint: str,
+        partition: int,
+        part: BackfillPart,
+        states: Mapping[str, SegmentState],
+        due: Mapping[str, Due],
+    ) -> bool:
+        """Save a backfilled chunk's states, due instants and the part's new cursor, atomically.
+
+        False (nothing saved) when the backfill was restarted meanwhile at another
+        definition.
+        """
+        try:
+            with self.tables.transaction():
+                cursor = self.tables.execute(
+                    "UPDATE segment_backfills SET cursor = ?, done = ?, finished = ?"
+                    " WHERE segment = ? AND partition = ? AND fingerprint = ?",
+                    [part.cursor, part.done, int(part.finished), segment, partition, fingerprint],
+                )
+                if cursor.rowcount != 1:
+                    raise _Restarted
+                self._save_states(states)
+                self._save_due(due)
+        except _Restarted:
+            return False
+        return True
+
     def _save_states(self, states: Mapping[str, SegmentState]) -> None:
         for key, state in states.items():
             text = orjson.dumps(state.to_dict()).decode()
@@ -152,6 +275,10 @@ class SegmentStore:
                 self.tables.execute("DELETE FROM segment_due WHERE customer_key = ?", [key])
             else:
                 self.tables.execute(_UPSERT_DUE, [key, partition, due_ms])
+
+
+class _Restarted(Exception):
+    """Rolls a backfill chunk back: its backfill is no longer the one recorded."""
 
 
 _UPSERT_STATE = (

@@ -36,6 +36,7 @@ from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_definition_store import SegmentDefinitions
+from projections.segment_history import SegmentHistory
 from projections.segment_reads import SegmentReads
 from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
@@ -87,7 +88,10 @@ class Platform:
         if self.segments is not None and self.segment_definitions is not None:
             log = SegmentChangeLog(self.clickhouse, self.event_log.database)
             source = self.segment_definitions.current
-            maintainer = SegmentMaintainer(source(), self.segments, log, source)
+            history = SegmentHistory(self.clickhouse, self.event_log.database)
+            maintainer = SegmentMaintainer(
+                source(), self.segments, log, source, history, self.settings.topic_partitions
+            )
         return JourneyPipeline(
             self.journeys,
             self.event_log,

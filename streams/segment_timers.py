@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ import faust
 import orjson
 
 from streams.outcomes import OutcomeRecord
+from streams.segment_backfill import SegmentBackfill
 from streams.segments import SegmentMaintainer, segment_record
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 TICK_CHUNK = 500
 # How often the definitions' version is read (a changed one is taken between batches).
 DEFINITIONS_RELOAD_S = 2.0
+# Backfill work per tick, at most (chunk by chunk, the batch lock released between).
+BACKFILL_BUDGET_S = 0.5
 
 
 class SegmentTimers:
@@ -63,7 +67,9 @@ class SegmentTimers:
         self._publish = publish
         self._topic = segments_topic
         self._clock = clock
-        self._reloaded = time.monotonic()
+        # The first tick reads the definitions and starts the backfills they need.
+        self._reloaded = -math.inf
+        self.backfill = SegmentBackfill(maintainer) if maintainer.history is not None else None
 
     def register(self, app: faust.App, tick_s: float) -> None:
         """Run :meth:`fire_due` every ``tick_s`` on ``app``."""
@@ -72,14 +78,48 @@ class SegmentTimers:
     async def _tick(self, *_: Any) -> None:
         try:
             await asyncio.to_thread(self.fire_due)
+            await asyncio.to_thread(self.backfill_due)
         except Exception:
             log.exception("segment timer loop failed; retrying on the next tick")
 
     def reload_definitions(self) -> bool:
-        """Take changed definitions (admin API) between two batches; True if they changed."""
+        """Take changed definitions (admin API) between two batches; True if they changed.
+
+        Then start the backfill of each new or changed segment.
+        """
         with self._lock:
             self._reloaded = time.monotonic()
-            return self.maintainer.reload()
+            changed = self.maintainer.reload()
+            if self.backfill is not None:
+                self.backfill.start()
+            return changed
+
+    def backfill_due(self, budget_s: float = BACKFILL_BUDGET_S) -> int:
+        """Backfill chunks of ready partitions for up to ``budget_s``; the changes recorded."""
+        if self.backfill is None:
+            return 0
+        ready = self._ready()
+        recorded = 0
+        started = time.monotonic()
+        while ready and time.monotonic() - started < budget_s:
+            with self._lock:
+                chunk = self.backfill.next_chunk(ready, int(self._clock() * 1000))
+                if chunk is None:
+                    break
+                self.backfill.write(chunk)
+                self._publish(
+                    [
+                        (
+                            self._topic,
+                            key.encode(),
+                            orjson.dumps(segment_record(key, change, backfill=True)),
+                        )
+                        for key, change in chunk.changes
+                    ]
+                )
+                self.backfill.commit(chunk)
+            recorded += len(chunk.changes)
+        return recorded
 
     def fire_due(self) -> int:
         """Advance every due state of the ready partitions to now; the changes recorded."""

@@ -31,7 +31,8 @@ from journeys.segment_state import (
     segment_event_from,
 )
 from projections.segment_changes import SegmentChangeLog
-from projections.segment_store import Due, SegmentStore
+from projections.segment_history import SegmentHistory
+from projections.segment_store import Backfill, Due, SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +75,44 @@ class SegmentMaintainer:
         store: SegmentStore,
         log: SegmentChangeLog,
         source: Callable[[], Definitions] | None = None,
+        history: SegmentHistory | None = None,
+        partitions: int = 1,
     ) -> None:
-        self.definitions = definitions
-        self.evaluator = SegmentEvaluator(definitions)
         self.store = store
         self.log = log
         # The definitions in force (the admin API changes them), for :meth:`reload`.
         self._source = source
+        # With a history, new and changed segments are backfilled from the event log
+        # (streams/segment_backfill.py): until a customer's history is, their live
+        # changes of the segment are not recorded (the backfill records them).
+        self.history = history
+        self.partitions = partitions
+        self.backfills: dict[str, Backfill] = store.backfills() if history is not None else {}
+        self.use(definitions)
 
     def use(self, definitions: Definitions) -> None:
         """Fold with ``definitions`` from now on (between batches: the caller holds them)."""
         self.definitions = definitions
         self.evaluator = SegmentEvaluator(definitions)
+        self.fingerprints = {
+            sid: definitions.segment_fingerprint(sid) for sid in definitions.segments
+        }
+
+    def covered(self, segment: str, partition: int, customer_key: str) -> bool:
+        """True when the customer's changes of ``segment`` are recorded live."""
+        if self.history is None:
+            return True
+        found = self.backfills.get(segment)
+        return (
+            found is not None
+            and found.fingerprint == self.fingerprints.get(segment)
+            and found.covers(partition, customer_key)
+        )
+
+    def _live(
+        self, key: str, partition: int, changes: Sequence[MembershipChange]
+    ) -> list[tuple[str, MembershipChange]]:
+        return [(key, c) for c in changes if self.covered(c.segment, partition, key)]
 
     def reload(self) -> bool:
         """Take the definitions in force if they changed (between batches); True if so."""
@@ -101,7 +128,8 @@ class SegmentMaintainer:
         self.use(found)
         return True
 
-    def _due(self, state: SegmentState, partition: int) -> Due:
+    def due(self, state: SegmentState, partition: int) -> Due:
+        """The (partition, next due instant) to save with ``state``."""
         clock = state.clock
         return partition, None if clock is None else self.evaluator.next_change(state, clock)
 
@@ -138,8 +166,8 @@ class SegmentMaintainer:
                 state, [segment_event_from(e) for e in events], stage=stages.get(key)
             )
             folded.states[key] = state
-            folded.changes.extend((key, change) for change in changes)
-            folded.due[key] = self._due(state, partition)
+            folded.changes.extend(self._live(key, partition, changes))
+            folded.due[key] = self.due(state, partition)
         return folded
 
     def write(self, batches: Sequence[SegmentBatch | SegmentTick]) -> None:
@@ -168,8 +196,8 @@ class SegmentMaintainer:
             self.evaluator.forget_stale(state)
             changes = self.evaluator.tick(state, now_ms)
             ticked.states[key] = state
-            ticked.changes.extend((key, change) for change in changes)
-            ticked.due[key] = self._due(state, partitions[key])
+            ticked.changes.extend(self._live(key, partitions[key], changes))
+            ticked.due[key] = self.due(state, partitions[key])
         # A due row without a state (erased meanwhile) is dropped.
         for key, partition in partitions.items():
             ticked.due.setdefault(key, (partition, None))
@@ -180,12 +208,19 @@ class SegmentMaintainer:
         return self.store.save_ticked(ticked.states, ticked.read, ticked.due)
 
 
-def segment_record(customer_key: str, change: MembershipChange) -> dict[str, object]:
-    """The ``journey.segments`` record of a change (SegmentEntered / SegmentExited)."""
+def segment_record(
+    customer_key: str, change: MembershipChange, backfill: bool = False
+) -> dict[str, object]:
+    """The ``journey.segments`` record of a change (SegmentEntered / SegmentExited).
+
+    ``backfill``: found by a backfill over history, not as it happened; outreach
+    never treats such an entry as live.
+    """
     return {
         "type": "SegmentEntered" if change.entered else "SegmentExited",
         "segment": change.segment,
         "customer_key": customer_key,
         "at_ms": change.at_ms,
         "event_id": change.event_id,
+        "backfill": backfill,
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from kafka import KafkaConsumer
 
 from api.app import create_api
 from events import TrackedEvent
@@ -34,7 +34,6 @@ from stack.bootstrap import build_segment_definitions
 from stack.processes import wait_until
 from stack.segments_cli import segment_table
 from stack.settings import Settings
-from streams.segment_timers import DEFINITIONS_RELOAD_S
 from streams.segments import SegmentMaintainer
 from tests.conftest import make_event
 from tests.integration.gateways import ingest_gateway
@@ -265,28 +264,47 @@ def test_the_cli_reads_a_segment_table_from_toml_or_json(tmp_path: Path) -> None
     assert segment_table(as_json, "s") == {"where": {"event": "A"}}
 
 
-def test_a_running_node_takes_a_segment_set_from_the_cli(
+def test_a_running_node_takes_a_segment_set_from_the_cli_and_backfills_it(
     settings: Settings, tmp_path: Path
 ) -> None:
     node = started_node(settings)
+
+    def running() -> bool:
+        return node.process is not None and node.process.poll() is None
+
+    def in_viewers(customer: str) -> bool:
+        answer = node.read("GET", f"/v1/customers/{customer}")
+        found = answer.json().get("segments") if answer.status_code == 200 else None
+        return bool(found) and "viewers" in found["segments"]
+
     try:
+        # Zoe viewed before the segment existed: the backfill finds her.
+        assert node.track("zoe", "Product Viewed", "zoe-1") == 200
+        assert wait_until(
+            lambda: node.read("GET", "/v1/customers/zoe").status_code == 200, 30, running
+        )
         table = tmp_path / "viewers.toml"
         table.write_text('name = "Viewers"\nwhere = { event = "Product Viewed" }\n')
         done = run_cli(node.settings, "segments", "set", "viewers", str(table))
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["name"] == "Viewers"
-        # The worker re-reads the definitions' version every few seconds.
-        time.sleep(DEFINITIONS_RELOAD_S + 1)
-        assert node.track("zoe", "Product Viewed", "zoe-1") == 200
 
-        def entered() -> bool:
-            answer = node.read("GET", "/v1/customers/zoe")
-            found = answer.json().get("segments") if answer.status_code == 200 else None
-            return bool(found) and "viewers" in found["segments"]
+        def backfilled() -> dict[str, Any] | None:
+            status = run_cli(node.settings, "segments", "status", "viewers")
+            shown = json.loads(status.stdout) if status.returncode == 0 else {}
+            return shown if shown.get("backfilled") else None
 
-        assert wait_until(entered, 30, lambda: node.process is not None), node.log_tail()
-        status = run_cli(node.settings, "segments", "status", "viewers")
-        assert status.returncode == 0 and json.loads(status.stdout)["id"] == "viewers"
+        # The worker re-reads the definitions' version every few seconds, then backfills.
+        assert wait_until(lambda: backfilled() is not None, 30, running), node.log_tail()
+        shown = backfilled()
+        assert shown is not None
+        assert shown["backfill"]["state"] == "done" and shown["backfill"]["progress"] == 1
+        assert shown["backfill"]["customers_total"] >= 1
+        assert wait_until(lambda: in_viewers("zoe"), 30, running), node.log_tail()
+        # Then live: Amy enters with her first view.
+        assert node.track("amy", "Product Viewed", "amy-1") == 200
+        assert wait_until(lambda: in_viewers("amy"), 30, running), node.log_tail()
+
         bad = tmp_path / "bad.toml"
         bad.write_text('where = { event = "Product Viewed", count = -1 }\n')
         refused = run_cli(node.settings, "segments", "set", "viewers", str(bad))
@@ -295,3 +313,23 @@ def test_a_running_node_takes_a_segment_set_from_the_cli(
         assert run_cli(node.settings, "segments", "status", "viewers").returncode == 1
     finally:
         node.stop()
+    records = [
+        json.loads(r.value)
+        for r in _records(settings.kafka_bootstrap_servers, settings.segments_topic)
+    ]
+    flags = {(r["customer_key"], r["backfill"]) for r in records if r["segment"] == "viewers"}
+    assert flags == {("zoe", True), ("amy", False)}
+
+
+def _records(bootstrap: str, topic: str) -> list[Any]:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+        enable_auto_commit=False,
+    )
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
