@@ -145,7 +145,10 @@ def install_openapi(app: FastAPI) -> None:
             )
             for operations in schema.get("paths", {}).values():
                 for operation in operations.values():
-                    operation.get("responses", {}).pop("422", None)
+                    responses = operation.get("responses", {})
+                    # FastAPI's own; a route that answers 422 itself documents it (segments).
+                    if responses.get("422", {}).get("description") != _MEANING[422]:
+                        responses.pop("422", None)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
             app.openapi_schema = schema

@@ -100,7 +100,7 @@ class JourneyStreams:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
         # Time passing alone changes segment membership (rolling windows): a timer loop.
         self.segment_timers: SegmentTimers | None = None
-        if pipeline.segments is not None:
+        if pipeline is not None and pipeline.segments is not None:
             self.segment_timers = SegmentTimers(
                 pipeline.segments,
                 self.ready_partitions,

@@ -333,3 +333,20 @@ def _records(bootstrap: str, topic: str) -> list[Any]:
         return list(consumer)
     finally:
         consumer.close()
+
+
+def test_a_funnel_breakdown_names_a_defined_segment(api: Api) -> None:
+    body: dict[str, Any] = {
+        "steps": [{"event_type": "browse"}, {"event_type": "purchase"}],
+        "breakdown_segment": "nope",
+    }
+    refused = api.client.post("/v1/funnels", json=body, headers=api.read)
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "breakdown_segment"
+    both = api.client.post("/v1/funnels", json={**body, "breakdown": "category"}, headers=api.read)
+    assert both.status_code == 400
+    answered = api.client.post(
+        "/v1/funnels", json={**body, "breakdown_segment": "buyers"}, headers=api.read
+    )
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["breakdown"] == {}
