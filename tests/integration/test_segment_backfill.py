@@ -12,7 +12,6 @@ equal; the backfilled ones are flagged, on the table and the topic.
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
-from kafka import KafkaConsumer
 
 from events import TrackedEvent
 from journeys.application import JourneyApplication
@@ -40,6 +38,7 @@ from streams.segment_timers import SegmentTimers
 from streams.segments import SegmentMaintainer
 from streams.topics import ensure_topics
 from tests.conftest import T0, make_event
+from tests.topic_records import topic_values
 
 pytestmark = pytest.mark.integration
 
@@ -241,14 +240,4 @@ def test_backfill_then_live_equals_a_from_scratch_evaluation(
 
 
 def _topic(settings: Settings) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(
-        settings.segments_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=3000,
-        enable_auto_commit=False,
-    )
-    try:
-        return [json.loads(record.value) for record in consumer]
-    finally:
-        consumer.close()
+    return topic_values(settings.kafka_bootstrap_servers, settings.segments_topic)

@@ -9,7 +9,6 @@ customer's exit is pending.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 from clickhouse_connect.driver.client import Client
-from kafka import KafkaConsumer
 
 from journeys.application import JourneyApplication
 from journeys.segment_definitions import parse_definitions
@@ -39,6 +37,7 @@ from streams.segments import SegmentMaintainer
 from streams.topics import ensure_topics
 from tests.conftest import T0, make_event
 from tests.node_process import query_chdb_folder, started_node
+from tests.topic_records import topic_values
 
 pytestmark = pytest.mark.integration
 
@@ -64,17 +63,7 @@ DEFINITIONS = parse_definitions(
 
 
 def topic_records(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=3000,
-        enable_auto_commit=False,
-    )
-    try:
-        return [json.loads(record.value) for record in consumer]
-    finally:
-        consumer.close()
+    return topic_values(settings.kafka_bootstrap_servers, topic)
 
 
 class Worker:

@@ -21,7 +21,6 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from kafka import KafkaConsumer
 
 from api.app import create_api
 from events import TrackedEvent
@@ -38,6 +37,7 @@ from streams.segments import SegmentMaintainer
 from tests.conftest import make_event
 from tests.integration.gateways import ingest_gateway
 from tests.node_process import run_cli, started_node
+from tests.topic_records import topic_values
 
 pytestmark = pytest.mark.integration
 
@@ -313,26 +313,9 @@ def test_a_running_node_takes_a_segment_set_from_the_cli_and_backfills_it(
         assert run_cli(node.settings, "segments", "status", "viewers").returncode == 1
     finally:
         node.stop()
-    records = [
-        json.loads(r.value)
-        for r in _records(settings.kafka_bootstrap_servers, settings.segments_topic)
-    ]
+    records = topic_values(settings.kafka_bootstrap_servers, settings.segments_topic)
     flags = {(r["customer_key"], r["backfill"]) for r in records if r["segment"] == "viewers"}
     assert flags == {("zoe", True), ("amy", False)}
-
-
-def _records(bootstrap: str, topic: str) -> list[Any]:
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=3000,
-        enable_auto_commit=False,
-    )
-    try:
-        return list(consumer)
-    finally:
-        consumer.close()
 
 
 def test_a_funnel_breakdown_names_a_defined_segment(api: Api) -> None:
