@@ -75,7 +75,13 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/outreach/triggers"): _MARKETER,
     ("GET", "/v1/outreach/timers"): _MARKETER,
     ("POST", "/v1/outreach/triggers/{trigger_id}/redeliver"): _MARKETER_CHANGE,
+    ("GET", "/v1/flows"): _MARKETER,
+    ("POST", "/v1/flows/validate"): _MARKETER,
+    ("GET", "/v1/flows/{flow_id}"): _MARKETER,
+    ("POST", "/v1/flows/{flow_id}/backtest"): _MARKETER,
+    ("GET", "/v1/customers/{customer_id}/flows"): _PERSONAL,
     ("GET", "/v1/write-keys"): _ADMIN,
+    ("GET", "/v1/write-keys/active"): _ADMIN,  # polled by every ingest gateway: not audited
     ("POST", "/v1/write-keys"): _ADMIN_CHANGE,
     ("PUT", "/v1/write-keys/{key_id}/origins"): _ADMIN_CHANGE,
     ("DELETE", "/v1/write-keys/{key_id}"): _ADMIN_CHANGE,

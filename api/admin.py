@@ -145,6 +145,26 @@ async def list_write_keys(request: Request) -> list[WriteKeyOut]:
     return [*[WriteKeyOut(**_out(key)) for key in keys], *static]
 
 
+class ActiveWriteKey(BaseModel):
+    """What an ingest gateway checks a write key against: never the key itself."""
+
+    digest: str = Field(description="sha256 of the key, hex")
+    name: str
+    allowed_origins: list[str]
+
+
+@router.get("/write-keys/active", response_model=dict[str, ActiveWriteKey])
+async def active_write_keys(request: Request) -> dict[str, ActiveWriteKey]:
+    """The active keys by key id, as digests: what each ingest gateway caches
+    (``JOURNEYS_WRITE_KEY_CACHE_S``) to check keys without ClickHouse."""
+    registry = _registry(request)
+    digests = await asyncio.to_thread(registry.store.active_digests)
+    return {
+        key_id: ActiveWriteKey(digest=digest, name=name, allowed_origins=list(origins))
+        for key_id, (digest, name, origins) in digests.items()
+    }
+
+
 @router.put("/write-keys/{key_id}/origins", response_model=WriteKeyOut)
 async def set_write_key_origins(key_id: str, body: OriginsIn, request: Request) -> WriteKeyOut:
     """Replace the browser origins a key accepts (empty list: the gateway's default)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import BaseRoute
 
 from api import (
     admin,
@@ -14,6 +15,7 @@ from api import (
     backups,
     browser,
     customers,
+    flows,
     ingest,
     metrics,
     outreach,
@@ -54,13 +56,15 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(backups.router)
     app.include_router(outreach.router)
+    app.include_router(flows.router)
+    app.include_router(flows.customer_router)
     app.include_router(metrics.router)
     app.include_router(users.session_router)
     app.include_router(users.guarded_session_router)
     app.include_router(users.users_router)
     install_dashboard(app)
     install_docs(app)
-    public = [*ingest.router.routes, *ingest.beacon_router.routes, *browser.router.routes]
+    public = ingest_routes()
     app.add_middleware(
         CorsMiddleware,
         policy=gateway.cors,
@@ -79,6 +83,33 @@ def create_api(gateway: Gateway) -> FastAPI:
         return JSONResponse(status_code=200 if healthy else 503, content=body)
 
     return app
+
+
+def create_ingest_api(gateway: Gateway) -> FastAPI:
+    """Only the tracking API and the browser SDKs' routes: an ingest gateway's own app.
+
+    ``journeys gateway`` serves these and forwards every other path to the node
+    (api/forwarding.py), whose app is :func:`create_api`.
+    """
+    app = FastAPI(title="Customer Journeys ingest", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gateway
+    install_error_handlers(app)
+    public = ingest_routes()
+    app.include_router(ingest.router)
+    app.include_router(ingest.beacon_router)
+    app.include_router(browser.router)
+    app.add_middleware(
+        CorsMiddleware,
+        policy=gateway.cors,
+        registry=gateway.write_keys,
+        public=public_paths(public),
+    )
+    return app
+
+
+def ingest_routes() -> list[BaseRoute]:
+    """The routes an ingest gateway serves itself (CORS treats them as public)."""
+    return [*ingest.router.routes, *ingest.beacon_router.routes, *browser.router.routes]
 
 
 async def _checked(check: Any) -> dict[str, Any]:

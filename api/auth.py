@@ -119,8 +119,13 @@ def resolve_principal(request: Request, gateway: Gateway) -> Principal | None:
 
 
 def source_of(request: HTTPConnection) -> str:
-    """The caller's address as the socket saw it (forwarded headers are not trusted)."""
-    return request.client.host if request.client else ""
+    """The caller's address as the socket saw it (forwarded headers are not trusted).
+
+    A request on the node's private Unix socket (no peer address) came through an
+    ingest gateway (api/forwarding.py), which says whom it came from."""
+    if request.client:
+        return request.client.host
+    return request.headers.get("x-journeys-client", "")
 
 
 def route_template(request: Request) -> str:

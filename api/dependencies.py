@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from api.access import AccessControl
@@ -78,6 +79,28 @@ class OutreachControl(Protocol):
 
     def redeliver(self, trigger_id: str) -> int | None:
         """Dead deliveries back to pending; None when the trigger is unknown."""
+        ...
+
+
+class FlowControl(Protocol):
+    """What the flows routes need (api/flows.py; wired in stack/flows.py FlowsAdmin)."""
+
+    def flows(self) -> list[dict[str, Any]]:
+        """The newest version of each flow, summarised."""
+        ...
+
+    def flow(self, flow_id: str) -> dict[str, Any] | None:
+        """One flow with its definition as written; None when unknown."""
+        ...
+
+    def customer_flows(self, customer_key: str) -> dict[str, Any] | None:
+        """The customer's flow states and decisions; None when flows do not run here."""
+        ...
+
+    def backtest(
+        self, flow_id: str, draft: dict[str, Any] | None, start: datetime, end: datetime
+    ) -> dict[str, Any] | None:
+        """The report of the flow (or ``draft``) over history; raises FlowError for a bad draft."""
         ...
 
 
@@ -212,6 +235,8 @@ class Gateway:
     backups: BackupControl | None = None
     # Segment definitions and membership reads; None: no segments in this process.
     segments: SegmentReads | None = None
+    # Journey flows: the flows file and backtests; None: no flows in this process.
+    flows: FlowControl | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

@@ -24,18 +24,23 @@ class IngestMetrics:
     invalid item of a batch counts one.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, counted_elsewhere: bool = False
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Behind ingest gateways (`journeys up`) the node shows the gateways' counts,
+        # summed from their files (stack/metrics.py); its own stay out of /metrics.
+        counters = CollectorRegistry() if counted_elsewhere else self.registry
         self._accepted = Counter(
             "journeys_events_accepted",
             "Events accepted: acknowledged by the broker (and journaled) before the answer",
-            registry=self.registry,
+            registry=counters,
         )
         self._rejected = Counter(
             "journeys_events_rejected",
             "Events refused, by the rule of the first problem (the errors' rule)",
             ["rule"],
-            registry=self.registry,
+            registry=counters,
         )
 
     def accepted(self, events: int) -> None:

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 # The development key from settings (JOURNEYS_WRITE_KEY) arrives as this source.
 DEV_SOURCE = "dev"
+# An unknown key id reloads the cache when it is older than this.
+MISS_RELOAD_S = 1.0
 
 
 class WriteKeyRegistry:
@@ -52,6 +54,11 @@ class WriteKeyRegistry:
             return None
         await self._refresh_if_stale()
         found = self._digests.get(key_id)
+        if found is None and self._cache_seconds > MISS_RELOAD_S:
+            # A key made a moment ago through another replica (the node, for a gateway)
+            # works at once; a flood of unknown keys reloads at most once a second.
+            await self._refresh_if_stale(MISS_RELOAD_S)
+            found = self._digests.get(key_id)
         if found is None or not hmac.compare_digest(found[0], digest(key)):
             return None
         return key_id
@@ -80,15 +87,13 @@ class WriteKeyRegistry:
         """Reload on the next check (after this replica created or revoked a key)."""
         self._loaded_at = None
 
-    async def _refresh_if_stale(self) -> None:
+    async def _refresh_if_stale(self, max_age: float | None = None) -> None:
+        max_age = self._cache_seconds if max_age is None else max_age
         now = self._clock()
-        if self._loaded_at is not None and now - self._loaded_at < self._cache_seconds:
+        if self._loaded_at is not None and now - self._loaded_at < max_age:
             return
         async with self._lock:
-            if (
-                self._loaded_at is not None
-                and self._clock() - self._loaded_at < self._cache_seconds
-            ):
+            if self._loaded_at is not None and self._clock() - self._loaded_at < max_age:
                 return  # another request reloaded meanwhile
             assert self.store is not None
             try:

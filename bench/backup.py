@@ -15,29 +15,21 @@ stopped and the backup restored into an empty folder (`journeys restore`, then
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import httpx
-import orjson
-
-from bench.run import storefront_call_stream
+from bench.stack_load import Senders, caught_up, journeys_up, stack_env
 from stack.backup import backups_in
 from stack.processes import free_port
 from stack.settings import Settings
 
-BATCH = 100
 MIB = 1024 * 1024
 
 
@@ -58,58 +50,6 @@ def _cli(settings: Settings, *args: str) -> tuple[float, subprocess.CompletedPro
 
 def _folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / MIB
-
-
-class Load:
-    """Senders of storefront calls, each request re-sent until its 200."""
-
-    def __init__(self, base: str, key: str, events: int, senders: int, seed: int) -> None:
-        self.base, self.key = base, key
-        self.calls = storefront_call_stream(events, seed=seed)
-        self.lock = threading.Lock()
-        self.acked = 0
-        self.longest = 0.0
-        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(senders)]
-
-    def start(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def join(self) -> None:
-        for thread in self.threads:
-            thread.join()
-
-    def _next(self) -> bytes | None:
-        with self.lock:
-            chunk = list(itertools.islice(self.calls, BATCH))
-        return orjson.dumps({"batch": chunk}) if chunk else None
-
-    def _send(self) -> None:
-        with httpx.Client(base_url=self.base, auth=(self.key, ""), timeout=60) as client:
-            while (body := self._next()) is not None:
-                began = time.monotonic()
-                while True:
-                    try:
-                        answer = client.post(
-                            "/v1/batch", content=body, headers={"content-type": "application/json"}
-                        )
-                        if answer.status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.2)
-                with self.lock:
-                    self.acked += body.count(b'"messageId"')
-                    self.longest = max(self.longest, time.monotonic() - began)
-
-
-def _caught_up(base: str) -> bool:
-    try:
-        components = httpx.get(f"{base}/health", timeout=10).json()["components"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        return False
-    return bool(components["backlog"]["lag_events"] == 0)
 
 
 def _parts(backup: Path) -> dict[str, float]:
@@ -153,69 +93,21 @@ def _verify(settings: Settings) -> str:
 
 def _start_and_stop(folder: Path, port: int) -> float:
     """`journeys up` in ``folder`` until healthy with no backlog (its journal replayed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_")}
-    env["JOURNEYS_API_PORT"] = str(port)
-    output = folder / "up.out"
     began = time.perf_counter()
-    with open(output, "wb") as sink:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "stack.cli", "up"],
-            cwd=folder,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 600
-        while not ("is up" in output.read_text(errors="replace") and _caught_up(base_of(port))):
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"journeys up did not come up:\n{output.read_text()}")
-            time.sleep(0.5)
+    with journeys_up(folder, stack_env(port), timeout_s=600, ready=caught_up):
         return time.perf_counter() - began
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            up.kill()
-
-
-def base_of(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
 
 
 def run(args: argparse.Namespace) -> int:
     folder = Path(tempfile.mkdtemp(prefix="bench-backup-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_")}
-    env |= {"JOURNEYS_API_PORT": str(port), "JOURNEYS_INGEST_RATE_PER_S": "0"}
     (folder / "source").mkdir()
-    output = folder / "up.out"
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with open(output, "wb") as sink:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "stack.cli", "up"],
-            cwd=folder / "source",
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
     source = Settings(data_dir=folder / "source" / "data", api_port=port)
-    try:
-        deadline = time.monotonic() + 180
-        while "is up" not in output.read_text(errors="replace"):
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"journeys up did not come up:\n{output.read_text()}")
-            time.sleep(0.3)
-        found = re.search(r"write key\s+(\S+)", output.read_text(errors="replace"))
-        assert found
-        key = found.group(1)
+    dest = folder / "backups"
+    with journeys_up(folder / "source", stack_env(port, JOURNEYS_INGEST_RATE_PER_S="0")) as stack:
         began = time.perf_counter()
-        Load(base, key, args.events, args.senders, seed=3).start().join()
-        while not _caught_up(base):
+        Senders(stack, args.events, args.senders, seed=3).start().join()
+        while not caught_up(stack.base):
             time.sleep(1)
         print(
             f"{args.events:,} storefront calls acknowledged and processed in "
@@ -223,21 +115,14 @@ def run(args: argparse.Namespace) -> int:
             f"{_folder_mib(source.data_dir):,.1f} MiB",
             flush=True,
         )
-        dest = folder / "backups"
         seconds, _ = _cli(source, "backup", str(dest))
         _report("idle", seconds, dest)
-        load = Load(base, key, args.events // 10, args.senders, seed=5).start()
+        load = Senders(stack, args.events // 10, args.senders, seed=5).start()
         time.sleep(2)
         seconds, _ = _cli(source, "backup", str(dest))
         _report("under load", seconds, dest)
         load.join()
         print(f"  the senders' longest wait for a 200 during that load: {load.longest:.2f} s")
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            up.kill()
     print(f"journeys verify on the source, stopped: {_verify(source)}")
     restored = Settings(data_dir=folder / "restored" / "data")
     seconds, _ = _cli(restored, "restore", str(dest))

@@ -35,24 +35,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
-import orjson
 import psutil
 from aiokafka.structs import TopicPartition as AioTopicPartition
 from confluent_kafka import KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.run import storefront_call_stream, storefront_events
+from bench.run import storefront_events
+from bench.stack_load import RunningStack, Senders, journeys_up, stack_env
 from stack.broker import EmbeddedBroker
 from stack.processes import free_port, rss_mib
 from stack.settings import Settings
@@ -60,7 +55,6 @@ from streams.outcomes import keyed_producer_config
 from streams.topics import ensure_topics
 
 MIB = 1024 * 1024
-BATCH = 100
 # Longer than the supervisor's RSS check interval (stack/cli.py: BROKER_RSS_CHECK_S).
 SETTLE_S = 5.0
 # Distinct storefront events cycled with a fresh id each: realistic sizes and keys
@@ -156,47 +150,19 @@ def produce(args: argparse.Namespace, broker: EmbeddedBroker, topic: str, idle: 
 def through_stack(args: argparse.Namespace) -> int:
     """``journeys up`` under sustained load: the broker's RSS, bounded by the roll."""
     folder = Path(tempfile.mkdtemp(prefix="bench-broker-roll-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_")}
-    env |= {
-        "JOURNEYS_API_PORT": str(port),
-        "JOURNEYS_BROKER_MAX_RSS_MIB": str(args.max_rss_mib),
-        "JOURNEYS_BROKER_ROLL_DRAIN_S": str(args.drain_s),
-        "JOURNEYS_INGEST_RATE_PER_S": "0",
+    env = stack_env(
+        free_port(),
+        JOURNEYS_BROKER_MAX_RSS_MIB=str(args.max_rss_mib),
+        JOURNEYS_BROKER_ROLL_DRAIN_S=str(args.drain_s),
+        JOURNEYS_INGEST_RATE_PER_S="0",
         # The backlog the worker may fall behind by (else 503): it must fit well under
         # the bound, as the defaults' 1M events (~1.2 GiB) do under 2 GiB, or each roll's
         # replay carries more than the bound into the next broker.
-        "JOURNEYS_INGEST_MAX_LAG_EVENTS": str(args.max_lag_events),
-        "JOURNEYS_TOPIC_PARTITIONS": str(args.partitions),
-    }
-    output = folder / "up.out"
-    # A SIGTERM (a timeout) unwinds through the finally below, which stops the stack.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with open(output, "wb") as sink:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "stack.cli", "up"],
-            cwd=folder,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while "is up" not in output.read_text(errors="replace"):
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"journeys up did not come up:\n{output.read_text()}")
-            time.sleep(0.3)
-        text = output.read_text(errors="replace")
-        found = re.search(r"write key\s+(\S+)", text)
-        assert found, text
-        return _drive(args, up, f"http://127.0.0.1:{port}", found.group(1), output)
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            up.kill()
+        JOURNEYS_INGEST_MAX_LAG_EVENTS=str(args.max_lag_events),
+        JOURNEYS_TOPIC_PARTITIONS=str(args.partitions),
+    )
+    with journeys_up(folder, env) as stack:
+        return _drive(args, stack)
 
 
 def _broker_pid(up: subprocess.Popen[bytes]) -> int | None:
@@ -209,41 +175,10 @@ def _broker_pid(up: subprocess.Popen[bytes]) -> int | None:
     return None
 
 
-def _drive(
-    args: argparse.Namespace, up: subprocess.Popen[bytes], base: str, key: str, output: Path
-) -> int:
-    calls = storefront_call_stream(args.events, seed=11)
-    lock = threading.Lock()
-    state = {"acked": 0, "bytes": 0, "longest": 0.0}
-
-    def next_batch() -> bytes | None:
-        with lock:
-            chunk = list(itertools.islice(calls, BATCH))
-        return orjson.dumps({"batch": chunk}) if chunk else None
-
-    def send() -> None:
-        with httpx.Client(base_url=base, auth=(key, ""), timeout=60) as client:
-            while (body := next_batch()) is not None:
-                began = time.monotonic()
-                while True:
-                    try:
-                        answer = client.post(
-                            "/v1/batch", content=body, headers={"content-type": "application/json"}
-                        )
-                        if answer.status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass  # the node is down for a roll: send again, as an SDK does
-                    time.sleep(0.2)
-                with lock:
-                    state["acked"] += body.count(b'"messageId"')
-                    state["bytes"] += len(body)
-                    state["longest"] = max(state["longest"], time.monotonic() - began)
-
-    senders = [threading.Thread(target=send, daemon=True) for _ in range(args.senders)]
+def _drive(args: argparse.Namespace, stack: RunningStack) -> int:
+    senders = Senders(stack, args.events, args.senders, seed=11)
     started = time.perf_counter()
-    for sender in senders:
-        sender.start()
+    senders.start()
     every = max(1, args.events // args.samples)
     peak = 0.0
     printed = 0
@@ -256,30 +191,30 @@ def _drive(
     settled: float | None = None
     while True:
         # Sampled a little past the last 200, so a roll the load called for is seen.
-        if settled is None and not any(sender.is_alive() for sender in senders):
+        if settled is None and not senders.alive():
             settled = time.monotonic() + SETTLE_S
         alive = settled is None or time.monotonic() < settled
-        pid = _broker_pid(up)
+        pid = _broker_pid(stack.process)
         rss = rss_mib(pid) if pid else 0.0
         peak = max(peak, rss)
-        with lock:
-            acked, sent = state["acked"], state["bytes"]
+        with senders.lock:
+            acked, sent = senders.acked, senders.bytes
         if acked - printed >= every or not alive:
-            printed = int(acked)
-            rolls = output.read_text(errors="replace").count("broker rolled")
-            print(f"{acked:>12,.0f} {sent / MIB:>9,.1f} {rss:>15,.1f} {rolls:>6}", flush=True)
+            printed = acked
+            rolls = stack.output.read_text(errors="replace").count("broker rolled")
+            print(f"{acked:>12,} {sent / MIB:>9,.1f} {rss:>15,.1f} {rolls:>6}", flush=True)
         if not alive:
             break
         time.sleep(0.5)
     elapsed = time.perf_counter() - started - SETTLE_S
-    rolls = output.read_text(errors="replace").count("broker rolled")
+    rolls = stack.output.read_text(errors="replace").count("broker rolled")
     print(
-        f"acknowledged {state['acked']:,.0f} events in {elapsed:,.0f} s "
-        f"({state['acked'] / elapsed:,.0f} events/s, rolls included); broker RSS peak "
+        f"acknowledged {senders.acked:,} events in {elapsed:,.0f} s "
+        f"({senders.acked / elapsed:,.0f} events/s, rolls included); broker RSS peak "
         f"{peak:,.1f} MiB (bound {args.max_rss_mib} MiB, sampled every 0.5 s); {rolls} rolls; "
-        f"longest wait for a 200: {state['longest']:.1f} s"
+        f"longest wait for a 200: {senders.longest:.1f} s"
     )
-    for line in output.read_text(errors="replace").splitlines():
+    for line in stack.output.read_text(errors="replace").splitlines():
         if line.startswith("broker rolled"):
             print(f"  {line}")
     return 0

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -503,8 +503,15 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
+class ServesApi(Protocol):
+    """What the latency measure needs of a stack: its settings (broker, keys, port), its URL."""
+
+    settings: Settings
+    base: str
+
+
 async def track_to_stage_latency(
-    node: BenchNode, rate: float, seconds: float, probes_per_s: float = 50, senders: int = 64
+    node: ServesApi, rate: float, seconds: float, probes_per_s: float = 50, senders: int = 64
 ) -> dict[str, float]:
     """p50/p99 ms from a /v1/track 200 to the customer's stage visible through the API.
 

@@ -143,6 +143,16 @@ def _parse_clock(value: Any, field_name: str) -> time:
         raise RuleError(field_name, "time", "must be HH:MM") from None
 
 
+def parse_quiet_hours(value: Any, field_name: str) -> QuietHours:
+    """``{start = "21:00", end = "08:00"}``; raises :class:`RuleError` naming the field."""
+    if not isinstance(value, Mapping) or "start" not in value or "end" not in value:
+        raise RuleError(field_name, "type", "must have start and end (HH:MM)")
+    return QuietHours(
+        _parse_clock(value["start"], f"{field_name}.start"),
+        _parse_clock(value["end"], f"{field_name}.end"),
+    )
+
+
 # Known conditions and what they accept: (low, high) for numbers, a set for names.
 _CONDITIONS: dict[str, tuple[float, float] | frozenset[str]] = {
     "min_cart_value": (0, 1e12),
@@ -206,14 +216,7 @@ def parse_rule(data: Mapping[str, Any], where: str = "rule") -> TriggerRule:
         raise RuleError(_field(where, "conditions"), "type", "must be a table of conditions")
     _check_conditions(conditions, _field(where, "conditions"))
     quiet = data.get("quiet_hours")
-    quiet_hours = None
-    if quiet is not None:
-        if not isinstance(quiet, Mapping) or "start" not in quiet or "end" not in quiet:
-            raise RuleError(_field(where, "quiet_hours"), "type", "must have start and end (HH:MM)")
-        quiet_hours = QuietHours(
-            _parse_clock(quiet["start"], _field(where, "quiet_hours.start")),
-            _parse_clock(quiet["end"], _field(where, "quiet_hours.end")),
-        )
+    quiet_hours = None if quiet is None else parse_quiet_hours(quiet, _field(where, "quiet_hours"))
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise RuleError(_field(where, "enabled"), "type", "must be true or false")

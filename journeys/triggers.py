@@ -150,10 +150,7 @@ class CustomerFacts:
     @property
     def zone(self) -> ZoneInfo:
         """The customer's time zone; UTC when unknown or not a real zone."""
-        try:
-            return ZoneInfo(self.timezone) if self.timezone else ZoneInfo("UTC")
-        except (ZoneInfoNotFoundError, ValueError):
-            return ZoneInfo("UTC")
+        return customer_zone(self.timezone)
 
     def order_times(self) -> list[datetime]:
         """Completed orders' event times, in order."""
@@ -516,7 +513,7 @@ class TriggerEngine:
         """The due time, moved to the end of quiet hours in the customer's time zone."""
         if rule.quiet_hours is None:
             return due  # no need to look the zone up
-        return _after_quiet_hours(rule.quiet_hours, due, facts.zone)
+        return after_quiet_hours(rule.quiet_hours, due, facts.zone)
 
     def plan(self, facts: CustomerFacts) -> list[Timer]:
         """The clocks that should be running for this customer now."""
@@ -656,7 +653,16 @@ class TriggerEngine:
         return {"birthday": facts.birthday, "timezone": facts.timezone}
 
 
-def _after_quiet_hours(quiet: QuietHours | None, due: datetime, zone: ZoneInfo) -> datetime:
+def customer_zone(name: str | None) -> ZoneInfo:
+    """The customer's time zone by name; UTC when unknown or not a real zone."""
+    try:
+        return ZoneInfo(name) if name else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def after_quiet_hours(quiet: QuietHours | None, due: datetime, zone: ZoneInfo) -> datetime:
+    """``due``, or the end of the quiet hours (in ``zone``) it falls in."""
     if quiet is None:
         return due
     local = due.astimezone(zone)

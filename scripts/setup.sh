@@ -7,6 +7,24 @@ cd "$(dirname "$0")/.."
 
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+# apt-get, waiting for a busy apt lock (another install, unattended-upgrades)
+# instead of failing: dpkg's frontend lock honours DPkg::Lock::Timeout, the
+# lists lock of `apt-get update` does not, so that one is retried.
+apt_get() {
+  local deadline=$((SECONDS + 900)) output
+  while true; do
+    if output=$($SUDO apt-get -o DPkg::Lock::Timeout=600 -qq "$@" 2>&1); then
+      return 0
+    fi
+    if [[ "$output" != *"Could not get lock"* ]] || [ "$SECONDS" -ge "$deadline" ]; then
+      printf '%s\n' "$output" >&2
+      return 1
+    fi
+    echo "setup: apt is busy (another package manager holds its lock); waiting …" >&2
+    sleep 5
+  done
+}
+
 find_python() {
   for candidate in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
     [ -n "$candidate" ] || continue
@@ -20,7 +38,7 @@ find_python() {
 
 if ! python=$(find_python); then
   echo "setup: no Python >= 3.11 with venv; installing Debian's python3 …" >&2
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3 python3-venv python3-dev >/dev/null
+  apt_get update && apt_get install -y python3 python3-venv python3-dev >/dev/null
   python=$(find_python) || { echo "setup: still no Python >= 3.11" >&2; exit 1; }
 fi
 
@@ -45,5 +63,5 @@ fi
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
   # The dashboard's browser tests drive Debian's chromium (browser downloads fail here).
   echo "setup: installing Debian's chromium for the browser tests …" >&2
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+  apt_get update && apt_get install -y chromium >/dev/null
 fi

@@ -42,6 +42,7 @@ from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
 from stack.backup import NodeBackups
+from stack.flows import FlowsAdmin
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
@@ -49,7 +50,7 @@ from stack.privacy import Privacy, open_vault
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.confluent_sink import ConfluentEventSink
-from streams.journal import Journal, JournaledSink
+from streams.journal import Journal, JournaledSink, retained_on_disk
 from streams.outreach.store import OutreachStore
 from streams.pipeline import JourneyPipeline
 from streams.producer import KafkaEventSink
@@ -356,6 +357,25 @@ def build_gateway(
             }
 
         checks["journal"] = journal_check
+    gateways_dir = settings.data_dir / "gateways"  # made by `journeys up` when it runs gateways
+    if streams is not None and gateways_dir.is_dir():
+
+        async def gateway_journals_check() -> dict[str, Any]:
+            # The ingest gateways' journals (`journeys up`), trimmed by each gateway as
+            # this worker's positions pass them; always ok: a full one answers 503 there.
+            folders = sorted(gateways_dir.glob("*/journal"))
+            held = {path.parent.name: retained_on_disk(path) for path in folders}
+            return {
+                "ok": True,
+                "segments": sum(segments for segments, _ in held.values()),
+                "retained_bytes": sum(size for _, size in held.values()),
+                "gateways": {
+                    name: {"segments": segments, "retained_bytes": size}
+                    for name, (segments, size) in held.items()
+                },
+            }
+
+        checks["gateway_journals"] = gateway_journals_check
     backlog: BacklogLimit | None = None
     if streams is not None:
 
@@ -414,9 +434,12 @@ def build_gateway(
         journeys=platform.journeys,
         outreach=OutreachAdmin(settings, platform.outreach),
         backlog=backlog,
-        metrics=IngestMetrics(registry),
+        metrics=IngestMetrics(registry, counted_elsewhere=settings.gateway_metrics_dir is not None),
         access=access_control(settings, platform.access),
         privacy=platform.privacy,
         segments=segment_reads(platform),
+        flows=FlowsAdmin(
+            settings, platform.clickhouse, platform.event_log.database, platform.outreach
+        ),
         backups=backups,
     )

@@ -1,7 +1,8 @@
 """``journeys``: start the local stack or one of its processes.
 
-journeys up       broker + node (worker and API), until Ctrl-C (--demo: with traffic)
+journeys up       broker + node + ingest gateways, until Ctrl-C (--demo: with traffic)
 journeys node     worker and API in one process (the embedded shape)
+journeys gateway  an ingest gateway (run by `journeys up`: forwards all but ingest to the node)
 journeys worker   the journey worker alone (scale-out)
 journeys api      the API alone (scale-out, needs a ClickHouse server)
 journeys topics   create the platform's topics
@@ -18,6 +19,7 @@ journeys restore SRC                  a backup into an empty data folder (node s
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
 journeys outreach webhooks, rules and triggers, over the API (admin key)
+journeys flows    validate|list|show the flows file; backtest FLOW --from --to (admin key)
 journeys funnel   run a funnel through the API and print it (--csv to export)
 journeys retention  print a retention table from the API (--csv to export)
 """
@@ -25,13 +27,17 @@ journeys retention  print a retention table from the API (--csv to export)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,18 +47,19 @@ import httpx
 
 from stack import access, analysis_cli, backup_cli, demo, http_commands, outreach_cli
 from stack.broker import EmbeddedBrokers, ensure_platform_topics
+from stack.flows_cli import FLOWS_COMMAND, add_flows_parser, run_flows
 from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
-from stack.processes import rss_mib, spawn
+from stack.processes import API_BACKLOG, rss_mib, spawn
 from stack.segments_cli import SEGMENTS_COMMAND, add_segments_parser, run_segments
 from stack.settings import Settings
 from stack.supervisor import CrashLoop, RestartPolicy, Standby, Supervised, sleep_unless
 
 STARTUP_TIMEOUT_S = 180.0
 NODE_STOP_TIMEOUT_S = 90.0
+# A gateway stops in its requests' time (uvicorn's graceful shutdown) and a flush.
+GATEWAY_STOP_TIMEOUT_S = 30.0
 # How often `journeys up` reads the embedded broker's resident size.
 BROKER_RSS_CHECK_S = 2.0
-# Connections the API's socket holds while no node accepts them (a restart).
-API_BACKLOG = 4096
 
 
 def dev_keys(settings: Settings) -> Settings:
@@ -118,7 +125,14 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
     )
     if demo_rate > 0:
         settings = demo.demo_settings(settings)
-    settings = settings.model_copy(update={"api_socket_fd": listener.fileno()})
+    gateway_count = _gateway_count(settings)
+    # With gateways the node serves a private Unix socket, also ours: forwarded calls
+    # wait in it while the node restarts, as public ones do in the public socket.
+    node_socket_path = _node_socket_path(settings.data_dir) if gateway_count else ""
+    node_listener = _unix_listener(node_socket_path) if node_socket_path else listener
+    settings = settings.model_copy(update={"api_socket_fd": node_listener.fileno()})
+    if gateway_count:
+        settings = settings.model_copy(update={"gateway_metrics_dir": _metrics_dir(settings)})
     brokers = (
         EmbeddedBrokers(settings, logs / "broker.log")
         if not settings.kafka_bootstrap_servers
@@ -138,6 +152,23 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             [sys.executable, "-m", "stack.cli", "node"],
             logs / "node.log",
             env=node_settings().to_env(),
+            pass_fds=[node_listener.fileno()],
+        )
+
+    def start_gateway(index: int) -> subprocess.Popen[bytes]:
+        gateway_settings = node_settings().model_copy(
+            update={
+                "api_socket_fd": listener.fileno(),
+                "node_socket": node_socket_path,
+                "journal_dir": _gateway_journal(settings.data_dir, index),
+            }
+        )
+        # Counters in files the node's /metrics sums (prometheus_client's multiprocess mode).
+        counters = {"PROMETHEUS_MULTIPROC_DIR": str(settings.gateway_metrics_dir)}
+        return spawn(
+            [sys.executable, "-m", "stack.cli", "gateway", "--index", str(index)],
+            logs / f"gateway-{index}.log",
+            env={**gateway_settings.to_env(), **counters},
             pass_fds=[listener.fileno()],
         )
 
@@ -145,12 +176,31 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         lambda: spawn(
             [sys.executable, "-m", "stack.cli", "node", "--standby"],
             logs / "node.log",
-            pass_fds=[listener.fileno()],
+            pass_fds=[node_listener.fileno()],
             stdin_pipe=True,
         )
     )
-    node = Supervised("node", logs / "node.log", start_node, NODE_STOP_TIMEOUT_S)
-    children = [node]
+    depends = "broker" if brokers is not None else None
+    node = Supervised(
+        "node", logs / "node.log", start_node, NODE_STOP_TIMEOUT_S, depends_on=depends
+    )
+    gateways = [
+        Supervised(
+            f"gateway {index}",
+            logs / f"gateway-{index}.log",
+            functools.partial(start_gateway, index),
+            GATEWAY_STOP_TIMEOUT_S,
+            depends_on=depends,
+        )
+        for index in range(gateway_count)
+    ]
+    if gateway_count:
+        print(
+            f"{gateway_count} ingest gateways on {settings.api_host}:{settings.api_port}; "
+            f"the node on {node_socket_path}",
+            flush=True,
+        )
+    children = [node, *gateways]
     if brokers is not None:
         children.insert(0, Supervised("broker", brokers.log_path, brokers.start, 10.0))
     base = f"http://{settings.api_host}:{settings.api_port}"
@@ -177,7 +227,14 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
                         flush=True,
                     )
                 _roll_if_full(
-                    brokers, standby, children[0], node, settings, policy, lambda: stopping
+                    brokers,
+                    standby,
+                    children[0],
+                    node,
+                    gateways,
+                    settings,
+                    policy,
+                    lambda: stopping,
                 )
             if not announced:
                 if _healthy(base):
@@ -206,7 +263,64 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             brokers.discard_standby()
         standby.discard()
         listener.close()
+        if node_listener is not listener:
+            node_listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(node_socket_path)
         print("stopped.", flush=True)
+
+
+def _gateway_count(settings: Settings) -> int:
+    """How many ingest gateways to run: the setting (default one per core), and at
+    least as many as there are gateway journals still holding events, which only
+    their own gateway replays."""
+    wanted = settings.gateways if settings.gateways is not None else (os.cpu_count() or 1)
+    retained = [
+        int(folder.name)
+        for folder in (settings.data_dir / "gateways").glob("*")
+        if folder.name.isdigit() and any((folder / "journal").glob("*.seg"))
+    ]
+    needed = max(retained) + 1 if retained else 0
+    if needed > wanted:
+        print(
+            f"starting {needed} ingest gateways, not {wanted}: gateway {needed - 1}'s journal "
+            "still holds events only it replays",
+            flush=True,
+        )
+    count = max(wanted, needed)
+    if count:
+        (settings.data_dir / "gateways").mkdir(exist_ok=True)
+    return count
+
+
+def _metrics_dir(settings: Settings) -> Path:
+    """The gateways' counter files, emptied at each start (a new stack counts from 0)."""
+    folder = settings.data_dir / "gateway-metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    return folder
+
+
+def _gateway_journal(data_dir: Path, index: int) -> Path:
+    return data_dir / "gateways" / str(index) / "journal"
+
+
+def _node_socket_path(data_dir: Path) -> str:
+    """The node's private socket: in the data folder (0700), or a private temporary
+    folder when that path is longer than a Unix socket's address allows."""
+    path = data_dir / "node.sock"
+    if len(str(path)) < 100:
+        return str(path)
+    return str(Path(tempfile.mkdtemp(prefix="journeys-")) / "node.sock")
+
+
+def _unix_listener(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by a stack that was killed
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(API_BACKLOG)
+    return listener
 
 
 def _start(child: Supervised, policy: RestartPolicy, stopping: Callable[[], bool]) -> None:
@@ -226,6 +340,7 @@ def _roll_if_full(
     standby: Standby,
     broker: Supervised,
     node: Supervised,
+    gateways: list[Supervised],
     settings: Settings,
     policy: RestartPolicy,
     stopping: Callable[[], bool],
@@ -268,11 +383,16 @@ def _roll_if_full(
         print(f"could not start the next broker ({error}); not rolling now", file=sys.stderr)
         return False
     prepared = time.monotonic()
+    # Gateways first: what they acknowledged is in the old broker, which the node drains.
+    for gateway in gateways:
+        gateway.stop()
     node.stop(settings.broker_roll_drain_s)
     drained = time.monotonic()
     broker.stop()
     _start(broker, policy, stopping)
     _start(node, policy, stopping)
+    for gateway in gateways:
+        _start(gateway, policy, stopping)
     print(
         f"broker rolled (next broker ready in {prepared - began:.1f} s, node stopped in "
         f"{drained - prepared:.1f} s); the node is starting",
@@ -284,9 +404,10 @@ def _roll_if_full(
 def _restart_dead(
     children: list[Supervised], policy: RestartPolicy, stopping: Callable[[], bool]
 ) -> None:
-    """Restart every child that died. The node depends on the broker: with a new
-    broker comes a new epoch, so the node is restarted after it, whatever its state."""
-    for index, child in enumerate(children):
+    """Restart every child that died. The node and the gateways depend on the broker:
+    with a new broker comes a new epoch, so they are restarted after it, whatever
+    their state; a dead node or gateway is restarted alone."""
+    for child in children:
         code = child.exit_code()
         if code is None or stopping():
             continue
@@ -297,7 +418,7 @@ def _restart_dead(
             file=sys.stderr,
             flush=True,
         )
-        dependants = children[index + 1 :]
+        dependants = [c for c in children if c.depends_on == child.name]
         for dependant in dependants:
             # Its broker is gone: there is nothing to drain into.
             dependant.kill()
@@ -466,6 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         help="import everything, then wait for the settings (a JSON line of JOURNEYS_* "
         "variables) on standard input: `journeys up`'s next node at a broker roll",
     )
+    gateway_command = commands.add_parser(
+        "gateway", help="an ingest gateway (`journeys up` runs them; needs the node's socket)"
+    )
+    gateway_command.add_argument(
+        "--index", type=int, default=0, help="which of `journeys up`'s gateways (logs only)"
+    )
     commands.add_parser("worker", help="the journey worker alone")
     commands.add_parser("api", help="the API alone (needs a ClickHouse server)")
     commands.add_parser("topics", help="create the platform's topics")
@@ -491,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     backup_cli.add_commands(commands)
     add_segments_parser(commands)
+    add_flows_parser(commands)
     args = parser.parse_args(argv)
     # What the stores hold is about people: whatever this process and its children
     # create (data folder, event store, ClickHouse, journal, logs) is the owner's
@@ -519,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         return outreach_cli.run(args, settings)
     if args.command == SEGMENTS_COMMAND:
         return run_segments(args, settings)
+    if args.command == FLOWS_COMMAND:
+        return run_flows(args, settings)
     if args.command == "users":
         return access.run(args, settings)
     if args.command == "master-key":
@@ -545,6 +675,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "topics":
         created = ensure_platform_topics(settings)
         print("created: " + (", ".join(created) or "nothing, all existed"))
+        return 0
+    if args.command == "gateway":
+        # Not stack.node: a gateway needs neither Faust nor chdb.
+        from stack.gateway import run_gateway
+
+        run_gateway(settings)
         return 0
     # Imported here: `up` and `topics` need none of the worker's packages.
     from stack import node

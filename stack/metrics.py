@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from streams.backlog import Backlog
@@ -57,6 +59,13 @@ class NodeGauges(Collector):
                 "Bytes the ingest journal keeps until the worker has processed them",
                 value=self.journal.retained_bytes,
             )
+
+
+def register_gateway_counters(registry: CollectorRegistry, folder: Path | None) -> None:
+    """The ingest gateways' counters, summed over every gateway process that ran in this
+    stack (a restarted one's dead files included: counters never go back)."""
+    if folder is not None:
+        MultiProcessCollector(registry, path=str(folder))
 
 
 def register_node_gauges(

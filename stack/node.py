@@ -25,12 +25,15 @@ from prometheus_client import CollectorRegistry
 from api.app import create_api
 from stack.backup import NodeBackups
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
-from stack.metrics import register_node_gauges
+from stack.flows import load_flows
+from stack.metrics import register_gateway_counters, register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
+from stack.processes import API_BACKLOG
 from stack.settings import Settings
 from streams.app import JourneyStreams
-from streams.journal import Journal, JournaledSink, Segment
+from streams.journal import Journal, JournaledSink, Segment, trim_periodically
 from streams.metrics import WorkerMetrics
+from streams.outreach.flows import FlowRunner
 from streams.outreach.worker import OutreachWorker
 from streams.pipeline import source_name
 from streams.topics import end_offsets
@@ -84,6 +87,9 @@ class ApiServer(Service):
             log_level=settings.log_level,
             lifespan="off",
             access_log=False,
+            # Under `journeys up` the socket is the supervisor's: asyncio's listen()
+            # would cut its backlog to uvicorn's default 2048.
+            backlog=API_BACKLOG,
         )
         self.server = _EmbeddedUvicorn(config)
         # Under `journeys up` the socket is the supervisor's (it outlives this process).
@@ -98,7 +104,9 @@ class ApiServer(Service):
             # Before any new event: one customer's events stay in the order first accepted.
             await self.sink.replay(self.unproduced, self._position)
             self.unproduced = []
-            self._trimming = asyncio.ensure_future(self._trim_journal())
+            self._trimming = asyncio.ensure_future(
+                trim_periodically(self._trim_once, self.platform.settings.journal_trim_s)
+            )
         backups = self.gateway.backups
         if isinstance(backups, NodeBackups) and self.platform.settings.backup_every_h:
             self._backing_up = asyncio.ensure_future(backups.scheduled())
@@ -141,15 +149,6 @@ class ApiServer(Service):
             return positions[epoch, partition]
 
         self.journal.trim(position)
-
-    async def _trim_journal(self) -> None:
-        """Delete the journal's processed segments, every ``journal_trim_s``."""
-        while True:
-            await asyncio.sleep(self.platform.settings.journal_trim_s)
-            try:
-                await asyncio.to_thread(self._trim_once)
-            except Exception:
-                log.exception("could not trim the ingest journal")
 
 
 async def drain(streams: JourneyStreams, settings: Settings) -> bool:
@@ -242,8 +241,15 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         segment_reader(platform.event_log),
         lateness=metrics.trigger_lateness_seconds.observe,
         vault=platform.vault,
+        flows=lambda worker: FlowRunner(
+            platform.outreach,
+            load_flows(settings),
+            worker.delivery_targets,
+            int(settings.trigger_grace.total_seconds() * 1000),
+        ),
     )
     register_node_gauges(registry, None, None, outreach.consumer_lag)
+    register_gateway_counters(registry, settings.gateway_metrics_dir)
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
     api = ApiServer(platform, streams, journal, unproduced, registry) if with_api else None
     node = NodeWorker(streams.app, *services, api=api, loglevel=settings.log_level)

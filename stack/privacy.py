@@ -314,45 +314,35 @@ class Privacy:
 
     def _delete_rows(self, ids: Sequence[str]) -> dict[str, int]:
         """Delete the ids' rows from ClickHouse and the outreach store; counts by table."""
-        deleted: dict[str, int] = {}
-        params = {"ids": list(ids)}
-        for table in CUSTOMER_TABLES:
-            where = "customer_key IN {ids:Array(String)}"
-            if table == "events":
-                where += " OR user_id IN {ids:Array(String)} OR anonymous_id IN {ids:Array(String)}"
-            count = int(
-                self._client.query(
-                    f"SELECT count() FROM {self._db}.{table} WHERE {where}", parameters=params
-                ).result_rows[0][0]
-            )
-            if count:
-                # A mutation, waited for: the parts are rewritten without the rows.
-                self._client.command(
-                    f"ALTER TABLE {self._db}.{table} DELETE WHERE {where} "
-                    "SETTINGS mutations_sync = 2",
-                    parameters=params,
-                )
-            deleted[table] = count
-        letters = (
+        wheres = {table: "customer_key IN {ids:Array(String)}" for table in CUSTOMER_TABLES}
+        wheres["events"] += (
+            " OR user_id IN {ids:Array(String)} OR anonymous_id IN {ids:Array(String)}"
+        )
+        wheres["dead_letters"] = (
             "JSONExtractString(payload, 'userId') IN {ids:Array(String)} "
             "OR JSONExtractString(payload, 'anonymousId') IN {ids:Array(String)}"
         )
-        count = int(
-            self._client.query(
-                f"SELECT count() FROM {self._db}.dead_letters WHERE {letters}", parameters=params
-            ).result_rows[0][0]
-        )
-        if count:
-            self._client.command(
-                f"ALTER TABLE {self._db}.dead_letters DELETE WHERE {letters} "
-                "SETTINGS mutations_sync = 2",
-                parameters=params,
-            )
-        deleted["dead_letters"] = count
+        deleted = {table: self._delete_where(table, where, ids) for table, where in wheres.items()}
         deleted.update(self._outreach.forget_customers(ids))
         if self._segments is not None:
             deleted.update(self._segments.forget_customers(ids))
         return deleted
+
+    def _delete_where(self, table: str, where: str, ids: Sequence[str]) -> int:
+        """Delete ``table``'s rows matching ``where`` (over the ``ids`` parameter); how many."""
+        params = {"ids": list(ids)}
+        count = int(
+            self._client.query(
+                f"SELECT count() FROM {self._db}.{table} WHERE {where}", parameters=params
+            ).result_rows[0][0]
+        )
+        if count:
+            # A mutation, waited for: the parts are rewritten without the rows.
+            self._client.command(
+                f"ALTER TABLE {self._db}.{table} DELETE WHERE {where} SETTINGS mutations_sync = 2",
+                parameters=params,
+            )
+        return count
 
     def _append_ledger(self, entry: dict[str, Any]) -> None:
         path = self.settings.erasure_ledger_path

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import IO
 
 _PR_SET_PDEATHSIG = 1
+# Connections the supervisor's listening sockets hold while nothing accepts them (a
+# restart). Whoever serves on one passes it again: asyncio's listen() resets it.
+API_BACKLOG = 4096
 
 
 def free_port(host: str = "127.0.0.1") -> int:

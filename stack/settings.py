@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     # How often the worker looks for segment states that time alone changes
     # (a rolling window sliding past an event, a "days since" crossing a day).
     segment_tick_s: float = Field(default=0.25, gt=0)
+    # Journey flows (TOML); unset: journeys/flows.toml.
+    flows_file: Path | None = None
 
     # HTTP gateway.
     api_host: str = "127.0.0.1"
@@ -122,6 +124,19 @@ class Settings(BaseSettings):
     # inherited by the node, so connections wait in its backlog while the node
     # restarts (a crash, a broker roll) rather than being refused.
     api_socket_fd: int | None = None
+    # Ingest gateways `journeys up` runs on the API's socket (`journeys gateway`:
+    # parse, validate, journal, produce), the kernel spreading connections among
+    # them; every other path they forward to the node. Unset: one per core. 0: none,
+    # the node serves the socket itself (the layout before issue 19).
+    gateways: int | None = Field(default=None, ge=0)
+    # Set by `journeys up` for a gateway: the node's private Unix socket.
+    node_socket: str = ""
+    # Set by `journeys up` with gateways: where they keep their counters (prometheus
+    # multiprocess files), which the node's /metrics sums.
+    gateway_metrics_dir: Path | None = None
+    # How often a gateway reads the worker's positions and the broker's end offsets
+    # for its lag limit (and its journal's trim): the staleness of its 503.
+    gateway_lag_poll_s: float = Field(default=1.0, gt=0)
     # Development keys. `journeys up` generates and keeps them in data_dir when unset.
     write_key: str = ""
     read_key: str = ""

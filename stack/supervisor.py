@@ -1,6 +1,6 @@
 """Supervision of the embedded stack's children: restart the dead, give up on a crash loop.
 
-`journeys up` runs a broker and a node as children. A child that dies is
+`journeys up` runs a broker, a node and ingest gateways as children. A child that dies is
 started again after a backoff that doubles with each recent restart; the other
 children keep running. A child that dies more than ``max_restarts`` times
 within ``window_s`` seconds is a crash loop: restarting it again would only hide
@@ -55,6 +55,9 @@ class Supervised:
     stop_timeout_s: float
     process: subprocess.Popen[bytes] | None = None
     deaths: deque[float] = field(default_factory=deque)
+    # The child this one cannot outlive (the broker, for the node and the gateways:
+    # a new broker is a new epoch): its death restarts this one too.
+    depends_on: str | None = None
 
     def start(self) -> None:
         self.process = self.launch()

@@ -611,6 +611,30 @@ def _processed_partitions(segment: Segment, old_position: Position | None) -> se
     }
 
 
+async def trim_periodically(trim: Callable[[], None], every_s: float) -> None:
+    """Run ``trim`` (in a thread: it reads positions) every ``every_s`` until cancelled;
+    a failed round is logged and the next one tries again."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(trim)
+        except Exception:
+            log.exception("could not trim the ingest journal")
+
+
+def retained_on_disk(folder: Path) -> tuple[int, int]:
+    """Segments and bytes a journal folder holds, from the files alone (another process's
+    journal: the node reporting its gateways')."""
+    segments = size = 0
+    for path in folder.glob("*.seg"):
+        try:
+            size += path.stat().st_size
+        except FileNotFoundError:
+            continue  # trimmed meanwhile
+        segments += 1
+    return segments, size
+
+
 def journal_records(journal: Journal) -> Iterator[Record]:
     """Every record retained, in journal order (tests, tools)."""
     for segment in journal._sorted():

@@ -7,12 +7,18 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 
 BANNER_TIMEOUT_S = 180
+# Command-line markers of `journeys up`'s children (``stack.child(NODE)``).
+NODE = "stack.cli node"
+GATEWAY = "stack.cli gateway"
 
 
 class RunningStack:
@@ -66,6 +72,17 @@ class RunningStack:
                 continue
         return None
 
+    def children_matching(self, marker: str) -> list[psutil.Process]:
+        """Every child whose command line contains ``marker`` (``GATEWAY``: the gateways)."""
+        found = []
+        for child in self.children():
+            try:
+                if marker in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
     def interrupt(self, signum: int = signal.SIGINT) -> tuple[int, list[int]]:
         """Ctrl-C (or ``signum``); returns the exit code and the pids of the children it had."""
         children = [c.pid for c in self.children()]
@@ -92,3 +109,47 @@ def leftovers(pids: list[int]) -> list[int]:
         for pid in pids
         if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     ]
+
+
+class Sender:
+    """An SDK's delivery loop over ``requests`` (lists of calls), shared by ``run`` threads:
+    each request is sent again until it is answered 200, then ``pause_s`` passes.
+    Notes when each call was first sent and when it got its 200 (``time.monotonic``)."""
+
+    def __init__(
+        self,
+        base: str,
+        write_key: str,
+        requests: list[list[dict[str, Any]]],
+        pause_s: float = 0.0,
+    ) -> None:
+        self.base, self.write_key, self.pause_s = base, write_key, pause_s
+        self.pending = list(reversed(requests))
+        self.lock = threading.Lock()
+        self.times: dict[str, tuple[float, float]] = {}  # messageId -> (first sent, acked)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, auth=(self.write_key, ""), timeout=30) as client:
+            while True:
+                with self.lock:
+                    if not self.pending:
+                        return
+                    batch = self.pending.pop()
+                first = time.monotonic()
+                while not self._sent(client, batch):
+                    time.sleep(0.2)
+                acknowledged = time.monotonic()
+                with self.lock:
+                    for call in batch:
+                        self.times[call["messageId"]] = (first, acknowledged)
+                time.sleep(self.pause_s)
+
+    def _sent(self, client: httpx.Client, batch: list[dict[str, Any]]) -> bool:
+        try:
+            return client.post("/v1/batch", json={"batch": batch}).status_code == 200
+        except httpx.HTTPError:
+            return False  # the stack is restarting a process: try again, as an SDK does
+
+    def done(self) -> int:
+        with self.lock:
+            return len(self.times)

@@ -119,6 +119,14 @@ class Vault:
                 self._cache.pop(customer_id, None)
         return destroyed
 
+    def forget(self, customer_ids: Iterable[str]) -> None:
+        """Suppress ids another process erased (its key store rows are gone already)."""
+        ids = list(customer_ids)
+        self._suppressed.update(ids)
+        with self._lock:
+            for customer_id in ids:
+                self._cache.pop(customer_id, None)
+
     # --- sealing -----------------------------------------------------------------
 
     def _personal(self, values: Mapping[str, Any]) -> bool:

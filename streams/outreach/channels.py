@@ -111,10 +111,20 @@ async def send_email(
     message = EmailMessage()
     message["From"] = sender
     message["To"] = recipient
-    message["Subject"] = f"[{trigger['rule']}] for {trigger['customer_id']}"
+    # A flow's message was rendered from its templates; a rule's trigger is sent as data.
+    flow_message = trigger.get("trigger") == "flow"
+    message["Subject"] = (
+        str(trigger.get("subject") or "")
+        if flow_message
+        else f"[{trigger['rule']}] for {trigger['customer_id']}"
+    )
     message["Message-ID"] = f"<{trigger['trigger_id']}@customer-journeys>"
     message[IDEMPOTENCY_HEADER] = str(trigger["trigger_id"])
-    message.set_content(orjson.dumps(trigger, option=orjson.OPT_INDENT_2).decode())
+    message.set_content(
+        str(trigger.get("body") or "")
+        if flow_message
+        else orjson.dumps(trigger, option=orjson.OPT_INDENT_2).decode()
+    )
     try:
         await asyncio.to_thread(_send_mail, host, port, message, timeout_s)
     except smtplib.SMTPResponseException as error:

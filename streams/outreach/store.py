@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,42 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS outreach_endpoints (
         endpoint_id TEXT PRIMARY KEY, url TEXT NOT NULL, secret TEXT NOT NULL,
         rules TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    # Journey flows (issue 18): each customer's state per flow, with when to advance it;
+    # every decision (fact) the flows took; every version of a flow runs were started on.
+    """CREATE TABLE IF NOT EXISTS flow_states (
+        customer_key TEXT NOT NULL, flow_id TEXT NOT NULL, partition_no INTEGER NOT NULL,
+        state TEXT NOT NULL, wake_ts DOUBLE PRECISION,
+        PRIMARY KEY (customer_key, flow_id))""",
+    "CREATE INDEX IF NOT EXISTS flow_states_wake ON flow_states (partition_no, wake_ts)",
+    """CREATE TABLE IF NOT EXISTS flow_facts (
+        fact_id TEXT PRIMARY KEY, customer_key TEXT NOT NULL, flow_id TEXT NOT NULL,
+        run_id TEXT NOT NULL, fact_type TEXT NOT NULL, at_ms BIGINT NOT NULL,
+        recorded_ts DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS flow_facts_customer ON flow_facts (customer_key, at_ms)",
+    """CREATE TABLE IF NOT EXISTS flow_versions (
+        flow_id TEXT NOT NULL, version INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+        source TEXT NOT NULL, recorded_ts DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (flow_id, version))""",
     """CREATE TABLE IF NOT EXISTS outreach_rule_overrides (
         rule_id TEXT PRIMARY KEY, body TEXT NOT NULL, updated_ts DOUBLE PRECISION NOT NULL)""",
 ]
+
+
+@dataclass
+class FlowWrite:
+    """What flows decided in one unit of work, saved in the transaction that goes with it.
+
+    ``states``: (customer key, flow id, partition, state as a dict, wake time or None);
+    ``facts``: facts as ``FlowFact.to_dict``; ``sends``: a message as the triggers topic
+    carries it, with its deliveries (endpoint id, channel, initial state).
+    """
+
+    states: list[tuple[str, str, int, dict[str, Any], float | None]] = field(default_factory=list)
+    facts: list[dict[str, Any]] = field(default_factory=list)
+    sends: list[tuple[dict[str, Any], list[tuple[str, str, str]]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.states or self.facts or self.sends)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +233,15 @@ class OutreachStore:
         timers (cancelled), fired triggers and those triggers' deliveries. Rows
         deleted, by table."""
         deleted = dict.fromkeys(
-            ("trigger_deliveries", "triggers", "trigger_timers", "trigger_customers"), 0
+            (
+                "trigger_deliveries",
+                "triggers",
+                "trigger_timers",
+                "trigger_customers",
+                "flow_states",
+                "flow_facts",
+            ),
+            0,
         )
         keys = list(dict.fromkeys(customer_keys))
         with self.transaction():
@@ -212,7 +253,8 @@ class OutreachStore:
                     f"(SELECT trigger_id FROM triggers WHERE customer_key IN ({marks}))",
                     chunk,
                 ).rowcount
-                for table in ("triggers", "trigger_timers", "trigger_customers"):
+                tables = ("triggers", "trigger_timers", "trigger_customers")
+                for table in (*tables, "flow_states", "flow_facts"):
                     deleted[table] += self._exec(
                         f"DELETE FROM {table} WHERE customer_key IN ({marks})", chunk
                     ).rowcount
@@ -333,11 +375,149 @@ class OutreachStore:
         customers: Sequence[tuple[CustomerFacts, int, Sequence[Timer]]],
         source: str,
         position: int,
+        flows: FlowWrite | None = None,
     ) -> None:
-        """Customers' facts and timers, with the consumed position, atomically."""
+        """Customers' facts and timers (and flow states), with the consumed position,
+        atomically."""
         with self.transaction():
             self._save_customers(customers)
+            if flows:
+                self._save_flows(flows)
             self._save_position(source, position)
+
+    # --- flows ---------------------------------------------------------------------
+
+    def save_flows(self, flows: FlowWrite) -> None:
+        """Flow states advanced by the clock, their facts and sends, atomically."""
+        with self.transaction():
+            self._save_flows(flows)
+
+    def _save_flows(self, flows: FlowWrite) -> None:
+        now = time.time()
+        self._exec_many(
+            "INSERT INTO flow_states (customer_key, flow_id, partition_no, state, wake_ts) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_key, flow_id) DO UPDATE SET "
+            "partition_no = excluded.partition_no, state = excluded.state, "
+            "wake_ts = excluded.wake_ts",
+            [
+                (key, flow_id, partition, orjson.dumps(state).decode(), wake)
+                for key, flow_id, partition, state, wake in flows.states
+            ],
+        )
+        self._exec_many(
+            "INSERT INTO flow_facts (fact_id, customer_key, flow_id, run_id, fact_type, at_ms, "
+            "recorded_ts, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fact_id) DO NOTHING",
+            [
+                (
+                    f["fact_id"],
+                    f["customer_key"],
+                    f["flow_id"],
+                    f["run_id"],
+                    f["type"],
+                    f["at_ms"],
+                    now,
+                    orjson.dumps(f).decode(),
+                )
+                for f in flows.facts
+            ],
+        )
+        for message, targets in flows.sends:
+            # A flow's message is a trigger like a rule's: the same outbox, topic and
+            # deliveries keyed (message id, endpoint), so it is sent once across crashes.
+            cursor = self._exec(
+                "INSERT INTO triggers (trigger_id, customer_key, rule_id, trigger_kind, due_at, "
+                "fire_at, fired_at, fired_ts, lateness_ms, body, published) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (trigger_id) DO NOTHING",
+                (
+                    message["trigger_id"],
+                    message["customer_id"],
+                    message["rule"],
+                    message["trigger"],
+                    message["due_at"],
+                    message["fire_at"],
+                    message["fired_at"],
+                    now,
+                    max(0.0, (now - message["due_ts"]) * 1000),
+                    orjson.dumps(message).decode(),
+                ),
+            )
+            if cursor.rowcount:
+                self._insert_deliveries(message["trigger_id"], targets, now)
+
+    def flow_states_of(
+        self, customer_keys: Iterable[str], flow_ids: Sequence[str]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Stored flow states of these customers in these flows, by (customer, flow)."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        keys = list(dict.fromkeys(customer_keys))
+        if not flow_ids:
+            return found
+        flow_marks = ", ".join("?" for _ in flow_ids)
+        for first in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[first : first + _KEYS_PER_QUERY]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._rows(
+                "SELECT customer_key, flow_id, state FROM flow_states "
+                f"WHERE customer_key IN ({marks}) AND flow_id IN ({flow_marks})",
+                (*chunk, *flow_ids),
+            )
+            for key, flow_id, text in rows:
+                found[(key, flow_id)] = orjson.loads(text)
+        return found
+
+    def due_flow_states(
+        self, partitions: Sequence[int], now_ts: float, limit: int = 200
+    ) -> list[tuple[str, str, int, dict[str, Any]]]:
+        """(customer, flow, partition, state) of states due to be advanced, soonest first."""
+        if not partitions:
+            return []
+        marks = ", ".join("?" for _ in partitions)
+        rows = self._rows(
+            "SELECT customer_key, flow_id, partition_no, state FROM flow_states "
+            f"WHERE partition_no IN ({marks}) AND wake_ts IS NOT NULL AND wake_ts <= ? "
+            "ORDER BY wake_ts LIMIT ?",
+            (*partitions, now_ts, limit),
+        )
+        return [(key, flow, int(part), orjson.loads(text)) for key, flow, part, text in rows]
+
+    def flow_facts(self, customer_key: str, limit: int = 500) -> list[dict[str, Any]]:
+        """A customer's flow facts, in event time (then as recorded)."""
+        rows = self._rows(
+            "SELECT body FROM flow_facts WHERE customer_key = ? "
+            "ORDER BY at_ms, recorded_ts, fact_id LIMIT ?",
+            (customer_key, limit),
+        )
+        return [orjson.loads(body) for (body,) in rows]
+
+    def flow_states(self, customer_key: str) -> list[dict[str, Any]]:
+        """A customer's stored flow states."""
+        rows = self._rows(
+            "SELECT flow_id, state, wake_ts FROM flow_states WHERE customer_key = ? "
+            "ORDER BY flow_id",
+            (customer_key,),
+        )
+        return [
+            {"flow_id": flow_id, "state": orjson.loads(text), "wake_ts": wake}
+            for flow_id, text, wake in rows
+        ]
+
+    def record_flow_versions(self, versions: Sequence[tuple[str, int, str, str]]) -> None:
+        """(flow id, version, fingerprint, source JSON) of flows in force; kept forever, so
+        runs started on a version finish on it after the file moved on."""
+        with self.transaction():
+            self._exec_many(
+                "INSERT INTO flow_versions (flow_id, version, fingerprint, source, recorded_ts) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (flow_id, version) DO NOTHING",
+                [(*version, time.time()) for version in versions],
+            )
+
+    def flow_versions(self) -> list[tuple[str, int, str, str]]:
+        """Every recorded (flow id, version, fingerprint, source JSON)."""
+        rows = self._rows(
+            "SELECT flow_id, version, fingerprint, source FROM flow_versions "
+            "ORDER BY flow_id, version"
+        )
+        return [(f, int(v), fp, src) for f, v, fp, src in rows]
 
     def save_customers(
         self, customers: Sequence[tuple[CustomerFacts, int, Sequence[Timer]]]

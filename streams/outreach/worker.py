@@ -35,13 +35,16 @@ import orjson
 from faust.types import EventT
 
 from events import EventType
+from journeys.flows.inputs import FlowInput, StageInput, to_ms, tracked_input
+from journeys.flows.templates import RenderFailed
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
 from projections.privacy.vault import Vault, is_sealed
 from streams.batches import BatchLoop, by_partition
 from streams.consumer import TopicRecords, worker_consumer
 from streams.outreach.channels import Attempt, post_webhook, send_email
-from streams.outreach.store import Delivery, Endpoint, OutreachStore
+from streams.outreach.flows import FlowRunner
+from streams.outreach.store import Delivery, Endpoint, FlowWrite, OutreachStore
 from streams.outreach.trigger_events import TriggerEvent
 from streams.pipeline import source_name
 from streams.settings import OutreachWorkerSettings
@@ -70,6 +73,7 @@ class OutreachWorker:
         segments: SegmentReader | None = None,
         lateness: Callable[[float], None] | None = None,
         vault: Vault | None = None,
+        flows: Callable[[OutreachWorker], FlowRunner] | None = None,
     ) -> None:
         self.settings = settings
         # Opens sealed personal fields where a rule or a delivery needs the value
@@ -116,6 +120,10 @@ class OutreachWorker:
         app.timer(settings.trigger_tick_s, name="outreach-deliveries")(self._deliver_due)
         if segments is not None:
             app.timer(settings.rfm_scan_s, name="trigger-segments")(self._observe_segments)
+        # Journey flows beside the rules (streams/outreach/flows.py); made with this
+        # worker, as their messages are delivered to its endpoints and channels.
+        runner = flows(self) if flows is not None else None
+        self.flows = runner if runner is not None and runner.active else None
 
     def _progressed(self, topic: str, partition: int, position: int, end: int | None) -> None:
         known = self._progress.setdefault((topic, partition), [position, position])
@@ -183,7 +191,11 @@ class OutreachWorker:
         engine = self.engine
         for touch in touches:
             engine.observe(customers[touch.customer_key], touch)
-        self._save_batch(customers, partition, source, fresh[-1][0] + 1)
+        flows = None
+        if self.flows is not None:
+            inputs = [(touch.customer_key, tracked_input(touch)) for touch in touches]
+            flows = self.flows.observe(partition, inputs, _now_ms())
+        self._save_batch(customers, partition, source, fresh[-1][0] + 1, flows)
 
     def _birthday_opened(self, touch: TriggerEvent) -> TriggerEvent:
         """An identify event with its sealed birthday opened: the facts keep only its
@@ -200,7 +212,8 @@ class OutreachWorker:
         source, fresh = self._unconsumed(self.settings.stage_changes_topic, partition, records)
         if not fresh:
             return
-        changes: list[tuple[str, str, datetime]] = []
+        # (customer, stage, at, (causing event id, revised))
+        changes: list[tuple[str, str, datetime, tuple[str, bool]]] = []
         for _, value in fresh:
             try:
                 # A revised change ("revised": true) goes through the same rules: the
@@ -211,12 +224,22 @@ class OutreachWorker:
                 at = datetime.fromisoformat(change["at"])
             except (ValueError, TypeError, KeyError):
                 continue
-            changes.append((key, stage, at if at.tzinfo else at.replace(tzinfo=UTC)))
-        customers = self._facts_of(key for key, _, _ in changes)
+            at = at if at.tzinfo else at.replace(tzinfo=UTC)
+            # A revised stage lies in the past: flows take it as history (no new run).
+            cause = (str(change.get("event_id") or ""), change.get("revised") is True)
+            changes.append((key, stage, at, cause))
+        customers = self._facts_of(key for key, _, _, _ in changes)
         engine = self.engine
-        for key, stage, at in changes:
+        for key, stage, at, _ in changes:
             engine.observe_stage(customers[key], stage, at)
-        self._save_batch(customers, partition, source, fresh[-1][0] + 1)
+        flows = None
+        if self.flows is not None:
+            inputs: list[tuple[str, FlowInput]] = [
+                (key, StageInput(event_id, to_ms(at), stage, historical=revised))
+                for key, stage, at, (event_id, revised) in changes
+            ]
+            flows = self.flows.observe(partition, inputs, _now_ms())
+        self._save_batch(customers, partition, source, fresh[-1][0] + 1, flows)
 
     def _facts_of(self, customer_keys: Iterable[str]) -> dict[str, CustomerFacts]:
         """Each customer's facts (new ones for customers not seen before), one read in all."""
@@ -225,13 +248,19 @@ class OutreachWorker:
         return {key: found.get(key) or CustomerFacts(key) for key in keys}
 
     def _save_batch(
-        self, customers: dict[str, CustomerFacts], partition: int, source: str, position: int
+        self,
+        customers: dict[str, CustomerFacts],
+        partition: int,
+        source: str,
+        position: int,
+        flows: FlowWrite | None = None,
     ) -> None:
         engine = self.engine
         self.store.save_batch(
             [(facts, partition, engine.plan(facts)) for facts in customers.values()],
             source,
             position,
+            flows,
         )
 
     async def _observe_segments(self, *_: Any) -> None:
@@ -304,7 +333,7 @@ class OutreachWorker:
         try:
             unpublished, ready, due = await asyncio.to_thread(self._tick_reads)
             await self._publish(unpublished)
-            if not due:
+            if not due and (self.flows is None or not ready):
                 return
             async with self._lock:
                 fired = await asyncio.to_thread(self._decide_all, due, ready)
@@ -323,7 +352,15 @@ class OutreachWorker:
 
     def _decide_all(self, due: Sequence[Timer], ready: Sequence[int]) -> list[dict[str, Any]]:
         fired = (self._decide(timer, ready) for timer in due)
-        return [trigger for trigger in fired if trigger is not None]
+        triggers = [trigger for trigger in fired if trigger is not None]
+        if self.flows is not None and ready:
+            # Flows of caught-up partitions, advanced to now; their messages join the
+            # tick's triggers on the topic (recorded first: the same outbox).
+            write = self.flows.advance_due(ready, _now_ms())
+            if write:
+                self.store.save_flows(write)
+                triggers += [message for message, _ in write.sends]
+        return triggers
 
     def _decide(self, timer: Timer, ready: Sequence[int]) -> dict[str, Any] | None:
         facts = self.store.facts(timer.customer_key)
@@ -414,6 +451,12 @@ class OutreachWorker:
         # The whole batch and its consumed position in one transaction.
         self.store.add_deliveries(planned, source, fresh[-1][0] + 1)
 
+    def delivery_targets(
+        self, rule_id: str, channels: Sequence[str], message: dict[str, Any]
+    ) -> list[tuple[str, str, str]]:
+        """A flow message's deliveries to the endpoints subscribed now (and e-mail)."""
+        return self._targets(rule_id, channels, message, self.store.endpoints())
+
     def _targets(
         self,
         rule_id: str,
@@ -465,6 +508,16 @@ class OutreachWorker:
             if self._vault is not None:
                 # Opened only now, for this attempt: stored and published sealed.
                 trigger = await asyncio.to_thread(self._vault.open_tree, trigger)
+            if trigger.get("trigger") == "flow":
+                # A flow's message is rendered only now, from its opened variables.
+                try:
+                    if self.flows is None:
+                        raise RenderFailed("flows do not run in this worker any more")
+                    trigger = self.flows.rendered(trigger)
+                except RenderFailed as error:
+                    failed = f"template: {error}"
+                    await asyncio.to_thread(self.store.record_attempt, delivery, "dead", failed)
+                    return
             outcome = await self._send(delivery, trigger, endpoints.get(delivery.endpoint_id))
             await self._record(delivery, trigger, outcome)
         except Exception:
@@ -542,6 +595,10 @@ class OutreachWorker:
             await asyncio.wait(self._in_flight, timeout=self.settings.outreach_timeout_s)
         if self._http is not None:
             await self._http.aclose()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def retry_delay(

@@ -32,7 +32,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -41,7 +40,7 @@ from stack.processes import free_port
 from stack.settings import Settings
 from tests.e2e.test_no_loss import journal_empty
 from tests.node_process import query_chdb_folder, run_cli
-from tests.stack_process import RunningStack, leftovers, wait_for
+from tests.stack_process import RunningStack, Sender, leftovers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -89,44 +88,6 @@ def requests() -> list[list[dict[str, Any]]]:
             }
         calls.append(call)
     return [calls[i : i + PER_REQUEST] for i in range(0, EVENTS, PER_REQUEST)]
-
-
-class Sender:
-    """An SDK's delivery loop; notes when each request was first sent and when it got its 200."""
-
-    def __init__(self, base: str, write_key: str, batches: list[list[dict[str, Any]]]) -> None:
-        self.base, self.write_key = base, write_key
-        self.pending = list(reversed(batches))
-        self.lock = threading.Lock()
-        # messageId -> (first sent, acknowledged), time.monotonic()
-        self.times: dict[str, tuple[float, float]] = {}
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base, auth=(self.write_key, ""), timeout=30) as client:
-            while True:
-                with self.lock:
-                    if not self.pending:
-                        return
-                    batch = self.pending.pop()
-                first = time.monotonic()
-                while not self._sent(client, batch):
-                    time.sleep(0.2)
-                acknowledged = time.monotonic()
-                with self.lock:
-                    for call in batch:
-                        self.times[call["messageId"]] = (first, acknowledged)
-                # Paced, so the load runs on both sides of the backup.
-                time.sleep(PAUSE_S)
-
-    def _sent(self, client: httpx.Client, batch: list[dict[str, Any]]) -> bool:
-        try:
-            return client.post("/v1/batch", json={"batch": batch}).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def done(self) -> int:
-        with self.lock:
-            return len(self.times)
 
 
 def below_offsets(bootstrap: str, topic: str, positions: dict[str, int]) -> set[str]:
@@ -191,7 +152,8 @@ def test_a_backup_under_load_restores_to_the_source_at_its_offsets_plus_its_jour
     printed = re.search(r"broker\s+(\S+) \(embedded", source.output())
     assert printed, source.output()
     bootstrap = printed.group(1)
-    sender = Sender(source.base, write_key, requests())
+    # Paced, so the load runs on both sides of the backup.
+    sender = Sender(source.base, write_key, requests(), pause_s=PAUSE_S)
     threads = [threading.Thread(target=sender.run) for _ in range(SENDERS)]
     cli = Settings(data_dir=source_dir / "data", api_port=int(source.base.rsplit(":", 1)[1]))
     try:

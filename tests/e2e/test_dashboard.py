@@ -9,6 +9,7 @@ carts fire after seconds) with the demo's webhook inbox subscribed, as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from simulation.storefront import Storefront
 from simulation.webhook_inbox import WebhookInbox
@@ -519,4 +521,30 @@ def test_people_sign_in_and_see_what_their_role_may(
     assert ("user:dash-analyst", "sign_in", "allowed") in shown
     assert shown <= {(e["actor"], e["action"], e["outcome"]) for e in api}
     opened.screenshot(path=str(artifacts_dir / "dashboard-audit.png"))
+    assert errors == []
+
+
+def test_signing_out_cancels_the_reads_still_in_flight(
+    node: NodeProcess, page: tuple[Page, list[str]]
+) -> None:
+    """A panel's refresh answered after the sign-out would be a 401 on the console."""
+    opened, errors = page
+    add_user(node, "dash-leaver", "analyst")
+    opened.goto(f"{node.base}/dashboard")
+    sign_in_as(opened, "dash-leaver")
+    opened.wait_for_selector("#rfm", state="visible")
+    held: list[Route] = []
+    # Hold the RFM reads until the session is closed, as a slow answer under load would be.
+    opened.route("**/v1/rfm*", lambda route: held.append(route))
+    opened.evaluate("() => { refreshRfm(); }")  # not awaited: it is held
+    deadline = time.monotonic() + 10
+    while not held:
+        assert time.monotonic() < deadline, "the RFM read never left"
+        opened.wait_for_timeout(50)
+    errors.clear()
+    opened.click("#sign-out")
+    opened.wait_for_selector("#key-dialog", state="visible")
+    with contextlib.suppress(PlaywrightError):  # the browser dropped it: nothing to continue
+        held[0].continue_()
+    opened.wait_for_timeout(1000)
     assert errors == []

@@ -34,6 +34,8 @@ def test_quickstart_up_track_query_and_stop(tmp_path: Path) -> None:
             "worker",
             "backlog",
             "journal",
+            # The ingest gateways' own journals (one per gateway).
+            "gateway_journals",
         }
         assert all(c["ok"] for c in health["components"].values()), health
 

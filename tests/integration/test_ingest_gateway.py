@@ -272,7 +272,7 @@ async def test_rejections_name_field_and_rule_and_are_dead_lettered(
     ("encoding", "body", "status", "rule"),
     [
         ("gzip", b"\x1f\x8bnot gzip", 400, "gzip"),
-        ("gzip", gzip.compress(b'{"userId": "u", "event": "x"}')[:-9], 400, "gzip"),
+        ("gzip", gzip.compress(b'{"userId": "u", "event": "x"}', mtime=0)[:-9], 400, "gzip"),
         ("br", b"{}", 415, "encoding"),
     ],
 )

@@ -20,13 +20,18 @@ const PANEL_REFRESH_MS = 10000;
 const charts = {};
 
 class Unauthorized extends Error {}
+// Every read of the signed-in session goes with this signal: sign-out aborts them, so a
+// panel's refresh in flight does not come back as a 401 from the session just closed.
+let sessionReads = new AbortController();
 
 async function api(path, options = {}) {
   const key = sessionStorage.getItem(KEY_STORE);
   const headers = { "Content-Type": "application/json", ...(options.headers || {}) };
   if (key) headers.Authorization = `Bearer ${key}`;
   if (csrfToken && (options.method || "GET") !== "GET") headers["X-CSRF-Token"] = csrfToken;
-  const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
+  const response = await fetch(path, {
+    signal: sessionReads.signal, ...options, headers, credentials: "same-origin",
+  });
   if (response.status === 401) throw new Unauthorized("this key is not a valid read key");
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.message || body.detail || `${response.status} ${response.statusText}`);
@@ -118,6 +123,9 @@ async function signIn(name, password) {
 }
 
 async function signOut() {
+  sessionReads.abort();
+  sessionReads = new AbortController();
+  $("content").hidden = true; // no panel refresh starts while the session closes
   if (csrfToken) await api("/v1/session", { method: "DELETE" }).catch(() => {});
   csrfToken = null;
   sessionStorage.removeItem(KEY_STORE);
@@ -143,6 +151,7 @@ function enter(session) {
 }
 
 function handle(error, where) {
+  if (error.name === "AbortError") return; // signed out meanwhile
   if (error instanceof Unauthorized) askForKey("The key is no longer accepted.");
   else $(where).textContent = error.message;
 }

@@ -1,0 +1,149 @@
+"""Journey flows (issue 18): the flows in force, validation, and backtests over history.
+
+Marketers' routes (admin key or a marketer's session), as outreach's are. The
+flows come from the node's flows file (JOURNEYS_FLOWS_FILE); a backtest runs
+the file's flow, or a draft given in the body, over the event log in event
+time and sends nothing. Writes (PUT /v1/flows/{id}, pause) are not built yet
+(docs/architecture.md, "Journey flows").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from api.auth import GatewayDep, require_admin_key, require_read_key
+from api.dependencies import FlowControl
+from api.errors import error_responses, problem
+from api.times import ApiTime
+from journeys.flows.definitions import FlowError, parse_flows
+
+MAX_BACKTEST_DAYS = 400
+
+
+def _flows(gateway: GatewayDep) -> FlowControl:
+    if gateway.flows is None:
+        raise HTTPException(503, "flows are not configured in this process")
+    flows: FlowControl = gateway.flows
+    return flows
+
+
+Flows = Annotated[FlowControl, Depends(_flows)]
+FlowId = Annotated[str, Path(description="the flow's id", max_length=64)]
+CustomerId = Annotated[str, Path(description="the customer key", max_length=255)]
+
+router = APIRouter(
+    prefix="/v1/flows",
+    tags=["flows"],
+    dependencies=[Depends(require_admin_key)],
+    responses=error_responses(400, 401, 403, 404, 503),
+)
+
+
+class BacktestIn(BaseModel):
+    """The window of history to run the flow over, and optionally a draft of the flow."""
+
+    start: ApiTime = Field(alias="from", description="inclusive")
+    end: ApiTime = Field(alias="to", description="exclusive")
+    definition: dict[str, Any] | None = Field(
+        default=None, description="a draft: the flow's table as in the flows file"
+    )
+
+
+class ValidateIn(BaseModel):
+    """A flows document: ``{"flows": {id: {...}}}``, as the TOML file loads."""
+
+    flows: dict[str, Any]
+
+
+def _invalid(error: FlowError) -> JSONResponse:
+    reasons = [
+        {"field": path, "rule": "flow", "message": message} for path, message in error.errors
+    ]
+    first = error.errors[0]
+    return problem(400, f"{first[0]}: {first[1]}", reasons)
+
+
+def _not_found(flow_id: str) -> JSONResponse:
+    reason = {"field": "flow_id", "rule": "exists", "message": f"no flow {flow_id!r}"}
+    return problem(404, f"flow_id: no flow {flow_id!r}", [reason])
+
+
+@router.get("", summary="List the flows in force")
+async def list_flows(flows: Flows) -> dict[str, Any]:
+    """Each flow's newest version: id, version, name, re-entry policy, node kinds."""
+    return {"flows": await asyncio.to_thread(flows.flows)}
+
+
+@router.post("/validate", summary="Validate a flows document")
+async def validate_flows(body: ValidateIn) -> Any:
+    """200 with the flows' summaries, or 400 with every error naming the node and field."""
+    try:
+        parsed = parse_flows({"flows": body.flows})
+    except FlowError as error:
+        return _invalid(error)
+    return {"valid": True, "flows": [flow.summary() for flow in parsed]}
+
+
+@router.get("/{flow_id}", summary="One flow as defined")
+async def get_flow(flow_id: FlowId, flows: Flows) -> Any:
+    found = await asyncio.to_thread(flows.flow, flow_id)
+    return _not_found(flow_id) if found is None else found
+
+
+@router.post("/{flow_id}/backtest", summary="Run a flow over recorded history, sending nothing")
+async def backtest_flow(flow_id: FlowId, body: BacktestIn, flows: Flows) -> Any:
+    """Who would have entered, the paths taken, messages per channel and day, caps and
+    quiet hours hit, conversions, and holdout against treatment (in event time)."""
+    if body.end <= body.start:
+        reason = {"field": "to", "rule": "after_from", "message": "must be after from"}
+        return problem(400, "to: must be after from", [reason])
+    if body.end - body.start > timedelta(days=MAX_BACKTEST_DAYS):
+        message = f"the window must be at most {MAX_BACKTEST_DAYS} days"
+        return problem(
+            400, f"to: {message}", [{"field": "to", "rule": "window", "message": message}]
+        )
+    try:
+        report = await asyncio.to_thread(
+            flows.backtest, flow_id, body.definition, body.start, body.end
+        )
+    except FlowError as error:
+        return _invalid(error)
+    return _not_found(flow_id) if report is None else report
+
+
+customer_router = APIRouter(
+    prefix="/v1/customers",
+    tags=["flows"],
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(400, 401, 403, 404, 503),
+)
+
+
+@customer_router.get(
+    "/{customer_id}/flows", summary="Why a customer did or didn't get each flow's messages"
+)
+async def customer_flows(customer_id: CustomerId, gateway: GatewayDep, flows: Flows) -> Any:
+    """Each flow the customer has a state in (where they are, until when they wait) and
+    every decision in event time, each with the reason: entered, node reached, waiting,
+    sent, skipped (holdout, consent, quiet hours, cap, expired, template, re-entry),
+    converted, left."""
+    if gateway.privacy is not None and gateway.privacy.is_erased(customer_id):
+        return _no_customer(customer_id)
+    found = await asyncio.to_thread(flows.customer_flows, customer_id)
+    if found is None:
+        raise HTTPException(503, "flows do not run in this process")
+    if not found["flows"]:
+        return _no_customer(customer_id)
+    return found
+
+
+def _no_customer(customer_id: str) -> JSONResponse:
+    message = f"no flow has a state for customer {customer_id!r}"
+    reason = {"field": "customer_id", "rule": "exists", "message": message}
+    return problem(404, f"customer_id: {message}", [reason])

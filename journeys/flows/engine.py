@@ -1,0 +1,552 @@
+"""The flow engine: a customer's run of a flow, advanced in event time.
+
+Pure. :class:`FlowEngine` takes one customer's :class:`FlowState` for one flow
+plus an input (:meth:`FlowEngine.observe`) or an instant
+(:meth:`FlowEngine.advance`) and returns a :class:`FlowStep`: the new state
+(updated in place), the next instant it must be advanced to, and the facts
+decided (journeys/flows/facts.py). The same engine runs live (the worker) and
+in backtest (over the event log), so both decide alike.
+
+The clock (the rules of journeys/triggers.py):
+
+- **Event time decides.** Inputs are taken in event-time order (ties by kind
+  and id), interleaved with the run's deadlines: an input stamped at or before
+  a deadline is taken first, whenever it arrived, as long as the state has not
+  been advanced past it. So an order stamped before a one-hour wait ended is
+  honoured as if it had arrived in time.
+- **The caller advances.** An input later than the state's clock waits in the
+  state (``pending``) until the state is advanced to it; the worker advances
+  only once it has consumed its partition to the high-water mark, so an event
+  already accepted cannot be overtaken by a deadline. An input stamped at or
+  before the clock (it came too late for what was already decided) is taken at
+  once, at its own event time, for what it can still change (a goal, an exit).
+- **History never sends.** An input flagged ``historical`` (``context.historical``
+  imports; a backtest's facts before its window) updates what the flow knows
+  (traits, stage, segments, consent) but never starts a run; with a ``grace``,
+  a send whose instant is further than that behind the wall clock is skipped
+  (``expired``): a replay never sends.
+
+Consent: a channel is subscribed unless an ``Unsubscribed`` event (property
+``channel``, or all channels) or an identify trait (``unsubscribed = true``, or
+``subscriptions = {email = false}``) says otherwise, the latest by event time
+winning (``Subscribed`` undoes it). A send to an unsubscribed channel is
+skipped with reason ``consent``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import insort
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from uuid import NAMESPACE_URL, uuid5
+
+from journeys.flows.definitions import FlowCatalog, FlowDefinition
+from journeys.flows.facts import (
+    Entered,
+    FlowFact,
+    GoalReached,
+    Left,
+    NodeReached,
+    Sent,
+    Skipped,
+    Waiting,
+)
+from journeys.flows.inputs import (
+    FlowInput,
+    SegmentInput,
+    StageInput,
+    TrackedInput,
+    from_ms,
+    input_from_dict,
+    to_ms,
+)
+from journeys.flows.nodes import Go, SendNode, Stay, Step
+from journeys.flows.templates import RenderFailed
+from journeys.triggers import after_quiet_hours, customer_zone
+
+_RUN_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-run")
+_MESSAGE_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-message")
+# Bounded memories.
+_SEEN = 500
+_TRAITS = 100
+_SENDS_PER_CHANNEL = 20
+_PROPERTIES = 100
+# A path is acyclic (validated), so this bounds nothing real; it guards the loop.
+_MAX_HOPS = 1000
+_CONSENT_EVENTS = ("unsubscribed", "subscribed")
+
+
+@dataclass
+class Run:
+    """A customer inside a flow: on which version, where, since when."""
+
+    run_id: str
+    version: int
+    entered_ms: int
+    node: str | None
+    since_ms: int
+    deadline_ms: int | None = None
+    holdout: bool = False
+    group: str = ""
+    entry: dict[str, Any] = field(default_factory=dict)
+    event: dict[str, Any] = field(default_factory=dict)
+    entry_key: str = ""
+
+
+@dataclass
+class FlowState:
+    """One customer's state for one flow: JSON-friendly (:meth:`to_dict`)."""
+
+    customer_key: str
+    flow_id: str
+    clock_ms: int | None = None
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    # name → [value, at_ms]: the latest by event time
+    traits: dict[str, list[Any]] = field(default_factory=dict)
+    timezone: list[Any] = field(default_factory=lambda: ["", 0])
+    stage: list[Any] = field(default_factory=lambda: [None, 0])
+    segments: dict[str, list[Any]] = field(default_factory=dict)  # segment → [member, at_ms]
+    consent: dict[str, list[Any]] = field(default_factory=dict)  # channel or "*" → [yes, at_ms]
+    entries: int = 0
+    last_entered_ms: int | None = None
+    sends: dict[str, list[int]] = field(default_factory=dict)  # channel → send instants
+    run: Run | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowState:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        run = known.pop("run", None)
+        state = cls(**known)
+        state.run = Run(**run) if run else None
+        return state
+
+    @property
+    def inside(self) -> bool:
+        return self.run is not None
+
+
+@dataclass(frozen=True)
+class FlowStep:
+    """What one call decided: the state, when to advance it next, the facts."""
+
+    state: FlowState
+    wake_ms: int | None
+    facts: list[FlowFact]
+
+
+class _View:
+    """The customer as a branch and a template see them."""
+
+    def __init__(self, state: FlowState) -> None:
+        self._state = state
+
+    def entry_property(self, name: str) -> Any:
+        return self._state.run.entry.get(name) if self._state.run else None
+
+    def trait(self, name: str) -> Any:
+        found = self._state.traits.get(name)
+        return found[0] if found else None
+
+    @property
+    def stage(self) -> str | None:
+        return self._state.stage[0]
+
+    def in_segment(self, segment: str) -> bool:
+        found = self._state.segments.get(segment)
+        return bool(found and found[0])
+
+
+class FlowEngine:
+    """Flows of a catalog applied to customers' flow states."""
+
+    def __init__(self, catalog: FlowCatalog, grace_ms: int | None = None) -> None:
+        self.catalog = catalog
+        self.grace_ms = grace_ms
+
+    def observe(
+        self, state: FlowState, item: FlowInput, wall_now_ms: int | None = None
+    ) -> FlowStep:
+        """Take an input: kept until the clock reaches it, or taken now if it is late."""
+        key = item.key
+        if key in state.seen or any(p.get("_key") == key for p in state.pending):
+            return FlowStep(state, self.wake(state), [])
+        if state.clock_ms is None or item.at_ms > state.clock_ms:
+            kept = {**item.to_dict(), "_key": key, "_rank": item.rank}
+            insort(state.pending, kept, key=_pending_order)
+            return FlowStep(state, self.wake(state), [])
+        turn = _Turn(self, state, wall_now_ms)
+        turn.take(item)
+        turn.run_until(state.clock_ms)
+        return FlowStep(state, self.wake(state), turn.facts)
+
+    def advance(self, state: FlowState, until_ms: int, wall_now_ms: int | None = None) -> FlowStep:
+        """Take every pending input and deadline up to ``until_ms``, in event time."""
+        turn = _Turn(self, state, wall_now_ms)
+        turn.run_until(until_ms)
+        state.clock_ms = until_ms if state.clock_ms is None else max(state.clock_ms, until_ms)
+        return FlowStep(state, self.wake(state), turn.facts)
+
+    def wants(self, flow_id: str, item: FlowInput) -> bool:
+        """Whether ``item`` can matter to the flow: a trigger of one of its versions, or
+        what the flow remembers (identify traits, consent, stage, segments, a time zone).
+
+        The live worker keeps no state for the rest (page views …): they change nothing.
+        """
+        if not isinstance(item, TrackedInput):
+            return True
+        if item.timezone or item.type == "identify" or item.name in _CONSENT_EVENTS:
+            return True
+        versions = self.catalog.versions.get(flow_id, {})
+        return any(t.matches(item) for flow in versions.values() for t in flow.triggers())
+
+    @staticmethod
+    def wake(state: FlowState) -> int | None:
+        """The next instant the state must be advanced to (an input kept, a deadline)."""
+        times = [state.pending[0]["at_ms"]] if state.pending else []
+        if state.run is not None and state.run.deadline_ms is not None:
+            times.append(state.run.deadline_ms)
+        return min(times) if times else None
+
+
+def render_message(node: SendNode, variables: Mapping[str, Any]) -> tuple[str, str]:
+    """The send node's subject ("" without one) and body; raises RenderFailed."""
+    subject = node.subject.render(variables) if node.subject else ""
+    return subject, node.body.render(variables)
+
+
+def sticky_bucket(flow_id: str, node: str, seed: str, customer_key: str) -> float:
+    """The customer's place in [0, 100) for a split: the same across runs, versions, restarts."""
+    digest = hashlib.sha256(f"{flow_id}|{node}|{seed}|{customer_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+
+
+def _pending_order(data: Mapping[str, Any]) -> tuple[int, int, str]:
+    # order_key of the input, kept with it (not rebuilt per comparison)
+    return (data["at_ms"], data["_rank"], data["_key"])
+
+
+class _Turn:
+    """One call's work on one state; implements the nodes' RunContext."""
+
+    def __init__(self, engine: FlowEngine, state: FlowState, wall_now_ms: int | None) -> None:
+        self.engine = engine
+        self.state = state
+        self.wall_now_ms = wall_now_ms
+        self.facts: list[FlowFact] = []
+        self._view = _View(state)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run_until(self, until_ms: int) -> None:
+        state = self.state
+        for _ in range(_MAX_HOPS * 10):
+            next_input = state.pending[0]["at_ms"] if state.pending else None
+            if next_input is not None and next_input > until_ms:
+                next_input = None
+            run = state.run
+            deadline = run.deadline_ms if run is not None else None
+            if deadline is not None and deadline > until_ms:
+                deadline = None
+            if next_input is None and deadline is None:
+                return
+            if next_input is not None and (deadline is None or next_input <= deadline):
+                data = state.pending.pop(0)
+                data.pop("_key", None)
+                data.pop("_rank", None)
+                self.take(input_from_dict(data))
+            elif deadline is not None:
+                self._deadline(deadline)
+        raise AssertionError("a flow state did not settle")  # an engine bug, not input
+
+    def take(self, item: FlowInput) -> None:
+        state = self.state
+        state.seen.append(item.key)
+        del state.seen[:-_SEEN]
+        self._fold(item)
+        run = state.run
+        if run is not None:
+            flow = self.engine.catalog.definition(state.flow_id, run.version)
+            if flow is None:
+                self._leave(run, run.version, item.at_ms, "version_removed", "")
+            elif item.at_ms >= run.entered_ms and item.key != run.entry_key:
+                self._while_inside(flow, run, item)
+                return
+            else:
+                return
+        if not item.historical:
+            self._maybe_enter(item)
+
+    def _while_inside(self, flow: FlowDefinition, run: Run, item: FlowInput) -> None:
+        for trigger in flow.exits:
+            if trigger.matches(item):
+                self._leave(run, flow.version, item.at_ms, "exit", trigger.describe())
+                return
+        goal = flow.goal
+        if (
+            goal is not None
+            and item.at_ms <= run.entered_ms + goal.within_ms
+            and goal.trigger.matches(item)
+        ):
+            self.facts.append(
+                GoalReached(*self._who(run, flow.version), item.at_ms, run.node or "", item.key)
+            )
+            self._leave(run, flow.version, item.at_ms, "converted", goal.trigger.describe())
+            return
+        if run.node is None:
+            return
+        step = flow.nodes[run.node].on_input(self, item)
+        if step is not None:
+            self._follow(flow, run, step)
+
+    def _deadline(self, at_ms: int) -> None:
+        run = self.state.run
+        assert run is not None
+        flow = self.engine.catalog.definition(self.state.flow_id, run.version)
+        if flow is None:
+            self._leave(run, run.version, at_ms, "version_removed", "")
+            return
+        run.deadline_ms = None
+        if run.node is None:  # the path ended; the goal's window has closed
+            self._leave(run, flow.version, at_ms, "completed", "goal window over")
+            return
+        self._follow(flow, run, flow.nodes[run.node].on_deadline(self, at_ms))
+
+    # -- entering, moving, leaving ---------------------------------------------------------
+
+    def _maybe_enter(self, item: FlowInput) -> None:
+        state = self.state
+        flow = self.engine.catalog.current(state.flow_id)
+        if flow is None or not flow.enabled:
+            return
+        entry = next((node for node in flow.entries if node.trigger.matches(item)), None)
+        if entry is None:
+            return
+        run_id = str(uuid5(_RUN_NAMESPACE, f"{flow.id}|{state.customer_key}|{item.key}"))
+        refused = self._reentry_refused(flow, item.at_ms)
+        if refused:
+            self.facts.append(
+                Skipped(
+                    flow.id,
+                    flow.version,
+                    state.customer_key,
+                    run_id,
+                    item.at_ms,
+                    entry.id,
+                    reason="reentry",
+                    detail=refused,
+                )
+            )
+            return
+        properties = item.properties if isinstance(item, TrackedInput) else {}
+        entry_props = dict(list(properties.items())[:_PROPERTIES])
+        run = Run(
+            run_id=run_id,
+            version=flow.version,
+            entered_ms=item.at_ms,
+            node=entry.id,
+            since_ms=item.at_ms,
+            entry=entry_props,
+            event=entry_props,
+            entry_key=item.key,
+        )
+        state.run = run
+        state.entries += 1
+        state.last_entered_ms = item.at_ms
+        self.facts.append(Entered(*self._who(run, flow.version), item.at_ms, entry.id, item.key))
+        self._follow(flow, run, entry.arrive(self, item.at_ms))
+
+    def _reentry_refused(self, flow: FlowDefinition, at_ms: int) -> str:
+        state = self.state
+        if flow.reentry == "always" or state.last_entered_ms is None:
+            return ""
+        if flow.reentry == "never":
+            return "entered before (reentry = never)"
+        if at_ms - state.last_entered_ms < flow.cooldown_ms:
+            return f"entered {(at_ms - state.last_entered_ms) // 1000} s before (cool-down)"
+        return ""
+
+    def _follow(self, flow: FlowDefinition, run: Run, step: Step) -> None:
+        for _ in range(_MAX_HOPS):
+            if self.state.run is not run:
+                return  # left on the way (nothing does yet; kept for safety)
+            if isinstance(step, Stay):
+                run.deadline_ms = step.until_ms
+                return
+            if step.next is None:
+                self._path_ended(flow, run, step.at_ms)
+                return
+            run.node, run.since_ms, run.deadline_ms = step.next, step.at_ms, None
+            self.facts.append(
+                NodeReached(*self._who(run, flow.version), step.at_ms, step.next, step.via)
+            )
+            step = flow.nodes[step.next].arrive(self, step.at_ms)
+        raise AssertionError("a flow path did not end")  # validated acyclic
+
+    def _path_ended(self, flow: FlowDefinition, run: Run, at_ms: int) -> None:
+        goal_end = run.entered_ms + flow.goal.within_ms if flow.goal else None
+        if goal_end is not None and goal_end > at_ms:
+            # Stay until the goal's window closes, so late conversions (and the
+            # holdout's, who got nothing) are counted.
+            run.node, run.since_ms, run.deadline_ms = None, at_ms, goal_end
+            self.facts.append(
+                Waiting(*self._who(run, flow.version), at_ms, "", until_ms=goal_end, reason="goal")
+            )
+            return
+        self._leave(run, flow.version, at_ms, "completed", "")
+
+    def _leave(self, run: Run, version: int, at_ms: int, reason: str, detail: str) -> None:
+        who = self._who(run, version)
+        self.facts.append(Left(*who, at_ms, run.node or "", reason, detail, run.group, run.holdout))
+        self.state.run = None
+
+    def _who(self, run: Run, version: int) -> tuple[str, int, str, str]:
+        return (self.state.flow_id, version, self.state.customer_key, run.run_id)
+
+    # -- what the flow knows of the customer -----------------------------------------------
+
+    def _fold(self, item: FlowInput) -> None:
+        state = self.state
+        if isinstance(item, StageInput):
+            if item.at_ms >= state.stage[1]:
+                state.stage = [item.stage, item.at_ms]
+            return
+        if isinstance(item, SegmentInput):
+            known = state.segments.get(item.segment)
+            if known is None or item.at_ms >= known[1]:
+                state.segments[item.segment] = [item.entered, item.at_ms]
+            return
+        if item.timezone and item.at_ms >= state.timezone[1]:
+            state.timezone = [item.timezone, item.at_ms]
+        if item.type == "identify":
+            self._identify(item)
+        elif item.name in _CONSENT_EVENTS:
+            channel = item.properties.get("channel")
+            self._consent(channel if isinstance(channel, str) else "*", item)
+
+    def _identify(self, item: TrackedInput) -> None:
+        traits = self.state.traits
+        for name, value in item.properties.items():
+            known = traits.get(name)
+            if known is None and len(traits) >= _TRAITS:
+                continue
+            if known is None or item.at_ms >= known[1]:
+                traits[name] = [value, item.at_ms]
+        if item.properties.get("unsubscribed") is True:
+            self._set_consent("*", False, item.at_ms)
+        subscriptions = item.properties.get("subscriptions")
+        if isinstance(subscriptions, Mapping):
+            for channel, yes in subscriptions.items():
+                if isinstance(yes, bool):
+                    self._set_consent(str(channel), yes, item.at_ms)
+
+    def _consent(self, channel: str, item: TrackedInput) -> None:
+        self._set_consent(channel, item.name == "subscribed", item.at_ms)
+
+    def _set_consent(self, channel: str, yes: bool, at_ms: int) -> None:
+        known = self.state.consent.get(channel)
+        if known is None or at_ms >= known[1]:
+            self.state.consent[channel] = [yes, at_ms]
+
+    def _subscribed(self, channel: str) -> bool:
+        found = [v for k, v in self.state.consent.items() if k in (channel, "*")]
+        return max(found, key=lambda v: v[1])[0] if found else True
+
+    # -- RunContext -------------------------------------------------------------------------
+
+    @property
+    def since_ms(self) -> int:
+        assert self.state.run is not None
+        return self.state.run.since_ms
+
+    @property
+    def view(self) -> _View:
+        return self._view
+
+    def wait(self, node: str, until_ms: int, reason: str) -> Stay:
+        run = self.state.run
+        assert run is not None
+        self.facts.append(
+            Waiting(
+                *self._who(run, run.version), run.since_ms, node, until_ms=until_ms, reason=reason
+            )
+        )
+        return Stay(until_ms)
+
+    def moved_by(self, item: TrackedInput) -> None:
+        assert self.state.run is not None
+        self.state.run.event = dict(list(item.properties.items())[:_PROPERTIES])
+
+    def join(self, group: str, holdout: bool) -> None:
+        assert self.state.run is not None
+        self.state.run.group = group
+        self.state.run.holdout = self.state.run.holdout or holdout
+
+    def bucket(self, node: str, seed: str) -> float:
+        return sticky_bucket(self.state.flow_id, node, seed, self.state.customer_key)
+
+    def send(self, node: SendNode, at_ms: int, deferred: bool) -> Step:
+        state, run = self.state, self.state.run
+        assert run is not None
+        flow = self.engine.catalog.definition(state.flow_id, run.version)
+        assert flow is not None
+        who = (*self._who(run, flow.version), at_ms, node.id)
+        onward = Go(node.next, at_ms, f"{node.id}: ")
+
+        def skip(reason: str, detail: str = "") -> Step:
+            self.facts.append(Skipped(*who, channel=node.channel, reason=reason, detail=detail))
+            return Go(onward.next, at_ms, onward.via + f"skipped ({reason})")
+
+        if run.holdout:
+            return skip("holdout", run.group)
+        if not self._subscribed(node.channel):
+            return skip("consent", f"unsubscribed from {node.channel}")
+        quiet = flow.quiet_hours
+        if quiet is not None and not deferred:
+            zone = customer_zone(state.timezone[0])
+            end = to_ms(after_quiet_hours(quiet, from_ms(at_ms), zone))
+            if end != at_ms:
+                if flow.quiet_policy == "skip":
+                    return skip("quiet_hours", f"in quiet hours ({zone.key})")
+                return self.wait(node.id, end, "quiet_hours")
+        grace, wall = self.engine.grace_ms, self.wall_now_ms
+        if grace is not None and wall is not None and wall - at_ms > grace:
+            return skip("expired", "due too long ago (a replay or a long outage)")
+        if flow.frequency_cap_ms:
+            recent = [
+                t
+                for t in state.sends.get(node.channel, [])
+                if abs(at_ms - t) < flow.frequency_cap_ms
+            ]
+            if recent:
+                return skip(
+                    "cap", f"sent on {node.channel} {abs(at_ms - recent[-1]) // 1000} s before"
+                )
+        variables = {
+            "customer_id": state.customer_key,
+            "traits": {name: value[0] for name, value in state.traits.items()},
+            "entry": run.entry,
+            "event": run.event,
+            "flow": {"id": flow.id, "version": flow.version, "name": flow.name},
+            "node": node.id,
+        }
+        try:
+            # A trial: personal values are sealed here ({"$enc": …}) and only opened at
+            # delivery, where the message is rendered for real (render_message).
+            render_message(node, variables)
+        except RenderFailed as error:
+            return skip("template", str(error))
+        message_id = str(uuid5(_MESSAGE_NAMESPACE, f"{run.run_id}|{node.id}"))
+        self.facts.append(
+            Sent(*who, channel=node.channel, message_id=message_id, variables=variables)
+        )
+        sends = state.sends.setdefault(node.channel, [])
+        sends.append(at_ms)
+        del sends[:-_SENDS_PER_CHANNEL]
+        return Go(node.next, at_ms, f"{node.id}: sent")

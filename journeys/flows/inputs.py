@@ -1,0 +1,167 @@
+"""What a flow reads: tracked events, stage changes and segment changes, in event time.
+
+Pure and JSON-friendly: inputs waiting for the flow's clock are kept in the
+customer's flow state (see :mod:`journeys.flows.engine`), so each has a
+``to_dict``/``from_dict`` pair, dispatched by the table :data:`INPUT_KINDS`.
+Times are epoch milliseconds (the event log's precision).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from events import normalized_name
+from journeys.segment_state import from_ms, to_ms
+from journeys.triggers import ObservedEvent, is_historical
+
+
+def iso(ms: int) -> str:
+    """ISO-8601 text of epoch milliseconds, UTC."""
+    return from_ms(ms).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedInput:
+    """A tracked event (an identify's traits are its properties)."""
+
+    kind: ClassVar[str] = "event"
+    rank: ClassVar[int] = 0  # at one instant: the event, then the stage and segments it moved
+
+    event_id: str
+    at_ms: int
+    name: str  # normalized (case and surrounding space do not matter)
+    type: str  # the canonical EventType value
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    historical: bool = False
+    timezone: str = ""
+
+    @property
+    def key(self) -> str:
+        """Recognises a re-sent copy."""
+        return f"event:{self.event_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "event_id": self.event_id,
+            "at_ms": self.at_ms,
+            "name": self.name,
+            "type": self.type,
+            "properties": dict(self.properties),
+            "historical": self.historical,
+            "timezone": self.timezone,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrackedInput:
+        return cls(
+            data["event_id"],
+            int(data["at_ms"]),
+            data["name"],
+            data["type"],
+            dict(data.get("properties") or {}),
+            bool(data.get("historical")),
+            str(data.get("timezone") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StageInput:
+    """The journey reached ``stage`` (a record of ``journey.stage-changes``)."""
+
+    kind: ClassVar[str] = "stage"
+    rank: ClassVar[int] = 1
+
+    event_id: str
+    at_ms: int
+    stage: str
+    historical: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"stage:{self.stage}:{self.at_ms}:{self.event_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "event_id": self.event_id,
+            "at_ms": self.at_ms,
+            "stage": self.stage,
+            "historical": self.historical,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageInput:
+        return cls(
+            data["event_id"], int(data["at_ms"]), data["stage"], bool(data.get("historical"))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInput:
+    """The customer entered (or left) a segment (a record of ``journey.segments``)."""
+
+    kind: ClassVar[str] = "segment"
+    rank: ClassVar[int] = 2
+
+    event_id: str
+    at_ms: int
+    segment: str
+    entered: bool
+    historical: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"segment:{self.segment}:{int(self.entered)}:{self.at_ms}:{self.event_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "event_id": self.event_id,
+            "at_ms": self.at_ms,
+            "segment": self.segment,
+            "entered": self.entered,
+            "historical": self.historical,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentInput:
+        return cls(
+            data["event_id"],
+            int(data["at_ms"]),
+            data["segment"],
+            bool(data["entered"]),
+            bool(data.get("historical")),
+        )
+
+
+FlowInput = TrackedInput | StageInput | SegmentInput
+INPUT_KINDS: dict[str, type[TrackedInput] | type[StageInput] | type[SegmentInput]] = {
+    kind.kind: kind for kind in (TrackedInput, StageInput, SegmentInput)
+}
+
+
+def input_from_dict(data: Mapping[str, Any]) -> FlowInput:
+    """An input as :meth:`to_dict` wrote it."""
+    return INPUT_KINDS[data["kind"]].from_dict(data)
+
+
+def order_key(item: FlowInput) -> tuple[int, int, str]:
+    """Event-time order; ties broken by kind and id, so every arrival order folds the same."""
+    return (item.at_ms, item.rank, item.key)
+
+
+def tracked_input(event: ObservedEvent) -> TrackedInput:
+    """The flow view of a tracked event (``events.TrackedEvent`` or the trigger consumer's)."""
+    zone = event.context.get("timezone") or event.properties.get("timezone")
+    return TrackedInput(
+        event_id=event.dedup_keys[0],
+        at_ms=to_ms(event.timestamp),
+        name=normalized_name(event.event_name),
+        type=event.event_type.value,
+        properties=event.properties,
+        historical=is_historical(event),
+        timezone=zone if isinstance(zone, str) else "",
+    )

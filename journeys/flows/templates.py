@@ -1,0 +1,87 @@
+"""Message templates: Jinja2's sandboxed environment, checked when the flow is validated.
+
+A send renders ``subject`` (e-mail) and ``body`` with these variables, and only
+these (any other name is a validation error, not a surprise at send time):
+
+- ``customer_id``: the customer key;
+- ``traits``: the identify traits as last identified (``traits.first_name``);
+- ``entry``: the properties of the event that entered the run (``entry.cart_id``);
+- ``event``: the properties of the event that moved the run on last (the one a
+  ``wait_until`` waited for; the entry event until then);
+- ``flow``: ``{"id", "version", "name"}``; ``node``: the send node's id.
+
+A *missing* trait or property renders as the empty string (the documented
+default; ``{{ traits.first_name | default("there") }}`` gives another), never
+an error: a customer without a first name still gets the message. Syntax
+errors, unknown filters and unknown variables are validation errors naming
+the node and field. The sandbox refuses unsafe attribute access; should a
+render still fail, the send is skipped with reason ``template``, not crashed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import ChainableUndefined, TemplateError, meta
+from jinja2 import Template as JinjaTemplate
+from jinja2.sandbox import SandboxedEnvironment
+
+VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node")
+MAX_TEMPLATE = 20_000
+MAX_RENDERED = 100_000
+
+_ENVIRONMENT = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
+_SAMPLE = {
+    "customer_id": "c",
+    "traits": {},
+    "entry": {},
+    "event": {},
+    "flow": {"id": "f", "version": 1, "name": "f"},
+    "node": "n",
+}
+
+
+class RenderFailed(Exception):
+    """A template that passed validation failed to render (the send is skipped)."""
+
+
+@dataclass(frozen=True)
+class MessageTemplate:
+    """A validated template and its source."""
+
+    source: str
+    compiled: JinjaTemplate = field(compare=False, repr=False)
+
+    def render(self, variables: Mapping[str, Any]) -> str:
+        try:
+            text = self.compiled.render(dict(variables))
+        except (TemplateError, ArithmeticError, TypeError, ValueError) as error:
+            raise RenderFailed(f"{type(error).__name__}: {error}") from error
+        if len(text) > MAX_RENDERED:
+            raise RenderFailed(f"rendered text longer than {MAX_RENDERED} characters")
+        return text
+
+
+def compile_template(source: object) -> MessageTemplate | str:
+    """The template, or what is wrong with it (one sentence)."""
+    if not isinstance(source, str):
+        return "must be a template string"
+    if len(source) > MAX_TEMPLATE:
+        return f"must be at most {MAX_TEMPLATE} characters"
+    try:
+        names = meta.find_undeclared_variables(_ENVIRONMENT.parse(source))
+        unknown = sorted(names - set(VARIABLES))
+        if unknown:
+            return f"unknown variable {unknown[0]!r} (known: {', '.join(VARIABLES)})"
+        compiled = _ENVIRONMENT.from_string(source)  # unknown filters and tests fail here
+    except TemplateError as error:
+        line = getattr(error, "lineno", None)
+        return f"template error{f' on line {line}' if line else ''}: {error.message}"
+    template = MessageTemplate(source, compiled)
+    try:
+        template.render(_SAMPLE)  # e.g. a filter applied to what it cannot take
+    except RenderFailed as error:
+        return f"does not render with empty traits and properties: {error}"
+    return template

@@ -1,0 +1,112 @@
+"""``journeys flows validate|list|show|backtest``: journey flows (issue 18).
+
+``validate``, ``list`` and ``show`` read the flows file (no store, no running
+node); ``backtest`` asks a running node's API (admin key), which reads the
+event log: the node holds the chdb folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from journeys.flows.definitions import FlowDefinition, FlowError
+from stack.flows import load_flows
+from stack.http_commands import connection, key, print_answer
+from stack.settings import Settings
+
+FLOWS_COMMAND = "flows"
+_FILE_HELP = "default: JOURNEYS_FLOWS_FILE, else journeys/flows.toml"
+
+
+def add_flows_parser(commands: Any) -> None:
+    """The ``flows`` subcommand and its verbs."""
+    parser = commands.add_parser(FLOWS_COMMAND, help="journey flows: validate, list, backtest")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    for name, help_text in (
+        ("validate", "check a flows file; errors name the node and the field"),
+        ("list", "the flows defined"),
+        ("show", "one flow's definition, as JSON"),
+    ):
+        verb = verbs.add_parser(name, help=help_text)
+        verb.add_argument("--file", type=Path, help=_FILE_HELP)
+        if name == "show":
+            verb.add_argument("flow_id")
+    run = verbs.add_parser(
+        "backtest", help="run a flow over recorded history in event time, sending nothing"
+    )
+    run.add_argument("flow_id")
+    run.add_argument("--from", dest="start", required=True, help="ISO-8601 date or time")
+    run.add_argument("--to", dest="end", required=True, help="ISO-8601 date or time (exclusive)")
+    run.add_argument("--file", type=Path, help="backtest this file's version of the flow (a draft)")
+    connection(run, "admin")
+
+
+def run_flows(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``journeys flows <verb>``; 2 for invalid flows or an unknown flow."""
+    if args.verb == "backtest":
+        return _backtest(args, settings)
+    if args.file is not None:
+        settings = settings.model_copy(update={"flows_file": args.file})
+    flows = _loaded(settings)
+    if flows is None:
+        return 2
+    if args.verb == "validate":
+        nodes = sum(len(flow.nodes) for flow in flows)
+        print(f"ok: {len(flows)} flows, {nodes} nodes")
+        return 0
+    if args.verb == "list":
+        for flow in flows:
+            kinds = ", ".join(f"{nid} ({node.kind})" for nid, node in flow.nodes.items())
+            state = "" if flow.enabled else " [disabled]"
+            print(f"{flow.id} v{flow.version}: {flow.name}{state}, reentry {flow.reentry}: {kinds}")
+        return 0
+    found = next((flow for flow in flows if flow.id == args.flow_id), None)
+    if found is None:
+        print(f"flow_id: unknown flow {args.flow_id!r}", file=sys.stderr)
+        return 2
+    print(json.dumps({**found.summary(), "definition": found.source}, indent=2, default=str))
+    return 0
+
+
+def _loaded(settings: Settings) -> list[FlowDefinition] | None:
+    try:
+        return load_flows(settings)
+    except (FlowError, ValueError) as error:
+        errors = error.errors if isinstance(error, FlowError) else [("", str(error))]
+        for path, message in errors:
+            print(f"{path}: {message}" if path else message, file=sys.stderr)
+        return None
+
+
+def _backtest(args: argparse.Namespace, settings: Settings) -> int:
+    body: dict[str, Any] = {"from": args.start, "to": args.end}
+    if args.file is not None:
+        # The draft is validated here first, so its errors name the file's lines' fields.
+        if _loaded(settings.model_copy(update={"flows_file": args.file})) is None:
+            return 2
+        document = tomllib.loads(args.file.read_text(encoding="utf-8"))
+        draft = document.get("flows", {}).get(args.flow_id)
+        if draft is None:
+            print(f"flow_id: {args.file} has no flow {args.flow_id!r}", file=sys.stderr)
+            return 2
+        body["definition"] = draft
+    base = args.url or settings.api_base_url
+    try:
+        response = httpx.post(
+            f"{base}/v1/flows/{quote(args.flow_id, safe='')}/backtest",
+            headers={"Authorization": f"Bearer {key(args, settings, 'admin')}"},
+            json=body,
+            timeout=600,
+        )
+    except httpx.HTTPError as error:
+        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
+        return 2
+    return print_answer(response)

@@ -1,0 +1,182 @@
+"""Journey flows run live, beside the trigger rules, in the trigger consumer and timer loop.
+
+The engine is journeys/flows (pure, the one the backtest runs). Here: each
+customer's state per flow is kept in the outreach store (``flow_states``), saved
+with the consumed position of the batch that changed it, as the trigger facts
+are; the timer loop advances the states whose wake-up time has come, for
+partitions consumed to their high-water mark only (so an order already
+accepted is taken before the deadline it beats), and records the facts and the
+messages to send in one transaction. A message is a trigger for the existing
+delivery path (outbox, ``journey.triggers``, signed webhook / SMTP, retries),
+its id the ``Sent`` fact's ``message_id``: one per run and send node, so it is
+delivered once across crashes and replays.
+
+Every version of a flow the worker has seen is recorded (``flow_versions``), so
+customers inside finish on the version they entered after the file moved on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from journeys.flows.definitions import FlowCatalog, FlowDefinition, FlowError, parse_flow
+from journeys.flows.engine import FlowEngine, FlowState, FlowStep, render_message
+from journeys.flows.facts import Sent
+from journeys.flows.inputs import FlowInput, iso
+from journeys.flows.nodes import SendNode
+from journeys.flows.templates import RenderFailed
+from streams.outreach.store import FlowWrite, OutreachStore
+
+log = logging.getLogger(__name__)
+
+# (rule id, channels, message) → its deliveries (endpoint id, channel, initial state).
+Targets = Callable[[str, Sequence[str], dict[str, Any]], list[tuple[str, str, str]]]
+
+
+class FlowRunner:
+    """The flows in force, and every recorded version, over the outreach store."""
+
+    def __init__(
+        self,
+        store: OutreachStore,
+        flows: Sequence[FlowDefinition],
+        targets: Targets,
+        grace_ms: int | None,
+    ) -> None:
+        self.store = store
+        self._targets = targets
+        self.engine = FlowEngine(self.catalog(flows), grace_ms)
+
+    def catalog(self, flows: Sequence[FlowDefinition]) -> FlowCatalog:
+        """``flows`` in force, with every version recorded before for the runs inside."""
+        self.store.record_flow_versions(
+            [
+                (f.id, f.version, f.fingerprint, orjson.dumps(dict(f.source), default=str).decode())
+                for f in flows
+            ]
+        )
+        in_force = {f.id: f for f in flows}
+        catalog = FlowCatalog(in_force={f.id: f.version for f in flows})
+        for flow_id, version, fingerprint, source in self.store.flow_versions():
+            current = in_force.get(flow_id)
+            if (
+                current is not None
+                and current.version == version
+                and current.fingerprint != fingerprint
+            ):
+                log.error(
+                    "flow %s changed without a new version: runs keep version %s as first "
+                    "recorded; give the change a new version",
+                    flow_id,
+                    version,
+                )
+            try:
+                parsed = parse_flow(flow_id, orjson.loads(source))
+            except FlowError as error:
+                log.error("recorded flow %s v%s no longer parses: %s", flow_id, version, error)
+                continue
+            if parsed is not None:
+                catalog = catalog.with_version(parsed)
+        return catalog
+
+    @property
+    def active(self) -> bool:
+        """False without any flow: the worker skips the flow work entirely."""
+        return bool(self.engine.catalog.versions)
+
+    def observe(
+        self, partition: int, items: Sequence[tuple[str, FlowInput]], now_ms: int
+    ) -> FlowWrite:
+        """Inputs of one partition into the states of the flows they can matter to."""
+        engine = self.engine
+        flow_ids = engine.catalog.flow_ids()
+        relevant = [
+            (key, flow_id, item)
+            for key, item in items
+            for flow_id in flow_ids
+            if engine.wants(flow_id, item)
+        ]
+        if not relevant:
+            return FlowWrite()
+        stored = self.store.flow_states_of((key for key, _, _ in relevant), flow_ids)
+        states: dict[tuple[str, str], FlowState] = {}
+        write = FlowWrite()
+        for key, flow_id, item in relevant:
+            state = states.get((key, flow_id))
+            if state is None:
+                found = stored.get((key, flow_id))
+                state = FlowState.from_dict(found) if found else FlowState(key, flow_id)
+                states[(key, flow_id)] = state
+            self._collect(write, engine.observe(state, item, now_ms), now_ms)
+        for state in states.values():
+            write.states.append(self._row(state, partition))
+        return write
+
+    def advance_due(self, ready: Sequence[int], now_ms: int) -> FlowWrite:
+        """States of ready partitions whose wake-up time has come, advanced to now."""
+        write = FlowWrite()
+        for _, _, partition, data in self.store.due_flow_states(ready, now_ms / 1000):
+            state = FlowState.from_dict(data)
+            self._collect(write, self.engine.advance(state, now_ms, now_ms), now_ms)
+            write.states.append(self._row(state, partition))
+        return write
+
+    def _row(
+        self, state: FlowState, partition: int
+    ) -> tuple[str, str, int, dict[str, Any], float | None]:
+        wake = self.engine.wake(state)
+        return (
+            state.customer_key,
+            state.flow_id,
+            partition,
+            state.to_dict(),
+            None if wake is None else wake / 1000,
+        )
+
+    def _collect(self, write: FlowWrite, step: FlowStep, now_ms: int) -> None:
+        for fact in step.facts:
+            write.facts.append(fact.to_dict())
+            if isinstance(fact, Sent):
+                message = self.message(fact, step.state, now_ms)
+                targets = self._targets(message["rule"], [fact.channel], message)
+                write.sends.append((message, targets))
+
+    def rendered(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The message (its personal values opened) with its subject and body rendered, and
+        without the variables; raises RenderFailed when it cannot be rendered."""
+        flow = self.engine.catalog.definition(str(message["flow"]), int(message["version"]))
+        node = flow.nodes.get(str(message["node"])) if flow is not None else None
+        if not isinstance(node, SendNode):
+            raise RenderFailed(f"flow {message['flow']} v{message['version']} has no such send")
+        subject, body = render_message(node, message.get("variables") or {})
+        shown = {k: v for k, v in message.items() if k != "variables"}
+        return {**shown, "subject": subject, "body": body}
+
+    @staticmethod
+    def message(sent: Sent, state: FlowState, now_ms: int) -> dict[str, Any]:
+        """A flow's message as the triggers topic carries it and webhooks receive it."""
+        email = state.traits.get("email")
+        return {
+            "trigger_id": sent.message_id,
+            "rule": f"flow:{sent.flow_id}",
+            "trigger": "flow",
+            "customer_id": sent.customer_key,
+            "flow": sent.flow_id,
+            "version": sent.version,
+            "node": sent.node,
+            "run_id": sent.run_id,
+            "fact_id": sent.fact_id,
+            "channels": [sent.channel],
+            "variables": dict(sent.variables),
+            "email": email[0] if email else None,
+            "started_at": iso(sent.at_ms),
+            "due_at": iso(sent.at_ms),
+            "fire_at": iso(sent.at_ms),
+            "fired_at": iso(now_ms),
+            "due_ts": sent.at_ms / 1000,
+            "data": {"entry": state.run.entry if state.run else {}},
+        }

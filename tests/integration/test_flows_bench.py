@@ -1,0 +1,30 @@
+"""bench/flows.py runs end to end at a tiny size (its speed is never asserted in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_backtest_benchmark_prints_each_rate_beside_the_read_rate(tmp_path: Path) -> None:
+    out = tmp_path / "flows.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.flows", "--events", "3000", "--customers", "300",
+         "--runs", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "read (raw limit)" in done.stdout and "of the read rate" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["events_logged"] == 3000
+    assert 0 < figures["inputs"] <= 3000
+    assert figures["runs"] > 0 and figures["candidates"] > 0
+    assert figures["backtest_inputs_per_s"] > 0 and figures["read_inputs_per_s"] > 0
