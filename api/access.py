@@ -65,6 +65,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/segments/{segment_id}"): _ANALYST,
     ("GET", "/v1/segments/{segment_id}/members"): _PERSONAL,  # names customers
     ("GET", "/v1/segments/{segment_id}/sizes"): _ANALYST,
+    ("PUT", "/v1/segments/{segment_id}"): _ADMIN_CHANGE,
+    ("DELETE", "/v1/segments/{segment_id}"): _ADMIN_CHANGE,
     ("GET", "/v1/outreach/webhooks"): _MARKETER,
     ("POST", "/v1/outreach/webhooks"): _MARKETER_CHANGE,
     ("DELETE", "/v1/outreach/webhooks/{endpoint_id}"): _MARKETER_CHANGE,

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from api.auth import require_read_key
+from api.auth import GatewayDep, require_read_key
 from api.dependencies import Gateway
 from api.errors import ApiProblem, error_responses, problem
 from api.times import ApiTime
@@ -43,6 +43,7 @@ from projections.analytics.reports import (
     RetentionMode,
     RfmScore,
 )
+from projections.segment_reads import SegmentReads
 
 router = APIRouter(
     prefix="/v1",
@@ -119,11 +120,27 @@ class FunnelRequest(DateRange):
     mode: OrderMode = OrderMode.ORDERED
     exclusions: Annotated[list[FunnelStepIn], Field(max_length=MAX_EXCLUSIONS)] = []
     breakdown: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    breakdown_segment: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=64,
+                pattern=r"^[a-z][a-z0-9_]*$",
+                description="break down by membership of this segment (`in` / `not in`) at the "
+                "time of the customer's first event matching step 1 in the range, as the "
+                "segment's recorded changes say",
+            ),
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _strict_without_exclusions(self) -> FunnelRequest:
         if self.exclusions and self.mode is OrderMode.STRICT:
             raise ValueError("exclusions apply to ordered and any_order funnels")
+        if self.breakdown is not None and self.breakdown_segment is not None:
+            raise ValueError("break down by a property or by a segment, not both")
         return self
 
     def definition(self) -> Funnel:
@@ -136,6 +153,7 @@ class FunnelRequest(DateRange):
             breakdown=self.breakdown,
             start=self.start,
             end=self.end,
+            breakdown_segment=self.breakdown_segment,
         )
 
 
@@ -277,10 +295,18 @@ def _step(s: StepStats) -> FunnelStepOut:
 
 
 @router.post("/funnels", response_model=FunnelResult)
-async def funnel(query: FunnelRequest, request: Request) -> Any:
+async def funnel(query: FunnelRequest, request: Request, gateway: GatewayDep) -> Any:
     """Customers reaching each step within the window; conversion and time to convert."""
     definition = query.definition()
     queries = _funnels(request)
+    segment = query.breakdown_segment
+    if segment is not None:
+        reads = gateway.segments
+        defined = reads is not None and segment in (await asyncio.to_thread(_segment_ids, reads))
+        if not defined:
+            message = f"no segment {segment!r}"
+            reason = {"field": "breakdown_segment", "rule": "exists", "message": message}
+            return problem(400, f"breakdown_segment: {message}", [reason])
 
     def work() -> FunnelReport:
         queries.validate(definition)
@@ -300,6 +326,10 @@ async def funnel(query: FunnelRequest, request: Request) -> Any:
         ),
         source=report.source,
     )
+
+
+def _segment_ids(reads: SegmentReads) -> set[str]:
+    return set(reads.definitions.segments)
 
 
 @router.post("/funnels/dropped", response_model=DroppedResult)

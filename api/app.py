@@ -51,6 +51,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(privacy.router)
     app.include_router(stages.router)
     app.include_router(segments.router)
+    app.include_router(segments.admin_router)
     app.include_router(analysis.router)
     app.include_router(admin.router)
     app.include_router(backups.router)

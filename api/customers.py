@@ -77,7 +77,8 @@ class CustomerSegments(BaseModel):
     )
     segments: list[str]
     backfilled: bool = Field(
-        description="false: traits and segments count events since the definitions' start"
+        description="true once every segment's history was backfilled from the event log; "
+        "false: some count only events since their definition took effect"
     )
 
 
@@ -153,8 +154,10 @@ async def _segments(
 ) -> CustomerSegments | None:
     if gateway.segments is None:
         return None
-    traits, segments = await asyncio.to_thread(gateway.segments.customer, customer_key, moment)
-    return CustomerSegments(computed_traits=traits, segments=segments, backfilled=False)
+    reads = gateway.segments
+    traits, segments = await asyncio.to_thread(reads.customer, customer_key, moment)
+    backfilled = await asyncio.to_thread(reads.all_backfilled)
+    return CustomerSegments(computed_traits=traits, segments=segments, backfilled=backfilled)
 
 
 @router.get("/customers/{customer_id}", response_model=CustomerView)

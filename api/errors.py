@@ -44,6 +44,7 @@ _MEANING = {
     409: "Exists already, or conflicts with work in progress (retry once it is done)",
     413: "Body too large (limits per call and per batch)",
     415: "Unsupported Content-Type or Content-Encoding",
+    422: "A definition that breaks a rule: each problem names the node and the field",
     429: "Rate limit of the write key exceeded; see Retry-After",
     503: "A component is unavailable; retry later",
 }
@@ -144,7 +145,10 @@ def install_openapi(app: FastAPI) -> None:
             )
             for operations in schema.get("paths", {}).values():
                 for operation in operations.values():
-                    operation.get("responses", {}).pop("422", None)
+                    responses = operation.get("responses", {})
+                    # FastAPI's own; a route that answers 422 itself documents it (segments).
+                    if responses.get("422", {}).get("description") != _MEANING[422]:
+                        responses.pop("422", None)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
             app.openapi_schema = schema

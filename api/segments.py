@@ -1,8 +1,9 @@
-"""Segments: the definitions in force and their members at any instant (issue 17, first slice).
+"""Segments: the definitions in force and their members at any instant (issue 17).
 
-Read-only: definitions come from the node's definitions file
-(JOURNEYS_SEGMENTS_FILE); PUT/DELETE and backfill are not built yet
-(docs/architecture.md, "Segments and computed traits").
+Definitions are stored in the event store's database, seeded from the
+definitions file (JOURNEYS_SEGMENTS_FILE) the first time; admins change them
+with ``PUT`` / ``DELETE /v1/segments/{id}``, and the worker takes a change
+within seconds (docs/architecture.md, "Segments and computed traits").
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from api.auth import require_read_key
+from api.auth import GatewayDep, require_admin_key, require_read_key
 from api.dependencies import Gateway
 from api.errors import error_responses, problem
 from api.times import ApiTime
-from journeys.segment_definitions import SegmentDefinition
+from journeys.segment_definitions import DefinitionError, SegmentDefinition, is_definition_id
 from projections.segment_reads import SegmentReads
 
 router = APIRouter(
@@ -29,19 +30,38 @@ router = APIRouter(
     responses=error_responses(400, 401, 403, 404, 503),
 )
 
+# Changing definitions is for admins (api/access.py); documented with the admin key.
+admin_router = APIRouter(
+    prefix="/v1",
+    tags=["segments"],
+    dependencies=[Depends(require_admin_key)],
+    responses=error_responses(400, 401, 403, 404, 409, 422, 503),
+)
+
 SegmentId = Annotated[str, Path(description="the segment's id in the definitions file")]
 
 
+class BackfillProgress(BaseModel):
+    """The backfill of the segment's definition in force from the event log."""
+
+    state: str = Field(description="pending (not started yet), running or done")
+    progress: float = Field(description="customers done over those the log held at its start")
+    customers_done: int
+    customers_total: int
+
+
 class Segment(BaseModel):
-    """A segment as defined, with what the platform does and does not do for it yet."""
+    """A segment as defined, and how far its history has been backfilled."""
 
     id: str
     name: str
     description: str
     definition: dict[str, Any] = Field(description="the segment's table as written in the file")
     backfilled: bool = Field(
-        description="false: membership counts the events from the definition's start on"
+        description="true once membership counts every event of the log, not only the "
+        "events since the definition took effect"
     )
+    backfill: BackfillProgress
     time_dependent: bool = Field(description="true when time passing alone changes membership")
 
 
@@ -76,12 +96,25 @@ def _reads(request: Request) -> SegmentReads:
 
 
 def _shown(reads: SegmentReads, segment: SegmentDefinition) -> Segment:
+    found = reads.backfill(segment.id)
+    if found is None:
+        progress = BackfillProgress(
+            state="pending", progress=0, customers_done=0, customers_total=0
+        )
+    else:
+        progress = BackfillProgress(
+            state="done" if found.finished else "running",
+            progress=found.progress,
+            customers_done=found.done,
+            customers_total=found.total,
+        )
     return Segment(
         id=segment.id,
         name=segment.name,
         description=segment.description,
         definition=dict(segment.source),
-        backfilled=False,
+        backfilled=found is not None and found.finished,
+        backfill=progress,
         time_dependent=reads.definitions.time_dependent(),
     )
 
@@ -95,15 +128,23 @@ def _not_found(segment_id: str) -> JSONResponse:
 async def list_segments(request: Request) -> SegmentList:
     """Every segment of the definitions file."""
     reads = _reads(request)
-    return SegmentList(segments=[_shown(reads, s) for s in reads.definitions.segments.values()])
+
+    def listed() -> SegmentList:
+        return SegmentList(segments=[_shown(reads, s) for s in reads.definitions.segments.values()])
+
+    return await asyncio.to_thread(listed)
 
 
 @router.get("/segments/{segment_id}", response_model=Segment)
 async def get_segment(request: Request, segment_id: SegmentId) -> Segment | JSONResponse:
     """One segment's definition."""
     reads = _reads(request)
-    segment = reads.definitions.segments.get(segment_id)
-    return _not_found(segment_id) if segment is None else _shown(reads, segment)
+
+    def shown() -> Segment | JSONResponse:
+        segment = reads.definitions.segments.get(segment_id)
+        return _not_found(segment_id) if segment is None else _shown(reads, segment)
+
+    return await asyncio.to_thread(shown)
 
 
 @router.get("/segments/{segment_id}/members", response_model=SegmentMembers)
@@ -128,7 +169,7 @@ async def segment_members(
         as_of=moment,
         count=len(members),
         members=members[:limit],
-        backfilled=False,
+        backfilled=await asyncio.to_thread(reads.backfilled, segment_id),
     )
 
 
@@ -152,5 +193,74 @@ async def segment_sizes(
     return SegmentSizes(
         segment=segment_id,
         sizes=[SegmentSize(at=at, size=n) for at, n in zip(instants, counts, strict=True)],
-        backfilled=False,
+        backfilled=await asyncio.to_thread(reads.backfilled, segment_id),
     )
+
+
+def _refused(error: DefinitionError, status: int = 422) -> JSONResponse:
+    reasons = [
+        {"field": path or "body", "rule": "definition", "message": message}
+        for path, message in error.errors
+    ]
+    first = reasons[0]
+    return problem(status, f"{first['field']}: {first['message']}", reasons)
+
+
+def _gateway_reads(gateway: Gateway) -> SegmentReads:
+    if gateway.segments is None or gateway.segments.stored is None:
+        raise HTTPException(503, "segment definitions are not stored in this process")
+    return gateway.segments
+
+
+@admin_router.put(
+    "/segments/{segment_id}",
+    response_model=Segment,
+    summary="Define or replace a segment",
+    responses={201: {"model": Segment, "description": "Defined (it did not exist)"}},
+)
+async def put_segment(
+    gateway: GatewayDep, segment_id: SegmentId, body: dict[str, Any]
+) -> Segment | JSONResponse:
+    """The segment's table as in the definitions file: ``name``, ``description``, ``where``.
+
+    Validated with every other definition (references, cycles): a 422 names the
+    node and the field (``segments.x.where.and[1].count: must be an integer >= 0``).
+    The worker folds events with it within seconds; its state starts empty.
+    """
+    reads = _gateway_reads(gateway)
+    if not is_definition_id(segment_id):
+        reason = {
+            "field": "segment_id",
+            "rule": "pattern",
+            "message": "must be lower-case letters, digits and _, starting with a letter",
+        }
+        return problem(422, f"segment_id: {reason['message']}", [reason])
+    stored = reads.stored
+    assert stored is not None
+    try:
+        existed, definitions = await asyncio.to_thread(stored.change, "segments", segment_id, body)
+    except DefinitionError as error:
+        return _refused(error)
+    except TypeError as error:  # a value the store cannot keep (orjson)
+        reason = {"field": "body", "rule": "storable", "message": str(error)}
+        return problem(422, f"body: {error}", [reason])
+    shown = await asyncio.to_thread(_shown, reads, definitions.segments[segment_id])
+    if existed:
+        return shown
+    return JSONResponse(status_code=201, content=shown.model_dump(mode="json"))
+
+
+@admin_router.delete("/segments/{segment_id}", response_model=Segment, summary="Delete a segment")
+async def delete_segment(gateway: GatewayDep, segment_id: SegmentId) -> Segment | JSONResponse:
+    """Refused (409) while another segment refers to it; its recorded history stays."""
+    reads = _gateway_reads(gateway)
+    segment = reads.definitions.segments.get(segment_id)
+    if segment is None:
+        return _not_found(segment_id)
+    stored = reads.stored
+    assert stored is not None
+    try:
+        await asyncio.to_thread(stored.change, "segments", segment_id, None)
+    except DefinitionError as error:
+        return _refused(error, 409)
+    return await asyncio.to_thread(_shown, reads, segment)

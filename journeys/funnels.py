@@ -96,8 +96,13 @@ class Funnel:
     breakdown: str | None = None
     start: datetime | None = None
     end: datetime | None = None
+    # Break down by membership of this segment at the time of the customer's first
+    # event matching step 1 in the range (as a property breakdown reads that event).
+    breakdown_segment: str | None = None
 
     def __post_init__(self) -> None:
+        if self.breakdown is not None and self.breakdown_segment is not None:
+            raise ValueError("break down by a property or by a segment, not both")
         if not MIN_STEPS <= len(self.steps) <= MAX_STEPS:
             raise ValueError(f"a funnel has {MIN_STEPS} to {MAX_STEPS} steps")
         if self.window <= timedelta(0):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,10 @@ MAX_WINDOW_MS = 3650 * DAY_MS
 # A rolling-window count condition keeps the newest ``count + 1`` matching times, so
 # its comparison is exact; a bound on the count keeps that small.
 MAX_COUNT = 10_000
+# Conditions nested deeper than this are refused (a hostile body must not exhaust the stack).
+MAX_DEPTH = 32
+# Compared numbers: finite, and integers within 64 bits (what JSON state keeps exactly).
+MAX_INT = 2**63 - 1
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
@@ -219,6 +224,18 @@ class Definitions:
             for c in _walk(s.where)
             if isinstance(c, TraitCondition) and c.identify
         }
+
+    def segment_fingerprint(self, segment_id: str) -> str:
+        """Changes whenever the segment's membership rule does: its tree, or a trait or
+        segment it refers to (a changed one is backfilled again)."""
+        segment = self.segments[segment_id]
+        parts = [_fingerprint(segment.where)]
+        for node in _walk(segment.where):
+            if isinstance(node, TraitCondition) and not node.identify:
+                parts.append(self.traits[node.trait].fingerprint)
+            elif isinstance(node, SegmentCondition):
+                parts.append(self.segment_fingerprint(node.segment))
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
     def time_dependent(self) -> bool:
         """True when time passing alone can change some membership (rolling windows)."""
@@ -406,16 +423,19 @@ class _Parser:
         if "where" not in raw:
             self.error(f"{path}.where", "is required")
             return None
-        where = self.condition(raw["where"], f"{path}.where")
+        where = self.condition(raw["where"], f"{path}.where", 0)
         if len(self.errors) != before or where is None:
             return None
         return SegmentDefinition(
             id=sid, name=str(name), where=where, description=str(description), source=dict(raw)
         )
 
-    def condition(self, raw: object, path: str) -> Condition | None:
+    def condition(self, raw: object, path: str, depth: int) -> Condition | None:
         if not isinstance(raw, Mapping) or not raw:
             self.error(path, "must be a non-empty table")
+            return None
+        if depth > MAX_DEPTH:
+            self.error(path, f"conditions may be nested {MAX_DEPTH} deep at most")
             return None
         if "and" in raw or "or" in raw:
             kind = "and" if "and" in raw else "or"
@@ -424,14 +444,16 @@ class _Parser:
             if not isinstance(items, list) or not items:
                 self.error(f"{path}.{kind}", "must be a non-empty list of conditions")
                 return None
-            children = [self.condition(c, f"{path}.{kind}[{i}]") for i, c in enumerate(items)]
+            children = [
+                self.condition(c, f"{path}.{kind}[{i}]", depth + 1) for i, c in enumerate(items)
+            ]
             if any(c is None for c in children):
                 return None
             kept = tuple(c for c in children if c is not None)
             return AllOf(path, kept) if kind == "and" else AnyOf(path, kept)
         if "not" in raw:
             self._unknown(raw, {"not"}, path)
-            child = self.condition(raw["not"], f"{path}.not")
+            child = self.condition(raw["not"], f"{path}.not", depth + 1)
             return None if child is None else NoneOf(path, child)
         if "event" in raw or "type" in raw:
             return self.event_condition(raw, path)
@@ -512,8 +534,11 @@ class _Parser:
         if op == "in" and (not isinstance(value, list) or not value):
             self.error(path, "must be a non-empty list")
             return None
-        if op in ("eq", "ne", "contains") and not isinstance(value, str | int | float | bool):
-            self.error(path, "must be a string, number or boolean")
+        if op == "in" and not all(_is_scalar(item) for item in value):
+            self.error(path, "must list strings, finite numbers or booleans")
+            return None
+        if op in ("eq", "ne", "contains") and not _is_scalar(value):
+            self.error(path, "must be a string, finite number or boolean")
             return None
         return Comparison(op, value)
 
@@ -620,18 +645,26 @@ def _find_cycle(segments: Mapping[str, SegmentDefinition]) -> list[str]:
     return []
 
 
+def is_definition_id(value: str) -> bool:
+    """True for a valid trait or segment id (lower-case letters, digits and _)."""
+    return bool(_ID.match(value))
+
+
 def duration_ms(value: object) -> int | None:
     """ "7d", "12h", "90m", "30s", "500ms", "2w", or seconds as a number; None if invalid."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return int(value * 1000) if value == value else None
-    if not isinstance(value, str):
+        seconds, unit = float(value) if abs(value) < 1e300 else math.inf, "s"
+    elif isinstance(value, str):
+        found = _DURATION.match(value)
+        if not found:
+            return None
+        seconds, unit = float(found.group(1)), found.group(2) or "s"
+    else:
         return None
-    found = _DURATION.match(value)
-    if not found:
-        return None
-    return int(float(found.group(1)) * _UNITS_MS[found.group(2) or "s"])
+    # Finite only: a hostile "1e400" or 10**400 is no duration (and no OverflowError).
+    return int(seconds * _UNITS_MS[unit]) if math.isfinite(seconds * _UNITS_MS[unit]) else None
 
 
 def _instant_ms(value: object) -> int | None:
@@ -652,4 +685,12 @@ def _instant_ms(value: object) -> int | None:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -MAX_INT <= value <= MAX_INT
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, str | bool) or _is_number(value)

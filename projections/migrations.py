@@ -9,7 +9,8 @@ timelines for funnels. 5 was reserved for outreach, which keeps its tables in
 the event store's database instead: it stays unused. 7 source, historical and
 clamped columns of the event log. 8: identity merges in the event log (cheap
 deletes, merged flags). 9: the browser origins each write key accepts.
-10: stage_changes revisions. 11: segment membership changes.
+10: stage_changes revisions. 11: segment membership changes. 12: segment
+changes found by a backfill, flagged.
 """
 
 from __future__ import annotations
@@ -368,6 +369,19 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             ) ENGINE = ReplacingMergeTree
             PARTITION BY toYYYYMM(at)
             ORDER BY (segment, customer_key, at, entered, event_id)
+            """,
+        ],
+    ),
+    (
+        12,
+        "segments: changes found by a backfill over history are flagged",
+        [
+            # 1: recorded by the backfill of a new or changed definition, not as it
+            # happened; outreach never treats such an entry as live. Not in the key:
+            # a change is written by the backfill or live, never both.
+            """
+            ALTER TABLE {db}.segment_changes
+                ADD COLUMN IF NOT EXISTS backfill UInt8 DEFAULT 0
             """,
         ],
     ),

@@ -10,7 +10,7 @@ from clickhouse_connect.driver.client import Client
 from journeys.segment_state import MembershipChange, from_ms
 from projections.clickhouse import TableInsert, as_utc
 
-_COLUMNS = ["segment", "customer_key", "at", "entered", "event_id"]
+_COLUMNS = ["segment", "customer_key", "at", "entered", "event_id", "backfill"]
 
 
 class SegmentChangeLog:
@@ -21,14 +21,32 @@ class SegmentChangeLog:
         self._database = database
         self._insert = TableInsert(client, f"{database}.segment_changes", _COLUMNS)
 
-    def append(self, changes: Sequence[tuple[str, MembershipChange]]) -> None:
-        """Insert (customer key, change) pairs."""
+    def append(
+        self, changes: Sequence[tuple[str, MembershipChange]], backfill: bool = False
+    ) -> None:
+        """Insert (customer key, change) pairs (``backfill``: found by a backfill)."""
         self._insert.insert(
             [
-                [c.segment, customer, from_ms(c.at_ms), int(c.entered), c.event_id]
+                [c.segment, customer, from_ms(c.at_ms), int(c.entered), c.event_id, int(backfill)]
                 for customer, c in changes
             ]
         )
+
+    def forget_segment(self, segment: str) -> None:
+        """Delete the segment's recorded changes (its definition changed: backfilled anew)."""
+        self._client.command(
+            f"DELETE FROM {self._database}.segment_changes WHERE segment = {{segment:String}}",
+            parameters={"segment": segment},
+        )
+
+    def backfilled_changes(self, segment: str) -> list[tuple[str, datetime, bool, bool]]:
+        """(customer, time, entered, backfill) of ``segment``, in time order."""
+        result = self._client.query(
+            f"SELECT customer_key, at, entered, backfill FROM {self._database}.segment_changes"
+            " FINAL WHERE segment = {segment:String} ORDER BY customer_key, at, entered",
+            parameters={"segment": segment},
+        )
+        return [(row[0], as_utc(row[1]), bool(row[2]), bool(row[3])) for row in result.result_rows]
 
     def changes(self, segment: str) -> list[tuple[str, datetime, bool, str]]:
         """(customer, time, entered, event id) of ``segment``, in time order."""
@@ -43,8 +61,7 @@ class SegmentChangeLog:
         """Customers whose last recorded change of ``segment`` at or before ``as_of`` is an entry.
 
         As recorded by the worker: exits caused by a window sliding are recorded
-        when the customer's next event arrives (no timers yet), so a customer who
-        has been quiet since may still be listed past their exit.
+        by its timer loop once due (within a tick, when the worker is caught up).
         """
         result = self._client.query(
             f"SELECT customer_key FROM {self._database}.segment_changes FINAL"

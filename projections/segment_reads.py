@@ -1,10 +1,11 @@
 """Segment membership read at any instant: stored states for now, recorded changes for the past.
 
-No timers yet (docs/architecture.md, "Segments and computed traits"): a change
-caused by time alone is recorded only when the customer's next event arrives.
-So membership at an instant at or after a customer's clock (their latest
-event) is computed from their state at read time, which is exact for rolling
-windows; before it, every change up to the clock is in ``segment_changes``.
+A change caused by time alone is recorded by the worker's timer loop shortly
+after it happens (docs/architecture.md, "Segments and computed traits"). So
+membership at an instant at or after a customer's clock (their latest event
+or timer tick) is computed from their state at read time, which is exact for
+rolling windows between ticks; before it, every change up to the clock is in
+``segment_changes``.
 """
 
 from __future__ import annotations
@@ -15,39 +16,80 @@ from typing import Any
 from journeys.segment_definitions import Definitions
 from journeys.segment_state import SegmentEvaluator, SegmentState, to_ms
 from projections.segment_changes import SegmentChangeLog
-from projections.segment_store import SegmentStore
+from projections.segment_definition_store import SegmentDefinitions
+from projections.segment_store import Backfill, SegmentStore
 
 
 class SegmentReads:
     """The definitions in force and membership of their segments."""
 
-    def __init__(self, definitions: Definitions, store: SegmentStore, log: SegmentChangeLog):
-        self.definitions = definitions
-        self.evaluator = SegmentEvaluator(definitions)
+    def __init__(
+        self,
+        definitions: Definitions | SegmentDefinitions,
+        store: SegmentStore,
+        log: SegmentChangeLog,
+    ) -> None:
+        # Stored definitions (the admin API changes them) are read at their version.
+        self.stored = definitions if isinstance(definitions, SegmentDefinitions) else None
+        fixed = definitions if isinstance(definitions, Definitions) else definitions.current()
+        self._evaluator = SegmentEvaluator(fixed)
         self.store = store
         self.log = log
+
+    @property
+    def definitions(self) -> Definitions:
+        """The definitions in force now."""
+        return self.evaluator.definitions
+
+    @property
+    def evaluator(self) -> SegmentEvaluator:
+        """An evaluator of the definitions in force now."""
+        if self.stored is not None:
+            current = self.stored.current()
+            if current is not self._evaluator.definitions:
+                self._evaluator = SegmentEvaluator(current)
+        return self._evaluator
+
+    def backfill(self, segment_id: str) -> Backfill | None:
+        """The segment's backfill at its definition in force (None: not started yet)."""
+        found = self.store.backfills().get(segment_id)
+        definitions = self.definitions
+        if found is None or segment_id not in definitions.segments:
+            return None
+        return found if found.fingerprint == definitions.segment_fingerprint(segment_id) else None
+
+    def backfilled(self, segment_id: str) -> bool:
+        """True once the segment's history was backfilled at its definition in force."""
+        found = self.backfill(segment_id)
+        return found is not None and found.finished
+
+    def all_backfilled(self) -> bool:
+        """True once every segment's history was backfilled at its definition in force."""
+        return all(self.backfilled(sid) for sid in self.definitions.segments)
 
     def customer(
         self, customer_key: str, as_of: datetime
     ) -> tuple[dict[str, Any] | None, list[str]]:
         """Computed traits (None before the latest event folded) and segments at ``as_of``."""
         at = to_ms(as_of)
+        evaluator = self.evaluator
         state = self.store.states([customer_key]).get(customer_key)
         if state is None or state.clock is None or at >= state.clock:
             state = state or SegmentState()
-            traits = self.evaluator.trait_values(state, at)
-            return traits, sorted(self.evaluator.members(state, at))
+            traits = evaluator.trait_values(state, at)
+            return traits, sorted(evaluator.members(state, at))
         # Before the latest event the state has folded: the recorded changes say.
         return None, self.log.segments_of(customer_key, as_of)
 
     def members(self, segment_id: str, as_of: datetime) -> list[str]:
         """The customers in ``segment_id`` at ``as_of``, sorted (reads every stored state)."""
         at = to_ms(as_of)
+        evaluator = self.evaluator
         recorded = set(self.log.members_as_of(segment_id, as_of))
         found = []
         for customer, state in self.store.all_states():
             if state.clock is not None and at >= state.clock:
-                inside = segment_id in self.evaluator.members(state, at)
+                inside = segment_id in evaluator.members(state, at)
             else:
                 inside = customer in recorded
             if inside:

@@ -3,12 +3,19 @@
 Saved in one transaction with the position of the batch they fold in, so a
 crash either keeps both or neither (docs/architecture.md, "Segments and
 computed traits"); tables on SQLite or PostgreSQL (projections/sql_tables.py).
+
+Each state's next due instant (when time alone may change a membership) is
+saved with it in ``segment_due``, indexed by (partition, due), so the timer
+loop asks "which customers of partitions P are due before now?" as a range
+query, as the outreach timers do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -20,7 +27,61 @@ SCHEMA = [
         customer_key TEXT PRIMARY KEY, state TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS segment_positions (
         source TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
+    # A customer's partition (of the events topic) and the instant (epoch ms) at
+    # which time alone may next change one of their memberships; no row: never.
+    """CREATE TABLE IF NOT EXISTS segment_due (
+        customer_key TEXT PRIMARY KEY, partition INTEGER NOT NULL, due_ms BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS segment_due_by_time ON segment_due (partition, due_ms)",
+    # A segment's backfill at one definition (fingerprint), per partition: every
+    # customer of the partition with a key <= cursor is done; total: customers in
+    # the event log when it started (all partitions).
+    """CREATE TABLE IF NOT EXISTS segment_backfills (
+        segment TEXT NOT NULL, partition INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+        cursor TEXT NOT NULL, done BIGINT NOT NULL, total BIGINT NOT NULL,
+        finished INTEGER NOT NULL, PRIMARY KEY (segment, partition))""",
 ]
+
+# (partition, due instant in epoch ms or None) of a customer's state.
+Due = tuple[int, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillPart:
+    """One partition's share of a segment's backfill."""
+
+    cursor: str
+    done: int
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """A segment's backfill at one definition: its parts by partition."""
+
+    segment: str
+    fingerprint: str
+    total: int
+    parts: Mapping[int, BackfillPart]
+
+    @property
+    def finished(self) -> bool:
+        return all(part.finished for part in self.parts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(part.done for part in self.parts.values())
+
+    @property
+    def progress(self) -> float:
+        """Done customers over those the log held at the start (1.0 once finished)."""
+        if self.finished:
+            return 1.0
+        return min(0.99, self.done / self.total) if self.total else 0.0
+
+    def covers(self, partition: int, customer_key: str) -> bool:
+        """True when the customer's history was backfilled (or live since it was)."""
+        part = self.parts.get(partition)
+        return part is None or part.finished or customer_key <= part.cursor
 
 
 class SegmentStore:
@@ -39,23 +100,28 @@ class SegmentStore:
 
     def states(self, customer_keys: Iterable[str]) -> dict[str, SegmentState]:
         """The stored state of each of ``customer_keys`` that has one."""
-        keys = list(dict.fromkeys(customer_keys))
-        found: dict[str, SegmentState] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, text in self.tables.rows(
-                f"SELECT customer_key, state FROM segment_states WHERE customer_key IN ({marks})",
-                chunk,
-            ):
-                found[key] = SegmentState.from_dict(orjson.loads(text))
-        return found
+        return {
+            key: SegmentState.from_dict(orjson.loads(text))
+            for key, text in self.stored_texts(customer_keys).items()
+        }
 
     def all_states(self) -> Iterator[tuple[str, SegmentState]]:
         """Every stored (customer, state), by customer."""
         rows = self.tables.rows("SELECT customer_key, state FROM segment_states ORDER BY 1")
         for key, text in rows:
             yield key, SegmentState.from_dict(orjson.loads(text))
+
+    def due(self, partitions: Sequence[int], until_ms: int, limit: int) -> list[tuple[str, int]]:
+        """(customer, partition) of ``partitions`` due at or before ``until_ms``, earliest first."""
+        if not partitions:
+            return []
+        marks = ",".join("?" * len(partitions))
+        rows = self.tables.rows(
+            f"SELECT customer_key, partition FROM segment_due WHERE partition IN ({marks})"
+            " AND due_ms <= ? ORDER BY due_ms, customer_key LIMIT ?",
+            [*partitions, until_ms, limit],
+        )
+        return [(str(key), int(partition)) for key, partition in rows]
 
     def forget_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
         """Delete the customers' states (erasure); the count deleted, by table."""
@@ -66,21 +132,165 @@ class SegmentStore:
                     "DELETE FROM segment_states WHERE customer_key = ?", [key]
                 )
                 deleted += max(0, cursor.rowcount)
+                self.tables.execute("DELETE FROM segment_due WHERE customer_key = ?", [key])
         return {"segment_states": deleted}
 
-    def save(self, batches: Sequence[tuple[str, int, Mapping[str, SegmentState]]]) -> None:
-        """Save each (source, position, states), all atomically."""
-        upsert_state = (
-            "INSERT INTO segment_states (customer_key, state) VALUES (?, ?)"
-            " ON CONFLICT (customer_key) DO UPDATE SET state = excluded.state"
-        )
-        upsert_position = (
-            "INSERT INTO segment_positions (source, position) VALUES (?, ?)"
-            " ON CONFLICT (source) DO UPDATE SET position = excluded.position"
-        )
+    def save(
+        self,
+        batches: Sequence[tuple[str, int, Mapping[str, SegmentState]]],
+        due: Mapping[str, Due] | None = None,
+    ) -> None:
+        """Save each (source, position, states) and the states' due instants, all atomically."""
         with self.tables.transaction():
             for source, position, states in batches:
-                for key, state in states.items():
-                    text = orjson.dumps(state.to_dict()).decode()
-                    self.tables.execute(upsert_state, [key, text])
-                self.tables.execute(upsert_position, [source, position])
+                self._save_states(states)
+                self.tables.execute(_UPSERT_POSITION, [source, position])
+            self._save_due(due or {})
+
+    def save_ticked(
+        self,
+        states: Mapping[str, SegmentState],
+        read: Mapping[str, str],
+        due: Mapping[str, Due],
+    ) -> list[str]:
+        """Save states a timer advanced and their due instants, atomically; the keys saved.
+
+        ``read``: each state's stored text when the timer read it. A customer whose
+        stored state changed since (another worker took the partition and folded
+        events) is left as it is: its new owner's state is the newer one. A due row
+        whose customer has no state (erased since) is dropped.
+        """
+        saved: list[str] = []
+        with self.tables.transaction():
+            for key, state in states.items():
+                text = orjson.dumps(state.to_dict()).decode()
+                cursor = self.tables.execute(
+                    "UPDATE segment_states SET state = ? WHERE customer_key = ? AND state = ?",
+                    [text, key, read.get(key, "")],
+                )
+                if cursor.rowcount == 1:
+                    saved.append(key)
+            kept = {key: due[key] for key in saved if key in due}
+            orphans = {k: (partition, None) for k, (partition, _) in due.items() if k not in read}
+            self._save_due({**kept, **orphans})
+        return saved
+
+    def stored_texts(self, customer_keys: Iterable[str]) -> dict[str, str]:
+        """The stored state of each of ``customer_keys`` as saved (JSON text)."""
+        keys = list(dict.fromkeys(customer_keys))
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, text in self.tables.rows(
+                f"SELECT customer_key, state FROM segment_states WHERE customer_key IN ({marks})",
+                chunk,
+            ):
+                found[key] = text
+        return found
+
+    def backfills(self) -> dict[str, Backfill]:
+        """Every segment's backfill as recorded (at the fingerprint it was started for)."""
+        rows = self.tables.rows(
+            "SELECT segment, partition, fingerprint, cursor, done, total, finished"
+            " FROM segment_backfills ORDER BY segment, partition"
+        )
+        grouped: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            grouped.setdefault(str(row[0]), []).append(row)
+        return {
+            segment: Backfill(
+                segment,
+                str(found[0][2]),
+                int(found[0][5]),
+                {int(r[1]): BackfillPart(str(r[3]), int(r[4]), bool(r[6])) for r in found},
+            )
+            for segment, found in grouped.items()
+        }
+
+    def start_backfill(self, segment: str, fingerprint: str, partitions: int, total: int) -> bool:
+        """Start the segment's backfill at ``fingerprint`` unless it is; True if started here."""
+        with self.tables.transaction():
+            rows = self.tables.rows(
+                "SELECT fingerprint FROM segment_backfills WHERE segment = ?", [segment]
+            )
+            if rows and all(row[0] == fingerprint for row in rows):
+                return False
+            self.tables.execute("DELETE FROM segment_backfills WHERE segment = ?", [segment])
+            for partition in range(partitions):
+                self.tables.execute(
+                    "INSERT INTO segment_backfills (segment, partition, fingerprint, cursor,"
+                    " done, total, finished) VALUES (?, ?, ?, '', 0, ?, 0)",
+                    [segment, partition, fingerprint, total],
+                )
+        return True
+
+    def forget_backfills(self, keep: Iterable[str]) -> None:
+        """Drop the backfills of segments not in ``keep`` (deleted: a new one starts afresh)."""
+        kept = set(keep)
+        with self.tables.transaction():
+            for (segment,) in self.tables.rows("SELECT DISTINCT segment FROM segment_backfills"):
+                if segment not in kept:
+                    self.tables.execute(
+                        "DELETE FROM segment_backfills WHERE segment = ?", [segment]
+                    )
+
+    def save_backfilled(
+        self,
+        segment: str,
+        fingerprint: str,
+        partition: int,
+        part: BackfillPart,
+        states: Mapping[str, SegmentState],
+        due: Mapping[str, Due],
+    ) -> bool:
+        """Save a backfilled chunk's states, due instants and the part's new cursor, atomically.
+
+        False (nothing saved) when the backfill was restarted meanwhile at another
+        definition.
+        """
+        try:
+            with self.tables.transaction():
+                cursor = self.tables.execute(
+                    "UPDATE segment_backfills SET cursor = ?, done = ?, finished = ?"
+                    " WHERE segment = ? AND partition = ? AND fingerprint = ?",
+                    [part.cursor, part.done, int(part.finished), segment, partition, fingerprint],
+                )
+                if cursor.rowcount != 1:
+                    raise _Restarted
+                self._save_states(states)
+                self._save_due(due)
+        except _Restarted:
+            return False
+        return True
+
+    def _save_states(self, states: Mapping[str, SegmentState]) -> None:
+        for key, state in states.items():
+            text = orjson.dumps(state.to_dict()).decode()
+            self.tables.execute(_UPSERT_STATE, [key, text])
+
+    def _save_due(self, due: Mapping[str, Due]) -> None:
+        for key, (partition, due_ms) in due.items():
+            if due_ms is None:
+                self.tables.execute("DELETE FROM segment_due WHERE customer_key = ?", [key])
+            else:
+                self.tables.execute(_UPSERT_DUE, [key, partition, due_ms])
+
+
+class _Restarted(Exception):
+    """Rolls a backfill chunk back: its backfill is no longer the one recorded."""
+
+
+_UPSERT_STATE = (
+    "INSERT INTO segment_states (customer_key, state) VALUES (?, ?)"
+    " ON CONFLICT (customer_key) DO UPDATE SET state = excluded.state"
+)
+_UPSERT_POSITION = (
+    "INSERT INTO segment_positions (source, position) VALUES (?, ?)"
+    " ON CONFLICT (source) DO UPDATE SET position = excluded.position"
+)
+_UPSERT_DUE = (
+    "INSERT INTO segment_due (customer_key, partition, due_ms) VALUES (?, ?, ?)"
+    " ON CONFLICT (customer_key) DO UPDATE SET partition = excluded.partition,"
+    " due_ms = excluded.due_ms"
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -18,7 +19,12 @@ from api.metrics import IngestMetrics
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
-from journeys.segment_definitions import DefinitionError, Definitions, definitions_from_toml
+from journeys.segment_definitions import (
+    DefinitionError,
+    Definitions,
+    definitions_from_toml,
+    parse_definitions,
+)
 from journeys.stages import StageRules
 from projections.access import AccessStore
 from projections.clickhouse import connect, database_name
@@ -29,6 +35,8 @@ from projections.migrations import migrate
 from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
 from projections.segment_changes import SegmentChangeLog
+from projections.segment_definition_store import SegmentDefinitions
+from projections.segment_history import SegmentHistory
 from projections.segment_reads import SegmentReads
 from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
@@ -72,14 +80,19 @@ class Platform:
     privacy: Privacy
     # Customers' segment states and their positions (the event store's database).
     segments: SegmentStore | None = None
+    # The trait and segment definitions in force (seeded from the file; admin API).
+    segment_definitions: SegmentDefinitions | None = None
 
     def pipeline(self) -> JourneyPipeline:
-        """The journey pipeline over these stores (keeping segments when any is defined)."""
+        """The journey pipeline over these stores (keeping segments when the store is there)."""
         maintainer = None
-        definitions = load_segment_definitions(self.settings)
-        if self.segments is not None and definitions.segments:
+        if self.segments is not None and self.segment_definitions is not None:
             log = SegmentChangeLog(self.clickhouse, self.event_log.database)
-            maintainer = SegmentMaintainer(definitions, self.segments, log)
+            source = self.segment_definitions.current
+            history = SegmentHistory(self.clickhouse, self.event_log.database)
+            maintainer = SegmentMaintainer(
+                source(), self.segments, log, source, history, self.settings.topic_partitions
+            )
         return JourneyPipeline(
             self.journeys,
             self.event_log,
@@ -96,6 +109,8 @@ class Platform:
         self.access.close()
         if self.segments is not None:
             self.segments.close()
+        if self.segment_definitions is not None:
+            self.segment_definitions.close()
         self.vault.keys.close()
         self.clickhouse.close()
 
@@ -116,19 +131,28 @@ def load_rules(settings: Settings) -> StageRules:
 def load_segment_definitions(settings: Settings) -> Definitions:
     """Traits and segments: ``settings.segments_file``, or journeys/segments.toml.
 
-    Not yet read by the worker (issue 17's first slice is the pure evaluator).
+    The file seeds the stored definitions (:class:`SegmentDefinitions`) once; the
+    worker and the API read the stored ones.
     """
+    return parse_definitions(load_segment_document(settings))
+
+
+def load_segment_document(settings: Settings) -> dict[str, Any]:
+    """The definitions file's tables, validated (DefinitionError names the file and node)."""
     if settings.segments_file is None:
         text = resources.files("journeys").joinpath("segments.toml").read_text("utf-8")
-        return definitions_from_toml(text)
+        definitions_from_toml(text)
+        return tomllib.loads(text)
     try:
-        return definitions_from_toml(settings.segments_file.read_text(encoding="utf-8"))
+        text = settings.segments_file.read_text(encoding="utf-8")
+        definitions_from_toml(text)
     except OSError as error:
         raise ValueError(f"JOURNEYS_SEGMENTS_FILE={settings.segments_file}: {error}") from error
     except DefinitionError as error:
         raise DefinitionError(
             [(f"{settings.segments_file}: {path}", message) for path, message in error.errors]
         ) from error
+    return tomllib.loads(text)
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:
@@ -200,6 +224,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
     journeys.stored_journeys = stored_journeys_query(journeys.recorder)
     outreach = build_store(settings)
     segments = build_segment_store(settings)
+    segment_definitions = build_segment_definitions(settings)
     vault = open_vault(settings)
     return Platform(
         settings=settings,
@@ -215,15 +240,16 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         vault=vault,
         privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys, segments),
         segments=segments,
+        segment_definitions=segment_definitions,
     )
 
 
 def segment_reads(platform: Platform) -> SegmentReads | None:
     """Segment definitions and membership for the API (None without a segment store)."""
-    if platform.segments is None:
+    if platform.segments is None or platform.segment_definitions is None:
         return None
     log = SegmentChangeLog(platform.clickhouse, platform.event_log.database)
-    return SegmentReads(load_segment_definitions(platform.settings), platform.segments, log)
+    return SegmentReads(platform.segment_definitions, platform.segments, log)
 
 
 def build_segment_store(settings: Settings) -> SegmentStore:
@@ -231,6 +257,17 @@ def build_segment_store(settings: Settings) -> SegmentStore:
     if settings.event_store == "postgres":
         return SegmentStore(postgres_dsn=settings.postgres_dsn)
     return SegmentStore(sqlite_path=settings.sqlite_path)
+
+
+def build_segment_definitions(settings: Settings) -> SegmentDefinitions:
+    """The stored definitions (event store's database), seeded from the file the first time."""
+    if settings.event_store == "postgres":
+        stored = SegmentDefinitions(postgres_dsn=settings.postgres_dsn)
+    else:
+        stored = SegmentDefinitions(sqlite_path=settings.sqlite_path)
+    if not stored.version():
+        stored.seed(load_segment_document(settings))
+    return stored
 
 
 def settle_heap() -> None:

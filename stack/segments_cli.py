@@ -1,7 +1,9 @@
-"""``journeys segments validate|list|show|members``: traits and segments.
+"""``journeys segments validate|list|show|members|status|set|delete``: traits and segments.
 
-``validate``, ``list`` and ``show`` read the definitions file (no store, no
-running node); ``members`` asks a running node's API (read key).
+``validate``, ``list`` and ``show`` read a definitions file (no store, no
+running node; the file seeds the stored definitions the first time only);
+``members`` and ``status`` ask a running node's API (read key), ``set`` and
+``delete`` change the stored definitions through it (admin key).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -45,12 +48,24 @@ def add_segments_parser(commands: Any) -> None:
     members.add_argument("--as-of", help="ISO-8601 time (default: now)")
     members.add_argument("--limit", type=int, default=1000)
     connection(members, "read")
+    status = verbs.add_parser("status", help="one segment as the node has it (GET /v1/segments/ID)")
+    status.add_argument("segment_id")
+    connection(status, "read")
+    put = verbs.add_parser("set", help="define or replace a segment from FILE (TOML or JSON)")
+    put.add_argument("segment_id")
+    put.add_argument(
+        "file", type=Path, help="the segment's table (name, where), or a file with [segments.ID]"
+    )
+    connection(put, "admin")
+    delete = verbs.add_parser("delete", help="delete a segment (refused while others use it)")
+    delete.add_argument("segment_id")
+    connection(delete, "admin")
 
 
 def run_segments(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``journeys segments <verb>``; 2 for invalid definitions or an unknown segment."""
-    if args.verb == "members":
-        return _members(args, settings)
+    if args.verb in _API_VERBS:
+        return _API_VERBS[args.verb](args, settings)
     if args.file is not None:
         settings = settings.model_copy(update={"segments_file": args.file})
     try:
@@ -88,18 +103,70 @@ def _listing(definitions: Definitions) -> list[str]:
 
 
 def _members(args: argparse.Namespace, settings: Settings) -> int:
-    base = args.url or settings.api_base_url
     params: dict[str, Any] = {"limit": args.limit}
     if args.as_of:
         params["as_of"] = args.as_of
+    return _ask(args, settings, "GET", "read", "/members", params=params)
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    return _ask(args, settings, "GET", "read", "")
+
+
+def _set(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        response = httpx.get(
-            f"{base}/v1/segments/{quote(args.segment_id, safe='')}/members",
-            headers={"Authorization": f"Bearer {key(args, settings, 'read')}"},
-            params=params,
+        table = segment_table(args.file, args.segment_id)
+    except (OSError, ValueError) as error:
+        print(f"{args.file}: {error}", file=sys.stderr)
+        return 2
+    return _ask(args, settings, "PUT", "admin", "", json_body=table)
+
+
+def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    return _ask(args, settings, "DELETE", "admin", "")
+
+
+def segment_table(path: Path, segment_id: str) -> dict[str, Any]:
+    """A segment's table from a TOML or JSON file: the file itself, or its [segments.ID]."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        # Dates and times (since = 2026-01-01) travel as ISO-8601 text.
+        data = json.loads(json.dumps(tomllib.loads(text), default=lambda v: v.isoformat()))
+    if not isinstance(data, dict):
+        raise ValueError("must hold a table")
+    nested = data.get("segments")
+    if isinstance(nested, dict) and segment_id in nested:
+        data = nested[segment_id]
+    if not isinstance(data, dict):
+        raise ValueError(f"segments.{segment_id} must be a table")
+    return data
+
+
+def _ask(
+    args: argparse.Namespace,
+    settings: Settings,
+    method: str,
+    kind: str,
+    tail: str,
+    **kwargs: Any,
+) -> int:
+    base = args.url or settings.api_base_url
+    json_body = kwargs.pop("json_body", None)
+    try:
+        response = httpx.request(
+            method,
+            f"{base}/v1/segments/{quote(args.segment_id, safe='')}{tail}",
+            headers={"Authorization": f"Bearer {key(args, settings, kind)}"},
+            json=json_body,
             timeout=60,
+            **kwargs,
         )
     except httpx.HTTPError as error:
         print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
         return 2
     return print_answer(response)
+
+
+_API_VERBS = {"members": _members, "status": _status, "set": _set, "delete": _delete}

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     stage_rules_file: Path | None = None
     # Computed traits and segments (TOML); unset: journeys/segments.toml.
     segments_file: Path | None = None
+    # How often the worker looks for segment states that time alone changes
+    # (a rolling window sliding past an event, a "days since" crossing a day).
+    segment_tick_s: float = Field(default=0.25, gt=0)
     # Journey flows (TOML); unset: journeys/flows.toml.
     flows_file: Path | None = None
 

@@ -30,6 +30,7 @@ from streams.journal import Journal
 from streams.metrics import WorkerMetrics
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
+from streams.segment_timers import SegmentTimers
 from streams.segments import segment_record
 from streams.settings import JourneyWorkerSettings
 
@@ -97,6 +98,17 @@ class JourneyStreams:
         )
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
+        # Time passing alone changes segment membership (rolling windows): a timer loop.
+        self.segment_timers: SegmentTimers | None = None
+        if pipeline is not None and pipeline.segments is not None:
+            self.segment_timers = SegmentTimers(
+                pipeline.segments,
+                self.ready_partitions,
+                self._batch_lock,
+                self.outcomes.publish,
+                settings.segments_topic,
+            )
+            self.segment_timers.register(self.app, settings.segment_tick_s)
 
     def _progressed(self, _topic: str, partition: int, position: int, end: int | None) -> None:
         self.backlog.fetched(partition, end)
@@ -217,6 +229,10 @@ class JourneyStreams:
         """False once the journey consumer stopped for good (a failure, a crash, a stop)."""
         consumer = self.journey_consumer
         return not consumer.should_stop and consumer.failed is None
+
+    def ready_partitions(self) -> list[int]:
+        """Partitions owned here and consumed up to the high-water mark (timers may fire)."""
+        return self.journey_consumer.caught_up(self.settings.events_topic, self.consumed_position)
 
     def consumed_position(self, partition: int) -> int:
         """The committed position of ``partition``, from the event store's tracking."""

@@ -121,6 +121,23 @@ class BatchConsumer(Service):
             return None
         return self._consumer.highwater(TopicPartition(topic, partition))
 
+    def caught_up(self, topic: str, position: Callable[[int], int]) -> list[int]:
+        """Partitions of ``topic`` held here whose stored ``position`` reached the high-water mark.
+
+        Until then a timer could overtake an accepted event waiting in the backlog
+        (a purchase that cancels it, a view that keeps a customer in), so it waits.
+        """
+        if self.rebalancing:
+            return []
+        ready = []
+        for partition in self.assigned_partitions():
+            highwater = self.highwater(topic, partition)
+            if highwater is None:
+                continue  # not fetched yet: we do not know what is waiting
+            if position(partition) >= highwater:
+                ready.append(partition)
+        return ready
+
     async def on_start(self) -> None:
         """Start joining the group; the loop starts with the service's task.
 

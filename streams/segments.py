@@ -8,14 +8,19 @@ commits. The states are saved with their own consumed position, in one
 transaction, just before the journeys' commit: after a crash between the two,
 the replayed batch finds the segment position past it and folds nothing twice.
 
-No timers yet: an exit caused by a rolling window sliding is recorded (at the
-instant it happened) when the customer's next event arrives.
+Each saved state carries its next due instant (``segment_due``): the timer loop
+(streams/segment_timers.py) advances due states to now with :meth:`tick`, so an
+exit caused by a rolling window sliding is recorded at the instant it happened
+without waiting for the customer's next event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import orjson
 
 from events import TrackedEvent
 from journeys.segment_definitions import Definitions
@@ -26,7 +31,10 @@ from journeys.segment_state import (
     segment_event_from,
 )
 from projections.segment_changes import SegmentChangeLog
-from projections.segment_store import SegmentStore
+from projections.segment_history import SegmentHistory
+from projections.segment_store import Backfill, Due, SegmentStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,16 +45,93 @@ class SegmentBatch:
     position: int
     states: dict[str, SegmentState] = field(default_factory=dict)
     changes: list[tuple[str, MembershipChange]] = field(default_factory=list)
+    # Each state's partition and next due instant, saved with it.
+    due: dict[str, Due] = field(default_factory=dict)
+
+
+@dataclass
+class SegmentTick:
+    """Due states advanced to ``now_ms`` by the timer loop: changes to write, states to save."""
+
+    now_ms: int
+    states: dict[str, SegmentState] = field(default_factory=dict)
+    # Each state's stored text when read: saved only if still the same (see save_ticked).
+    read: dict[str, str] = field(default_factory=dict)
+    changes: list[tuple[str, MembershipChange]] = field(default_factory=list)
+    due: dict[str, Due] = field(default_factory=dict)
+
+
+def partition_of_source(source: str) -> int:
+    """The partition of a source named by streams.pipeline.source_name (``topic#N[@epoch]``)."""
+    return int(source.rsplit("#", 1)[1].split("@", 1)[0])
 
 
 class SegmentMaintainer:
     """Folds recorded events into segment states under one set of definitions."""
 
-    def __init__(self, definitions: Definitions, store: SegmentStore, log: SegmentChangeLog):
-        self.definitions = definitions
-        self.evaluator = SegmentEvaluator(definitions)
+    def __init__(
+        self,
+        definitions: Definitions,
+        store: SegmentStore,
+        log: SegmentChangeLog,
+        source: Callable[[], Definitions] | None = None,
+        history: SegmentHistory | None = None,
+        partitions: int = 1,
+    ) -> None:
         self.store = store
         self.log = log
+        # The definitions in force (the admin API changes them), for :meth:`reload`.
+        self._source = source
+        # With a history, new and changed segments are backfilled from the event log
+        # (streams/segment_backfill.py): until a customer's history is, their live
+        # changes of the segment are not recorded (the backfill records them).
+        self.history = history
+        self.partitions = partitions
+        self.backfills: dict[str, Backfill] = store.backfills() if history is not None else {}
+        self.use(definitions)
+
+    def use(self, definitions: Definitions) -> None:
+        """Fold with ``definitions`` from now on (between batches: the caller holds them)."""
+        self.definitions = definitions
+        self.evaluator = SegmentEvaluator(definitions)
+        self.fingerprints = {
+            sid: definitions.segment_fingerprint(sid) for sid in definitions.segments
+        }
+
+    def covered(self, segment: str, partition: int, customer_key: str) -> bool:
+        """True when the customer's changes of ``segment`` are recorded live."""
+        if self.history is None:
+            return True
+        found = self.backfills.get(segment)
+        return (
+            found is not None
+            and found.fingerprint == self.fingerprints.get(segment)
+            and found.covers(partition, customer_key)
+        )
+
+    def _live(
+        self, key: str, partition: int, changes: Sequence[MembershipChange]
+    ) -> list[tuple[str, MembershipChange]]:
+        return [(key, c) for c in changes if self.covered(c.segment, partition, key)]
+
+    def reload(self) -> bool:
+        """Take the definitions in force if they changed (between batches); True if so."""
+        if self._source is None:
+            return False
+        try:
+            found = self._source()
+        except ValueError:
+            log.exception("segment definitions could not be loaded; keeping the previous ones")
+            return False
+        if found is self.definitions:
+            return False
+        self.use(found)
+        return True
+
+    def due(self, state: SegmentState, partition: int) -> Due:
+        """The (partition, next due instant) to save with ``state``."""
+        clock = state.clock
+        return partition, None if clock is None else self.evaluator.next_change(state, clock)
 
     def fold(
         self,
@@ -61,6 +146,8 @@ class SegmentMaintainer:
         ``position``: the offset after the batch; ``stages``: each customer's stage
         after it; ``in_flight``: states of earlier, uncommitted batches of the same call.
         """
+        if not self.definitions.segments and not self.definitions.traits:
+            return None  # nothing defined: no segment work at all
         start = self.store.position(source)
         if position <= start:
             return None
@@ -71,6 +158,7 @@ class SegmentMaintainer:
         held = dict(in_flight or {})
         stored = self.store.states(key for key in fresh if key not in held)
         folded = SegmentBatch(source, position)
+        partition = partition_of_source(source)
         for key, events in fresh.items():
             state = held.get(key) or stored.get(key) or SegmentState()
             self.evaluator.forget_stale(state)
@@ -78,25 +166,61 @@ class SegmentMaintainer:
                 state, [segment_event_from(e) for e in events], stage=stages.get(key)
             )
             folded.states[key] = state
-            folded.changes.extend((key, change) for change in changes)
+            folded.changes.extend(self._live(key, partition, changes))
+            folded.due[key] = self.due(state, partition)
         return folded
 
-    def write(self, batches: Sequence[SegmentBatch]) -> None:
+    def write(self, batches: Sequence[SegmentBatch | SegmentTick]) -> None:
         """Insert the batches' changes into ``segment_changes`` (idempotent)."""
         self.log.append([change for batch in batches for change in batch.changes])
 
     def commit(self, batches: Sequence[SegmentBatch]) -> None:
-        """Save the batches' states and positions, atomically."""
+        """Save the batches' states, due instants and positions, atomically."""
         if batches:
-            self.store.save([(b.source, b.position, b.states) for b in batches])
+            due: dict[str, Due] = {}
+            for batch in batches:
+                due.update(batch.due)
+            self.store.save([(b.source, b.position, b.states) for b in batches], due)
+
+    def tick(self, due: Sequence[tuple[str, int]], now_ms: int) -> SegmentTick:
+        """Advance the states of the (customer, partition) pairs ``due`` to ``now_ms``.
+
+        Each change is stamped at the instant its window slid (not at ``now_ms``),
+        so a tick replayed after a crash writes the same rows.
+        """
+        ticked = SegmentTick(now_ms)
+        partitions = dict(due)
+        ticked.read = self.store.stored_texts(partitions)
+        for key, text in ticked.read.items():
+            state = SegmentState.from_dict(orjson.loads(text))
+            self.evaluator.forget_stale(state)
+            changes = self.evaluator.tick(state, now_ms)
+            ticked.states[key] = state
+            ticked.changes.extend(self._live(key, partitions[key], changes))
+            ticked.due[key] = self.due(state, partitions[key])
+        # A due row without a state (erased meanwhile) is dropped.
+        for key, partition in partitions.items():
+            ticked.due.setdefault(key, (partition, None))
+        return ticked
+
+    def commit_tick(self, ticked: SegmentTick) -> list[str]:
+        """Save the ticked states and their due instants, atomically; the customers saved."""
+        return self.store.save_ticked(ticked.states, ticked.read, ticked.due)
 
 
-def segment_record(customer_key: str, change: MembershipChange) -> dict[str, object]:
-    """The ``journey.segments`` record of a change (SegmentEntered / SegmentExited)."""
+def segment_record(
+    customer_key: str, change: MembershipChange, backfill: bool = False
+) -> dict[str, object]:
+    """The ``journey.segments`` record of a change (SegmentEntered / SegmentExited).
+
+    ``backfill``: found by a backfill over history, not as it happened; outreach
+    never treats such an entry as live.
+    """
     return {
         "type": "SegmentEntered" if change.entered else "SegmentExited",
         "segment": change.segment,
         "customer_key": customer_key,
         "at_ms": change.at_ms,
         "event_id": change.event_id,
+        "backfill": backfill,
     }

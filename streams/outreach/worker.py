@@ -322,17 +322,8 @@ class OutreachWorker:
         Until then a timer could overtake an accepted event that cancels it
         (a purchase waiting in the backlog), so its timers wait.
         """
-        consumer = self.trigger_consumer
-        if consumer.rebalancing:
-            return []
-        ready = []
-        for partition in consumer.assigned_partitions():
-            highwater = consumer.highwater(self.settings.events_topic, partition)
-            if highwater is None:
-                continue  # not fetched yet: we do not know what is waiting
-            if self._position(self.settings.events_topic, partition) >= highwater:
-                ready.append(partition)
-        return ready
+        events = self.settings.events_topic
+        return self.trigger_consumer.caught_up(events, lambda p: self._position(events, p))
 
     async def _fire_due(self, *_: Any) -> None:
         # A tick that outlasts trigger_tick_s makes mode log "Timer ... is overlapping":

@@ -355,6 +355,49 @@ def test_stages_retention_and_rfm_show_the_numbers_the_api_returns(
     assert errors == []
 
 
+def test_the_segments_panel_shows_the_segments_and_sizes_the_api_returns(
+    node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
+) -> None:
+    opened, errors = page
+    segments = node.read("GET", "/v1/segments").json()["segments"]
+    assert segments  # the shipped definitions seed the node
+
+    def history(segment: dict[str, Any]) -> str:
+        backfill = segment["backfill"]
+        if backfill["state"] == "done":
+            return "backfilled"
+        if backfill["state"] == "running":
+            return f"backfilling {backfill['progress'] * 100:.0f}%"
+        return "not backfilled yet"
+
+    sign_in(opened, node, "rk_dash")
+    opened.wait_for_selector("#segments-table tbody tr")
+    # The worker backfills the shipped segments after its start: wait for it to settle.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        segments = node.read("GET", "/v1/segments").json()["segments"]
+        if all(s["backfilled"] for s in segments):
+            break
+        time.sleep(1)
+    assert all(s["backfilled"] for s in segments)
+    opened.reload()
+    opened.wait_for_selector("#segments-table tbody tr")
+    assert table(opened, "#segments-table") == [[s["id"], s["name"], history(s)] for s in segments]
+    first = segments[0]["id"]
+    assert opened.input_value("#segment-choice") == first
+    opened.click("#segment-form button")
+    opened.wait_for_function(
+        "() => Chart.getChart(document.getElementById('segment-sizes-chart')) !== undefined"
+    )
+    month = node.read("GET", f"/v1/segments/{first}/sizes", params={"days": 30}).json()
+    drawn = chart_data(opened, "segment-sizes-chart")
+    assert drawn["labels"] == [s["at"][:10] for s in month["sizes"]]
+    assert drawn["data"] == [[s["size"] for s in month["sizes"]]]
+    assert count(opened.text_content("#segment-members") or "") == month["sizes"][-1]["size"]
+    opened.screenshot(path=str(artifacts_dir / "dashboard-segments.png"), full_page=True)
+    assert errors == []
+
+
 def test_the_trigger_log_shows_abandoned_carts_and_their_delivery(
     node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
 ) -> None:

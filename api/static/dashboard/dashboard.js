@@ -368,6 +368,44 @@ async function refreshRfm() {
   });
 }
 
+// --- segments ------------------------------------------------------------------------------------
+
+function backfillText(segment) {
+  const backfill = segment.backfill;
+  if (backfill.state === "done") return "backfilled";
+  if (backfill.state === "running") return `backfilling ${(backfill.progress * 100).toFixed(0)}%`;
+  return "not backfilled yet";
+}
+
+// The list refreshes with the panels (one call); sizes count members each day, so they
+// are asked for when shown.
+async function refreshSegments() {
+  await guarded("segments-error", async () => {
+    const { segments } = await api("/v1/segments");
+    fillTable("segments-table", segments.map((s) => row([
+      [s.id, false], [s.name, false], [backfillText(s), false],
+    ])));
+    const choice = $("segment-choice");
+    const chosen = choice.value;
+    choice.replaceChildren(...segments.map((s) => new Option(s.name, s.id)));
+    if (segments.some((s) => s.id === chosen)) choice.value = chosen;
+  });
+}
+
+async function showSegmentSizes(event) {
+  event?.preventDefault();
+  const id = $("segment-choice").value;
+  if (!id) return;
+  await guarded("segments-error", async () => {
+    const { sizes } = await api(`/v1/segments/${encodeURIComponent(id)}/sizes?days=30`);
+    $("segment-members").textContent = sizes[sizes.length - 1].size.toLocaleString();
+    draw("segment-sizes-chart", "line", {
+      labels: sizes.map((s) => s.at.slice(0, 10)),
+      datasets: [{ label: "members", data: sizes.map((s) => s.size), borderColor: PALETTE[0] }],
+    }, { plugins: { legend: { display: false } }, scales: countAxes });
+  });
+}
+
 // --- triggers ------------------------------------------------------------------------------------
 
 function deliveryPills(trigger) {
@@ -496,6 +534,7 @@ function refreshPanels() {
   refreshStages();
   refreshFlow();
   if (!$("rfm").hidden) refreshRfm();
+  if (!$("segments").hidden) refreshSegments();
   if (!$("triggers").hidden) refreshTriggers();
   if (!$("audit").hidden) refreshAudit();
 }
@@ -509,6 +548,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("funnel-form").addEventListener("submit", runFunnel);
   $("retention-form").addEventListener("submit", runRetention);
   $("flow-span").addEventListener("change", refreshFlow);
+  $("segment-form").addEventListener("submit", showSegmentSizes);
   $("customer-form").addEventListener("submit", showCustomer);
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();

@@ -1,0 +1,147 @@
+"""Backfilling a new or changed segment from the event log, then live (issue 17).
+
+When the worker takes definitions in which a segment is new or changed (its
+fingerprint: its tree and the traits and segments it refers to), it starts
+that segment's backfill: the segment's recorded changes are deleted, and one
+part per partition of the events topic walks the customers in key order from
+ClickHouse (projections/segment_history.py). For each chunk, under the
+journey batch lock and only for partitions owned here and caught up:
+
+1. each customer's history (their events in the event log, which then holds
+   exactly what the segment states folded) is folded afresh by the pure
+   evaluator and ticked to now, so their state and membership are what a
+   from-scratch evaluation gives;
+2. the segment's changes through that history are written to
+   ``segment_changes`` flagged ``backfill = 1`` and published with
+   ``"backfill": true`` (outreach never treats them as live entries);
+3. the states, their due instants and the part's cursor are saved in one
+   transaction.
+
+Until a customer is covered (their key at or before their partition's
+cursor, or the part finished), their live changes of the segment are not
+recorded (the backfill records them from history); from then on the worker
+continues incrementally. A crash before 3 redoes the chunk from the same
+cursor: the same changes at the same instants, which ``segment_changes``'s
+key collapses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from journeys.segment_state import MembershipChange, SegmentState
+from projections.segment_store import BackfillPart, Due
+from streams.journal import partition_of
+from streams.segments import SegmentMaintainer
+
+log = logging.getLogger(__name__)
+
+# Customers listed per chunk (each worker lists all, and folds those of its partitions).
+BACKFILL_CHUNK = 200
+
+
+@dataclass
+class BackfillChunk:
+    """Customers of one partition backfilled for one segment, to record and save."""
+
+    segment: str
+    fingerprint: str
+    partition: int
+    part: BackfillPart
+    states: dict[str, SegmentState] = field(default_factory=dict)
+    due: dict[str, Due] = field(default_factory=dict)
+    changes: list[tuple[str, MembershipChange]] = field(default_factory=list)
+
+
+class SegmentBackfill:
+    """Starts backfills of new or changed segments and computes them a chunk at a time."""
+
+    def __init__(self, maintainer: SegmentMaintainer, chunk: int = BACKFILL_CHUNK) -> None:
+        assert maintainer.history is not None
+        self.maintainer = maintainer
+        self.history = maintainer.history
+        self.chunk = chunk
+
+    def start(self) -> list[str]:
+        """Start the backfill of every segment whose definition it was not started for.
+
+        The segments started here (another worker may have started some first).
+        """
+        maintainer = self.maintainer
+        maintainer.store.forget_backfills(maintainer.fingerprints)
+        known = maintainer.store.backfills()
+        started = []
+        for sid, fingerprint in maintainer.fingerprints.items():
+            found = known.get(sid)
+            if found is not None and found.fingerprint == fingerprint:
+                continue
+            # History of the older definition goes first: the backfill writes it anew.
+            maintainer.log.forget_segment(sid)
+            total = self.history.customer_count()
+            if maintainer.store.start_backfill(sid, fingerprint, maintainer.partitions, total):
+                started.append(sid)
+                log.info("segment %s: backfill started over %d customers", sid, total)
+        maintainer.backfills = maintainer.store.backfills()
+        return started
+
+    def next_chunk(self, ready: list[int], now_ms: int) -> BackfillChunk | None:
+        """The next chunk of an unfinished backfill of a ready partition (None: nothing to do)."""
+        maintainer = self.maintainer
+        for sid in maintainer.definitions.segments:
+            found = maintainer.backfills.get(sid)
+            if found is None or found.fingerprint != maintainer.fingerprints[sid]:
+                continue
+            for partition in ready:
+                part = found.parts.get(partition)
+                if part is None or part.finished:
+                    continue
+                return self._chunk(sid, found.fingerprint, partition, part, now_ms)
+        return None
+
+    def _chunk(
+        self, sid: str, fingerprint: str, partition: int, part: BackfillPart, now_ms: int
+    ) -> BackfillChunk:
+        maintainer = self.maintainer
+        keys = self.history.customers_after(part.cursor, self.chunk)
+        own = [k for k in keys if partition_of(k.encode(), maintainer.partitions) == partition]
+        # Listed under the batch lock: a customer not listed now gets their first event
+        # after the part finishes, live.
+        finished = len(keys) < self.chunk
+        chunk = BackfillChunk(
+            sid,
+            fingerprint,
+            partition,
+            BackfillPart(keys[-1] if keys else part.cursor, part.done + len(own), finished),
+        )
+        histories = self.history.events_of(own)
+        live = maintainer.store.states(own)
+        evaluator = maintainer.evaluator
+        for key in own:
+            old = live.get(key)
+            stage = old.stage if old is not None else ""
+            state = SegmentState(stage=stage)
+            changes = evaluator.advance(state, histories.get(key, []), stage=stage)
+            changes += evaluator.tick(state, max(now_ms, old.clock or 0) if old else now_ms)
+            # The other segments keep their recorded membership (their own backfill or
+            # their live changes say when it changed).
+            state.members = (state.members & {sid}) | ((old.members if old else set()) - {sid})
+            chunk.states[key] = state
+            chunk.due[key] = maintainer.due(state, partition)
+            chunk.changes.extend((key, c) for c in changes if c.segment == sid)
+        return chunk
+
+    def write(self, chunk: BackfillChunk) -> None:
+        """The chunk's changes into ``segment_changes``, flagged as found by a backfill."""
+        self.maintainer.log.append(chunk.changes, backfill=True)
+
+    def commit(self, chunk: BackfillChunk) -> bool:
+        """Save the chunk's states, due instants and cursor, atomically; False if restarted."""
+        maintainer = self.maintainer
+        saved = maintainer.store.save_backfilled(
+            chunk.segment, chunk.fingerprint, chunk.partition, chunk.part, chunk.states, chunk.due
+        )
+        maintainer.backfills = maintainer.store.backfills()
+        if chunk.part.finished:
+            log.info("segment %s: backfill of partition %d done", chunk.segment, chunk.partition)
+        return saved

@@ -1,0 +1,335 @@
+"""Segment definitions over the admin API, stored in the event store's database (SQLite).
+
+Checked: the file seeds the store once; PUT defines and replaces (201 / 200),
+DELETE removes (404 unknown, 409 while another segment refers to it); only
+admins change definitions; invalid and hostile bodies are 4xx naming the node
+and the field, never a 500; a process reading the same store sees the change;
+the worker's maintainer takes it on reload (no restart).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from api.app import create_api
+from events import TrackedEvent
+from projections.migrations import migrate
+from projections.segment_changes import SegmentChangeLog
+from projections.segment_definition_store import SegmentDefinitions
+from projections.segment_reads import SegmentReads
+from projections.segment_store import SegmentStore
+from stack.bootstrap import build_segment_definitions
+from stack.processes import wait_until
+from stack.segments_cli import segment_table
+from stack.settings import Settings
+from streams.segments import SegmentMaintainer
+from tests.conftest import make_event
+from tests.integration.gateways import ingest_gateway
+from tests.node_process import run_cli, started_node
+from tests.topic_records import topic_values
+
+pytestmark = pytest.mark.integration
+
+SEED = """
+[traits.orders]
+op = "count"
+event = "Order Completed"
+
+[segments.buyers]
+name = "Bought at least once"
+where = { trait = "orders", gte = 1 }
+"""
+
+
+class NoSink:
+    async def publish(self, events: Sequence[TrackedEvent]) -> None:
+        raise AssertionError("definitions must not publish")
+
+    async def dead_letter(
+        self, payload: bytes, reasons: Sequence[dict[str, Any]], source: str = ""
+    ) -> None:
+        raise AssertionError("definitions must not dead-letter")
+
+
+class Api:
+    def __init__(self, settings: Settings, clickhouse: Client) -> None:
+        migrate(clickhouse, settings.clickhouse_database)
+        self.definitions = build_segment_definitions(settings)
+        self.store = SegmentStore(sqlite_path=settings.sqlite_path)
+        self.log = SegmentChangeLog(clickhouse, settings.clickhouse_database)
+        reads = SegmentReads(self.definitions, self.store, self.log)
+        gateway = ingest_gateway(settings, clickhouse, NoSink(), segments=reads)
+        self.client = TestClient(create_api(gateway), raise_server_exceptions=False)
+        self.admin = {"Authorization": f"Bearer {settings.admin_key}"}
+        self.read = {"Authorization": f"Bearer {settings.read_key}"}
+
+    def put(self, segment_id: str, body: Any, **kwargs: Any) -> Any:
+        return self.client.put(
+            f"/v1/segments/{segment_id}", json=body, headers=self.admin, **kwargs
+        )
+
+    def close(self) -> None:
+        self.client.close()
+        self.store.close()
+        self.definitions.close()
+
+
+@pytest.fixture
+def api(settings: Settings, clickhouse: Client, tmp_path: Path) -> Iterator[Api]:
+    seed = tmp_path / "segments.toml"
+    seed.write_text(SEED)
+    made = Api(settings.model_copy(update={"segments_file": seed}), clickhouse)
+    yield made
+    made.close()
+
+
+def test_definitions_are_seeded_once_then_changed_by_admins_only(
+    api: Api, settings: Settings, tmp_path: Path
+) -> None:
+    listed = api.client.get("/v1/segments", headers=api.read)
+    assert [s["id"] for s in listed.json()["segments"]] == ["buyers"]
+
+    body = {
+        "name": "Viewed twice this week",
+        "where": {"event": "Product Viewed", "within": "7d", "count": 2},
+    }
+    assert api.client.put("/v1/segments/viewers", json=body, headers=api.read).status_code == 403
+    created = api.put("viewers", body)
+    assert created.status_code == 201, created.text
+    assert created.json()["definition"] == body
+    replaced = api.put("viewers", {**body, "name": "Viewed twice"})
+    assert replaced.status_code == 200 and replaced.json()["name"] == "Viewed twice"
+    shown = api.client.get("/v1/segments/viewers", headers=api.read)
+    assert shown.json()["name"] == "Viewed twice"
+
+    # Another process on the same database (a second API, the worker) sees it.
+    other = SegmentDefinitions(sqlite_path=settings.sqlite_path)
+    assert sorted(other.current().segments) == ["buyers", "viewers"]
+    # A restart does not seed again: the file's segments do not come back after a delete.
+    refers = api.put(
+        "loyal_viewers", {"where": {"and": [{"segment": "viewers"}, {"segment": "buyers"}]}}
+    )
+    assert refers.status_code == 201, refers.text
+    refused = api.client.delete("/v1/segments/viewers", headers=api.admin)
+    assert refused.status_code == 409
+    assert refused.json()["errors"][0]["field"] == "segments.loyal_viewers.where.and[0].segment"
+    for gone in ("loyal_viewers", "buyers"):
+        assert api.client.delete(f"/v1/segments/{gone}", headers=api.admin).status_code == 200
+    assert api.client.delete("/v1/segments/buyers", headers=api.admin).status_code == 404
+    assert sorted(build_segment_definitions(settings).current().segments) == ["viewers"]
+    assert sorted(other.current().segments) == ["viewers"]
+    other.close()
+
+
+@pytest.mark.parametrize(
+    ("segment_id", "body", "field"),
+    [
+        ("x", {"where": {"event": "A", "count": -1}}, "segments.x.where.count"),
+        ("x", {"where": {"trait": "nope", "gt": 1}}, "segments.x.where.trait"),
+        ("x", {"where": {"segment": "x"}}, "segments.x.where"),  # refers to itself
+        ("x", {"where": {"event": "A", "within": "1e400d"}}, "segments.x.where.within"),
+        ("x", {"where": {"event": "A", "within": 1e300}}, "segments.x.where.within"),
+        ("x", {"where": {"trait": "orders", "gt": math.nan}}, "segments.x.where.gt"),
+        ("x", {"where": {"trait": "orders", "eq": 10**30}}, "segments.x.where.eq"),
+        ("x", {"where": {"trait": "orders", "in": [{"a": 1}]}}, "segments.x.where.in"),
+        ("x", {"where": {"event": 5}}, "segments.x.where.event"),
+        ("x", {"where": "yes"}, "segments.x.where"),
+        ("x", {"name": ["a"], "where": {"event": "A"}}, "segments.x.name"),
+        ("x", {"where": {"event": "A"}, "colour": "red"}, "segments.x.colour"),
+        ("Bad-Id", {"where": {"event": "A"}}, "segment_id"),
+    ],
+)
+def test_invalid_definitions_are_422_naming_the_node_and_field(
+    api: Api, segment_id: str, body: dict[str, Any], field: str
+) -> None:
+    answer = api.client.put(
+        f"/v1/segments/{segment_id}",
+        content=json.dumps(body, allow_nan=True),
+        headers={**api.admin, "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+    assert api.client.get("/v1/segments/x", headers=api.read).status_code == 404
+
+
+def test_hostile_bodies_are_4xx_never_5xx(api: Api) -> None:
+    deep: dict[str, Any] = {"event": "A"}
+    for _ in range(40):
+        deep = {"not": deep}
+    answer = api.put("deep", {"where": deep})
+    assert answer.status_code == 422
+    assert "nested" in answer.json()["errors"][0]["message"]
+    very_deep = "[" * 100_000 + "]" * 100_000
+    for raw in ('{"where": ' + very_deep + "}", "[]", "not json", '{"where": {"event": "A"}'):
+        answer = api.client.put(
+            "/v1/segments/y",
+            content=raw,
+            headers={**api.admin, "Content-Type": "application/json"},
+        )
+        assert 400 <= answer.status_code < 500, (raw[:40], answer.status_code, answer.text)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=5)
+    | st.sampled_from(["7d", "Product Viewed", "gte", "orders", "buyers", "2026-01-01"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "where",
+                    "and",
+                    "or",
+                    "not",
+                    "event",
+                    "type",
+                    "count",
+                    "within",
+                    "since",
+                    "trait",
+                    "gt",
+                    "eq",
+                    "in",
+                    "segment",
+                    "properties",
+                    "absent",
+                    "name",
+                    "compare",
+                    "exists",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@hypothesis_settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(body=json_values)
+def test_random_bodies_never_make_a_500(api: Api, body: Any) -> None:
+    answer = api.client.put(
+        "/v1/segments/random",
+        content=json.dumps(body, allow_nan=True),
+        headers={**api.admin, "Content-Type": "application/json"},
+    )
+    assert answer.status_code in (200, 201, 400, 422), answer.text
+
+
+def test_the_worker_takes_a_changed_definition_without_a_restart(
+    api: Api, settings: Settings
+) -> None:
+    maintainer = SegmentMaintainer(
+        api.definitions.current(), api.store, api.log, api.definitions.current
+    )
+    assert not maintainer.reload()  # nothing changed
+    assert api.put("viewers", {"where": {"event": "Product Viewed"}}).status_code == 201
+    assert maintainer.reload()
+    folded = maintainer.fold(
+        "journey.events#0", 1, [(0, make_event("v1", "ann", "Product Viewed"))], {}
+    )
+    assert folded is not None
+    assert [(key, c.segment, c.entered) for key, c in folded.changes] == [("ann", "viewers", True)]
+
+
+def test_the_cli_reads_a_segment_table_from_toml_or_json(tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text('name = "N"\nwhere = { event = "A", since = 2026-01-01 }\n')
+    assert segment_table(toml, "s") == {"name": "N", "where": {"event": "A", "since": "2026-01-01"}}
+    whole = tmp_path / "all.toml"
+    whole.write_text('[segments.s]\nwhere = { event = "A" }\n')
+    assert segment_table(whole, "s") == {"where": {"event": "A"}}
+    as_json = tmp_path / "s.json"
+    as_json.write_text('{"where": {"event": "A"}}')
+    assert segment_table(as_json, "s") == {"where": {"event": "A"}}
+
+
+def test_a_running_node_takes_a_segment_set_from_the_cli_and_backfills_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    node = started_node(settings)
+
+    def running() -> bool:
+        return node.process is not None and node.process.poll() is None
+
+    def in_viewers(customer: str) -> bool:
+        answer = node.read("GET", f"/v1/customers/{customer}")
+        found = answer.json().get("segments") if answer.status_code == 200 else None
+        return bool(found) and "viewers" in found["segments"]
+
+    try:
+        # Zoe viewed before the segment existed: the backfill finds her.
+        assert node.track("zoe", "Product Viewed", "zoe-1") == 200
+        assert wait_until(
+            lambda: node.read("GET", "/v1/customers/zoe").status_code == 200, 30, running
+        )
+        table = tmp_path / "viewers.toml"
+        table.write_text('name = "Viewers"\nwhere = { event = "Product Viewed" }\n')
+        done = run_cli(node.settings, "segments", "set", "viewers", str(table))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["name"] == "Viewers"
+
+        def backfilled() -> dict[str, Any] | None:
+            status = run_cli(node.settings, "segments", "status", "viewers")
+            shown = json.loads(status.stdout) if status.returncode == 0 else {}
+            return shown if shown.get("backfilled") else None
+
+        # The worker re-reads the definitions' version every few seconds, then backfills.
+        assert wait_until(lambda: backfilled() is not None, 30, running), node.log_tail()
+        shown = backfilled()
+        assert shown is not None
+        assert shown["backfill"]["state"] == "done" and shown["backfill"]["progress"] == 1
+        assert shown["backfill"]["customers_total"] >= 1
+        assert wait_until(lambda: in_viewers("zoe"), 30, running), node.log_tail()
+        # Then live: Amy enters with her first view.
+        assert node.track("amy", "Product Viewed", "amy-1") == 200
+        assert wait_until(lambda: in_viewers("amy"), 30, running), node.log_tail()
+
+        bad = tmp_path / "bad.toml"
+        bad.write_text('where = { event = "Product Viewed", count = -1 }\n')
+        refused = run_cli(node.settings, "segments", "set", "viewers", str(bad))
+        assert refused.returncode == 1 and "segments.viewers.where.count" in refused.stderr
+        assert run_cli(node.settings, "segments", "delete", "viewers").returncode == 0
+        assert run_cli(node.settings, "segments", "status", "viewers").returncode == 1
+    finally:
+        node.stop()
+    records = topic_values(settings.kafka_bootstrap_servers, settings.segments_topic)
+    flags = {(r["customer_key"], r["backfill"]) for r in records if r["segment"] == "viewers"}
+    assert flags == {("zoe", True), ("amy", False)}
+
+
+def test_a_funnel_breakdown_names_a_defined_segment(api: Api) -> None:
+    body: dict[str, Any] = {
+        "steps": [{"event_type": "browse"}, {"event_type": "purchase"}],
+        "breakdown_segment": "nope",
+    }
+    refused = api.client.post("/v1/funnels", json=body, headers=api.read)
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "breakdown_segment"
+    both = api.client.post("/v1/funnels", json={**body, "breakdown": "category"}, headers=api.read)
+    assert both.status_code == 400
+    answered = api.client.post(
+        "/v1/funnels", json={**body, "breakdown_segment": "buyers"}, headers=api.read
+    )
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["breakdown"] == {}
