@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from journeys.flows.definitions import FlowDefinition, FlowError
 from stack.flows import load_flows
-from stack.http_commands import connection, key, print_answer
+from stack.http_commands import ask_api, connection
 from stack.settings import Settings
 
 FLOWS_COMMAND = "flows"
@@ -98,15 +96,5 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
             print(f"flow_id: {args.file} has no flow {args.flow_id!r}", file=sys.stderr)
             return 2
         body["definition"] = draft
-    base = args.url or settings.api_base_url
-    try:
-        response = httpx.post(
-            f"{base}/v1/flows/{quote(args.flow_id, safe='')}/backtest",
-            headers={"Authorization": f"Bearer {key(args, settings, 'admin')}"},
-            json=body,
-            timeout=600,
-        )
-    except httpx.HTTPError as error:
-        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
-        return 2
-    return print_answer(response)
+    path = f"/v1/flows/{quote(args.flow_id, safe='')}/backtest"
+    return ask_api(args, settings, "admin", "POST", path, 600, json=body)

@@ -118,6 +118,32 @@ def key(args: argparse.Namespace, settings: Settings, kind: str) -> str:
     return ""
 
 
+def ask_api(
+    args: argparse.Namespace,
+    settings: Settings,
+    kind: str,
+    method: str,
+    path: str,
+    timeout: float = 60,
+    **request: Any,
+) -> int:
+    """Send ``method path`` to the API with the ``kind`` key, print its JSON answer;
+    the exit code (2 when the API cannot be reached)."""
+    base = args.url or settings.api_base_url
+    try:
+        response = httpx.request(
+            method,
+            f"{base}{path}",
+            headers={"Authorization": f"Bearer {key(args, settings, kind)}"},
+            timeout=timeout,
+            **request,
+        )
+    except httpx.HTTPError as error:
+        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
+        return 2
+    return print_answer(response)
+
+
 def print_answer(response: httpx.Response) -> int:
     """Print the API's JSON answer (stdout on success, else stderr); the exit code."""
     text = json.dumps(response.json(), indent=2) if response.content else ""

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from stack.http_commands import connection, key, print_answer
+from stack.http_commands import ask_api, connection
 from stack.settings import Settings
 
 
@@ -57,22 +54,10 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Do what was asked; print the API's JSON answer; non-zero on a 4xx/5xx."""
-    base = args.url or settings.api_base_url
-    headers = {"Authorization": f"Bearer {key(args, settings, 'admin')}"}
     method, path, body, params = _request(args)
-    try:
-        response = httpx.request(
-            method,
-            f"{base}/v1/outreach{path}",
-            headers=headers,
-            json=body,
-            params=params,
-            timeout=30,
-        )
-    except httpx.HTTPError as error:
-        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
-        return 2
-    return print_answer(response)
+    return ask_api(
+        args, settings, "admin", method, f"/v1/outreach{path}", 30, json=body, params=params
+    )
 
 
 def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, Any]]:

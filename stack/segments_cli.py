@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from journeys.segment_definitions import DefinitionError, Definitions
 from stack.bootstrap import load_segment_definitions
-from stack.http_commands import connection, key, print_answer
+from stack.http_commands import ask_api, connection
 from stack.settings import Settings
 
 SEGMENTS_COMMAND = "segments"
@@ -152,21 +150,9 @@ def _ask(
     tail: str,
     **kwargs: Any,
 ) -> int:
-    base = args.url or settings.api_base_url
     json_body = kwargs.pop("json_body", None)
-    try:
-        response = httpx.request(
-            method,
-            f"{base}/v1/segments/{quote(args.segment_id, safe='')}{tail}",
-            headers={"Authorization": f"Bearer {key(args, settings, kind)}"},
-            json=json_body,
-            timeout=60,
-            **kwargs,
-        )
-    except httpx.HTTPError as error:
-        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
-        return 2
-    return print_answer(response)
+    path = f"/v1/segments/{quote(args.segment_id, safe='')}{tail}"
+    return ask_api(args, settings, kind, method, path, json=json_body, **kwargs)
 
 
 _API_VERBS = {"members": _members, "status": _status, "set": _set, "delete": _delete}
