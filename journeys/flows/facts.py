@@ -57,17 +57,27 @@ class FlowFact:
         data["at"] = iso(self.at_ms)
         return data
 
+    def why(self) -> str:
+        """One sentence for the fact: the answer to "why did (or didn't) …"."""
+        raise NotImplementedError(self.type)
+
 
 @dataclass(frozen=True, slots=True)
 class Entered(FlowFact):
     type: ClassVar[str] = "Entered"
     via: str = ""  # the input (event id, stage or segment change) that entered
 
+    def why(self) -> str:
+        return f"entered version {self.version} at {self.node} (by {self.via})"
+
 
 @dataclass(frozen=True, slots=True)
 class NodeReached(FlowFact):
     type: ClassVar[str] = "NodeReached"
     via: str = ""  # how: "previous_node: outcome" (timeout, event, holdout, case 1, else …)
+
+    def why(self) -> str:
+        return f"reached {self.node} ({self.via})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +89,9 @@ class Waiting(FlowFact):
     def to_dict(self) -> dict[str, Any]:
         return {**FlowFact.to_dict(self), "until": iso(self.until_ms)}
 
+    def why(self) -> str:
+        return f"waits at {self.node or 'the end'} until {iso(self.until_ms)} ({self.reason})"
+
 
 @dataclass(frozen=True, slots=True)
 class Sent(FlowFact):
@@ -89,6 +102,9 @@ class Sent(FlowFact):
     # is rendered at delivery, after opening them, so no rendered text is kept.
     variables: Mapping[str, Any] = field(default_factory=dict)
 
+    def why(self) -> str:
+        return f"sent {self.node} on {self.channel} (message {self.message_id})"
+
 
 @dataclass(frozen=True, slots=True)
 class Skipped(FlowFact):
@@ -97,11 +113,18 @@ class Skipped(FlowFact):
     reason: str = ""  # one of SKIP_REASONS
     detail: str = ""
 
+    def why(self) -> str:
+        detail = f": {self.detail}" if self.detail else ""
+        return f"{self.node} not sent: {_SKIPPED.get(self.reason, self.reason)}{detail}"
+
 
 @dataclass(frozen=True, slots=True)
 class GoalReached(FlowFact):
     type: ClassVar[str] = "GoalReached"
     via: str = ""
+
+    def why(self) -> str:
+        return f"converted (by {self.via})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +134,9 @@ class Left(FlowFact):
     detail: str = ""
     group: str = ""  # the split branch the run was in ("" without a split)
     holdout: bool = False
+
+    def why(self) -> str:
+        return f"left at {self.node or 'the end'}: {_LEFT.get(self.reason, self.reason)}"
 
 
 FACT_TYPES: dict[str, type[FlowFact]] = {
@@ -136,26 +162,8 @@ _LEFT = {
 
 
 def explain(fact: Mapping[str, Any]) -> str:
-    """One sentence for a fact (as :meth:`FlowFact.to_dict` wrote it): the "why"."""
-    kind, node = fact.get("type"), fact.get("node") or ""
-    if kind == "Entered":
-        return f"entered version {fact.get('version')} at {node} (by {fact.get('via')})"
-    if kind == "NodeReached":
-        return f"reached {node} ({fact.get('via')})"
-    if kind == "Waiting":
-        return f"waits at {node or 'the end'} until {fact.get('until')} ({fact.get('reason')})"
-    if kind == "Sent":
-        return f"sent {node} on {fact.get('channel')} (message {fact.get('message_id')})"
-    if kind == "Skipped":
-        reason = str(fact.get("reason"))
-        detail = f": {fact['detail']}" if fact.get("detail") else ""
-        return f"{node} not sent: {_SKIPPED.get(reason, reason)}{detail}"
-    if kind == "GoalReached":
-        return f"converted (by {fact.get('via')})"
-    if kind == "Left":
-        reason = str(fact.get("reason"))
-        return f"left at {node or 'the end'}: {_LEFT.get(reason, reason)}"
-    return str(kind)
+    """One sentence for a fact as :meth:`FlowFact.to_dict` wrote it: the "why"."""
+    return fact_from_dict(fact).why() if fact.get("type") in FACT_TYPES else str(fact.get("type"))
 
 
 def fact_from_dict(data: Mapping[str, Any]) -> FlowFact:

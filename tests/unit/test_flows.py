@@ -518,3 +518,23 @@ def test_backtest_tally_counts_paths_messages_and_the_holdout() -> None:
         {"day": "2026-03-02", "channel": "webhook", "count": 1},
         {"day": "2026-03-03", "channel": "email", "count": 1},
     ]
+
+
+def test_every_kind_of_fact_explains_itself_as_recorded() -> None:
+    from journeys.flows.facts import FACT_TYPES, explain
+
+    for kind in FACT_TYPES.values():
+        fact = kind(flow_id="f", version=2, customer_key="c", run_id="r", at_ms=0, node="n")
+        sentence = explain(fact.to_dict())
+        assert sentence and sentence == fact.why(), kind
+    skipped = FACT_TYPES["Skipped"](
+        flow_id="f",
+        version=1,
+        customer_key="c",
+        run_id="r",
+        at_ms=0,
+        node="coupon",
+        channel="email",
+        reason="consent",
+    )
+    assert explain(skipped.to_dict()) == "coupon not sent: not subscribed to the channel"
