@@ -15,7 +15,8 @@ A backup folder::
     data/keys/...           the key store's files, whatever they are
     data/dev-keys.json      the development keys, when there are any
     clickhouse/             BACKUP DATABASE ... TO File(...) of the node's database
-    journal/...             the ingest journal's segments: what was accepted, not yet processed
+    journal/...             the node's ingest journal: what was accepted, not yet processed
+    gateways/N/journal/...  the same of each ingest gateway's journal (`journeys up`)
 """
 
 from __future__ import annotations
@@ -264,6 +265,11 @@ def take_backup(
             # unprocessed record is trimmed before it is copied.
             if settings.journal_path.is_dir():
                 _copy_tree(settings.journal_path, staging / "journal")
+            # The gateways' journals too: what they accepted and the worker has not
+            # processed is only there. (A record being appended meanwhile is either
+            # whole or a torn tail, which a journal's replay drops: its 200 had not left.)
+            for index, journal in settings.gateway_journal_paths().items():
+                _copy_tree(journal, staging / "gateways" / str(index) / "journal")
             held_s = time.monotonic() - held_from
         waited_s = held_from - began
         files = {
@@ -432,6 +438,8 @@ def restore(source: Path, settings: Settings) -> RestoreReport:
         _copy_tree(backup / "data", data_dir)
     if (backup / "journal").is_dir():
         _copy_tree(backup / "journal", settings.journal_path)
+    for journal in sorted((backup / "gateways").glob("*/journal")):
+        _copy_tree(journal, settings.gateway_journal_path(int(journal.parent.name)))
     client = connect("", settings.chdb_path)
     try:
         stored = database_name(str(manifest["clickhouse_database"]))

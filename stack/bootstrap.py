@@ -357,14 +357,14 @@ def build_gateway(
             }
 
         checks["journal"] = journal_check
-    gateways_dir = settings.data_dir / "gateways"  # made by `journeys up` when it runs gateways
-    if streams is not None and gateways_dir.is_dir():
+    # Made by `journeys up` when it runs gateways.
+    if streams is not None and settings.gateways_path.is_dir():
 
         async def gateway_journals_check() -> dict[str, Any]:
             # The ingest gateways' journals (`journeys up`), trimmed by each gateway as
             # this worker's positions pass them; always ok: a full one answers 503 there.
-            folders = sorted(gateways_dir.glob("*/journal"))
-            held = {path.parent.name: retained_on_disk(path) for path in folders}
+            journals = settings.gateway_journal_paths().items()
+            held = {str(index): retained_on_disk(path) for index, path in journals}
             return {
                 "ok": True,
                 "segments": sum(segments for segments, _ in held.values()),

@@ -160,7 +160,7 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             update={
                 "api_socket_fd": listener.fileno(),
                 "node_socket": node_socket_path,
-                "journal_dir": _gateway_journal(settings.data_dir, index),
+                "journal_dir": settings.gateway_journal_path(index),
             }
         )
         # Counters in files the node's /metrics sums (prometheus_client's multiprocess mode).
@@ -276,9 +276,9 @@ def _gateway_count(settings: Settings) -> int:
     their own gateway replays."""
     wanted = settings.gateways if settings.gateways is not None else (os.cpu_count() or 1)
     retained = [
-        int(folder.name)
-        for folder in (settings.data_dir / "gateways").glob("*")
-        if folder.name.isdigit() and any((folder / "journal").glob("*.seg"))
+        index
+        for index, journal in settings.gateway_journal_paths().items()
+        if any(journal.glob("*.seg"))
     ]
     needed = max(retained) + 1 if retained else 0
     if needed > wanted:
@@ -289,7 +289,7 @@ def _gateway_count(settings: Settings) -> int:
         )
     count = max(wanted, needed)
     if count:
-        (settings.data_dir / "gateways").mkdir(exist_ok=True)
+        settings.gateways_path.mkdir(exist_ok=True)
     return count
 
 
@@ -299,10 +299,6 @@ def _metrics_dir(settings: Settings) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     return folder
-
-
-def _gateway_journal(data_dir: Path, index: int) -> Path:
-    return data_dir / "gateways" / str(index) / "journal"
 
 
 def _node_socket_path(data_dir: Path) -> str:

@@ -397,6 +397,20 @@ class Settings(BaseSettings):
         return self.journal_dir or self.data_dir / "journal"
 
     @property
+    def gateways_path(self) -> Path:
+        """Where `journeys up`'s ingest gateways keep their journals, one folder each."""
+        return self.data_dir / "gateways"
+
+    def gateway_journal_path(self, index: int) -> Path:
+        """Gateway ``index``'s ingest journal: only that gateway replays it."""
+        return self.gateways_path / str(index) / "journal"
+
+    def gateway_journal_paths(self) -> dict[int, Path]:
+        """The gateways' journals on disk, by gateway index."""
+        found = self.gateways_path.glob("*/journal")
+        return {int(p.parent.name): p for p in sorted(found) if p.parent.name.isdigit()}
+
+    @property
     def sqlite_path(self) -> Path:
         """The SQLite event store file."""
         return self.data_dir / "events.sqlite"
