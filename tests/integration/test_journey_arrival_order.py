@@ -35,7 +35,7 @@ from projections.customer_stages import current_stage_changes
 from projections.profiles import rfm
 from stack.bootstrap import Platform, platform_on
 from stack.settings import Settings
-from streams.pipeline import PartitionBatch
+from streams.pipeline import PartitionBatch, source_name
 
 pytestmark = pytest.mark.integration
 
@@ -155,12 +155,12 @@ def deliver(platform: Platform, arrivals: list[TrackedEvent], cuts: list[int], n
     bounds = [0, *sorted(set(cuts)), len(arrivals)]
     for low, high in itertools.pairwise(bounds):
         forwards: list[TrackedEvent] = []
-        for partition in ("p0", "p1"):
+        for index, partition in enumerate(("p0", "p1")):
             batch = [e for e in arrivals[low:high] if _partition(e.customer_key) == partition]
             if batch:
-                forwards.extend(process(f"{name}{partition}", batch))
+                forwards.extend(process(source_name(f"{name}events", index), batch))
         while forwards:
-            forwards = process(f"{name}forwards", forwards)
+            forwards = process(source_name(f"{name}forwards", 0), forwards)
 
 
 def _partition(key: str) -> str:
