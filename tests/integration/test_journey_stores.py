@@ -27,7 +27,7 @@ from projections.customer_stages import current_stage_changes
 from stack.bootstrap import Platform, event_store_env, platform_on
 from stack.replay import rebuild, what_if
 from stack.settings import Settings
-from streams.pipeline import JourneyPipeline, PartitionBatch
+from streams.pipeline import JourneyPipeline, PartitionBatch, source_name
 from tests.conftest import make_event
 
 pytestmark = pytest.mark.integration
@@ -166,7 +166,7 @@ def _fields(event: TrackedEvent) -> dict[str, Any]:
 def run_like_a_worker(pipeline: JourneyPipeline, batches: list[list[TrackedEvent]]) -> None:
     """Process each partition's batch; messages the journeys send go round again."""
     offsets: dict[str, int] = {}
-    queue = [(f"p{i}", batch) for i, batch in enumerate(batches)]
+    queue = [(source_name("events", i), batch) for i, batch in enumerate(batches)]
     while queue:
         source, events = queue.pop(0)
         start = offsets.get(source, 0)
@@ -174,7 +174,7 @@ def run_like_a_worker(pipeline: JourneyPipeline, batches: list[list[TrackedEvent
         offsets[source] = start + len(records)
         prepared = pipeline.process(PartitionBatch(source, records))
         if prepared is not None and prepared.update.forwards:
-            queue.append(("p-forwards", prepared.update.forwards))
+            queue.append((source_name("forwards", 0), prepared.update.forwards))
 
 
 def projections(platform: Platform) -> dict[str, Any]:
