@@ -10,7 +10,7 @@ demo: setup
 
 test: lint
 	@scripts/setup.sh --test
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n 2 --dist loadfile
 
 lint: setup
 	.venv/bin/ruff check .
