@@ -22,6 +22,7 @@ from api import (
     privacy,
     segments,
     stages,
+    unsubscribe,
     users,
 )
 from api.cors import CorsMiddleware, public_paths
@@ -58,6 +59,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(outreach.router)
     app.include_router(flows.router)
     app.include_router(flows.customer_router)
+    app.include_router(unsubscribe.router)
     app.include_router(metrics.router)
     app.include_router(users.session_router)
     app.include_router(users.guarded_session_router)
