@@ -37,6 +37,7 @@ from tests.integration.test_outreach_triggers import (
     receiver,  # noqa: F401  (a fixture)
     topic_records,
     track,
+    triggers_of,
 )
 from tests.node_process import NodeProcess, query_chdb_folder, started_node
 
@@ -252,3 +253,103 @@ def test_consent_quiet_hours_and_reentry_through_a_node(
         f"{node.settings.clickhouse_database}.events WHERE event_name = 'Unsubscribed'",
     )
     assert rows == [[unsubscriber, '"email"']]  # properties are kept as JSON
+
+
+def _kill_flows(versioned: int) -> str:
+    return f"""
+[flows.kill_probe]
+version = 1
+[flows.kill_probe.nodes.start]
+kind = "entry"
+event = "Kill Probe"
+next = "pause"
+[flows.kill_probe.nodes.pause]
+kind = "wait"
+duration = "10s"
+next = "hello"
+[flows.kill_probe.nodes.hello]
+kind = "send"
+channel = "webhook"
+body = "after the wait"
+
+[flows.versioned]
+version = {versioned}
+[flows.versioned.nodes.start]
+kind = "entry"
+event = "Version Probe"
+next = "pause"
+[flows.versioned.nodes.pause]
+kind = "wait"
+duration = "10s"
+next = "hello"
+[flows.versioned.nodes.hello]
+kind = "send"
+channel = "webhook"
+body = "version {versioned}"
+"""
+
+
+def _waiting(node: NodeProcess, customer: str, flow_id: str) -> bool:
+    return any(f["type"] == "Waiting" for f in _facts(node, customer, flow_id))
+
+
+def test_a_kill_between_scheduling_and_sending_and_a_new_version_across_the_restart(
+    settings: Settings,
+    receiver: Receiver,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """SIGKILL while every run waits for its send: after the restart each message is sent
+    once; the restart brings version 2 of a flow, and the run inside finishes on version 1."""
+    flows_file = tmp_path / "flows.toml"
+    flows_file.write_text(_kill_flows(1))
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text("")
+    node = started_node(
+        settings.model_copy(
+            update={"flows_file": flows_file, "trigger_rules_file": str(rules_file)}
+        )
+    )
+    waiting = [f"k{i}" for i in range(6)]
+    inside, newcomer = "v-inside", "v-newcomer"
+    try:
+        added = admin(node, "POST", "/v1/outreach/webhooks", json={"url": f"{receiver.base}/ok"})
+        assert added.status_code == 201, added.text
+        for customer in waiting:
+            track(node, {"userId": customer, "event": "Kill Probe", "messageId": f"{customer}-1"})
+        track(node, {"userId": inside, "event": "Version Probe", "messageId": "inside-1"})
+        # Scheduled: every run's state is saved, waiting for its send.
+        assert wait_until(
+            lambda: (
+                all(_waiting(node, c, "kill_probe") for c in waiting)
+                and _waiting(node, inside, "versioned")
+            ),
+            60,
+            lambda: True,
+        ), node.log_tail()
+        assert receiver.seen("/ok") == []  # nothing is due yet: not sent
+        node.kill()
+
+        flows_file.write_text(_kill_flows(2))  # the restart brings version 2
+        node.start()
+        track(node, {"userId": newcomer, "event": "Version Probe", "messageId": "newcomer-1"})
+        everyone = [*waiting, inside, newcomer]
+        assert wait_until(
+            lambda: all(_webhooks(receiver, c) for c in everyone), 90, lambda: True
+        ), node.log_tail()
+        time.sleep(2)  # a second copy would be on its way by now
+        for customer in everyone:
+            posts = receiver.seen("/ok", customer)
+            assert len(posts) == 1, (customer, posts)
+            (trigger,) = triggers_of(node, customer)
+            assert posts[0]["key"] == trigger["trigger_id"]
+        assert [w["body"] for w in _webhooks(receiver, waiting[0])] == ["after the wait"]
+        assert [w["body"] for w in _webhooks(receiver, inside)] == ["version 1"]
+        assert [w["body"] for w in _webhooks(receiver, newcomer)] == ["version 2"]
+        entered = {
+            c: [f["version"] for f in _facts(node, c, "versioned") if f["type"] == "Entered"]
+            for c in (inside, newcomer)
+        }
+        assert entered == {inside: [1], newcomer: [2]}
+    finally:
+        if node.process is not None:
+            node.stop()
