@@ -98,7 +98,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
 # Fail closed: a guarded route missing from the table is for admins only.
 UNLISTED = Rule(Role.admin, audited=True)
 
-# Served to anyone: the tracking API (its own write keys), the docs, health, sign-in.
+# Served to anyone: the tracking API (its own write keys), the docs, health, sign-in,
+# and the signed unsubscribe links (the token is the credential).
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
     {
         *(
@@ -112,6 +113,8 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/metrics"),
         ("GET", "/health"),
         ("POST", "/v1/session"),
+        ("GET", "/v1/unsubscribe/{token}"),
+        ("POST", "/v1/unsubscribe/{token}"),
     }
 )
 

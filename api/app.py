@@ -22,6 +22,7 @@ from api import (
     privacy,
     segments,
     stages,
+    unsubscribe,
     users,
 )
 from api.auth import GatewayDep
@@ -59,6 +60,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(outreach.router)
     app.include_router(flows.router)
     app.include_router(flows.customer_router)
+    app.include_router(unsubscribe.router)
     app.include_router(metrics.router)
     app.include_router(users.session_router)
     app.include_router(users.guarded_session_router)

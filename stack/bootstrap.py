@@ -26,6 +26,7 @@ from journeys.segment_definitions import (
     parse_definitions,
 )
 from journeys.stages import StageRules
+from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.access import AccessStore
 from projections.clickhouse import connect, database_name
 from projections.customer_stages import CustomerStageView
@@ -45,7 +46,7 @@ from stack.backup import NodeBackups
 from stack.flows import FlowsAdmin
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
-from stack.outreach import OutreachAdmin, build_store
+from stack.outreach import OutreachAdmin, build_store, unsubscribe_links
 from stack.privacy import Privacy, open_vault
 from stack.settings import Settings
 from streams.app import JourneyStreams
@@ -82,6 +83,8 @@ class Platform:
     segments: SegmentStore | None = None
     # The trait and segment definitions in force (seeded from the file; admin API).
     segment_definitions: SegmentDefinitions | None = None
+    # Signs the unsubscribe link of every message, and checks it when it comes back.
+    unsubscribe: UnsubscribeLinks | None = None
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores (keeping segments when the store is there)."""
@@ -241,6 +244,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys, segments),
         segments=segments,
         segment_definitions=segment_definitions,
+        unsubscribe=unsubscribe_links(settings),
     )
 
 
@@ -442,4 +446,5 @@ def build_gateway(
             settings, platform.clickhouse, platform.event_log.database, platform.outreach
         ),
         backups=backups,
+        unsubscribe=platform.unsubscribe,
     )

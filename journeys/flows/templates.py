@@ -8,7 +8,10 @@ these (any other name is a validation error, not a surprise at send time):
 - ``entry``: the properties of the event that entered the run (``entry.cart_id``);
 - ``event``: the properties of the event that moved the run on last (the one a
   ``wait_until`` waited for; the entry event until then);
-- ``flow``: ``{"id", "version", "name"}``; ``node``: the send node's id.
+- ``flow``: ``{"id", "version", "name"}``; ``node``: the send node's id;
+- ``unsubscribe_url``: the signed one-click link naming the customer and the
+  message's channel (journeys/unsubscribe_links.py), filled in at delivery
+  (empty in the trial render at decision time, and where no links are made).
 
 A *missing* trait or property renders as the empty string (the documented
 default; ``{{ traits.first_name | default("there") }}`` gives another), never
@@ -28,7 +31,7 @@ from jinja2 import ChainableUndefined, TemplateError, meta
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
-VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node")
+VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node", "unsubscribe_url")
 MAX_TEMPLATE = 20_000
 MAX_RENDERED = 100_000
 
@@ -40,6 +43,7 @@ _SAMPLE = {
     "event": {},
     "flow": {"id": "f", "version": 1, "name": "f"},
     "node": "n",
+    "unsubscribe_url": "https://example.invalid/v1/unsubscribe/token",
 }
 
 

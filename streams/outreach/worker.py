@@ -74,8 +74,12 @@ class OutreachWorker:
         lateness: Callable[[float], None] | None = None,
         vault: Vault | None = None,
         flows: Callable[[OutreachWorker], FlowRunner] | None = None,
+        unsubscribe_url: Callable[[str, str], str] | None = None,
     ) -> None:
         self.settings = settings
+        # (customer key, channel) → the signed one-click unsubscribe link every message
+        # carries (e-mail: List-Unsubscribe; flows: {{ unsubscribe_url }}); None: none.
+        self._unsubscribe_url = unsubscribe_url
         # Opens sealed personal fields where a rule or a delivery needs the value
         # (a birthday's month and day, the recipient's address); None: as stored.
         self._vault = vault
@@ -508,6 +512,9 @@ class OutreachWorker:
             if self._vault is not None:
                 # Opened only now, for this attempt: stored and published sealed.
                 trigger = await asyncio.to_thread(self._vault.open_tree, trigger)
+            if self._unsubscribe_url is not None:
+                customer = str(trigger.get("customer_id", ""))
+                trigger["unsubscribe_url"] = self._unsubscribe_url(customer, delivery.channel)
             if trigger.get("trigger") == "flow":
                 # A flow's message is rendered only now, from its opened variables.
                 try:
