@@ -31,6 +31,7 @@ from projections.clickhouse import connect, database_name
 from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
+from projections.flow_definition_store import FlowDefinitions
 from projections.migrations import migrate
 from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
@@ -42,7 +43,7 @@ from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
 from stack.backup import NodeBackups
-from stack.flows import FlowsAdmin
+from stack.flows import FlowsAdmin, build_flow_definitions
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
 from stack.outreach import OutreachAdmin, build_store
@@ -82,6 +83,8 @@ class Platform:
     segments: SegmentStore | None = None
     # The trait and segment definitions in force (seeded from the file; admin API).
     segment_definitions: SegmentDefinitions | None = None
+    # The journey flows in force and their pauses (seeded from the flows file; admin API).
+    flow_definitions: FlowDefinitions | None = None
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores (keeping segments when the store is there)."""
@@ -111,6 +114,8 @@ class Platform:
             self.segments.close()
         if self.segment_definitions is not None:
             self.segment_definitions.close()
+        if self.flow_definitions is not None:
+            self.flow_definitions.close()
         self.vault.keys.close()
         self.clickhouse.close()
 
@@ -241,6 +246,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys, segments),
         segments=segments,
         segment_definitions=segment_definitions,
+        flow_definitions=build_flow_definitions(settings),
     )
 
 
@@ -439,7 +445,11 @@ def build_gateway(
         privacy=platform.privacy,
         segments=segment_reads(platform),
         flows=FlowsAdmin(
-            settings, platform.clickhouse, platform.event_log.database, platform.outreach
+            settings,
+            platform.clickhouse,
+            platform.event_log.database,
+            platform.outreach,
+            platform.flow_definitions,
         ),
         backups=backups,
     )

@@ -466,17 +466,23 @@ class OutreachStore:
         return found
 
     def due_flow_states(
-        self, partitions: Sequence[int], now_ts: float, limit: int = 200
+        self,
+        partitions: Sequence[int],
+        now_ts: float,
+        limit: int = 200,
+        held: Sequence[str] = (),
     ) -> list[tuple[str, str, int, dict[str, Any]]]:
-        """(customer, flow, partition, state) of states due to be advanced, soonest first."""
+        """(customer, flow, partition, state) of states due to be advanced, soonest first;
+        none of the ``held`` flows (paused)."""
         if not partitions:
             return []
         marks = ", ".join("?" for _ in partitions)
+        unheld = f"AND flow_id NOT IN ({', '.join('?' for _ in held)}) " if held else ""
         rows = self._rows(
             "SELECT customer_key, flow_id, partition_no, state FROM flow_states "
             f"WHERE partition_no IN ({marks}) AND wake_ts IS NOT NULL AND wake_ts <= ? "
-            "ORDER BY wake_ts LIMIT ?",
-            (*partitions, now_ts, limit),
+            f"{unheld}ORDER BY wake_ts LIMIT ?",
+            (*partitions, now_ts, *held, limit),
         )
         return [(key, flow, int(part), orjson.loads(text)) for key, flow, part, text in rows]
 
