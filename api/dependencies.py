@@ -113,6 +113,10 @@ class FlowControl(Protocol):
         """Let a paused flow go on; None when unknown."""
         ...
 
+    def results(self, flow_id: str) -> dict[str, Any] | None:
+        """Live counts per node and the holdout comparison; None when unknown."""
+        ...
+
     def backtest(
         self, flow_id: str, draft: dict[str, Any] | None, start: datetime, end: datetime
     ) -> dict[str, Any] | None:

@@ -100,6 +100,17 @@ async def get_flow(flow_id: FlowId, flows: Flows) -> Any:
     return _not_found(flow_id) if found is None else found
 
 
+@router.get("/{flow_id}/results", summary="A flow's live results, node by node")
+async def flow_results(flow_id: FlowId, flows: Flows) -> Any:
+    """Counted from the decisions the worker recorded (all versions): customers
+    entered, inside now, messages per channel, skipped by reason, left by reason,
+    converted; per node reached, waiting now, sent, skipped by reason, deliveries
+    (delivered, failed: retried to the end, pending, skipped: no address) and
+    conversions where the run stood; and treatment against holdout conversion,
+    the difference and its 95 % interval (the backtest's comparison)."""
+    return await _answer(flows.results, flow_id)
+
+
 @router.put(
     "/{flow_id}",
     summary="Define or replace a flow",
@@ -133,7 +144,7 @@ async def put_flow(flow_id: FlowId, body: dict[str, Any], flows: Flows) -> Any:
 async def delete_flow(flow_id: FlowId, flows: Flows) -> Any:
     """No new runs; customers inside finish on the version they entered (their facts,
     results and the why route stay)."""
-    return await _change(flows.delete, flow_id)
+    return await _answer(flows.delete, flow_id)
 
 
 @router.post("/{flow_id}/pause", summary="Pause a flow")
@@ -144,15 +155,16 @@ async def pause_flow(flow_id: FlowId, flows: Flows) -> Any:
     during the pause leaves converted, and a send that came due longer than the
     trigger grace (JOURNEYS_TRIGGER_GRACE_S) before the resume is skipped ``expired``
     rather than sent late. Pausing a paused flow changes nothing."""
-    return await _change(flows.pause, flow_id)
+    return await _answer(flows.pause, flow_id)
 
 
 @router.post("/{flow_id}/resume", summary="Resume a paused flow")
 async def resume_flow(flow_id: FlowId, flows: Flows) -> Any:
-    return await _change(flows.resume, flow_id)
+    return await _answer(flows.resume, flow_id)
 
 
-async def _change(change: Any, flow_id: str) -> Any:
+async def _answer(change: Any, flow_id: str) -> Any:
+    """``change(flow_id)`` off the event loop: 404 for None, 503 for LookupError."""
     try:
         shown = await asyncio.to_thread(change, flow_id)
     except LookupError as error:

@@ -3,6 +3,7 @@ them over the admin API, and backtests over the node's event log."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,8 +21,9 @@ from journeys.flows.definitions import (
     parse_flow,
 )
 from journeys.flows.engine import FlowEngine, FlowState
-from journeys.flows.facts import explain
+from journeys.flows.facts import explain, fact_from_dict
 from journeys.flows.inputs import iso, to_ms
+from journeys.flows.results import live_results
 from projections.flow_definition_store import FlowDefinitions, FlowsInForce
 from projections.flow_history import FlowHistory
 from stack.settings import Settings
@@ -132,6 +134,37 @@ class FlowsAdmin:
         if not self._stored().resume(flow_id):
             return None
         return self.flow(flow_id)
+
+    def results(self, flow_id: str) -> dict[str, Any] | None:
+        """The flow's live counts per node and its holdout comparison; None when the flow
+        is unknown (LookupError: no live store in this process)."""
+        if self.store is None:
+            raise LookupError("flows do not run in this process")
+        found = self.in_force()
+        flow = found.get(flow_id)
+        if flow is None:
+            return None
+        kinds: dict[str, str] = {}
+        for fid, _, _, source in self.store.flow_versions():
+            if fid == flow_id:
+                nodes = json.loads(source).get("nodes") or {}
+                kinds.update({nid: str(node.get("kind", "")) for nid, node in nodes.items()})
+        customers = (
+            (
+                key,
+                [fact_from_dict(fact) for fact in facts],
+                FlowState.from_dict(state),
+            )
+            for key, facts, state in self.store.flow_runs(flow_id)
+        )
+        report = live_results(
+            flow,
+            customers,
+            self.store.flow_deliveries(flow_id),
+            int(time.time() * 1000),
+            kinds,
+        )
+        return {**report, "paused": flow_id in found.paused}
 
     def _stored(self) -> FlowDefinitions:
         if self.definitions is None:

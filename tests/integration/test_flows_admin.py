@@ -13,12 +13,14 @@ one due longer ago is skipped ``expired``, a customer who bought is converted).
 from __future__ import annotations
 
 import copy
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 from fastapi.testclient import TestClient
@@ -37,7 +39,7 @@ from streams.outreach.flows import FlowRunner
 from streams.outreach.store import OutreachStore
 from tests.conftest import T0
 from tests.integration.test_analytics_api import NoSink
-from tests.integration.test_flows_backtest import CART, LATER, NEVER, QUICK, _key, _track
+from tests.integration.test_flows_backtest import CART, HOLDOUT, LATER, NEVER, QUICK, _key, _track
 
 pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": "Bearer ak_test"}
@@ -50,7 +52,11 @@ LATE = _key(False, "late")
 def _targets(
     rule: str, channels: list[str], message: dict[str, object]
 ) -> list[tuple[str, str, str]]:
-    return [("ep1", "webhook", "pending")] if "webhook" in channels else []
+    return (
+        [("ep1", "webhook", "pending")]
+        if "webhook" in channels
+        else [("email", "email", "pending")]
+    )
 
 
 @dataclass
@@ -226,3 +232,62 @@ def test_the_flows_file_seeds_the_store_once(tmp_path: Path) -> None:
     again: FlowDefinitions = build_flow_definitions(settings)  # a restart: not re-seeded
     assert again.current().flows == ()
     again.close()
+
+
+def test_results_count_the_live_decisions_and_their_deliveries(live: Live) -> None:
+    """Four customers through the canonical flow, live; two deliveries made, one failed."""
+    live.arrive("q1", QUICK, "Product Added", 0, **CART)
+    live.arrive("n1", NEVER, "Product Added", 0, **CART)
+    live.arrive("l1", LATER, "Product Added", 5, **CART)
+    live.arrive("h1", HOLDOUT, "Product Added", 10, **CART)
+    live.arrive("q2", QUICK, "Order Completed", 30, cart_id="k1", revenue=12.0)
+    live.tick(300)
+    live.arrive("l2", LATER, "Order Completed", 300, cart_id="k1", revenue=12.0)
+    live.tick(1600)  # NEVER's coupon (an e-mail) at 1500; HOLDOUT's skipped at 1510
+    live.arrive("h2", HOLDOUT, "Order Completed", 2000, cart_id="k1", revenue=12.0)
+    live.tick(2010)
+    for delivery in live.store.claim_due_deliveries(time.time() + 1, 30, 10):
+        message = orjson.loads(delivery.body or "{}")
+        failed = (message["customer_id"], message["node"]) == (NEVER, "reminder")
+        state = "dead" if failed else "delivered"
+        live.store.record_attempt(delivery, state, "HTTP 500" if failed else None)
+
+    answer = live.api.get("/v1/flows/abandoned_cart/results", headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()
+    assert results["entered"] == {"customers": 4, "runs": 4}
+    assert results["inside_now"] == 1  # NEVER: the path ended, the goal's 3 days not over
+    assert results["messages"] == {"webhook": 2, "email": 1}
+    assert results["skipped"] == {"holdout": 2}
+    assert results["left"] == {"converted": 3}
+    assert results["deliveries"] == {"delivered": 2, "failed": 1, "pending": 0, "skipped": 0}
+    nodes = results["nodes"]
+    assert list(nodes) == [
+        "cart_started",
+        "holdout_split",
+        "wait_for_order",
+        "reminder",
+        "wait_a_day",
+        "coupon",
+    ]
+    assert nodes["cart_started"]["reached"] == 4
+    assert nodes["wait_for_order"]["converted"] == 1  # QUICK bought within the hour
+    assert nodes["reminder"]["reached"] == 3  # LATER, NEVER, HOLDOUT
+    reminder = nodes["reminder"]
+    assert (reminder["sent"], reminder["skipped"]) == (2, {"holdout": 1})
+    assert reminder["deliveries"] == {"delivered": 1, "failed": 1, "pending": 0, "skipped": 0}
+    assert nodes["wait_a_day"]["converted"] == 1  # LATER after the reminder
+    assert nodes["coupon"]["sent"] == 1
+    assert nodes["coupon"]["deliveries"]["delivered"] == 1
+    assert nodes["coupon"]["skipped"] == {"holdout": 1}
+    assert results["waiting_at_the_end"] == 1  # NEVER
+    # HOLDOUT bought after its path (both sends skipped) ended, inside the goal's window.
+    assert (results["converted"], results["converted_at_the_end"]) == (3, 1)
+    conversions = results["conversions"]
+    # Treatment: QUICK and LATER converted, NEVER inside (counted, not converted).
+    assert conversions["treatment"] == {"runs": 3, "converted": 2, "rate": 2 / 3}
+    assert conversions["holdout"] == {"runs": 1, "converted": 1, "rate": 1.0}
+    assert conversions["difference"] == pytest.approx(2 / 3 - 1)
+    low, high = conversions["ci95"]
+    assert low < conversions["difference"] < high
+    assert live.api.get("/v1/flows/nope/results", headers=ADMIN).status_code == 404
