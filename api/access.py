@@ -79,6 +79,11 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/flows/validate"): _MARKETER,
     ("GET", "/v1/flows/{flow_id}"): _MARKETER,
     ("POST", "/v1/flows/{flow_id}/backtest"): _MARKETER,
+    ("GET", "/v1/flows/{flow_id}/results"): _MARKETER,
+    ("PUT", "/v1/flows/{flow_id}"): _ADMIN_CHANGE,
+    ("DELETE", "/v1/flows/{flow_id}"): _ADMIN_CHANGE,
+    ("POST", "/v1/flows/{flow_id}/pause"): _ADMIN_CHANGE,
+    ("POST", "/v1/flows/{flow_id}/resume"): _ADMIN_CHANGE,
     ("GET", "/v1/customers/{customer_id}/flows"): _PERSONAL,
     ("GET", "/v1/write-keys"): _ADMIN,
     ("GET", "/v1/write-keys/active"): _ADMIN,  # polled by every ingest gateway: not audited

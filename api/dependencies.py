@@ -98,6 +98,26 @@ class FlowControl(Protocol):
         """The customer's flow states and decisions; None when flows do not run here."""
         ...
 
+    def put(self, flow_id: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Define or replace a flow: (existed, shown); FlowError, FlowConflict, LookupError."""
+        ...
+
+    def delete(self, flow_id: str) -> dict[str, Any] | None:
+        """Take a flow out of force; None when unknown."""
+        ...
+
+    def pause(self, flow_id: str) -> dict[str, Any] | None:
+        """Hold a flow; None when unknown."""
+        ...
+
+    def resume(self, flow_id: str) -> dict[str, Any] | None:
+        """Let a paused flow go on; None when unknown."""
+        ...
+
+    def results(self, flow_id: str) -> dict[str, Any] | None:
+        """Live counts per node and the holdout comparison; None when unknown."""
+        ...
+
     def backtest(
         self, flow_id: str, draft: dict[str, Any] | None, start: datetime, end: datetime
     ) -> dict[str, Any] | None:

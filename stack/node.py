@@ -229,7 +229,7 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         vault=platform.vault,
         flows=lambda worker: FlowRunner(
             platform.outreach,
-            load_flows(settings),
+            platform.flow_definitions or load_flows(settings),
             worker.delivery_targets,
             int(settings.trigger_grace.total_seconds() * 1000),
         ),

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from journeys.segment_definitions import DefinitionError, Definitions
 from stack.bootstrap import load_segment_definitions
-from stack.http_commands import ask_api, connection
+from stack.http_commands import ask_api, connection, definition_table
 from stack.settings import Settings
 
 SEGMENTS_COMMAND = "segments"
@@ -126,20 +125,7 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
 
 def segment_table(path: Path, segment_id: str) -> dict[str, Any]:
     """A segment's table from a TOML or JSON file: the file itself, or its [segments.ID]."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        # Dates and times (since = 2026-01-01) travel as ISO-8601 text.
-        data = json.loads(json.dumps(tomllib.loads(text), default=lambda v: v.isoformat()))
-    if not isinstance(data, dict):
-        raise ValueError("must hold a table")
-    nested = data.get("segments")
-    if isinstance(nested, dict) and segment_id in nested:
-        data = nested[segment_id]
-    if not isinstance(data, dict):
-        raise ValueError(f"segments.{segment_id} must be a table")
-    return data
+    return definition_table(path, "segments", segment_id)
 
 
 def _ask(

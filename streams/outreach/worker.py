@@ -126,8 +126,13 @@ class OutreachWorker:
             app.timer(settings.rfm_scan_s, name="trigger-segments")(self._observe_segments)
         # Journey flows beside the rules (streams/outreach/flows.py); made with this
         # worker, as their messages are delivered to its endpoints and channels.
-        runner = flows(self) if flows is not None else None
-        self.flows = runner if runner is not None and runner.active else None
+        self._flow_runner = flows(self) if flows is not None else None
+
+    @property
+    def flows(self) -> FlowRunner | None:
+        """The flow runner while any flow is known (none: no flow work at all)."""
+        runner = self._flow_runner
+        return runner if runner is not None and runner.active else None
 
     def _progressed(self, topic: str, partition: int, position: int, end: int | None) -> None:
         known = self._progress.setdefault((topic, partition), [position, position])
@@ -350,6 +355,8 @@ class OutreachWorker:
         """Triggers recorded but not yet published, ready partitions and their due timers
         (the rules reloaded first, at most every RULES_RELOAD_S)."""
         self._reload_rules()
+        if self._flow_runner is not None:
+            self._flow_runner.reload()  # stored flows changed over the API: taken here
         ready = self.ready_partitions()
         due = self.store.due_timers(ready, time.time()) if ready else []
         return self.store.unpublished(), ready, due

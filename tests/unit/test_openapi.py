@@ -48,9 +48,9 @@ def test_every_refusal_is_documented_with_the_error_body(document: dict[str, Any
     for method, path, operation in operations(document):
         responses = operation["responses"]
         # Request validation answers 400; only a route that refuses a definition by its
-        # own rules answers 422 (segments), documented with the error body.
+        # own rules answers 422 (segments, flows), documented with the error body.
         if "422" in responses:
-            assert path == "/v1/segments/{segment_id}", (method, path)
+            assert path in {"/v1/segments/{segment_id}", "/v1/flows/{flow_id}"}, (method, path)
         errors = {code: r for code, r in responses.items() if int(code) >= 400}
         if path == "/health":
             continue  # its 503 is the health report itself
