@@ -53,6 +53,9 @@ STAGES = ("awareness", "consideration", "purchase", "service", "loyalty", "lapse
 EVENT_TYPES = tuple(t.value for t in EventType)
 
 DAY_MS = 86_400_000
+# The backfill of the computed traits no segment compares (a segment's backfill
+# rebuilds the traits it uses): not a valid segment id, so it names no segment.
+TRAITS_BACKFILL = "~traits"
 MAX_WINDOW_MS = 3650 * DAY_MS
 # A rolling-window count condition keeps the newest ``count + 1`` matching times, so
 # its comparison is exact; a bound on the count keeps that small.
@@ -109,6 +112,8 @@ class TraitDefinition:
     match: EventMatch
     property_name: str = ""
     window: Window = Window()
+    # The raw definition as given, for the API to show back.
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def fingerprint(self) -> str:
@@ -236,6 +241,29 @@ class Definitions:
             elif isinstance(node, SegmentCondition):
                 parts.append(self.segment_fingerprint(node.segment))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+    def trait_users(self, trait_id: str) -> list[str]:
+        """The segments whose membership rule compares computed trait ``trait_id``."""
+        return [sid for sid in self.segments if trait_id in self._traits_of(sid)]
+
+    def backfill_fingerprints(self) -> dict[str, str]:
+        """What is backfilled from history when it changes: each segment at its
+        fingerprint, and the traits no segment compares together under
+        :data:`TRAITS_BACKFILL` (a trait changed alone is backfilled too)."""
+        found = {sid: self.segment_fingerprint(sid) for sid in self.segments}
+        used = {tid for sid in self.segments for tid in self._traits_of(sid)}
+        unused = sorted(tid for tid in self.traits if tid not in used)
+        if unused:
+            parts = [f"{tid}={self.traits[tid].fingerprint}" for tid in unused]
+            found[TRAITS_BACKFILL] = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+        return found
+
+    def _traits_of(self, segment_id: str) -> set[str]:
+        return {
+            n.trait
+            for n in _walk(self.segments[segment_id].where)
+            if isinstance(n, TraitCondition) and not n.identify
+        }
 
     def time_dependent(self) -> bool:
         """True when time passing alone can change some membership (rolling windows)."""
@@ -406,7 +434,9 @@ class _Parser:
         window = self.window(raw, path)
         if len(self.errors) != before:
             return None
-        return TraitDefinition(id=tid, op=str(op), match=match, property_name=prop, window=window)
+        return TraitDefinition(
+            id=tid, op=str(op), match=match, property_name=prop, window=window, source=dict(raw)
+        )
 
     def segment(self, sid: str, raw: object, path: str) -> SegmentDefinition | None:
         if not isinstance(raw, Mapping):

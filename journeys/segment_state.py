@@ -382,7 +382,7 @@ class SegmentEvaluator:
     def _trait_agg(self, state: SegmentState, trait: TraitDefinition) -> dict[str, Any]:
         agg = state.traits.get(trait.id)
         if agg is None or agg.get("f") != self.fingerprints[trait.id]:
-            # New or changed definition: it counts from here on (no backfill).
+            # New or changed definition: it counts from here on (until a backfill rebuilds it).
             agg = {"f": self.fingerprints[trait.id]}
             state.traits[trait.id] = agg
         return agg

@@ -94,9 +94,8 @@ class SegmentMaintainer:
         """Fold with ``definitions`` from now on (between batches: the caller holds them)."""
         self.definitions = definitions
         self.evaluator = SegmentEvaluator(definitions)
-        self.fingerprints = {
-            sid: definitions.segment_fingerprint(sid) for sid in definitions.segments
-        }
+        # Segments, and TRAITS_BACKFILL for the traits no segment compares.
+        self.fingerprints = definitions.backfill_fingerprints()
 
     def covered(self, segment: str, partition: int, customer_key: str) -> bool:
         """True when the customer's changes of ``segment`` are recorded live."""

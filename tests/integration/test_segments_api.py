@@ -31,7 +31,7 @@ from projections.segment_reads import SegmentReads
 from projections.segment_store import SegmentStore
 from stack.bootstrap import build_segment_definitions
 from stack.processes import wait_until
-from stack.segments_cli import segment_table
+from stack.segments_cli import definition_table, segment_table
 from stack.settings import Settings
 from streams.segments import SegmentMaintainer
 from tests.conftest import make_event
@@ -130,6 +130,48 @@ def test_definitions_are_seeded_once_then_changed_by_admins_only(
     assert sorted(build_segment_definitions(settings).current().segments) == ["viewers"]
     assert sorted(other.current().segments) == ["viewers"]
     other.close()
+
+
+def test_traits_are_defined_replaced_and_deleted_by_admins_like_segments(
+    api: Api, settings: Settings, tmp_path: Path
+) -> None:
+    listed = api.client.get("/v1/traits", headers=api.read)
+    assert listed.status_code == 200
+    assert [(t["id"], t["used_by"]) for t in listed.json()["traits"]] == [("orders", ["buyers"])]
+
+    body = {"op": "sum", "property": "revenue", "event": "Order Completed", "within": "90d"}
+    put = api.client.put("/v1/traits/spend_90d", json=body, headers=api.read)
+    assert put.status_code == 403
+    created = api.client.put("/v1/traits/spend_90d", json=body, headers=api.admin)
+    assert created.status_code == 201, created.text
+    shown = created.json()
+    assert shown["definition"] == body and shown["used_by"] == [] and shown["time_dependent"]
+    replaced = api.client.put(
+        "/v1/traits/spend_90d", json={**body, "within": "30d"}, headers=api.admin
+    )
+    assert replaced.status_code == 200 and replaced.json()["definition"]["within"] == "30d"
+    refused = api.client.put("/v1/traits/spend_90d", json={"op": "avg"}, headers=api.admin)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "traits.spend_90d.op"
+    bad_id = api.client.put("/v1/traits/Spend", json=body, headers=api.admin)
+    assert bad_id.status_code == 422 and bad_id.json()["errors"][0]["field"] == "trait_id"
+    # The worker's definitions (another process on the same store) have it.
+    other = SegmentDefinitions(sqlite_path=settings.sqlite_path)
+    assert other.current().traits["spend_90d"].window.within_ms == 30 * 86_400_000
+    other.close()
+
+    # In use by a segment: the delete is refused, naming the referring node.
+    in_use = api.client.delete("/v1/traits/orders", headers=api.admin)
+    assert in_use.status_code == 409
+    assert in_use.json()["errors"][0]["field"] == "segments.buyers.where.trait"
+    assert api.client.get("/v1/traits/orders", headers=api.read).status_code == 200
+    assert api.client.delete("/v1/traits/spend_90d", headers=api.admin).status_code == 200
+    assert api.client.get("/v1/traits/spend_90d", headers=api.read).status_code == 404
+    assert api.client.delete("/v1/traits/spend_90d", headers=api.admin).status_code == 404
+    # The CLI reads a trait's table as segments' (the file itself, or [traits.ID]).
+    whole = tmp_path / "all.toml"
+    whole.write_text('[traits.t]\nop = "count"\nevent = "A"\n')
+    assert definition_table(whole, "t", "traits") == {"op": "count", "event": "A"}
 
 
 @pytest.mark.parametrize(
