@@ -23,7 +23,8 @@ Conditions (``where``): ``{and = [...]}``, ``{or = [...]}``, ``{not = {...}}``;
 an event condition ``{event | type, properties, within | since, count, compare}``
 (``absent = true`` for "none"); ``{trait = "x", <op> = value}`` on a computed
 trait; ``{identify = "plan", <op> = value}`` on an identify trait; ``{stage =
-"loyalty"}`` (or a list); ``{segment = "other"}``. Comparisons are eq, ne, gt,
+"loyalty"}`` (or a list); ``{rfm = "champions"}`` (or a list: the RFM segments
+of journeys/rfm.py); ``{segment = "other"}``. Comparisons are eq, ne, gt,
 gte, lt, lte, in, contains, and ``exists = true|false``.
 
 Errors name the node path and the field:
@@ -43,6 +44,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from events import EventType, normalized_name
+from journeys.rfm import RFM_SEGMENTS
 
 TRAIT_OPS = ("count", "sum", "min", "max", "first", "last", "most_frequent", "days_since_last")
 # Ops whose value is a number read from the property: the property is required.
@@ -165,6 +167,17 @@ class StageCondition:
 
 
 @dataclass(frozen=True, slots=True)
+class RfmCondition:
+    """The customer's RFM segment (champions, loyal, ...: journeys/rfm.py) is one of these.
+
+    A customer who never ordered has none, so no RFM condition holds for them.
+    """
+
+    path: str
+    segments: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentCondition:
     path: str
     segment: str
@@ -191,7 +204,14 @@ class NoneOf:
 
 
 Condition = (
-    EventCondition | TraitCondition | StageCondition | SegmentCondition | AllOf | AnyOf | NoneOf
+    EventCondition
+    | TraitCondition
+    | StageCondition
+    | RfmCondition
+    | SegmentCondition
+    | AllOf
+    | AnyOf
+    | NoneOf
 )
 
 
@@ -229,6 +249,12 @@ class Definitions:
             for c in _walk(s.where)
             if isinstance(c, TraitCondition) and c.identify
         }
+
+    def uses_rfm(self) -> bool:
+        """True when some segment compares the customers' RFM segment."""
+        return any(
+            isinstance(c, RfmCondition) for s in self.segments.values() for c in _walk(s.where)
+        )
 
     def segment_fingerprint(self, segment_id: str) -> str:
         """Changes whenever the segment's membership rule does: its tree, or a trait or
@@ -491,6 +517,8 @@ class _Parser:
             return self.trait_condition(raw, path)
         if "stage" in raw:
             return self.stage_condition(raw, path)
+        if "rfm" in raw:
+            return self.rfm_condition(raw, path)
         if "segment" in raw:
             self._unknown(raw, {"segment"}, path)
             segment = raw["segment"]
@@ -498,7 +526,9 @@ class _Parser:
                 self.error(f"{path}.segment", "must be a segment id")
                 return None
             return SegmentCondition(path, segment)
-        self.error(path, "must be and, or, not, event, type, trait, identify, stage or segment")
+        self.error(
+            path, "must be and, or, not, event, type, trait, identify, stage, rfm or segment"
+        )
         return None
 
     def event_condition(self, raw: Mapping[str, Any], path: str) -> EventCondition | None:
@@ -544,6 +574,17 @@ class _Parser:
             self.error(f"{path}.stage", f"must be one of {', '.join(STAGES)}, or a list of them")
             return None
         return StageCondition(path, frozenset(stages))
+
+    def rfm_condition(self, raw: Mapping[str, Any], path: str) -> RfmCondition | None:
+        self._unknown(raw, {"rfm"}, path)
+        value = raw["rfm"]
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or any(n not in RFM_SEGMENTS for n in names):
+            self.error(
+                f"{path}.rfm", f"must be one of {', '.join(RFM_SEGMENTS)}, or a list of them"
+            )
+            return None
+        return RfmCondition(path, frozenset(names))
 
     def comparison(self, raw: Mapping[str, Any], path: str) -> Comparison | None:
         ops = [op for op in (*COMPARISONS, "exists") if op in raw]

@@ -31,6 +31,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from journeys.funnels import FunnelStep
+from journeys.rfm import NEEDS_ATTENTION, SEGMENTS
 from journeys.stages import PROGRESSION
 from projections.analytics.errors import QueryProblem
 from projections.analytics.funnels import check_event_names
@@ -126,24 +127,13 @@ _CLAMPED_REVENUE = (
 )
 _OUT_OF_RANGE = f"(NOT isFinite({_REVENUE}) OR abs({_REVENUE}) > {MAX_STORED_MONEY:.0e})"
 
-# First match wins: (segment, lowest R, highest R, lowest F, highest F).
-SEGMENTS: tuple[tuple[str, int, int, int, int], ...] = (
-    ("champions", 4, 5, 4, 5),
-    ("loyal", 3, 5, 3, 5),
-    ("cannot_lose", 1, 2, 5, 5),
-    ("at_risk", 1, 2, 3, 4),
-    ("new_customers", 4, 5, 1, 1),
-    ("potential_loyalists", 3, 5, 1, 2),
-    ("hibernating", 1, 2, 1, 2),
-)
-
 
 def segment(r: int, f: int) -> str:
     """The named segment of recency and frequency scores."""
     for name, r_low, r_high, f_low, f_high in SEGMENTS:
         if r_low <= r <= r_high and f_low <= f <= f_high:
             return name
-    return "needs_attention"
+    return NEEDS_ATTENTION
 
 
 def tier(f: int, m: int) -> str:
@@ -160,7 +150,7 @@ def _segment_sql() -> str:
         f"r BETWEEN {a} AND {b} AND f BETWEEN {c} AND {d}, '{name}'"
         for name, a, b, c, d in SEGMENTS
     )
-    return f"multiIf({arms}, 'needs_attention')"
+    return f"multiIf({arms}, '{NEEDS_ATTENTION}')"
 
 
 class Reports:

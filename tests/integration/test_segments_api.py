@@ -190,6 +190,9 @@ def test_traits_are_defined_replaced_and_deleted_by_admins_like_segments(
         ("x", {"name": ["a"], "where": {"event": "A"}}, "segments.x.name"),
         ("x", {"where": {"event": "A"}, "colour": "red"}, "segments.x.colour"),
         ("Bad-Id", {"where": {"event": "A"}}, "segment_id"),
+        ("x", {"where": {"rfm": "kings"}}, "segments.x.where.rfm"),
+        ("x", {"where": {"rfm": []}}, "segments.x.where.rfm"),
+        ("x", {"where": {"rfm": "champions", "gt": 1}}, "segments.x.where.gt"),
     ],
 )
 def test_invalid_definitions_are_422_naming_the_node_and_field(
