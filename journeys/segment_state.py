@@ -44,6 +44,7 @@ from journeys.segment_definitions import (
     EventCondition,
     EventMatch,
     NoneOf,
+    RfmCondition,
     SegmentCondition,
     StageCondition,
     TraitCondition,
@@ -111,6 +112,8 @@ class SegmentState:
 
     clock: int | None = None
     stage: str = ""
+    # The customer's RFM segment as last scanned ("" for none: never ordered, or not scanned).
+    rfm: str = ""
     members: set[str] = field(default_factory=set)
     traits: dict[str, dict[str, Any]] = field(default_factory=dict)
     conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -120,6 +123,7 @@ class SegmentState:
         return {
             "clock": self.clock,
             "stage": self.stage,
+            "rfm": self.rfm,
             "members": sorted(self.members),
             "traits": self.traits,
             "conditions": self.conditions,
@@ -131,6 +135,7 @@ class SegmentState:
         return cls(
             clock=data.get("clock"),
             stage=str(data.get("stage", "")),
+            rfm=str(data.get("rfm", "")),
             members=set(data.get("members", [])),
             traits=dict(data.get("traits", {})),
             conditions=dict(data.get("conditions", {})),
@@ -382,7 +387,7 @@ class SegmentEvaluator:
     def _trait_agg(self, state: SegmentState, trait: TraitDefinition) -> dict[str, Any]:
         agg = state.traits.get(trait.id)
         if agg is None or agg.get("f") != self.fingerprints[trait.id]:
-            # New or changed definition: it counts from here on (no backfill).
+            # New or changed definition: it counts from here on (until a backfill rebuilds it).
             agg = {"f": self.fingerprints[trait.id]}
             state.traits[trait.id] = agg
         return agg
@@ -505,6 +510,18 @@ class SegmentEvaluator:
             self._prune(state)
         return changes
 
+    def observe_rfm(self, state: SegmentState, rfm: str, at_ms: int) -> list[MembershipChange]:
+        """The customer's RFM segment is now ``rfm`` (a scan at ``at_ms``); the changes.
+
+        Time passing up to the scan is ticked first (changes at their own instants);
+        a change the new RFM segment causes is stamped at the scan (event id empty).
+        """
+        changes = self.tick(state, at_ms)
+        state.rfm = rfm
+        if state.clock is None:
+            return changes
+        return changes + self._diff(state, state.clock, max(at_ms, state.clock), "")
+
     def _diff(
         self, state: SegmentState, now_ms: int, stamp_ms: int, event_id: str
     ) -> list[MembershipChange]:
@@ -544,6 +561,8 @@ class _Context:
             return compare(traits[node.trait], node.comparison)
         if isinstance(node, StageCondition):
             return self.stage in node.stages
+        if isinstance(node, RfmCondition):
+            return self.state.rfm in node.segments
         assert isinstance(node, SegmentCondition)
         return segments.get(node.segment, False)
 

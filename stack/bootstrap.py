@@ -47,7 +47,7 @@ from stack.backup import NodeBackups
 from stack.flows import FlowsAdmin, build_flow_definitions
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
-from stack.outreach import OutreachAdmin, build_store, unsubscribe_links
+from stack.outreach import OutreachAdmin, build_store, segment_reader, unsubscribe_links
 from stack.privacy import Privacy, open_vault
 from stack.settings import Settings
 from streams.app import JourneyStreams
@@ -97,7 +97,13 @@ class Platform:
             source = self.segment_definitions.current
             history = SegmentHistory(self.clickhouse, self.event_log.database)
             maintainer = SegmentMaintainer(
-                source(), self.segments, log, source, history, self.settings.topic_partitions
+                source(),
+                self.segments,
+                log,
+                source,
+                history,
+                self.settings.topic_partitions,
+                segment_reader(self.event_log),  # the buyers' RFM segments
             )
         return JourneyPipeline(
             self.journeys,

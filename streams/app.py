@@ -107,6 +107,7 @@ class JourneyStreams:
                 self._batch_lock,
                 self.outcomes.publish,
                 settings.segments_topic,
+                rfm_scan_s=settings.rfm_scan_s,
             )
             self.segment_timers.register(self.app, settings.segment_tick_s)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import orjson
 
@@ -33,6 +34,10 @@ from journeys.segment_state import (
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_history import SegmentHistory
 from projections.segment_store import Backfill, Due, SegmentStore
+from streams.journal import partition_of
+
+# Every buyer's RFM segment at an instant: (customer key, segment) pairs.
+RfmReader = Callable[[datetime], Sequence[tuple[str, str]]]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,7 @@ class SegmentMaintainer:
         source: Callable[[], Definitions] | None = None,
         history: SegmentHistory | None = None,
         partitions: int = 1,
+        rfm: RfmReader | None = None,
     ) -> None:
         self.store = store
         self.log = log
@@ -87,6 +93,10 @@ class SegmentMaintainer:
         # changes of the segment are not recorded (the backfill records them).
         self.history = history
         self.partitions = partitions
+        # The RFM segments (ranked over all buyers by ClickHouse), scanned by the timer
+        # loop when some segment compares them; the last one saved per customer.
+        self.rfm = rfm
+        self.rfm_known: dict[str, str] = {}
         self.backfills: dict[str, Backfill] = store.backfills() if history is not None else {}
         self.use(definitions)
 
@@ -94,9 +104,8 @@ class SegmentMaintainer:
         """Fold with ``definitions`` from now on (between batches: the caller holds them)."""
         self.definitions = definitions
         self.evaluator = SegmentEvaluator(definitions)
-        self.fingerprints = {
-            sid: definitions.segment_fingerprint(sid) for sid in definitions.segments
-        }
+        # Segments, and TRAITS_BACKFILL for the traits no segment compares.
+        self.fingerprints = definitions.backfill_fingerprints()
 
     def covered(self, segment: str, partition: int, customer_key: str) -> bool:
         """True when the customer's changes of ``segment`` are recorded live."""
@@ -206,6 +215,42 @@ class SegmentMaintainer:
     def commit_tick(self, ticked: SegmentTick) -> list[str]:
         """Save the ticked states and their due instants, atomically; the customers saved."""
         return self.store.save_ticked(ticked.states, ticked.read, ticked.due)
+
+    def rfm_changed(
+        self, scores: Sequence[tuple[str, str]], ready: Sequence[int]
+    ) -> dict[str, str]:
+        """The customers of ``ready`` partitions whose scanned RFM segment is not the one
+        last saved: every buyer, and every customer saved with one who is none now."""
+        owned = set(ready)
+        now = dict(scores)
+        for key, held in self.rfm_known.items():
+            if held and key not in now:
+                now[key] = ""
+        return {
+            key: rfm
+            for key, rfm in now.items()
+            if self.rfm_known.get(key) != rfm
+            and partition_of(key.encode(), self.partitions) in owned
+        }
+
+    def observe_rfm(self, changed: Mapping[str, str], now_ms: int) -> SegmentTick:
+        """The customers' RFM segments are now ``changed`` (a scan at ``now_ms``).
+
+        States are advanced to the scan and re-evaluated; a change is stamped at the
+        scan's instant. Saved as a tick (compare and set on the stored text); a
+        customer without a stored state yet is left for the next scan.
+        """
+        ticked = SegmentTick(now_ms)
+        ticked.read = self.store.stored_texts(changed)
+        for key, text in ticked.read.items():
+            state = SegmentState.from_dict(orjson.loads(text))
+            self.evaluator.forget_stale(state)
+            partition = partition_of(key.encode(), self.partitions)
+            changes = self.evaluator.observe_rfm(state, changed[key], now_ms)
+            ticked.states[key] = state
+            ticked.changes.extend(self._live(key, partition, changes))
+            ticked.due[key] = self.due(state, partition)
+        return ticked
 
 
 def segment_record(
