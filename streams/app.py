@@ -188,6 +188,9 @@ class JourneyStreams:
             for customer_key, membership in prepared.segments.changes:
                 value = orjson.dumps(segment_record(customer_key, membership))
                 outcomes.append((settings.segments_topic, customer_key.encode(), value))
+            for customer_key, membership, backfill in prepared.segments.revised:
+                value = orjson.dumps(segment_record(customer_key, membership, backfill, True))
+                outcomes.append((settings.segments_topic, customer_key.encode(), value))
         # Identity: link requests, merged histories and re-keyed events, keyed by customer.
         for message in prepared.update.forwards:
             key = message.customer_key.encode()
