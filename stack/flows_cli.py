@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from journeys.flows.definitions import FlowDefinition, FlowError
 from stack.flows import load_flows
+from stack.flows_migrate import MIGRATE_VERB, add_migrate_parser, run_migrate
 from stack.http_commands import ask_api, connection
 from stack.settings import Settings
 
@@ -45,12 +46,15 @@ def add_flows_parser(commands: Any) -> None:
     run.add_argument("--to", dest="end", required=True, help="ISO-8601 date or time (exclusive)")
     run.add_argument("--file", type=Path, help="backtest this file's version of the flow (a draft)")
     connection(run, "admin")
+    add_migrate_parser(verbs)
 
 
 def run_flows(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``journeys flows <verb>``; 2 for invalid flows or an unknown flow."""
     if args.verb == "backtest":
         return _backtest(args, settings)
+    if args.verb == MIGRATE_VERB:
+        return run_migrate(args, settings)
     if args.file is not None:
         settings = settings.model_copy(update={"flows_file": args.file})
     flows = _loaded(settings)
