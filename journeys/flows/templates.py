@@ -12,6 +12,11 @@ these (any other name is a validation error, not a surprise at send time):
 - ``unsubscribe_url``: the signed one-click link naming the customer and the
   message's channel (journeys/unsubscribe_links.py), filled in at delivery
   (empty in the trial render at decision time, and where no links are made).
+- ``data``: what the customer's facts say, as the trigger rules' payloads did
+  (``data.cart.lines``, ``data.cart.value``, ``data.orders``,
+  ``data.lifetime_revenue``, ``data.last_order_at``, ``data.open_tickets``,
+  ``data.ticket_id``, ``data.stage``, ``data.segment``, ``data.birthday``…; see
+  engine.py ``facts_payload``); a flow whose templates read it keeps the facts.
 
 A *missing* trait or property renders as the empty string (the documented
 default; ``{{ traits.first_name | default("there") }}`` gives another), never
@@ -31,7 +36,7 @@ from jinja2 import ChainableUndefined, TemplateError, meta
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
-VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node", "unsubscribe_url")
+VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node", "unsubscribe_url", "data")
 MAX_TEMPLATE = 20_000
 MAX_RENDERED = 100_000
 
@@ -44,6 +49,7 @@ _SAMPLE = {
     "flow": {"id": "f", "version": 1, "name": "f"},
     "node": "n",
     "unsubscribe_url": "https://example.invalid/v1/unsubscribe/token",
+    "data": {},
 }
 
 
@@ -57,6 +63,7 @@ class MessageTemplate:
 
     source: str
     compiled: JinjaTemplate = field(compare=False, repr=False)
+    names: frozenset[str] = field(default=frozenset(), compare=False)  # variables it reads
 
     def render(self, variables: Mapping[str, Any]) -> str:
         try:
@@ -83,7 +90,7 @@ def compile_template(source: object) -> MessageTemplate | str:
     except TemplateError as error:
         line = getattr(error, "lineno", None)
         return f"template error{f' on line {line}' if line else ''}: {error.message}"
-    template = MessageTemplate(source, compiled)
+    template = MessageTemplate(source, compiled, frozenset(names))
     try:
         template.render(_SAMPLE)  # e.g. a filter applied to what it cannot take
     except RenderFailed as error:
