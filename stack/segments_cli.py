@@ -1,9 +1,11 @@
-"""``journeys segments validate|list|show|members|status|set|delete``: traits and segments.
+"""``journeys segments validate|list|show|members|status|set|delete`` and
+``journeys traits list|show|set|delete``: segments and computed traits.
 
-``validate``, ``list`` and ``show`` read a definitions file (no store, no
-running node; the file seeds the stored definitions the first time only);
-``members`` and ``status`` ask a running node's API (read key), ``set`` and
-``delete`` change the stored definitions through it (admin key).
+``segments validate``, ``list`` and ``show`` read a definitions file (no
+store, no running node; the file seeds the stored definitions the first time
+only); ``members`` and ``status`` ask a running node's API (read key), ``set``
+and ``delete`` change the stored definitions through it (admin key). ``traits``
+does the same for computed traits, always through the API.
 """
 
 from __future__ import annotations
@@ -11,17 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from journeys.segment_definitions import DefinitionError, Definitions
 from stack.bootstrap import load_segment_definitions
-from stack.http_commands import ask_api, connection
+from stack.http_commands import ask_api, connection, definition_table
 from stack.settings import Settings
 
 SEGMENTS_COMMAND = "segments"
+TRAITS_COMMAND = "traits"
 
 
 def add_segments_parser(commands: Any) -> None:
@@ -58,10 +60,47 @@ def add_segments_parser(commands: Any) -> None:
     delete = verbs.add_parser("delete", help="delete a segment (refused while others use it)")
     delete.add_argument("segment_id")
     connection(delete, "admin")
+    _add_traits_parser(commands)
+
+
+def _add_traits_parser(commands: Any) -> None:
+    parser = commands.add_parser(TRAITS_COMMAND, help="computed traits (through the admin API)")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    connection(verbs.add_parser("list", help="the traits in force (GET /v1/traits)"), "read")
+    show = verbs.add_parser("show", help="one trait and the segments using it")
+    show.add_argument("trait_id")
+    connection(show, "read")
+    put = verbs.add_parser("set", help="define or replace a trait from FILE (TOML or JSON)")
+    put.add_argument("trait_id")
+    put.add_argument("file", type=Path, help="the trait's table (op, event...), or [traits.ID]")
+    connection(put, "admin")
+    delete = verbs.add_parser("delete", help="delete a trait (refused while a segment uses it)")
+    delete.add_argument("trait_id")
+    connection(delete, "admin")
+
+
+def run_traits(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``journeys traits <verb>`` through the API; 2 for an unreadable file."""
+    if args.verb == "list":
+        return ask_api(args, settings, "read", "GET", "/v1/traits")
+    path = f"/v1/traits/{quote(args.trait_id, safe='')}"
+    if args.verb == "show":
+        return ask_api(args, settings, "read", "GET", path)
+    if args.verb == "delete":
+        return ask_api(args, settings, "admin", "DELETE", path)
+    try:
+        table = definition_table(args.file, "traits", args.trait_id)
+    except (OSError, ValueError) as error:
+        print(f"{args.file}: {error}", file=sys.stderr)
+        return 2
+    return ask_api(args, settings, "admin", "PUT", path, json=table)
 
 
 def run_segments(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``journeys segments <verb>``; 2 for invalid definitions or an unknown segment."""
+    """Run ``journeys segments <verb>`` (or ``traits``); 2 for invalid definitions or an
+    unknown segment."""
+    if args.command == TRAITS_COMMAND:
+        return run_traits(args, settings)
     if args.verb in _API_VERBS:
         return _API_VERBS[args.verb](args, settings)
     if args.file is not None:
@@ -126,20 +165,7 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
 
 def segment_table(path: Path, segment_id: str) -> dict[str, Any]:
     """A segment's table from a TOML or JSON file: the file itself, or its [segments.ID]."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        # Dates and times (since = 2026-01-01) travel as ISO-8601 text.
-        data = json.loads(json.dumps(tomllib.loads(text), default=lambda v: v.isoformat()))
-    if not isinstance(data, dict):
-        raise ValueError("must hold a table")
-    nested = data.get("segments")
-    if isinstance(nested, dict) and segment_id in nested:
-        data = nested[segment_id]
-    if not isinstance(data, dict):
-        raise ValueError(f"segments.{segment_id} must be a table")
-    return data
+    return definition_table(path, "segments", segment_id)
 
 
 def _ask(

@@ -209,6 +209,15 @@ class FlowEngine:
         turn.finish()
         return FlowStep(state, self.wake(state), turn.facts)
 
+    def hold(self, state: FlowState, item: FlowInput) -> FlowStep:
+        """Keep an input for later whatever its time (a paused flow: nothing is decided
+        until it resumes, then in event time as :meth:`advance` takes it)."""
+        key = item.key
+        if key not in state.seen and not any(p.get("_key") == key for p in state.pending):
+            kept = {**item.to_dict(), "_key": key, "_rank": item.rank}
+            insort(state.pending, kept, key=_pending_order)
+        return FlowStep(state, self.wake(state), [])
+
     def advance(self, state: FlowState, until_ms: int, wall_now_ms: int | None = None) -> FlowStep:
         """Take every pending input and deadline up to ``until_ms``, in event time."""
         turn = _Turn(self, state, wall_now_ms)

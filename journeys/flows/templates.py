@@ -9,6 +9,9 @@ these (any other name is a validation error, not a surprise at send time):
 - ``event``: the properties of the event that moved the run on last (the one a
   ``wait_until`` waited for; the entry event until then);
 - ``flow``: ``{"id", "version", "name"}``; ``node``: the send node's id;
+- ``unsubscribe_url``: the signed one-click link naming the customer and the
+  message's channel (journeys/unsubscribe_links.py), filled in at delivery
+  (empty in the trial render at decision time, and where no links are made).
 - ``data``: what the customer's facts say, as the trigger rules' payloads did
   (``data.cart.lines``, ``data.cart.value``, ``data.orders``,
   ``data.lifetime_revenue``, ``data.last_order_at``, ``data.open_tickets``,
@@ -33,7 +36,16 @@ from jinja2 import ChainableUndefined, TemplateError, meta
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
-VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node", "data")
+VARIABLES = (
+    "customer_id",
+    "traits",
+    "entry",
+    "event",
+    "flow",
+    "node",
+    "unsubscribe_url",
+    "data",
+)
 MAX_TEMPLATE = 20_000
 MAX_RENDERED = 100_000
 
@@ -45,6 +57,7 @@ _SAMPLE = {
     "event": {},
     "flow": {"id": "f", "version": 1, "name": "f"},
     "node": "n",
+    "unsubscribe_url": "https://example.invalid/v1/unsubscribe/token",
     "data": {},
 }
 

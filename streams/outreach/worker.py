@@ -82,8 +82,12 @@ class OutreachWorker:
         lateness: Callable[[float], None] | None = None,
         vault: Vault | None = None,
         flows: Callable[[OutreachWorker], FlowRunner] | None = None,
+        unsubscribe_url: Callable[[str, str], str] | None = None,
     ) -> None:
         self.settings = settings
+        # (customer key, channel) → the signed one-click unsubscribe link every message
+        # carries (e-mail: List-Unsubscribe; flows: {{ unsubscribe_url }}); None: none.
+        self._unsubscribe_url = unsubscribe_url
         # Opens sealed personal fields where a rule or a delivery needs the value
         # (a birthday's month and day, the recipient's address); None: as stored.
         self._vault = vault
@@ -130,8 +134,13 @@ class OutreachWorker:
             app.timer(settings.rfm_scan_s, name="trigger-segments")(self._observe_segments)
         # Journey flows beside the rules (streams/outreach/flows.py); made with this
         # worker, as their messages are delivered to its endpoints and channels.
-        runner = flows(self) if flows is not None else None
-        self.flows = runner if runner is not None and runner.active else None
+        self._flow_runner = flows(self) if flows is not None else None
+
+    @property
+    def flows(self) -> FlowRunner | None:
+        """The flow runner while any flow is known (none: no flow work at all)."""
+        runner = self._flow_runner
+        return runner if runner is not None and runner.active else None
 
     def _progressed(self, topic: str, partition: int, position: int, end: int | None) -> None:
         known = self._progress.setdefault((topic, partition), [position, position])
@@ -380,6 +389,8 @@ class OutreachWorker:
         """Triggers recorded but not yet published, ready partitions and their due timers
         (the rules reloaded first, at most every RULES_RELOAD_S)."""
         self._reload_rules()
+        if self._flow_runner is not None:
+            self._flow_runner.reload()  # stored flows changed over the API: taken here
         ready = self.ready_partitions()
         due = self.store.due_timers(ready, time.time()) if ready else []
         return self.store.unpublished(), ready, due
@@ -542,6 +553,9 @@ class OutreachWorker:
             if self._vault is not None:
                 # Opened only now, for this attempt: stored and published sealed.
                 trigger = await asyncio.to_thread(self._vault.open_tree, trigger)
+            if self._unsubscribe_url is not None:
+                customer = str(trigger.get("customer_id", ""))
+                trigger["unsubscribe_url"] = self._unsubscribe_url(customer, delivery.channel)
             if trigger.get("trigger") == "flow":
                 # A flow's message is rendered only now, from its opened variables.
                 try:

@@ -537,6 +537,7 @@ function refreshPanels() {
   if (!$("segments").hidden) refreshSegments();
   if (!$("triggers").hidden) refreshTriggers();
   if (!$("audit").hidden) refreshAudit();
+  if (!$("flows").hidden) refreshFlows(); // dashboard-flows.js
 }
 
 document.addEventListener("DOMContentLoaded", () => {
