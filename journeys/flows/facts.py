@@ -25,7 +25,16 @@ from journeys.flows.inputs import iso
 _FACT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-fact")
 
 # Why a send was not made.
-SKIP_REASONS = ("holdout", "consent", "quiet_hours", "cap", "expired", "template", "reentry")
+SKIP_REASONS = (
+    "holdout",
+    "consent",
+    "quiet_hours",
+    "cap",
+    "expired",
+    "template",
+    "reentry",
+    "paused",
+)
 # Why a run ended.
 LEAVE_REASONS = ("converted", "exit", "completed", "version_removed")
 
@@ -152,6 +161,7 @@ _SKIPPED = {
     "expired": "due too long before it could be decided (a replay or a long outage)",
     "template": "the message did not render",
     "reentry": "the re-entry policy refused a new run",
+    "paused": "the flow was paused (no new runs)",
 }
 _LEFT = {
     "converted": "reached the goal",
