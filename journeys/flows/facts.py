@@ -179,5 +179,9 @@ def explain(fact: Mapping[str, Any]) -> str:
 def fact_from_dict(data: Mapping[str, Any]) -> FlowFact:
     """A fact as :meth:`FlowFact.to_dict` wrote it."""
     kind = FACT_TYPES[data["type"]]
-    names = {f.name for f in fields(kind)}
+    names = _FIELDS[kind]
     return kind(**{k: v for k, v in data.items() if k in names})
+
+
+# Each fact type's field names, computed once (a flow's results read every fact).
+_FIELDS = {kind: frozenset(f.name for f in fields(kind)) for kind in FACT_TYPES.values()}
