@@ -67,6 +67,10 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/segments/{segment_id}/sizes"): _ANALYST,
     ("PUT", "/v1/segments/{segment_id}"): _ADMIN_CHANGE,
     ("DELETE", "/v1/segments/{segment_id}"): _ADMIN_CHANGE,
+    ("GET", "/v1/traits"): _ANALYST,
+    ("GET", "/v1/traits/{trait_id}"): _ANALYST,
+    ("PUT", "/v1/traits/{trait_id}"): _ADMIN_CHANGE,
+    ("DELETE", "/v1/traits/{trait_id}"): _ADMIN_CHANGE,
     ("GET", "/v1/outreach/webhooks"): _MARKETER,
     ("POST", "/v1/outreach/webhooks"): _MARKETER_CHANGE,
     ("DELETE", "/v1/outreach/webhooks/{endpoint_id}"): _MARKETER_CHANGE,
@@ -103,7 +107,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
 # Fail closed: a guarded route missing from the table is for admins only.
 UNLISTED = Rule(Role.admin, audited=True)
 
-# Served to anyone: the tracking API (its own write keys), the docs, health, sign-in.
+# Served to anyone: the tracking API (its own write keys), the docs, health, sign-in,
+# and the signed unsubscribe links (the token is the credential).
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
     {
         *(
@@ -117,6 +122,8 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/metrics"),
         ("GET", "/health"),
         ("POST", "/v1/session"),
+        ("GET", "/v1/unsubscribe/{token}"),
+        ("POST", "/v1/unsubscribe/{token}"),
     }
 )
 

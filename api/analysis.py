@@ -38,6 +38,7 @@ from projections.analytics.funnels import FunnelQueries, FunnelReport, StepStats
 from projections.analytics.reports import (
     MAX_PATH_STEPS,
     MAX_PERIODS,
+    Cohort,
     Period,
     Reports,
     RetentionMode,
@@ -112,6 +113,11 @@ class DateRange(BaseModel):
         return self
 
 
+def segment_id_field(description: str) -> Any:
+    """A segment id in a request (its existence is checked against the definitions)."""
+    return Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$", description=description)
+
+
 class FunnelRequest(DateRange):
     """Steps and the window in which a customer must complete them."""
 
@@ -123,13 +129,10 @@ class FunnelRequest(DateRange):
     breakdown_segment: (
         Annotated[
             str,
-            Field(
-                min_length=1,
-                max_length=64,
-                pattern=r"^[a-z][a-z0-9_]*$",
-                description="break down by membership of this segment (`in` / `not in`) at the "
+            segment_id_field(
+                "break down by membership of this segment (`in` / `not in`) at the "
                 "time of the customer's first event matching step 1 in the range, as the "
-                "segment's recorded changes say",
+                "segment's recorded changes say"
             ),
         ]
         | None
@@ -204,6 +207,17 @@ class RetentionRequest(DateRange):
     period: Period = Period.WEEK
     mode: RetentionMode = RetentionMode.FIRST_TIME
     periods: Annotated[int, Field(ge=1, le=MAX_PERIODS)] = 8
+    breakdown_segment: (
+        Annotated[
+            str,
+            segment_id_field(
+                "break down by membership of this segment (`in` / `not in`) at the time of "
+                "the customer's first start event of the cohort's period (in the range), as "
+                "the segment's recorded changes say"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class CohortOut(BaseModel):
@@ -221,6 +235,9 @@ class RetentionResult(BaseModel):
     period: Period
     mode: RetentionMode
     cohorts: list[CohortOut]
+    breakdown: dict[str, list[CohortOut]] | None = Field(
+        default=None, description="with breakdown_segment: the cohorts `in` and `not in` it"
+    )
 
 
 class PathsRequest(DateRange):
@@ -299,14 +316,9 @@ async def funnel(query: FunnelRequest, request: Request, gateway: GatewayDep) ->
     """Customers reaching each step within the window; conversion and time to convert."""
     definition = query.definition()
     queries = _funnels(request)
-    segment = query.breakdown_segment
-    if segment is not None:
-        reads = gateway.segments
-        defined = reads is not None and segment in (await asyncio.to_thread(_segment_ids, reads))
-        if not defined:
-            message = f"no segment {segment!r}"
-            reason = {"field": "breakdown_segment", "rule": "exists", "message": message}
-            return problem(400, f"breakdown_segment: {message}", [reason])
+    unknown = await _unknown_segment(gateway, query.breakdown_segment)
+    if unknown is not None:
+        return unknown
 
     def work() -> FunnelReport:
         queries.validate(definition)
@@ -330,6 +342,18 @@ async def funnel(query: FunnelRequest, request: Request, gateway: GatewayDep) ->
 
 def _segment_ids(reads: SegmentReads) -> set[str]:
     return set(reads.definitions.segments)
+
+
+async def _unknown_segment(gateway: Gateway, segment: str | None) -> JSONResponse | None:
+    """The 400 for a ``breakdown_segment`` no definition has (None: fine, or not asked)."""
+    if segment is None:
+        return None
+    reads = gateway.segments
+    if reads is not None and segment in (await asyncio.to_thread(_segment_ids, reads)):
+        return None
+    message = f"no segment {segment!r}"
+    reason = {"field": "breakdown_segment", "rule": "exists", "message": message}
+    return problem(400, f"breakdown_segment: {message}", [reason])
 
 
 @router.post("/funnels/dropped", response_model=DroppedResult)
@@ -378,30 +402,43 @@ async def stage_funnel(request: Request, start: Start = None, end: End = None) -
 
 
 @router.post("/retention", response_model=RetentionResult)
-async def retention(query: RetentionRequest, request: Request) -> Any:
-    """Cohorts and how many of each come back in each following period."""
+async def retention(query: RetentionRequest, request: Request, gateway: GatewayDep) -> Any:
+    """Cohorts and how many of each come back in each following period (and by segment)."""
     reports = _reports(request)
+    unknown = await _unknown_segment(gateway, query.breakdown_segment)
+    if unknown is not None:
+        return unknown
     start, back = query.start_event.definition(), query.return_event.definition()
-    cohorts = await _answer(
-        lambda: reports.retention(
-            start, back, query.period, query.mode, query.periods, query.start, query.end
-        )
-    )
-    if isinstance(cohorts, JSONResponse):
-        return cohorts
+    segment = query.breakdown_segment
+
+    def work() -> tuple[list[Cohort], dict[str, list[Cohort]] | None]:
+        args = (start, back, query.period, query.mode, query.periods)
+        if segment is None:
+            return reports.retention(*args, query.start, query.end), None
+        return reports.retention_by_segment(*args, segment, query.start, query.end)
+
+    answered = await _answer(work)
+    if isinstance(answered, JSONResponse):
+        return answered
+    cohorts, groups = answered
     return RetentionResult(
         period=query.period,
         mode=query.mode,
-        cohorts=[
-            CohortOut(
-                cohort=c.start,
-                size=c.size,
-                retained=c.retained,
-                rates=[_ratio(k, c.size) for k in c.retained],
-            )
-            for c in cohorts
-        ],
+        cohorts=_cohorts(cohorts),
+        breakdown=None if groups is None else {g: _cohorts(c) for g, c in groups.items()},
     )
+
+
+def _cohorts(cohorts: list[Cohort]) -> list[CohortOut]:
+    return [
+        CohortOut(
+            cohort=c.start,
+            size=c.size,
+            retained=c.retained,
+            rates=[_ratio(k, c.size) for k in c.retained],
+        )
+        for c in cohorts
+    ]
 
 
 @router.post("/paths", response_model=list[PathOut])

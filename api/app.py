@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.routing import BaseRoute
 
@@ -22,8 +22,10 @@ from api import (
     privacy,
     segments,
     stages,
+    unsubscribe,
     users,
 )
+from api.auth import GatewayDep
 from api.cors import CorsMiddleware, public_paths
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
@@ -58,6 +60,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(outreach.router)
     app.include_router(flows.router)
     app.include_router(flows.customer_router)
+    app.include_router(unsubscribe.router)
     app.include_router(metrics.router)
     app.include_router(users.session_router)
     app.include_router(users.guarded_session_router)
@@ -73,9 +76,9 @@ def create_api(gateway: Gateway) -> FastAPI:
     )
 
     @app.get("/health", tags=["operations"], responses={503: {"description": "Degraded"}})
-    async def health(request: Request) -> JSONResponse:
+    async def health(gateway: GatewayDep) -> JSONResponse:
         """Each component's state; 200 when all are healthy, else 503."""
-        checks = request.app.state.gateway.health_checks
+        checks = gateway.health_checks
         results = await asyncio.gather(*(_checked(check) for check in checks.values()))
         components = dict(zip(checks.keys(), results, strict=True))
         healthy = all(component["ok"] for component in components.values())

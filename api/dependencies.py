@@ -15,6 +15,7 @@ from api.rate_limit import TokenBuckets
 from api.write_keys import WriteKeyRegistry
 from events.sink import EventSink
 from journeys.application import JourneyApplication
+from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
@@ -257,6 +258,8 @@ class Gateway:
     segments: SegmentReads | None = None
     # Journey flows: the flows file and backtests; None: no flows in this process.
     flows: FlowControl | None = None
+    # Checks the signed unsubscribe links messages carry; None: the route answers 503.
+    unsubscribe: UnsubscribeLinks | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

@@ -20,7 +20,13 @@ from api.auth import GatewayDep, require_admin_key, require_read_key
 from api.dependencies import Gateway
 from api.errors import error_responses, problem
 from api.times import ApiTime
-from journeys.segment_definitions import DefinitionError, SegmentDefinition, is_definition_id
+from journeys.segment_definitions import (
+    DefinitionError,
+    Definitions,
+    SegmentDefinition,
+    TraitDefinition,
+    is_definition_id,
+)
 from projections.segment_reads import SegmentReads
 
 router = APIRouter(
@@ -212,6 +218,33 @@ def _gateway_reads(gateway: Gateway) -> SegmentReads:
     return gateway.segments
 
 
+async def _change(
+    reads: SegmentReads, kind: str, key: str, body: dict[str, Any] | None
+) -> tuple[bool, Definitions] | JSONResponse:
+    """Put (``body``) or delete (None) one trait or segment; a refusal names node and field.
+
+    (existed, definitions now in force), or the problem: a 422 for a definition
+    refused, a 409 for a delete that another definition's reference forbids.
+    """
+    if body is not None and not is_definition_id(key):
+        field_name = "trait_id" if kind == "traits" else "segment_id"
+        reason = {
+            "field": field_name,
+            "rule": "pattern",
+            "message": "must be lower-case letters, digits and _, starting with a letter",
+        }
+        return problem(422, f"{field_name}: {reason['message']}", [reason])
+    stored = reads.stored
+    assert stored is not None
+    try:
+        return await asyncio.to_thread(stored.change, kind, key, body)
+    except DefinitionError as error:
+        return _refused(error, 422 if body is not None else 409)
+    except TypeError as error:  # a value the store cannot keep (orjson)
+        reason = {"field": "body", "rule": "storable", "message": str(error)}
+        return problem(422, f"body: {error}", [reason])
+
+
 @admin_router.put(
     "/segments/{segment_id}",
     response_model=Segment,
@@ -228,22 +261,10 @@ async def put_segment(
     The worker folds events with it within seconds; its state starts empty.
     """
     reads = _gateway_reads(gateway)
-    if not is_definition_id(segment_id):
-        reason = {
-            "field": "segment_id",
-            "rule": "pattern",
-            "message": "must be lower-case letters, digits and _, starting with a letter",
-        }
-        return problem(422, f"segment_id: {reason['message']}", [reason])
-    stored = reads.stored
-    assert stored is not None
-    try:
-        existed, definitions = await asyncio.to_thread(stored.change, "segments", segment_id, body)
-    except DefinitionError as error:
-        return _refused(error)
-    except TypeError as error:  # a value the store cannot keep (orjson)
-        reason = {"field": "body", "rule": "storable", "message": str(error)}
-        return problem(422, f"body: {error}", [reason])
+    changed = await _change(reads, "segments", segment_id, body)
+    if isinstance(changed, JSONResponse):
+        return changed
+    existed, definitions = changed
     shown = await asyncio.to_thread(_shown, reads, definitions.segments[segment_id])
     if existed:
         return shown
@@ -257,10 +278,108 @@ async def delete_segment(gateway: GatewayDep, segment_id: SegmentId) -> Segment 
     segment = reads.definitions.segments.get(segment_id)
     if segment is None:
         return _not_found(segment_id)
-    stored = reads.stored
-    assert stored is not None
-    try:
-        await asyncio.to_thread(stored.change, "segments", segment_id, None)
-    except DefinitionError as error:
-        return _refused(error, 409)
+    changed = await _change(reads, "segments", segment_id, None)
+    if isinstance(changed, JSONResponse):
+        return changed
     return await asyncio.to_thread(_shown, reads, segment)
+
+
+# --- computed traits -------------------------------------------------------------------
+
+TraitId = Annotated[str, Path(description="the computed trait's id in the definitions file")]
+
+
+class Trait(BaseModel):
+    """A computed trait as defined, and the segments that compare it."""
+
+    id: str
+    definition: dict[str, Any] = Field(description="the trait's table as written in the file")
+    used_by: list[str] = Field(description="the segments whose rule compares this trait")
+    backfilled: bool = Field(
+        description="true once its values count every event of the log (the backfill of "
+        "the segments using it, or of the traits no segment uses, is done)"
+    )
+    time_dependent: bool = Field(description="true when time passing alone changes its value")
+
+
+class TraitList(BaseModel):
+    traits: list[Trait]
+
+
+def _trait_shown(reads: SegmentReads, trait: TraitDefinition) -> Trait:
+    definitions = reads.definitions
+    return Trait(
+        id=trait.id,
+        definition=dict(trait.source),
+        used_by=definitions.trait_users(trait.id),
+        backfilled=reads.trait_backfilled(trait.id),
+        time_dependent=bool(trait.window.within_ms) or trait.op == "days_since_last",
+    )
+
+
+def _trait_not_found(trait_id: str) -> JSONResponse:
+    reason = {"field": "trait_id", "rule": "exists", "message": f"no trait {trait_id!r}"}
+    return problem(404, f"trait_id: no trait {trait_id!r}", [reason])
+
+
+@router.get("/traits", response_model=TraitList)
+async def list_traits(request: Request) -> TraitList:
+    """Every computed trait in force."""
+    reads = _reads(request)
+
+    def listed() -> TraitList:
+        return TraitList(traits=[_trait_shown(reads, t) for t in reads.definitions.traits.values()])
+
+    return await asyncio.to_thread(listed)
+
+
+@router.get("/traits/{trait_id}", response_model=Trait)
+async def get_trait(request: Request, trait_id: TraitId) -> Trait | JSONResponse:
+    """One computed trait's definition and the segments using it."""
+    reads = _reads(request)
+    trait = reads.definitions.traits.get(trait_id)
+    if trait is None:
+        return _trait_not_found(trait_id)
+    return await asyncio.to_thread(_trait_shown, reads, trait)
+
+
+@admin_router.put(
+    "/traits/{trait_id}",
+    response_model=Trait,
+    summary="Define or replace a computed trait",
+    responses={201: {"model": Trait, "description": "Defined (it did not exist)"}},
+)
+async def put_trait(
+    gateway: GatewayDep, trait_id: TraitId, body: dict[str, Any]
+) -> Trait | JSONResponse:
+    """The trait's table as in the definitions file: ``op``, ``property``, ``event`` or
+    ``type``, ``properties``, ``within`` or ``since``.
+
+    A 422 names the field (``traits.x.op: must be one of count, sum, ...``). A
+    changed trait changes the fingerprint of every segment that compares it, so
+    the worker backfills those segments (and the traits no segment uses) from
+    the event log.
+    """
+    reads = _gateway_reads(gateway)
+    changed = await _change(reads, "traits", trait_id, body)
+    if isinstance(changed, JSONResponse):
+        return changed
+    existed, definitions = changed
+    shown = await asyncio.to_thread(_trait_shown, reads, definitions.traits[trait_id])
+    if existed:
+        return shown
+    return JSONResponse(status_code=201, content=shown.model_dump(mode="json"))
+
+
+@admin_router.delete("/traits/{trait_id}", response_model=Trait, summary="Delete a trait")
+async def delete_trait(gateway: GatewayDep, trait_id: TraitId) -> Trait | JSONResponse:
+    """Refused (409) while a segment compares it, naming the segment's node."""
+    reads = _gateway_reads(gateway)
+    trait = reads.definitions.traits.get(trait_id)
+    if trait is None:
+        return _trait_not_found(trait_id)
+    shown = await asyncio.to_thread(_trait_shown, reads, trait)
+    changed = await _change(reads, "traits", trait_id, None)
+    if isinstance(changed, JSONResponse):
+        return changed
+    return shown

@@ -23,7 +23,8 @@ Conditions (``where``): ``{and = [...]}``, ``{or = [...]}``, ``{not = {...}}``;
 an event condition ``{event | type, properties, within | since, count, compare}``
 (``absent = true`` for "none"); ``{trait = "x", <op> = value}`` on a computed
 trait; ``{identify = "plan", <op> = value}`` on an identify trait; ``{stage =
-"loyalty"}`` (or a list); ``{segment = "other"}``. Comparisons are eq, ne, gt,
+"loyalty"}`` (or a list); ``{rfm = "champions"}`` (or a list: the RFM segments
+of journeys/rfm.py); ``{segment = "other"}``. Comparisons are eq, ne, gt,
 gte, lt, lte, in, contains, and ``exists = true|false``.
 
 Errors name the node path and the field:
@@ -43,6 +44,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from events import EventType, normalized_name
+from journeys.rfm import RFM_SEGMENTS
 
 TRAIT_OPS = ("count", "sum", "min", "max", "first", "last", "most_frequent", "days_since_last")
 # Ops whose value is a number read from the property: the property is required.
@@ -53,6 +55,9 @@ STAGES = ("awareness", "consideration", "purchase", "service", "loyalty", "lapse
 EVENT_TYPES = tuple(t.value for t in EventType)
 
 DAY_MS = 86_400_000
+# The backfill of the computed traits no segment compares (a segment's backfill
+# rebuilds the traits it uses): not a valid segment id, so it names no segment.
+TRAITS_BACKFILL = "~traits"
 MAX_WINDOW_MS = 3650 * DAY_MS
 # A rolling-window count condition keeps the newest ``count + 1`` matching times, so
 # its comparison is exact; a bound on the count keeps that small.
@@ -109,6 +114,8 @@ class TraitDefinition:
     match: EventMatch
     property_name: str = ""
     window: Window = Window()
+    # The raw definition as given, for the API to show back.
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def fingerprint(self) -> str:
@@ -160,6 +167,17 @@ class StageCondition:
 
 
 @dataclass(frozen=True, slots=True)
+class RfmCondition:
+    """The customer's RFM segment (champions, loyal, ...: journeys/rfm.py) is one of these.
+
+    A customer who never ordered has none, so no RFM condition holds for them.
+    """
+
+    path: str
+    segments: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentCondition:
     path: str
     segment: str
@@ -186,7 +204,14 @@ class NoneOf:
 
 
 Condition = (
-    EventCondition | TraitCondition | StageCondition | SegmentCondition | AllOf | AnyOf | NoneOf
+    EventCondition
+    | TraitCondition
+    | StageCondition
+    | RfmCondition
+    | SegmentCondition
+    | AllOf
+    | AnyOf
+    | NoneOf
 )
 
 
@@ -225,6 +250,12 @@ class Definitions:
             if isinstance(c, TraitCondition) and c.identify
         }
 
+    def uses_rfm(self) -> bool:
+        """True when some segment compares the customers' RFM segment."""
+        return any(
+            isinstance(c, RfmCondition) for s in self.segments.values() for c in _walk(s.where)
+        )
+
     def segment_fingerprint(self, segment_id: str) -> str:
         """Changes whenever the segment's membership rule does: its tree, or a trait or
         segment it refers to (a changed one is backfilled again)."""
@@ -236,6 +267,29 @@ class Definitions:
             elif isinstance(node, SegmentCondition):
                 parts.append(self.segment_fingerprint(node.segment))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+    def trait_users(self, trait_id: str) -> list[str]:
+        """The segments whose membership rule compares computed trait ``trait_id``."""
+        return [sid for sid in self.segments if trait_id in self._traits_of(sid)]
+
+    def backfill_fingerprints(self) -> dict[str, str]:
+        """What is backfilled from history when it changes: each segment at its
+        fingerprint, and the traits no segment compares together under
+        :data:`TRAITS_BACKFILL` (a trait changed alone is backfilled too)."""
+        found = {sid: self.segment_fingerprint(sid) for sid in self.segments}
+        used = {tid for sid in self.segments for tid in self._traits_of(sid)}
+        unused = sorted(tid for tid in self.traits if tid not in used)
+        if unused:
+            parts = [f"{tid}={self.traits[tid].fingerprint}" for tid in unused]
+            found[TRAITS_BACKFILL] = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+        return found
+
+    def _traits_of(self, segment_id: str) -> set[str]:
+        return {
+            n.trait
+            for n in _walk(self.segments[segment_id].where)
+            if isinstance(n, TraitCondition) and not n.identify
+        }
 
     def time_dependent(self) -> bool:
         """True when time passing alone can change some membership (rolling windows)."""
@@ -406,7 +460,9 @@ class _Parser:
         window = self.window(raw, path)
         if len(self.errors) != before:
             return None
-        return TraitDefinition(id=tid, op=str(op), match=match, property_name=prop, window=window)
+        return TraitDefinition(
+            id=tid, op=str(op), match=match, property_name=prop, window=window, source=dict(raw)
+        )
 
     def segment(self, sid: str, raw: object, path: str) -> SegmentDefinition | None:
         if not isinstance(raw, Mapping):
@@ -461,6 +517,8 @@ class _Parser:
             return self.trait_condition(raw, path)
         if "stage" in raw:
             return self.stage_condition(raw, path)
+        if "rfm" in raw:
+            return self.rfm_condition(raw, path)
         if "segment" in raw:
             self._unknown(raw, {"segment"}, path)
             segment = raw["segment"]
@@ -468,7 +526,9 @@ class _Parser:
                 self.error(f"{path}.segment", "must be a segment id")
                 return None
             return SegmentCondition(path, segment)
-        self.error(path, "must be and, or, not, event, type, trait, identify, stage or segment")
+        self.error(
+            path, "must be and, or, not, event, type, trait, identify, stage, rfm or segment"
+        )
         return None
 
     def event_condition(self, raw: Mapping[str, Any], path: str) -> EventCondition | None:
@@ -514,6 +574,17 @@ class _Parser:
             self.error(f"{path}.stage", f"must be one of {', '.join(STAGES)}, or a list of them")
             return None
         return StageCondition(path, frozenset(stages))
+
+    def rfm_condition(self, raw: Mapping[str, Any], path: str) -> RfmCondition | None:
+        self._unknown(raw, {"rfm"}, path)
+        value = raw["rfm"]
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or any(n not in RFM_SEGMENTS for n in names):
+            self.error(
+                f"{path}.rfm", f"must be one of {', '.join(RFM_SEGMENTS)}, or a list of them"
+            )
+            return None
+        return RfmCondition(path, frozenset(names))
 
     def comparison(self, raw: Mapping[str, Any], path: str) -> Comparison | None:
         ops = [op for op in (*COMPARISONS, "exists") if op in raw]

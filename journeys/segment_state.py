@@ -44,6 +44,7 @@ from journeys.segment_definitions import (
     EventCondition,
     EventMatch,
     NoneOf,
+    RfmCondition,
     SegmentCondition,
     StageCondition,
     TraitCondition,
@@ -111,30 +112,41 @@ class SegmentState:
 
     clock: int | None = None
     stage: str = ""
+    # The customer's RFM segment as last scanned ("" for none: never ordered, or not scanned).
+    rfm: str = ""
     members: set[str] = field(default_factory=set)
     traits: dict[str, dict[str, Any]] = field(default_factory=dict)
     conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
     identify: dict[str, list[Any]] = field(default_factory=dict)
+    # An anonymous key merged into this customer: in no segment from then on (the
+    # customer's state holds the history now); its recorded changes stay.
+    merged_into: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found = {
             "clock": self.clock,
             "stage": self.stage,
+            "rfm": self.rfm,
             "members": sorted(self.members),
             "traits": self.traits,
             "conditions": self.conditions,
             "identify": self.identify,
         }
+        if self.merged_into:
+            found["merged_into"] = self.merged_into
+        return found
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentState:
         return cls(
             clock=data.get("clock"),
             stage=str(data.get("stage", "")),
+            rfm=str(data.get("rfm", "")),
             members=set(data.get("members", [])),
             traits=dict(data.get("traits", {})),
             conditions=dict(data.get("conditions", {})),
             identify=dict(data.get("identify", {})),
+            merged_into=str(data.get("merged_into", "")),
         )
 
 
@@ -382,7 +394,7 @@ class SegmentEvaluator:
     def _trait_agg(self, state: SegmentState, trait: TraitDefinition) -> dict[str, Any]:
         agg = state.traits.get(trait.id)
         if agg is None or agg.get("f") != self.fingerprints[trait.id]:
-            # New or changed definition: it counts from here on (no backfill).
+            # New or changed definition: it counts from here on (until a backfill rebuilds it).
             agg = {"f": self.fingerprints[trait.id]}
             state.traits[trait.id] = agg
         return agg
@@ -436,6 +448,8 @@ class SegmentEvaluator:
 
     def members(self, state: SegmentState, now_ms: int, stage: str | None = None) -> set[str]:
         """The segments the customer is in at ``now_ms`` (not before the state's clock)."""
+        if state.merged_into:
+            return set()
         found: dict[str, bool] = {}
         traits: dict[str, Any] = {}
         context = _Context(self, state, now_ms, stage if stage is not None else state.stage)
@@ -445,6 +459,8 @@ class SegmentEvaluator:
 
     def next_change(self, state: SegmentState, after_ms: int) -> int | None:
         """The first instant after ``after_ms`` at which time alone may change a membership."""
+        if state.merged_into:
+            return None
         candidates: list[int] = []
         for condition in self.event_conditions:
             within = condition.window.within_ms
@@ -505,6 +521,32 @@ class SegmentEvaluator:
             self._prune(state)
         return changes
 
+    def observe_rfm(self, state: SegmentState, rfm: str, at_ms: int) -> list[MembershipChange]:
+        """The customer's RFM segment is now ``rfm`` (a scan at ``at_ms``); the changes.
+
+        Time passing up to the scan is ticked first (changes at their own instants);
+        a change the new RFM segment causes is stamped at the scan (event id empty).
+        """
+        changes = self.tick(state, at_ms)
+        state.rfm = rfm
+        if state.clock is None:
+            return changes
+        return changes + self._diff(state, state.clock, max(at_ms, state.clock), "")
+
+    def merge_into(
+        self, state: SegmentState, customer_key: str, at_ms: int, event_id: str
+    ) -> list[MembershipChange]:
+        """The anonymous state merged into ``customer_key`` at ``at_ms``: it leaves every segment.
+
+        The exits are stamped at the merge; what was recorded before it stays
+        (a revision, as the journey's stage ``merged``).
+        """
+        if state.merged_into:
+            return []
+        state.merged_into = customer_key
+        state.clock = at_ms if state.clock is None else max(state.clock, at_ms)
+        return self._diff(state, state.clock, at_ms, event_id)
+
     def _diff(
         self, state: SegmentState, now_ms: int, stamp_ms: int, event_id: str
     ) -> list[MembershipChange]:
@@ -544,6 +586,8 @@ class _Context:
             return compare(traits[node.trait], node.comparison)
         if isinstance(node, StageCondition):
             return self.stage in node.stages
+        if isinstance(node, RfmCondition):
+            return self.state.rfm in node.segments
         assert isinstance(node, SegmentCondition)
         return segments.get(node.segment, False)
 

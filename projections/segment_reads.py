@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from journeys.segment_definitions import Definitions
+from journeys.segment_definitions import TRAITS_BACKFILL, Definitions
 from journeys.segment_state import SegmentEvaluator, SegmentState, to_ms
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_definition_store import SegmentDefinitions
@@ -62,6 +62,17 @@ class SegmentReads:
         """True once the segment's history was backfilled at its definition in force."""
         found = self.backfill(segment_id)
         return found is not None and found.finished
+
+    def trait_backfilled(self, trait_id: str) -> bool:
+        """True once the trait's values count every event of the log: the backfills of the
+        segments comparing it, or that of the traits no segment compares, are done."""
+        definitions = self.definitions
+        users = definitions.trait_users(trait_id)
+        if users:
+            return all(self.backfilled(sid) for sid in users)
+        found = self.store.backfills().get(TRAITS_BACKFILL)
+        expected = definitions.backfill_fingerprints().get(TRAITS_BACKFILL)
+        return found is not None and found.fingerprint == expected and found.finished
 
     def all_backfilled(self) -> bool:
         """True once every segment's history was backfilled at its definition in force."""

@@ -127,6 +127,11 @@ def add_commands(commands: Any) -> None:
         "'category in shoes,bags' (repeat for several; all must hold)",
     )
     funnel.add_argument("--breakdown", help="property whose first-touch value splits the funnel")
+    funnel.add_argument(
+        "--breakdown-segment",
+        metavar="SEGMENT",
+        help="split by membership of a segment (in / not in) at the first step-1 event",
+    )
 
     retention = commands.add_parser("retention", parents=[common], help="print a retention table")
     retention.add_argument("--start-event", default="browse", help="event type or name")
@@ -142,6 +147,12 @@ def add_commands(commands: Any) -> None:
             default=[],
             help=f"filter on the {which} event, as funnel --where",
         )
+    retention.add_argument(
+        "--breakdown-segment",
+        metavar="SEGMENT",
+        help="split each cohort by membership of a segment (in / not in) at the customer's "
+        "first start event of the cohort's period",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,6 +170,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         }
         if args.breakdown:
             body["breakdown"] = args.breakdown
+        if args.breakdown_segment:
+            body["breakdown_segment"] = args.breakdown_segment
         path = "/v1/funnels"
     else:
         body = {
@@ -169,6 +182,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "mode": "recurring" if args.recurring else "first_time",
             **span,
         }
+        if args.breakdown_segment:
+            body["breakdown_segment"] = args.breakdown_segment
         path = "/v1/retention"
     try:
         answer = httpx.post(
@@ -216,15 +231,22 @@ def funnel_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
 
 def retention_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The retention table: a row per cohort, a column per period after it."""
-    periods = max((len(c["retained"]) for c in result["cohorts"]), default=0)
+    """The retention table: a row per cohort, a column per period after it (and a group
+    column, all / in / not in, with a breakdown by segment)."""
+    groups = [("all", result["cohorts"]), *sorted((result.get("breakdown") or {}).items())]
+    cohorts = [c for _, found in groups for c in found]
+    periods = max((len(c["retained"]) for c in cohorts), default=0)
     header = ["cohort", "size"] + [f"{result['period']} {k}" for k in range(1, periods + 1)]
     rows = [
         [c["cohort"], c["size"]]
         + [f"{n} ({_percent(r)})" for n, r in zip(c["retained"], c["rates"], strict=True)]
-        for c in result["cohorts"]
+        for _, found in groups
+        for c in found
     ]
-    return header, rows
+    if result.get("breakdown") is None:
+        return header, rows
+    names = [group for group, found in groups for _ in found]
+    return ["group", *header], [[name, *row] for name, row in zip(names, rows, strict=True)]
 
 
 def render(header: list[str], rows: list[list[Any]]) -> str:

@@ -26,6 +26,7 @@ from journeys.segment_definitions import (
     parse_definitions,
 )
 from journeys.stages import StageRules
+from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.access import AccessStore
 from projections.clickhouse import connect, database_name
 from projections.customer_stages import CustomerStageView
@@ -46,7 +47,7 @@ from stack.backup import NodeBackups
 from stack.flows import FlowsAdmin, build_flow_definitions
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
-from stack.outreach import OutreachAdmin, build_store
+from stack.outreach import OutreachAdmin, build_store, segment_reader, unsubscribe_links
 from stack.privacy import Privacy, open_vault
 from stack.settings import Settings
 from streams.app import JourneyStreams
@@ -83,6 +84,8 @@ class Platform:
     segments: SegmentStore | None = None
     # The trait and segment definitions in force (seeded from the file; admin API).
     segment_definitions: SegmentDefinitions | None = None
+    # Signs the unsubscribe link of every message, and checks it when it comes back.
+    unsubscribe: UnsubscribeLinks | None = None
     # The journey flows in force and their pauses (seeded from the flows file; admin API).
     flow_definitions: FlowDefinitions | None = None
 
@@ -94,7 +97,13 @@ class Platform:
             source = self.segment_definitions.current
             history = SegmentHistory(self.clickhouse, self.event_log.database)
             maintainer = SegmentMaintainer(
-                source(), self.segments, log, source, history, self.settings.topic_partitions
+                source(),
+                self.segments,
+                log,
+                source,
+                history,
+                self.settings.topic_partitions,
+                segment_reader(self.event_log),  # the buyers' RFM segments
             )
         return JourneyPipeline(
             self.journeys,
@@ -246,6 +255,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys, segments),
         segments=segments,
         segment_definitions=segment_definitions,
+        unsubscribe=unsubscribe_links(settings),
         flow_definitions=build_flow_definitions(settings),
     )
 
@@ -452,4 +462,5 @@ def build_gateway(
             platform.flow_definitions,
         ),
         backups=backups,
+        unsubscribe=platform.unsubscribe,
     )

@@ -19,7 +19,8 @@ journeys restore SRC                  a backup into an empty data folder (node s
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
 journeys outreach webhooks, rules and triggers, over the API (admin key)
-journeys flows    validate|list|show the flows file; backtest FLOW --from --to (admin key)
+journeys flows    validate|list|show the flows file; backtest FLOW --from --to (admin key);
+                  migrate-rules [RULES_FILE] [--overrides-from-api] [--out FILE]
 journeys funnel   run a funnel through the API and print it (--csv to export)
 journeys retention  print a retention table from the API (--csv to export)
 """
@@ -50,7 +51,12 @@ from stack.broker import EmbeddedBrokers, ensure_platform_topics
 from stack.flows_cli import FLOWS_COMMAND, add_flows_parser, run_flows
 from stack.privacy import MasterKeyMissing, ensure_master_key, rotate_master_key
 from stack.processes import API_BACKLOG, rss_mib, spawn
-from stack.segments_cli import SEGMENTS_COMMAND, add_segments_parser, run_segments
+from stack.segments_cli import (
+    SEGMENTS_COMMAND,
+    TRAITS_COMMAND,
+    add_segments_parser,
+    run_segments,
+)
 from stack.settings import Settings
 from stack.supervisor import CrashLoop, RestartPolicy, Standby, Supervised, sleep_unless
 
@@ -641,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_replay(settings, args.rules)
     if args.command == "outreach":
         return outreach_cli.run(args, settings)
-    if args.command == SEGMENTS_COMMAND:
+    if args.command in (SEGMENTS_COMMAND, TRAITS_COMMAND):
         return run_segments(args, settings)
     if args.command == FLOWS_COMMAND:
         return run_flows(args, settings)

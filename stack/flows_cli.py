@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from journeys.flows.definitions import FlowDefinition, FlowError
 from stack.flows import load_flows
+from stack.flows_migrate import MIGRATE_VERB, add_migrate_parser, run_migrate
 from stack.http_commands import ask_api, connection, definition_table
 from stack.settings import Settings
 
@@ -63,6 +64,7 @@ def add_flows_parser(commands: Any) -> None:
         verb = verbs.add_parser(name, help=help_text)
         verb.add_argument("flow_id")
         connection(verb, "admin")
+    add_migrate_parser(verbs)
 
 
 def run_flows(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,6 +82,8 @@ def run_flows(args: argparse.Namespace, settings: Settings) -> int:
                 return 2
         path = f"/v1/flows/{quote(args.flow_id, safe='')}{tail}"
         return ask_api(args, settings, "admin", method, path, json=body)
+    if args.verb == MIGRATE_VERB:
+        return run_migrate(args, settings)
     if args.file is not None:
         settings = settings.model_copy(update={"flows_file": args.file})
     flows = _loaded(settings)

@@ -1,9 +1,11 @@
-"""``journeys segments validate|list|show|members|status|set|delete``: traits and segments.
+"""``journeys segments validate|list|show|members|status|set|delete`` and
+``journeys traits list|show|set|delete``: segments and computed traits.
 
-``validate``, ``list`` and ``show`` read a definitions file (no store, no
-running node; the file seeds the stored definitions the first time only);
-``members`` and ``status`` ask a running node's API (read key), ``set`` and
-``delete`` change the stored definitions through it (admin key).
+``segments validate``, ``list`` and ``show`` read a definitions file (no
+store, no running node; the file seeds the stored definitions the first time
+only); ``members`` and ``status`` ask a running node's API (read key), ``set``
+and ``delete`` change the stored definitions through it (admin key). ``traits``
+does the same for computed traits, always through the API.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from stack.http_commands import ask_api, connection, definition_table
 from stack.settings import Settings
 
 SEGMENTS_COMMAND = "segments"
+TRAITS_COMMAND = "traits"
 
 
 def add_segments_parser(commands: Any) -> None:
@@ -57,10 +60,47 @@ def add_segments_parser(commands: Any) -> None:
     delete = verbs.add_parser("delete", help="delete a segment (refused while others use it)")
     delete.add_argument("segment_id")
     connection(delete, "admin")
+    _add_traits_parser(commands)
+
+
+def _add_traits_parser(commands: Any) -> None:
+    parser = commands.add_parser(TRAITS_COMMAND, help="computed traits (through the admin API)")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    connection(verbs.add_parser("list", help="the traits in force (GET /v1/traits)"), "read")
+    show = verbs.add_parser("show", help="one trait and the segments using it")
+    show.add_argument("trait_id")
+    connection(show, "read")
+    put = verbs.add_parser("set", help="define or replace a trait from FILE (TOML or JSON)")
+    put.add_argument("trait_id")
+    put.add_argument("file", type=Path, help="the trait's table (op, event...), or [traits.ID]")
+    connection(put, "admin")
+    delete = verbs.add_parser("delete", help="delete a trait (refused while a segment uses it)")
+    delete.add_argument("trait_id")
+    connection(delete, "admin")
+
+
+def run_traits(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``journeys traits <verb>`` through the API; 2 for an unreadable file."""
+    if args.verb == "list":
+        return ask_api(args, settings, "read", "GET", "/v1/traits")
+    path = f"/v1/traits/{quote(args.trait_id, safe='')}"
+    if args.verb == "show":
+        return ask_api(args, settings, "read", "GET", path)
+    if args.verb == "delete":
+        return ask_api(args, settings, "admin", "DELETE", path)
+    try:
+        table = definition_table(args.file, "traits", args.trait_id)
+    except (OSError, ValueError) as error:
+        print(f"{args.file}: {error}", file=sys.stderr)
+        return 2
+    return ask_api(args, settings, "admin", "PUT", path, json=table)
 
 
 def run_segments(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``journeys segments <verb>``; 2 for invalid definitions or an unknown segment."""
+    """Run ``journeys segments <verb>`` (or ``traits``); 2 for invalid definitions or an
+    unknown segment."""
+    if args.command == TRAITS_COMMAND:
+        return run_traits(args, settings)
     if args.verb in _API_VERBS:
         return _API_VERBS[args.verb](args, settings)
     if args.file is not None:

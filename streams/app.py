@@ -107,6 +107,7 @@ class JourneyStreams:
                 self._batch_lock,
                 self.outcomes.publish,
                 settings.segments_topic,
+                rfm_scan_s=settings.rfm_scan_s,
             )
             self.segment_timers.register(self.app, settings.segment_tick_s)
 
@@ -186,6 +187,9 @@ class JourneyStreams:
         if prepared.segments is not None:
             for customer_key, membership in prepared.segments.changes:
                 value = orjson.dumps(segment_record(customer_key, membership))
+                outcomes.append((settings.segments_topic, customer_key.encode(), value))
+            for customer_key, membership, backfill in prepared.segments.revised:
+                value = orjson.dumps(segment_record(customer_key, membership, backfill, True))
                 outcomes.append((settings.segments_topic, customer_key.encode(), value))
         # Identity: link requests, merged histories and re-keyed events, keyed by customer.
         for message in prepared.update.forwards:

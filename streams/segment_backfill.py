@@ -2,10 +2,12 @@
 
 When the worker takes definitions in which a segment is new or changed (its
 fingerprint: its tree and the traits and segments it refers to), it starts
-that segment's backfill: the segment's recorded changes are deleted, and one
-part per partition of the events topic walks the customers in key order from
-ClickHouse (projections/segment_history.py). For each chunk, under the
-journey batch lock and only for partitions owned here and caught up:
+that segment's backfill (the traits no segment compares have one of their
+own, ``TRAITS_BACKFILL``, which rebuilds states and records no change): the
+segment's recorded changes are deleted, and one part per partition of the
+events topic walks the customers in key order from ClickHouse
+(projections/segment_history.py). For each chunk, under the journey batch
+lock and only for partitions owned here and caught up:
 
 1. each customer's history (their events in the event log, which then holds
    exactly what the segment states folded) is folded afresh by the pure
@@ -77,7 +79,8 @@ class SegmentBackfill:
             if found is not None and found.fingerprint == fingerprint:
                 continue
             # History of the older definition goes first: the backfill writes it anew.
-            maintainer.log.forget_segment(sid)
+            if sid in maintainer.definitions.segments:
+                maintainer.log.forget_segment(sid)
             total = self.history.customer_count()
             if maintainer.store.start_backfill(sid, fingerprint, maintainer.partitions, total):
                 started.append(sid)
@@ -88,9 +91,9 @@ class SegmentBackfill:
     def next_chunk(self, ready: list[int], now_ms: int) -> BackfillChunk | None:
         """The next chunk of an unfinished backfill of a ready partition (None: nothing to do)."""
         maintainer = self.maintainer
-        for sid in maintainer.definitions.segments:
+        for sid, fingerprint in maintainer.fingerprints.items():
             found = maintainer.backfills.get(sid)
-            if found is None or found.fingerprint != maintainer.fingerprints[sid]:
+            if found is None or found.fingerprint != fingerprint:
                 continue
             for partition in ready:
                 part = found.parts.get(partition)
@@ -120,7 +123,8 @@ class SegmentBackfill:
         for key in own:
             old = live.get(key)
             stage = old.stage if old is not None else ""
-            state = SegmentState(stage=stage)
+            # The RFM segment is not in the events: the scan's last answer carries over.
+            state = SegmentState(stage=stage, rfm=old.rfm if old is not None else "")
             changes = evaluator.advance(state, histories.get(key, []), stage=stage)
             changes += evaluator.tick(state, max(now_ms, old.clock or 0) if old else now_ms)
             # The other segments keep their recorded membership (their own backfill or

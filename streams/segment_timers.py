@@ -15,6 +15,10 @@ every ``segment_tick_s`` this loop, on the worker's Faust app:
    SegmentEntered / SegmentExited on ``journey.segments``, acknowledged,
 4. saves the states and their next due instants in one transaction.
 
+Every ``rfm_scan_s`` (when some segment compares RFM segments) it does the
+same with the buyers' RFM segments, ranked over all buyers by ClickHouse: the
+customers whose segment moved are re-evaluated, changes stamped at the scan.
+
 A crash before 4 leaves the states and due rows as they were: the next tick
 (or the customer's next event) derives the same changes at the same instants,
 and ``segment_changes`` (a ReplacingMergeTree keyed by segment, customer,
@@ -30,6 +34,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -60,6 +65,7 @@ class SegmentTimers:
         publish: Callable[[Sequence[OutcomeRecord]], None],
         segments_topic: str,
         clock: Callable[[], float] = time.time,
+        rfm_scan_s: float = 60.0,
     ) -> None:
         self.maintainer = maintainer
         self._ready = ready_partitions
@@ -70,6 +76,9 @@ class SegmentTimers:
         # The first tick reads the definitions and starts the backfills they need.
         self._reloaded = -math.inf
         self.backfill = SegmentBackfill(maintainer) if maintainer.history is not None else None
+        self._rfm_scan_s = rfm_scan_s
+        self._rfm_scanned = -math.inf
+        self._rfm_ready: list[int] = []
 
     def register(self, app: faust.App, tick_s: float) -> None:
         """Run :meth:`fire_due` every ``tick_s`` on ``app``."""
@@ -79,6 +88,8 @@ class SegmentTimers:
         try:
             await asyncio.to_thread(self.fire_due)
             await asyncio.to_thread(self.backfill_due)
+            if time.monotonic() - self._rfm_scanned >= self._rfm_scan_s:
+                await asyncio.to_thread(self.scan_rfm)
         except Exception:
             log.exception("segment timer loop failed; retrying on the next tick")
 
@@ -119,6 +130,43 @@ class SegmentTimers:
                 )
                 self.backfill.commit(chunk)
             recorded += len(chunk.changes)
+        return recorded
+
+    def scan_rfm(self) -> int:
+        """Bring the buyers' RFM segments into the states of ready partitions; the changes.
+
+        Only when some segment compares them (ranking all buyers is a ClickHouse
+        query): scored outside the lock, applied under it in chunks, each change
+        written and published before its states are saved, as a tick.
+        """
+        self._rfm_scanned = time.monotonic()
+        maintainer = self.maintainer
+        if maintainer.rfm is None or not maintainer.definitions.uses_rfm():
+            return 0
+        ready = self._ready()
+        if ready != self._rfm_ready:
+            maintainer.rfm_known.clear()  # another worker may have saved them meanwhile
+            self._rfm_ready = ready
+        now_ms = int(self._clock() * 1000)
+        scores = maintainer.rfm(datetime.fromtimestamp(now_ms / 1000, UTC))
+        changed = maintainer.rfm_changed(scores, ready)
+        keys = sorted(changed)
+        recorded = 0
+        for start in range(0, len(keys), TICK_CHUNK):
+            part = {key: changed[key] for key in keys[start : start + TICK_CHUNK]}
+            with self._lock:
+                ticked = maintainer.observe_rfm(part, now_ms)
+                maintainer.write([ticked])
+                self._publish(
+                    [
+                        (self._topic, key.encode(), orjson.dumps(segment_record(key, change)))
+                        for key, change in ticked.changes
+                    ]
+                )
+                saved = maintainer.commit_tick(ticked)
+            for key in saved:
+                maintainer.rfm_known[key] = part[key]
+            recorded += len(ticked.changes)
         return recorded
 
     def fire_due(self) -> int:

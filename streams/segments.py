@@ -19,20 +19,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import orjson
 
 from events import TrackedEvent
+from journeys.application import LINK_CALL
 from journeys.segment_definitions import Definitions
 from journeys.segment_state import (
     MembershipChange,
     SegmentEvaluator,
+    SegmentEvent,
     SegmentState,
     segment_event_from,
+    to_ms,
 )
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_history import SegmentHistory
 from projections.segment_store import Backfill, Due, SegmentStore
+from streams.journal import partition_of
+
+# Every buyer's RFM segment at an instant: (customer key, segment) pairs.
+RfmReader = Callable[[datetime], Sequence[tuple[str, str]]]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,10 @@ class SegmentBatch:
     changes: list[tuple[str, MembershipChange]] = field(default_factory=list)
     # Each state's partition and next due instant, saved with it.
     due: dict[str, Due] = field(default_factory=dict)
+    # A revision's (customer, change, found by a backfill) over the customer's whole
+    # history, and the recorded changes it found untrue (deleted before the writes).
+    revised: list[tuple[str, MembershipChange, bool]] = field(default_factory=list)
+    untrue: list[tuple[str, MembershipChange]] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +89,7 @@ class SegmentMaintainer:
         source: Callable[[], Definitions] | None = None,
         history: SegmentHistory | None = None,
         partitions: int = 1,
+        rfm: RfmReader | None = None,
     ) -> None:
         self.store = store
         self.log = log
@@ -87,6 +100,10 @@ class SegmentMaintainer:
         # changes of the segment are not recorded (the backfill records them).
         self.history = history
         self.partitions = partitions
+        # The RFM segments (ranked over all buyers by ClickHouse), scanned by the timer
+        # loop when some segment compares them; the last one saved per customer.
+        self.rfm = rfm
+        self.rfm_known: dict[str, str] = {}
         self.backfills: dict[str, Backfill] = store.backfills() if history is not None else {}
         self.use(definitions)
 
@@ -94,9 +111,8 @@ class SegmentMaintainer:
         """Fold with ``definitions`` from now on (between batches: the caller holds them)."""
         self.definitions = definitions
         self.evaluator = SegmentEvaluator(definitions)
-        self.fingerprints = {
-            sid: definitions.segment_fingerprint(sid) for sid in definitions.segments
-        }
+        # Segments, and TRAITS_BACKFILL for the traits no segment compares.
+        self.fingerprints = definitions.backfill_fingerprints()
 
     def covered(self, segment: str, partition: int, customer_key: str) -> bool:
         """True when the customer's changes of ``segment`` are recorded live."""
@@ -140,39 +156,128 @@ class SegmentMaintainer:
         recorded: Sequence[tuple[int, TrackedEvent]],
         stages: Mapping[str, str],
         in_flight: Mapping[str, SegmentState] | None = None,
+        identity: Sequence[tuple[int, TrackedEvent]] = (),
     ) -> SegmentBatch | None:
         """Fold the (offset, event) pairs not yet folded; None if the batch was folded already.
 
         ``position``: the offset after the batch; ``stages``: each customer's stage
-        after it; ``in_flight``: states of earlier, uncommitted batches of the same call.
+        after it; ``in_flight``: states of earlier, uncommitted batches of the same call;
+        ``identity``: the batch's (offset, message) link requests that merged an
+        anonymous key (it leaves its segments) and merge messages a customer
+        absorbed (their state is revised from their whole history).
         """
         if not self.definitions.segments and not self.definitions.traits:
             return None  # nothing defined: no segment work at all
         start = self.store.position(source)
         if position <= start:
             return None
-        fresh: dict[str, list[TrackedEvent]] = {}
+        fresh: dict[str, list[SegmentEvent]] = {}
         for offset, event in recorded:
             if offset >= start:
-                fresh.setdefault(event.customer_key, []).append(event)
+                fresh.setdefault(event.customer_key, []).append(segment_event_from(event))
+        merged_away: dict[str, TrackedEvent] = {}
+        absorbed: set[str] = set()
+        for offset, message in identity:
+            if offset < start:
+                continue
+            if message.call_type == LINK_CALL:
+                merged_away[message.customer_key] = message
+            else:
+                absorbed.add(message.customer_key)
+        keys = list(dict.fromkeys([*fresh, *absorbed, *merged_away]))
         held = dict(in_flight or {})
-        stored = self.store.states(key for key in fresh if key not in held)
+        stored = self.store.states(key for key in keys if key not in held)
         folded = SegmentBatch(source, position)
         partition = partition_of_source(source)
-        for key, events in fresh.items():
-            state = held.get(key) or stored.get(key) or SegmentState()
+        for key in keys:
+            found = held.get(key) or stored.get(key)
+            if found is None and key not in fresh and key not in absorbed:
+                continue  # an anonymous key merged with no segment state: nothing ends
+            state = found or SegmentState()
             self.evaluator.forget_stale(state)
-            changes = self.evaluator.advance(
-                state, [segment_event_from(e) for e in events], stage=stages.get(key)
-            )
+            events = fresh.get(key, [])
+            late = [e.at_ms for e in events if state.clock is not None and e.at_ms < state.clock]
+            if self.history is not None and (key in absorbed or late):
+                # Out of event-time order: the customer's change history is re-derived
+                # from all their events, as their stages are revised.
+                since = None if key in absorbed else min(late)
+                state = self._revise(key, state, events, stages.get(key), partition, since, folded)
+            else:
+                changes = self.evaluator.advance(state, events, stage=stages.get(key))
+                folded.changes.extend(self._live(key, partition, changes))
+            if key in merged_away:
+                link = merged_away[key]
+                changes = self.evaluator.merge_into(
+                    state, link.user_id or "", to_ms(link.timestamp), link.event_id
+                )
+                folded.changes.extend(self._live(key, partition, changes))
             folded.states[key] = state
-            folded.changes.extend(self._live(key, partition, changes))
             folded.due[key] = self.due(state, partition)
         return folded
 
+    def _revise(
+        self,
+        key: str,
+        old: SegmentState,
+        events: Sequence[SegmentEvent],
+        stage: str | None,
+        partition: int,
+        since: int | None,
+        folded: SegmentBatch,
+    ) -> SegmentState:
+        """The customer's state folded afresh from their whole history, and its changes.
+
+        The history is the event log's (which holds every event the state folded
+        before this batch, and an absorbed anonymous key's, moved there by its
+        merge) and the batch's new events. Every change derived is recorded (the
+        table's key collapses those recorded already), those at or after
+        ``since`` (None: all) published again, each keeping a backfill's flag;
+        the recorded changes not derived are deleted. Segments a backfill has
+        not covered for the customer yet are left to it.
+        """
+        assert self.history is not None
+        logged = self.history.events_of([key]).get(key, [])
+        known = {e.event_id for e in logged}
+        history = [*logged, *(e for e in events if e.event_id not in known)]
+        state = SegmentState(stage=old.stage, rfm=old.rfm)  # the RFM scan is not in the log
+        changes = self.evaluator.advance(state, history, stage=stage)
+        if old.clock is not None and (state.clock is None or old.clock > state.clock):
+            changes += self.evaluator.tick(state, old.clock)  # the timers' instants, again
+        recorded = {
+            (c.segment, c.at_ms, c.entered, c.event_id): flag
+            for c, flag in self.log.changes_of(key)
+        }
+        derived = set()
+        for change in changes:
+            if not self.covered(change.segment, partition, key):
+                continue
+            row = (change.segment, change.at_ms, change.entered, change.event_id)
+            derived.add(row)
+            if row not in recorded or since is None or change.at_ms >= since:
+                folded.revised.append((key, change, recorded.get(row, False)))
+        folded.untrue.extend(
+            (key, MembershipChange(segment, entered, at_ms, event_id))
+            for (segment, at_ms, entered, event_id) in recorded
+            if (segment, at_ms, entered, event_id) not in derived
+            and segment in self.definitions.segments
+            and self.covered(segment, partition, key)
+        )
+        return state
+
     def write(self, batches: Sequence[SegmentBatch | SegmentTick]) -> None:
-        """Insert the batches' changes into ``segment_changes`` (idempotent)."""
+        """Insert the batches' changes into ``segment_changes`` (idempotent).
+
+        A revision's untrue rows are deleted first: a crash after it re-derives
+        the same changes from the same history.
+        """
+        revisions = [b for b in batches if isinstance(b, SegmentBatch)]
+        self.log.forget_changes([row for batch in revisions for row in batch.untrue])
         self.log.append([change for batch in batches for change in batch.changes])
+        for flag in (False, True):
+            self.log.append(
+                [(k, c) for b in revisions for k, c, found in b.revised if found is flag],
+                backfill=flag,
+            )
 
     def commit(self, batches: Sequence[SegmentBatch]) -> None:
         """Save the batches' states, due instants and positions, atomically."""
@@ -207,16 +312,53 @@ class SegmentMaintainer:
         """Save the ticked states and their due instants, atomically; the customers saved."""
         return self.store.save_ticked(ticked.states, ticked.read, ticked.due)
 
+    def rfm_changed(
+        self, scores: Sequence[tuple[str, str]], ready: Sequence[int]
+    ) -> dict[str, str]:
+        """The customers of ``ready`` partitions whose scanned RFM segment is not the one
+        last saved: every buyer, and every customer saved with one who is none now."""
+        owned = set(ready)
+        now = dict(scores)
+        for key, held in self.rfm_known.items():
+            if held and key not in now:
+                now[key] = ""
+        return {
+            key: rfm
+            for key, rfm in now.items()
+            if self.rfm_known.get(key) != rfm
+            and partition_of(key.encode(), self.partitions) in owned
+        }
+
+    def observe_rfm(self, changed: Mapping[str, str], now_ms: int) -> SegmentTick:
+        """The customers' RFM segments are now ``changed`` (a scan at ``now_ms``).
+
+        States are advanced to the scan and re-evaluated; a change is stamped at the
+        scan's instant. Saved as a tick (compare and set on the stored text); a
+        customer without a stored state yet is left for the next scan.
+        """
+        ticked = SegmentTick(now_ms)
+        ticked.read = self.store.stored_texts(changed)
+        for key, text in ticked.read.items():
+            state = SegmentState.from_dict(orjson.loads(text))
+            self.evaluator.forget_stale(state)
+            partition = partition_of(key.encode(), self.partitions)
+            changes = self.evaluator.observe_rfm(state, changed[key], now_ms)
+            ticked.states[key] = state
+            ticked.changes.extend(self._live(key, partition, changes))
+            ticked.due[key] = self.due(state, partition)
+        return ticked
+
 
 def segment_record(
-    customer_key: str, change: MembershipChange, backfill: bool = False
+    customer_key: str, change: MembershipChange, backfill: bool = False, revised: bool = False
 ) -> dict[str, object]:
     """The ``journey.segments`` record of a change (SegmentEntered / SegmentExited).
 
     ``backfill``: found by a backfill over history, not as it happened; outreach
-    never treats such an entry as live.
+    never treats such an entry as live. ``revised``: derived again by a revision
+    of the customer's history (an identity merge, a late event).
     """
-    return {
+    record: dict[str, object] = {
         "type": "SegmentEntered" if change.entered else "SegmentExited",
         "segment": change.segment,
         "customer_key": customer_key,
@@ -224,3 +366,6 @@ def segment_record(
         "event_id": change.event_id,
         "backfill": backfill,
     }
+    if revised:
+        record["revised"] = True
+    return record

@@ -31,9 +31,10 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from journeys.funnels import FunnelStep
+from journeys.rfm import NEEDS_ATTENTION, SEGMENTS
 from journeys.stages import PROGRESSION
 from projections.analytics.errors import QueryProblem
-from projections.analytics.funnels import check_event_names
+from projections.analytics.funnels import IN_SEGMENT, NOT_IN_SEGMENT, check_event_names
 from projections.analytics.sql import Params, step_sql
 from projections.customer_stages import current_stage_changes
 
@@ -126,24 +127,13 @@ _CLAMPED_REVENUE = (
 )
 _OUT_OF_RANGE = f"(NOT isFinite({_REVENUE}) OR abs({_REVENUE}) > {MAX_STORED_MONEY:.0e})"
 
-# First match wins: (segment, lowest R, highest R, lowest F, highest F).
-SEGMENTS: tuple[tuple[str, int, int, int, int], ...] = (
-    ("champions", 4, 5, 4, 5),
-    ("loyal", 3, 5, 3, 5),
-    ("cannot_lose", 1, 2, 5, 5),
-    ("at_risk", 1, 2, 3, 4),
-    ("new_customers", 4, 5, 1, 1),
-    ("potential_loyalists", 3, 5, 1, 2),
-    ("hibernating", 1, 2, 1, 2),
-)
-
 
 def segment(r: int, f: int) -> str:
     """The named segment of recency and frequency scores."""
     for name, r_low, r_high, f_low, f_high in SEGMENTS:
         if r_low <= r <= r_high and f_low <= f <= f_high:
             return name
-    return "needs_attention"
+    return NEEDS_ATTENTION
 
 
 def tier(f: int, m: int) -> str:
@@ -160,7 +150,7 @@ def _segment_sql() -> str:
         f"r BETWEEN {a} AND {b} AND f BETWEEN {c} AND {d}, '{name}'"
         for name, a, b, c, d in SEGMENTS
     )
-    return f"multiIf({arms}, 'needs_attention')"
+    return f"multiIf({arms}, '{NEEDS_ATTENTION}')"
 
 
 class Reports:
@@ -184,6 +174,52 @@ class Reports:
         end: datetime | None = None,
     ) -> list[Cohort]:
         """Cohorts in period order, each with its retained counts at offsets 1..periods."""
+        groups = self._retention(start_step, return_step, period, mode, periods, start, end, None)
+        return groups.get("", [])
+
+    def retention_by_segment(
+        self,
+        start_step: FunnelStep,
+        return_step: FunnelStep,
+        period: Period,
+        mode: RetentionMode,
+        periods: int,
+        segment: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> tuple[list[Cohort], dict[str, list[Cohort]]]:
+        """The cohorts overall and by membership of ``segment`` ("in" / "not in").
+
+        A cohort entry is in the segment when, at the customer's first start event
+        of the cohort's period (in the range), the segment's last recorded change
+        (``segment_changes``) is an entry, as a funnel's breakdown by segment.
+        Each (customer, cohort) falls in exactly one group, so the groups add up
+        to the overall table.
+        """
+        groups = self._retention(
+            start_step, return_step, period, mode, periods, start, end, segment
+        )
+        by_start: dict[date, list[int]] = {}
+        for cohorts in groups.values():
+            for c in cohorts:
+                held = by_start.setdefault(c.start, [0] * (periods + 1))
+                held[0] += c.size
+                for k, n in enumerate(c.retained, 1):
+                    held[k] += n
+        overall = [Cohort(day, v[0], v[1:]) for day, v in sorted(by_start.items())]
+        return overall, {g: groups.get(g, []) for g in (IN_SEGMENT, NOT_IN_SEGMENT)}
+
+    def _retention(
+        self,
+        start_step: FunnelStep,
+        return_step: FunnelStep,
+        period: Period,
+        mode: RetentionMode,
+        periods: int,
+        start: datetime | None,
+        end: datetime | None,
+        segment: str | None,
+    ) -> dict[str, list[Cohort]]:
         if not 1 <= periods <= MAX_PERIODS:
             raise QueryProblem("periods", f"must be between 1 and {MAX_PERIODS}")
         named = [
@@ -199,35 +235,61 @@ class Reports:
         s = step_sql(start_step, params, "start_event")
         r = step_sql(return_step, params, "return_event")
         where = params.time_range(start, end, "timestamp")
-        cohort = "min(p)" if mode is RetentionMode.FIRST_TIME else "arrayJoin(groupArray(p))"
+        # Each cohort entry (customer, c) with the time of its first start event (t).
+        if mode is RetentionMode.FIRST_TIME:
+            entries = (
+                "SELECT customer_key, min(p) AS c, argMin(t, p) AS t FROM per WHERE s"
+                " GROUP BY customer_key"
+            )
+        else:
+            entries = "SELECT customer_key, p AS c, t FROM per WHERE s"
+        if segment is None:
+            cohorts = f"SELECT customer_key, c, '' AS bd FROM ({entries})"
+        else:
+            name = params.add(segment, "String")
+            cohorts = f"""
+                SELECT e.customer_key AS customer_key, e.c AS c,
+                       if(m.entered = 1, '{IN_SEGMENT}', '{NOT_IN_SEGMENT}') AS bd
+                FROM ({entries}) AS e
+                ASOF LEFT JOIN (
+                    SELECT customer_key, at, entered FROM {self._db}.segment_changes FINAL
+                    WHERE segment = {name}
+                    ORDER BY customer_key, at, entered
+                ) AS m ON e.customer_key = m.customer_key AND e.t >= m.at
+            """
         sql = f"""
             WITH per AS (
-                SELECT customer_key, {_PERIOD_SQL[period]} AS p, max({s}) AS s, max({r}) AS r
+                SELECT customer_key, {_PERIOD_SQL[period]} AS p, max({s}) AS s, max({r}) AS r,
+                       minIf(timestamp, {s}) AS t
                 FROM {self._db}.events
                 WHERE {where} AND ({s} OR {r})
                 GROUP BY customer_key, p
             ),
-            cohorts AS (
-                SELECT customer_key, {cohort} AS c FROM per WHERE s GROUP BY customer_key
-            )
-            SELECT c, -1 AS k, uniqExact(customer_key) FROM cohorts GROUP BY c
+            cohorts AS ({cohorts})
+            SELECT bd, c, -1 AS k, uniqExact(customer_key) FROM cohorts GROUP BY bd, c
             UNION ALL
-            SELECT cohorts.c AS c, per.p - cohorts.c AS k, uniqExact(cohorts.customer_key)
+            SELECT cohorts.bd AS bd, cohorts.c AS c, per.p - cohorts.c AS k,
+                   uniqExact(cohorts.customer_key)
             FROM cohorts INNER JOIN per ON per.customer_key = cohorts.customer_key
             WHERE per.r AND k BETWEEN 1 AND {int(periods)}
-            GROUP BY c, k
+            GROUP BY bd, c, k
         """
-        sizes: dict[int, int] = {}
-        kept: dict[int, list[int]] = {}
-        for c, k, count in self._rows(sql, params):
+        sizes: dict[str, dict[int, int]] = {}
+        kept: dict[str, dict[int, list[int]]] = {}
+        for bd, c, k, count in self._rows(sql, params):
             if k == -1:
-                sizes[int(c)] = int(count)
+                sizes.setdefault(str(bd), {})[int(c)] = int(count)
             else:
-                kept.setdefault(int(c), [0] * periods)[int(k) - 1] = int(count)
-        return [
-            Cohort(period_start(c, period), sizes[c], kept.get(c, [0] * periods))
-            for c in sorted(sizes)
-        ]
+                kept.setdefault(str(bd), {}).setdefault(int(c), [0] * periods)[int(k) - 1] = int(
+                    count
+                )
+        return {
+            bd: [
+                Cohort(period_start(c, period), n[c], kept.get(bd, {}).get(c, [0] * periods))
+                for c in sorted(n)
+            ]
+            for bd, n in sizes.items()
+        }
 
     def paths(
         self,

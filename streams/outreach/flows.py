@@ -247,7 +247,11 @@ class FlowRunner:
         node = flow.nodes.get(str(message["node"])) if flow is not None else None
         if not isinstance(node, SendNode):
             raise RenderFailed(f"flow {message['flow']} v{message['version']} has no such send")
-        subject, body = render_message(node, message.get("variables") or {})
+        variables = {
+            **(message.get("variables") or {}),
+            "unsubscribe_url": message.get("unsubscribe_url") or "",
+        }
+        subject, body = render_message(node, variables)
         shown = {k: v for k, v in message.items() if k != "variables"}
         return {**shown, "subject": subject, "body": body}
 

@@ -17,6 +17,7 @@ from events import EventType
 from journeys.funnels import Funnel, FunnelStep
 from journeys.segment_state import MembershipChange, to_ms
 from projections.analytics.funnels import FunnelQueries
+from projections.analytics.reports import Period, Reports, RetentionMode
 from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.segment_changes import SegmentChangeLog
@@ -72,3 +73,55 @@ def test_a_funnel_breaks_down_by_membership_at_the_first_step(clickhouse: Client
     counts = {group: [s.customers for s in stats] for group, stats in report.breakdown.items()}
     assert counts == {"in": [2, 1], "not in": [3, 2]}  # in: ann, eve; not in: bob, cat, dan
     assert [s.customers for s in report.steps] == [5, 3]
+
+
+@pytest.mark.parametrize("mode", [RetentionMode.FIRST_TIME, RetentionMode.RECURRING])
+def test_retention_breaks_down_by_membership_at_the_cohort_first_event(
+    clickhouse: Client, mode: RetentionMode
+) -> None:
+    """Daily cohorts of views, returns by orders; each cohort entry grouped by membership at
+    the customer's first view of the cohort's day."""
+    db = f"db_{uuid.uuid4().hex[:12]}"
+    migrate(clickhouse, db)
+    day = 24 * 60
+    EventLog(clickhouse, db).append(
+        [
+            make_event("a1", "ann", "Product Viewed", 10),
+            make_event("a2", "ann", "Order Completed", day + 10, order_id="a", revenue=5),
+            make_event("b1", "bob", "Product Viewed", 5),
+            make_event("b2", "bob", "Product Viewed", day + 5),  # bob's second cohort entry
+            make_event("b3", "bob", "Order Completed", 2 * day + 5, order_id="b", revenue=5),
+            make_event("c1", "cat", "Product Viewed", 1),
+        ]
+    )
+    SegmentChangeLog(clickhouse, db).append(
+        [
+            ("ann", MembershipChange("vip", True, at(0))),  # in at her first view
+            ("bob", MembershipChange("vip", True, at(600))),  # entered after day 0's view
+            ("cat", MembershipChange("vip", True, at(1))),  # entered at the view's instant
+        ]
+    )
+    reports = Reports(clickhouse, db)
+    args = (
+        FunnelStep(event_name="Product Viewed"),
+        FunnelStep(event_name="Order Completed"),
+        Period.DAY,
+        mode,
+        3,
+    )
+    overall, groups = reports.retention_by_segment(*args, "vip")
+    table = {g: [(c.size, c.retained) for c in cohorts] for g, cohorts in groups.items()}
+    if mode is RetentionMode.FIRST_TIME:
+        # Day 0: ann, cat in; bob not in. Ann back on day 1, bob on day 2.
+        assert table == {"in": [(2, [1, 0, 0])], "not in": [(1, [0, 1, 0])]}
+    else:
+        # Bob's day-1 entry: he was in by then, back the next day.
+        assert table == {
+            "in": [(2, [1, 0, 0]), (1, [1, 0, 0])],
+            "not in": [(1, [0, 1, 0])],
+        }
+    # The groups add up to the plain table.
+    plain = reports.retention(*args)
+    assert [(c.start, c.size, c.retained) for c in overall] == [
+        (c.start, c.size, c.retained) for c in plain
+    ]

@@ -22,6 +22,7 @@ from clickhouse_connect.driver.client import Client
 
 from events import TrackedEvent
 from journeys.application import JourneyApplication
+from journeys.segment_definitions import TRAITS_BACKFILL
 from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
 from projections.migrations import migrate
@@ -241,3 +242,43 @@ def test_backfill_then_live_equals_a_from_scratch_evaluation(
 
 def _topic(settings: Settings) -> list[dict[str, Any]]:
     return topic_values(settings.kafka_bootstrap_servers, settings.segments_topic)
+
+
+def test_a_trait_changed_alone_is_backfilled_from_history(
+    settings: Settings, clickhouse: Client
+) -> None:
+    """No segment compares the trait: its change starts the traits' own backfill."""
+    ensure_topics(settings.kafka_bootstrap_servers, [settings.segments_topic], 1, 1)
+    now = [T0 + 89 * MINUTE]
+    seed = {"traits": {"orders": {"op": "count", "event": "Order Completed"}}, "segments": {}}
+    worker = Worker(settings, clickhouse, now, backfill=True, seed=seed)
+    events = history(0, 90)
+    worker.process(events, {})
+    worker.settle()
+    assert worker.maintainer.backfills[TRAITS_BACKFILL].finished
+    keys = sorted({e.customer_key for e in events})
+
+    def values() -> dict[str, Any]:
+        evaluator = worker.maintainer.evaluator
+        at = int(now[0].timestamp() * 1000)
+        states = worker.store.states(keys)
+        return {k: evaluator.trait_values(states[k], at)["orders"] for k in keys}
+
+    orders = values()
+    placed = {
+        k: sum(e.customer_key == k and e.event_name == "Order Completed" for e in events)
+        for k in keys
+    }
+    assert orders == placed and any(orders.values())
+    worker.definitions.change("traits", "orders", {"op": "count", "event": "Product Viewed"})
+    worker.settle()
+    assert worker.maintainer.backfills[TRAITS_BACKFILL].finished
+    expected = {
+        k: sum(e.customer_key == k and e.event_name == "Product Viewed" for e in events)
+        for k in keys
+    }
+    # Without the backfill the changed trait would count from its change on: all 0.
+    assert values() == expected and any(expected.values())
+    # Nothing was recorded as a membership change by the traits' backfill.
+    assert _topic(settings) == []
+    worker.close()

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from clickhouse_connect.driver.client import Client
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
@@ -29,9 +33,11 @@ from projections.segment_changes import SegmentChangeLog
 from projections.segment_definition_store import SegmentDefinitions
 from projections.segment_reads import SegmentReads
 from projections.segment_store import SegmentStore
+from stack.analysis_cli import retention_table
 from stack.bootstrap import build_segment_definitions
+from stack.cli import main
 from stack.processes import wait_until
-from stack.segments_cli import segment_table
+from stack.segments_cli import definition_table, segment_table
 from stack.settings import Settings
 from streams.segments import SegmentMaintainer
 from tests.conftest import make_event
@@ -132,6 +138,48 @@ def test_definitions_are_seeded_once_then_changed_by_admins_only(
     other.close()
 
 
+def test_traits_are_defined_replaced_and_deleted_by_admins_like_segments(
+    api: Api, settings: Settings, tmp_path: Path
+) -> None:
+    listed = api.client.get("/v1/traits", headers=api.read)
+    assert listed.status_code == 200
+    assert [(t["id"], t["used_by"]) for t in listed.json()["traits"]] == [("orders", ["buyers"])]
+
+    body = {"op": "sum", "property": "revenue", "event": "Order Completed", "within": "90d"}
+    put = api.client.put("/v1/traits/spend_90d", json=body, headers=api.read)
+    assert put.status_code == 403
+    created = api.client.put("/v1/traits/spend_90d", json=body, headers=api.admin)
+    assert created.status_code == 201, created.text
+    shown = created.json()
+    assert shown["definition"] == body and shown["used_by"] == [] and shown["time_dependent"]
+    replaced = api.client.put(
+        "/v1/traits/spend_90d", json={**body, "within": "30d"}, headers=api.admin
+    )
+    assert replaced.status_code == 200 and replaced.json()["definition"]["within"] == "30d"
+    refused = api.client.put("/v1/traits/spend_90d", json={"op": "avg"}, headers=api.admin)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "traits.spend_90d.op"
+    bad_id = api.client.put("/v1/traits/Spend", json=body, headers=api.admin)
+    assert bad_id.status_code == 422 and bad_id.json()["errors"][0]["field"] == "trait_id"
+    # The worker's definitions (another process on the same store) have it.
+    other = SegmentDefinitions(sqlite_path=settings.sqlite_path)
+    assert other.current().traits["spend_90d"].window.within_ms == 30 * 86_400_000
+    other.close()
+
+    # In use by a segment: the delete is refused, naming the referring node.
+    in_use = api.client.delete("/v1/traits/orders", headers=api.admin)
+    assert in_use.status_code == 409
+    assert in_use.json()["errors"][0]["field"] == "segments.buyers.where.trait"
+    assert api.client.get("/v1/traits/orders", headers=api.read).status_code == 200
+    assert api.client.delete("/v1/traits/spend_90d", headers=api.admin).status_code == 200
+    assert api.client.get("/v1/traits/spend_90d", headers=api.read).status_code == 404
+    assert api.client.delete("/v1/traits/spend_90d", headers=api.admin).status_code == 404
+    # The CLI reads a trait's table as segments' (the file itself, or [traits.ID]).
+    whole = tmp_path / "all.toml"
+    whole.write_text('[traits.t]\nop = "count"\nevent = "A"\n')
+    assert definition_table(whole, "traits", "t") == {"op": "count", "event": "A"}
+
+
 @pytest.mark.parametrize(
     ("segment_id", "body", "field"),
     [
@@ -148,6 +196,9 @@ def test_definitions_are_seeded_once_then_changed_by_admins_only(
         ("x", {"name": ["a"], "where": {"event": "A"}}, "segments.x.name"),
         ("x", {"where": {"event": "A"}, "colour": "red"}, "segments.x.colour"),
         ("Bad-Id", {"where": {"event": "A"}}, "segment_id"),
+        ("x", {"where": {"rfm": "kings"}}, "segments.x.where.rfm"),
+        ("x", {"where": {"rfm": []}}, "segments.x.where.rfm"),
+        ("x", {"where": {"rfm": "champions", "gt": 1}}, "segments.x.where.gt"),
     ],
 )
 def test_invalid_definitions_are_422_naming_the_node_and_field(
@@ -333,3 +384,72 @@ def test_a_funnel_breakdown_names_a_defined_segment(api: Api) -> None:
     )
     assert answered.status_code == 200, answered.text
     assert answered.json()["breakdown"] == {}
+
+
+@pytest.fixture
+def served(api: Api) -> Iterator[str]:
+    """The ``api`` fixture's app behind a real HTTP server, for the CLI."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(api.client.app, host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_retention_and_funnels_break_down_by_a_segment_over_the_api_and_the_cli(
+    api: Api, served: str, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body: dict[str, Any] = {
+        "start_event": {"event_type": "browse"},
+        "return_event": {"event_type": "purchase"},
+        "period": "day",
+        "breakdown_segment": "nope",
+    }
+    refused = api.client.post("/v1/retention", json=body, headers=api.read)
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "breakdown_segment"
+    answered = api.client.post(
+        "/v1/retention", json={**body, "breakdown_segment": "buyers"}, headers=api.read
+    )
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["breakdown"] == {"in": [], "not in": []}
+    plain = api.client.post(
+        "/v1/retention", json={**body, "breakdown_segment": None}, headers=api.read
+    )
+    assert plain.status_code == 200 and plain.json()["breakdown"] is None
+
+    common = ["--url", served, "--read-key", settings.read_key, "--json"]
+    # No events: the retention's groups are empty, the funnel's has none (nobody at step 1).
+    for command, groups in (
+        (["retention", "--period", "day"], {"in", "not in"}),
+        (["funnel", "--step", "browse", "--step", "purchase"], set()),
+    ):
+        assert main([*command, *common]) == 0
+        assert json.loads(capsys.readouterr().out)["breakdown"] is None
+        assert main([*command, *common, "--breakdown-segment", "buyers"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["breakdown"] is not None and set(printed["breakdown"]) == groups
+        assert main([*command, *common, "--breakdown-segment", "nope"]) == 1
+        assert "breakdown_segment" in capsys.readouterr().err
+
+
+def test_the_retention_table_has_a_group_column_with_a_breakdown() -> None:
+    cohort = {"cohort": "2026-03-01", "size": 2, "retained": [1], "rates": [0.5]}
+    result = {
+        "period": "day",
+        "cohorts": [cohort],
+        "breakdown": {"in": [{**cohort, "size": 1, "rates": [1.0]}], "not in": []},
+    }
+    header, rows = retention_table(result)
+    assert header == ["group", "cohort", "size", "day 1"]
+    assert rows == [["all", "2026-03-01", 2, "1 (50.0%)"], ["in", "2026-03-01", 1, "1 (100.0%)"]]
+    header, rows = retention_table({**result, "breakdown": None})
+    assert header[0] == "cohort" and len(rows) == 1

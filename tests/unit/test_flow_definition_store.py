@@ -17,7 +17,7 @@ from stack.settings import Settings
 
 
 def _cart() -> dict[str, Any]:
-    (flow,) = load_flows(Settings())
+    (flow,) = [f for f in load_flows(Settings()) if f.id == "abandoned_cart"]
     return copy.deepcopy(dict(flow.source))
 
 

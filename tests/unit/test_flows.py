@@ -435,8 +435,10 @@ def errors_of(flow: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_shipped_flows_file_is_valid() -> None:
-    (flow,) = parse_flows(tomllib.loads(FLOWS_FILE.read_text()))
-    assert flow.id == "abandoned_cart" and flow.reentry == "cooldown"
+    flows = parse_flows(tomllib.loads(FLOWS_FILE.read_text()))
+    flow = flows[0]  # the canonical one first; then the rules as flows (test_rules_as_flows.py)
+    assert flow.id == "abandoned_cart" and flow.reentry == "cooldown" and flow.enabled
+    assert len(flows) == 8 and not any(other.enabled for other in flows[1:])
     assert [b.percent for b in flow.nodes["holdout_split"].branches] == [10, 90]  # type: ignore[attr-defined]
 
 

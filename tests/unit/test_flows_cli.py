@@ -14,7 +14,7 @@ SHIPPED = Path(__file__).parents[2] / "journeys" / "flows.toml"
 
 def test_the_shipped_flows_validate_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["flows", "validate"]) == 0
-    assert capsys.readouterr().out.strip() == "ok: 1 flows, 6 nodes"
+    assert capsys.readouterr().out.strip() == "ok: 8 flows, 27 nodes"
     assert main(["flows", "list"]) == 0
     listing = capsys.readouterr().out
     assert listing.startswith("abandoned_cart v1: Abandoned cart, reentry cooldown:")
