@@ -37,7 +37,7 @@ import orjson
 
 from journeys.flows.definitions import FlowCatalog, FlowDefinition, FlowError, parse_flow
 from journeys.flows.engine import FlowEngine, FlowState, FlowStep, render_message
-from journeys.flows.facts import Sent
+from journeys.flows.facts import Sent, Skipped
 from journeys.flows.inputs import FlowInput, iso
 from journeys.flows.nodes import SendNode
 from journeys.flows.templates import RenderFailed
@@ -51,6 +51,28 @@ Targets = Callable[[str, Sequence[str], dict[str, Any]], list[tuple[str, str, st
 
 # How often the stored flows' version is read (a one-row query), as segments' definitions.
 DEFINITIONS_RELOAD_S = 2.0
+
+
+def _entry_refused(
+    engine: FlowEngine, flow_id: str, customer_key: str, item: FlowInput
+) -> Skipped | None:
+    """The ``Skipped`` (paused) fact of an input that would have started a run."""
+    flow = engine.catalog.current(flow_id)
+    if flow is None or not flow.enabled or item.historical:
+        return None
+    entry = next((node for node in flow.entries if node.trigger.matches(item)), None)
+    if entry is None:
+        return None
+    return Skipped(
+        flow_id,
+        flow.version,
+        customer_key,
+        "",  # no run was started
+        item.at_ms,
+        entry.id,
+        reason="paused",
+        detail=f"not entered by {item.key}",
+    )
 
 
 class FlowRunner:
@@ -179,6 +201,9 @@ class FlowRunner:
             else:
                 # No entry while paused; what it says of the customer is kept.
                 engine.observe(state, dataclasses.replace(item, historical=True), now_ms)
+                refused = _entry_refused(engine, flow_id, key, item)
+                if refused is not None:  # said once: the fact's id is the input's
+                    write.facts.append(refused.to_dict())
         for state in states.values():
             write.states.append(self._row(state, partition, engine))
         return write

@@ -564,9 +564,14 @@ def test_the_flows_panel_draws_the_flow_with_its_live_counts(
     opened.goto(f"{node.base}/dashboard")
     sign_in_as(opened, "dash-flows")
     opened.wait_for_selector("#flows-graph li")
-    rows = table(opened, "#flows-table")
-    assert rows[0] == ["abandoned_cart", "Abandoned cart", "1", "live"]
-    assert len(rows) == 8  # then the lifecycle rules as flows, seeded switched off
+    listed = httpx.get(f"{node.base}/v1/flows", headers=admin, timeout=30).json()["flows"]
+    shown_flows = table(opened, "#flows-table")
+    assert shown_flows[0] == ["abandoned_cart", "Abandoned cart", "1", "live"]
+    # The lifecycle rules' flows ship switched off while the rules run.
+    assert shown_flows[1:] == [
+        [f["id"], f["name"], str(f["version"]), "disabled"] for f in listed[1:]
+    ]
+    assert len(shown_flows) == len(listed) > 1
     assert count(opened.text_content("#flows-entered") or "") == results["entered"]["runs"]
     drawn = opened.locator("#flows-graph li")
     assert [drawn.nth(i).get_attribute("data-node") for i in range(drawn.count())] == [
@@ -588,13 +593,13 @@ def test_the_flows_panel_draws_the_flow_with_its_live_counts(
 
     opened.click("#flows-pause")
     opened.wait_for_function(
-        "document.querySelector('#flows-table tbody td:last-child')"
+        "document.querySelector('#flows-table tbody tr td:last-child')"
         ".textContent.startsWith('paused')"
     )
     assert httpx.get(base, headers=admin, timeout=30).json()["paused"] is True
     opened.click("#flows-resume")
     opened.wait_for_function(
-        "document.querySelector('#flows-table tbody td:last-child').textContent === 'live'"
+        "document.querySelector('#flows-table tbody tr td:last-child').textContent === 'live'"
     )
     assert httpx.get(base, headers=admin, timeout=30).json()["paused"] is False
 

@@ -210,6 +210,11 @@ def test_a_paused_flow_holds_its_runs_and_resumes_in_event_time(live: Live) -> N
     assert [f["reason"] for f in live.facts(NEVER, "Left")] == ["converted"]
     assert live.facts(NEVER, "Sent") == []
     assert live.facts(LATER, "Entered") == []
+    # Why LATER got nothing: the refused entry is a decision, said once.
+    (refused,) = live.facts(LATER, "Skipped")
+    assert (refused["node"], refused["reason"]) == ("cart_started", "paused")
+    why = api.get(f"/v1/customers/{LATER}/flows", headers=ADMIN).json()
+    assert "the flow was paused" in why["flows"][0]["facts"][-1]["why"]
 
     # A pause longer than the grace: the send due during it is skipped, not sent late.
     live.arrive("x1", LATE, "Product Added", 75, **CART)  # due at 135 min
