@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from api import (
     admin,
@@ -88,26 +89,26 @@ def create_api(gateway: Gateway) -> FastAPI:
     return app
 
 
-def create_ingest_api(gateway: Gateway) -> FastAPI:
+def create_ingest_api(gateway: Gateway) -> ASGIApp:
     """Only the tracking API and the browser SDKs' routes: an ingest gateway's own app.
 
     ``journeys gateway`` serves these and forwards every other path to the node
-    (api/forwarding.py), whose app is :func:`create_api`.
+    (api/forwarding.py), whose app is :func:`create_api`. A single call's POST is
+    answered by the lean route (``ingest.SingleCalls``), the rest by FastAPI; the
+    CORS middleware wraps both.
     """
     app = FastAPI(title="Customer Journeys ingest", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
     install_error_handlers(app)
-    public = ingest_routes()
     app.include_router(ingest.router)
     app.include_router(ingest.beacon_router)
     app.include_router(browser.router)
-    app.add_middleware(
-        CorsMiddleware,
+    return CorsMiddleware(
+        ingest.SingleCalls(gateway, app),
         policy=gateway.cors,
         registry=gateway.write_keys,
-        public=public_paths(public),
+        public=public_paths(ingest_routes()),
     )
-    return app
 
 
 def ingest_routes() -> list[BaseRoute]:

@@ -95,6 +95,9 @@ class JourneyStreams:
             handle=self._journey_batch,
             on_failure=self.app.crash,
             on_progress=self._progressed,
+            on_fetched=lambda _topic, partition, produced_at: self.backlog.handling(
+                partition, produced_at
+            ),
         )
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
