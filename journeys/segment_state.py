@@ -354,6 +354,17 @@ class SegmentEvaluator:
 
     # folding
 
+    def feeds(self, event: SegmentEvent) -> bool:
+        """True when some trait, event condition or compared identify trait reads ``event``.
+
+        One that none reads changes no state but the clock: a late one needs no revision.
+        """
+        if any(trait_input(trait, event)[0] for trait in self.definitions.traits.values()):
+            return True
+        if any(matches(condition.match, event) for condition in self.event_conditions):
+            return True
+        return event.type == EventType.IDENTIFY.value and bool(self.identify_traits)
+
     def apply(self, state: SegmentState, event: SegmentEvent) -> None:
         """Fold ``event`` in (any order); moves the clock to it if it is the latest."""
         if state.clock is None or event.at_ms > state.clock:

@@ -32,19 +32,22 @@ class SegmentChangeLog:
             ]
         )
 
-    def changes_of(self, customer_key: str) -> list[tuple[MembershipChange, bool]]:
-        """The customer's recorded changes of every segment (with their backfill flag)."""
+    def changes_of(
+        self, customer_keys: Sequence[str]
+    ) -> dict[str, list[tuple[MembershipChange, bool]]]:
+        """Each customer's recorded changes of every segment (with their backfill flag)."""
         result = self._client.query(
-            "SELECT segment, toUnixTimestamp64Milli(at), entered, event_id, max(backfill)"
-            f" FROM {self._database}.segment_changes FINAL"
-            " WHERE customer_key = {customer:String}"
-            " GROUP BY segment, at, entered, event_id ORDER BY at, segment",
-            parameters={"customer": customer_key},
+            "SELECT customer_key, segment, toUnixTimestamp64Milli(at), entered, event_id,"
+            f" max(backfill) FROM {self._database}.segment_changes FINAL"
+            " WHERE customer_key IN {customers:Array(String)}"
+            " GROUP BY customer_key, segment, at, entered, event_id ORDER BY at, segment",
+            parameters={"customers": list(customer_keys)},
         )
-        return [
-            (MembershipChange(row[0], bool(row[2]), int(row[1]), row[3]), bool(row[4]))
-            for row in result.result_rows
-        ]
+        found: dict[str, list[tuple[MembershipChange, bool]]] = {}
+        for row in result.result_rows:
+            change = MembershipChange(row[1], bool(row[3]), int(row[2]), row[4])
+            found.setdefault(row[0], []).append((change, bool(row[5])))
+        return found
 
     def forget_changes(self, changes: Sequence[tuple[str, MembershipChange]]) -> None:
         """Delete these recorded (customer key, change) rows: a revision found them untrue."""

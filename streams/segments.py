@@ -189,19 +189,41 @@ class SegmentMaintainer:
         stored = self.store.states(key for key in keys if key not in held)
         folded = SegmentBatch(source, position)
         partition = partition_of_source(source)
+        states: dict[str, SegmentState] = {}
+        since: dict[str, int | None] = {}  # the customers to revise, from when
         for key in keys:
             found = held.get(key) or stored.get(key)
             if found is None and key not in fresh and key not in absorbed:
                 continue  # an anonymous key merged with no segment state: nothing ends
-            state = found or SegmentState()
+            state = states[key] = found or SegmentState()
             self.evaluator.forget_stale(state)
-            events = fresh.get(key, [])
-            late = [e.at_ms for e in events if state.clock is not None and e.at_ms < state.clock]
+            clock = state.clock
+            late = [
+                e.at_ms
+                for e in fresh.get(key, [])
+                if clock is not None and e.at_ms < clock and self.evaluator.feeds(e)
+            ]
             if self.history is not None and (key in absorbed or late):
                 # Out of event-time order: the customer's change history is re-derived
                 # from all their events, as their stages are revised.
-                since = None if key in absorbed else min(late)
-                state = self._revise(key, state, events, stages.get(key), partition, since, folded)
+                since[key] = None if key in absorbed else min(late)
+        # One read of the event log and one of the recorded changes for all of them.
+        histories = self.history.events_of(list(since)) if self.history and since else {}
+        changes_of = self.log.changes_of(list(since)) if since else {}
+        for key, state in states.items():
+            events = fresh.get(key, [])
+            if key in since:
+                state = self._revise(
+                    key,
+                    state,
+                    histories.get(key, []),
+                    changes_of.get(key, []),
+                    events,
+                    stages.get(key),
+                    partition,
+                    since[key],
+                    folded,
+                )
             else:
                 changes = self.evaluator.advance(state, events, stage=stages.get(key))
                 folded.changes.extend(self._live(key, partition, changes))
@@ -219,6 +241,8 @@ class SegmentMaintainer:
         self,
         key: str,
         old: SegmentState,
+        logged: Sequence[SegmentEvent],
+        recorded_changes: Sequence[tuple[MembershipChange, bool]],
         events: Sequence[SegmentEvent],
         stage: str | None,
         partition: int,
@@ -235,8 +259,6 @@ class SegmentMaintainer:
         the recorded changes not derived are deleted. Segments a backfill has
         not covered for the customer yet are left to it.
         """
-        assert self.history is not None
-        logged = self.history.events_of([key]).get(key, [])
         known = {e.event_id for e in logged}
         history = [*logged, *(e for e in events if e.event_id not in known)]
         state = SegmentState(stage=old.stage, rfm=old.rfm)  # the RFM scan is not in the log
@@ -244,8 +266,7 @@ class SegmentMaintainer:
         if old.clock is not None and (state.clock is None or old.clock > state.clock):
             changes += self.evaluator.tick(state, old.clock)  # the timers' instants, again
         recorded = {
-            (c.segment, c.at_ms, c.entered, c.event_id): flag
-            for c, flag in self.log.changes_of(key)
+            (c.segment, c.at_ms, c.entered, c.event_id): flag for c, flag in recorded_changes
         }
         derived = set()
         for change in changes:

@@ -72,7 +72,10 @@ def traits(draw: st.DrawFn) -> dict[str, Any]:
     return raw
 
 
-def conditions(trait_ids: list[str], segment_ids: list[str]) -> st.SearchStrategy[Any]:
+def conditions(
+    trait_ids: list[str], segment_ids: list[str], stages: bool = True
+) -> st.SearchStrategy[Any]:
+    """Condition trees; ``stages``: with stage and identify-trait leaves too."""
     leaves: list[st.SearchStrategy[Any]] = [
         st.builds(
             lambda m, w, c, absent: {**m, **w, **({"absent": True} if absent else c)},
@@ -87,12 +90,19 @@ def conditions(trait_ids: list[str], segment_ids: list[str]) -> st.SearchStrateg
             ),
             st.booleans(),
         ),
-        st.builds(lambda s: {"stage": s}, st.sampled_from([*STAGES, ["purchase", "loyalty"]])),
-        st.builds(
-            lambda op: {"identify": "plan", **op},
-            st.sampled_from([{"eq": "pro"}, {"ne": "pro"}, {"exists": True}, {"exists": False}]),
-        ),
     ]
+    if stages:
+        leaves.append(
+            st.builds(lambda s: {"stage": s}, st.sampled_from([*STAGES, ["purchase", "loyalty"]]))
+        )
+        leaves.append(
+            st.builds(
+                lambda op: {"identify": "plan", **op},
+                st.sampled_from(
+                    [{"eq": "pro"}, {"ne": "pro"}, {"exists": True}, {"exists": False}]
+                ),
+            )
+        )
     if trait_ids:
         leaves.append(
             st.builds(
