@@ -455,6 +455,17 @@ def test_an_admin_defines_a_segment_and_a_trait_from_the_dashboard_and_breaks_a_
         for group in ("in", "not in")
         for step in expected["breakdown"].get(group, [])
     ]
+    # Retention by the segment too, as the API answers it.
+    retention = node.read(
+        "POST", "/v1/retention", json={**RETENTION, "breakdown_segment": "dash_viewers"}
+    ).json()
+    opened.select_option("#retention-segment", "dash_viewers")
+    opened.wait_for_selector("#retention-breakdown-table tbody tr")
+    assert [(r[0], r[1], count(r[2])) for r in table(opened, "#retention-breakdown-table")] == [
+        (group, cohort["cohort"], cohort["size"])
+        for group in ("in", "not in")
+        for cohort in retention["breakdown"][group]
+    ]
     opened.screenshot(path=str(artifacts_dir / "dashboard-segment-editor.png"), full_page=True)
 
     # Deleted from the editor: gone from the API and the panel.

@@ -1,6 +1,6 @@
 // Segments and computed traits on the dashboard (issue 17): the traits list, an editor of a
 // segment's or a trait's table (JSON, as in the definitions file) for admins, with a refusal's
-// errors listed beside it by path, and the funnel broken down by a segment.
+// errors listed beside it by path, and the funnel and retention broken down by a segment.
 // Uses dashboard.js's helpers ($, api, row, fillTable, guarded, draw, funnelRequest, percent).
 "use strict";
 
@@ -35,7 +35,9 @@ async function refreshDefinitions() {
       ...segments.map((s) => [`segments:${s.id}`, `segment ${s.id}`]),
       ...traits.map((t) => [`traits:${t.id}`, `trait ${t.id}`]),
     ]);
-    fillChoice($("funnel-segment"), [["", "none"], ...segments.map((s) => [s.id, s.name])]);
+    const choices = [["", "none"], ...segments.map((s) => [s.id, s.name])];
+    fillChoice($("funnel-segment"), choices);
+    fillChoice($("retention-segment"), choices);
   });
 }
 
@@ -138,6 +140,44 @@ async function runFunnelBySegment(event) {
   });
 }
 
+// --- retention by segment ------------------------------------------------------------------
+
+async function runRetentionBySegment(event) {
+  if (event) event.preventDefault();
+  const segment = $("retention-segment").value;
+  $("retention-breakdown").hidden = !segment;
+  if (!segment) return;
+  $("retention-breakdown-segment").textContent = segment;
+  await guarded("retention-breakdown-error", async () => {
+    const periods = Number($("retention-periods").value);
+    const result = await api("/v1/retention", {
+      method: "POST",
+      body: JSON.stringify({
+        start_event: { event_type: $("retention-start").value },
+        return_event: { event_type: $("retention-return").value },
+        period: $("retention-period").value,
+        periods,
+        breakdown_segment: segment,
+      }),
+    });
+    const head = document.createElement("tr");
+    const titles = ["Group", "Cohort", "Customers",
+                    ...Array.from({ length: periods }, (_, i) => `${result.period} ${i + 1}`)];
+    for (const text of titles) {
+      const th = document.createElement("th");
+      th.textContent = text;
+      head.append(th);
+    }
+    document.querySelector("#retention-breakdown-table thead").replaceChildren(head);
+    const groups = ["in", "not in"].map((group) => [group, result.breakdown?.[group] ?? []]);
+    fillTable("retention-breakdown-table", groups.flatMap(([group, cohorts]) => cohorts.map(
+      (cohort) => row([
+        [group, false], [cohort.cohort, false], [cohort.size.toLocaleString(), true],
+        ...cohort.rates.map((rate) => [percent(rate), true]),
+      ]))));
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("definition-load").addEventListener("click", loadDefinition);
   $("definition-save").addEventListener("click", saveDefinition);
@@ -147,4 +187,6 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("funnel-form").addEventListener("submit", runFunnelBySegment);
   $("funnel-segment").addEventListener("change", runFunnelBySegment);
+  $("retention-form").addEventListener("submit", runRetentionBySegment);
+  $("retention-segment").addEventListener("change", runRetentionBySegment);
 });
