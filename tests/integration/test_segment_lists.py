@@ -4,7 +4,9 @@ On the real parts: SQLite (states, lists, pending changes), chdb (the event log,
 segment_changes), the broker (journey.segments). A list is uploaded (as the API
 does, through the store), the worker's timer loop applies it: customers on it
 enter (one never seen too), a segment referring to it follows, a funnel breaks
-down by it, and a new list without a customer records their exit.
+down by it, and a new list without a customer records their exit. A crash
+between writing the changes and saving the states leaves one row per change
+(read FINAL).
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ def test_a_static_list_is_applied_recorded_and_usable_in_segments_and_funnels(
 
     # Uploaded before anything was seen of ann or zed.
     assert store.replace_list("vip_list", ["ann", "zed"], to_ms(T0)) == (2, 0)
+    # A crash after the changes are written, before the states and the queue are saved:
+    # the next tick applies the same rows again, the same changes at the same instants.
+    crashed = maintainer.observe_lists(store.pending_lists(10), [0], to_ms(now[0]))
+    maintainer.write([crashed])
+    assert len(crashed.changes) == 2 and store.pending_lists(10) != []
     assert timers.apply_lists() == 2
     assert timers.apply_lists() == 0  # applied once
     assert store.pending_lists(10) == []
