@@ -356,6 +356,17 @@ def test_a_running_node_takes_a_segment_set_from_the_cli_and_backfills_it(
         # Then live: Amy enters with her first view.
         assert node.track("amy", "Product Viewed", "amy-1") == 200
         assert wait_until(lambda: in_viewers("amy"), 30, running), node.log_tail()
+        # A static list uploaded through the node: the worker applies it within a tick.
+        csv_file = tmp_path / "picked.csv"
+        csv_file.write_text("customer_id\namy\nnew-customer\n")
+        uploaded = run_cli(node.settings, "segments", "upload", "picked", str(csv_file))
+        assert uploaded.returncode == 0, uploaded.stderr
+
+        def in_picked(customer: str) -> bool:
+            answer = node.read("GET", "/v1/segments/picked/members")
+            return answer.status_code == 200 and customer in answer.json()["members"]
+
+        assert wait_until(lambda: in_picked("amy") and in_picked("new-customer"), 10, running)
 
         bad = tmp_path / "bad.toml"
         bad.write_text('where = { event = "Product Viewed", count = -1 }\n')
@@ -368,6 +379,8 @@ def test_a_running_node_takes_a_segment_set_from_the_cli_and_backfills_it(
     records = topic_values(settings.kafka_bootstrap_servers, settings.segments_topic)
     flags = {(r["customer_key"], r["backfill"]) for r in records if r["segment"] == "viewers"}
     assert flags == {("zoe", True), ("amy", False)}
+    picked = {(r["customer_key"], r["type"]) for r in records if r["segment"] == "picked"}
+    assert picked == {("amy", "SegmentEntered"), ("new-customer", "SegmentEntered")}
 
 
 def test_a_funnel_breakdown_names_a_defined_segment(api: Api) -> None:
