@@ -47,6 +47,9 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS segment_list_pending (
         segment TEXT NOT NULL, customer_key TEXT NOT NULL, listed INTEGER NOT NULL,
         at_ms BIGINT NOT NULL, PRIMARY KEY (segment, customer_key))""",
+    # The worker drains the queue oldest first, a chunk at a time: no sort of it all.
+    """CREATE INDEX IF NOT EXISTS segment_list_pending_by_time
+        ON segment_list_pending (at_ms, segment, customer_key)""",
 ]
 
 # (partition, due instant in epoch ms or None) of a customer's state.

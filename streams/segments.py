@@ -222,12 +222,9 @@ class SegmentMaintainer:
         the entry or exit (and of the segments referring to the list) stamped then.
         """
         owned = set(ready)
-        mine = [
-            p
-            for p in pending
-            if partition_of(p[1].encode(), self.partitions) in owned
-            and self.definitions.is_static(p[0])
-        ]
+        partitions = {p[1]: partition_of(p[1].encode(), self.partitions) for p in pending}
+        static = self.definitions.is_static
+        mine = [p for p in pending if partitions[p[1]] in owned and static(p[0])]
         ticked = ListedTick(now_ms)
         ticked.read = self.store.stored_texts(p[1] for p in mine)
         for segment, key, listed, at_ms in mine:
@@ -237,7 +234,7 @@ class SegmentMaintainer:
                 state = SegmentState.from_dict(orjson.loads(text)) if text else SegmentState()
                 self.evaluator.forget_stale(state)
                 ticked.states[key] = state
-            partition = partition_of(key.encode(), self.partitions)
+            partition = partitions[key]
             changes = self.evaluator.observe_listed(state, segment, listed, at_ms)
             ticked.changes.extend(self._live(key, partition, changes))
             ticked.due[key] = self.due(state, partition)
