@@ -86,6 +86,11 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/flows/validate"): _MARKETER,
     ("GET", "/v1/flows/{flow_id}"): _MARKETER,
     ("POST", "/v1/flows/{flow_id}/backtest"): _MARKETER,
+    ("GET", "/v1/flows/{flow_id}/results"): _MARKETER,
+    ("PUT", "/v1/flows/{flow_id}"): _ADMIN_CHANGE,
+    ("DELETE", "/v1/flows/{flow_id}"): _ADMIN_CHANGE,
+    ("POST", "/v1/flows/{flow_id}/pause"): _ADMIN_CHANGE,
+    ("POST", "/v1/flows/{flow_id}/resume"): _ADMIN_CHANGE,
     ("GET", "/v1/customers/{customer_id}/flows"): _PERSONAL,
     ("GET", "/v1/write-keys"): _ADMIN,
     ("GET", "/v1/write-keys/active"): _ADMIN,  # polled by every ingest gateway: not audited
@@ -105,7 +110,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
 # Fail closed: a guarded route missing from the table is for admins only.
 UNLISTED = Rule(Role.admin, audited=True)
 
-# Served to anyone: the tracking API (its own write keys), the docs, health, sign-in.
+# Served to anyone: the tracking API (its own write keys), the docs, health, sign-in,
+# and the signed unsubscribe links (the token is the credential).
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
     {
         *(
@@ -119,6 +125,8 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/metrics"),
         ("GET", "/health"),
         ("POST", "/v1/session"),
+        ("GET", "/v1/unsubscribe/{token}"),
+        ("POST", "/v1/unsubscribe/{token}"),
     }
 )
 

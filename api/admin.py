@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field, field_validator
 
-from api.auth import require_admin_key
+from api.auth import GatewayDep, require_admin_key
 from api.cors import origin_problem
 from api.dependencies import Gateway
 from api.errors import error_responses
@@ -108,17 +108,19 @@ def _out(key: WriteKey) -> dict[str, Any]:
     }
 
 
-def _registry(request: Request) -> Any:
-    gateway: Gateway = request.app.state.gateway
+def _registry(gateway: GatewayDep) -> Any:
     if gateway.write_keys is None or gateway.write_keys.store is None:
         raise HTTPException(404, "this gateway has no write-key store")
     return gateway.write_keys
 
 
+# The write-key registry with its store (Any: the registry's store is optional in its type).
+Registry = Annotated[Any, Depends(_registry)]
+
+
 @router.post("/write-keys", response_model=CreatedWriteKey, status_code=201)
-async def create_write_key(body: WriteKeyIn, request: Request) -> CreatedWriteKey:
+async def create_write_key(body: WriteKeyIn, registry: Registry) -> CreatedWriteKey:
     """Create a write key for a source; the answer is the only time the key is shown."""
-    registry = _registry(request)
     key, secret = await asyncio.to_thread(
         registry.store.create, body.name, tuple(body.allowed_origins)
     )
@@ -127,9 +129,8 @@ async def create_write_key(body: WriteKeyIn, request: Request) -> CreatedWriteKe
 
 
 @router.get("/write-keys", response_model=list[WriteKeyOut])
-async def list_write_keys(request: Request) -> list[WriteKeyOut]:
+async def list_write_keys(registry: Registry) -> list[WriteKeyOut]:
     """Every write key, newest first, revoked ones included; secrets are never shown."""
-    registry = _registry(request)
     keys = await asyncio.to_thread(registry.store.all_keys)
     static = [
         WriteKeyOut(
@@ -154,10 +155,9 @@ class ActiveWriteKey(BaseModel):
 
 
 @router.get("/write-keys/active", response_model=dict[str, ActiveWriteKey])
-async def active_write_keys(request: Request) -> dict[str, ActiveWriteKey]:
+async def active_write_keys(registry: Registry) -> dict[str, ActiveWriteKey]:
     """The active keys by key id, as digests: what each ingest gateway caches
     (``JOURNEYS_WRITE_KEY_CACHE_S``) to check keys without ClickHouse."""
-    registry = _registry(request)
     digests = await asyncio.to_thread(registry.store.active_digests)
     return {
         key_id: ActiveWriteKey(digest=digest, name=name, allowed_origins=list(origins))
@@ -166,9 +166,8 @@ async def active_write_keys(request: Request) -> dict[str, ActiveWriteKey]:
 
 
 @router.put("/write-keys/{key_id}/origins", response_model=WriteKeyOut)
-async def set_write_key_origins(key_id: str, body: OriginsIn, request: Request) -> WriteKeyOut:
+async def set_write_key_origins(key_id: str, body: OriginsIn, registry: Registry) -> WriteKeyOut:
     """Replace the browser origins a key accepts (empty list: the gateway's default)."""
-    registry = _registry(request)
     key = await asyncio.to_thread(registry.store.set_origins, key_id, tuple(body.allowed_origins))
     if key is None:
         raise HTTPException(404, f"no write key {key_id!r}")
@@ -177,9 +176,8 @@ async def set_write_key_origins(key_id: str, body: OriginsIn, request: Request) 
 
 
 @router.delete("/write-keys/{key_id}", response_model=WriteKeyOut)
-async def revoke_write_key(key_id: str, request: Request) -> WriteKeyOut:
+async def revoke_write_key(key_id: str, registry: Registry) -> WriteKeyOut:
     """Revoke a write key: refused at once here, within the cache time on other replicas."""
-    registry = _registry(request)
     key = await asyncio.to_thread(registry.store.revoke, key_id)
     if key is None:
         raise HTTPException(404, f"no write key {key_id!r}")
@@ -203,7 +201,7 @@ def _opened(gateway: Gateway, payload: str) -> str:
 
 @router.get("/dead-letters", response_model=DeadLetterPage)
 async def dead_letters(
-    request: Request,
+    gateway: GatewayDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[str | None, Query(max_length=200)] = None,
     source: Annotated[str | None, Query(max_length=64)] = None,
@@ -212,7 +210,6 @@ async def dead_letters(
 
     ``before``: the ``next_before`` of the previous page; ``source``: one write key id.
     """
-    gateway: Gateway = request.app.state.gateway
     if gateway.dead_letters is None:
         raise HTTPException(404, "this gateway keeps no dead-letter list")
     try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from api import (
     admin,
@@ -22,8 +23,10 @@ from api import (
     privacy,
     segments,
     stages,
+    unsubscribe,
     users,
 )
+from api.auth import GatewayDep
 from api.cors import CorsMiddleware, public_paths
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
@@ -58,6 +61,7 @@ def create_api(gateway: Gateway) -> FastAPI:
     app.include_router(outreach.router)
     app.include_router(flows.router)
     app.include_router(flows.customer_router)
+    app.include_router(unsubscribe.router)
     app.include_router(metrics.router)
     app.include_router(users.session_router)
     app.include_router(users.guarded_session_router)
@@ -73,9 +77,9 @@ def create_api(gateway: Gateway) -> FastAPI:
     )
 
     @app.get("/health", tags=["operations"], responses={503: {"description": "Degraded"}})
-    async def health(request: Request) -> JSONResponse:
+    async def health(gateway: GatewayDep) -> JSONResponse:
         """Each component's state; 200 when all are healthy, else 503."""
-        checks = request.app.state.gateway.health_checks
+        checks = gateway.health_checks
         results = await asyncio.gather(*(_checked(check) for check in checks.values()))
         components = dict(zip(checks.keys(), results, strict=True))
         healthy = all(component["ok"] for component in components.values())
@@ -85,26 +89,26 @@ def create_api(gateway: Gateway) -> FastAPI:
     return app
 
 
-def create_ingest_api(gateway: Gateway) -> FastAPI:
+def create_ingest_api(gateway: Gateway) -> ASGIApp:
     """Only the tracking API and the browser SDKs' routes: an ingest gateway's own app.
 
     ``journeys gateway`` serves these and forwards every other path to the node
-    (api/forwarding.py), whose app is :func:`create_api`.
+    (api/forwarding.py), whose app is :func:`create_api`. A single call's POST is
+    answered by the lean route (``ingest.SingleCalls``), the rest by FastAPI; the
+    CORS middleware wraps both.
     """
     app = FastAPI(title="Customer Journeys ingest", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
     install_error_handlers(app)
-    public = ingest_routes()
     app.include_router(ingest.router)
     app.include_router(ingest.beacon_router)
     app.include_router(browser.router)
-    app.add_middleware(
-        CorsMiddleware,
+    return CorsMiddleware(
+        ingest.SingleCalls(gateway, app),
         policy=gateway.cors,
         registry=gateway.write_keys,
-        public=public_paths(public),
+        public=public_paths(ingest_routes()),
     )
-    return app
 
 
 def ingest_routes() -> list[BaseRoute]:

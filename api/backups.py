@@ -11,11 +11,11 @@ import asyncio
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, field_validator
 
-from api.auth import require_admin_key
-from api.dependencies import BackupControl, BackupInProgress, Gateway
+from api.auth import GatewayDep, require_admin_key
+from api.dependencies import BackupControl, BackupInProgress
 from api.errors import ApiProblem, error_responses
 
 router = APIRouter(
@@ -26,8 +26,7 @@ router = APIRouter(
 )
 
 
-def _backups(request: Request) -> BackupControl:
-    gateway: Gateway = request.app.state.gateway
+def _backups(gateway: GatewayDep) -> BackupControl:
     if gateway.backups is None:
         raise ApiProblem(
             404,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.auth import basic_user
+from api.auth import GatewayDep, basic_user
 from api.dependencies import Gateway
 from api.errors import error_responses, problem
 
@@ -24,8 +24,7 @@ router = APIRouter(tags=["ingest"])
 _UNKNOWN_KEY = {"field": "writeKey", "rule": "write_key", "message": "missing, unknown or revoked"}
 
 
-async def _source(request: Request, key: str | None) -> str | None:
-    gateway: Gateway = request.app.state.gateway
+async def _source(gateway: Gateway, key: str | None) -> str | None:
     if gateway.write_keys is not None:
         return await gateway.write_keys.source_of(key)
     return "default" if gateway.keys.can_write(key) else None
@@ -37,9 +36,9 @@ async def _source(request: Request, key: str | None) -> str | None:
     # The key is in the path: analytics.js fetches its settings with no credentials.
     responses=error_responses(404),
 )
-async def segment_settings(write_key: str, request: Request) -> JSONResponse:
+async def segment_settings(write_key: str, request: Request, gateway: GatewayDep) -> JSONResponse:
     """Sends analytics.js's events here (``apiHost``), nothing to Segment: no metrics."""
-    if await _source(request, write_key) is None:
+    if await _source(gateway, write_key) is None:
         return problem(404, "no such write key", [_UNKNOWN_KEY])
     # The host the browser reached this API by is the one to send events to.
     api_host = f"{request.url.netloc}{request.scope.get('root_path', '')}/v1"
@@ -73,11 +72,12 @@ async def segment_settings(write_key: str, request: Request) -> JSONResponse:
 @router.get("/sourceConfig/", include_in_schema=False)
 async def rudderstack_source_config(
     request: Request,
+    gateway: GatewayDep,
     write_key: Annotated[str | None, Query(alias="writeKey", max_length=200)] = None,
 ) -> JSONResponse:
     """A source with no device-mode destinations; error and metrics reports off."""
     key = basic_user(request) or write_key
-    source = await _source(request, key)
+    source = await _source(gateway, key)
     if source is None:
         return problem(
             401,

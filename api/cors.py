@@ -96,11 +96,14 @@ class CorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        origin = headers.get("origin")
-        if origin is None:
+        # Most ingest calls are servers' (no Origin): one pass over the raw headers
+        # (ASGI names are lower case), not a Headers mapping per request.
+        raw = next((value for name, value in scope["headers"] if name == b"origin"), None)
+        if raw is None:
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        origin = raw.decode("latin-1")
         policy = self.policy
         public = any(pattern.match(scope["path"]) for pattern in self.public)
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from api import outreach
-from api.auth import require_read_key
-from api.dependencies import Gateway
+from api.auth import GatewayDep, require_read_key
 from api.errors import error_responses
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -40,9 +39,8 @@ class LiveStats(BaseModel):
 
 
 @stats_router.get("/stats", response_model=LiveStats)
-async def stats(request: Request) -> LiveStats:
+async def stats(gateway: GatewayDep) -> LiveStats:
     """Events received in the last minute, and how far the worker is behind."""
-    gateway: Gateway = request.app.state.gateway
     recent = await asyncio.to_thread(gateway.event_log.received_since, RATE_WINDOW_S)
     worker = gateway.health_checks.get("worker")
     lag = (await worker()).get("lag") if worker else None

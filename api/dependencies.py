@@ -15,6 +15,7 @@ from api.rate_limit import TokenBuckets
 from api.write_keys import WriteKeyRegistry
 from events.sink import EventSink
 from journeys.application import JourneyApplication
+from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
@@ -95,6 +96,26 @@ class FlowControl(Protocol):
 
     def customer_flows(self, customer_key: str) -> dict[str, Any] | None:
         """The customer's flow states and decisions; None when flows do not run here."""
+        ...
+
+    def put(self, flow_id: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Define or replace a flow: (existed, shown); FlowError, FlowConflict, LookupError."""
+        ...
+
+    def delete(self, flow_id: str) -> dict[str, Any] | None:
+        """Take a flow out of force; None when unknown."""
+        ...
+
+    def pause(self, flow_id: str) -> dict[str, Any] | None:
+        """Hold a flow; None when unknown."""
+        ...
+
+    def resume(self, flow_id: str) -> dict[str, Any] | None:
+        """Let a paused flow go on; None when unknown."""
+        ...
+
+    def results(self, flow_id: str) -> dict[str, Any] | None:
+        """Live counts per node and the holdout comparison; None when unknown."""
         ...
 
     def backtest(
@@ -237,6 +258,8 @@ class Gateway:
     segments: SegmentReads | None = None
     # Journey flows: the flows file and backtests; None: no flows in this process.
     flows: FlowControl | None = None
+    # Checks the signed unsubscribe links messages carry; None: the route answers 503.
+    unsubscribe: UnsubscribeLinks | None = None
 
 
 def _known(key: str | None, keys: frozenset[str]) -> bool:

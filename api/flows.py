@@ -1,10 +1,12 @@
 """Journey flows (issue 18): the flows in force, validation, and backtests over history.
 
-Marketers' routes (admin key or a marketer's session), as outreach's are. The
-flows come from the node's flows file (JOURNEYS_FLOWS_FILE); a backtest runs
-the file's flow, or a draft given in the body, over the event log in event
-time and sends nothing. Writes (PUT /v1/flows/{id}, pause) are not built yet
-(docs/architecture.md, "Journey flows").
+Marketers' routes (admin key or a marketer's session), as outreach's are; changes
+(PUT / DELETE /v1/flows/{id}, pause, resume) are admins', audited, as segments'
+are. The flows in force are stored in the event store's database, seeded from
+the flows file (JOURNEYS_FLOWS_FILE) the first time; the worker takes a change
+within seconds. A backtest runs the stored flow, or a draft given in the body,
+over the event log in event time and sends nothing (docs/architecture.md,
+"Journey flows").
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from api.dependencies import FlowControl
 from api.errors import error_responses, problem
 from api.times import ApiTime
 from journeys.flows.definitions import FlowError, parse_flows
+from projections.flow_definition_store import FlowConflict
 
 MAX_BACKTEST_DAYS = 400
 
@@ -61,12 +64,13 @@ class ValidateIn(BaseModel):
     flows: dict[str, Any]
 
 
-def _invalid(error: FlowError) -> JSONResponse:
+def _invalid(error: FlowError, status: int = 400) -> JSONResponse:
     reasons = [
-        {"field": path, "rule": "flow", "message": message} for path, message in error.errors
+        {"field": path or "body", "rule": "flow", "message": message}
+        for path, message in error.errors
     ]
-    first = error.errors[0]
-    return problem(400, f"{first[0]}: {first[1]}", reasons)
+    first = reasons[0]
+    return problem(status, f"{first['field']}: {first['message']}", reasons)
 
 
 def _not_found(flow_id: str) -> JSONResponse:
@@ -94,6 +98,78 @@ async def validate_flows(body: ValidateIn) -> Any:
 async def get_flow(flow_id: FlowId, flows: Flows) -> Any:
     found = await asyncio.to_thread(flows.flow, flow_id)
     return _not_found(flow_id) if found is None else found
+
+
+@router.get("/{flow_id}/results", summary="A flow's live results, node by node")
+async def flow_results(flow_id: FlowId, flows: Flows) -> Any:
+    """Counted from the decisions the worker recorded (all versions): customers
+    entered, inside now, messages per channel, skipped by reason, left by reason,
+    converted; per node reached, waiting now, sent, skipped by reason, deliveries
+    (delivered, failed: retried to the end, pending, skipped: no address) and
+    conversions where the run stood; and treatment against holdout conversion,
+    the difference and its 95 % interval (the backtest's comparison)."""
+    return await _answer(flows.results, flow_id)
+
+
+@router.put(
+    "/{flow_id}",
+    summary="Define or replace a flow",
+    responses={201: {"description": "Defined (it did not exist)"}, **error_responses(409, 422)},
+)
+async def put_flow(flow_id: FlowId, body: dict[str, Any], flows: Flows) -> Any:
+    """The flow's table as in the flows file (``version``, ``nodes``, …).
+
+    201 new, 200 replaced. A 422 names the node and the field
+    (``flows.x.nodes.reminder.body: unknown variable 'cart'``); a 409 refuses a
+    changed flow without a new version (customers inside finish on the version
+    they entered, so a version must mean one definition) or a lower version.
+    Re-putting the same definition is a 200 that changes nothing. The worker
+    takes the change within seconds, with no restart.
+    """
+    try:
+        existed, shown = await asyncio.to_thread(flows.put, flow_id, body)
+    except FlowConflict as error:
+        return _invalid(error, 409)
+    except FlowError as error:
+        return _invalid(error, 422)
+    except TypeError as error:  # a value the store cannot keep (orjson)
+        reason = {"field": "body", "rule": "storable", "message": str(error)}
+        return problem(422, f"body: {error}", [reason])
+    except LookupError as error:
+        raise HTTPException(503, str(error)) from error
+    return shown if existed else JSONResponse(status_code=201, content=shown)
+
+
+@router.delete("/{flow_id}", summary="Take a flow out of force")
+async def delete_flow(flow_id: FlowId, flows: Flows) -> Any:
+    """No new runs; customers inside finish on the version they entered (their facts,
+    results and the why route stay)."""
+    return await _answer(flows.delete, flow_id)
+
+
+@router.post("/{flow_id}/pause", summary="Pause a flow")
+async def pause_flow(flow_id: FlowId, flows: Flows) -> Any:
+    """No new entries and nothing sent while paused. Customers inside are held where
+    they are; what they do meanwhile (a purchase, an unsubscribe) is kept. On resume
+    their due steps are taken in event time, as after an outage: one who converted
+    during the pause leaves converted, and a send that came due longer than the
+    trigger grace (JOURNEYS_TRIGGER_GRACE_S) before the resume is skipped ``expired``
+    rather than sent late. Pausing a paused flow changes nothing."""
+    return await _answer(flows.pause, flow_id)
+
+
+@router.post("/{flow_id}/resume", summary="Resume a paused flow")
+async def resume_flow(flow_id: FlowId, flows: Flows) -> Any:
+    return await _answer(flows.resume, flow_id)
+
+
+async def _answer(change: Any, flow_id: str) -> Any:
+    """``change(flow_id)`` off the event loop: 404 for None, 503 for LookupError."""
+    try:
+        shown = await asyncio.to_thread(change, flow_id)
+    except LookupError as error:
+        raise HTTPException(503, str(error)) from error
+    return _not_found(flow_id) if shown is None else shown
 
 
 @router.post("/{flow_id}/backtest", summary="Run a flow over recorded history, sending nothing")

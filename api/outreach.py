@@ -10,12 +10,12 @@ import asyncio
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
-from api.auth import require_admin_key
-from api.dependencies import Gateway, OutreachControl
+from api.auth import GatewayDep, require_admin_key
+from api.dependencies import OutreachControl
 from api.errors import error_responses, problem
 
 router = APIRouter(
@@ -31,11 +31,13 @@ def _not_found(field: str, value: str, what: str) -> JSONResponse:
     return problem(404, f"{field}: no {what} {value!r}", [reason])
 
 
-def _outreach(request: Request) -> OutreachControl:
-    gateway: Gateway = request.app.state.gateway
+def _outreach(gateway: GatewayDep) -> OutreachControl:
     if gateway.outreach is None:
         raise HTTPException(503, "outreach is not configured in this process")
     return gateway.outreach
+
+
+Outreach = Annotated[OutreachControl, Depends(_outreach)]
 
 
 class EndpointIn(BaseModel):
@@ -55,40 +57,39 @@ class EndpointIn(BaseModel):
 
 
 @router.get("/webhooks", summary="List subscribed webhook endpoints")
-async def list_webhooks(request: Request) -> dict[str, Any]:
+async def list_webhooks(outreach: Outreach) -> dict[str, Any]:
     """Every endpoint, without its secret."""
-    return {"webhooks": await asyncio.to_thread(_outreach(request).endpoints)}
+    return {"webhooks": await asyncio.to_thread(outreach.endpoints)}
 
 
 @router.post("/webhooks", status_code=201, summary="Subscribe a webhook endpoint")
-async def add_webhook(body: EndpointIn, request: Request) -> dict[str, Any]:
+async def add_webhook(body: EndpointIn, outreach: Outreach) -> dict[str, Any]:
     """Subscribe ``url`` to ``rules`` (empty: all). The signing secret is shown once."""
-    outreach = _outreach(request)
     return await asyncio.to_thread(outreach.add_endpoint, body.url, body.rules, body.secret)
 
 
 @router.delete("/webhooks/{endpoint_id}", summary="Unsubscribe a webhook endpoint")
-async def remove_webhook(endpoint_id: str, request: Request) -> Any:
+async def remove_webhook(endpoint_id: str, outreach: Outreach) -> Any:
     """Stop delivering to this endpoint."""
-    if not await asyncio.to_thread(_outreach(request).remove_endpoint, endpoint_id):
+    if not await asyncio.to_thread(outreach.remove_endpoint, endpoint_id):
         return _not_found("endpoint_id", endpoint_id, "webhook endpoint")
     return {"removed": endpoint_id}
 
 
 @router.get("/rules", summary="List the rules in force")
-async def list_rules(request: Request) -> dict[str, Any]:
+async def list_rules(outreach: Outreach) -> dict[str, Any]:
     """The rules file's rules with the API's overrides applied."""
-    return {"rules": await asyncio.to_thread(_outreach(request).rules)}
+    return {"rules": await asyncio.to_thread(outreach.rules)}
 
 
 @router.put("/rules/{rule_id}", summary="Declare or replace a rule")
-async def put_rule(rule_id: str, body: dict[str, Any], request: Request) -> Any:
+async def put_rule(rule_id: str, body: dict[str, Any], outreach: Outreach) -> Any:
     """A full rule in the rules-file shape (durations as '1h' or seconds)."""
     if body.get("id", rule_id) != rule_id:
         reason = {"field": "id", "rule": "match", "message": "must equal the id in the path"}
         return problem(400, "id: must equal the id in the path", [reason])
     try:
-        return await asyncio.to_thread(_outreach(request).set_rule, {**body, "id": rule_id})
+        return await asyncio.to_thread(outreach.set_rule, {**body, "id": rule_id})
     except ValueError as error:
         field = getattr(error, "field", "body")
         rule = getattr(error, "rule", "invalid")
@@ -99,23 +100,23 @@ async def put_rule(rule_id: str, body: dict[str, Any], request: Request) -> Any:
 
 @router.get("/triggers", summary="Recent triggers with their delivery state")
 async def list_triggers(
-    request: Request,
+    outreach: Outreach,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     customer_id: Annotated[str | None, Query(max_length=255)] = None,
 ) -> dict[str, Any]:
     """Newest first; each with its deliveries (delivered, pending, dead, skipped)."""
-    found = await asyncio.to_thread(_outreach(request).triggers, limit, customer_id)
+    found = await asyncio.to_thread(outreach.triggers, limit, customer_id)
     return {"triggers": found}
 
 
 @router.get("/timers", summary="Running timers")
 async def list_timers(
-    request: Request,
+    outreach: Outreach,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     customer_id: Annotated[str | None, Query(max_length=255)] = None,
 ) -> dict[str, Any]:
     """Clocks that are running, soonest first."""
-    return {"timers": await asyncio.to_thread(_outreach(request).timers, customer_id, limit)}
+    return {"timers": await asyncio.to_thread(outreach.timers, customer_id, limit)}
 
 
 @router.post(
@@ -123,9 +124,9 @@ async def list_timers(
     status_code=202,
     summary="Re-deliver a dead-lettered trigger",
 )
-async def redeliver(trigger_id: str, request: Request) -> JSONResponse:
+async def redeliver(trigger_id: str, outreach: Outreach) -> JSONResponse:
     """Dead deliveries of the trigger go back to pending, with a fresh retry horizon."""
-    count = await asyncio.to_thread(_outreach(request).redeliver, trigger_id)
+    count = await asyncio.to_thread(outreach.redeliver, trigger_id)
     if count is None:
         return _not_found("trigger_id", trigger_id, "fired trigger")
     return JSONResponse(status_code=202, content={"trigger_id": trigger_id, "redelivering": count})

@@ -6,11 +6,10 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from api.auth import require_read_key
-from api.dependencies import Gateway
+from api.auth import GatewayDep, require_read_key
 from api.errors import error_responses
 from api.times import ApiTime
 from journeys.stages import StageRules
@@ -33,11 +32,10 @@ class StageDistribution(BaseModel):
 
 @router.get("/stages", response_model=StageDistribution)
 async def stages(
-    request: Request,
+    gateway: GatewayDep,
     as_of: Annotated[ApiTime | None, Query(description="ISO-8601 time; default now")] = None,
 ) -> StageDistribution:
     """Customers per stage now, or ``as_of`` a past moment, with lapse decided at that moment."""
-    gateway: Gateway = request.app.state.gateway
     moment = datetime.now(UTC) if as_of is None else as_of
     rules = gateway.journeys.rules if gateway.journeys is not None else StageRules()
     counts = await asyncio.to_thread(gateway.stages.distribution, moment, rules.loyalty_lapse_days)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    (flow,) = load_flows(Settings(flows_file=None))
+    flow = load_flows(Settings(flows_file=None))[0]  # the canonical abandoned cart
     from datetime import UTC, datetime, timedelta
 
     start = datetime.fromisoformat(START).replace(tzinfo=UTC)

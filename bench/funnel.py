@@ -23,6 +23,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from clickhouse_connect.driver.client import Client
+
 from bench.generate import generate_events
 from events import EventType
 from journeys.funnels import Funnel, FunnelStep
@@ -41,9 +43,11 @@ FUNNEL = Funnel(
 )
 
 
-def run(events: int, customers: int, runs: int, seed: int, folder: Path) -> dict[str, Any]:
-    """Generate (unless ``folder`` already holds this data), measure, return the figures."""
-    client = connect("", folder)
+def prepare(client: Client, folder: Path, events: int, customers: int, seed: int) -> float | None:
+    """The benchmark's data in ``folder`` (generated unless it holds these sizes and seed).
+
+    The seconds generating took, None when the data was reused.
+    """
     marker = folder / "bench-data.json"
     wanted = {"events": events, "customers": customers, "seed": seed}
     generated: float | None = None
@@ -58,6 +62,13 @@ def run(events: int, customers: int, runs: int, seed: int, folder: Path) -> dict
         for table in ("events", "customer_timelines", "customer_type_times"):
             client.command(f"OPTIMIZE TABLE {DATABASE}.{table} FINAL")
         marker.write_text(json.dumps(wanted))
+    return generated
+
+
+def run(events: int, customers: int, runs: int, seed: int, folder: Path) -> dict[str, Any]:
+    """Generate (unless ``folder`` already holds this data), measure, return the figures."""
+    client = connect("", folder)
+    generated = prepare(client, folder, events, customers, seed)
     log, ours = EventLog(client, DATABASE), FunnelQueries(client, DATABASE)
 
     def plain() -> list[int]:

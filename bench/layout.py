@@ -132,6 +132,33 @@ def bare_rate(processes: int, seconds: float, connections: int) -> Saturation:
             server.wait(30)
 
 
+@dataclass(frozen=True)
+class BatchTotals:
+    """The journey worker's batches over a stretch: what a stage's latency is made of."""
+
+    batches: float = 0.0
+    seconds: float = 0.0
+    events: float = 0.0
+    clickhouse_seconds: float = 0.0
+
+    def __sub__(self, earlier: BatchTotals) -> BatchTotals:
+        return BatchTotals(
+            self.batches - earlier.batches,
+            self.seconds - earlier.seconds,
+            self.events - earlier.events,
+            self.clickhouse_seconds - earlier.clickhouse_seconds,
+        )
+
+    def __str__(self) -> str:
+        if not self.batches:
+            return "no journey batch"
+        return (
+            f"{self.batches:.0f} journey batches of {self.events / self.batches:.0f} events, "
+            f"{self.seconds / self.batches * 1000:.0f} ms each "
+            f"({self.clickhouse_seconds / self.batches * 1000:.0f} ms ClickHouse inserts)"
+        )
+
+
 class UpStack:
     """`journeys up` in a temporary folder, as a user runs it."""
 
@@ -201,6 +228,24 @@ class UpStack:
         except (httpx.HTTPError, ValueError):
             return -1
         return int(body["components"]["backlog"]["lag_events"])
+
+    def batches(self) -> BatchTotals:
+        """The journey worker's batch counters so far (its /metrics histograms' sums)."""
+        try:
+            text = httpx.get(f"{self.base}/metrics", timeout=30).text
+        except httpx.HTTPError:
+            return BatchTotals()
+
+        def total(name: str) -> float:
+            found = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+            return float(found[1]) if found else 0.0
+
+        return BatchTotals(
+            total("journeys_batch_duration_seconds_count"),
+            total("journeys_batch_duration_seconds_sum"),
+            total("journeys_batch_events_sum"),
+            total("journeys_clickhouse_insert_seconds_sum"),
+        )
 
     def close(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -325,7 +370,9 @@ def measure_layout(
                 )
             )
             for rate in (args.latency_low_rate, args.latency_rate):
+                batches_before = stack.batches()
                 latency = asyncio.run(track_to_stage_latency(stack, rate, args.latency_seconds))
+                batches = stack.batches() - batches_before
                 target = STAGE_P99_TARGET_MS.get(rate)
                 judged = (
                     "; " + verdict(latency["p99_ms"], target, at_least=False)
@@ -339,7 +386,8 @@ def measure_layout(
                         "ms",
                         note=f"p50 {latency['p50_ms']:.0f} ms, offered "
                         f"{latency['offered_per_s']:.0f}/s, accepted "
-                        f"{latency['accepted_per_s']:.0f}/s, {latency['probes']} probes" + judged,
+                        f"{latency['accepted_per_s']:.0f}/s, {latency['probes']} probes; "
+                        f"{batches}" + judged,
                     )
                 )
         finally:

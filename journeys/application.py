@@ -75,6 +75,13 @@ class JourneyUpdate:
     # (anonymous key, customer key) of each merge this batch made: the event log
     # moves the anonymous rows to the customer (projections.event_log).
     merges: list[tuple[str, str]] = field(default_factory=list)
+    # The link requests that made those merges (the anonymous key, the customer as
+    # user_id, the instant and id): the anonymous key's segments end there.
+    merge_requests: list[TrackedEvent] = field(default_factory=list)
+    # The merge messages a customer absorbed an anonymous history from in this
+    # batch: their segment state is re-derived from their whole history
+    # (streams/segments.py).
+    absorbed: list[TrackedEvent] = field(default_factory=list)
     # New orders and their customer, for the orders projection.
     orders: list[tuple[str, Touch]] = field(default_factory=list)
     # Journeys of earlier, uncommitted updates of the same batch (see record()).
@@ -251,6 +258,7 @@ class JourneyApplication(Application[UUID]):
             return
         update.stage_changes.extend(changes)
         update.merges.append((journey.customer_key, into))
+        update.merge_requests.append(request)
         facts = [t.to_dict() for t in self.touches_of(journey)]
         update.forwards.append(
             _identity_message(
@@ -290,6 +298,7 @@ class JourneyApplication(Application[UUID]):
         )
         if journey.touchpoints != before:
             update.unsettled[journey.customer_key] = None
+            update.absorbed.append(message)
 
     def commit(self, update: JourneyUpdate) -> None:
         """Save every changed journey and the consumed position atomically."""

@@ -121,9 +121,12 @@ class SegmentState:
     traits: dict[str, dict[str, Any]] = field(default_factory=dict)
     conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
     identify: dict[str, list[Any]] = field(default_factory=dict)
+    # An anonymous key merged into this customer: in no segment from then on (the
+    # customer's state holds the history now); its recorded changes stay.
+    merged_into: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found = {
             "clock": self.clock,
             "stage": self.stage,
             "rfm": self.rfm,
@@ -133,6 +136,9 @@ class SegmentState:
             "conditions": self.conditions,
             "identify": self.identify,
         }
+        if self.merged_into:
+            found["merged_into"] = self.merged_into
+        return found
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentState:
@@ -145,6 +151,7 @@ class SegmentState:
             traits=dict(data.get("traits", {})),
             conditions=dict(data.get("conditions", {})),
             identify=dict(data.get("identify", {})),
+            merged_into=str(data.get("merged_into", "")),
         )
 
 
@@ -447,6 +454,8 @@ class SegmentEvaluator:
 
     def members(self, state: SegmentState, now_ms: int, stage: str | None = None) -> set[str]:
         """The segments the customer is in at ``now_ms`` (not before the state's clock)."""
+        if state.merged_into:
+            return set()
         found: dict[str, bool] = {}
         traits: dict[str, Any] = {}
         context = _Context(self, state, now_ms, stage if stage is not None else state.stage)
@@ -456,6 +465,8 @@ class SegmentEvaluator:
 
     def next_change(self, state: SegmentState, after_ms: int) -> int | None:
         """The first instant after ``after_ms`` at which time alone may change a membership."""
+        if state.merged_into:
+            return None
         candidates: list[int] = []
         for condition in self.event_conditions:
             within = condition.window.within_ms
@@ -544,6 +555,20 @@ class SegmentEvaluator:
         else:
             state.listed.discard(segment)
         return changes + self._diff(state, state.clock, max(at_ms, state.clock), "")
+
+    def merge_into(
+        self, state: SegmentState, customer_key: str, at_ms: int, event_id: str
+    ) -> list[MembershipChange]:
+        """The anonymous state merged into ``customer_key`` at ``at_ms``: it leaves every segment.
+
+        The exits are stamped at the merge; what was recorded before it stays
+        (a revision, as the journey's stage ``merged``).
+        """
+        if state.merged_into:
+            return []
+        state.merged_into = customer_key
+        state.clock = at_ms if state.clock is None else max(state.clock, at_ms)
+        return self._diff(state, state.clock, at_ms, event_id)
 
     def _diff(
         self, state: SegmentState, now_ms: int, stamp_ms: int, event_id: str

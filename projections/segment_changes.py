@@ -32,6 +32,34 @@ class SegmentChangeLog:
             ]
         )
 
+    def changes_of(self, customer_key: str) -> list[tuple[MembershipChange, bool]]:
+        """The customer's recorded changes of every segment (with their backfill flag)."""
+        result = self._client.query(
+            "SELECT segment, toUnixTimestamp64Milli(at), entered, event_id, max(backfill)"
+            f" FROM {self._database}.segment_changes FINAL"
+            " WHERE customer_key = {customer:String}"
+            " GROUP BY segment, at, entered, event_id ORDER BY at, segment",
+            parameters={"customer": customer_key},
+        )
+        return [
+            (MembershipChange(row[0], bool(row[2]), int(row[1]), row[3]), bool(row[4]))
+            for row in result.result_rows
+        ]
+
+    def forget_changes(self, changes: Sequence[tuple[str, MembershipChange]]) -> None:
+        """Delete these recorded (customer key, change) rows: a revision found them untrue."""
+        if not changes:
+            return
+        rows = [
+            (customer, c.segment, c.at_ms, int(c.entered), c.event_id) for customer, c in changes
+        ]
+        self._client.command(
+            f"DELETE FROM {self._database}.segment_changes WHERE"
+            " (customer_key, segment, toUnixTimestamp64Milli(at), entered, event_id)"
+            " IN {rows:Array(Tuple(String, String, Int64, UInt8, String))}",
+            parameters={"rows": rows},
+        )
+
     def forget_segment(self, segment: str) -> None:
         """Delete the segment's recorded changes (its definition changed: backfilled anew)."""
         self._client.command(

@@ -26,11 +26,13 @@ from journeys.segment_definitions import (
     parse_definitions,
 )
 from journeys.stages import StageRules
+from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.access import AccessStore
 from projections.clickhouse import connect, database_name
 from projections.customer_stages import CustomerStageView
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
+from projections.flow_definition_store import FlowDefinitions
 from projections.migrations import migrate
 from projections.privacy.vault import SealingSink, Vault
 from projections.profiles import ProfileView
@@ -42,10 +44,10 @@ from projections.segment_store import SegmentStore
 from projections.write_keys import WriteKeyStore
 from stack.access import access_control, build_access_store
 from stack.backup import NodeBackups
-from stack.flows import FlowsAdmin
+from stack.flows import FlowsAdmin, build_flow_definitions
 from stack.journey_lookup import stored_journeys_query
 from stack.metrics import register_node_gauges
-from stack.outreach import OutreachAdmin, build_store, segment_reader
+from stack.outreach import OutreachAdmin, build_store, segment_reader, unsubscribe_links
 from stack.privacy import Privacy, open_vault
 from stack.settings import Settings
 from streams.app import JourneyStreams
@@ -82,6 +84,10 @@ class Platform:
     segments: SegmentStore | None = None
     # The trait and segment definitions in force (seeded from the file; admin API).
     segment_definitions: SegmentDefinitions | None = None
+    # Signs the unsubscribe link of every message, and checks it when it comes back.
+    unsubscribe: UnsubscribeLinks | None = None
+    # The journey flows in force and their pauses (seeded from the flows file; admin API).
+    flow_definitions: FlowDefinitions | None = None
 
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores (keeping segments when the store is there)."""
@@ -117,6 +123,8 @@ class Platform:
             self.segments.close()
         if self.segment_definitions is not None:
             self.segment_definitions.close()
+        if self.flow_definitions is not None:
+            self.flow_definitions.close()
         self.vault.keys.close()
         self.clickhouse.close()
 
@@ -247,6 +255,8 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys, segments),
         segments=segments,
         segment_definitions=segment_definitions,
+        unsubscribe=unsubscribe_links(settings),
+        flow_definitions=build_flow_definitions(settings),
     )
 
 
@@ -445,7 +455,12 @@ def build_gateway(
         privacy=platform.privacy,
         segments=segment_reads(platform),
         flows=FlowsAdmin(
-            settings, platform.clickhouse, platform.event_log.database, platform.outreach
+            settings,
+            platform.clickhouse,
+            platform.event_log.database,
+            platform.outreach,
+            platform.flow_definitions,
         ),
         backups=backups,
+        unsubscribe=platform.unsubscribe,
     )

@@ -19,7 +19,8 @@ journeys restore SRC                  a backup into an empty data folder (node s
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
 journeys outreach webhooks, rules and triggers, over the API (admin key)
-journeys flows    validate|list|show the flows file; backtest FLOW --from --to (admin key)
+journeys flows    validate|list|show the flows file; backtest FLOW --from --to (admin key);
+                  migrate-rules [RULES_FILE] [--overrides-from-api] [--out FILE]
 journeys funnel   run a funnel through the API and print it (--csv to export)
 journeys retention  print a retention table from the API (--csv to export)
 """

@@ -1,7 +1,10 @@
-"""Flows wired to the stack: the flows file, and backtests over the node's event log."""
+"""Flows wired to the stack: the stored flows (seeded from the flows file), changes to
+them over the admin API, and backtests over the node's event log."""
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -18,8 +21,10 @@ from journeys.flows.definitions import (
     parse_flow,
 )
 from journeys.flows.engine import FlowEngine, FlowState
-from journeys.flows.facts import explain
+from journeys.flows.facts import explain, fact_from_dict
 from journeys.flows.inputs import iso, to_ms
+from journeys.flows.results import live_results
+from projections.flow_definition_store import FlowDefinitions, FlowsInForce
 from projections.flow_history import FlowHistory
 from stack.settings import Settings
 from streams.outreach.store import OutreachStore
@@ -38,6 +43,17 @@ def load_flows(settings: Settings) -> list[FlowDefinition]:
         raise FlowError(
             [(f"{settings.flows_file}: {path}", message) for path, message in error.errors]
         ) from error
+
+
+def build_flow_definitions(settings: Settings) -> FlowDefinitions:
+    """The stored flows (event store's database), seeded from the flows file the first time."""
+    if settings.event_store == "postgres":
+        stored = FlowDefinitions(postgres_dsn=settings.postgres_dsn)
+    else:
+        stored = FlowDefinitions(sqlite_path=settings.sqlite_path)
+    if not stored.version():
+        stored.seed({"flows": {flow.id: dict(flow.source) for flow in load_flows(settings)}})
+    return stored
 
 
 def backtest(
@@ -64,13 +80,96 @@ class FlowsAdmin:
     database: str
     # The live flows' states and facts; None: backtests only.
     store: OutreachStore | None = None
+    # The flows in force (seeded from the file); None: the file, read per request.
+    definitions: FlowDefinitions | None = None
+
+    def in_force(self) -> FlowsInForce:
+        if self.definitions is None:
+            return FlowsInForce(tuple(load_flows(self.settings)))
+        return self.definitions.current()
 
     def flows(self) -> list[dict[str, Any]]:
-        return [flow.summary() for flow in load_flows(self.settings)]
+        found = self.in_force()
+        return [_summary(flow, found) for flow in found.flows]
 
     def flow(self, flow_id: str) -> dict[str, Any] | None:
-        found = next((f for f in load_flows(self.settings) if f.id == flow_id), None)
-        return None if found is None else {**found.summary(), "definition": dict(found.source)}
+        found = self.in_force()
+        flow = found.get(flow_id)
+        if flow is None:
+            return None
+        return {**_summary(flow, found), "definition": dict(flow.source)}
+
+    def put(self, flow_id: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Define or replace a flow; (whether it existed, the flow as shown).
+
+        Raises FlowError (invalid: 422) or FlowConflict (a change without a new
+        version: 409).
+        """
+        stored = self._stored()
+        flow = parse_flow(flow_id, body)
+        assert flow is not None  # parse_flow raises when it finds nothing valid
+        recorded = {
+            version: fingerprint
+            for fid, version, fingerprint, _ in (self.store.flow_versions() if self.store else [])
+            if fid == flow_id
+        }
+        existed, _ = stored.put(flow, recorded)
+        shown = self.flow(flow_id)
+        assert shown is not None
+        return existed, shown
+
+    def delete(self, flow_id: str) -> dict[str, Any] | None:
+        """Remove a flow from force (runs inside finish on their version); None: unknown."""
+        shown = self.flow(flow_id)
+        if shown is not None:
+            self._stored().delete(flow_id)
+        return shown
+
+    def pause(self, flow_id: str) -> dict[str, Any] | None:
+        if not self._stored().pause(flow_id, int(time.time() * 1000)):
+            return None
+        return self.flow(flow_id)
+
+    def resume(self, flow_id: str) -> dict[str, Any] | None:
+        if not self._stored().resume(flow_id):
+            return None
+        return self.flow(flow_id)
+
+    def results(self, flow_id: str) -> dict[str, Any] | None:
+        """The flow's live counts per node and its holdout comparison; None when the flow
+        is unknown (LookupError: no live store in this process)."""
+        if self.store is None:
+            raise LookupError("flows do not run in this process")
+        found = self.in_force()
+        flow = found.get(flow_id)
+        if flow is None:
+            return None
+        kinds: dict[str, str] = {}
+        for fid, _, _, source in self.store.flow_versions():
+            if fid == flow_id:
+                nodes = json.loads(source).get("nodes") or {}
+                kinds.update({nid: str(node.get("kind", "")) for nid, node in nodes.items()})
+        customers = (
+            (
+                key,
+                [fact_from_dict(fact) for fact in facts],
+                FlowState.from_dict(state),
+            )
+            for key, facts, state in self.store.flow_runs(flow_id)
+        )
+        report = live_results(
+            flow,
+            customers,
+            self.store.flow_deliveries(flow_id),
+            int(time.time() * 1000),
+            kinds,
+        )
+        return {**report, "paused": flow_id in found.paused}
+
+    def _stored(self) -> FlowDefinitions:
+        if self.definitions is None:
+            raise LookupError("flows are read from the file in this process")
+        return self.definitions
 
     def customer_flows(self, customer_key: str) -> dict[str, Any] | None:
         """Each flow the customer has a state in: where they are, and every decision with
@@ -113,10 +212,16 @@ class FlowsAdmin:
 
         Raises FlowError for an invalid draft.
         """
-        if draft is not None:
-            flow = parse_flow(flow_id, draft)
-        else:
-            flow = next((f for f in load_flows(self.settings) if f.id == flow_id), None)
+        flow = parse_flow(flow_id, draft) if draft is not None else self.in_force().get(flow_id)
         if flow is None:
             return None
         return backtest(flow, FlowHistory(self.clickhouse, self.database), start, end)
+
+
+def _summary(flow: FlowDefinition, found: FlowsInForce) -> dict[str, Any]:
+    paused = found.paused.get(flow.id)
+    return {
+        **flow.summary(),
+        "paused": paused is not None,
+        "paused_at": None if paused is None else iso(paused),
+    }

@@ -1,8 +1,11 @@
-"""``journeys flows validate|list|show|backtest``: journey flows (issue 18).
+"""``journeys flows validate|list|show|backtest|results|set|delete|pause|resume``.
 
-``validate``, ``list`` and ``show`` read the flows file (no store, no running
-node); ``backtest`` asks a running node's API (admin key), which reads the
-event log: the node holds the chdb folder.
+Journey flows (issue 18). ``validate``, ``list`` and ``show`` read a flows file
+(no store, no running node; the file seeds the stored flows the first time
+only); ``backtest`` and ``results`` ask a running node's API, which reads the
+event log (the node holds the chdb folder); ``set``, ``delete``, ``pause`` and
+``resume`` change the stored flows through it (admin key), as ``journeys
+segments set`` does.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from urllib.parse import quote
 
 from journeys.flows.definitions import FlowDefinition, FlowError
 from stack.flows import load_flows
-from stack.http_commands import ask_api, connection
+from stack.flows_migrate import MIGRATE_VERB, add_migrate_parser, run_migrate
+from stack.http_commands import ask_api, connection, definition_table
 from stack.settings import Settings
 
 FLOWS_COMMAND = "flows"
@@ -45,12 +49,41 @@ def add_flows_parser(commands: Any) -> None:
     run.add_argument("--to", dest="end", required=True, help="ISO-8601 date or time (exclusive)")
     run.add_argument("--file", type=Path, help="backtest this file's version of the flow (a draft)")
     connection(run, "admin")
+    results = verbs.add_parser("results", help="a flow's live counts per node and its uplift")
+    results.add_argument("flow_id")
+    connection(results, "admin")
+    put = verbs.add_parser("set", help="define or replace a flow from FILE (TOML or JSON)")
+    put.add_argument("flow_id")
+    put.add_argument("file", type=Path, help="the flow's table, or a file with [flows.ID]")
+    connection(put, "admin")
+    for name, help_text in (
+        ("delete", "take a flow out of force (runs inside finish)"),
+        ("pause", "no new entries and nothing sent until resumed"),
+        ("resume", "let a paused flow go on"),
+    ):
+        verb = verbs.add_parser(name, help=help_text)
+        verb.add_argument("flow_id")
+        connection(verb, "admin")
+    add_migrate_parser(verbs)
 
 
 def run_flows(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``journeys flows <verb>``; 2 for invalid flows or an unknown flow."""
     if args.verb == "backtest":
         return _backtest(args, settings)
+    if args.verb in _API_VERBS:
+        method, tail = _API_VERBS[args.verb]
+        body = None
+        if args.verb == "set":
+            try:
+                body = definition_table(args.file, "flows", args.flow_id)
+            except (OSError, ValueError) as error:
+                print(f"{args.file}: {error}", file=sys.stderr)
+                return 2
+        path = f"/v1/flows/{quote(args.flow_id, safe='')}{tail}"
+        return ask_api(args, settings, "admin", method, path, json=body)
+    if args.verb == MIGRATE_VERB:
+        return run_migrate(args, settings)
     if args.file is not None:
         settings = settings.model_copy(update={"flows_file": args.file})
     flows = _loaded(settings)
@@ -98,3 +131,13 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         body["definition"] = draft
     path = f"/v1/flows/{quote(args.flow_id, safe='')}/backtest"
     return ask_api(args, settings, "admin", "POST", path, 600, json=body)
+
+
+# verb → (method, path after /v1/flows/ID)
+_API_VERBS = {
+    "results": ("GET", "/results"),
+    "set": ("PUT", ""),
+    "delete": ("DELETE", ""),
+    "pause": ("POST", "/pause"),
+    "resume": ("POST", "/resume"),
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -262,3 +263,22 @@ def _import(args: argparse.Namespace, url: str, write_key: str) -> int:
             print(f"\rsent {sent}/{len(calls)} events", end="", flush=True)
     print(f"\nimported {sent} events as history; {bad} bad rows skipped")
     return 1 if bad else 0
+
+
+def definition_table(path: Path, section: str, key: str) -> dict[str, Any]:
+    """A definition's table from a TOML or JSON file: the file itself, or its [section.KEY]
+    (``journeys segments set``, ``journeys flows set``)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        # Dates and times (since = 2026-01-01) travel as ISO-8601 text.
+        data = json.loads(json.dumps(tomllib.loads(text), default=lambda v: v.isoformat()))
+    if not isinstance(data, dict):
+        raise ValueError("must hold a table")
+    nested = data.get(section)
+    if isinstance(nested, dict) and key in nested:
+        data = nested[key]
+    if not isinstance(data, dict):
+        raise ValueError(f"{section}.{key} must be a table")
+    return data

@@ -229,10 +229,11 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         vault=platform.vault,
         flows=lambda worker: FlowRunner(
             platform.outreach,
-            load_flows(settings),
+            platform.flow_definitions or load_flows(settings),
             worker.delivery_targets,
             int(settings.trigger_grace.total_seconds() * 1000),
         ),
+        unsubscribe_url=platform.unsubscribe.url if platform.unsubscribe else None,
     )
     register_node_gauges(registry, None, None, outreach.consumer_lag)
     register_gateway_counters(registry, settings.gateway_metrics_dir)

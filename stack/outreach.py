@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import tomllib
 from datetime import UTC, datetime
@@ -9,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from journeys.outreach_rules import TriggerRule, apply_overrides, parse_rule, parse_rules
+from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.analytics.reports import Reports
 from projections.event_log import EventLog
+from stack.privacy import write_private
 from stack.settings import Settings
 from streams.outreach.store import Endpoint, OutreachStore
 from streams.outreach.worker import SegmentReader
@@ -30,6 +34,24 @@ def declared_rules(settings: Settings) -> list[TriggerRule]:
     path = Path(settings.trigger_rules_file) if settings.trigger_rules_file else DEFAULT_RULES_FILE
     with path.open("rb") as handle:
         return parse_rules(tomllib.load(handle))
+
+
+def unsubscribe_links(settings: Settings) -> UnsubscribeLinks:
+    """The unsubscribe links' signer: the configured key, else the key file (made once)."""
+    if settings.unsubscribe_secret:
+        key = settings.unsubscribe_secret.encode()
+    else:
+        path = settings.unsubscribe_key_path
+        if not path.exists():
+            # Written aside, then linked into place: of processes starting together
+            # (the node, the gateways) the first one's key wins, complete.
+            fresh = path.with_name(f".{path.name}.{os.getpid()}")
+            write_private(fresh, secrets.token_urlsafe(32) + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(fresh, path)
+            fresh.unlink()
+        key = path.read_text().strip().encode()
+    return UnsubscribeLinks(key, settings.public_base_url)
 
 
 def segment_reader(events: EventLog) -> SegmentReader:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from journeys.segment_definitions import DefinitionError, Definitions
 from stack.bootstrap import load_segment_definitions
-from stack.http_commands import ask_api, connection
+from stack.http_commands import ask_api, connection, definition_table
 from stack.settings import Settings
 
 SEGMENTS_COMMAND = "segments"
@@ -97,7 +96,7 @@ def run_traits(args: argparse.Namespace, settings: Settings) -> int:
     if args.verb == "delete":
         return ask_api(args, settings, "admin", "DELETE", path)
     try:
-        table = definition_table(args.file, args.trait_id, "traits")
+        table = definition_table(args.file, "traits", args.trait_id)
     except (OSError, ValueError) as error:
         print(f"{args.file}: {error}", file=sys.stderr)
         return 2
@@ -182,25 +181,7 @@ def _upload(args: argparse.Namespace, settings: Settings) -> int:
 
 def segment_table(path: Path, segment_id: str) -> dict[str, Any]:
     """A segment's table from a TOML or JSON file: the file itself, or its [segments.ID]."""
-    return definition_table(path, segment_id, "segments")
-
-
-def definition_table(path: Path, key: str, section: str) -> dict[str, Any]:
-    """A definition's table from a TOML or JSON file: the file itself, or its [SECTION.KEY]."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        # Dates and times (since = 2026-01-01) travel as ISO-8601 text.
-        data = json.loads(json.dumps(tomllib.loads(text), default=lambda v: v.isoformat()))
-    if not isinstance(data, dict):
-        raise ValueError("must hold a table")
-    nested = data.get(section)
-    if isinstance(nested, dict) and key in nested:
-        data = nested[key]
-    if not isinstance(data, dict):
-        raise ValueError(f"{section}.{key} must be a table")
-    return data
+    return definition_table(path, "segments", segment_id)
 
 
 def _ask(

@@ -196,6 +196,14 @@ class Settings(BaseSettings):
     smtp_host: str = ""
     smtp_port: int = Field(default=25, ge=0, le=65535)
     smtp_sender: str = "outreach@localhost"
+    # Where customers reach the platform: the signed unsubscribe link in every message
+    # (List-Unsubscribe, {{ unsubscribe_url }}) is <public_url>/v1/unsubscribe/<token>.
+    # https (RFC 8058), except on this machine; empty: the API's own URL (api_base_url).
+    public_url: str = ""
+    # The key signing unsubscribe links (any text, 16 bytes at least); empty: the file
+    # data_dir/keys/unsubscribe.key, generated on first start. Every process that sends
+    # or takes links (node, worker, API) must share it; a new key voids links sent.
+    unsubscribe_secret: str = Field(default="", repr=False)
 
     # People who sign in (api/access.py): how long a session lasts, and unusual access.
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
@@ -228,6 +236,27 @@ class Settings(BaseSettings):
     backup_keep: int = Field(default=7, ge=1)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_https(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and local):
+            raise ValueError(
+                "must be an https:// URL (one-click unsubscribe links, RFC 8058); "
+                "http:// only for localhost"
+            )
+        return value.rstrip("/")
+
+    @field_validator("unsubscribe_secret")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value.encode()) < 16:
+            raise ValueError("must be at least 16 bytes")
+        return value
 
     @field_validator("clickhouse_url")
     @classmethod
@@ -373,6 +402,16 @@ class Settings(BaseSettings):
     def api_base_url(self) -> str:
         """The API's URL for clients (the CLI's HTTP commands)."""
         return self.api_url.rstrip("/") or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def public_base_url(self) -> str:
+        """Where customers reach the platform (the unsubscribe links)."""
+        return self.public_url or self.api_base_url
+
+    @property
+    def unsubscribe_key_path(self) -> Path:
+        """The unsubscribe links' signing key, when not in the environment."""
+        return self.keys_dir / "unsubscribe.key"
 
     @property
     def chdb_path(self) -> Path:

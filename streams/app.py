@@ -95,6 +95,9 @@ class JourneyStreams:
             handle=self._journey_batch,
             on_failure=self.app.crash,
             on_progress=self._progressed,
+            on_fetched=lambda _topic, partition, produced_at: self.backlog.handling(
+                partition, produced_at
+            ),
         )
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
@@ -187,6 +190,9 @@ class JourneyStreams:
         if prepared.segments is not None:
             for customer_key, membership in prepared.segments.changes:
                 value = orjson.dumps(segment_record(customer_key, membership))
+                outcomes.append((settings.segments_topic, customer_key.encode(), value))
+            for customer_key, membership, backfill in prepared.segments.revised:
+                value = orjson.dumps(segment_record(customer_key, membership, backfill, True))
                 outcomes.append((settings.segments_topic, customer_key.encode(), value))
         # Identity: link requests, merged histories and re-keyed events, keyed by customer.
         for message in prepared.update.forwards:

@@ -11,7 +11,14 @@ Seconds: the age of the oldest unprocessed event *this gateway accepted*. Each
 partition keeps marks ``[last offset, first accepted at]``, at most one per
 ``resolution_s``, so the age is exact to that resolution (never younger than
 the truth). Records the gateway did not write (identity messages, a journal
-replay) count in events, not in seconds.
+replay) count in events, not in seconds, here.
+
+Where the gateways are other processes (``journeys up``), the worker's own
+process accepts nothing, so it has no marks; its consumer tells it instead when
+the oldest record not yet processed was produced (the Kafka timestamp of the
+first record of the batch in hand, :meth:`handling`): the age is then that of
+the batch being handled, whoever produced it, exact to the fetch wait (a record
+not yet fetched while the worker is idle counts from when it is).
 """
 
 from __future__ import annotations
@@ -31,15 +38,21 @@ class Backlog:
     """Events accepted and not yet processed by the journey worker, per partition."""
 
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, resolution_s: float = 0.05
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        resolution_s: float = 0.05,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        self._wall_clock = wall_clock
         self.resolution_s = resolution_s
         # The next offset after the highest record known to exist, per partition.
         self._ends: dict[int, int] = {}
         # The next offset the worker will process (its committed position), per partition.
         self._positions: dict[int, int] = {}
         self._marks: dict[int, deque[list[float]]] = {}
+        # When the first record of the batch in hand was produced (wall clock), per partition.
+        self._handling: dict[int, float] = {}
 
     def delivered(self, deliveries: Sequence[Delivery]) -> None:
         """The gateway's records were acknowledged here (called on the event loop)."""
@@ -67,9 +80,15 @@ class Backlog:
     def processed(self, partition: int, position: int) -> None:
         """The worker's position of ``partition`` (after a seek, or a committed batch)."""
         self._positions[partition] = position
+        self._handling.pop(partition, None)
         marks = self._marks.get(partition)
         while marks and marks[0][0] < position:
             marks.popleft()
+
+    def handling(self, partition: int, produced_at: float) -> None:
+        """The worker took a batch of ``partition`` whose first record was produced at
+        ``produced_at`` (seconds since the epoch): unprocessed until :meth:`processed`."""
+        self._handling[partition] = produced_at
 
     def partitions(self) -> dict[int, int]:
         """Events behind, per partition the worker holds a position of."""
@@ -89,4 +108,9 @@ class Backlog:
             marks = self._marks.get(partition)
             if marks:
                 oldest = min(oldest, marks[0][1])
-        return max(0.0, now - oldest)
+        accepted = now - oldest
+        if not self._handling:
+            return max(0.0, accepted)
+        # The clocks differ (monotonic marks, the producers' wall-clock timestamps).
+        in_hand = self._wall_clock() - min(self._handling.values())
+        return max(0.0, accepted, in_hand)

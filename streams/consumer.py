@@ -41,6 +41,9 @@ StoredPosition = Callable[[str, int], int]
 FailureHandler = Callable[[BaseException], Awaitable[None]]
 # Told (topic, partition, position, high-water mark or None) after a seek or a handled batch.
 ProgressHandler = Callable[[str, int, int, int | None], None]
+# Told (topic, partition, when its first record was produced, seconds since the epoch)
+# as a fetched batch is handed over: the oldest record not yet processed.
+FetchedHandler = Callable[[str, int, float], None]
 
 
 class BatchConsumer(Service):
@@ -68,6 +71,7 @@ class BatchConsumer(Service):
         heartbeat_interval_s: float,
         fetch_max_wait_ms: int = 500,
         on_progress: ProgressHandler | None = None,
+        on_fetched: FetchedHandler | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -76,6 +80,7 @@ class BatchConsumer(Service):
         self._handle = handle
         self._on_failure = on_failure
         self._on_progress = on_progress
+        self._on_fetched = on_fetched
         self.max_records = max_records
         self.within_ms = max(1, int(within_s * 1000))
         self._consumer_options: dict[str, Any] = {
@@ -182,6 +187,8 @@ class BatchConsumer(Service):
                     if batch:
                         by_partition = records.setdefault(tp.topic, {})
                         by_partition[tp.partition] = [(r.offset, r.value or b"") for r in batch]
+                        if self._on_fetched is not None and batch[0].timestamp is not None:
+                            self._on_fetched(tp.topic, tp.partition, batch[0].timestamp / 1000)
                 try:
                     await self._handle(records)
                 except Exception as error:
@@ -233,6 +240,7 @@ def worker_consumer(
     handle: RecordsHandler,
     on_failure: FailureHandler,
     on_progress: ProgressHandler | None = None,
+    on_fetched: FetchedHandler | None = None,
 ) -> BatchConsumer:
     """A consumer of the worker in group ``<worker_group>.<group>``, with its batch settings."""
     return BatchConsumer(
@@ -249,6 +257,7 @@ def worker_consumer(
         heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         on_progress=on_progress,
+        on_fetched=on_fetched,
     )
 
 

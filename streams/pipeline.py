@@ -195,8 +195,13 @@ class JourneyPipeline:
                 for key, journey in update.journeys.items()
                 if journey.stage is not None
             }
+            identity = [
+                (offsets[id(e)], e)
+                for e in [*update.merge_requests, *update.absorbed]
+                if id(e) in offsets
+            ]
             segments = self.segments.fold(
-                batch.source, position, recorded, stages, in_flight_segments
+                batch.source, position, recorded, stages, in_flight_segments, identity
             )
         return PreparedBatch(update=update, rejected=rejected, segments=segments)
 

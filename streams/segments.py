@@ -24,12 +24,15 @@ from datetime import datetime
 import orjson
 
 from events import TrackedEvent
+from journeys.application import LINK_CALL
 from journeys.segment_definitions import Definitions
 from journeys.segment_state import (
     MembershipChange,
     SegmentEvaluator,
+    SegmentEvent,
     SegmentState,
     segment_event_from,
+    to_ms,
 )
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_history import SegmentHistory
@@ -52,6 +55,10 @@ class SegmentBatch:
     changes: list[tuple[str, MembershipChange]] = field(default_factory=list)
     # Each state's partition and next due instant, saved with it.
     due: dict[str, Due] = field(default_factory=dict)
+    # A revision's (customer, change, found by a backfill) over the customer's whole
+    # history, and the recorded changes it found untrue (deleted before the writes).
+    revised: list[tuple[str, MembershipChange, bool]] = field(default_factory=list)
+    untrue: list[tuple[str, MembershipChange]] = field(default_factory=list)
 
 
 @dataclass
@@ -149,39 +156,128 @@ class SegmentMaintainer:
         recorded: Sequence[tuple[int, TrackedEvent]],
         stages: Mapping[str, str],
         in_flight: Mapping[str, SegmentState] | None = None,
+        identity: Sequence[tuple[int, TrackedEvent]] = (),
     ) -> SegmentBatch | None:
         """Fold the (offset, event) pairs not yet folded; None if the batch was folded already.
 
         ``position``: the offset after the batch; ``stages``: each customer's stage
-        after it; ``in_flight``: states of earlier, uncommitted batches of the same call.
+        after it; ``in_flight``: states of earlier, uncommitted batches of the same call;
+        ``identity``: the batch's (offset, message) link requests that merged an
+        anonymous key (it leaves its segments) and merge messages a customer
+        absorbed (their state is revised from their whole history).
         """
         if not self.definitions.segments and not self.definitions.traits:
             return None  # nothing defined: no segment work at all
         start = self.store.position(source)
         if position <= start:
             return None
-        fresh: dict[str, list[TrackedEvent]] = {}
+        fresh: dict[str, list[SegmentEvent]] = {}
         for offset, event in recorded:
             if offset >= start:
-                fresh.setdefault(event.customer_key, []).append(event)
+                fresh.setdefault(event.customer_key, []).append(segment_event_from(event))
+        merged_away: dict[str, TrackedEvent] = {}
+        absorbed: set[str] = set()
+        for offset, message in identity:
+            if offset < start:
+                continue
+            if message.call_type == LINK_CALL:
+                merged_away[message.customer_key] = message
+            else:
+                absorbed.add(message.customer_key)
+        keys = list(dict.fromkeys([*fresh, *absorbed, *merged_away]))
         held = dict(in_flight or {})
-        stored = self.store.states(key for key in fresh if key not in held)
+        stored = self.store.states(key for key in keys if key not in held)
         folded = SegmentBatch(source, position)
         partition = partition_of_source(source)
-        for key, events in fresh.items():
-            state = held.get(key) or stored.get(key) or SegmentState()
+        for key in keys:
+            found = held.get(key) or stored.get(key)
+            if found is None and key not in fresh and key not in absorbed:
+                continue  # an anonymous key merged with no segment state: nothing ends
+            state = found or SegmentState()
             self.evaluator.forget_stale(state)
-            changes = self.evaluator.advance(
-                state, [segment_event_from(e) for e in events], stage=stages.get(key)
-            )
+            events = fresh.get(key, [])
+            late = [e.at_ms for e in events if state.clock is not None and e.at_ms < state.clock]
+            if self.history is not None and (key in absorbed or late):
+                # Out of event-time order: the customer's change history is re-derived
+                # from all their events, as their stages are revised.
+                since = None if key in absorbed else min(late)
+                state = self._revise(key, state, events, stages.get(key), partition, since, folded)
+            else:
+                changes = self.evaluator.advance(state, events, stage=stages.get(key))
+                folded.changes.extend(self._live(key, partition, changes))
+            if key in merged_away:
+                link = merged_away[key]
+                changes = self.evaluator.merge_into(
+                    state, link.user_id or "", to_ms(link.timestamp), link.event_id
+                )
+                folded.changes.extend(self._live(key, partition, changes))
             folded.states[key] = state
-            folded.changes.extend(self._live(key, partition, changes))
             folded.due[key] = self.due(state, partition)
         return folded
 
+    def _revise(
+        self,
+        key: str,
+        old: SegmentState,
+        events: Sequence[SegmentEvent],
+        stage: str | None,
+        partition: int,
+        since: int | None,
+        folded: SegmentBatch,
+    ) -> SegmentState:
+        """The customer's state folded afresh from their whole history, and its changes.
+
+        The history is the event log's (which holds every event the state folded
+        before this batch, and an absorbed anonymous key's, moved there by its
+        merge) and the batch's new events. Every change derived is recorded (the
+        table's key collapses those recorded already), those at or after
+        ``since`` (None: all) published again, each keeping a backfill's flag;
+        the recorded changes not derived are deleted. Segments a backfill has
+        not covered for the customer yet are left to it.
+        """
+        assert self.history is not None
+        logged = self.history.events_of([key]).get(key, [])
+        known = {e.event_id for e in logged}
+        history = [*logged, *(e for e in events if e.event_id not in known)]
+        state = SegmentState(stage=old.stage, rfm=old.rfm)  # the RFM scan is not in the log
+        changes = self.evaluator.advance(state, history, stage=stage)
+        if old.clock is not None and (state.clock is None or old.clock > state.clock):
+            changes += self.evaluator.tick(state, old.clock)  # the timers' instants, again
+        recorded = {
+            (c.segment, c.at_ms, c.entered, c.event_id): flag
+            for c, flag in self.log.changes_of(key)
+        }
+        derived = set()
+        for change in changes:
+            if not self.covered(change.segment, partition, key):
+                continue
+            row = (change.segment, change.at_ms, change.entered, change.event_id)
+            derived.add(row)
+            if row not in recorded or since is None or change.at_ms >= since:
+                folded.revised.append((key, change, recorded.get(row, False)))
+        folded.untrue.extend(
+            (key, MembershipChange(segment, entered, at_ms, event_id))
+            for (segment, at_ms, entered, event_id) in recorded
+            if (segment, at_ms, entered, event_id) not in derived
+            and segment in self.definitions.segments
+            and self.covered(segment, partition, key)
+        )
+        return state
+
     def write(self, batches: Sequence[SegmentBatch | SegmentTick]) -> None:
-        """Insert the batches' changes into ``segment_changes`` (idempotent)."""
+        """Insert the batches' changes into ``segment_changes`` (idempotent).
+
+        A revision's untrue rows are deleted first: a crash after it re-derives
+        the same changes from the same history.
+        """
+        revisions = [b for b in batches if isinstance(b, SegmentBatch)]
+        self.log.forget_changes([row for batch in revisions for row in batch.untrue])
         self.log.append([change for batch in batches for change in batch.changes])
+        for flag in (False, True):
+            self.log.append(
+                [(k, c) for b in revisions for k, c, found in b.revised if found is flag],
+                backfill=flag,
+            )
 
     def commit(self, batches: Sequence[SegmentBatch]) -> None:
         """Save the batches' states, due instants and positions, atomically."""
@@ -294,14 +390,15 @@ class ListedTick(SegmentTick):
 
 
 def segment_record(
-    customer_key: str, change: MembershipChange, backfill: bool = False
+    customer_key: str, change: MembershipChange, backfill: bool = False, revised: bool = False
 ) -> dict[str, object]:
     """The ``journey.segments`` record of a change (SegmentEntered / SegmentExited).
 
     ``backfill``: found by a backfill over history, not as it happened; outreach
-    never treats such an entry as live.
+    never treats such an entry as live. ``revised``: derived again by a revision
+    of the customer's history (an identity merge, a late event).
     """
-    return {
+    record: dict[str, object] = {
         "type": "SegmentEntered" if change.entered else "SegmentExited",
         "segment": change.segment,
         "customer_key": customer_key,
@@ -309,3 +406,6 @@ def segment_record(
         "event_id": change.event_id,
         "backfill": backfill,
     }
+    if revised:
+        record["revised"] = True
+    return record

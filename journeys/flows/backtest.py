@@ -157,11 +157,11 @@ class BacktestTally:
                 {"path": list(path), "runs": count}
                 for path, count in self.paths.most_common(TOP_PATHS)
             ],
-            "conversions": _comparison(self.groups),
+            "conversions": compare_conversions(self.groups),
         }
 
 
-def _comparison(groups: dict[str, list[int]]) -> dict[str, Any]:
+def compare_conversions(groups: dict[str, list[int]]) -> dict[str, Any]:
     """Treatment versus holdout conversion, the difference and its 95 % interval (normal)."""
     shown: dict[str, Any] = {}
     rates: dict[str, float] = {}

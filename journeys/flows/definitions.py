@@ -38,10 +38,19 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from journeys.flows.conditions import Problems, Trigger, parse_trigger
-from journeys.flows.nodes import NODE_KINDS, EntryNode, Node, duration_ms
+from journeys.flows.nodes import (
+    ENTRY_NODES,
+    NODE_KINDS,
+    DateEntryNode,
+    EntryNode,
+    Node,
+    SendNode,
+    duration_ms,
+)
 from journeys.outreach_rules import QuietHours, RuleError, parse_quiet_hours
 from journeys.segment_definitions import DefinitionError
 
@@ -100,6 +109,25 @@ class FlowDefinition:
         """Of the definition as written: two different flows under one version differ here."""
         text = json.dumps(self.source, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @cached_property
+    def date_entries(self) -> tuple[DateEntryNode, ...]:
+        """The entries planned from the customer's facts (date anchors)."""
+        return tuple(node for node in self.nodes.values() if isinstance(node, DateEntryNode))
+
+    @cached_property
+    def keeps_facts(self) -> bool:
+        """Whether the flow's states keep the customer's facts: date anchors plan from
+        them, and a template reading ``data`` (cart lines, orders…) renders them."""
+        if self.date_entries:
+            return True
+        return any(
+            "data" in template.names
+            for node in self.nodes.values()
+            if isinstance(node, SendNode)
+            for template in (node.body, node.subject)
+            if template is not None
+        )
 
     def triggers(self) -> list[Trigger]:
         """Every trigger the flow reacts to: entries, wait_until nodes, the goal, exits."""
@@ -324,16 +352,16 @@ def _nodes(raw: object, path: str, problems: Problems) -> dict[str, Node]:
 
 
 def _check_graph(nodes: Mapping[str, Node], path: str, problems: Problems) -> None:
-    entries = [nid for nid, node in nodes.items() if isinstance(node, EntryNode)]
+    entries = [nid for nid, node in nodes.items() if isinstance(node, ENTRY_NODES)]
     if not entries:
-        problems.add(path, "needs at least one node of kind entry")
+        problems.add(path, "needs at least one node of kind entry or date_entry")
     for node_id, node in nodes.items():
         for field_name, target in node.targets().items():
             if target is None:
                 continue
             if target not in nodes:
                 problems.add(f"{path}.{node_id}.{field_name}", f"unknown node {target!r}")
-            elif isinstance(nodes[target], EntryNode):
+            elif isinstance(nodes[target], ENTRY_NODES):
                 problems.add(
                     f"{path}.{node_id}.{field_name}", f"cannot lead to entry node {target!r}"
                 )

@@ -26,6 +26,16 @@ The clock (the rules of journeys/triggers.py):
   a send whose instant is further than that behind the wall clock is skipped
   (``expired``): a replay never sends.
 
+Date anchors (``date_entry`` nodes, journeys/flows/anchors.py): a flow with
+one keeps the customer's facts in its state (the fold of journeys/triggers.py
+``CustomerFacts``: cart lines, orders, tickets, birthday, last activity, stage)
+and plans each anchor's entry instant after every input (``anchors``); the
+instant is taken in event time like a deadline, and the run enters there.
+Each anchor is entered once (``anchored``); an exit event stamped after the
+anchor cancels it (the rules' exit); an anchor started by a historical input
+is settled as history, never entered. The same facts are the templates'
+``data`` (the rules' payloads).
+
 Consent: a channel is subscribed unless an ``Unsubscribed`` event (property
 ``channel``, or all channels) or an identify trait (``unsubscribed = true``, or
 ``subscriptions = {email = false}``) says otherwise, the latest by event time
@@ -39,9 +49,13 @@ import hashlib
 from bisect import insort
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
+from zoneinfo import ZoneInfo
 
+from events import EventType, normalized_name
+from journeys.flows.conditions import EventTrigger
 from journeys.flows.definitions import FlowCatalog, FlowDefinition
 from journeys.flows.facts import (
     Entered,
@@ -54,6 +68,7 @@ from journeys.flows.facts import (
     Waiting,
 )
 from journeys.flows.inputs import (
+    RFM_PREFIX,
     FlowInput,
     SegmentInput,
     StageInput,
@@ -62,9 +77,9 @@ from journeys.flows.inputs import (
     input_from_dict,
     to_ms,
 )
-from journeys.flows.nodes import Go, SendNode, Stay, Step
+from journeys.flows.nodes import DateEntryNode, EntryNode, Go, SendNode, Stay, Step
 from journeys.flows.templates import RenderFailed
-from journeys.triggers import after_quiet_hours, customer_zone
+from journeys.triggers import CustomerFacts, after_quiet_hours, customer_zone
 
 _RUN_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-run")
 _MESSAGE_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-message")
@@ -76,6 +91,7 @@ _PROPERTIES = 100
 # A path is acyclic (validated), so this bounds nothing real; it guards the loop.
 _MAX_HOPS = 1000
 _CONSENT_EVENTS = ("unsubscribed", "subscribed")
+_ANCHORED_PER_NODE = 20
 
 
 @dataclass
@@ -93,6 +109,7 @@ class Run:
     entry: dict[str, Any] = field(default_factory=dict)
     event: dict[str, Any] = field(default_factory=dict)
     entry_key: str = ""
+    memory: dict[str, Any] = field(default_factory=dict)  # node → what it keeps (paired waits)
 
 
 @dataclass
@@ -114,6 +131,11 @@ class FlowState:
     last_entered_ms: int | None = None
     sends: dict[str, list[int]] = field(default_factory=dict)  # channel → send instants
     run: Run | None = None
+    # Kept only by flows with date anchors or templates reading ``data``: CustomerFacts.
+    facts: dict[str, Any] | None = None
+    anchors: dict[str, list[int]] = field(default_factory=dict)  # node → [anchor, due] planned
+    # node → [[anchor, due, outcome]]: anchors entered (or settled) already
+    anchored: dict[str, list[list[Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -184,13 +206,25 @@ class FlowEngine:
         turn = _Turn(self, state, wall_now_ms)
         turn.take(item)
         turn.run_until(state.clock_ms)
+        turn.finish()
         return FlowStep(state, self.wake(state), turn.facts)
+
+    def hold(self, state: FlowState, item: FlowInput) -> FlowStep:
+        """Keep an input for later whatever its time (a paused flow: nothing is decided
+        until it resumes, then in event time as :meth:`advance` takes it)."""
+        key = item.key
+        if key not in state.seen and not any(p.get("_key") == key for p in state.pending):
+            kept = {**item.to_dict(), "_key": key, "_rank": item.rank}
+            insort(state.pending, kept, key=_pending_order)
+        return FlowStep(state, self.wake(state), [])
 
     def advance(self, state: FlowState, until_ms: int, wall_now_ms: int | None = None) -> FlowStep:
         """Take every pending input and deadline up to ``until_ms``, in event time."""
         turn = _Turn(self, state, wall_now_ms)
+        turn.replan()  # a flow given date anchors since the state was saved plans them now
         turn.run_until(until_ms)
         state.clock_ms = until_ms if state.clock_ms is None else max(state.clock_ms, until_ms)
+        turn.finish()
         return FlowStep(state, self.wake(state), turn.facts)
 
     def wants(self, flow_id: str, item: FlowInput) -> bool:
@@ -204,6 +238,8 @@ class FlowEngine:
         if item.timezone or item.type == "identify" or item.name in _CONSENT_EVENTS:
             return True
         versions = self.catalog.versions.get(flow_id, {})
+        if any(flow.enabled and flow.keeps_facts for flow in versions.values()):
+            return True  # every event is activity, and may move the facts anchors read
         return any(t.matches(item) for flow in versions.values() for t in flow.triggers())
 
     @staticmethod
@@ -212,6 +248,7 @@ class FlowEngine:
         times = [state.pending[0]["at_ms"]] if state.pending else []
         if state.run is not None and state.run.deadline_ms is not None:
             times.append(state.run.deadline_ms)
+        times.extend(due for _, due in state.anchors.values())
         return min(times) if times else None
 
 
@@ -241,6 +278,7 @@ class _Turn:
         self.wall_now_ms = wall_now_ms
         self.facts: list[FlowFact] = []
         self._view = _View(state)
+        self._customer: CustomerFacts | None = None
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -254,15 +292,22 @@ class _Turn:
             deadline = run.deadline_ms if run is not None else None
             if deadline is not None and deadline > until_ms:
                 deadline = None
-            if next_input is None and deadline is None:
+            planned = min(
+                ((due, node) for node, (_, due) in state.anchors.items() if due <= until_ms),
+                default=None,
+            )
+            timed = [t for t in (deadline, planned[0] if planned else None) if t is not None]
+            if next_input is None and not timed:
                 return
-            if next_input is not None and (deadline is None or next_input <= deadline):
+            if next_input is not None and (not timed or next_input <= min(timed)):
                 data = state.pending.pop(0)
                 data.pop("_key", None)
                 data.pop("_rank", None)
                 self.take(input_from_dict(data))
-            elif deadline is not None:
+            elif deadline is not None and (planned is None or deadline <= planned[0]):
                 self._deadline(deadline)
+            elif planned is not None:
+                self._anchor_due(planned[1])
         raise AssertionError("a flow state did not settle")  # an engine bug, not input
 
     def take(self, item: FlowInput) -> None:
@@ -270,6 +315,7 @@ class _Turn:
         state.seen.append(item.key)
         del state.seen[:-_SEEN]
         self._fold(item)
+        self._fold_facts(item)
         run = state.run
         if run is not None:
             flow = self.engine.catalog.definition(state.flow_id, run.version)
@@ -328,8 +374,21 @@ class _Turn:
         entry = next((node for node in flow.entries if node.trigger.matches(item)), None)
         if entry is None:
             return
-        run_id = str(uuid5(_RUN_NAMESPACE, f"{flow.id}|{state.customer_key}|{item.key}"))
-        refused = self._reentry_refused(flow, item.at_ms)
+        properties = item.properties if isinstance(item, TrackedInput) else {}
+        self._enter(flow, entry, item.at_ms, item.key, properties)
+
+    def _enter(
+        self,
+        flow: FlowDefinition,
+        entry: EntryNode | DateEntryNode,
+        at_ms: int,
+        key: str,
+        properties: Mapping[str, Any],
+        refused: str = "",
+    ) -> None:
+        state = self.state
+        run_id = str(uuid5(_RUN_NAMESPACE, f"{flow.id}|{state.customer_key}|{key}"))
+        refused = refused or self._reentry_refused(flow, at_ms)
         if refused:
             self.facts.append(
                 Skipped(
@@ -337,30 +396,150 @@ class _Turn:
                     flow.version,
                     state.customer_key,
                     run_id,
-                    item.at_ms,
+                    at_ms,
                     entry.id,
                     reason="reentry",
                     detail=refused,
                 )
             )
             return
-        properties = item.properties if isinstance(item, TrackedInput) else {}
         entry_props = dict(list(properties.items())[:_PROPERTIES])
         run = Run(
             run_id=run_id,
             version=flow.version,
-            entered_ms=item.at_ms,
+            entered_ms=at_ms,
             node=entry.id,
-            since_ms=item.at_ms,
+            since_ms=at_ms,
             entry=entry_props,
             event=entry_props,
-            entry_key=item.key,
+            entry_key=key,
         )
         state.run = run
         state.entries += 1
-        state.last_entered_ms = item.at_ms
-        self.facts.append(Entered(*self._who(run, flow.version), item.at_ms, entry.id, item.key))
-        self._follow(flow, run, entry.arrive(self, item.at_ms))
+        state.last_entered_ms = at_ms
+        self.facts.append(Entered(*self._who(run, flow.version), at_ms, entry.id, key))
+        self._follow(flow, run, entry.arrive(self, at_ms))
+
+    # -- date anchors ----------------------------------------------------------------------
+
+    def _customer_facts(self) -> CustomerFacts:
+        if self._customer is None:
+            known = self.state.facts
+            self._customer = (
+                CustomerFacts.from_dict(known) if known else CustomerFacts(self.state.customer_key)
+            )
+        return self._customer
+
+    def _keeps_facts(self) -> FlowDefinition | None:
+        flow = self.engine.catalog.current(self.state.flow_id)
+        run = self.state.run
+        if run is not None and (flow is None or flow.version != run.version):
+            inside = self.engine.catalog.definition(self.state.flow_id, run.version)
+            if inside is not None and inside.keeps_facts:
+                return inside
+        return flow if flow is not None and flow.keeps_facts else None
+
+    def _fold_facts(self, item: FlowInput) -> None:
+        if self._keeps_facts() is None:
+            return
+        facts = self._customer_facts()
+        before = set(self._planned_keys())
+        historical = item.historical
+        if isinstance(item, TrackedInput):
+            facts.observe(_Observed(item))
+            facts.recent_ids.clear()  # the state's ``seen`` recognises copies
+        elif isinstance(item, StageInput):
+            # A stage reached on imported events is history, as the import itself.
+            historical = historical or facts.last_activity_historical
+            facts.observe_stage(item.stage, from_ms(item.at_ms))
+        elif item.segment.startswith(RFM_PREFIX) and item.entered:
+            facts.segment = item.segment.removeprefix(RFM_PREFIX)
+        self.replan()
+        if historical:
+            for node, (anchor, due) in list(self.state.anchors.items()):
+                if (node, anchor) not in before:
+                    self._settle(node, anchor, due, "historical")
+            self.replan()
+
+    def _planned_keys(self) -> list[tuple[str, int]]:
+        return [(node, anchor) for node, (anchor, _) in self.state.anchors.items()]
+
+    def _settle(self, node: str, anchor: int, due: int, outcome: str) -> None:
+        done = self.state.anchored.setdefault(node, [])
+        done.append([anchor, due, outcome])
+        del done[:-_ANCHORED_PER_NODE]
+
+    def replan(self) -> None:
+        """The entry instants of the current version's date anchors, from the facts."""
+        state = self.state
+        flow = self.engine.catalog.current(state.flow_id)
+        if flow is None or not flow.enabled or not flow.date_entries:
+            state.anchors = {}
+            return
+        facts = self._customer_facts()
+        exits = [
+            normalized_name(t.match.name)
+            for t in flow.exits
+            if isinstance(t, EventTrigger) and t.match.name
+        ]
+        planned: dict[str, list[int]] = {}
+        for node in flow.date_entries:
+            done = state.anchored.get(node.id, [])
+            found = node.anchor.due(facts, [item[1] for item in done])
+            if found is None or any(item[0] == found[0] for item in done):
+                continue
+            anchor, due = found
+            if any(_later(facts.last_by_name.get(name), anchor) for name in exits):
+                continue  # an exit event after the anchor cancels it
+            planned[node.id] = [anchor, due]
+        state.anchors = planned
+
+    def _anchor_due(self, node_id: str) -> None:
+        state = self.state
+        anchor, due = state.anchors.pop(node_id)
+        self._settle(node_id, anchor, due, "entered")
+        flow = self.engine.catalog.current(state.flow_id)
+        node = flow.nodes.get(node_id) if flow is not None else None
+        if flow is not None and isinstance(node, DateEntryNode):
+            inside = "inside the flow already" if state.run is not None else ""
+            self._enter(flow, node, due, f"anchor:{node_id}:{anchor}", {}, refused=inside)
+        self.replan()
+
+    def finish(self) -> None:
+        """Write the facts back into the state (when this turn read them)."""
+        if self._customer is not None:
+            self.state.facts = self._customer.to_dict()
+
+    def payload(self) -> dict[str, Any]:
+        """The customer's facts as the templates' ``data`` (the rules' payloads)."""
+        facts = self._customer_facts()
+        return {
+            "cart": {
+                "cart_id": facts.cart_id,
+                "currency": facts.currency,
+                "value": facts.cart_value,
+                # not "items": in a template data.cart.items is the dict's method
+                "lines": [
+                    {
+                        "product_id": pid,
+                        "name": line["name"],
+                        "quantity": line["quantity"],
+                        "price": line["price"],
+                    }
+                    for pid, line in sorted(facts.cart.items())
+                ],
+            },
+            "orders": len(facts.orders),
+            "lifetime_revenue": round(sum(o["revenue"] for o in facts.orders), 2),
+            "last_order_at": max((o["at"] for o in facts.orders), default=None),
+            "open_tickets": sorted(facts.open_tickets),
+            "ticket_id": facts.last_resolved_ticket,
+            "stage": facts.stage,
+            "last_activity_at": facts.last_activity_at,
+            "segment": facts.segment,
+            "birthday": facts.birthday,
+            "timezone": facts.timezone,
+        }
 
     def _reentry_refused(self, flow: FlowDefinition, at_ms: int) -> str:
         state = self.state
@@ -488,6 +667,14 @@ class _Turn:
         self.state.run.group = group
         self.state.run.holdout = self.state.run.holdout or holdout
 
+    def zone(self) -> ZoneInfo:
+        return customer_zone(self.state.timezone[0])
+
+    def memory(self, node: str) -> dict[str, Any]:
+        assert self.state.run is not None
+        found: dict[str, Any] = self.state.run.memory.setdefault(node, {})
+        return found
+
     def bucket(self, node: str, seed: str) -> float:
         return sticky_bucket(self.state.flow_id, node, seed, self.state.customer_key)
 
@@ -536,6 +723,8 @@ class _Turn:
             "flow": {"id": flow.id, "version": flow.version, "name": flow.name},
             "node": node.id,
         }
+        if flow.keeps_facts:
+            variables["data"] = self.payload()
         try:
             # A trial: personal values are sealed here ({"$enc": …}) and only opened at
             # delivery, where the message is rendered for real (render_message).
@@ -550,3 +739,45 @@ class _Turn:
         sends.append(at_ms)
         del sends[:-_SENDS_PER_CHANNEL]
         return Go(node.next, at_ms, f"{node.id}: sent")
+
+
+def _later(stamp: str | None, anchor_ms: int) -> bool:
+    return stamp is not None and to_ms(datetime.fromisoformat(stamp)) > anchor_ms
+
+
+class _Observed:
+    """A tracked input as CustomerFacts reads an event (journeys.triggers.ObservedEvent)."""
+
+    __slots__ = ("_item",)
+
+    def __init__(self, item: TrackedInput) -> None:
+        self._item = item
+
+    @property
+    def event_id(self) -> str:
+        return self._item.event_id
+
+    @property
+    def event_type(self) -> EventType:
+        return EventType(self._item.type)
+
+    @property
+    def event_name(self) -> str:
+        return self._item.name
+
+    @property
+    def timestamp(self) -> datetime:
+        return from_ms(self._item.at_ms)
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return dict(self._item.properties)
+
+    @property
+    def context(self) -> dict[str, Any]:
+        item = self._item
+        return {"historical": item.historical, "timezone": item.timezone or None}
+
+    @property
+    def dedup_keys(self) -> tuple[str, ...]:
+        return (self._item.event_id,)

@@ -25,7 +25,16 @@ from journeys.flows.inputs import iso
 _FACT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-fact")
 
 # Why a send was not made.
-SKIP_REASONS = ("holdout", "consent", "quiet_hours", "cap", "expired", "template", "reentry")
+SKIP_REASONS = (
+    "holdout",
+    "consent",
+    "quiet_hours",
+    "cap",
+    "expired",
+    "template",
+    "reentry",
+    "paused",
+)
 # Why a run ended.
 LEAVE_REASONS = ("converted", "exit", "completed", "version_removed")
 
@@ -152,6 +161,7 @@ _SKIPPED = {
     "expired": "due too long before it could be decided (a replay or a long outage)",
     "template": "the message did not render",
     "reentry": "the re-entry policy refused a new run",
+    "paused": "the flow was paused (no new runs)",
 }
 _LEFT = {
     "converted": "reached the goal",
@@ -169,5 +179,9 @@ def explain(fact: Mapping[str, Any]) -> str:
 def fact_from_dict(data: Mapping[str, Any]) -> FlowFact:
     """A fact as :meth:`FlowFact.to_dict` wrote it."""
     kind = FACT_TYPES[data["type"]]
-    names = {f.name for f in fields(kind)}
+    names = _FIELDS[kind]
     return kind(**{k: v for k, v in data.items() if k in names})
+
+
+# Each fact type's field names, computed once (a flow's results read every fact).
+_FIELDS = {kind: frozenset(f.name for f in fields(kind)) for kind in FACT_TYPES.values()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from events import normalized_name
@@ -151,6 +152,31 @@ def input_from_dict(data: Mapping[str, Any]) -> FlowInput:
 def order_key(item: FlowInput) -> tuple[int, int, str]:
     """Event-time order; ties broken by kind and id, so every arrival order folds the same."""
     return (item.at_ms, item.rank, item.key)
+
+
+# RFM segments, observed at the edge over all buyers (the worker's segment scan),
+# enter flows as segment inputs named ``rfm:<segment>``, apart from journey.segments.
+RFM_PREFIX = "rfm:"
+
+
+def rfm_segment_inputs(
+    previous: str | None, current: str, latest_order: Mapping[str, Any] | None
+) -> list[SegmentInput]:
+    """The RFM segment observed now, as segment inputs: leaving ``previous``, entering
+    ``current``. Stamped by the event time of the latest order (the purchase that earned
+    the place; event time decides), historical when that order was imported, and keyed
+    by it: observing the same place earned by the same order again is the same input.
+    A buyer with no order known yields nothing (there is no instant to stamp it with)."""
+    if current == previous or latest_order is None:
+        return []
+    stamp = datetime.fromisoformat(str(latest_order["at"]))
+    at_ms = to_ms(stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC))
+    source = f"rfm/{latest_order.get('order_id') or at_ms}"
+    historical = bool(latest_order.get("historical"))
+    found = [SegmentInput(source, at_ms, RFM_PREFIX + current, True, historical)]
+    if previous:
+        found.insert(0, SegmentInput(source, at_ms, RFM_PREFIX + previous, False, historical))
+    return found
 
 
 def tracked_input(event: ObservedEvent) -> TrackedInput:

@@ -17,15 +17,28 @@ instant it asked for came). Each answers a :class:`Go` (on to the next node,
 - ``split``: random by percentages, sticky per customer (a stable hash of flow,
   node and customer); a ``holdout = true`` branch receives nothing (its sends
   are skipped with reason ``holdout``) but is followed, so its conversions count;
-- ``send``: a message on a channel from a template (templates.py).
+- ``send``: a message on a channel from a template (templates.py);
+- ``date_entry``: where runs start at an instant computed from the customer's
+  facts (a date anchor: the birthday in the customer's zone, the purchase cycle
+  coming due, N days after an event or since the last activity; anchors.py);
+- ``wait_until_time``: until the next local time of day (``at = "09:00"``) in
+  the customer's zone;
+- ``wait_paired``: opened/closed pairs correlated by a property (tickets by
+  ``ticket_id``): ``on_closed`` once every opened one is closed, ``on_timeout``
+  when the oldest still open has been open for ``timeout``. The entry event is
+  the first one opened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import time as clock_time
 from typing import Any, ClassVar, Protocol
+from zoneinfo import ZoneInfo
 
+from journeys.flows.anchors import Anchor, local_time, parse_anchor
 from journeys.flows.conditions import (
     CustomerView,
     EventTrigger,
@@ -35,7 +48,7 @@ from journeys.flows.conditions import (
     parse_predicate,
     parse_trigger,
 )
-from journeys.flows.inputs import FlowInput, TrackedInput
+from journeys.flows.inputs import FlowInput, TrackedInput, from_ms, to_ms
 from journeys.flows.templates import MessageTemplate, compile_template
 from journeys.outreach_rules import CHANNELS, RuleError, parse_duration
 
@@ -88,6 +101,14 @@ class RunContext(Protocol):
 
     def send(self, node: SendNode, at_ms: int, deferred: bool) -> Step:
         """Send (or skip, or defer past quiet hours) this node's message."""
+        ...
+
+    def zone(self) -> ZoneInfo:
+        """The customer's time zone (UTC when unknown)."""
+        ...
+
+    def memory(self, node: str) -> dict[str, Any]:
+        """What this node keeps for the run (JSON-friendly; saved with the state)."""
         ...
 
 
@@ -402,6 +423,157 @@ class SendNode:
         return ctx.send(self, at_ms, deferred=True)
 
 
+@dataclass(frozen=True)
+class DateEntryNode(_Passive):
+    """Runs start when the anchor's instant comes (the engine plans it from the facts)."""
+
+    kind: ClassVar[str] = "date_entry"
+    id: str
+    anchor: Anchor
+    next: str | None
+
+    @classmethod
+    def parse(cls, node_id: str, raw: Mapping[str, Any], path: str, problems: Problems) -> Any:
+        anchor = parse_anchor(raw, path, problems)
+        nxt = _next(raw, "next", path, problems)
+        return None if anchor is None else cls(node_id, anchor, nxt)
+
+    def targets(self) -> dict[str, str | None]:
+        return {"next": self.next}
+
+    def arrive(self, ctx: RunContext, at_ms: int) -> Step:
+        return Go(self.next, at_ms, f"{self.id}: {self.anchor.describe()}")
+
+
+def next_local_time(at_ms: int, moment: clock_time, zone: ZoneInfo) -> int:
+    """The first instant at or after ``at_ms`` whose local time in ``zone`` is ``moment``."""
+    local = from_ms(at_ms).astimezone(zone)
+    candidate = datetime.combine(local.date(), moment, tzinfo=zone)
+    if candidate < local:
+        candidate = datetime.combine(local.date() + timedelta(days=1), moment, tzinfo=zone)
+    return to_ms(candidate)
+
+
+@dataclass(frozen=True)
+class WaitUntilTimeNode:
+    kind: ClassVar[str] = "wait_until_time"
+    id: str
+    at: clock_time
+    next: str | None
+
+    @classmethod
+    def parse(cls, node_id: str, raw: Mapping[str, Any], path: str, problems: Problems) -> Any:
+        problems.unknown(raw, {"kind", "at", "next"}, path)
+        if "at" not in raw:
+            problems.add(f"{path}.at", "is required: a local time HH:MM")
+            return None
+        moment = local_time(raw["at"], f"{path}.at", problems)
+        nxt = _next(raw, "next", path, problems)
+        return None if moment is None else cls(node_id, moment, nxt)
+
+    def targets(self) -> dict[str, str | None]:
+        return {"next": self.next}
+
+    def arrive(self, ctx: RunContext, at_ms: int) -> Step:
+        until = next_local_time(at_ms, self.at, ctx.zone())
+        if until == at_ms:
+            return Go(self.next, at_ms, f"{self.id}: it is {self.at:%H:%M} local time")
+        return ctx.wait(self.id, until, "local_time")
+
+    def on_input(self, ctx: RunContext, item: FlowInput) -> Step | None:
+        return None
+
+    def on_deadline(self, ctx: RunContext, at_ms: int) -> Step:
+        return Go(self.next, at_ms, f"{self.id}: {self.at:%H:%M} local time")
+
+
+@dataclass(frozen=True, slots=True)
+class EitherTrigger:
+    """Either of two triggers (what a paired wait reacts to)."""
+
+    first: Trigger
+    second: Trigger
+
+    def matches(self, item: FlowInput) -> bool:
+        return self.first.matches(item) or self.second.matches(item)
+
+    def describe(self) -> str:
+        return f"{self.first.describe()} or {self.second.describe()}"
+
+
+@dataclass(frozen=True)
+class WaitPairedNode:
+    kind: ClassVar[str] = "wait_paired"
+    id: str
+    opens: Trigger
+    closes: Trigger
+    by: str
+    timeout_ms: int
+    on_closed: str | None
+    on_timeout: str | None
+
+    @classmethod
+    def parse(cls, node_id: str, raw: Mapping[str, Any], path: str, problems: Problems) -> Any:
+        fields = {"kind", "opens", "closes", "by", "timeout", "on_closed", "on_timeout"}
+        problems.unknown(raw, fields, path)
+        opens = parse_trigger(raw.get("opens"), f"{path}.opens", problems)
+        closes = parse_trigger(raw.get("closes"), f"{path}.closes", problems)
+        for name, trigger in (("opens", opens), ("closes", closes)):
+            if trigger is not None and not isinstance(trigger, EventTrigger):
+                problems.add(f"{path}.{name}", "must be an event (event or type)")
+        by = raw.get("by")
+        if not isinstance(by, str) or not by:
+            problems.add(f"{path}.by", "is required: the property pairing them (ticket_id)")
+        timeout = duration_ms(raw, "timeout", path, problems, required=True)
+        if timeout == 0:
+            problems.add(f"{path}.timeout", "must be longer than 0")
+        on_closed = _next(raw, "on_closed", path, problems)
+        on_timeout = _next(raw, "on_timeout", path, problems)
+        if opens is None or closes is None or not isinstance(by, str) or not by or not timeout:
+            return None
+        return cls(node_id, opens, closes, by, timeout, on_closed, on_timeout)
+
+    @property
+    def trigger(self) -> Trigger:
+        return EitherTrigger(self.opens, self.closes)
+
+    def targets(self) -> dict[str, str | None]:
+        return {"on_closed": self.on_closed, "on_timeout": self.on_timeout}
+
+    def _until(self, ctx: RunContext) -> Stay:
+        opened: dict[str, int] = ctx.memory(self.id)
+        return ctx.wait(self.id, min(opened.values()) + self.timeout_ms, "event")
+
+    def arrive(self, ctx: RunContext, at_ms: int) -> Step:
+        key = ctx.view.entry_property(self.by)
+        ctx.memory(self.id)[str(key) if key is not None else "entry"] = at_ms
+        return self._until(ctx)
+
+    def on_input(self, ctx: RunContext, item: FlowInput) -> Step | None:
+        if item.at_ms < ctx.since_ms or not isinstance(item, TrackedInput):
+            return None
+        opened: dict[str, int] = ctx.memory(self.id)
+        key = item.properties.get(self.by)
+        if self.closes.matches(item):
+            if key is None:
+                opened.clear()  # closed without saying which: all of them (as the rules did)
+            elif opened.pop(str(key), None) is None:
+                return None
+            if not opened:
+                ctx.moved_by(item)
+                return Go(self.on_closed, item.at_ms, f"{self.id}: all closed")
+            return self._until(ctx)
+        if self.opens.matches(item):
+            earliest = min(opened.values(), default=None)
+            opened.setdefault(str(key) if key is not None else item.event_id, item.at_ms)
+            if earliest is None or item.at_ms < earliest:
+                return self._until(ctx)
+        return None
+
+    def on_deadline(self, ctx: RunContext, at_ms: int) -> Step:
+        return Go(self.on_timeout, at_ms, f"{self.id}: timeout")
+
+
 NodeKind = (
     type[EntryNode]
     | type[WaitNode]
@@ -409,8 +581,23 @@ NodeKind = (
     | type[BranchNode]
     | type[SplitNode]
     | type[SendNode]
+    | type[DateEntryNode]
+    | type[WaitUntilTimeNode]
+    | type[WaitPairedNode]
 )
 NODE_KINDS: dict[str, NodeKind] = {
     kind.kind: kind
-    for kind in (EntryNode, WaitNode, WaitUntilNode, BranchNode, SplitNode, SendNode)
+    for kind in (
+        EntryNode,
+        WaitNode,
+        WaitUntilNode,
+        BranchNode,
+        SplitNode,
+        SendNode,
+        DateEntryNode,
+        WaitUntilTimeNode,
+        WaitPairedNode,
+    )
 }
+# Where runs start: on an input (entry) or at a planned instant (date_entry).
+ENTRY_NODES = (EntryNode, DateEntryNode)

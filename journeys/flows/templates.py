@@ -8,7 +8,15 @@ these (any other name is a validation error, not a surprise at send time):
 - ``entry``: the properties of the event that entered the run (``entry.cart_id``);
 - ``event``: the properties of the event that moved the run on last (the one a
   ``wait_until`` waited for; the entry event until then);
-- ``flow``: ``{"id", "version", "name"}``; ``node``: the send node's id.
+- ``flow``: ``{"id", "version", "name"}``; ``node``: the send node's id;
+- ``unsubscribe_url``: the signed one-click link naming the customer and the
+  message's channel (journeys/unsubscribe_links.py), filled in at delivery
+  (empty in the trial render at decision time, and where no links are made).
+- ``data``: what the customer's facts say, as the trigger rules' payloads did
+  (``data.cart.lines``, ``data.cart.value``, ``data.orders``,
+  ``data.lifetime_revenue``, ``data.last_order_at``, ``data.open_tickets``,
+  ``data.ticket_id``, ``data.stage``, ``data.segment``, ``data.birthday``…; see
+  engine.py ``facts_payload``); a flow whose templates read it keeps the facts.
 
 A *missing* trait or property renders as the empty string (the documented
 default; ``{{ traits.first_name | default("there") }}`` gives another), never
@@ -28,7 +36,7 @@ from jinja2 import ChainableUndefined, TemplateError, meta
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
-VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node")
+VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node", "unsubscribe_url", "data")
 MAX_TEMPLATE = 20_000
 MAX_RENDERED = 100_000
 
@@ -40,6 +48,8 @@ _SAMPLE = {
     "event": {},
     "flow": {"id": "f", "version": 1, "name": "f"},
     "node": "n",
+    "unsubscribe_url": "https://example.invalid/v1/unsubscribe/token",
+    "data": {},
 }
 
 
@@ -53,6 +63,7 @@ class MessageTemplate:
 
     source: str
     compiled: JinjaTemplate = field(compare=False, repr=False)
+    names: frozenset[str] = field(default=frozenset(), compare=False)  # variables it reads
 
     def render(self, variables: Mapping[str, Any]) -> str:
         try:
@@ -79,7 +90,7 @@ def compile_template(source: object) -> MessageTemplate | str:
     except TemplateError as error:
         line = getattr(error, "lineno", None)
         return f"template error{f' on line {line}' if line else ''}: {error.message}"
-    template = MessageTemplate(source, compiled)
+    template = MessageTemplate(source, compiled, frozenset(names))
     try:
         template.render(_SAMPLE)  # e.g. a filter applied to what it cannot take
     except RenderFailed as error:

@@ -11,6 +11,7 @@ import hmac
 import smtplib
 import time
 from dataclasses import dataclass
+from email import policy
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -20,6 +21,11 @@ import orjson
 
 SIGNATURE_HEADER = "X-Journeys-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# RFC 8058 one-click unsubscribe: the mailbox provider POSTs this body to the link.
+ONE_CLICK = "List-Unsubscribe=One-Click"
+# Header lines up to RFC 5322's limit: folded at 78, a long link came out as RFC 2047
+# encoded words (=?utf-8?q?=3Chttps…), which no mail client reads as a List-Unsubscribe.
+_MAIL_POLICY = policy.default.clone(max_line_length=998)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -104,11 +110,11 @@ def _send_mail(host: str, port: int, message: EmailMessage, timeout_s: float) ->
 async def send_email(
     host: str, port: int, sender: str, trigger: dict[str, Any], timeout_s: float
 ) -> Attempt:
-    """Mail the trigger to the customer's address over SMTP."""
+    """Mail the trigger to the customer's address over SMTP (with its unsubscribe link)."""
     recipient = trigger.get("email")
     if not recipient:
         return Attempt(False, False, "the customer has no e-mail address (identify traits.email)")
-    message = EmailMessage()
+    message = EmailMessage(policy=_MAIL_POLICY)
     message["From"] = sender
     message["To"] = recipient
     # A flow's message was rendered from its templates; a rule's trigger is sent as data.
@@ -120,6 +126,11 @@ async def send_email(
     )
     message["Message-ID"] = f"<{trigger['trigger_id']}@customer-journeys>"
     message[IDEMPOTENCY_HEADER] = str(trigger["trigger_id"])
+    unsubscribe_url = trigger.get("unsubscribe_url")
+    if unsubscribe_url:
+        # The signed link naming this customer and channel (journeys/unsubscribe_links.py).
+        message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+        message["List-Unsubscribe-Post"] = ONE_CLICK
     message.set_content(
         str(trigger.get("body") or "")
         if flow_message

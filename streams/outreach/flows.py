@@ -12,29 +12,67 @@ its id the ``Sent`` fact's ``message_id``: one per run and send node, so it is
 delivered once across crashes and replays.
 
 Every version of a flow the worker has seen is recorded (``flow_versions``), so
-customers inside finish on the version they entered after the file moved on.
+customers inside finish on the version they entered after the flows moved on.
+With the stored flows (projections/flow_definition_store.py) the runner polls
+their version every ``DEFINITIONS_RELOAD_S`` and takes a change (a new version,
+a deleted flow, a pause or a resume) between two ticks, with no restart.
+
+A paused flow takes no new runs and decides nothing for the runs inside: their
+inputs are kept in their states (those of customers not inside are taken as
+history: traits and consent, never an entry) and their due steps are not
+advanced; on resume they are advanced in event time, as after an outage: a
+customer who bought during the pause converts, and a send that came due longer
+than the grace before the resume is skipped ``expired``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from journeys.flows.definitions import FlowCatalog, FlowDefinition, FlowError, parse_flow
 from journeys.flows.engine import FlowEngine, FlowState, FlowStep, render_message
-from journeys.flows.facts import Sent
+from journeys.flows.facts import Sent, Skipped
 from journeys.flows.inputs import FlowInput, iso
 from journeys.flows.nodes import SendNode
 from journeys.flows.templates import RenderFailed
+from projections.flow_definition_store import FlowDefinitions, FlowsInForce
 from streams.outreach.store import FlowWrite, OutreachStore
 
 log = logging.getLogger(__name__)
 
 # (rule id, channels, message) → its deliveries (endpoint id, channel, initial state).
 Targets = Callable[[str, Sequence[str], dict[str, Any]], list[tuple[str, str, str]]]
+
+# How often the stored flows' version is read (a one-row query), as segments' definitions.
+DEFINITIONS_RELOAD_S = 2.0
+
+
+def _entry_refused(
+    engine: FlowEngine, flow_id: str, customer_key: str, item: FlowInput
+) -> Skipped | None:
+    """The ``Skipped`` (paused) fact of an input that would have started a run."""
+    flow = engine.catalog.current(flow_id)
+    if flow is None or not flow.enabled or item.historical:
+        return None
+    entry = next((node for node in flow.entries if node.trigger.matches(item)), None)
+    if entry is None:
+        return None
+    return Skipped(
+        flow_id,
+        flow.version,
+        customer_key,
+        "",  # no run was started
+        item.at_ms,
+        entry.id,
+        reason="paused",
+        detail=f"not entered by {item.key}",
+    )
 
 
 class FlowRunner:
@@ -43,13 +81,58 @@ class FlowRunner:
     def __init__(
         self,
         store: OutreachStore,
-        flows: Sequence[FlowDefinition],
+        flows: Sequence[FlowDefinition] | FlowDefinitions,
         targets: Targets,
         grace_ms: int | None,
     ) -> None:
         self.store = store
         self._targets = targets
-        self.engine = FlowEngine(self.catalog(flows), grace_ms)
+        self._grace_ms = grace_ms
+        # The stored flows (polled for changes), or a fixed list (tests, the file).
+        self._stored = flows if isinstance(flows, FlowDefinitions) else None
+        self._version = -1
+        self._checked = 0.0
+        # The engine and the paused flows, swapped as one (a reload runs beside batches).
+        self._current: tuple[FlowEngine, Mapping[str, int]] = (FlowEngine(FlowCatalog()), {})
+        if isinstance(flows, FlowDefinitions):
+            self._take(self._stored_flows())
+        else:
+            self._take(FlowsInForce(tuple(flows)))
+
+    @property
+    def engine(self) -> FlowEngine:
+        return self._current[0]
+
+    @property
+    def paused(self) -> Mapping[str, int]:
+        """Paused flows: flow id → paused since (epoch ms)."""
+        return self._current[1]
+
+    def _stored_flows(self) -> FlowsInForce:
+        assert self._stored is not None
+        self._version = self._stored.version()
+        self._checked = time.monotonic()
+        return self._stored.current()
+
+    def _take(self, flows: FlowsInForce) -> None:
+        self._current = (FlowEngine(self.catalog(flows.flows), self._grace_ms), dict(flows.paused))
+
+    def reload(self) -> bool:
+        """Take the stored flows again if they changed (at most every DEFINITIONS_RELOAD_S);
+        True when they did. A store that cannot be read or parsed keeps the flows as
+        they were (logged)."""
+        if self._stored is None or time.monotonic() - self._checked < DEFINITIONS_RELOAD_S:
+            return False
+        self._checked = time.monotonic()
+        try:
+            if self._stored.version() == self._version:
+                return False
+            self._take(self._stored_flows())
+        except Exception:
+            log.exception("stored flows could not be read; keeping the previous ones")
+            return False
+        log.info("flows reloaded (version %s); paused: %s", self._version, sorted(self.paused))
+        return True
 
     def catalog(self, flows: Sequence[FlowDefinition]) -> FlowCatalog:
         """``flows`` in force, with every version recorded before for the runs inside."""
@@ -92,7 +175,7 @@ class FlowRunner:
         self, partition: int, items: Sequence[tuple[str, FlowInput]], now_ms: int
     ) -> FlowWrite:
         """Inputs of one partition into the states of the flows they can matter to."""
-        engine = self.engine
+        engine, paused = self._current
         flow_ids = engine.catalog.flow_ids()
         relevant = [
             (key, flow_id, item)
@@ -111,24 +194,36 @@ class FlowRunner:
                 found = stored.get((key, flow_id))
                 state = FlowState.from_dict(found) if found else FlowState(key, flow_id)
                 states[(key, flow_id)] = state
-            self._collect(write, engine.observe(state, item, now_ms), now_ms)
+            if flow_id not in paused:
+                self._collect(write, engine.observe(state, item, now_ms), now_ms)
+            elif state.inside:
+                engine.hold(state, item)  # decided on resume, in event time
+            else:
+                # No entry while paused; what it says of the customer is kept.
+                engine.observe(state, dataclasses.replace(item, historical=True), now_ms)
+                refused = _entry_refused(engine, flow_id, key, item)
+                if refused is not None:  # said once: the fact's id is the input's
+                    write.facts.append(refused.to_dict())
         for state in states.values():
-            write.states.append(self._row(state, partition))
+            write.states.append(self._row(state, partition, engine))
         return write
 
     def advance_due(self, ready: Sequence[int], now_ms: int) -> FlowWrite:
         """States of ready partitions whose wake-up time has come, advanced to now."""
         write = FlowWrite()
-        for _, _, partition, data in self.store.due_flow_states(ready, now_ms / 1000):
+        engine, paused = self._current
+        due = self.store.due_flow_states(ready, now_ms / 1000, held=sorted(paused))
+        for _, _, partition, data in due:
             state = FlowState.from_dict(data)
-            self._collect(write, self.engine.advance(state, now_ms, now_ms), now_ms)
-            write.states.append(self._row(state, partition))
+            self._collect(write, engine.advance(state, now_ms, now_ms), now_ms)
+            write.states.append(self._row(state, partition, engine))
         return write
 
+    @staticmethod
     def _row(
-        self, state: FlowState, partition: int
+        state: FlowState, partition: int, engine: FlowEngine
     ) -> tuple[str, str, int, dict[str, Any], float | None]:
-        wake = self.engine.wake(state)
+        wake = engine.wake(state)
         return (
             state.customer_key,
             state.flow_id,
@@ -152,7 +247,11 @@ class FlowRunner:
         node = flow.nodes.get(str(message["node"])) if flow is not None else None
         if not isinstance(node, SendNode):
             raise RenderFailed(f"flow {message['flow']} v{message['version']} has no such send")
-        subject, body = render_message(node, message.get("variables") or {})
+        variables = {
+            **(message.get("variables") or {}),
+            "unsubscribe_url": message.get("unsubscribe_url") or "",
+        }
+        subject, body = render_message(node, variables)
         shown = {k: v for k, v in message.items() if k != "variables"}
         return {**shown, "subject": subject, "body": body}
 

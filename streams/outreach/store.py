@@ -73,6 +73,8 @@ _SCHEMA = [
         run_id TEXT NOT NULL, fact_type TEXT NOT NULL, at_ms BIGINT NOT NULL,
         recorded_ts DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS flow_facts_customer ON flow_facts (customer_key, at_ms)",
+    # A flow's results read its facts, customer by customer.
+    "CREATE INDEX IF NOT EXISTS flow_facts_flow ON flow_facts (flow_id, customer_key)",
     """CREATE TABLE IF NOT EXISTS flow_versions (
         flow_id TEXT NOT NULL, version INTEGER NOT NULL, fingerprint TEXT NOT NULL,
         source TEXT NOT NULL, recorded_ts DOUBLE PRECISION NOT NULL,
@@ -466,17 +468,23 @@ class OutreachStore:
         return found
 
     def due_flow_states(
-        self, partitions: Sequence[int], now_ts: float, limit: int = 200
+        self,
+        partitions: Sequence[int],
+        now_ts: float,
+        limit: int = 200,
+        held: Sequence[str] = (),
     ) -> list[tuple[str, str, int, dict[str, Any]]]:
-        """(customer, flow, partition, state) of states due to be advanced, soonest first."""
+        """(customer, flow, partition, state) of states due to be advanced, soonest first;
+        none of the ``held`` flows (paused)."""
         if not partitions:
             return []
         marks = ", ".join("?" for _ in partitions)
+        unheld = f"AND flow_id NOT IN ({', '.join('?' for _ in held)}) " if held else ""
         rows = self._rows(
             "SELECT customer_key, flow_id, partition_no, state FROM flow_states "
             f"WHERE partition_no IN ({marks}) AND wake_ts IS NOT NULL AND wake_ts <= ? "
-            "ORDER BY wake_ts LIMIT ?",
-            (*partitions, now_ts, limit),
+            f"{unheld}ORDER BY wake_ts LIMIT ?",
+            (*partitions, now_ts, *held, limit),
         )
         return [(key, flow, int(part), orjson.loads(text)) for key, flow, part, text in rows]
 
@@ -500,6 +508,33 @@ class OutreachStore:
             {"flow_id": flow_id, "state": orjson.loads(text), "wake_ts": wake}
             for flow_id, text, wake in rows
         ]
+
+    def flow_runs(self, flow_id: str) -> Iterator[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+        """(customer, facts in event time, state) of every customer with a state in the flow."""
+        states = dict(
+            self._rows("SELECT customer_key, state FROM flow_states WHERE flow_id = ?", (flow_id,))
+        )
+        facts: dict[str, list[dict[str, Any]]] = {}
+        for key, body in self._rows(
+            "SELECT customer_key, body FROM flow_facts WHERE flow_id = ? "
+            "ORDER BY customer_key, at_ms, recorded_ts, fact_id",
+            (flow_id,),
+        ):
+            facts.setdefault(key, []).append(orjson.loads(body))
+        for key in sorted(states):
+            yield key, facts.get(key, []), orjson.loads(states[key])
+
+    def flow_deliveries(self, flow_id: str) -> list[tuple[str, str, int]]:
+        """(send node, delivery state, count) of the flow's messages."""
+        counts: dict[tuple[str, str], int] = {}
+        for body, state in self._rows(
+            "SELECT t.body, d.state FROM triggers t JOIN trigger_deliveries d "
+            "ON d.trigger_id = t.trigger_id WHERE t.rule_id = ?",
+            (f"flow:{flow_id}",),
+        ):
+            node = str(orjson.loads(body).get("node", ""))
+            counts[(node, state)] = counts.get((node, state), 0) + 1
+        return [(node, state, n) for (node, state), n in sorted(counts.items())]
 
     def record_flow_versions(self, versions: Sequence[tuple[str, int, str, str]]) -> None:
         """(flow id, version, fingerprint, source JSON) of flows in force; kept forever, so

@@ -35,7 +35,15 @@ import orjson
 from faust.types import EventT
 
 from events import EventType
-from journeys.flows.inputs import FlowInput, StageInput, to_ms, tracked_input
+from journeys.flows.conditions import SegmentTrigger
+from journeys.flows.inputs import (
+    RFM_PREFIX,
+    FlowInput,
+    StageInput,
+    rfm_segment_inputs,
+    to_ms,
+    tracked_input,
+)
 from journeys.flows.templates import RenderFailed
 from journeys.outreach_rules import TriggerRule
 from journeys.triggers import CustomerFacts, Timer, TriggerEngine
@@ -74,8 +82,12 @@ class OutreachWorker:
         lateness: Callable[[float], None] | None = None,
         vault: Vault | None = None,
         flows: Callable[[OutreachWorker], FlowRunner] | None = None,
+        unsubscribe_url: Callable[[str, str], str] | None = None,
     ) -> None:
         self.settings = settings
+        # (customer key, channel) → the signed one-click unsubscribe link every message
+        # carries (e-mail: List-Unsubscribe; flows: {{ unsubscribe_url }}); None: none.
+        self._unsubscribe_url = unsubscribe_url
         # Opens sealed personal fields where a rule or a delivery needs the value
         # (a birthday's month and day, the recipient's address); None: as stored.
         self._vault = vault
@@ -122,8 +134,13 @@ class OutreachWorker:
             app.timer(settings.rfm_scan_s, name="trigger-segments")(self._observe_segments)
         # Journey flows beside the rules (streams/outreach/flows.py); made with this
         # worker, as their messages are delivered to its endpoints and channels.
-        runner = flows(self) if flows is not None else None
-        self.flows = runner if runner is not None and runner.active else None
+        self._flow_runner = flows(self) if flows is not None else None
+
+    @property
+    def flows(self) -> FlowRunner | None:
+        """The flow runner while any flow is known (none: no flow work at all)."""
+        runner = self._flow_runner
+        return runner if runner is not None and runner.active else None
 
     def _progressed(self, topic: str, partition: int, position: int, end: int | None) -> None:
         known = self._progress.setdefault((topic, partition), [position, position])
@@ -267,8 +284,8 @@ class OutreachWorker:
         try:
             if self._segments is None or self.trigger_consumer.rebalancing:
                 return
-            if not any(rule.trigger == "high_value" for rule in self.engine.rules):
-                return  # no rule watches segments: spare ClickHouse the ranking of all buyers
+            if not self._watches_rfm():
+                return  # nothing watches segments: spare ClickHouse the ranking of all buyers
             assigned = await asyncio.to_thread(self.assigned_partitions)
             if assigned != self._segments_assigned:
                 self._segments_known.clear()  # another worker may have written them
@@ -290,8 +307,26 @@ class OutreachWorker:
         except Exception:
             log.exception("segment loop failed; retrying on the next scan")
 
+    def _watches_rfm(self) -> bool:
+        """A rule or a flow in force (an ``rfm:<segment>`` entry) watches RFM segments."""
+        if any(rule.trigger == "high_value" for rule in self.engine.rules):
+            return True
+        if self.flows is None:
+            return False
+        catalog = self.flows.engine.catalog
+        current = (catalog.current(flow_id) for flow_id in catalog.flow_ids())
+        return any(
+            isinstance(entry.trigger, SegmentTrigger)
+            and entry.trigger.segment.startswith(RFM_PREFIX)
+            for flow in current
+            if flow is not None and flow.enabled
+            for entry in flow.entries
+        )
+
     def _apply_segments(self, scores: Sequence[tuple[str, str]], ready: Sequence[int]) -> None:
         customers: list[tuple[CustomerFacts, int, list[Timer]]] = []
+        # partition → (customer, segment input) for the flows (journeys/flows/inputs.py)
+        flow_inputs: dict[int, list[tuple[str, FlowInput]]] = {}
         known: dict[str, str] = {}
         for key, segment in scores:
             partition = self._partition_of(key)
@@ -301,12 +336,20 @@ class OutreachWorker:
                 facts = self.store.facts(key)
                 if facts is None:
                     continue
+                previous = facts.segment
                 if self.engine.observe_segment(facts, segment):
                     customers.append((facts, partition, self.engine.plan(facts)))
+                    edges = rfm_segment_inputs(previous, segment, facts.latest_order())
+                    flow_inputs.setdefault(partition, []).extend((key, i) for i in edges)
             elif partition in self._segments_assigned:
                 continue  # ours, but not caught up: looked at again next scan
             # Another worker's customer is remembered until the assignment changes.
             known[key] = segment
+        if self.flows is not None:
+            # The flows first: a crash before the facts are saved observes the change
+            # again on the next scan, and the same input (same key) is taken once.
+            for partition, inputs in sorted(flow_inputs.items()):
+                self.store.save_flows(self.flows.observe(partition, inputs, _now_ms()))
         self.store.save_customers(customers)
         self._segments_known.update(known)
 
@@ -346,6 +389,8 @@ class OutreachWorker:
         """Triggers recorded but not yet published, ready partitions and their due timers
         (the rules reloaded first, at most every RULES_RELOAD_S)."""
         self._reload_rules()
+        if self._flow_runner is not None:
+            self._flow_runner.reload()  # stored flows changed over the API: taken here
         ready = self.ready_partitions()
         due = self.store.due_timers(ready, time.time()) if ready else []
         return self.store.unpublished(), ready, due
@@ -508,6 +553,9 @@ class OutreachWorker:
             if self._vault is not None:
                 # Opened only now, for this attempt: stored and published sealed.
                 trigger = await asyncio.to_thread(self._vault.open_tree, trigger)
+            if self._unsubscribe_url is not None:
+                customer = str(trigger.get("customer_id", ""))
+                trigger["unsubscribe_url"] = self._unsubscribe_url(customer, delivery.channel)
             if trigger.get("trigger") == "flow":
                 # A flow's message is rendered only now, from its opened variables.
                 try:

@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request
 
 from stack.broker import EmbeddedBroker
 from stack.processes import free_port, wait_until
+from stack.settings import Settings
 from streams.topics import ensure_topics
 from tests.node_process import NodeProcess, platform_settings, query_chdb_folder
+from tests.stack_process import RunningStack
 
 pytestmark = pytest.mark.e2e
 
@@ -153,13 +157,67 @@ RECORDER = """(() => {
 })()"""
 TRACKED = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"]
 
-# Users sent for, across the module's tests: the last test counts their rows.
-SENT: list[str] = []
+# Users sent for, per platform (its base URL), across the module's tests: the last
+# test counts their rows.
+SENT: dict[str, list[str]] = {}
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+class GatewaysStack:
+    """`journeys up` with two ingest gateways (the lean single-call route, the node behind
+    them), in the shape of NodeProcess that these tests use."""
+
+    def __init__(self, folder: Path) -> None:
+        keys = {"write_key": WRITE_KEY, "read_key": "rk_browser", "admin_key": "ak_browser"}
+        self.settings = Settings(data_dir=folder / "data", **keys)
+        self.stack = RunningStack(
+            folder, free_port(), gateways="2", data_dir=str(self.settings.data_dir), **keys
+        )
+        self.base = self.stack.base
+        self.process: object | None = self.stack.process
+
+    def start(self) -> None:
+        self.stack.wait_for_banner()
+        if not wait_until(self._healthy, 90, alive=lambda: self.stack.process.poll() is None):
+            raise AssertionError(f"the stack did not become healthy:\n{self.log_tail()}")
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def read(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.settings.read_key}"}
+        return httpx.request(method, f"{self.base}{path}", headers=headers, timeout=30, **kwargs)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "".join(self.stack.output().splitlines(True)[-lines:])
+
+    def stop(self) -> int:
+        """SIGTERM: gateways, then the node drained, then the broker."""
+        code, _ = self.stack.interrupt(signal.SIGTERM)
+        self.process = None
+        return code
+
+
+# The node serving the browsers itself, and `journeys up`'s gateways in front of it.
+Platform = NodeProcess | GatewaysStack
+
+
+@pytest.fixture(scope="module", params=["node", "gateways"])
+def node(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Platform]:
     folder = tmp_path_factory.mktemp("browser")
+    if request.param == "gateways":
+        stack = GatewaysStack(folder)
+        try:
+            stack.start()
+            yield stack
+        finally:
+            if stack.process is not None:
+                stack.stop()
+        return
     broker = EmbeddedBroker(folder / "broker.log")
     broker.start()
     settings = platform_settings(
@@ -182,7 +240,7 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory, node: NodeProcess) -> Iterator[str]:
+def shop(tmp_path_factory: pytest.TempPathFactory, node: Platform) -> Iterator[str]:
     """The storefront's origin: a static server with a page per SDK and mode."""
     root = tmp_path_factory.mktemp("shop")
     for name in (SEGMENT_BUNDLE, RUDDER_BUNDLE):
@@ -210,13 +268,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory, node: NodeProcess) -> Iterato
     server.shutdown()
 
 
-def event_count(node: NodeProcess, user: str) -> int:
+def event_count(node: Platform, user: str) -> int:
     response = node.read("GET", f"/v1/customers/{user}")
     return int(response.json()["event_count"]) if response.is_success else 0
 
 
 def run_mode(
-    browser: Browser, shop: str, node: NodeProcess, sdk: str, mode: str, unload: bool
+    browser: Browser, shop: str, node: Platform, sdk: str, mode: str, unload: bool
 ) -> dict[str, Any]:
     """Load the page, send the calls, leave if asked; what the browser saw."""
     user = f"{sdk}-{mode}"
@@ -265,7 +323,7 @@ def run_mode(
     )
     sent = handed(page, node)
     context.close()
-    SENT.append(user)
+    SENT.setdefault(node.base, []).append(user)
     return {
         "user": user,
         "landed": landed,
@@ -277,7 +335,7 @@ def run_mode(
     }
 
 
-def handed(page: Page, node: NodeProcess) -> list[dict[str, Any]]:
+def handed(page: Page, node: Platform) -> list[dict[str, Any]]:
     """The POSTs (fetch, beacon) to the API the shop's pages handed to the browser."""
     sent: list[dict[str, Any]] = json.loads(page.evaluate("sessionStorage.getItem('sent') || '[]'"))
     return [s for s in sent if s["method"] == "POST" and s["url"].startswith(node.base)]
@@ -312,7 +370,7 @@ RUDDER_DELIVERY = {
 
 @pytest.mark.parametrize(("mode", "unload"), [(m, u) for m, (_, u) in SEGMENT_MODES.items()])
 def test_analytics_js_sends_from_another_origin(
-    browser: Browser, shop: str, node: NodeProcess, mode: str, unload: bool
+    browser: Browser, shop: str, node: Platform, mode: str, unload: bool
 ) -> None:
     seen = run_mode(browser, shop, node, "segment", mode, unload)
     assert seen["landed"], (repr(seen), node.log_tail())
@@ -323,7 +381,7 @@ def test_analytics_js_sends_from_another_origin(
 
 @pytest.mark.parametrize(("mode", "unload"), [(m, u) for m, (_, u) in RUDDER_MODES.items()])
 def test_rudderstack_sends_from_another_origin(
-    browser: Browser, shop: str, node: NodeProcess, mode: str, unload: bool
+    browser: Browser, shop: str, node: Platform, mode: str, unload: bool
 ) -> None:
     seen = run_mode(browser, shop, node, "rudder", mode, unload)
     assert seen["landed"], (repr(seen), node.log_tail())
@@ -345,11 +403,12 @@ def test_the_readme_snippet_is_the_one_tested() -> None:
     assert f"<script>\n{snippet}\n</script>" in SEGMENT_PAGE
 
 
-def test_every_browser_event_is_stored_exactly_once(node: NodeProcess) -> None:
+def test_every_browser_event_is_stored_exactly_once(node: Platform) -> None:
     """After both SDKs' tests: the node stops, and ClickHouse is counted without FINAL."""
-    assert len(SENT) == len(SEGMENT_MODES) + len(RUDDER_MODES), "run the whole module"
+    sent = SENT.get(node.base, [])
+    assert len(sent) == len(SEGMENT_MODES) + len(RUDDER_MODES), "run the whole module"
     assert node.stop() == 0, node.log_tail()
-    users = ", ".join(f"'{user}'" for user in SENT)
+    users = ", ".join(f"'{user}'" for user in sent)
     rows = query_chdb_folder(
         node.settings.chdb_path,
         f"SELECT user_id, call_type, event_name, event_id, count() "
@@ -357,7 +416,7 @@ def test_every_browser_event_is_stored_exactly_once(node: NodeProcess) -> None:
         "GROUP BY user_id, call_type, event_name, event_id",
     )
     assert all(count == 1 for *_, count in rows), rows
-    for user in SENT:
+    for user in sent:
         mine = sorted((call, name) for u, call, name, _, _ in rows if u == user)
         assert len(mine) == CALLS_PER_MODE, (user, mine)
         assert [name for call, name in mine if call == "track"] == sorted(TRACKED), mine

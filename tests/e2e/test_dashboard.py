@@ -638,3 +638,77 @@ def test_signing_out_cancels_the_reads_still_in_flight(
         held[0].continue_()
     opened.wait_for_timeout(1000)
     assert errors == []
+
+
+def test_the_flows_panel_draws_the_flow_with_its_live_counts(
+    node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
+) -> None:
+    """The shipped abandoned cart, entered by the storefront's carts: its nodes with the
+    counts the results route gives, pause and resume (admin), and a backtest."""
+    opened, errors = page
+    admin = {"Authorization": f"Bearer {node.settings.admin_key}"}
+    base = f"{node.base}/v1/flows/abandoned_cart"
+    results = httpx.get(f"{base}/results", headers=admin, timeout=30).json()
+    assert results["entered"]["runs"] > 0, results  # the demo's carts entered it
+    add_user(node, "dash-flows", "admin")
+    opened.goto(f"{node.base}/dashboard")
+    sign_in_as(opened, "dash-flows")
+    opened.wait_for_selector("#flows-graph li")
+    listed = httpx.get(f"{node.base}/v1/flows", headers=admin, timeout=30).json()["flows"]
+    shown_flows = table(opened, "#flows-table")
+    assert shown_flows[0] == ["abandoned_cart", "Abandoned cart", "1", "live"]
+    # The lifecycle rules' flows ship switched off while the rules run.
+    assert shown_flows[1:] == [
+        [f["id"], f["name"], str(f["version"]), "disabled"] for f in listed[1:]
+    ]
+    assert len(shown_flows) == len(listed) > 1
+    assert count(opened.text_content("#flows-entered") or "") == results["entered"]["runs"]
+    drawn = opened.locator("#flows-graph li")
+    assert [drawn.nth(i).get_attribute("data-node") for i in range(drawn.count())] == [
+        "cart_started",
+        "holdout_split",
+        "wait_for_order",
+        "reminder",
+        "wait_a_day",
+        "coupon",
+    ]
+    entry = opened.text_content("#flows-graph li[data-node=cart_started] .node-counts") or ""
+    assert f"reached {results['nodes']['cart_started']['reached']}" in entry
+    waiting = results["nodes"]["wait_for_order"]["waiting"]
+    shown = opened.text_content("#flows-graph li[data-node=wait_for_order] .node-counts") or ""
+    assert f"waiting {waiting}" in shown
+    assert "→ timeout: reminder" in (
+        opened.text_content("#flows-graph li[data-node=wait_for_order] .node-next") or ""
+    )
+
+    opened.click("#flows-pause")
+    opened.wait_for_function(
+        "document.querySelector('#flows-table tbody tr td:last-child')"
+        ".textContent.startsWith('paused')"
+    )
+    assert httpx.get(base, headers=admin, timeout=30).json()["paused"] is True
+    opened.click("#flows-resume")
+    opened.wait_for_function(
+        "document.querySelector('#flows-table tbody tr td:last-child').textContent === 'live'"
+    )
+    assert httpx.get(base, headers=admin, timeout=30).json()["paused"] is False
+
+    start = opened.input_value("#flows-backtest-from")
+    end = opened.input_value("#flows-backtest-to")
+    opened.click("#flows-backtest-form button")
+    opened.wait_for_selector("#flows-backtest", state="visible")
+    report = httpx.post(
+        f"{base}/backtest", json={"from": start, "to": end}, headers=admin, timeout=120
+    ).json()
+    card = dict(
+        zip(
+            opened.locator("#flows-backtest dt").all_text_contents(),
+            opened.locator("#flows-backtest dd").all_text_contents(),
+            strict=True,
+        )
+    )
+    entered = report["entered"]
+    assert card["Entered"] == f"{entered['customers']} customers, {entered['runs']} runs"
+    assert entered["runs"] > 0
+    opened.screenshot(path=str(artifacts_dir / "dashboard-flows.png"), full_page=True)
+    assert errors == []

@@ -12,6 +12,7 @@ node) answer on the same port.
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import threading
@@ -185,6 +186,10 @@ def test_the_gateways_answer_503_past_the_lag_limit_and_recover(tmp_path: Path) 
         body = httpx.get(f"{stack.base}/health", timeout=30).json()
         return int(body["components"]["backlog"]["lag_events"])
 
+    def seconds_behind() -> float:
+        body = httpx.get(f"{stack.base}/health", timeout=30).json()
+        return float(body["components"]["backlog"]["lag_seconds"])
+
     accepted = 0
     try:
         for n in range(3):
@@ -214,11 +219,17 @@ def test_the_gateways_answer_503_past_the_lag_limit_and_recover(tmp_path: Path) 
             refused_as_backlog(httpx.post(beacon, json=batch))
             metrics = httpx.get(f"{stack.base}/metrics", timeout=30).text
             assert 'journeys_events_rejected_total{rule="backlog"} 4.0' in metrics, metrics
+            # The node accepted none of these, yet knows their age: its batch in hand
+            # holds the first held call, produced 13 calls 0.6 s apart ago.
+            assert seconds_behind() >= 0.6 * LIMIT, seconds_behind()
+            in_metrics = re.search(r"^journeys_consumer_lag_seconds (\S+)$", metrics, re.M)
+            assert in_metrics is not None and float(in_metrics[1]) >= 0.6 * LIMIT, metrics
         finally:
             lock.execute("ROLLBACK")
             lock.close()
         assert wait_for(lambda: track("after-0").status_code == 200, timeout=60)
         accepted += 1
+        assert wait_for(lambda: seconds_behind() == 0, timeout=60), seconds_behind()
         reader = {"Authorization": f"Bearer {read_key}"}
 
         def counted() -> int | None:

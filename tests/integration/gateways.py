@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+from starlette.types import ASGIApp
 
+from api.app import create_api, create_ingest_api, ingest_routes
 from api.dependencies import AccessKeys, Gateway
+from api.forwarding import IngestOrNode
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from events.sink import EventSink
@@ -38,3 +41,16 @@ def ingest_gateway(
         "rate_limit": TokenBuckets(rate=0, burst=1),
     }
     return Gateway(**{**parts, **overrides})
+
+
+# The two ways a process serves ingest: the node's whole app (`journeys node`,
+# `journeys api`), and an ingest gateway's (its lean single-call route and its
+# ingest app), which hands every other path to the node (here in process).
+LAYOUTS = ("node", "gateway")
+
+
+def served(gateway: Gateway, layout: str) -> ASGIApp:
+    """The app that answers in ``layout`` (one of :data:`LAYOUTS`)."""
+    if layout == "node":
+        return create_api(gateway)
+    return IngestOrNode(create_ingest_api(gateway), ingest_routes(), create_api(gateway))

@@ -9,6 +9,7 @@ pipeline does in one event-store transaction.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -117,6 +118,44 @@ def test_it_starts_each_partition_at_the_stored_position_not_the_committed_offse
     assert [o for p, o in applied if p == 1] == []
     assert [o for p, o in applied if p == 2] == list(range(10))
     assert max(store.applied.values()) == 1
+
+
+def test_each_handed_batch_reports_when_its_first_record_was_produced(
+    broker: EmbeddedBroker, topic: str, unique: str
+) -> None:
+    # The node's lag in seconds behind the gateways rests on the records' Kafka timestamps.
+    async def scenario() -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        await producer.start()
+        produced: list[tuple[int, float]] = []
+        try:
+            for partition in range(PARTITIONS):
+                # A record produced 30 s ago (as a gateway's would be, behind a backlog).
+                stamp_ms = int(time.time() * 1000) - 30_000 + partition
+                await producer.send_and_wait(
+                    topic, b"old", partition=partition, timestamp_ms=stamp_ms
+                )
+                produced.append((partition, stamp_ms / 1000))
+        finally:
+            await producer.stop()
+        reported: list[tuple[int, float]] = []
+        store = PositionStore()
+        member = consumer(
+            broker.bootstrap_servers,
+            topic,
+            f"g{unique}",
+            store,
+            on_fetched=lambda _topic, partition, at: reported.append((partition, at)),
+        )
+        await member.start()
+        try:
+            assert await until(lambda: sum(store.positions.values()) == PARTITIONS)
+        finally:
+            await member.stop()
+        return produced, reported
+
+    produced, reported = asyncio.run(scenario())
+    assert sorted(reported) == produced
 
 
 def test_a_failing_batch_stops_consuming_and_reports_the_failure(

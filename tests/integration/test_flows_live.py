@@ -113,7 +113,7 @@ def test_runs_inside_finish_on_their_version_after_the_file_moves_on(tmp_path: P
     """The versions are recorded in the store: a new runner (a restart with a new flows
     file) still knows the version a run started on; new runs take the new one; a flow
     removed from the file takes no new runs."""
-    (v1,) = load_flows(Settings())
+    v1 = load_flows(Settings())[0]  # the canonical abandoned cart
     table = dict(v1.source)
     nodes = {k: dict(v) for k, v in table["nodes"].items()}
     nodes["wait_for_order"]["timeout"] = "2h"

@@ -18,7 +18,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from clickhouse_connect.driver.client import Client
 
-from api.app import create_api
 from api.cors import INGEST_HEADERS, CorsPolicy
 from api.dependencies import Gateway
 from api.write_keys import DEV_SOURCE
@@ -27,7 +26,7 @@ from projections.migrations import migrate
 from stack.bootstrap import event_sink
 from stack.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.gateways import ingest_gateway
+from tests.integration.gateways import LAYOUTS, ingest_gateway, served
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -41,10 +40,13 @@ def anyio_backend() -> str:
 
 
 class Api:
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, gateway: Gateway) -> None:
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, gateway: Gateway, layout: str
+    ) -> None:
         self.settings = settings
         self.client = client
         self.gateway = gateway
+        self.layout = layout
         self.admin = {"Authorization": f"Bearer {settings.admin_key}"}
 
     def basic(self, key: str | None = None) -> dict[str, str]:
@@ -76,8 +78,10 @@ class Api:
             await consumer.stop()
 
 
-@pytest.fixture
-async def api(settings: Settings, clickhouse: Client) -> AsyncIterator[Api]:
+@pytest.fixture(params=LAYOUTS)
+async def api(
+    settings: Settings, clickhouse: Client, request: pytest.FixtureRequest
+) -> AsyncIterator[Api]:
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, 2, 1)
     database = settings.clickhouse_database
     migrate(clickhouse, database)
@@ -86,9 +90,9 @@ async def api(settings: Settings, clickhouse: Client) -> AsyncIterator[Api]:
     gateway = ingest_gateway(
         settings, clickhouse, sink, cors=CorsPolicy(frozenset({"*"}), frozenset({DASHBOARD}))
     )
-    transport = httpx.ASGITransport(app=create_api(gateway))
+    transport = httpx.ASGITransport(app=served(gateway, request.param))
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test:8000") as client:
-        yield Api(settings, client, gateway)
+        yield Api(settings, client, gateway, request.param)
     await sink.stop()
 
 
@@ -214,7 +218,7 @@ async def test_a_key_with_origins_accepts_only_those(api: Api) -> None:
 
     # With a restrictive default, a preflight is answered for the origins some key lists.
     strict = replace(api.gateway, cors=CorsPolicy(frozenset({"https://only.example"})))
-    transport = httpx.ASGITransport(app=create_api(strict))
+    transport = httpx.ASGITransport(app=served(strict, api.layout))
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
         listed = await client.options("/v1/track", headers=preflight("https://shop.example"))
         assert listed.status_code == 204

@@ -25,7 +25,6 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from api.app import create_api
 from api.dependencies import Gateway
 from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE
@@ -37,7 +36,7 @@ from stack.settings import Settings
 from streams.confluent_sink import ConfluentEventSink
 from streams.producer import KafkaEventSink
 from streams.topics import ensure_topics
-from tests.integration.gateways import ingest_gateway
+from tests.integration.gateways import LAYOUTS, ingest_gateway, served
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -100,15 +99,17 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return set(found)
 
 
-@pytest.fixture
-async def harness(settings: Settings, clickhouse: Client) -> AsyncIterator[Harness]:
+@pytest.fixture(params=LAYOUTS)
+async def harness(
+    settings: Settings, clickhouse: Client, request: pytest.FixtureRequest
+) -> AsyncIterator[Harness]:
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, 2, 1)
     database = settings.clickhouse_database
     migrate(clickhouse, database)
     sink = event_sink(settings)  # the configured producer (confluent-kafka by default)
     await sink.start()
     gateway = ingest_gateway(settings, clickhouse, sink)
-    transport = httpx.ASGITransport(app=create_api(gateway))
+    transport = httpx.ASGITransport(app=served(gateway, request.param))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         yield Harness(settings, client, gateway)
     await sink.stop()

@@ -28,3 +28,5 @@ def test_layout_benchmark_prints_both_layouts_beside_bare_uvicorn() -> None:
         assert taken > 0 and bare > 0
         assert "refused 0" in row
     assert stdout.count("stage visible after the 200") == 4
+    # Each stage row says what the worker's batches were meanwhile (its /metrics).
+    assert stdout.count(" journey batches of ") == 4, stdout

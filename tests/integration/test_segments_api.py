@@ -178,7 +178,7 @@ def test_traits_are_defined_replaced_and_deleted_by_admins_like_segments(
     # The CLI reads a trait's table as segments' (the file itself, or [traits.ID]).
     whole = tmp_path / "all.toml"
     whole.write_text('[traits.t]\nop = "count"\nevent = "A"\n')
-    assert definition_table(whole, "t", "traits") == {"op": "count", "event": "A"}
+    assert definition_table(whole, "traits", "t") == {"op": "count", "event": "A"}
 
 
 @pytest.mark.parametrize(

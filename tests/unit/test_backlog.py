@@ -98,3 +98,28 @@ def test_the_limit_names_what_it_is_past_and_zero_turns_it_off() -> None:
     }
     backlog.processed(0, 10)
     assert by_age.exceeded() is None and by_age.state()["accepting"] is True
+
+
+def test_behind_gateways_seconds_are_the_age_of_the_batch_in_hand() -> None:
+    # The node accepts nothing itself (no marks): its consumer tells it when the first
+    # record of the batch it handles was produced (the record's Kafka timestamp).
+    clock, wall = Clock(), Clock()
+    wall.now = 1_700_000_000.0
+    backlog = Backlog(clock, wall_clock=wall)
+    backlog.processed(0, 0)
+    backlog.processed(1, 0)
+    assert backlog.seconds() == 0.0
+    backlog.handling(0, 1_699_999_997.5)
+    backlog.handling(1, 1_699_999_999.0)
+    assert backlog.seconds() == pytest.approx(2.5)
+    wall.now += 1.0
+    assert backlog.seconds() == pytest.approx(3.5)
+    backlog.processed(0, 40)  # that batch committed: partition 1's is the oldest in hand
+    assert backlog.seconds() == pytest.approx(2.0)
+    backlog.processed(1, 7)
+    assert backlog.seconds() == 0.0
+    # Marks of this process's own deliveries still count, whichever is older.
+    backlog.delivered([(0, 40)])
+    clock.now += 4.0
+    backlog.handling(0, wall.now - 1.0)
+    assert backlog.seconds() == pytest.approx(4.0)

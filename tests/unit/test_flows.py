@@ -435,8 +435,10 @@ def errors_of(flow: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_shipped_flows_file_is_valid() -> None:
-    (flow,) = parse_flows(tomllib.loads(FLOWS_FILE.read_text()))
-    assert flow.id == "abandoned_cart" and flow.reentry == "cooldown"
+    flows = parse_flows(tomllib.loads(FLOWS_FILE.read_text()))
+    flow = flows[0]  # the canonical one first; then the rules as flows (test_rules_as_flows.py)
+    assert flow.id == "abandoned_cart" and flow.reentry == "cooldown" and flow.enabled
+    assert len(flows) == 8 and not any(other.enabled for other in flows[1:])
     assert [b.percent for b in flow.nodes["holdout_split"].branches] == [10, 90]  # type: ignore[attr-defined]
 
 
@@ -538,3 +540,25 @@ def test_every_kind_of_fact_explains_itself_as_recorded() -> None:
         reason="consent",
     )
     assert explain(skipped.to_dict()) == "coupon not sent: not subscribed to the channel"
+
+
+def test_a_held_input_waits_for_the_resume_even_when_late() -> None:
+    """``hold`` (a paused flow): an order stamped before the clock is not taken at once,
+    as ``observe`` would take it, but on the next advance, in event time; once only."""
+    engine = FlowEngine(FlowCatalog.of([parse_flow("abandoned_cart", CART)]))  # type: ignore[list-item]
+    state = FlowState(customer("treatment"), "abandoned_cart")
+    engine.observe(state, ev(1, "Product Added", 0, cart_id="k1"))
+    entered = engine.advance(state, T0 + 40 * MINUTE)
+    assert [f.type for f in entered.facts][:1] == ["Entered"]
+    order = ev(2, "Order Completed", 30, cart_id="k1")  # before the clock (40 min)
+    held = engine.hold(state, order)
+    assert held.facts == [] and state.inside
+    assert held.wake_ms == order.at_ms  # due at once when resumed
+    engine.hold(state, order)  # a re-sent copy is kept once
+    assert len(state.pending) == 1
+    resumed = engine.advance(state, T0 + 50 * MINUTE)
+    assert [(f.type, getattr(f, "reason", "")) for f in resumed.facts][-2:] == [
+        ("GoalReached", ""),
+        ("Left", "converted"),
+    ]
+    assert not state.inside and sent(resumed.facts) == []

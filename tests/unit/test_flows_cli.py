@@ -14,7 +14,7 @@ SHIPPED = Path(__file__).parents[2] / "journeys" / "flows.toml"
 
 def test_the_shipped_flows_validate_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["flows", "validate"]) == 0
-    assert capsys.readouterr().out.strip() == "ok: 1 flows, 6 nodes"
+    assert capsys.readouterr().out.strip() == "ok: 8 flows, 27 nodes"
     assert main(["flows", "list"]) == 0
     listing = capsys.readouterr().out
     assert listing.startswith("abandoned_cart v1: Abandoned cart, reentry cooldown:")
@@ -46,3 +46,50 @@ def test_an_invalid_file_names_the_node_and_field(
                  "2026-02-01", "--file", str(draft), "--url", "http://127.0.0.1:9"])  # fmt: skip
     assert code == 2
     assert "flows.abandoned_cart.nodes.wait_for_order.timeout" in capsys.readouterr().err
+
+
+def test_set_pause_and_resume_go_to_the_admin_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over HTTP to an API (here a recording stand-in): the file's [flows.ID] table as the
+    PUT body, with the admin key."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[tuple[str, str, str, object]] = []
+
+    class Api(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            seen.append((self.command, self.path, self.headers["Authorization"], body))
+            payload = json.dumps({"id": "abandoned_cart"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_PUT = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        connection = ["--url", url, "--admin-key", "ak_cli"]
+        assert main(["flows", "set", "abandoned_cart", str(SHIPPED), *connection]) == 0
+        assert main(["flows", "pause", "abandoned_cart", *connection]) == 0
+        assert main(["flows", "resume", "abandoned_cart", *connection]) == 0
+        missing = tmp_path / "missing.toml"
+        assert main(["flows", "set", "abandoned_cart", str(missing), *connection]) == 2
+        assert str(missing) in capsys.readouterr().err
+    finally:
+        server.shutdown()
+    put, pause, resume = seen
+    assert put[:3] == ("PUT", "/v1/flows/abandoned_cart", "Bearer ak_cli")
+    assert isinstance(put[3], dict) and put[3]["version"] == 1 and "nodes" in put[3]
+    assert (pause[0], pause[1]) == ("POST", "/v1/flows/abandoned_cart/pause")
+    assert (resume[0], resume[1]) == ("POST", "/v1/flows/abandoned_cart/resume")

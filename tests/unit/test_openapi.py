@@ -44,12 +44,13 @@ def test_the_error_body_and_the_key_schemes_are_components(document: dict[str, A
     assert "HTTPValidationError" not in components["schemas"]
 
 
-# Segments and traits refuse a definition, a static list a row, by their own rules.
+# Segments and traits refuse a definition, a static list a row, flows a flow, by their own rules.
 DEFINITION_ROUTES = (
     "/v1/segments/{segment_id}",
     "/v1/traits/{trait_id}",
     "/v1/segments/{segment_id}/members",
     "/v1/funnels/dropoffs",
+    "/v1/flows/{flow_id}",
 )
 
 
@@ -57,7 +58,7 @@ def test_every_refusal_is_documented_with_the_error_body(document: dict[str, Any
     for method, path, operation in operations(document):
         responses = operation["responses"]
         # Request validation answers 400; only a route that refuses a definition by its
-        # own rules answers 422 (segments, traits), documented with the error body.
+        # own rules answers 422 (segments, traits, flows), documented with the error body.
         if "422" in responses:
             assert path in DEFINITION_ROUTES, (method, path)
         errors = {code: r for code, r in responses.items() if int(code) >= 400}

@@ -545,6 +545,7 @@ function refreshPanels() {
   }
   if (!$("triggers").hidden) refreshTriggers();
   if (!$("audit").hidden) refreshAudit();
+  if (!$("flows").hidden) refreshFlows(); // dashboard-flows.js
 }
 
 document.addEventListener("DOMContentLoaded", () => {

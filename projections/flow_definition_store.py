@@ -1,0 +1,126 @@
+"""Journey flows in force, in the event store's database (issue 18).
+
+The shape of the segment definitions' store (projections/definition_store.py):
+the flows file (``JOURNEYS_FLOWS_FILE`` or journeys/flows.toml) seeds the table
+once, when it has never held flows; from then on the admin API (``PUT`` /
+``DELETE /v1/flows/{id}``, ``POST /v1/flows/{id}/pause|resume``) changes it.
+Kinds: ``flows`` (each flow's table as in the file) and ``paused`` (``{"at_ms"}``
+of each paused flow). The worker's flow runner polls the version and takes a
+change between two ticks, with no restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from journeys.flows.definitions import FlowDefinition, FlowError, parse_flow, parse_flows
+from projections.definition_store import DefinitionStore, Document
+
+
+@dataclass(frozen=True)
+class FlowsInForce:
+    """The flows in force and which of them are paused (flow id → paused since, ms)."""
+
+    flows: tuple[FlowDefinition, ...] = ()
+    paused: Mapping[str, int] = field(default_factory=dict)
+
+    def get(self, flow_id: str) -> FlowDefinition | None:
+        return next((flow for flow in self.flows if flow.id == flow_id), None)
+
+
+def parse_flows_in_force(document: Document) -> FlowsInForce:
+    """A stored document; raises FlowError (naming the node and field) for invalid flows."""
+    flows = tuple(parse_flows({"flows": document.get("flows", {})}))
+    known = {flow.id for flow in flows}
+    paused = {
+        key: int(body.get("at_ms", 0))
+        for key, body in document.get("paused", {}).items()
+        if key in known
+    }
+    return FlowsInForce(flows, paused)
+
+
+class FlowDefinitions(DefinitionStore[FlowsInForce]):
+    """The stored flows (``flow_definitions``) and their pauses."""
+
+    def __init__(self, sqlite_path: Path | None = None, postgres_dsn: str = "") -> None:
+        super().__init__(
+            "flow_definitions",
+            ("flows", "paused"),
+            parse_flows_in_force,
+            sqlite_path=sqlite_path,
+            postgres_dsn=postgres_dsn,
+        )
+
+    def put(
+        self, flow: FlowDefinition, recorded: Mapping[int, str] | None = None
+    ) -> tuple[bool, FlowsInForce]:
+        """Define or replace ``flow`` (parsed from its table); (whether it existed, flows).
+
+        A changed flow must carry a new version: a different definition under the
+        version in force, or under one the runner recorded (``recorded``: version →
+        fingerprint, from ``flow_versions``), or a lower version, is a FlowConflict,
+        because customers inside finish on the version they entered and a version
+        must mean one definition. Re-putting the same definition changes nothing.
+        """
+
+        def guard(previous: Mapping[str, object] | None) -> None:
+            if previous is not None:
+                before = parse_flow(flow.id, dict(previous))
+                if before is not None:
+                    _check_version(flow, before.version, before.fingerprint)
+            known = (recorded or {}).get(flow.version)
+            if known is not None and known != flow.fingerprint:
+                raise FlowConflict(
+                    [
+                        (
+                            f"flows.{flow.id}.version",
+                            f"version {flow.version} was run with another definition; "
+                            f"give the change a version above {max(recorded or {})}",
+                        )
+                    ]
+                )
+
+        return self.change("flows", flow.id, dict(flow.source), guard=guard)
+
+    def delete(self, flow_id: str) -> bool:
+        """Remove a flow (and its pause); runs inside finish on their version. False: unknown."""
+        existed, _ = self.change("flows", flow_id, None)
+        self.change("paused", flow_id, None)
+        return existed
+
+    def pause(self, flow_id: str, at_ms: int) -> bool:
+        """Hold the flow from ``at_ms`` (kept if already paused); False when unknown."""
+        if self.current().get(flow_id) is None:
+            return False
+        in_force = self.current()
+        if flow_id not in in_force.paused:
+            self.change("paused", flow_id, {"at_ms": at_ms})
+        return True
+
+    def resume(self, flow_id: str) -> bool:
+        """Let a paused flow go on; False when unknown."""
+        if self.current().get(flow_id) is None:
+            return False
+        if flow_id in self.current().paused:
+            self.change("paused", flow_id, None)
+        return True
+
+
+class FlowConflict(FlowError):
+    """A flow's change refused because it does not fit the versions in force (409)."""
+
+
+def _check_version(flow: FlowDefinition, version: int, fingerprint: str) -> None:
+    path = f"flows.{flow.id}.version"
+    if flow.version < version:
+        message = f"version {version} is in force: a change needs a version above it"
+        raise FlowConflict([(path, message)])
+    if flow.version == version and flow.fingerprint != fingerprint:
+        message = (
+            f"version {version} is in force with another definition: "
+            f"give the change version {version + 1}"
+        )
+        raise FlowConflict([(path, message)])
