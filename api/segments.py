@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 
 from api.analysis import DroppedRequest
 from api.auth import GatewayDep, require_admin_key, require_read_key
-from api.dependencies import Gateway
 from api.errors import error_responses, problem
 from api.times import ApiTime
 from events.ecommerce import MAX_ID_LENGTH, check_no_control
@@ -100,11 +99,13 @@ class SegmentMembers(BaseModel):
     backfilled: bool
 
 
-def _reads(request: Request) -> SegmentReads:
-    gateway: Gateway = request.app.state.gateway
+def _reads(gateway: GatewayDep) -> SegmentReads:
     if gateway.segments is None:
         raise HTTPException(503, "segments are not configured in this process")
     return gateway.segments
+
+
+Reads = Annotated[SegmentReads, Depends(_reads)]
 
 
 def _shown(reads: SegmentReads, segment: SegmentDefinition) -> Segment:
@@ -140,9 +141,8 @@ def _not_found(segment_id: str) -> JSONResponse:
 
 
 @router.get("/segments", response_model=SegmentList)
-async def list_segments(request: Request) -> SegmentList:
+async def list_segments(reads: Reads) -> SegmentList:
     """Every segment of the definitions file."""
-    reads = _reads(request)
 
     def listed() -> SegmentList:
         return SegmentList(segments=[_shown(reads, s) for s in reads.definitions.segments.values()])
@@ -151,9 +151,8 @@ async def list_segments(request: Request) -> SegmentList:
 
 
 @router.get("/segments/{segment_id}", response_model=Segment)
-async def get_segment(request: Request, segment_id: SegmentId) -> Segment | JSONResponse:
+async def get_segment(reads: Reads, segment_id: SegmentId) -> Segment | JSONResponse:
     """One segment's definition."""
-    reads = _reads(request)
 
     def shown() -> Segment | JSONResponse:
         segment = reads.definitions.segments.get(segment_id)
@@ -164,7 +163,7 @@ async def get_segment(request: Request, segment_id: SegmentId) -> Segment | JSON
 
 @router.get("/segments/{segment_id}/members", response_model=SegmentMembers)
 async def segment_members(
-    request: Request,
+    reads: Reads,
     segment_id: SegmentId,
     as_of: Annotated[ApiTime | None, Query(description="ISO-8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -174,7 +173,6 @@ async def segment_members(
     At or after a customer's latest event, computed from their state at read
     time (rolling windows slide exactly); before it, from the recorded changes.
     """
-    reads = _reads(request)
     if segment_id not in reads.definitions.segments:
         return _not_found(segment_id)
     moment = datetime.now(UTC) if as_of is None else as_of
@@ -190,13 +188,12 @@ async def segment_members(
 
 @router.get("/segments/{segment_id}/sizes", response_model=SegmentSizes)
 async def segment_sizes(
-    request: Request,
+    reads: Reads,
     segment_id: SegmentId,
     end: Annotated[ApiTime | None, Query(description="ISO-8601 time; default now")] = None,
     days: Annotated[int, Query(ge=1, le=90)] = 30,
 ) -> SegmentSizes | JSONResponse:
     """The segment's size at ``end`` and at the same time on each of the days before it."""
-    reads = _reads(request)
     if segment_id not in reads.definitions.segments:
         return _not_found(segment_id)
     last = datetime.now(UTC) if end is None else end
@@ -221,10 +218,14 @@ def _refused(error: DefinitionError, status: int = 422) -> JSONResponse:
     return problem(status, f"{first['field']}: {first['message']}", reasons)
 
 
-def _gateway_reads(gateway: Gateway) -> SegmentReads:
+def _stored_reads(gateway: GatewayDep) -> SegmentReads:
     if gateway.segments is None or gateway.segments.stored is None:
         raise HTTPException(503, "segment definitions are not stored in this process")
     return gateway.segments
+
+
+# The reads with their definition store: what an admin change needs.
+StoredReads = Annotated[SegmentReads, Depends(_stored_reads)]
 
 
 async def _change(
@@ -261,7 +262,7 @@ async def _change(
     responses={201: {"model": Segment, "description": "Defined (it did not exist)"}},
 )
 async def put_segment(
-    gateway: GatewayDep, segment_id: SegmentId, body: dict[str, Any]
+    reads: StoredReads, segment_id: SegmentId, body: dict[str, Any]
 ) -> Segment | JSONResponse:
     """The segment's table as in the definitions file: ``name``, ``description``, ``where``.
 
@@ -269,7 +270,6 @@ async def put_segment(
     node and the field (``segments.x.where.and[1].count: must be an integer >= 0``).
     The worker folds events with it within seconds; its state starts empty.
     """
-    reads = _gateway_reads(gateway)
     changed = await _change(reads, "segments", segment_id, body)
     if isinstance(changed, JSONResponse):
         return changed
@@ -283,9 +283,8 @@ async def put_segment(
 
 
 @admin_router.delete("/segments/{segment_id}", response_model=Segment, summary="Delete a segment")
-async def delete_segment(gateway: GatewayDep, segment_id: SegmentId) -> Segment | JSONResponse:
+async def delete_segment(reads: StoredReads, segment_id: SegmentId) -> Segment | JSONResponse:
     """Refused (409) while another segment refers to it; its recorded history stays."""
-    reads = _gateway_reads(gateway)
     segment = reads.definitions.segments.get(segment_id)
     if segment is None:
         return _not_found(segment_id)
@@ -335,9 +334,8 @@ def _trait_not_found(trait_id: str) -> JSONResponse:
 
 
 @router.get("/traits", response_model=TraitList)
-async def list_traits(request: Request) -> TraitList:
+async def list_traits(reads: Reads) -> TraitList:
     """Every computed trait in force."""
-    reads = _reads(request)
 
     def listed() -> TraitList:
         return TraitList(traits=[_trait_shown(reads, t) for t in reads.definitions.traits.values()])
@@ -346,9 +344,8 @@ async def list_traits(request: Request) -> TraitList:
 
 
 @router.get("/traits/{trait_id}", response_model=Trait)
-async def get_trait(request: Request, trait_id: TraitId) -> Trait | JSONResponse:
+async def get_trait(reads: Reads, trait_id: TraitId) -> Trait | JSONResponse:
     """One computed trait's definition and the segments using it."""
-    reads = _reads(request)
     trait = reads.definitions.traits.get(trait_id)
     if trait is None:
         return _trait_not_found(trait_id)
@@ -362,7 +359,7 @@ async def get_trait(request: Request, trait_id: TraitId) -> Trait | JSONResponse
     responses={201: {"model": Trait, "description": "Defined (it did not exist)"}},
 )
 async def put_trait(
-    gateway: GatewayDep, trait_id: TraitId, body: dict[str, Any]
+    reads: StoredReads, trait_id: TraitId, body: dict[str, Any]
 ) -> Trait | JSONResponse:
     """The trait's table as in the definitions file: ``op``, ``property``, ``event`` or
     ``type``, ``properties``, ``within`` or ``since``.
@@ -372,7 +369,6 @@ async def put_trait(
     the worker backfills those segments (and the traits no segment uses) from
     the event log.
     """
-    reads = _gateway_reads(gateway)
     changed = await _change(reads, "traits", trait_id, body)
     if isinstance(changed, JSONResponse):
         return changed
@@ -384,9 +380,8 @@ async def put_trait(
 
 
 @admin_router.delete("/traits/{trait_id}", response_model=Trait, summary="Delete a trait")
-async def delete_trait(gateway: GatewayDep, trait_id: TraitId) -> Trait | JSONResponse:
+async def delete_trait(reads: StoredReads, trait_id: TraitId) -> Trait | JSONResponse:
     """Refused (409) while a segment compares it, naming the segment's node."""
-    reads = _gateway_reads(gateway)
     trait = reads.definitions.traits.get(trait_id)
     if trait is None:
         return _trait_not_found(trait_id)
@@ -491,7 +486,7 @@ async def _save_list(
     },
 )
 async def upload_members(
-    request: Request, gateway: GatewayDep, segment_id: SegmentId
+    request: Request, reads: StoredReads, segment_id: SegmentId
 ) -> StaticList | JSONResponse:
     """One customer id (userId, or ``anon:<anonymousId>``) a row, an optional
     ``customer_id`` header; at most 100,000 rows and 4 MiB (413 above).
@@ -501,7 +496,6 @@ async def upload_members(
     records each customer put on or taken off as SegmentEntered / SegmentExited,
     stamped now, within a tick. A bad row is a 422 naming the row and the rule.
     """
-    reads = _gateway_reads(gateway)
     if not is_definition_id(segment_id):
         reason = {"field": "segment_id", "rule": "pattern", "message": "not a definition id"}
         return problem(422, "segment_id: not a definition id", [reason])
@@ -527,12 +521,11 @@ async def upload_members(
 
 @router.get("/segments/{segment_id}/list", response_model=SegmentMembers)
 async def static_list(
-    request: Request,
+    reads: Reads,
     segment_id: SegmentId,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> SegmentMembers | JSONResponse:
     """A static segment's list as uploaded (the members read says who is in it when)."""
-    reads = _reads(request)
     if not reads.definitions.is_static(segment_id):
         return _not_found(segment_id)
     members = await asyncio.to_thread(reads.store.list_members, segment_id)
@@ -551,11 +544,12 @@ async def static_list(
     summary="Save the customers who dropped at a step of a funnel as a static segment",
     responses=error_responses(413),
 )
-async def save_dropoffs(gateway: GatewayDep, query: DropoffsRequest) -> StaticList | JSONResponse:
+async def save_dropoffs(
+    gateway: GatewayDep, reads: StoredReads, query: DropoffsRequest
+) -> StaticList | JSONResponse:
     """The customers who reached step ``dropped_at - 1`` and not ``dropped_at`` (as
     ``POST /v1/funnels/dropped`` counts them) become the list of static segment
     ``segment`` (defined if new; 409 for a segment defined by a rule)."""
-    reads = _gateway_reads(gateway)
     definition = query.definition()
     queries = FunnelQueries(gateway.event_log.client, gateway.event_log.database)
 
