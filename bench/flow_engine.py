@@ -1,0 +1,192 @@
+"""Benchmark: the pure flow engine with the canonical flow only vs the eight shipped flows on.
+
+    .venv/bin/python -m bench.flow_engine [--events N] [--customers C] [--runs R]
+        [--profile] [--json FILE]
+
+Generates ``N`` synthetic storefront events of ``C`` customers (seeded: identify
+with a birthday and a time zone, page views, carts, orders, tickets), in event
+time, and feeds them to :class:`journeys.flows.engine.FlowEngine` as the live
+runner does (streams/outreach/flows.py): each event to every flow that
+``wants`` it, observed, then the state advanced to the event's instant (the
+timer loop's step), and each state touched written out (``to_dict``, the
+runner's state row). Timed each ``R`` times, alternating the two set-ups
+(medians of wall time and of the process's CPU time, which a loaded shared
+machine disturbs less):
+
+- **canonical**: only the canonical abandoned cart (journeys/flows.toml) on:
+  the raw limit here, the engine's cost for one event-triggered flow;
+- **eight**: the eight shipped flows on (the seven lifecycle rules' flows
+  switched on), events/s and the ratio to the canonical run.
+
+Also prints the state writes per event of each. ``--profile`` prints cProfile's
+top functions of one eight-flow run. CPU is shared: quote ratios and medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import random
+import statistics
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from journeys.flows.definitions import FlowCatalog, FlowDefinition, flows_from_toml
+from journeys.flows.engine import FlowEngine, FlowState
+from journeys.flows.inputs import FlowInput, TrackedInput
+
+START_MS = 1_790_000_000_000  # 2026-09-21
+_ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC")
+# (name, type, weight): a storefront's mix
+_KINDS = (
+    ("page viewed", "browse", 40),
+    ("product viewed", "browse", 20),
+    ("product added", "cart", 18),
+    ("order completed", "purchase", 8),
+    ("ticket created", "support", 3),
+    ("ticket resolved", "support", 3),
+    ("identify", "identify", 8),
+)
+
+
+def shipped_flows(all_on: bool) -> list[FlowDefinition]:
+    """The shipped flows: all eight switched on, or the canonical abandoned cart alone."""
+    text = resources.files("journeys").joinpath("flows.toml").read_text("utf-8")
+    if all_on:
+        return flows_from_toml(text.replace("enabled = false", "enabled = true"))
+    return [flow for flow in flows_from_toml(text) if flow.id == "abandoned_cart"]
+
+
+def synthetic_inputs(events: int, customers: int, seed: int = 7) -> list[tuple[str, FlowInput]]:
+    """``events`` inputs of ``customers`` customers over ~90 days, in event time."""
+    rng = random.Random(seed)
+    names = [kind for kind in _KINDS for _ in range(kind[2])]
+    found: list[tuple[str, FlowInput]] = []
+    span_ms = 90 * 86_400_000
+    for number in range(events):
+        customer = f"c{rng.randrange(customers)}"
+        at_ms = START_MS + number * span_ms // events
+        name, kind, _ = rng.choice(names)
+        properties: dict[str, Any] = {}
+        if kind == "identify":
+            properties = {
+                "first_name": f"name{customer}",
+                "birthday": f"{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                "timezone": rng.choice(_ZONES),
+            }
+        elif kind == "cart":
+            product = rng.randrange(50)
+            properties = {
+                "cart_id": f"{customer}-cart{number // 200}",
+                "product_id": str(product),
+                "price": 5.0 + product,
+                "quantity": 1,
+            }
+        elif kind == "purchase":
+            properties = {
+                "order_id": f"o{number}",
+                "cart_id": f"{customer}-cart{number // 200}",
+                "revenue": round(rng.uniform(10, 300), 2),
+            }
+        elif kind == "support":
+            properties = {"ticket_id": f"t{customer}-{number // 500}"}
+        found.append(
+            (customer, TrackedInput(f"e{number}", at_ms, name, kind, properties, False, ""))
+        )
+    return found
+
+
+def run_engine(
+    flows: list[FlowDefinition], inputs: list[tuple[str, FlowInput]]
+) -> dict[str, int]:
+    """The inputs through the engine as the live runner takes them; counts of the work."""
+    engine = FlowEngine(FlowCatalog.of(flows))
+    flow_ids = engine.catalog.flow_ids()
+    states: dict[tuple[str, str], FlowState] = {}
+    writes = facts = 0
+    for key, item in inputs:
+        for flow_id in flow_ids:
+            if not engine.wants(flow_id, item):
+                continue
+            state = states.get((key, flow_id))
+            if state is None:
+                state = states[(key, flow_id)] = FlowState(key, flow_id)
+            facts += len(engine.observe(state, item, item.at_ms).facts)
+            facts += len(engine.advance(state, item.at_ms, item.at_ms).facts)
+            state.to_dict()  # the runner's state row
+            writes += 1
+    return {"state_writes": writes, "facts": facts}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--customers", type=int, default=2_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    inputs = synthetic_inputs(args.events, args.customers)
+    setups = {"canonical": shipped_flows(all_on=False), "eight": shipped_flows(all_on=True)}
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    cpu: dict[str, list[float]] = {name: [] for name in setups}
+    work: dict[str, dict[str, int]] = {}
+    for _ in range(args.runs):  # alternated, so both see the same load
+        for name, flows in setups.items():
+            began, began_cpu = time.perf_counter(), time.process_time()
+            work[name] = run_engine(flows, inputs)
+            times[name].append(time.perf_counter() - began)
+            cpu[name].append(time.process_time() - began_cpu)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    rate = {name: round(args.events / seconds) for name, seconds in median.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    rate_cpu = {name: round(args.events / seconds) for name, seconds in median_cpu.items()}
+    figures: dict[str, Any] = {
+        "events": args.events,
+        "customers": args.customers,
+        "runs": args.runs,
+        "canonical_events_per_s": rate["canonical"],
+        "eight_events_per_s": rate["eight"],
+        "eight_over_canonical": round(median["canonical"] / median["eight"], 3),
+        "canonical_events_per_cpu_s": rate_cpu["canonical"],
+        "eight_events_per_cpu_s": rate_cpu["eight"],
+        "eight_over_canonical_cpu": round(median_cpu["canonical"] / median_cpu["eight"], 3),
+        "state_writes_per_event": {
+            name: round(counts["state_writes"] / args.events, 2) for name, counts in work.items()
+        },
+        "facts": {name: counts["facts"] for name, counts in work.items()},
+        "median_s": median,
+        "median_cpu_s": median_cpu,
+    }
+    print(f"{args.events} events of {args.customers} customers, median of {args.runs}")
+    for name in setups:
+        print(
+            f"{name + ':':<11}{rate[name]:>9} events/s  ({median[name]:.2f} s;"
+            f" {rate_cpu[name]} events per CPU s,"
+            f" {figures['state_writes_per_event'][name]} state writes/event,"
+            f" {figures['facts'][name]} facts)"
+        )
+    print(
+        f"eight over canonical: {figures['eight_over_canonical']:.3f}"
+        f" (CPU time: {figures['eight_over_canonical_cpu']:.3f})"
+    )
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run_engine(setups["eight"], inputs)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
