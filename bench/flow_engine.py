@@ -103,9 +103,7 @@ def synthetic_inputs(events: int, customers: int, seed: int = 7) -> list[tuple[s
     return found
 
 
-def run_engine(
-    flows: list[FlowDefinition], inputs: list[tuple[str, FlowInput]]
-) -> dict[str, int]:
+def run_engine(flows: list[FlowDefinition], inputs: list[tuple[str, FlowInput]]) -> dict[str, int]:
     """The inputs through the engine as the live runner takes them; counts of the work."""
     engine = FlowEngine(FlowCatalog.of(flows))
     flow_ids = engine.catalog.flow_ids()

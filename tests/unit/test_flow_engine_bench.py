@@ -13,7 +13,7 @@ from journeys.flows.engine import FlowEngine, FlowState
 def test_the_engine_benchmark_runs_at_a_tiny_size() -> None:
     figures = main(["--events", "300", "--customers", "30", "--runs", "1"])
     assert figures["canonical_events_per_s"] > 0 and figures["eight_events_per_s"] > 0
-    assert 0 < figures["eight_over_canonical"]
+    assert figures["eight_over_canonical"] > 0
     writes = figures["state_writes_per_event"]
     # The lifecycle flows' anchors read more than the cart's events: more states touched.
     assert writes["eight"] > writes["canonical"] > 0
