@@ -14,13 +14,15 @@ from journeys.flows.facts import _FACT_NAMESPACE
 
 
 def test_the_engine_benchmark_runs_at_a_tiny_size() -> None:
-    figures = main(["--events", "300", "--customers", "30", "--runs", "1"])
+    figures = main(["--events", "300", "--customers", "30", "--runs", "1", "--live", "50"])
     assert figures["canonical_events_per_s"] > 0 and figures["eight_events_per_s"] > 0
     assert figures["eight_over_canonical"] > 0
     writes = figures["state_writes_per_event"]
     # The lifecycle flows' anchors read more than the cart's events: more states touched.
     assert writes["eight"] > writes["canonical"] > 0
     assert figures["facts"]["eight"] > figures["facts"]["canonical"] > 0
+    assert figures["live_eight_state_rows"] > figures["live_canonical_state_rows"] > 0
+    assert figures["live_eight_over_canonical"] > 0
 
 
 def test_a_state_is_written_as_dataclasses_asdict_wrote_it() -> None:
