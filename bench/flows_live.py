@@ -49,6 +49,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from events.segment import TrackCall, accept_call
@@ -213,7 +215,15 @@ def timers(args: argparse.Namespace) -> dict[str, Any]:
         busy_query_ms = 0.0
         if profile is not None:
             profile.enable()
+        load = _ingest_batches(args.ingest_per_s, tick_s, args.measure_s)
+        loaded = 0
+        consume_work: list[float] = []
         while time.time() < end:
+            if load:
+                # A consumer batch holds the worker's lock: the tick waits for it.
+                began = time.perf_counter()
+                loaded += _consume(store, runner, load.pop())
+                consume_work.append(time.perf_counter() - began)
             tick = time.time()
             if not busy_query_ms and tick >= tick_due_ts:
                 began = time.perf_counter()
@@ -250,12 +260,22 @@ def timers(args: argparse.Namespace) -> dict[str, Any]:
         "tick_s": tick_s,
         "due_query_idle_ms": round(idle_query_ms, 3),
         "due_query_busy_ms": round(busy_query_ms, 3),
+        "ingest_per_s": args.ingest_per_s,
+        "ingested": loaded,
+        "batch_work_p99_s": round(_percentile(consume_work, 0.99), 4),
+        "batch_work_max_s": round(max(consume_work, default=0.0), 4),
     }
     print(
         f"{waiting} customers waiting in a flow (populated in {populate_s:.1f} s), "
         f"{args.due_per_s:g} due steps/s over {args.measure_s:g} s; {waiting_after} still "
         "waiting at the end"
     )
+    if loaded:
+        print(
+            f"with {loaded} storefront events of other customers consumed meanwhile "
+            f"({args.ingest_per_s:g}/s, through the same flows, between ticks); a batch's "
+            f"work p99 {figures['batch_work_p99_s']:.4f} s, max {figures['batch_work_max_s']:.4f} s"
+        )
     print(
         f"raw limits: tick interval {tick_s:g} s; due-range query {idle_query_ms:.2f} ms "
         f"with nothing due, {busy_query_ms:.2f} ms with a tick's steps due; a tick's work "
@@ -276,6 +296,33 @@ def timers(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     return figures
+
+
+def _ingest_batches(per_s: float, tick_s: float, measure_s: float) -> list[list[Any]]:
+    """Storefront events of other customers, stamped now, one batch per tick (popped)."""
+    if not per_s:
+        return []
+    per_tick = max(1, round(per_s * tick_s))
+    ticks = int(measure_s / tick_s) + 10
+    events = live_events(per_tick * ticks)
+    batches = [events[i : i + per_tick] for i in range(0, len(events), per_tick)]
+    return batches[::-1]
+
+
+def _consume(store: OutreachStore, runner: FlowRunner, batch: list[tuple[bytes, bytes]]) -> int:
+    """One consumer batch through the flows (the rules' part left out), saved as the
+    worker saves it."""
+    from streams.outreach.trigger_events import TriggerEvent
+
+    by_partition: dict[int, list[tuple[str, FlowInput]]] = {}
+    for key, value in batch:
+        touch = TriggerEvent.from_json(value)
+        item = (touch.customer_key, tracked_input(touch))
+        by_partition.setdefault(zlib.crc32(key) % PARTITIONS, []).append(item)
+    for partition, items in by_partition.items():
+        write = runner.observe(partition, items, int(time.time() * 1000))
+        store.save_batch([], f"load#{partition}", 0, write)
+    return len(batch)
 
 
 def _lateness(write: FlowWrite, committed_s: float) -> list[float]:
@@ -373,6 +420,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     flow_count = len(flows_from_toml(with_flows))
     payloads = live_events(args.events)
     rates: dict[str, list[float]] = {"no flow": [], "flows": []}
+    # Events per CPU-second of the node (all its threads): steadier than the rate on a
+    # machine whose load moves between runs.
+    per_cpu: dict[str, list[float]] = {"no flow": [], "flows": []}
     with tempfile.TemporaryDirectory(prefix="bench-flow-worker-") as tmp:
         folder = Path(tmp)
         files = {"no flow": folder / "none.toml", "flows": folder / "flows.toml"}
@@ -396,20 +446,33 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     node = BenchNode(settings, folder / f"node{attempt}", memory)
                     try:
+                        process = psutil.Process(node.process.pid)
+                        before = process.cpu_times()
                         began = time.perf_counter()
                         pipeline_rate(node, payloads)
                         _wait_triggers_caught_up(node)
                         rate = len(payloads) / (time.perf_counter() - began)
+                        after = process.cpu_times()
                     finally:
                         node.close()
+                    cpu = (after.user + after.system) - (before.user + before.system)
                     rates[setup].append(rate)
-                    print(f"  run {attempt}: {setup:<8} {rate:>8,.0f} events/s", flush=True)
+                    per_cpu[setup].append(len(payloads) / cpu)
+                    print(
+                        f"  run {attempt}: {setup:<8} {rate:>8,.0f} events/s, "
+                        f"{len(payloads) / cpu:>8,.0f} events per node CPU-second",
+                        flush=True,
+                    )
         finally:
             memory.close()
             broker.stop()
     none_rate = statistics.median(rates["no flow"])
     flows_rate = statistics.median(rates["flows"])
     ratio = flows_rate / none_rate
+    # Each flows run against the no-flow run just before it: the machine's load drifts.
+    pairs = [f / n for n, f in zip(rates["no flow"], rates["flows"], strict=True)]
+    cpu_none, cpu_flows = (statistics.median(per_cpu[k]) for k in ("no flow", "flows"))
+    cpu_ratio = cpu_flows / cpu_none
     figures = {
         "events": args.events,
         "flows_active": flow_count,
@@ -417,11 +480,28 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "no_flow_events_per_s": round(none_rate),
         "flows_events_per_s": round(flows_rate),
         "ratio": round(ratio, 3),
+        "pair_ratios": [round(r, 3) for r in pairs],
+        "events_per_cpu_s": per_cpu,
+        "cpu_ratio": round(cpu_ratio, 3),
     }
     print(
         f"{args.events} storefront events, rules as shipped in both; medians of {args.runs}: "
         f"no flow (raw limit) {none_rate:,.0f} events/s, {flow_count} flows "
-        f"{flows_rate:,.0f} events/s"
+        f"{flows_rate:,.0f} events/s; run by run {', '.join(f'{r:.2f}' for r in pairs)}"
+    )
+    print(
+        f"events per node CPU-second, medians: no flow {cpu_none:,.0f}, {flow_count} flows "
+        f"{cpu_flows:,.0f}"
+    )
+    print(
+        _row(
+            f"worker events per CPU-s, {flow_count} flows / none",
+            cpu_ratio,
+            WORKER_TARGET,
+            "x",
+            cpu_ratio >= WORKER_TARGET,
+            f"{WORKER_TARGET - cpu_ratio:.3f} short",
+        )
     )
     print(
         _row(
@@ -483,6 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timer_args.add_argument("--waiting", type=int, default=100_000)
     timer_args.add_argument("--due-per-s", type=float, default=200.0)
     timer_args.add_argument("--measure-s", type=float, default=30.0)
+    timer_args.add_argument(
+        "--ingest-per-s", type=float, default=0.0, help="events consumed between ticks"
+    )
     timer_args.add_argument("--profile", type=Path, help="cProfile of the measured ticks")
     timer_args.add_argument("--json", type=Path)
     worker_args = commands.add_parser("worker", help="the worker's events/s with flows")
