@@ -54,8 +54,6 @@ from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 from zoneinfo import ZoneInfo
 
-import orjson
-
 from events import EventType, normalized_name
 from journeys.flows.conditions import EventTrigger
 from journeys.flows.definitions import FlowCatalog, FlowDefinition
@@ -140,10 +138,12 @@ class FlowState:
     anchored: dict[str, list[list[Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """A deep copy as JSON (as the store writes it): orjson walks the dataclasses in
-        C, where ``dataclasses.asdict`` deep-copied every value in Python (two thirds of
-        the eight shipped flows' time, each state carrying 500 input ids and the facts)."""
-        data: dict[str, Any] = orjson.loads(orjson.dumps(self))
+        """Shallow (the values are JSON data already; a saved row is serialised at once):
+        ``dataclasses.asdict``'s deep copy was most of the worker's time with 21 flows
+        (bench/flows_live.py worker)."""
+        data = {name: getattr(self, name) for name in _STATE_FIELDS}
+        run = self.run
+        data["run"] = None if run is None else {name: getattr(run, name) for name in _RUN_FIELDS}
         return data
 
     @classmethod
@@ -157,6 +157,10 @@ class FlowState:
     @property
     def inside(self) -> bool:
         return self.run is not None
+
+
+_STATE_FIELDS = tuple(FlowState.__dataclass_fields__)
+_RUN_FIELDS = tuple(Run.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,45 @@ class FlowEngine:
     def __init__(self, catalog: FlowCatalog, grace_ms: int | None = None) -> None:
         self.catalog = catalog
         self.grace_ms = grace_ms
+        # Per flow, its event triggers by the name or type they require: ``wants`` looks
+        # up the few an event can match instead of trying every trigger of every version
+        # (most of the worker's flow time with 21 flows, bench/flows_live.py worker).
+        self._indexed: FlowCatalog | None = None
+        self._by_event: dict[str, dict[str, list[EventTrigger]]] = {}
+        self._kinds: dict[str, frozenset[str]] = {}
+
+    def _reads(self, flow_id: str) -> frozenset[str]:
+        """Of ``stage`` and ``segment``, the inputs a version of the flow mentions."""
+        self._event_triggers(flow_id)
+        return self._kinds[flow_id]
+
+    def _event_triggers(self, flow_id: str) -> dict[str, list[EventTrigger]]:
+        if self._indexed is not self.catalog:  # built for the catalog in force
+            self._by_event = {}
+            self._kinds = {}
+            self._indexed = self.catalog
+        found = self._by_event.get(flow_id)
+        if found is None:
+            found = {}
+            for flow in self.catalog.versions.get(flow_id, {}).values():
+                for trigger in flow.triggers():
+                    if isinstance(trigger, EventTrigger):
+                        match = trigger.match
+                        slot = (
+                            f"n:{match.name}"
+                            if match.name
+                            else f"t:{match.type}"
+                            if match.type
+                            else "*"
+                        )
+                        found.setdefault(slot, []).append(trigger)
+            self._by_event[flow_id] = found
+            versions = self.catalog.versions.get(flow_id, {}).values()
+            named = set().union(*(_keys(flow.source) for flow in versions))
+            self._kinds[flow_id] = frozenset(
+                kind for kind, key in (("stage", "stage"), ("segment", "segment")) if key in named
+            )
+        return found
 
     def observe(
         self, state: FlowState, item: FlowInput, wall_now_ms: int | None = None
@@ -238,14 +281,23 @@ class FlowEngine:
 
         The live worker keeps no state for the rest (page views …): they change nothing.
         """
-        if not isinstance(item, TrackedInput):
-            return True
-        if item.timezone or item.type == "identify" or item.name in _CONSENT_EVENTS:
-            return True
         versions = self.catalog.versions.get(flow_id, {})
         if any(flow.enabled and flow.keeps_facts for flow in versions.values()):
-            return True  # every event is activity, and may move the facts anchors read
-        return any(t.matches(item) for flow in versions.values() for t in flow.triggers())
+            return True  # every input is activity, and may move the facts anchors read
+        if isinstance(item, StageInput | SegmentInput):
+            # Only a flow that names stages (or segments) anywhere — a trigger, a branch —
+            # keeps them: for the others a stage change is one state write per flow and
+            # change that decides nothing (bench/flows_live.py worker).
+            return item.kind in self._reads(flow_id)
+        if item.timezone or item.type == "identify" or item.name in _CONSENT_EVENTS:
+            return True
+        by_event = self._event_triggers(flow_id)
+        candidates = [
+            *by_event.get(f"n:{item.name}", ()),
+            *by_event.get(f"t:{item.type}", ()),
+            *by_event.get("*", ()),
+        ]
+        return any(t.matches(item) for t in candidates)
 
     @staticmethod
     def wake(state: FlowState) -> int | None:
@@ -255,6 +307,18 @@ class FlowEngine:
             times.append(state.run.deadline_ms)
         times.extend(due for _, due in state.anchors.values())
         return min(times) if times else None
+
+
+def _keys(source: Any) -> set[str]:
+    """Every key anywhere in a definition as written (tables in tables, lists of them)."""
+    if isinstance(source, Mapping):
+        found = set(source)
+        for value in source.values():
+            found |= _keys(value)
+        return found
+    if isinstance(source, list | tuple):
+        return set().union(*(_keys(value) for value in source)) if source else set()
+    return set()
 
 
 def render_message(node: SendNode, variables: Mapping[str, Any]) -> tuple[str, str]:

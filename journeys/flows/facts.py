@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, uuid5
 
@@ -39,6 +39,16 @@ SKIP_REASONS = (
 LEAVE_REASONS = ("converted", "exit", "completed", "version_removed")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    found = _FIELD_NAMES.get(kind)
+    if found is None:
+        found = _FIELD_NAMES[kind] = tuple(f.name for f in fields(kind))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class FlowFact:
     """What all facts carry: whose run of which flow version, when, at which node."""
@@ -52,19 +62,27 @@ class FlowFact:
     at_ms: int
     node: str = ""
 
+    def _fields(self) -> dict[str, Any]:
+        # The fields' values as they are (JSON data: no dataclass inside), not
+        # dataclasses.asdict's deep copy, which was most of a flow step's time
+        # (bench/flows_live.py); the JSON and so the ids are the same.
+        return {name: getattr(self, name) for name in _field_names(type(self))}
+
     @property
     def fact_id(self) -> str:
         """Stable: the same decision always has the same id."""
+        return self._id_of(self._fields())
+
+    def _id_of(self, detail: Mapping[str, Any]) -> str:
         # Canonical JSON: the same decision read back in another key order (the event
         # log's columns) has the same id.
-        # The fields as they are (asdict's deep copy gave the same JSON, four times slower).
-        own = {item.name: getattr(self, item.name) for item in fields(self)}
-        detail = json.dumps(own, sort_keys=True, default=str)
-        return str(uuid5(_FACT_NAMESPACE, f"{self.type}|{detail}"))
+        text = json.dumps(detail, sort_keys=True, default=str)
+        return str(uuid5(_FACT_NAMESPACE, f"{self.type}|{text}"))
 
     def to_dict(self) -> dict[str, Any]:
         """As recorded and shown by the API (times also as ISO-8601)."""
-        data = {"type": self.type, "fact_id": self.fact_id, **asdict(self)}
+        detail = self._fields()
+        data = {"type": self.type, "fact_id": self._id_of(detail), **detail}
         data["at"] = iso(self.at_ms)
         return data
 

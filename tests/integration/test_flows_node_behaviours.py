@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,8 @@ def test_a_kill_between_scheduling_and_sending_and_a_new_version_across_the_rest
     tmp_path: Path,
 ) -> None:
     """SIGKILL while every run waits for its send: after the restart each message is sent
-    once; the restart brings version 2 of a flow, and the run inside finishes on version 1."""
+    once; version 2 of a flow, put just before the kill, is in force after the restart,
+    and the run inside finishes on version 1."""
     flows_file = tmp_path / "flows.toml"
     flows_file.write_text(_kill_flows(1))
     rules_file = tmp_path / "rules.toml"
@@ -327,9 +329,12 @@ def test_a_kill_between_scheduling_and_sending_and_a_new_version_across_the_rest
             lambda: True,
         ), node.log_tail()
         assert receiver.seen("/ok") == []  # nothing is due yet: not sent
+        # Version 2, stored (the file only seeds the store once): the restart reads it.
+        table = tomllib.loads(_kill_flows(2))["flows"]["versioned"]
+        changed = admin(node, "PUT", "/v1/flows/versioned", json=table)
+        assert changed.status_code == 200, changed.text
         node.kill()
 
-        flows_file.write_text(_kill_flows(2))  # the restart brings version 2
         node.start()
         track(node, {"userId": newcomer, "event": "Version Probe", "messageId": "newcomer-1"})
         everyone = [*waiting, inside, newcomer]
