@@ -7,11 +7,14 @@ client (or made to fail, as a crash there), never replaced.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from clickhouse_connect.driver.client import Client
 from fastapi.testclient import TestClient
 
@@ -19,7 +22,9 @@ from api.app import create_api
 from events import TrackedEvent
 from stack.bootstrap import Platform, platform_on
 from stack.settings import Settings
+from streams.app import JourneyStreams
 from streams.pipeline import JourneyPipeline, PartitionBatch
+from streams.topics import ensure_topics
 from tests.conftest import make_event
 from tests.integration.gateways import ingest_gateway
 from tests.integration.test_segments_api import NoSink
@@ -195,3 +200,63 @@ def test_a_stage_shown_before_a_crash_is_the_one_the_replay_decides(
             assert {f: again[f] for f in fields} == {f: shown[customer][f] for f in fields}
     finally:
         restarted.close()
+
+
+def _stage_changes_on(settings: Settings) -> list[dict[str, Any]]:
+    """Every stage change on the topic so far (up to its end offsets now)."""
+
+    async def read() -> list[dict[str, Any]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            topic = settings.stage_changes_topic
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            found: list[dict[str, Any]] = []
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                fetched = await consumer.getmany(timeout_ms=1000)
+                found.extend(orjson.loads(r.value or b"{}") for rs in fetched.values() for r in rs)
+            return found
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def test_the_node_announces_a_stage_once_decided_while_the_insert_is_held(
+    settings: Settings, clickhouse: Client
+) -> None:
+    topics = [settings.events_topic, settings.stage_changes_topic, settings.segments_topic]
+    ensure_topics(settings.kafka_bootstrap_servers, [*topics, settings.dead_letter_topic], 1, 1)
+    node = Node(settings, clickhouse)
+    streams = JourneyStreams(settings, node.pipeline)
+    entered, release = threading.Event(), threading.Event()
+
+    def held(real: Callable[[Sequence[Any]], None], rows: Sequence[Any]) -> None:
+        entered.set()
+        assert release.wait(60), "the test never released the insert"
+        real(rows)
+
+    node.stage_insert(held)
+    worker = threading.Thread(
+        target=streams._apply_journey_batch, args=([batch([browse("zed", 0)])],)
+    )
+    worker.start()
+    try:
+        assert entered.wait(60)
+        # On the topic while ClickHouse has no row: and the API shows it already.
+        announced = [c for c in _stage_changes_on(settings) if c["customer_key"] == "zed"]
+        assert [c["stage"] for c in announced] == ["awareness"]
+        assert node.platform.stages.get("zed", in_flight=False) is None
+        assert node.customer("zed").json()["stage"] == "awareness"
+    finally:
+        release.set()
+        worker.join(60)
+        node.close()
+    assert not worker.is_alive()
