@@ -1,6 +1,7 @@
 """Customer read side: stage, profile and journey timeline. Requires a read key.
 
-Stages and profiles now come from the ClickHouse projections; the timeline from
+Stages and profiles now come from the ClickHouse projections (the current stage
+from the node's worker while its insert is under way); the timeline from
 the event store, the journey's own domain events. An ``as_of`` answer is cut whole
 at that moment: the journey's facts up to it, decided in event time (the event
 store, when this process has it).
@@ -167,7 +168,9 @@ async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> Cu
     moment = _moment(as_of)
     lapse_days = _rules(gateway).loyalty_lapse_days
     _check_not_erased(gateway, customer_id)
-    found = await asyncio.to_thread(gateway.stages.get, customer_id)
+    # Now: the worker's decided row while ClickHouse's insert of it is under way (the
+    # node); as of a moment: what ClickHouse holds.
+    found = await asyncio.to_thread(gateway.stages.get, customer_id, as_of is None)
     if found is None:
         raise _unknown(customer_id)
     segments = await _segments(gateway, found.customer_key, moment)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -55,6 +57,62 @@ class CustomerStage:
         return self.stage
 
 
+class StagesInFlight:
+    """Rows decided by the worker of this process and not yet in ClickHouse (bounded, LRU).
+
+    The journey batch holds its customers' rows here as soon as the journeys have
+    recorded their events, before its ClickHouse inserts (most of a batch's
+    time) and its commit; the rows leave once the insert that carries them
+    returns. A held row is what a replay of the batch decides again (a journey
+    is a function of its stored events and the partition's records in order), so
+    serving it early shows no stage a crash could take back. Thread-safe: the
+    batch runs in a worker thread, readers in the API's threads.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._rows: OrderedDict[str, CustomerStage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def hold(self, rows: Iterable[CustomerStage]) -> None:
+        """Serve ``rows`` until ClickHouse has them (the oldest go past ``maxsize``)."""
+        with self._lock:
+            for row in rows:
+                self._rows[row.customer_key] = row
+                self._rows.move_to_end(row.customer_key)
+            while len(self._rows) > self.maxsize:
+                self._rows.popitem(last=False)
+
+    def landed(self, rows: Iterable[CustomerStage]) -> None:
+        """``rows`` are in ClickHouse: drop each held row no newer than them."""
+        with self._lock:
+            for row in rows:
+                held = self._rows.get(row.customer_key)
+                if held is not None and held.version <= row.version:
+                    del self._rows[row.customer_key]
+
+    def forget(self, customer_keys: Iterable[str]) -> None:
+        """Drop the keys' rows (an erasure)."""
+        with self._lock:
+            for key in customer_keys:
+                self._rows.pop(key, None)
+
+    def newer(self, customer_key: str, stored: CustomerStage | None) -> CustomerStage | None:
+        """The held row of ``customer_key`` if it is newer than ``stored``, else ``stored``."""
+        with self._lock:
+            held = self._rows.get(customer_key)
+        if held is not None and (stored is None or held.version > stored.version):
+            return held
+        return stored
+
+
+def _row(summary: dict[str, Any]) -> CustomerStage:
+    return CustomerStage(**{column: summary[column] for column in _COLUMNS})
+
+
 def current_stage_changes(database: str) -> str:
     """``stage_changes`` as a subquery of only each customer's newest revision.
 
@@ -72,10 +130,15 @@ class CustomerStageView:
     """Reads and writes ``customer_stages`` and ``customer_orders``.
 
     Rows carry absolute state taken from the aggregate, so writing the same
-    batch twice (after a crash) leaves the same answer.
+    batch twice (after a crash) leaves the same answer. With ``in_flight`` (the
+    node, whose API shares this object with the worker) the current row of a
+    customer is served from the worker's decision while its insert is under way.
     """
 
-    def __init__(self, client: Client, database: str) -> None:
+    def __init__(
+        self, client: Client, database: str, in_flight: StagesInFlight | None = None
+    ) -> None:
+        self.in_flight = in_flight
         self._client = client
         self._db = database
         self._table = f"{database}.customer_stages"
@@ -84,9 +147,17 @@ class CustomerStageView:
             client, f"{database}.customer_orders", ["customer_key", "order_id", "at", "revenue"]
         )
 
+    def hold(self, summaries: Iterable[dict[str, Any]]) -> None:
+        """Serve these journeys' rows now, ahead of their ``upsert`` (no-op without in_flight)."""
+        if self.in_flight is not None:
+            self.in_flight.hold(_row(s) for s in summaries if s["stage"])
+
     def upsert(self, summaries: Iterable[dict[str, Any]]) -> None:
         """Write the current state of each journey (``CustomerJourney.summary()``)."""
-        self._stages.insert([[s[column] for column in _COLUMNS] for s in summaries if s["stage"]])
+        rows = [[s[column] for column in _COLUMNS] for s in summaries if s["stage"]]
+        self._stages.insert(rows)
+        if self.in_flight is not None and rows:
+            self.in_flight.landed(CustomerStage(*row) for row in rows)
 
     def append_orders(self, orders: Iterable[tuple[str, Touch]]) -> None:
         """Record orders (customer, touch); the same order written again collapses."""
@@ -95,8 +166,18 @@ class CustomerStageView:
             [[key, t.order_id or t.dedup_keys[0], t.at, t.revenue] for key, t in orders]
         )
 
-    def get(self, customer_key: str) -> CustomerStage | None:
-        """The customer's row, or None if the customer was never seen."""
+    def get(self, customer_key: str, in_flight: bool = True) -> CustomerStage | None:
+        """The customer's row, or None if the customer was never seen.
+
+        The newest of ClickHouse's row and the one in flight (unless ``in_flight``
+        is False: ClickHouse's alone).
+        """
+        stored = self._stored(customer_key)
+        if in_flight and self.in_flight is not None:
+            return self.in_flight.newer(customer_key, stored)
+        return stored
+
+    def _stored(self, customer_key: str) -> CustomerStage | None:
         result = self._client.query(
             f"SELECT {', '.join(_COLUMNS)} FROM {self._table} FINAL "
             "WHERE customer_key = {customer:String}",

@@ -29,7 +29,7 @@ from journeys.stages import StageRules
 from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.access import AccessStore
 from projections.clickhouse import connect, database_name
-from projections.customer_stages import CustomerStageView
+from projections.customer_stages import CustomerStageView, StagesInFlight
 from projections.dead_letters import DeadLetterLog
 from projections.event_log import EventLog
 from projections.flow_definition_store import FlowDefinitions
@@ -225,14 +225,26 @@ def open_platform_offline(settings: Settings) -> Platform:
         ) from error
 
 
-def build_platform(settings: Settings) -> Platform:
-    """Connect the stores and bring the ClickHouse schema up to date."""
-    return platform_on(settings, connect(settings.clickhouse_url, settings.chdb_path))
+def build_platform(settings: Settings, *, stages_in_flight: bool = False) -> Platform:
+    """Connect the stores and bring the ClickHouse schema up to date.
+
+    ``stages_in_flight``: the API and the worker share this process (the node), so
+    the stage view serves the worker's decided rows ahead of their inserts.
+    """
+    clickhouse = connect(settings.clickhouse_url, settings.chdb_path)
+    return platform_on(settings, clickhouse, stages_in_flight=stages_in_flight)
 
 
-def platform_on(settings: Settings, clickhouse: Client) -> Platform:
+def platform_on(
+    settings: Settings, clickhouse: Client, *, stages_in_flight: bool = False
+) -> Platform:
     """The platform's stores over an open ClickHouse client (chdb: one per process)."""
     database = database_name(settings.clickhouse_database)
+    in_flight = (
+        StagesInFlight(settings.stages_in_flight)
+        if stages_in_flight and settings.stages_in_flight
+        else None
+    )
     migrate(clickhouse, database)
     journeys = JourneyApplication(rules=load_rules(settings), env=event_store_env(settings))
     journeys.stored_journeys = stored_journeys_query(journeys.recorder)
@@ -244,7 +256,7 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         settings=settings,
         clickhouse=clickhouse,
         event_log=EventLog(clickhouse, database),
-        stages=CustomerStageView(clickhouse, database),
+        stages=CustomerStageView(clickhouse, database, in_flight),
         journeys=journeys,
         dead_letters=DeadLetterLog(clickhouse, database),
         write_keys=WriteKeyStore(clickhouse, database),
@@ -252,7 +264,9 @@ def platform_on(settings: Settings, clickhouse: Client) -> Platform:
         access=build_access_store(settings),
         outreach=outreach,
         vault=vault,
-        privacy=Privacy(settings, vault, clickhouse, database, outreach, journeys, segments),
+        privacy=Privacy(
+            settings, vault, clickhouse, database, outreach, journeys, segments, in_flight
+        ),
         segments=segments,
         segment_definitions=segment_definitions,
         unsubscribe=unsubscribe_links(settings),

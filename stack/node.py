@@ -206,7 +206,7 @@ def run_worker(settings: Settings) -> None:
 
 
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
-    platform = build_platform(settings)
+    platform = build_platform(settings, stages_in_flight=with_api)
     # Before any event is consumed: a store restored from before an erasure forgets it again.
     platform.privacy.reapply_ledger()
     # The node journals what its gateway accepts (and its worker's identity messages).

@@ -24,6 +24,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from journeys.application import JourneyApplication
+from projections.customer_stages import StagesInFlight
 from projections.privacy.cipher import decode_master_key, encode_key, new_key
 from projections.privacy.fields import PersonalFields
 from projections.privacy.keystore import KeyStore
@@ -174,8 +175,10 @@ class Privacy:
         outreach: OutreachStore,
         journeys: JourneyApplication | None = None,
         segments: SegmentStore | None = None,
+        stages_in_flight: StagesInFlight | None = None,
     ) -> None:
         self.settings = settings
+        self._stages_in_flight = stages_in_flight
         self._segments = segments
         self.vault = vault
         self._client = clickhouse
@@ -301,6 +304,8 @@ class Privacy:
             return None
         erased_at = time.time()
         destroyed = self.vault.erase(ids, erased_at)
+        if self._stages_in_flight is not None:
+            self._stages_in_flight.forget(ids)
         deleted = self._delete_rows(ids)
         entry = {
             "at": datetime.fromtimestamp(erased_at, UTC).isoformat(),

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # fast-forwarded from the event store on every read, so it is never stale.
     # The journey pipeline also keeps this many journeys it committed (see LiveJourneys).
     journey_cache_size: int = Field(default=10_000, ge=0)
+    # The node's API serves a customer's stage from its worker's decision while the
+    # ClickHouse insert is under way: at most this many customers held (0: off).
+    stages_in_flight: int = Field(default=100_000, ge=0)
 
     # Stage rules (TOML). Empty: the documented defaults in journeys/stage_rules.toml.
     stage_rules_file: Path | None = None

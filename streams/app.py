@@ -131,10 +131,25 @@ class JourneyStreams:
 
     def _apply_journey_batch(self, batches: Sequence[PartitionBatch]) -> None:
         with self._batch_lock:
-            prepared = self.pipeline.prepare_many(batches)
+            early = self.pipeline.stages.in_flight is not None
+            # Where this process's stage view serves the rows in flight (the node), a
+            # stage change goes out once decided, not after the ClickHouse inserts: the
+            # view already shows it, and a replay decides it again.
+            prepared = self.pipeline.prepare_many(
+                batches, decided=self._publish_stage_changes if early else None
+            )
             # Published before the commit: at least once, never lost.
-            self.outcomes.publish([record for one in prepared for record in self._outcomes(one)])
+            self.outcomes.publish(
+                [
+                    record
+                    for one in prepared
+                    for record in (self._after_stages(one) if early else self._outcomes(one))
+                ]
+            )
             self.pipeline.commit_many(prepared)
+
+    def _publish_stage_changes(self, prepared: Sequence[PreparedBatch]) -> None:
+        self.outcomes.publish([record for one in prepared for record in self._stage_changes(one)])
 
     @contextlib.contextmanager
     def between_batches(self) -> Iterator[None]:
@@ -169,7 +184,9 @@ class JourneyStreams:
         return source_name(self.settings.events_topic, partition, self.settings.kafka_epoch)
 
     def _outcomes(self, prepared: PreparedBatch) -> list[OutcomeRecord]:
-        settings = self.settings
+        return [*self._stage_changes(prepared), *self._after_stages(prepared)]
+
+    def _stage_changes(self, prepared: PreparedBatch) -> list[OutcomeRecord]:
         outcomes: list[OutcomeRecord] = []
         for change in prepared.update.stage_changes:
             if change.restated:
@@ -186,7 +203,13 @@ class JourneyStreams:
                 # A revision moved this stage (into the past): triggers do not fire for it.
                 record["revised"] = True
             key = change.customer_key.encode()
-            outcomes.append((settings.stage_changes_topic, key, orjson.dumps(record)))
+            outcomes.append((self.settings.stage_changes_topic, key, orjson.dumps(record)))
+        return outcomes
+
+    def _after_stages(self, prepared: PreparedBatch) -> list[OutcomeRecord]:
+        """Everything but the stage changes: segment changes, identity, dead letters."""
+        settings = self.settings
+        outcomes: list[OutcomeRecord] = []
         if prepared.segments is not None:
             for customer_key, membership in prepared.segments.changes:
                 value = orjson.dumps(segment_record(customer_key, membership))

@@ -122,12 +122,18 @@ class JourneyPipeline:
         # Told how long each batch's ClickHouse inserts took (a metric), when set.
         self.on_inserted: Callable[[float], None] | None = None
 
-    def prepare_many(self, batches: Sequence[PartitionBatch]) -> list[PreparedBatch]:
+    def prepare_many(
+        self,
+        batches: Sequence[PartitionBatch],
+        decided: Callable[[Sequence[PreparedBatch]], None] | None = None,
+    ) -> list[PreparedBatch]:
         """Record each partition's new events, then write all their effects at once.
 
         One insert per table for the whole batch, not per partition: a chdb
         insert costs 10-20 ms whatever its size (measured), so per-partition
-        inserts cost the worker most of its time.
+        inserts cost the worker most of its time. Once every partition is
+        recorded, the journeys' rows are held for the stage view's readers and
+        ``decided`` is told (both before the inserts: what a replay decides again).
         """
         if self._uncommitted:
             # The last batch was never committed: its journeys hold its events.
@@ -147,8 +153,16 @@ class JourneyPipeline:
                     in_flight.update(found.update.journeys)
                     if found.segments is not None:
                         in_flight_segments.update(found.segments.states)
+            summaries = [
+                journey.summary() for p in prepared for journey in p.update.journeys.values()
+            ]
+            self.stages.hold(summaries)
+            if decided is not None and prepared:
+                decided(prepared)
             started = time.perf_counter()
-            self._write_effects([p.update for p in prepared], [p.segments for p in prepared])
+            self._write_effects(
+                [p.update for p in prepared], [p.segments for p in prepared], summaries
+            )
             if prepared and self.on_inserted is not None:
                 self.on_inserted(time.perf_counter() - started)
         except BaseException:
@@ -206,7 +220,10 @@ class JourneyPipeline:
         return PreparedBatch(update=update, rejected=rejected, segments=segments)
 
     def _write_effects(
-        self, updates: Sequence[JourneyUpdate], segment_batches: Sequence[SegmentBatch | None] = ()
+        self,
+        updates: Sequence[JourneyUpdate],
+        segment_batches: Sequence[SegmentBatch | None],
+        summaries: Sequence[dict[str, Any]],
     ) -> None:
         if not updates:
             return
@@ -218,7 +235,7 @@ class JourneyPipeline:
             [change for update in updates for change in update.stage_changes]
         )
         self.stages.append_orders([order for update in updates for order in update.orders])
-        self.stages.upsert(journey.summary() for journey in journeys)
+        self.stages.upsert(summaries)
         if self.profiles is not None:
             self.profiles.upsert(journeys)
         if self.segments is not None:
