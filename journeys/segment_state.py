@@ -389,6 +389,21 @@ class SegmentEvaluator:
                 found for node in nodes if (found := self._input_of(node)) is not None
             )
             self._refs[sid] = frozenset(n.segment for n in nodes if isinstance(n, SegmentCondition))
+        # Each input's readers, with the segments referring to them (transitively),
+        # in the definitions' order (references first).
+        order = {sid: i for i, sid in enumerate(definitions.segments)}
+        readers: dict[Any, set[str]] = {}
+        for sid in definitions.segments:
+            for found in self._inputs[sid]:
+                readers.setdefault(found, set()).add(sid)
+        for users in readers.values():
+            for sid in definitions.segments:
+                if not users.isdisjoint(self._refs[sid]):
+                    users.add(sid)
+        self._readers = {
+            found: tuple(sorted(users, key=order.__getitem__)) for found, users in readers.items()
+        }
+        self._order = order
         signature = "|".join(
             f"{sid}={definitions.segment_fingerprint(sid)}" for sid in definitions.segments
         )
@@ -687,18 +702,17 @@ class SegmentEvaluator:
             last = self._last_at(state, trait)
             if last is not None and (now_ms - last) // DAY_MS != (evaluated - last) // DAY_MS:
                 dirty.add((_TRAIT, trait.id))
-        if not dirty:
-            return set(state.members)
-        found: dict[str, bool] = {}
-        traits: dict[str, Any] = {}
         again: set[str] = set()
+        for changed in dirty:
+            again.update(self._readers.get(changed, ()))
+        if not again:
+            return set(state.members)
+        found = dict.fromkeys(state.members, True)
+        traits: dict[str, Any] = {}
         context = _Context(self, state, now_ms, state.stage)
-        for sid, segment in self.definitions.segments.items():  # references come first
-            if dirty.isdisjoint(self._inputs[sid]) and again.isdisjoint(self._refs[sid]):
-                found[sid] = sid in state.members
-                continue
-            again.add(sid)
-            found[sid] = context.holds(segment.where, found, traits)
+        segments = self.definitions.segments
+        for sid in sorted(again, key=self._order.__getitem__):  # references first
+            found[sid] = context.holds(segments[sid].where, found, traits)
         return {sid for sid, inside in found.items() if inside}
 
     def _last_at(self, state: SegmentState, trait: TraitDefinition) -> int | None:
