@@ -67,6 +67,9 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/segments/{segment_id}/sizes"): _ANALYST,
     ("PUT", "/v1/segments/{segment_id}"): _ADMIN_CHANGE,
     ("DELETE", "/v1/segments/{segment_id}"): _ADMIN_CHANGE,
+    ("POST", "/v1/segments/{segment_id}/members"): _ADMIN_CHANGE,
+    ("GET", "/v1/segments/{segment_id}/list"): _PERSONAL,  # names customers
+    ("POST", "/v1/funnels/dropoffs"): _ADMIN_CHANGE,
     ("GET", "/v1/traits"): _ANALYST,
     ("GET", "/v1/traits/{trait_id}"): _ANALYST,
     ("PUT", "/v1/traits/{trait_id}"): _ADMIN_CHANGE,

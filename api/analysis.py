@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -276,19 +276,18 @@ def _span(start: datetime | None, end: datetime | None) -> DateRange:
     return DateRange.model_construct(start=start, end=end)
 
 
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-def _funnels(request: Request) -> FunnelQueries:
-    log = _gateway(request).event_log
+def _funnels(gateway: GatewayDep) -> FunnelQueries:
+    log = gateway.event_log
     return FunnelQueries(log.client, log.database)
 
 
-def _reports(request: Request) -> Reports:
-    log = _gateway(request).event_log
+def _reports(gateway: GatewayDep) -> Reports:
+    log = gateway.event_log
     return Reports(log.client, log.database)
+
+
+Funnels = Annotated[FunnelQueries, Depends(_funnels)]
+EventReports = Annotated[Reports, Depends(_reports)]
 
 
 async def _answer(work: Callable[[], T]) -> T | JSONResponse:
@@ -312,10 +311,9 @@ def _step(s: StepStats) -> FunnelStepOut:
 
 
 @router.post("/funnels", response_model=FunnelResult)
-async def funnel(query: FunnelRequest, request: Request, gateway: GatewayDep) -> Any:
+async def funnel(query: FunnelRequest, queries: Funnels, gateway: GatewayDep) -> Any:
     """Customers reaching each step within the window; conversion and time to convert."""
     definition = query.definition()
-    queries = _funnels(request)
     unknown = await _unknown_segment(gateway, query.breakdown_segment)
     if unknown is not None:
         return unknown
@@ -357,10 +355,9 @@ async def _unknown_segment(gateway: Gateway, segment: str | None) -> JSONRespons
 
 
 @router.post("/funnels/dropped", response_model=DroppedResult)
-async def dropped(query: DroppedRequest, request: Request) -> Any:
+async def dropped(query: DroppedRequest, queries: Funnels) -> Any:
     """The customers who dropped out at a step, sorted by customer key, a page at a time."""
     definition = query.definition()
-    queries = _funnels(request)
 
     def work() -> tuple[int, list[str]]:
         queries.validate(definition)
@@ -380,10 +377,10 @@ async def dropped(query: DroppedRequest, request: Request) -> Any:
 
 
 @router.get("/funnels/stages")
-async def stage_funnel(request: Request, start: Start = None, end: End = None) -> Any:
+async def stage_funnel(reports: EventReports, start: Start = None, end: End = None) -> Any:
     """Customers reaching each journey stage, awareness → loyalty, from stage changes."""
     span = _span(start, end)
-    counts = await _answer(lambda: _reports(request).stage_funnel(span.start, span.end))
+    counts = await _answer(lambda: reports.stage_funnel(span.start, span.end))
     if isinstance(counts, JSONResponse):
         return counts
     first = counts[0][1]
@@ -402,9 +399,8 @@ async def stage_funnel(request: Request, start: Start = None, end: End = None) -
 
 
 @router.post("/retention", response_model=RetentionResult)
-async def retention(query: RetentionRequest, request: Request, gateway: GatewayDep) -> Any:
+async def retention(query: RetentionRequest, reports: EventReports, gateway: GatewayDep) -> Any:
     """Cohorts and how many of each come back in each following period (and by segment)."""
-    reports = _reports(request)
     unknown = await _unknown_segment(gateway, query.breakdown_segment)
     if unknown is not None:
         return unknown
@@ -442,10 +438,9 @@ def _cohorts(cohorts: list[Cohort]) -> list[CohortOut]:
 
 
 @router.post("/paths", response_model=list[PathOut])
-async def paths(query: PathsRequest, request: Request) -> Any:
+async def paths(query: PathsRequest, reports: EventReports) -> Any:
     """Top paths of the next (or previous) events after a customer's first anchor event."""
     anchor = FunnelStep(event_type=query.event_type, event_name=query.event)
-    reports = _reports(request)
     found = await _answer(
         lambda: reports.paths(
             anchor, query.direction, query.steps, query.limit, query.start, query.end
@@ -457,20 +452,20 @@ async def paths(query: PathsRequest, request: Request) -> Any:
 
 
 @router.get("/stage-flow")
-async def stage_flow(request: Request, start: Start = None, end: End = None) -> Any:
+async def stage_flow(reports: EventReports, start: Start = None, end: End = None) -> Any:
     """Transitions between journey stages in ``[start, end)``."""
     span = _span(start, end)
-    rows = await _answer(lambda: _reports(request).stage_flow(span.start, span.end))
+    rows = await _answer(lambda: reports.stage_flow(span.start, span.end))
     if isinstance(rows, JSONResponse):
         return rows
     return {"transitions": [{"from": p or None, "to": s, "customers": n} for p, s, n in rows]}
 
 
 @router.get("/trends")
-async def trends(request: Request, start: Start = None, end: End = None) -> Any:
+async def trends(reports: EventReports, start: Start = None, end: End = None) -> Any:
     """Events per UTC day and canonical type."""
     span = _span(start, end)
-    rows = await _answer(lambda: _reports(request).trends(span.start, span.end))
+    rows = await _answer(lambda: reports.trends(span.start, span.end))
     if isinstance(rows, JSONResponse):
         return rows
     return {"days": [{"day": d.isoformat(), "event_type": k, "events": n} for d, k, n in rows]}
@@ -478,14 +473,14 @@ async def trends(request: Request, start: Start = None, end: End = None) -> Any:
 
 @router.get("/rfm")
 async def rfm(
-    request: Request,
+    reports: EventReports,
     as_of: AsOf = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Any:
     """RFM segments and purchase-frequency tiers: counts, and customers a page at a time."""
     moment = as_of or datetime.now(UTC)
-    rows = await _answer(lambda: _reports(request).rfm(moment))
+    rows = await _answer(lambda: reports.rfm(moment))
     if isinstance(rows, JSONResponse):
         return rows
     segments: dict[str, int] = {}
@@ -503,10 +498,10 @@ async def rfm(
 
 
 @router.get("/rfm/{customer_id}", responses=error_responses(404))
-async def customer_rfm(customer_id: str, request: Request, as_of: AsOf = None) -> Any:
+async def customer_rfm(customer_id: str, reports: EventReports, as_of: AsOf = None) -> Any:
     """One customer's RFM scores, segment and tier (404 if they never ordered)."""
     moment = as_of or datetime.now(UTC)
-    row = await _answer(lambda: _reports(request).customer_rfm(customer_id, moment))
+    row = await _answer(lambda: reports.customer_rfm(customer_id, moment))
     if isinstance(row, JSONResponse):
         return row
     if row is None:

@@ -9,6 +9,8 @@ within seconds (docs/architecture.md, "Segments and computed traits").
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -16,10 +18,11 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from api.analysis import DroppedRequest
 from api.auth import GatewayDep, require_admin_key, require_read_key
-from api.dependencies import Gateway
 from api.errors import error_responses, problem
 from api.times import ApiTime
+from events.ecommerce import MAX_ID_LENGTH, check_no_control
 from journeys.segment_definitions import (
     DefinitionError,
     Definitions,
@@ -27,6 +30,8 @@ from journeys.segment_definitions import (
     TraitDefinition,
     is_definition_id,
 )
+from projections.analytics import QueryProblem
+from projections.analytics.funnels import FunnelQueries
 from projections.segment_reads import SegmentReads
 
 router = APIRouter(
@@ -94,16 +99,21 @@ class SegmentMembers(BaseModel):
     backfilled: bool
 
 
-def _reads(request: Request) -> SegmentReads:
-    gateway: Gateway = request.app.state.gateway
+def _reads(gateway: GatewayDep) -> SegmentReads:
     if gateway.segments is None:
         raise HTTPException(503, "segments are not configured in this process")
     return gateway.segments
 
 
+Reads = Annotated[SegmentReads, Depends(_reads)]
+
+
 def _shown(reads: SegmentReads, segment: SegmentDefinition) -> Segment:
     found = reads.backfill(segment.id)
-    if found is None:
+    static = reads.definitions.is_static(segment.id)
+    if static:  # its members are its list: nothing to backfill
+        progress = BackfillProgress(state="done", progress=1, customers_done=0, customers_total=0)
+    elif found is None:
         progress = BackfillProgress(
             state="pending", progress=0, customers_done=0, customers_total=0
         )
@@ -119,7 +129,7 @@ def _shown(reads: SegmentReads, segment: SegmentDefinition) -> Segment:
         name=segment.name,
         description=segment.description,
         definition=dict(segment.source),
-        backfilled=found is not None and found.finished,
+        backfilled=static or (found is not None and found.finished),
         backfill=progress,
         time_dependent=reads.definitions.time_dependent(),
     )
@@ -131,9 +141,8 @@ def _not_found(segment_id: str) -> JSONResponse:
 
 
 @router.get("/segments", response_model=SegmentList)
-async def list_segments(request: Request) -> SegmentList:
+async def list_segments(reads: Reads) -> SegmentList:
     """Every segment of the definitions file."""
-    reads = _reads(request)
 
     def listed() -> SegmentList:
         return SegmentList(segments=[_shown(reads, s) for s in reads.definitions.segments.values()])
@@ -142,9 +151,8 @@ async def list_segments(request: Request) -> SegmentList:
 
 
 @router.get("/segments/{segment_id}", response_model=Segment)
-async def get_segment(request: Request, segment_id: SegmentId) -> Segment | JSONResponse:
+async def get_segment(reads: Reads, segment_id: SegmentId) -> Segment | JSONResponse:
     """One segment's definition."""
-    reads = _reads(request)
 
     def shown() -> Segment | JSONResponse:
         segment = reads.definitions.segments.get(segment_id)
@@ -155,7 +163,7 @@ async def get_segment(request: Request, segment_id: SegmentId) -> Segment | JSON
 
 @router.get("/segments/{segment_id}/members", response_model=SegmentMembers)
 async def segment_members(
-    request: Request,
+    reads: Reads,
     segment_id: SegmentId,
     as_of: Annotated[ApiTime | None, Query(description="ISO-8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -165,7 +173,6 @@ async def segment_members(
     At or after a customer's latest event, computed from their state at read
     time (rolling windows slide exactly); before it, from the recorded changes.
     """
-    reads = _reads(request)
     if segment_id not in reads.definitions.segments:
         return _not_found(segment_id)
     moment = datetime.now(UTC) if as_of is None else as_of
@@ -181,13 +188,12 @@ async def segment_members(
 
 @router.get("/segments/{segment_id}/sizes", response_model=SegmentSizes)
 async def segment_sizes(
-    request: Request,
+    reads: Reads,
     segment_id: SegmentId,
     end: Annotated[ApiTime | None, Query(description="ISO-8601 time; default now")] = None,
     days: Annotated[int, Query(ge=1, le=90)] = 30,
 ) -> SegmentSizes | JSONResponse:
     """The segment's size at ``end`` and at the same time on each of the days before it."""
-    reads = _reads(request)
     if segment_id not in reads.definitions.segments:
         return _not_found(segment_id)
     last = datetime.now(UTC) if end is None else end
@@ -212,10 +218,14 @@ def _refused(error: DefinitionError, status: int = 422) -> JSONResponse:
     return problem(status, f"{first['field']}: {first['message']}", reasons)
 
 
-def _gateway_reads(gateway: Gateway) -> SegmentReads:
+def _stored_reads(gateway: GatewayDep) -> SegmentReads:
     if gateway.segments is None or gateway.segments.stored is None:
         raise HTTPException(503, "segment definitions are not stored in this process")
     return gateway.segments
+
+
+# The reads with their definition store: what an admin change needs.
+StoredReads = Annotated[SegmentReads, Depends(_stored_reads)]
 
 
 async def _change(
@@ -252,7 +262,7 @@ async def _change(
     responses={201: {"model": Segment, "description": "Defined (it did not exist)"}},
 )
 async def put_segment(
-    gateway: GatewayDep, segment_id: SegmentId, body: dict[str, Any]
+    reads: StoredReads, segment_id: SegmentId, body: dict[str, Any]
 ) -> Segment | JSONResponse:
     """The segment's table as in the definitions file: ``name``, ``description``, ``where``.
 
@@ -260,11 +270,12 @@ async def put_segment(
     node and the field (``segments.x.where.and[1].count: must be an integer >= 0``).
     The worker folds events with it within seconds; its state starts empty.
     """
-    reads = _gateway_reads(gateway)
     changed = await _change(reads, "segments", segment_id, body)
     if isinstance(changed, JSONResponse):
         return changed
     existed, definitions = changed
+    if not definitions.is_static(segment_id):
+        await asyncio.to_thread(reads.store.forget_list, segment_id)  # no list any more
     shown = await asyncio.to_thread(_shown, reads, definitions.segments[segment_id])
     if existed:
         return shown
@@ -272,15 +283,15 @@ async def put_segment(
 
 
 @admin_router.delete("/segments/{segment_id}", response_model=Segment, summary="Delete a segment")
-async def delete_segment(gateway: GatewayDep, segment_id: SegmentId) -> Segment | JSONResponse:
+async def delete_segment(reads: StoredReads, segment_id: SegmentId) -> Segment | JSONResponse:
     """Refused (409) while another segment refers to it; its recorded history stays."""
-    reads = _gateway_reads(gateway)
     segment = reads.definitions.segments.get(segment_id)
     if segment is None:
         return _not_found(segment_id)
     changed = await _change(reads, "segments", segment_id, None)
     if isinstance(changed, JSONResponse):
         return changed
+    await asyncio.to_thread(reads.store.forget_list, segment_id)  # a static one's list
     return await asyncio.to_thread(_shown, reads, segment)
 
 
@@ -323,9 +334,8 @@ def _trait_not_found(trait_id: str) -> JSONResponse:
 
 
 @router.get("/traits", response_model=TraitList)
-async def list_traits(request: Request) -> TraitList:
+async def list_traits(reads: Reads) -> TraitList:
     """Every computed trait in force."""
-    reads = _reads(request)
 
     def listed() -> TraitList:
         return TraitList(traits=[_trait_shown(reads, t) for t in reads.definitions.traits.values()])
@@ -334,9 +344,8 @@ async def list_traits(request: Request) -> TraitList:
 
 
 @router.get("/traits/{trait_id}", response_model=Trait)
-async def get_trait(request: Request, trait_id: TraitId) -> Trait | JSONResponse:
+async def get_trait(reads: Reads, trait_id: TraitId) -> Trait | JSONResponse:
     """One computed trait's definition and the segments using it."""
-    reads = _reads(request)
     trait = reads.definitions.traits.get(trait_id)
     if trait is None:
         return _trait_not_found(trait_id)
@@ -350,7 +359,7 @@ async def get_trait(request: Request, trait_id: TraitId) -> Trait | JSONResponse
     responses={201: {"model": Trait, "description": "Defined (it did not exist)"}},
 )
 async def put_trait(
-    gateway: GatewayDep, trait_id: TraitId, body: dict[str, Any]
+    reads: StoredReads, trait_id: TraitId, body: dict[str, Any]
 ) -> Trait | JSONResponse:
     """The trait's table as in the definitions file: ``op``, ``property``, ``event`` or
     ``type``, ``properties``, ``within`` or ``since``.
@@ -360,7 +369,6 @@ async def put_trait(
     the worker backfills those segments (and the traits no segment uses) from
     the event log.
     """
-    reads = _gateway_reads(gateway)
     changed = await _change(reads, "traits", trait_id, body)
     if isinstance(changed, JSONResponse):
         return changed
@@ -372,9 +380,8 @@ async def put_trait(
 
 
 @admin_router.delete("/traits/{trait_id}", response_model=Trait, summary="Delete a trait")
-async def delete_trait(gateway: GatewayDep, trait_id: TraitId) -> Trait | JSONResponse:
+async def delete_trait(reads: StoredReads, trait_id: TraitId) -> Trait | JSONResponse:
     """Refused (409) while a segment compares it, naming the segment's node."""
-    reads = _gateway_reads(gateway)
     trait = reads.definitions.traits.get(trait_id)
     if trait is None:
         return _trait_not_found(trait_id)
@@ -383,3 +390,178 @@ async def delete_trait(gateway: GatewayDep, trait_id: TraitId) -> Trait | JSONRe
     if isinstance(changed, JSONResponse):
         return changed
     return shown
+
+
+# --- static segments: a list of customers ----------------------------------------------
+
+# An upload (or a funnel's drop-outs saved) holds at most this many customers, in a
+# body of at most MAX_LIST_BYTES; above either, 413.
+MAX_LIST_ROWS = 100_000
+MAX_LIST_BYTES = 4 * 1024 * 1024
+LIST_HEADER = "customer_id"
+
+
+class StaticList(BaseModel):
+    """A static segment's list after a change."""
+
+    segment: str
+    members: int = Field(description="customers on the list now")
+    added: int
+    removed: int
+
+
+class DropoffsRequest(DroppedRequest):
+    """A funnel, the step whose drop-outs to save, and the static segment to save them as."""
+
+    segment: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+class _BadRow(ValueError):
+    def __init__(self, row: int, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.row, self.rule, self.message = row, rule, message
+
+
+def parse_customer_list(text: str) -> list[str]:
+    """The customer ids of a one-column CSV (an optional ``customer_id`` header line).
+
+    Raises _BadRow naming the 1-based row and the rule an id breaks.
+    """
+    found: list[str] = []
+    for number, fields in enumerate(csv.reader(io.StringIO(text)), 1):
+        if not fields or all(not f.strip() for f in fields):
+            continue  # blank lines
+        if len(fields) != 1:
+            raise _BadRow(number, "one_column", "one customer id a row (no commas)")
+        value = fields[0].strip()
+        if number == 1 and value.lower() == LIST_HEADER:
+            continue
+        try:
+            check_no_control(value)
+        except ValueError as error:
+            raise _BadRow(number, "customer_id", f"customer id {error}") from error
+        if not 1 <= len(value) <= MAX_ID_LENGTH:
+            raise _BadRow(number, "customer_id", f"must be 1 to {MAX_ID_LENGTH} characters")
+        found.append(value)
+    return found
+
+
+def _too_many(count: int) -> JSONResponse:
+    message = f"at most {MAX_LIST_ROWS} customers a list ({count} given)"
+    return problem(413, f"body: {message}", [{"field": "body", "rule": "size", "message": message}])
+
+
+async def _save_list(
+    reads: SegmentReads, segment_id: str, keys: list[str], name: str | None
+) -> StaticList | JSONResponse:
+    """Define ``segment_id`` as a static segment if it is not, then make ``keys`` its list."""
+    segment = reads.definitions.segments.get(segment_id)
+    if segment is None:
+        changed = await _change(
+            reads, "segments", segment_id, {"name": name or segment_id, "static": True}
+        )
+        if isinstance(changed, JSONResponse):
+            return changed
+    elif not reads.definitions.is_static(segment_id):
+        message = f"segment {segment_id!r} is defined by a rule, not a list (static = true)"
+        reason = {"field": "segment_id", "rule": "static", "message": message}
+        return problem(409, f"segment_id: {message}", [reason])
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    added, removed = await asyncio.to_thread(reads.store.replace_list, segment_id, keys, now_ms)
+    members = len(set(keys))
+    return StaticList(segment=segment_id, members=members, added=added, removed=removed)
+
+
+@admin_router.post(
+    "/segments/{segment_id}/members",
+    response_model=StaticList,
+    summary="Upload a static segment's list (CSV of customer ids)",
+    responses=error_responses(413),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def upload_members(
+    request: Request, reads: StoredReads, segment_id: SegmentId
+) -> StaticList | JSONResponse:
+    """One customer id (userId, or ``anon:<anonymousId>``) a row, an optional
+    ``customer_id`` header; at most 100,000 rows and 4 MiB (413 above).
+
+    The list replaces the segment's (defined as a static segment, ``static = true``,
+    if it is not defined yet; 409 for a segment defined by a rule). The worker
+    records each customer put on or taken off as SegmentEntered / SegmentExited,
+    stamped now, within a tick. A bad row is a 422 naming the row and the rule.
+    """
+    if not is_definition_id(segment_id):
+        reason = {"field": "segment_id", "rule": "pattern", "message": "not a definition id"}
+        return problem(422, "segment_id: not a definition id", [reason])
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_LIST_BYTES:
+            message = f"at most {MAX_LIST_BYTES} bytes a list"
+            reason = {"field": "body", "rule": "size", "message": message}
+            return problem(413, f"body: {message}", [reason])
+    try:
+        keys = parse_customer_list(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        reason = {"field": "body", "rule": "utf8", "message": "must be UTF-8 text"}
+        return problem(422, "body: must be UTF-8 text", [reason])
+    except _BadRow as bad:
+        reason = {"field": f"row {bad.row}", "rule": bad.rule, "message": bad.message}
+        return problem(422, f"row {bad.row}: {bad.message}", [reason])
+    if len(keys) > MAX_LIST_ROWS:
+        return _too_many(len(keys))
+    return await _save_list(reads, segment_id, keys, None)
+
+
+@router.get("/segments/{segment_id}/list", response_model=SegmentMembers)
+async def static_list(
+    reads: Reads,
+    segment_id: SegmentId,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> SegmentMembers | JSONResponse:
+    """A static segment's list as uploaded (the members read says who is in it when)."""
+    if not reads.definitions.is_static(segment_id):
+        return _not_found(segment_id)
+    members = await asyncio.to_thread(reads.store.list_members, segment_id)
+    return SegmentMembers(
+        segment=segment_id,
+        as_of=datetime.now(UTC),
+        count=len(members),
+        members=members[:limit],
+        backfilled=True,
+    )
+
+
+@admin_router.post(
+    "/funnels/dropoffs",
+    response_model=StaticList,
+    summary="Save the customers who dropped at a step of a funnel as a static segment",
+    responses=error_responses(413),
+)
+async def save_dropoffs(
+    gateway: GatewayDep, reads: StoredReads, query: DropoffsRequest
+) -> StaticList | JSONResponse:
+    """The customers who reached step ``dropped_at - 1`` and not ``dropped_at`` (as
+    ``POST /v1/funnels/dropped`` counts them) become the list of static segment
+    ``segment`` (defined if new; 409 for a segment defined by a rule)."""
+    definition = query.definition()
+    queries = FunnelQueries(gateway.event_log.client, gateway.event_log.database)
+
+    def work() -> tuple[int, list[str]]:
+        queries.validate(definition)
+        return queries.dropped(definition, query.dropped_at, MAX_LIST_ROWS, 0)
+
+    try:
+        total, keys = await asyncio.to_thread(work)
+    except QueryProblem as bad:
+        reason = {"field": bad.field, "rule": "query", "message": bad.message}
+        return problem(400, str(bad), [reason])
+    if total > MAX_LIST_ROWS:
+        return _too_many(total)
+    return await _save_list(reads, query.segment, keys, query.name)

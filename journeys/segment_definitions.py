@@ -25,7 +25,9 @@ an event condition ``{event | type, properties, within | since, count, compare}`
 trait; ``{identify = "plan", <op> = value}`` on an identify trait; ``{stage =
 "loyalty"}`` (or a list); ``{rfm = "champions"}`` (or a list: the RFM segments
 of journeys/rfm.py); ``{segment = "other"}``. Comparisons are eq, ne, gt,
-gte, lt, lte, in, contains, and ``exists = true|false``.
+gte, lt, lte, in, contains, and ``exists = true|false``. A static segment has
+``static = true`` and no ``where``: its members are a list (an upload, or a
+funnel's drop-outs).
 
 Errors name the node path and the field:
 ``segments.cart_abandoners.where.and[1].count: must be an integer >= 0``.
@@ -178,6 +180,14 @@ class RfmCondition:
 
 
 @dataclass(frozen=True, slots=True)
+class StaticMembers:
+    """A static segment's rule: the customer is on its list (an upload, a funnel's drop-outs)."""
+
+    path: str
+    segment: str
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentCondition:
     path: str
     segment: str
@@ -208,6 +218,7 @@ Condition = (
     | TraitCondition
     | StageCondition
     | RfmCondition
+    | StaticMembers
     | SegmentCondition
     | AllOf
     | AnyOf
@@ -250,6 +261,11 @@ class Definitions:
             if isinstance(c, TraitCondition) and c.identify
         }
 
+    def is_static(self, segment_id: str) -> bool:
+        """True for a segment whose members are a list (``static = true``)."""
+        found = self.segments.get(segment_id)
+        return found is not None and isinstance(found.where, StaticMembers)
+
     def uses_rfm(self) -> bool:
         """True when some segment compares the customers' RFM segment."""
         return any(
@@ -276,7 +292,10 @@ class Definitions:
         """What is backfilled from history when it changes: each segment at its
         fingerprint, and the traits no segment compares together under
         :data:`TRAITS_BACKFILL` (a trait changed alone is backfilled too)."""
-        found = {sid: self.segment_fingerprint(sid) for sid in self.segments}
+        # A static segment's members are its list, not a function of history.
+        found = {
+            sid: self.segment_fingerprint(sid) for sid in self.segments if not self.is_static(sid)
+        }
         used = {tid for sid in self.segments for tid in self._traits_of(sid)}
         unused = sorted(tid for tid in self.traits if tid not in used)
         if unused:
@@ -468,7 +487,7 @@ class _Parser:
         if not isinstance(raw, Mapping):
             self.error(path, "must be a table")
             return None
-        self._unknown(raw, {"name", "description", "where"}, path)
+        self._unknown(raw, {"name", "description", "where", "static"}, path)
         before = len(self.errors)
         name = raw.get("name", sid)
         if not isinstance(name, str) or not name.strip():
@@ -476,10 +495,21 @@ class _Parser:
         description = raw.get("description", "")
         if not isinstance(description, str):
             self.error(f"{path}.description", "must be a string")
-        if "where" not in raw:
-            self.error(f"{path}.where", "is required")
+        static = raw.get("static", False)
+        if not isinstance(static, bool):
+            self.error(f"{path}.static", "must be true or false")
             return None
-        where = self.condition(raw["where"], f"{path}.where", 0)
+        where: Condition | None
+        if static:
+            if "where" in raw:
+                self.error(f"{path}.where", "a static segment's members are a list: no where")
+                return None
+            where = StaticMembers(f"{path}.static", sid)
+        elif "where" not in raw:
+            self.error(f"{path}.where", "is required (or static = true)")
+            return None
+        else:
+            where = self.condition(raw["where"], f"{path}.where", 0)
         if len(self.errors) != before or where is None:
             return None
         return SegmentDefinition(

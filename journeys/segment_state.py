@@ -48,6 +48,7 @@ from journeys.segment_definitions import (
     RfmCondition,
     SegmentCondition,
     StageCondition,
+    StaticMembers,
     TraitCondition,
     TraitDefinition,
 )
@@ -115,6 +116,8 @@ class SegmentState:
     stage: str = ""
     # The customer's RFM segment as last scanned ("" for none: never ordered, or not scanned).
     rfm: str = ""
+    # The static segments whose list holds the customer.
+    listed: set[str] = field(default_factory=set)
     members: set[str] = field(default_factory=set)
     traits: dict[str, dict[str, Any]] = field(default_factory=dict)
     conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -135,6 +138,7 @@ class SegmentState:
             "clock": self.clock,
             "stage": self.stage,
             "rfm": self.rfm,
+            "listed": sorted(self.listed),
             "members": sorted(self.members),
             "traits": self.traits,
             "conditions": self.conditions,
@@ -153,6 +157,7 @@ class SegmentState:
             clock=data.get("clock"),
             stage=str(data.get("stage", "")),
             rfm=str(data.get("rfm", "")),
+            listed=set(data.get("listed", [])),
             members=set(data.get("members", [])),
             traits=dict(data.get("traits", {})),
             conditions=dict(data.get("conditions", {})),
@@ -546,6 +551,7 @@ class SegmentEvaluator:
         }
         state.identify = {k: v for k, v in state.identify.items() if k in self.identify_traits}
         state.members &= set(self.definitions.segments)
+        state.listed = {sid for sid in state.listed if self.definitions.is_static(sid)}
 
     # answering
 
@@ -660,6 +666,23 @@ class SegmentEvaluator:
             return changes
         return changes + self._diff(state, state.clock, max(at_ms, state.clock), "")
 
+    def observe_listed(
+        self, state: SegmentState, segment: str, listed: bool, at_ms: int
+    ) -> list[MembershipChange]:
+        """The customer was put on (or taken off) static ``segment``'s list at ``at_ms``.
+
+        As :meth:`observe_rfm`: time up to then first, then the change, stamped then.
+        A customer never seen before starts their clock there.
+        """
+        if state.clock is None:
+            state.clock = at_ms
+        changes = self.tick(state, at_ms)
+        if listed:
+            state.listed.add(segment)
+        else:
+            state.listed.discard(segment)
+        return changes + self._diff(state, state.clock, max(at_ms, state.clock), "")
+
     def merge_into(
         self, state: SegmentState, customer_key: str, at_ms: int, event_id: str
     ) -> list[MembershipChange]:
@@ -766,6 +789,8 @@ class _Context:
             return self.stage in node.stages
         if isinstance(node, RfmCondition):
             return self.state.rfm in node.segments
+        if isinstance(node, StaticMembers):
+            return node.segment in self.state.listed
         assert isinstance(node, SegmentCondition)
         return segments.get(node.segment, False)
 

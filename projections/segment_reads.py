@@ -60,6 +60,8 @@ class SegmentReads:
 
     def backfilled(self, segment_id: str) -> bool:
         """True once the segment's history was backfilled at its definition in force."""
+        if self.definitions.is_static(segment_id):
+            return True  # its members are its list, recorded as it changes
         found = self.backfill(segment_id)
         return found is not None and found.finished
 

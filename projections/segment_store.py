@@ -39,6 +39,17 @@ SCHEMA = [
         segment TEXT NOT NULL, partition INTEGER NOT NULL, fingerprint TEXT NOT NULL,
         cursor TEXT NOT NULL, done BIGINT NOT NULL, total BIGINT NOT NULL,
         finished INTEGER NOT NULL, PRIMARY KEY (segment, partition))""",
+    # Static segments: each one's list as uploaded (or saved from a funnel's drop-outs),
+    # and the changes to it the worker has not applied to the states yet (the latest
+    # change per customer wins: listed 1 on, 0 off, at its instant).
+    """CREATE TABLE IF NOT EXISTS segment_lists (
+        segment TEXT NOT NULL, customer_key TEXT NOT NULL, PRIMARY KEY (segment, customer_key))""",
+    """CREATE TABLE IF NOT EXISTS segment_list_pending (
+        segment TEXT NOT NULL, customer_key TEXT NOT NULL, listed INTEGER NOT NULL,
+        at_ms BIGINT NOT NULL, PRIMARY KEY (segment, customer_key))""",
+    # The worker drains the queue oldest first, a chunk at a time: no sort of it all.
+    """CREATE INDEX IF NOT EXISTS segment_list_pending_by_time
+        ON segment_list_pending (at_ms, segment, customer_key)""",
 ]
 
 # (partition, due instant in epoch ms or None) of a customer's state.
@@ -133,7 +144,101 @@ class SegmentStore:
                 )
                 deleted += max(0, cursor.rowcount)
                 self.tables.execute("DELETE FROM segment_due WHERE customer_key = ?", [key])
+                for table in ("segment_lists", "segment_list_pending"):
+                    self.tables.execute(f"DELETE FROM {table} WHERE customer_key = ?", [key])
         return {"segment_states": deleted}
+
+    # --- static segments' lists ---------------------------------------------------------
+
+    def list_members(self, segment: str) -> list[str]:
+        """The customers on static ``segment``'s list, sorted."""
+        rows = self.tables.rows(
+            "SELECT customer_key FROM segment_lists WHERE segment = ? ORDER BY 1", [segment]
+        )
+        return [str(key) for (key,) in rows]
+
+    def replace_list(
+        self, segment: str, customer_keys: Iterable[str], at_ms: int
+    ) -> tuple[int, int]:
+        """Make ``customer_keys`` static ``segment``'s list; (added, removed).
+
+        Each customer put on or taken off is queued for the worker, which applies it
+        to their state and records the entry or exit, stamped ``at_ms``.
+        """
+        wanted = set(customer_keys)
+        with self.tables.transaction():
+            held = set(self.list_members(segment))
+            added, removed = sorted(wanted - held), sorted(held - wanted)
+            for key in added:
+                self.tables.execute(
+                    "INSERT INTO segment_lists (segment, customer_key) VALUES (?, ?)",
+                    [segment, key],
+                )
+            for key in removed:
+                self.tables.execute(
+                    "DELETE FROM segment_lists WHERE segment = ? AND customer_key = ?",
+                    [segment, key],
+                )
+            for keys, listed in ((added, 1), (removed, 0)):
+                for key in keys:
+                    self.tables.execute(_UPSERT_PENDING, [segment, key, listed, at_ms])
+        return len(added), len(removed)
+
+    def forget_list(self, segment: str) -> None:
+        """Drop a deleted static segment's list (its states drop it on their next fold)."""
+        with self.tables.transaction():
+            for table in ("segment_lists", "segment_list_pending"):
+                self.tables.execute(f"DELETE FROM {table} WHERE segment = ?", [segment])
+
+    def pending_lists(self, limit: int) -> list[tuple[str, str, bool, int]]:
+        """(segment, customer, listed, at ms) changes of lists not applied yet, oldest first."""
+        rows = self.tables.rows(
+            "SELECT segment, customer_key, listed, at_ms FROM segment_list_pending"
+            " ORDER BY at_ms, segment, customer_key LIMIT ?",
+            [limit],
+        )
+        return [(str(s), str(k), bool(listed), int(at)) for s, k, listed, at in rows]
+
+    def save_listed(
+        self,
+        states: Mapping[str, SegmentState],
+        read: Mapping[str, str],
+        due: Mapping[str, Due],
+        applied: Sequence[tuple[str, str, bool, int]],
+    ) -> list[str]:
+        """Save states a list change was applied to, and drop those changes, atomically.
+
+        As :meth:`save_ticked` (compare and set on the text read); a customer without a
+        stored state gets one unless another process saved one meanwhile. A pending
+        change is dropped only if its customer was saved and it is still the one applied.
+        """
+        saved: list[str] = []
+        with self.tables.transaction():
+            for key, state in states.items():
+                text = orjson.dumps(state.to_dict()).decode()
+                if key in read:
+                    cursor = self.tables.execute(
+                        "UPDATE segment_states SET state = ? WHERE customer_key = ? AND state = ?",
+                        [text, key, read[key]],
+                    )
+                else:
+                    cursor = self.tables.execute(
+                        "INSERT INTO segment_states (customer_key, state) VALUES (?, ?)"
+                        " ON CONFLICT (customer_key) DO NOTHING",
+                        [key, text],
+                    )
+                if cursor.rowcount == 1:
+                    saved.append(key)
+            self._save_due({key: due[key] for key in saved if key in due})
+            done = set(saved)
+            for segment, key, listed, at_ms in applied:
+                if key in done:
+                    self.tables.execute(
+                        "DELETE FROM segment_list_pending WHERE segment = ? AND customer_key = ?"
+                        " AND listed = ? AND at_ms = ?",
+                        [segment, key, int(listed), at_ms],
+                    )
+        return saved
 
     def save(
         self,
@@ -284,6 +389,11 @@ class _Restarted(Exception):
 _UPSERT_STATE = (
     "INSERT INTO segment_states (customer_key, state) VALUES (?, ?)"
     " ON CONFLICT (customer_key) DO UPDATE SET state = excluded.state"
+)
+_UPSERT_PENDING = (
+    "INSERT INTO segment_list_pending (segment, customer_key, listed, at_ms) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (segment, customer_key) DO UPDATE SET listed = excluded.listed,"
+    " at_ms = excluded.at_ms"
 )
 _UPSERT_POSITION = (
     "INSERT INTO segment_positions (source, position) VALUES (?, ?)"

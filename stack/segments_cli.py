@@ -4,7 +4,8 @@
 ``segments validate``, ``list`` and ``show`` read a definitions file (no
 store, no running node; the file seeds the stored definitions the first time
 only); ``members`` and ``status`` ask a running node's API (read key), ``set``
-and ``delete`` change the stored definitions through it (admin key). ``traits``
+and ``delete`` change the stored definitions through it, ``upload`` a static
+segment's list (admin key). ``traits``
 does the same for computed traits, always through the API.
 """
 
@@ -60,6 +61,12 @@ def add_segments_parser(commands: Any) -> None:
     delete = verbs.add_parser("delete", help="delete a segment (refused while others use it)")
     delete.add_argument("segment_id")
     connection(delete, "admin")
+    upload = verbs.add_parser(
+        "upload", help="make a CSV of customer ids (one a row) a static segment's list"
+    )
+    upload.add_argument("segment_id")
+    upload.add_argument("file", type=Path, help="CSV: one customer id a row, optional header")
+    connection(upload, "admin")
     _add_traits_parser(commands)
 
 
@@ -163,6 +170,15 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
     return _ask(args, settings, "DELETE", "admin", "")
 
 
+def _upload(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        content = args.file.read_bytes()
+    except OSError as error:
+        print(f"{args.file}: {error}", file=sys.stderr)
+        return 2
+    return _ask(args, settings, "POST", "admin", "/members", content=content)
+
+
 def segment_table(path: Path, segment_id: str) -> dict[str, Any]:
     """A segment's table from a TOML or JSON file: the file itself, or its [segments.ID]."""
     return definition_table(path, "segments", segment_id)
@@ -181,4 +197,10 @@ def _ask(
     return ask_api(args, settings, kind, method, path, json=json_body, **kwargs)
 
 
-_API_VERBS = {"members": _members, "status": _status, "set": _set, "delete": _delete}
+_API_VERBS = {
+    "members": _members,
+    "status": _status,
+    "set": _set,
+    "delete": _delete,
+    "upload": _upload,
+}

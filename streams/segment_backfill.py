@@ -123,8 +123,12 @@ class SegmentBackfill:
         for key in own:
             old = live.get(key)
             stage = old.stage if old is not None else ""
-            # The RFM segment is not in the events: the scan's last answer carries over.
-            state = SegmentState(stage=stage, rfm=old.rfm if old is not None else "")
+            # Not in the events: the RFM scan's last answer and the static lists carry over.
+            state = SegmentState(
+                stage=stage,
+                rfm=old.rfm if old is not None else "",
+                listed=set(old.listed) if old is not None else set(),
+            )
             changes = evaluator.advance(state, histories.get(key, []), stage=stage)
             changes += evaluator.tick(state, max(now_ms, old.clock or 0) if old else now_ms)
             # The other segments keep their recorded membership (their own backfill or

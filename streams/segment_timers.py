@@ -15,6 +15,10 @@ every ``segment_tick_s`` this loop, on the worker's Faust app:
    SegmentEntered / SegmentExited on ``journey.segments``, acknowledged,
 4. saves the states and their next due instants in one transaction.
 
+Static segments' list changes (an upload, saved drop-outs) are applied the
+same way on every tick: queued by the API in ``segment_list_pending``, each
+customer's state is put on or off the list, the changes stamped at the upload.
+
 Every ``rfm_scan_s`` (when some segment compares RFM segments) it does the
 same with the buyers' RFM segments, ranked over all buyers by ClickHouse: the
 customers whose segment moved are re-evaluated, changes stamped at the scan.
@@ -87,6 +91,7 @@ class SegmentTimers:
     async def _tick(self, *_: Any) -> None:
         try:
             await asyncio.to_thread(self.fire_due)
+            await asyncio.to_thread(self.apply_lists)
             await asyncio.to_thread(self.backfill_due)
             if time.monotonic() - self._rfm_scanned >= self._rfm_scan_s:
                 await asyncio.to_thread(self.scan_rfm)
@@ -131,6 +136,32 @@ class SegmentTimers:
                 self.backfill.commit(chunk)
             recorded += len(chunk.changes)
         return recorded
+
+    def apply_lists(self) -> int:
+        """Apply the static segments' list changes (uploads, saved drop-outs) of ready
+        partitions to the states; the membership changes recorded."""
+        ready = self._ready()
+        if not ready:
+            return 0
+        maintainer = self.maintainer
+        recorded = 0
+        while True:
+            with self._lock:
+                pending = maintainer.store.pending_lists(TICK_CHUNK)
+                ticked = maintainer.observe_lists(pending, ready, int(self._clock() * 1000))
+                if not ticked.applied:
+                    return recorded
+                maintainer.write([ticked])
+                self._publish(
+                    [
+                        (self._topic, key.encode(), orjson.dumps(segment_record(key, change)))
+                        for key, change in ticked.changes
+                    ]
+                )
+                saved = maintainer.commit_listed(ticked)
+            recorded += len(ticked.changes)
+            if len(pending) < TICK_CHUNK or not saved:
+                return recorded
 
     def scan_rfm(self) -> int:
         """Bring the buyers' RFM segments into the states of ready partitions; the changes.

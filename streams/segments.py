@@ -116,8 +116,8 @@ class SegmentMaintainer:
 
     def covered(self, segment: str, partition: int, customer_key: str) -> bool:
         """True when the customer's changes of ``segment`` are recorded live."""
-        if self.history is None:
-            return True
+        if self.history is None or self.definitions.is_static(segment):
+            return True  # a static segment's changes are its list's: never backfilled
         found = self.backfills.get(segment)
         return (
             found is not None
@@ -329,6 +329,39 @@ class SegmentMaintainer:
             ticked.due.setdefault(key, (partition, None))
         return ticked
 
+    def observe_lists(
+        self, pending: Sequence[tuple[str, str, bool, int]], ready: Sequence[int], now_ms: int
+    ) -> ListedTick:
+        """Apply the static lists' ``pending`` changes of customers of ``ready`` partitions.
+
+        Each customer's state (a new one if they have none: an uploaded id never seen)
+        is advanced to the change's instant, put on or off the list and re-evaluated;
+        the entry or exit (and of the segments referring to the list) stamped then.
+        """
+        owned = set(ready)
+        partitions = {p[1]: partition_of(p[1].encode(), self.partitions) for p in pending}
+        static = self.definitions.is_static
+        mine = [p for p in pending if partitions[p[1]] in owned and static(p[0])]
+        ticked = ListedTick(now_ms)
+        ticked.read = self.store.stored_texts(p[1] for p in mine)
+        for segment, key, listed, at_ms in mine:
+            state = ticked.states.get(key)
+            if state is None:
+                text = ticked.read.get(key)
+                state = SegmentState.from_dict(orjson.loads(text)) if text else SegmentState()
+                self.evaluator.forget_stale(state)
+                ticked.states[key] = state
+            partition = partitions[key]
+            changes = self.evaluator.observe_listed(state, segment, listed, at_ms)
+            ticked.changes.extend(self._live(key, partition, changes))
+            ticked.due[key] = self.due(state, partition)
+            ticked.applied.append((segment, key, listed, at_ms))
+        return ticked
+
+    def commit_listed(self, ticked: ListedTick) -> list[str]:
+        """Save the states and drop the applied list changes, atomically; the customers saved."""
+        return self.store.save_listed(ticked.states, ticked.read, ticked.due, ticked.applied)
+
     def commit_tick(self, ticked: SegmentTick) -> list[str]:
         """Save the ticked states and their due instants, atomically; the customers saved."""
         return self.store.save_ticked(ticked.states, ticked.read, ticked.due)
@@ -368,6 +401,13 @@ class SegmentMaintainer:
             ticked.changes.extend(self._live(key, partition, changes))
             ticked.due[key] = self.due(state, partition)
         return ticked
+
+
+@dataclass
+class ListedTick(SegmentTick):
+    """Static segments' list changes applied to states: to write, then save with them."""
+
+    applied: list[tuple[str, str, bool, int]] = field(default_factory=list)
 
 
 def segment_record(

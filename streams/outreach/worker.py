@@ -1,8 +1,9 @@
 """The trigger and outreach agents, on the worker's Faust app.
 
-- trigger consumer: ``<prefix>.events`` and ``<prefix>.stage-changes``, read
+- trigger consumer: ``<prefix>.events``, ``<prefix>.stage-changes`` and
+  ``<prefix>.segments`` (for the flows only), read
   with aiokafka in a group of its own like the journey consumer (every event
-  passes here; the two topics are co-partitioned, so one worker owns all of a
+  passes here; the topics are co-partitioned, so one worker owns all of a
   customer's facts) → customer facts and timers (journeys/triggers.py
   decides), saved with the consumed position in one transaction.
 - timer loop: every ``trigger_tick_s``, the due timers of the partitions this
@@ -39,6 +40,7 @@ from journeys.flows.conditions import SegmentTrigger
 from journeys.flows.inputs import (
     RFM_PREFIX,
     FlowInput,
+    SegmentInput,
     StageInput,
     rfm_segment_inputs,
     to_ms,
@@ -117,7 +119,8 @@ class OutreachWorker:
             settings,
             name="triggers",
             group="triggers",
-            topics=[settings.events_topic, settings.stage_changes_topic],
+            # Segment changes only feed the flows (a flow may enter on one).
+            topics=[settings.events_topic, settings.stage_changes_topic, settings.segments_topic],
             stored_position=self._position_when_assigned,
             handle=self._trigger_batch,
             on_failure=app.crash,
@@ -188,6 +191,7 @@ class OutreachWorker:
         for topic, apply in (
             (self.settings.events_topic, self._apply_events),
             (self.settings.stage_changes_topic, self._apply_stages),
+            (self.settings.segments_topic, self._apply_segment_changes),
         ):
             for partition, items in sorted(records.get(topic, {}).items()):
                 async with self._lock:
@@ -257,6 +261,31 @@ class OutreachWorker:
             ]
             flows = self.flows.observe(partition, inputs, _now_ms())
         self._save_batch(customers, partition, source, fresh[-1][0] + 1, flows)
+
+    def _apply_segment_changes(self, partition: int, records: list[tuple[int, bytes]]) -> None:
+        """``journey.segments`` records into the flows; the consumed position saved with them.
+
+        An entry a backfill found, or one a revision derived again (an identity
+        merge, a late event), lies in the past: flows take it as history, so it
+        starts no run (as a revised stage change).
+        """
+        source, fresh = self._unconsumed(self.settings.segments_topic, partition, records)
+        if not fresh:
+            return
+        inputs: list[tuple[str, FlowInput]] = []
+        for _, value in fresh:
+            try:
+                change = orjson.loads(value)
+                key, segment = str(change["customer_key"]), str(change["segment"])
+                entered = change["type"] == "SegmentEntered"
+                at_ms = int(change["at_ms"])
+            except (ValueError, TypeError, KeyError):
+                continue
+            past = change.get("backfill") is True or change.get("revised") is True
+            event_id = str(change.get("event_id") or "")
+            inputs.append((key, SegmentInput(event_id, at_ms, segment, entered, historical=past)))
+        flows = self.flows.observe(partition, inputs, _now_ms()) if self.flows else None
+        self._save_batch({}, partition, source, fresh[-1][0] + 1, flows)
 
     def _facts_of(self, customer_keys: Iterable[str]) -> dict[str, CustomerFacts]:
         """Each customer's facts (new ones for customers not seen before), one read in all."""

@@ -79,6 +79,27 @@ kind = "send"
 channel = "email"
 subject = "{{ traits.first_name }}, 10 % off your cart"
 body = "Use CART10 for {{ entry.name }}."
+
+# Entered on a live segment entry (journey.segments): the first order makes a buyer.
+[flows.first_order_thanks]
+version = 1
+reentry = "never"
+
+[flows.first_order_thanks.nodes.became_buyer]
+kind = "entry"
+segment = "buyers"
+next = "thanks"
+
+[flows.first_order_thanks.nodes.thanks]
+kind = "send"
+channel = "webhook"
+body = "Thank you for your first order, {{ traits.first_name }}."
+"""
+
+SEGMENTS = """
+[segments.buyers]
+name = "Ordered at least once"
+where = { event = "Order Completed" }
 """
 
 
@@ -103,10 +124,13 @@ def test_the_flow_runs_live_and_says_why(
     flows_file.write_text(FLOWS)
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text("")  # no rules: only the flow sends
+    segments_file = tmp_path / "segments.toml"
+    segments_file.write_text(SEGMENTS)
     node = started_node(
         settings.model_copy(
             update={
                 "flows_file": flows_file,
+                "segments_file": segments_file,
                 "trigger_rules_file": str(rules_file),
                 "smtp_host": "127.0.0.1",
                 "smtp_port": smtp_port,
@@ -139,8 +163,13 @@ def test_the_flow_runs_live_and_says_why(
 
         assert wait_until(lambda: len(box.messages) >= 1, 60, lambda: True), node.settings.data_dir
         time.sleep(2)  # anything else would be due by now: nothing more may come
-        reminders = receiver.seen("/ok")
+        posted = receiver.seen("/ok")
+        reminders = [r for r in posted if json.loads(r["body"])["rule"] == "flow:abandoned_cart"]
         assert [json.loads(r["body"])["customer_id"] for r in reminders] == [never]
+        # The buyer's order put them in `buyers` (journey.segments): that flow's message.
+        thanks = [r for r in posted if json.loads(r["body"])["rule"] == "flow:first_order_thanks"]
+        assert [json.loads(r["body"])["customer_id"] for r in thanks] == [buyer]
+        assert json.loads(thanks[0]["body"])["body"] == "Thank you for your first order, Ada."
         body = json.loads(reminders[0]["body"])
         assert body["rule"] == "flow:abandoned_cart" and body["node"] == "reminder"
         assert body["body"] == "Ada, Mug is still in your cart."
@@ -157,7 +186,8 @@ def test_the_flow_runs_live_and_says_why(
                 f"{node.base}/v1/customers/{customer}/flows", headers=reader, timeout=30
             )
             assert answer.status_code == 200, answer.text
-            (flow,) = answer.json()["flows"]
+            flows = answer.json()["flows"]
+            (flow,) = [f for f in flows if f["flow_id"] == "abandoned_cart"]
             return [fact["why"] for fact in flow["facts"]]
 
         assert any(line.startswith("converted") for line in why(buyer))

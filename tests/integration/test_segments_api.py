@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from api.app import create_api
 from events import TrackedEvent
+from projections.event_log import EventLog
 from projections.migrations import migrate
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_definition_store import SegmentDefinitions
@@ -355,6 +356,17 @@ def test_a_running_node_takes_a_segment_set_from_the_cli_and_backfills_it(
         # Then live: Amy enters with her first view.
         assert node.track("amy", "Product Viewed", "amy-1") == 200
         assert wait_until(lambda: in_viewers("amy"), 30, running), node.log_tail()
+        # A static list uploaded through the node: the worker applies it within a tick.
+        csv_file = tmp_path / "picked.csv"
+        csv_file.write_text("customer_id\namy\nnew-customer\n")
+        uploaded = run_cli(node.settings, "segments", "upload", "picked", str(csv_file))
+        assert uploaded.returncode == 0, uploaded.stderr
+
+        def in_picked(customer: str) -> bool:
+            answer = node.read("GET", "/v1/segments/picked/members")
+            return answer.status_code == 200 and customer in answer.json()["members"]
+
+        assert wait_until(lambda: in_picked("amy") and in_picked("new-customer"), 10, running)
 
         bad = tmp_path / "bad.toml"
         bad.write_text('where = { event = "Product Viewed", count = -1 }\n')
@@ -367,6 +379,8 @@ def test_a_running_node_takes_a_segment_set_from_the_cli_and_backfills_it(
     records = topic_values(settings.kafka_bootstrap_servers, settings.segments_topic)
     flags = {(r["customer_key"], r["backfill"]) for r in records if r["segment"] == "viewers"}
     assert flags == {("zoe", True), ("amy", False)}
+    picked = {(r["customer_key"], r["type"]) for r in records if r["segment"] == "picked"}
+    assert picked == {("amy", "SegmentEntered"), ("new-customer", "SegmentEntered")}
 
 
 def test_a_funnel_breakdown_names_a_defined_segment(api: Api) -> None:
@@ -453,3 +467,105 @@ def test_the_retention_table_has_a_group_column_with_a_breakdown() -> None:
     assert rows == [["all", "2026-03-01", 2, "1 (50.0%)"], ["in", "2026-03-01", 1, "1 (100.0%)"]]
     header, rows = retention_table({**result, "breakdown": None})
     assert header[0] == "cohort" and len(rows) == 1
+
+
+def test_a_static_segment_is_uploaded_as_csv_and_saved_from_a_funnel(
+    api: Api, settings: Settings, clickhouse: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def upload(segment_id: str, text: str | bytes, headers: dict[str, str] | None = None) -> Any:
+        return api.client.post(
+            f"/v1/segments/{segment_id}/members",
+            content=text,
+            headers={**(headers or api.admin), "Content-Type": "text/csv"},
+        )
+
+    assert upload("vips", "customer_id\nann\n", api.read).status_code == 403
+    done = upload("vips", "customer_id\nann\n\nanon:a-1\n zed \n")
+    assert done.status_code == 200, done.text
+    assert done.json() == {"segment": "vips", "members": 3, "added": 3, "removed": 0}
+    shown = api.client.get("/v1/segments/vips", headers=api.read).json()
+    assert shown["definition"] == {"name": "vips", "static": True} and shown["backfilled"]
+    listed = api.client.get("/v1/segments/vips/list", headers=api.read).json()
+    assert listed["members"] == ["ann", "anon:a-1", "zed"]
+    assert [p[1] for p in api.store.pending_lists(10)] == ["ann", "anon:a-1", "zed"]
+    again = upload("vips", "zed\nbob\n")
+    assert again.json() == {"segment": "vips", "members": 2, "added": 1, "removed": 2}
+    # Another segment may refer to it.
+    referring = {"where": {"and": [{"segment": "vips"}, {"segment": "buyers"}]}}
+    assert api.put("vip_buyers", referring).status_code == 201
+
+    for text, field, rule in (
+        ("ann\nbad\x01id\n", "row 2", "customer_id"),
+        ("ann,bob\n", "row 1", "one_column"),
+        ("ann\n" + "x" * 256 + "\n", "row 2", "customer_id"),
+    ):
+        refused = upload("vips", text)
+        assert refused.status_code == 422, text
+        assert refused.json()["errors"][0]["field"] == field
+        assert refused.json()["errors"][0]["rule"] == rule
+    assert upload("vips", b"\xff\xfe").status_code == 422
+    # A segment defined by a rule has no list.
+    conflict = upload("buyers", "ann\n")
+    assert conflict.status_code == 409 and conflict.json()["errors"][0]["field"] == "segment_id"
+    monkeypatch.setattr("api.segments.MAX_LIST_ROWS", 2)
+    too_many = upload("vips", "a\nb\nc\n")
+    assert too_many.status_code == 413 and too_many.json()["errors"][0]["field"] == "body"
+    monkeypatch.setattr("api.segments.MAX_LIST_BYTES", 10)
+    assert upload("vips", "a\n" * 20).status_code == 413
+    assert api.client.get("/v1/segments/vips/list", headers=api.read).json()["count"] == 2
+
+    # Drop-outs of a funnel: bob viewed and did not buy.
+    EventLog(clickhouse, settings.clickhouse_database).append(
+        [
+            make_event("a1", "ann", "Product Viewed", 1),
+            make_event("a2", "ann", "Order Completed", 2, order_id="a", revenue=5),
+            make_event("b1", "bob", "Product Viewed", 3),
+        ]
+    )
+    funnel = {
+        "steps": [{"event": "Product Viewed"}, {"event": "Order Completed"}],
+        "dropped_at": 2,
+        "segment": "viewed_not_bought",
+        "name": "Viewed, did not buy",
+    }
+    assert api.client.post("/v1/funnels/dropoffs", json=funnel, headers=api.read).status_code == 403
+    saved = api.client.post("/v1/funnels/dropoffs", json=funnel, headers=api.admin)
+    assert saved.status_code == 200, saved.text
+    assert saved.json() == {"segment": "viewed_not_bought", "members": 1, "added": 1, "removed": 0}
+    shown = api.client.get("/v1/segments/viewed_not_bought", headers=api.read).json()
+    assert shown["name"] == "Viewed, did not buy"
+    assert api.store.list_members("viewed_not_bought") == ["bob"]
+    bad = api.client.post(
+        "/v1/funnels/dropoffs", json={**funnel, "dropped_at": 3}, headers=api.admin
+    )
+    assert bad.status_code in (400, 422) and "dropped_at" in bad.text
+    # Deleting a static segment drops its list.
+    assert api.client.delete("/v1/segments/vip_buyers", headers=api.admin).status_code == 200
+    assert api.client.delete("/v1/segments/vips", headers=api.admin).status_code == 200
+    assert api.store.list_members("vips") == []
+
+
+def test_the_cli_uploads_a_static_list_and_sets_traits(
+    api: Api, served: str, settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = ["--url", served, "--admin-key", settings.admin_key]
+    listed = tmp_path / "vips.csv"
+    listed.write_text("customer_id\nann\nzed\n")
+    assert main(["segments", "upload", "vips", str(listed), *admin]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == 2
+    listed.write_text("ann\nbad,row\n")
+    assert main(["segments", "upload", "vips", str(listed), *admin]) == 1
+    assert '"row 2"' in capsys.readouterr().err
+    trait = tmp_path / "t.toml"
+    trait.write_text('op = "count"\nevent = "Product Viewed"\nwithin = "7d"\n')
+    assert main(["traits", "set", "views_7d", str(trait), *admin]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "views_7d"
+    read = ["--url", served, "--read-key", settings.read_key]
+    assert main(["traits", "list", *read]) == 0
+    assert {t["id"] for t in json.loads(capsys.readouterr().out)["traits"]} == {
+        "orders",
+        "views_7d",
+    }
+    assert main(["traits", "delete", "orders", *admin]) == 1  # buyers compares it
+    assert "segments.buyers.where.trait" in capsys.readouterr().err
+    assert main(["traits", "delete", "views_7d", *admin]) == 0

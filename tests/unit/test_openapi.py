@@ -44,7 +44,14 @@ def test_the_error_body_and_the_key_schemes_are_components(document: dict[str, A
     assert "HTTPValidationError" not in components["schemas"]
 
 
-DEFINITION_ROUTES = ("/v1/segments/{segment_id}", "/v1/traits/{trait_id}", "/v1/flows/{flow_id}")
+# Segments and traits refuse a definition, a static list a row, flows a flow, by their own rules.
+DEFINITION_ROUTES = (
+    "/v1/segments/{segment_id}",
+    "/v1/traits/{trait_id}",
+    "/v1/segments/{segment_id}/members",
+    "/v1/funnels/dropoffs",
+    "/v1/flows/{flow_id}",
+)
 
 
 def test_every_refusal_is_documented_with_the_error_body(document: dict[str, Any]) -> None:

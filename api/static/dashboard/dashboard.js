@@ -34,7 +34,12 @@ async function api(path, options = {}) {
   });
   if (response.status === 401) throw new Unauthorized("this key is not a valid read key");
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.message || body.detail || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const failure = new Error(body.message || body.detail || `${response.status} ${response.statusText}`);
+    failure.body = body; // its errors name the field (a definition's path), for the editor
+    failure.status = response.status;
+    throw failure;
+  }
   return body;
 }
 
@@ -534,7 +539,10 @@ function refreshPanels() {
   refreshStages();
   refreshFlow();
   if (!$("rfm").hidden) refreshRfm();
-  if (!$("segments").hidden) refreshSegments();
+  if (!$("segments").hidden) {
+    refreshSegments();
+    refreshDefinitions(); // dashboard-segments.js
+  }
   if (!$("triggers").hidden) refreshTriggers();
   if (!$("audit").hidden) refreshAudit();
   if (!$("flows").hidden) refreshFlows(); // dashboard-flows.js
