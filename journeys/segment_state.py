@@ -441,6 +441,8 @@ class SegmentEvaluator:
             return _STAGE
         if isinstance(node, RfmCondition):
             return _RFM
+        if isinstance(node, StaticMembers):
+            return (_LISTED, node.segment)
         return None
 
     # folding
@@ -677,6 +679,8 @@ class SegmentEvaluator:
         if state.clock is None:
             state.clock = at_ms
         changes = self.tick(state, at_ms)
+        if listed != (segment in state.listed):
+            state.dirty.add((_LISTED, segment))
         if listed:
             state.listed.add(segment)
         else:
@@ -751,6 +755,7 @@ class SegmentEvaluator:
 
 # A segment's inputs: ``(kind, name)`` pairs, or the stage or RFM segment alone.
 _CONDITION, _TRAIT, _IDENTIFY, _STAGE, _RFM = "condition", "trait", "identify", "stage", "rfm"
+_LISTED = "listed"  # a static segment's list
 
 
 @dataclass
