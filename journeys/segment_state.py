@@ -24,9 +24,10 @@ Times are epoch milliseconds (the event log's precision).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,9 +125,16 @@ class SegmentState:
     # An anonymous key merged into this customer: in no segment from then on (the
     # customer's state holds the history now); its recorded changes stay.
     merged_into: str = ""
+    # ``members`` as evaluated at ``evaluated_at`` under the definitions whose
+    # signature is ``evaluated_by`` ("": unknown, the next evaluation is a full one).
+    evaluated_by: str = field(default="", compare=False)
+    evaluated_at: int | None = field(default=None, compare=False)
+    # The inputs (see :class:`SegmentEvaluator`) changed since ``evaluated_at``; not
+    # stored: a state stored with some is stored as not evaluated.
+    dirty: set[Any] = field(default_factory=set, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        found = {
+        found: dict[str, Any] = {
             "clock": self.clock,
             "stage": self.stage,
             "rfm": self.rfm,
@@ -138,10 +146,13 @@ class SegmentState:
         }
         if self.merged_into:
             found["merged_into"] = self.merged_into
+        if self.evaluated_by and not self.dirty:
+            found["evaluated"] = [self.evaluated_by, self.evaluated_at]
         return found
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentState:
+        evaluated = data.get("evaluated")
         return cls(
             clock=data.get("clock"),
             stage=str(data.get("stage", "")),
@@ -152,6 +163,8 @@ class SegmentState:
             conditions=dict(data.get("conditions", {})),
             identify=dict(data.get("identify", {})),
             merged_into=str(data.get("merged_into", "")),
+            evaluated_by=str(evaluated[0]) if evaluated else "",
+            evaluated_at=evaluated[1] if evaluated else None,
         )
 
 
@@ -356,6 +369,81 @@ class SegmentEvaluator:
             for t in definitions.traits.values()
             if t.id in used and (t.window.within_ms or t.op == "days_since_last")
         ]
+        self._read_traits = used
+        self._days_traits = [t for t in self._timed_traits if t.op == "days_since_last"]
+        self._windowed_traits = [t for t in definitions.traits.values() if t.window.within_ms]
+        self._windowed_conditions = [c for c in self.event_conditions if c.window.within_ms]
+        # Which traits and conditions an event can feed, by its name or type: an
+        # event is matched against those only.
+        self._by_name: dict[str, _Feeders] = {}
+        self._by_type: dict[str, _Feeders] = {}
+        self._always = _Feeders()
+        for trait in definitions.traits.values():
+            self._feeders_of(trait.match).traits.append(trait)
+        for condition in self.event_conditions:
+            self._feeders_of(condition.match).conditions.append(condition)
+        # What each segment's membership reads ("inputs": a condition's key, a
+        # trait, an identify trait, the stage, the RFM segment) and the segments it
+        # refers to: after a change only the segments reading what changed are
+        # evaluated again.
+        self._inputs: dict[str, frozenset[Any]] = {}
+        self._refs: dict[str, frozenset[str]] = {}
+        for sid, segment in definitions.segments.items():
+            nodes = _nodes(segment.where)
+            self._inputs[sid] = frozenset(
+                found for node in nodes if (found := self._input_of(node)) is not None
+            )
+            self._refs[sid] = frozenset(n.segment for n in nodes if isinstance(n, SegmentCondition))
+        # Each input's readers, with the segments referring to them (transitively),
+        # in the definitions' order (references first).
+        order = {sid: i for i, sid in enumerate(definitions.segments)}
+        readers: dict[Any, set[str]] = {}
+        for sid in definitions.segments:
+            for found in self._inputs[sid]:
+                readers.setdefault(found, set()).add(sid)
+        for users in readers.values():
+            for sid in definitions.segments:
+                if not users.isdisjoint(self._refs[sid]):
+                    users.add(sid)
+        self._readers = {
+            found: tuple(sorted(users, key=order.__getitem__)) for found, users in readers.items()
+        }
+        self._order = order
+        signature = "|".join(
+            f"{sid}={definitions.segment_fingerprint(sid)}" for sid in definitions.segments
+        )
+        self.signature = hashlib.sha256(signature.encode()).hexdigest()[:12]
+
+    def _feeders_of(self, match: EventMatch) -> _Feeders:
+        if match.name:
+            return self._by_name.setdefault(match.name, _Feeders())
+        if match.type:
+            return self._by_type.setdefault(match.type, _Feeders())
+        return self._always
+
+    def _candidates(self, event: SegmentEvent) -> tuple[_Feeders, ...]:
+        """The traits and conditions ``event`` may feed (each still matched)."""
+        found = [self._always]
+        by_name = self._by_name.get(normalized_name(event.name))
+        if by_name is not None:
+            found.append(by_name)
+        by_type = self._by_type.get(event.type)
+        if by_type is not None:
+            found.append(by_type)
+        return tuple(found)
+
+    def _input_of(self, node: Condition) -> Any:
+        if isinstance(node, EventCondition):
+            return (_CONDITION, self.key_of[id(node)])
+        if isinstance(node, TraitCondition):
+            return (_IDENTIFY if node.identify else _TRAIT, node.trait)
+        if isinstance(node, StageCondition):
+            return _STAGE
+        if isinstance(node, RfmCondition):
+            return _RFM
+        if isinstance(node, StaticMembers):
+            return (_LISTED, node.segment)
+        return None
 
     # folding
 
@@ -364,20 +452,23 @@ class SegmentEvaluator:
 
         One that none reads changes no state but the clock: a late one needs no revision.
         """
-        if any(trait_input(trait, event)[0] for trait in self.definitions.traits.values()):
-            return True
-        if any(matches(condition.match, event) for condition in self.event_conditions):
-            return True
+        for feeders in self._candidates(event):
+            if any(trait_input(trait, event)[0] for trait in feeders.traits):
+                return True
+            if any(matches(condition.match, event) for condition in feeders.conditions):
+                return True
         return event.type == EventType.IDENTIFY.value and bool(self.identify_traits)
 
     def apply(self, state: SegmentState, event: SegmentEvent) -> None:
         """Fold ``event`` in (any order); moves the clock to it if it is the latest."""
         if state.clock is None or event.at_ms > state.clock:
             state.clock = event.at_ms
-        for trait in self.definitions.traits.values():
+        candidates = self._candidates(event)
+        for trait in (t for feeders in candidates for t in feeders.traits):
             feeds, value = trait_input(trait, event)
             if not feeds:
                 continue
+            state.dirty.add((_TRAIT, trait.id))
             agg = self._trait_agg(state, trait)
             if trait.window.within_ms:
                 entries: list[list[Any]] = agg.setdefault("e", [])
@@ -385,13 +476,15 @@ class SegmentEvaluator:
                 del entries[:-MAX_WINDOW_ENTRIES]
             else:
                 _LifetimeTrait.fold(trait, agg, event, value)
-        for condition in self.event_conditions:
+        for condition in (c for feeders in candidates for c in feeders.conditions):
             if not matches(condition.match, event):
                 continue
             since = condition.window.since_ms
             if since is not None and event.at_ms < since:
                 continue
-            agg = state.conditions.setdefault(self.key_of[id(condition)], {})
+            key = self.key_of[id(condition)]
+            state.dirty.add((_CONDITION, key))
+            agg = state.conditions.setdefault(key, {})
             keep = condition.count + 1
             if condition.window.within_ms:
                 times: list[int] = agg.setdefault("t", [])
@@ -405,6 +498,7 @@ class SegmentEvaluator:
                 held = state.identify.get(name)
                 if is_scalar(value) and (held is None or event.order >= (held[0], held[1])):
                     state.identify[name] = [event.at_ms, event.event_id, value]
+                    state.dirty.add((_IDENTIFY, name))
         self._prune(state)
 
     def _trait_agg(self, state: SegmentState, trait: TraitDefinition) -> dict[str, Any]:
@@ -420,16 +514,32 @@ class SegmentEvaluator:
         clock = state.clock
         if clock is None:
             return
-        for trait in self.definitions.traits.values():
+        # What leaves a window changes its input only if it was inside at the last
+        # evaluation (after it, not at or before it minus the window).
+        evaluated = state.evaluated_at
+        for trait in self._windowed_traits:
             agg = state.traits.get(trait.id)
-            if trait.window.within_ms and agg is not None and "e" in agg:
-                horizon = clock - trait.window.within_ms
-                agg["e"] = [e for e in agg["e"] if e[0] > horizon]
-        for condition in self.event_conditions:
+            entries = agg.get("e") if agg is not None else None
+            within = trait.window.within_ms
+            assert within is not None
+            if entries and entries[0][0] <= clock - within:
+                # Sorted by time: the ones at or before the horizon are a prefix.
+                cut = bisect_right(entries, clock - within, key=lambda e: e[0])
+                if trait.id in self._read_traits and (
+                    evaluated is None or entries[cut - 1][0] > evaluated - within
+                ):
+                    state.dirty.add((_TRAIT, trait.id))
+                agg["e"] = entries[cut:]  # type: ignore[index]
+        for condition in self._windowed_conditions:
             found = state.conditions.get(self.key_of[id(condition)])
-            if condition.window.within_ms and found is not None and "t" in found:
-                horizon = clock - condition.window.within_ms
-                found["t"] = [t for t in found["t"] if t > horizon]
+            times = found.get("t") if found is not None else None
+            within = condition.window.within_ms
+            assert within is not None
+            if times and times[0] <= clock - within:
+                cut = bisect_right(times, clock - within)
+                if evaluated is None or times[cut - 1] > evaluated - within:
+                    state.dirty.add((_CONDITION, self.key_of[id(condition)]))
+                found["t"] = times[cut:]  # type: ignore[index]
 
     def forget_stale(self, state: SegmentState) -> None:
         """Drop state of definitions that no longer exist (or changed)."""
@@ -479,11 +589,14 @@ class SegmentEvaluator:
         if state.merged_into:
             return None
         candidates: list[int] = []
-        for condition in self.event_conditions:
+        for condition in self._windowed_conditions:
             within = condition.window.within_ms
-            if within:
-                times = state.conditions.get(self.key_of[id(condition)], {}).get("t", [])
-                candidates.extend(t + within for t in times if t + within > after_ms)
+            assert within is not None
+            times = state.conditions.get(self.key_of[id(condition)], {}).get("t", [])
+            # Sorted: the first one still inside after ``after_ms`` leaves first.
+            cut = bisect_right(times, after_ms - within)
+            if cut < len(times):
+                candidates.append(times[cut] + within)
         for trait in self._timed_traits:
             agg = state.traits.get(trait.id)
             if agg is None or agg.get("f") != self.fingerprints[trait.id]:
@@ -492,8 +605,10 @@ class SegmentEvaluator:
             last: int | None = None
             if within:
                 entries = agg.get("e", [])
-                candidates.extend(e[0] + within for e in entries if e[0] + within > after_ms)
-                last = max((e[0] for e in entries), default=None)
+                cut = bisect_right(entries, after_ms - within, key=lambda e: e[0])
+                if cut < len(entries):
+                    candidates.append(entries[cut][0] + within)
+                last = entries[-1][0] if entries else None
             elif agg.get("e") is not None:
                 last = agg["e"][0]
             if trait.op == "days_since_last" and last is not None:
@@ -513,8 +628,9 @@ class SegmentEvaluator:
         folded in and membership re-evaluated at the clock, the change stamped with
         the late event's time.
         """
-        if stage is not None:
+        if stage is not None and stage != state.stage:
             state.stage = stage
+            state.dirty.add(_STAGE)
         changes: list[MembershipChange] = []
         for event in sorted(events, key=lambda e: e.order):
             if state.clock is not None and event.at_ms > state.clock:
@@ -545,7 +661,9 @@ class SegmentEvaluator:
         a change the new RFM segment causes is stamped at the scan (event id empty).
         """
         changes = self.tick(state, at_ms)
-        state.rfm = rfm
+        if rfm != state.rfm:
+            state.rfm = rfm
+            state.dirty.add(_RFM)
         if state.clock is None:
             return changes
         return changes + self._diff(state, state.clock, max(at_ms, state.clock), "")
@@ -561,6 +679,8 @@ class SegmentEvaluator:
         if state.clock is None:
             state.clock = at_ms
         changes = self.tick(state, at_ms)
+        if listed != (segment in state.listed):
+            state.dirty.add((_LISTED, segment))
         if listed:
             state.listed.add(segment)
         else:
@@ -584,7 +704,12 @@ class SegmentEvaluator:
     def _diff(
         self, state: SegmentState, now_ms: int, stamp_ms: int, event_id: str
     ) -> list[MembershipChange]:
-        now = self.members(state, now_ms)
+        if state.merged_into or state.evaluated_by != self.signature:
+            now = self.members(state, now_ms)
+        else:
+            now = self._members_since(state, now_ms)
+        state.dirty.clear()
+        state.evaluated_by, state.evaluated_at = self.signature, now_ms
         changes = [
             MembershipChange(sid, sid in now, stamp_ms, event_id)
             for sid in self.definitions.segments
@@ -592,6 +717,53 @@ class SegmentEvaluator:
         ]
         state.members = now
         return changes
+
+    def _members_since(self, state: SegmentState, now_ms: int) -> set[str]:
+        """:meth:`members` at ``now_ms`` (the clock), evaluating again only the
+        segments whose inputs changed since the state's last evaluation."""
+        dirty = state.dirty
+        evaluated = state.evaluated_at
+        assert evaluated is not None
+        for trait in self._days_traits:
+            # "days since" moves at day boundaries; a new last event made it dirty already.
+            last = self._last_at(state, trait)
+            if last is not None and (now_ms - last) // DAY_MS != (evaluated - last) // DAY_MS:
+                dirty.add((_TRAIT, trait.id))
+        again: set[str] = set()
+        for changed in dirty:
+            again.update(self._readers.get(changed, ()))
+        if not again:
+            return set(state.members)
+        found = dict.fromkeys(state.members, True)
+        traits: dict[str, Any] = {}
+        context = _Context(self, state, now_ms, state.stage)
+        segments = self.definitions.segments
+        for sid in sorted(again, key=self._order.__getitem__):  # references first
+            found[sid] = context.holds(segments[sid].where, found, traits)
+        return {sid for sid, inside in found.items() if inside}
+
+    def _last_at(self, state: SegmentState, trait: TraitDefinition) -> int | None:
+        agg = state.traits.get(trait.id)
+        if agg is None or agg.get("f") != self.fingerprints[trait.id]:
+            return None
+        if trait.window.within_ms:
+            entries = agg.get("e", [])
+            return int(entries[-1][0]) if entries else None
+        held = agg.get("e")
+        return None if held is None else int(held[0])
+
+
+# A segment's inputs: ``(kind, name)`` pairs, or the stage or RFM segment alone.
+_CONDITION, _TRAIT, _IDENTIFY, _STAGE, _RFM = "condition", "trait", "identify", "stage", "rfm"
+_LISTED = "listed"  # a static segment's list
+
+
+@dataclass
+class _Feeders:
+    """The traits and event conditions one event name or type can feed."""
+
+    traits: list[TraitDefinition] = field(default_factory=list)
+    conditions: list[EventCondition] = field(default_factory=list)
 
 
 @dataclass

@@ -134,6 +134,7 @@ class SegmentBackfill:
             # The other segments keep their recorded membership (their own backfill or
             # their live changes say when it changed).
             state.members = (state.members & {sid}) | ((old.members if old else set()) - {sid})
+            state.evaluated_by = ""  # not what the definitions give: the next evaluation is full
             chunk.states[key] = state
             chunk.due[key] = maintainer.due(state, partition)
             chunk.changes.extend((key, c) for c in changes if c.segment == sid)
