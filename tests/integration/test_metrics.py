@@ -132,13 +132,13 @@ def test_metrics_count_exactly_what_was_sent_and_show_the_pipeline(
         assert value(after, "journeys_consumer_lag_events", partition="1") == 0
         assert value(after, "journeys_consumer_lag_seconds") == 0
         assert value(after, "journeys_journal_retained_bytes") > 0
-        # The trigger consumer: both topics it reads, each partition, caught up.
+        # The trigger consumer: the three topics it reads, each partition, caught up.
         trigger_lag = {
             (dict(labels)["topic"], dict(labels)["partition"]): v
             for (name, labels), v in after.items()
             if name == "journeys_trigger_consumer_lag_events"
         }
-        topics = (settings.events_topic, settings.stage_changes_topic)
+        topics = (settings.events_topic, settings.stage_changes_topic, settings.segments_topic)
         assert trigger_lag == {(t, p): 0 for t in topics for p in ("0", "1")}
         assert moved("journeys_trigger_lateness_seconds_count") == 1
         assert 0 <= moved("journeys_trigger_lateness_seconds_sum") < 30
