@@ -306,7 +306,7 @@ async def _dead_letter(gateway: Gateway, payload: bytes, reasons: Problems, sour
 _NOT_STORED = [{"field": "body", "rule": "not_stored", "message": "retry later"}]
 
 
-async def _publish(gateway: Gateway, events: list[TrackedEvent]) -> Response | None:
+async def publish(gateway: Gateway, events: list[TrackedEvent]) -> Response | None:
     """Produce and wait for every ack; the 503 to answer when the broker did not ack."""
     if not events:
         return None
@@ -447,7 +447,7 @@ async def _single_call(request: Request, gateway: Gateway, model: type[SegmentCa
         event = accept_call(model, admitted.call, datetime.now(UTC), admitted.source)
     except RejectedCall as rejected:
         return await admitted.reject(400, rejected.problems)
-    failed = await _publish(admitted.gateway, [event])
+    failed = await publish(admitted.gateway, [event])
     return failed or JSONResponse({"success": True})
 
 
@@ -519,7 +519,7 @@ async def batch(request: Request) -> Response:
         errors.extend({"index": index, **p} for p in problems)
         gateway.metrics.rejected(problems)
         letters.append(_dead_letter(gateway, orjson.dumps(item), problems, source))
-    failed = await _publish(gateway, accepted)
+    failed = await publish(gateway, accepted)
     await asyncio.gather(*letters)
     if failed is not None:
         return failed

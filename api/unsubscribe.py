@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from api.auth import GatewayDep
 from api.errors import error_responses, problem
-from api.ingest import _publish as publish
+from api.ingest import publish
 from events.segment import RejectedCall, TrackCall, accept_call
 from journeys.unsubscribe_links import BadToken, UnsubscribeLinks, Unsubscription
 
