@@ -13,10 +13,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from api.auth import require_read_key
+from api.auth import GatewayDep, require_read_key
 from api.dependencies import Gateway
 from api.errors import error_responses
 from api.times import ApiTime
@@ -162,9 +162,8 @@ async def _segments(
 
 
 @router.get("/customers/{customer_id}", response_model=CustomerView)
-async def customer(customer_id: str, request: Request, as_of: AsOf = None) -> CustomerView:
+async def customer(customer_id: str, gateway: GatewayDep, as_of: AsOf = None) -> CustomerView:
     """The customer's journey stage now (or ``as_of`` a moment), counters and profile."""
-    gateway: Gateway = request.app.state.gateway
     moment = _moment(as_of)
     lapse_days = _rules(gateway).loyalty_lapse_days
     _check_not_erased(gateway, customer_id)
@@ -291,9 +290,8 @@ def _profile(row: dict[str, Any], moment: datetime) -> Profile:
 @router.get(
     "/customers/{customer_id}/journey", response_model=JourneyView, responses=error_responses(503)
 )
-async def journey(customer_id: str, request: Request, as_of: AsOf = None) -> JourneyView:
+async def journey(customer_id: str, gateway: GatewayDep, as_of: AsOf = None) -> JourneyView:
     """The customer's timeline of domain events and stage changes (up to ``as_of`` if given)."""
-    gateway: Gateway = request.app.state.gateway
     app = gateway.journeys
     if app is None:
         raise HTTPException(503, "the event store is not available to this API process")
