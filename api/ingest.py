@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -539,84 +539,55 @@ async def batch(request: Request) -> Response:
     return JSONResponse(status_code=400, content=body_out)
 
 
-@router.post(
-    "/track",
-    summary="Record an action the customer performed (Segment track)",
-    openapi_extra=_documented_body("track"),
-    **_INGEST_ROUTE,
-)
-async def track(request: Request) -> Response:
-    """Segment ``track`` call: ``{"userId"|"anonymousId", "event", "properties", ...}``."""
-    return await _ingest(request, CALL_MODELS["track"])
+# Each single call's route: its summary and description in the OpenAPI document.
+_CALL_ROUTES: dict[str, tuple[str, str]] = {
+    "track": (
+        "Record an action the customer performed (Segment track)",
+        'Segment ``track`` call: ``{"userId"|"anonymousId", "event", "properties", ...}``.',
+    ),
+    "page": ("Record a page view (Segment page)", "Segment ``page`` call; counts as browsing."),
+    "screen": (
+        "Record an app screen view (Segment screen)",
+        "Segment ``screen`` call; counts as browsing.",
+    ),
+    "identify": (
+        "Say who the customer is (Segment identify)",
+        "Segment ``identify`` call with traits.",
+    ),
+    "group": (
+        "Put the customer in a group (Segment group)",
+        "Segment ``group`` call: ``groupId`` and group traits.",
+    ),
+    "alias": (
+        "Link an earlier id to the customer (Segment alias)",
+        "Segment ``alias`` call: ``previousId`` and ``userId`` are one customer.",
+    ),
+}
 
 
-@router.post(
-    "/page",
-    summary="Record a page view (Segment page)",
-    openapi_extra=_documented_body("page"),
-    **_INGEST_ROUTE,
-)
-async def page(request: Request) -> Response:
-    """Segment ``page`` call; counts as browsing."""
-    return await _ingest(request, CALL_MODELS["page"])
+def _call_route(model: type[SegmentCall]) -> Callable[[Request], Awaitable[Response]]:
+    async def ingest_call(request: Request) -> Response:
+        return await _ingest(request, model)
 
-
-@router.post(
-    "/screen",
-    summary="Record an app screen view (Segment screen)",
-    openapi_extra=_documented_body("screen"),
-    **_INGEST_ROUTE,
-)
-async def screen(request: Request) -> Response:
-    """Segment ``screen`` call; counts as browsing."""
-    return await _ingest(request, CALL_MODELS["screen"])
-
-
-@router.post(
-    "/identify",
-    summary="Say who the customer is (Segment identify)",
-    openapi_extra=_documented_body("identify"),
-    **_INGEST_ROUTE,
-)
-async def identify(request: Request) -> Response:
-    """Segment ``identify`` call with traits."""
-    return await _ingest(request, CALL_MODELS["identify"])
-
-
-@router.post(
-    "/group",
-    summary="Put the customer in a group (Segment group)",
-    openapi_extra=_documented_body("group"),
-    **_INGEST_ROUTE,
-)
-async def group(request: Request) -> Response:
-    """Segment ``group`` call: ``groupId`` and group traits."""
-    return await _ingest(request, CALL_MODELS["group"])
-
-
-@router.post(
-    "/alias",
-    summary="Link an earlier id to the customer (Segment alias)",
-    openapi_extra=_documented_body("alias"),
-    **_INGEST_ROUTE,
-)
-async def alias(request: Request) -> Response:
-    """Segment ``alias`` call: ``previousId`` and ``userId`` are one customer."""
-    return await _ingest(request, CALL_MODELS["alias"])
+    return ingest_call
 
 
 # analytics.js posts to the call type's first letter (``/v1/t`` for track);
 # hidden from the OpenAPI document, which lists each call once.
-for _short, _handler in {
-    "t": track,
-    "p": page,
-    "s": screen,
-    "i": identify,
-    "g": group,
-    "a": alias,
-    "b": batch,
-}.items():
-    router.add_api_route(f"/{_short}", _handler, methods=["POST"], include_in_schema=False)
+for _call, (_summary, _description) in _CALL_ROUTES.items():
+    _handler = _call_route(CALL_MODELS[_call])
+    router.add_api_route(
+        f"/{_call}",
+        _handler,
+        methods=["POST"],
+        name=_call,
+        summary=_summary,
+        description=_description,
+        openapi_extra=_documented_body(_call),
+        **_INGEST_ROUTE,
+    )
+    router.add_api_route(f"/{_call[0]}", _handler, methods=["POST"], include_in_schema=False)
+router.add_api_route("/b", batch, methods=["POST"], include_in_schema=False)
 beacon_router.add_api_route("/beacon/v1/batch", batch, methods=["POST"], include_in_schema=False)
 
 # A single call's paths (analytics.js's short ones too) and the model of each.
