@@ -231,6 +231,7 @@ def build_platform(settings: Settings, *, stages_in_flight: bool = False) -> Pla
     ``stages_in_flight``: the API and the worker share this process (the node), so
     the stage view serves the worker's decided rows ahead of their inserts.
     """
+    load_rules(settings)  # a bad rules file fails the start before ClickHouse is opened
     clickhouse = connect(settings.clickhouse_url, settings.chdb_path)
     return platform_on(settings, clickhouse, stages_in_flight=stages_in_flight)
 
