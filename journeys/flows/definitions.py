@@ -129,6 +129,17 @@ class FlowDefinition:
             if template is not None
         )
 
+    @cached_property
+    def reads_computed_traits(self) -> bool:
+        """Whether a template renders ``computed_traits`` (its sends carry them)."""
+        return any(
+            "computed_traits" in template.names
+            for node in self.nodes.values()
+            if isinstance(node, SendNode)
+            for template in (node.body, node.subject)
+            if template is not None
+        )
+
     def triggers(self) -> list[Trigger]:
         """Every trigger the flow reacts to: entries, wait_until nodes, the goal, exits."""
         found: list[Trigger] = [*self.exits]
