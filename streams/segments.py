@@ -94,8 +94,14 @@ class SegmentMaintainer:
         history: SegmentHistory | None = None,
         partitions: int = 1,
         rfm: RfmReader | None = None,
+        traits_wanted: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
+        # Whether some flow in force reads computed traits (None: always): only then are
+        # TraitsChanged records published (measured: they cost the fold a sixth, and are
+        # nearly one record per event with the bench's 10 traits). Asked on each reload.
+        self._traits_wanted = traits_wanted
+        self.publish_traits = traits_wanted() if traits_wanted is not None else True
         self.log = log
         # The definitions in force (the admin API changes them), for :meth:`reload`.
         self._source = source
@@ -136,6 +142,11 @@ class SegmentMaintainer:
 
     def reload(self) -> bool:
         """Take the definitions in force if they changed (between batches); True if so."""
+        if self._traits_wanted is not None:
+            try:
+                self.publish_traits = self._traits_wanted()
+            except ValueError:
+                log.exception("flow definitions could not be read; traits published as before")
         if self._source is None:
             return False
         try:
@@ -249,7 +260,9 @@ class SegmentMaintainer:
     ) -> dict[str, Any] | None:
         """The trait values before the batch when one of its events feeds a definition
         (None: the batch cannot move a trait, so no TraitsChanged is published)."""
-        if not self.definitions.traits or not any(self.evaluator.feeds(e) for e in events):
+        if not self.publish_traits or not self.definitions.traits:
+            return None
+        if not any(self.evaluator.feeds(e) for e in events):
             return None
         if state.clock is None:
             return {}

@@ -244,7 +244,7 @@ class FlowEngine:
             kinds = {
                 kind for kind, key in (("stage", "stage"), ("segment", "segment")) if key in named
             }
-            if "computed_trait" in named or any(f.reads_computed_traits for f in versions):
+            if any(flow.uses_computed_traits for flow in versions):
                 kinds.add(TraitsInput.kind)
             self._kinds[flow_id] = frozenset(kinds)
         return found

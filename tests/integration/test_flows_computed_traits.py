@@ -116,3 +116,21 @@ def test_a_branch_and_a_template_read_the_computed_traits_the_worker_reported(
     assert traits_input(b"not json") is None
     segments.close()
     outreach.close()
+
+
+def test_traits_are_published_only_while_a_flow_reads_them(
+    tmp_path: Path, change_log: SegmentChangeLog
+) -> None:
+    wanted = [False]
+    store = SegmentStore(sqlite_path=tmp_path / "events.sqlite")
+    maintainer = SegmentMaintainer(DEFINITIONS, store, change_log, traits_wanted=lambda: wanted[0])
+    order = make_event("a1", "ada", "Order Completed", 0, order_id="a1", revenue=300)
+    folded = maintainer.fold("events#0", 1, [(0, order)], {})
+    assert folded is not None and folded.traits == []
+    wanted[0] = True  # a flow reading them was put; the timer loop's reload asks again
+    maintainer.reload()
+    again = make_event("a2", "ada", "Order Completed", 5, order_id="a2", revenue=50)
+    folded = maintainer.fold("events#0", 2, [(1, again)], {}, folded.states)
+    assert folded is not None
+    assert [values for *_, values in folded.traits] == [{"lifetime_revenue": 350.0, "orders": 2}]
+    store.close()
