@@ -33,6 +33,7 @@ from journeys.funnels import (
     OrderMode,
     PropertyFilter,
 )
+from journeys.segment_definitions import Comparison, TraitCondition
 from projections.analytics import QueryProblem
 from projections.analytics.funnels import FunnelQueries, FunnelReport, StepStats
 from projections.analytics.reports import (
@@ -113,6 +114,48 @@ class DateRange(BaseModel):
         return self
 
 
+TraitOp = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists"]
+MAX_TRAIT_FILTERS = 10
+
+
+class TraitFilterIn(BaseModel):
+    """A computed trait's value **now** (as the worker keeps it, windows slid to the
+    request's instant) compared as a segment compares it: ``gt``/``gte``/``lt``/``lte``
+    a number, ``eq``/``ne``/``contains`` a value, ``in`` a list, ``exists`` true/false.
+    A customer without a value matches only ``exists = false``."""
+
+    trait: Annotated[str, Field(min_length=1, max_length=64)]
+    op: TraitOp = "eq"
+    value: bool | Scalar | list[bool | Scalar]
+
+    @model_validator(mode="after")
+    def _operand(self) -> TraitFilterIn:
+        value, op = self.value, self.op
+        if op in ("gt", "gte", "lt", "lte") and (isinstance(value, bool | list | str)):
+            raise PydanticCustomError("trait_filter", f"{op} compares with a number")
+        if op == "in" and (not isinstance(value, list) or not value):
+            raise PydanticCustomError("trait_filter", "in takes a non-empty list of values")
+        if op == "exists" and not isinstance(value, bool):
+            raise PydanticCustomError("trait_filter", "exists takes true or false")
+        if op != "in" and isinstance(value, list):
+            raise PydanticCustomError("trait_filter", f"{op} takes one value, not a list")
+        return self
+
+    def condition(self, index: int) -> TraitCondition:
+        """As the segments' trait condition (the same comparison)."""
+        comparison = Comparison(self.op, self.value)
+        return TraitCondition(f"trait_filters[{index}]", self.trait, comparison)
+
+
+TraitFilters = Annotated[
+    list[TraitFilterIn],
+    Field(
+        max_length=MAX_TRAIT_FILTERS,
+        description="only customers whose computed traits now meet all of these",
+    ),
+]
+
+
 def segment_id_field(description: str) -> Any:
     """A segment id in a request (its existence is checked against the definitions)."""
     return Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$", description=description)
@@ -137,6 +180,7 @@ class FunnelRequest(DateRange):
         ]
         | None
     ) = None
+    trait_filters: TraitFilters = []
 
     @model_validator(mode="after")
     def _strict_without_exclusions(self) -> FunnelRequest:
@@ -218,6 +262,7 @@ class RetentionRequest(DateRange):
         ]
         | None
     ) = None
+    trait_filters: TraitFilters = []
 
 
 class CohortOut(BaseModel):
@@ -317,10 +362,13 @@ async def funnel(query: FunnelRequest, queries: Funnels, gateway: GatewayDep) ->
     unknown = await _unknown_segment(gateway, query.breakdown_segment)
     if unknown is not None:
         return unknown
+    customers = await trait_filtered(gateway, query.trait_filters)
+    if isinstance(customers, JSONResponse):
+        return customers
 
     def work() -> FunnelReport:
         queries.validate(definition)
-        return queries.run(definition)
+        return queries.run(definition, customers)
 
     report = await _answer(work)
     if isinstance(report, JSONResponse):
@@ -354,14 +402,37 @@ async def _unknown_segment(gateway: Gateway, segment: str | None) -> JSONRespons
     return problem(400, f"breakdown_segment: {message}", [reason])
 
 
+async def trait_filtered(
+    gateway: Gateway, filters: list[TraitFilterIn]
+) -> list[str] | JSONResponse | None:
+    """The customers meeting every trait filter now (None: no filter), or the 400 naming
+    ``trait_filters[i].trait`` for a trait no definition has."""
+    if not filters:
+        return None
+    reads = gateway.segments
+    known = set() if reads is None else set(reads.definitions.traits)
+    for index, item in enumerate(filters):
+        if item.trait not in known:
+            field = f"trait_filters[{index}].trait"
+            message = f"no computed trait {item.trait!r}"
+            reason = {"field": field, "rule": "exists", "message": message}
+            return problem(400, f"{field}: {message}", [reason])
+    assert reads is not None
+    conditions = [item.condition(i) for i, item in enumerate(filters)]
+    return await asyncio.to_thread(reads.with_traits, conditions, datetime.now(UTC))
+
+
 @router.post("/funnels/dropped", response_model=DroppedResult)
-async def dropped(query: DroppedRequest, queries: Funnels) -> Any:
+async def dropped(query: DroppedRequest, queries: Funnels, gateway: GatewayDep) -> Any:
     """The customers who dropped out at a step, sorted by customer key, a page at a time."""
     definition = query.definition()
+    customers = await trait_filtered(gateway, query.trait_filters)
+    if isinstance(customers, JSONResponse):
+        return customers
 
     def work() -> tuple[int, list[str]]:
         queries.validate(definition)
-        return queries.dropped(definition, query.dropped_at, query.limit, query.offset)
+        return queries.dropped(definition, query.dropped_at, query.limit, query.offset, customers)
 
     found = await _answer(work)
     if isinstance(found, JSONResponse):
@@ -404,14 +475,17 @@ async def retention(query: RetentionRequest, reports: EventReports, gateway: Gat
     unknown = await _unknown_segment(gateway, query.breakdown_segment)
     if unknown is not None:
         return unknown
+    customers = await trait_filtered(gateway, query.trait_filters)
+    if isinstance(customers, JSONResponse):
+        return customers
     start, back = query.start_event.definition(), query.return_event.definition()
     segment = query.breakdown_segment
 
     def work() -> tuple[list[Cohort], dict[str, list[Cohort]] | None]:
         args = (start, back, query.period, query.mode, query.periods)
         if segment is None:
-            return reports.retention(*args, query.start, query.end), None
-        return reports.retention_by_segment(*args, segment, query.start, query.end)
+            return reports.retention(*args, query.start, query.end, customers), None
+        return reports.retention_by_segment(*args, segment, query.start, query.end, customers)
 
     answered = await _answer(work)
     if isinstance(answered, JSONResponse):

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from api.analysis import DroppedRequest
+from api.analysis import DroppedRequest, trait_filtered
 from api.auth import GatewayDep, require_admin_key, require_read_key
 from api.errors import error_responses, problem
 from api.times import ApiTime
@@ -552,10 +552,13 @@ async def save_dropoffs(
     ``segment`` (defined if new; 409 for a segment defined by a rule)."""
     definition = query.definition()
     queries = FunnelQueries(gateway.event_log.client, gateway.event_log.database)
+    customers = await trait_filtered(gateway, query.trait_filters)
+    if isinstance(customers, JSONResponse):
+        return customers
 
     def work() -> tuple[int, list[str]]:
         queries.validate(definition)
-        return queries.dropped(definition, query.dropped_at, MAX_LIST_ROWS, 0)
+        return queries.dropped(definition, query.dropped_at, MAX_LIST_ROWS, 0, customers)
 
     try:
         total, keys = await asyncio.to_thread(work)

@@ -10,11 +10,12 @@ rolling windows between ticks; before it, every change up to the clock is in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from journeys.segment_definitions import TRAITS_BACKFILL, Definitions
-from journeys.segment_state import SegmentEvaluator, SegmentState, to_ms
+from journeys.segment_definitions import TRAITS_BACKFILL, Definitions, TraitCondition
+from journeys.segment_state import SegmentEvaluator, SegmentState, compare, to_ms
 from projections.segment_changes import SegmentChangeLog
 from projections.segment_definition_store import SegmentDefinitions
 from projections.segment_store import Backfill, SegmentStore
@@ -93,6 +94,26 @@ class SegmentReads:
             return traits, sorted(evaluator.members(state, at))
         # Before the latest event the state has folded: the recorded changes say.
         return None, self.log.segments_of(customer_key, as_of)
+
+    def with_traits(self, conditions: Sequence[TraitCondition], now: datetime) -> list[str]:
+        """The customers whose computed traits meet every condition now, sorted (reads every
+        stored state, as :meth:`members`). A state whose clock is after ``now`` (an event
+        stamped ahead of the reader's clock) answers at its clock; a merged key answers
+        nothing (its events count as the customer's)."""
+        at = to_ms(now)
+        evaluator = self.evaluator
+        traits = evaluator.definitions.traits
+        found = []
+        for customer, state in self.store.all_states():
+            if state.merged_into:
+                continue
+            instant = at if state.clock is None else max(at, state.clock)
+            if all(
+                compare(evaluator.trait_value(state, traits[c.trait], instant), c.comparison)
+                for c in conditions
+            ):
+                found.append(customer)
+        return found
 
     def members(self, segment_id: str, as_of: datetime) -> list[str]:
         """The customers in ``segment_id`` at ``as_of``, sorted (reads every stored state)."""

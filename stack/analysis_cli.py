@@ -82,6 +82,37 @@ def _value(name: str, op: str, text: str) -> str | float:
     return int(number) if number.is_integer() else number
 
 
+_TRAIT_OPERATORS = tuple((symbol, "ne" if op == "neq" else op) for symbol, op in _OPERATORS)
+
+
+def trait_filter_body(text: str) -> dict[str, Any]:
+    """``lifetime_revenue>500``, ``favourite_brand=acme``, ``orders_90d!=0`` or
+    ``favourite_brand in acme,zeta``: the API's trait filter (a computed trait now).
+    A value that reads as a number is sent as one (traits keep numbers as numbers)."""
+    found = _IN.match(text)
+    if found:
+        values = [_trait_value(v) for v in found.group(2).split(",") if v.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r}: 'in' needs values, e.g. a in x,y")
+        return {"trait": found.group(1), "op": "in", "value": values}
+    for symbol, op in _TRAIT_OPERATORS:
+        name, sep, value = text.partition(symbol)
+        if sep and name.strip() and value.strip():
+            return {"trait": name.strip(), "op": op, "value": _trait_value(value)}
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: use trait=value, !=, >, >=, <, <= or 'trait in a,b'"
+    )
+
+
+def _trait_value(text: str) -> str | float:
+    text = text.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() else number
+
+
 class _Step(argparse.Action):
     """``--step``/``--exclude``: append a step; a following ``--where`` filters it."""
 
@@ -113,6 +144,15 @@ def add_commands(commands: Any) -> None:
     common.add_argument("--end", help="only events before this time (ISO 8601)")
     common.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     common.add_argument("--json", action="store_true", help="print the API's JSON instead")
+    common.add_argument(
+        "--trait",
+        action="append",
+        type=trait_filter_body,
+        default=[],
+        dest="trait_filters",
+        help="only customers whose computed trait now meets this: lifetime_revenue>500, "
+        "'favourite_brand in acme,zeta' (repeat for several; all must hold)",
+    )
 
     funnel = commands.add_parser("funnel", parents=[common], help="run a funnel and print it")
     funnel.add_argument("--step", action=_Step, required=True, help="event type or name")
@@ -185,6 +225,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.breakdown_segment:
             body["breakdown_segment"] = args.breakdown_segment
         path = "/v1/retention"
+    if args.trait_filters:
+        body["trait_filters"] = args.trait_filters
     try:
         answer = httpx.post(
             base + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120

@@ -89,6 +89,11 @@ class Platform:
     # The journey flows in force and their pauses (seeded from the flows file; admin API).
     flow_definitions: FlowDefinitions | None = None
 
+    def _flows_read_traits(self) -> bool:
+        """Some flow in force branches on or renders computed traits (TraitsChanged wanted)."""
+        assert self.flow_definitions is not None
+        return any(flow.uses_computed_traits for flow in self.flow_definitions.current().flows)
+
     def pipeline(self) -> JourneyPipeline:
         """The journey pipeline over these stores (keeping segments when the store is there)."""
         maintainer = None
@@ -104,6 +109,7 @@ class Platform:
                 history,
                 self.settings.topic_partitions,
                 segment_reader(self.event_log),  # the buyers' RFM segments
+                self._flows_read_traits if self.flow_definitions is not None else None,
             )
         return JourneyPipeline(
             self.journeys,

@@ -31,7 +31,7 @@ from streams.metrics import WorkerMetrics
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
 from streams.segment_timers import SegmentTimers
-from streams.segments import segment_record
+from streams.segments import segment_record, traits_record
 from streams.settings import JourneyWorkerSettings
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,9 @@ class JourneyStreams:
                 outcomes.append((settings.segments_topic, customer_key.encode(), value))
             for customer_key, membership, backfill in prepared.segments.revised:
                 value = orjson.dumps(segment_record(customer_key, membership, backfill, True))
+                outcomes.append((settings.segments_topic, customer_key.encode(), value))
+            for customer_key, at_ms, event_id, values in prepared.segments.traits:
+                value = orjson.dumps(traits_record(customer_key, at_ms, event_id, values))
                 outcomes.append((settings.segments_topic, customer_key.encode(), value))
         # Identity: link requests, merged histories and re-keyed events, keyed by customer.
         for message in prepared.update.forwards:

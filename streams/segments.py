@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -59,6 +60,9 @@ class SegmentBatch:
     # history, and the recorded changes it found untrue (deleted before the writes).
     revised: list[tuple[str, MembershipChange, bool]] = field(default_factory=list)
     untrue: list[tuple[str, MembershipChange]] = field(default_factory=list)
+    # Computed traits that the batch moved: (customer, at_ms, event id, every trait's
+    # value), at the customer's latest event of the batch (the flows' TraitsInput).
+    traits: list[tuple[str, int, str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -90,8 +94,14 @@ class SegmentMaintainer:
         history: SegmentHistory | None = None,
         partitions: int = 1,
         rfm: RfmReader | None = None,
+        traits_wanted: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
+        # Whether some flow in force reads computed traits (None: always): only then are
+        # TraitsChanged records published (measured: they cost the fold a sixth, and are
+        # nearly one record per event with the bench's 10 traits). Asked on each reload.
+        self._traits_wanted = traits_wanted
+        self.publish_traits = traits_wanted() if traits_wanted is not None else True
         self.log = log
         # The definitions in force (the admin API changes them), for :meth:`reload`.
         self._source = source
@@ -132,6 +142,11 @@ class SegmentMaintainer:
 
     def reload(self) -> bool:
         """Take the definitions in force if they changed (between batches); True if so."""
+        if self._traits_wanted is not None:
+            try:
+                self.publish_traits = self._traits_wanted()
+            except ValueError:
+                log.exception("flow definitions could not be read; traits published as before")
         if self._source is None:
             return False
         try:
@@ -212,6 +227,7 @@ class SegmentMaintainer:
         changes_of = self.log.changes_of(list(since)) if since else {}
         for key, state in states.items():
             events = fresh.get(key, [])
+            before = self._traits_moved(state, events)
             if key in since:
                 state = self._revise(
                     key,
@@ -233,9 +249,38 @@ class SegmentMaintainer:
                     state, link.user_id or "", to_ms(link.timestamp), link.event_id
                 )
                 folded.changes.extend(self._live(key, partition, changes))
+            if before is not None:
+                self._traits_after(key, state, events, before, folded)
             folded.states[key] = state
             folded.due[key] = self.due(state, partition)
         return folded
+
+    def _traits_moved(
+        self, state: SegmentState, events: Sequence[SegmentEvent]
+    ) -> dict[str, Any] | None:
+        """The trait values before the batch when one of its events feeds a definition
+        (None: the batch cannot move a trait, so no TraitsChanged is published)."""
+        if not self.publish_traits or not self.definitions.traits:
+            return None
+        if not any(self.evaluator.feeds(e) for e in events):
+            return None
+        if state.clock is None:
+            return {}
+        return self.evaluator.trait_values(state, state.clock)
+
+    def _traits_after(
+        self,
+        key: str,
+        state: SegmentState,
+        events: Sequence[SegmentEvent],
+        before: Mapping[str, Any],
+        folded: SegmentBatch,
+    ) -> None:
+        latest = max(events, key=lambda e: e.order)
+        at_ms = max(latest.at_ms, state.clock or latest.at_ms)
+        after = self.evaluator.trait_values(state, at_ms)
+        if after != before:
+            folded.traits.append((key, latest.at_ms, latest.event_id, after))
 
     def _revise(
         self,
@@ -408,6 +453,20 @@ class ListedTick(SegmentTick):
     """Static segments' list changes applied to states: to write, then save with them."""
 
     applied: list[tuple[str, str, bool, int]] = field(default_factory=list)
+
+
+def traits_record(
+    customer_key: str, at_ms: int, event_id: str, values: Mapping[str, Any]
+) -> dict[str, object]:
+    """The ``journey.segments`` record of the computed traits an event moved
+    (``TraitsChanged``: every trait's value after the customer's events up to it)."""
+    return {
+        "type": "TraitsChanged",
+        "customer_key": customer_key,
+        "at_ms": at_ms,
+        "event_id": event_id,
+        "traits": dict(values),
+    }
 
 
 def segment_record(

@@ -6,8 +6,10 @@ properties = {price = {gt = 10}}}``), a stage reached (``{stage = "loyalty"}``),
 a segment entered or exited (``{segment = "vip", on = "entered"}``, as the
 ``journey.segments`` facts record it). Predicates (``branch``) read what the
 flow knows of the customer: the entry event's properties (``{property =
-"value", gt = 50}``), identify traits (``{trait = "plan", eq = "pro"}``), the
-stage, segment membership, and ``and`` / ``or`` / ``not`` of them.
+"value", gt = 50}``), identify traits (``{trait = "plan", eq = "pro"}``),
+computed traits (``{computed_trait = "lifetime_revenue", gt = 500}``, as the
+journey worker last reported them: :class:`journeys.flows.inputs.TraitsInput`),
+the stage, segment membership, and ``and`` / ``or`` / ``not`` of them.
 
 Event matching and comparisons are the segments' (journeys/segment_definitions.py,
 journeys/segment_state.py), so a filter means the same in a segment and a flow.
@@ -162,6 +164,8 @@ class CustomerView(Protocol):
 
     def trait(self, name: str) -> Any: ...
 
+    def computed_trait(self, name: str) -> Any: ...
+
     @property
     def stage(self) -> str | None: ...
 
@@ -192,6 +196,18 @@ class TraitIs:
 
     def holds(self, view: CustomerView) -> bool:
         return compare(view.trait(self.name), self.comparison)
+
+
+@dataclass(frozen=True, slots=True)
+class ComputedTraitIs:
+    """A computed trait (``lifetime_revenue``, ``orders_90d``…) as the journey worker
+    last reported it at or before the decision's instant (a ``TraitsInput``)."""
+
+    name: str
+    comparison: Comparison
+
+    def holds(self, view: CustomerView) -> bool:
+        return compare(view.computed_trait(self.name), self.comparison)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +315,7 @@ PREDICATE_KINDS: dict[str, Callable[[Mapping[str, Any], str, Problems], Predicat
     "not": _negation,
     "property": _compared(PropertyIs, "property"),
     "trait": _compared(TraitIs, "trait"),
+    "computed_trait": _compared(ComputedTraitIs, "computed_trait"),
     "stage": _stage_predicate,
     "segment": _segment_predicate,
 }

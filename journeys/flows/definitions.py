@@ -129,6 +129,23 @@ class FlowDefinition:
             if template is not None
         )
 
+    @cached_property
+    def reads_computed_traits(self) -> bool:
+        """Whether a template renders ``computed_traits`` (its sends carry them)."""
+        return any(
+            "computed_traits" in template.names
+            for node in self.nodes.values()
+            if isinstance(node, SendNode)
+            for template in (node.body, node.subject)
+            if template is not None
+        )
+
+    @cached_property
+    def uses_computed_traits(self) -> bool:
+        """Whether a branch compares a computed trait or a template renders them: the flow
+        takes the worker's ``TraitsChanged`` reports (journeys/flows/inputs.py TraitsInput)."""
+        return self.reads_computed_traits or _names_key(self.source, "computed_trait")
+
     def triggers(self) -> list[Trigger]:
         """Every trigger the flow reacts to: entries, wait_until nodes, the goal, exits."""
         found: list[Trigger] = [*self.exits]
@@ -403,3 +420,12 @@ def _cycle(nodes: Mapping[str, Node]) -> list[str]:
         if node_id not in state and (found := visit(node_id)):
             return found
     return []
+
+
+def _names_key(source: Any, key: str) -> bool:
+    """Whether ``key`` is a key anywhere in a definition as written (tables, lists)."""
+    if isinstance(source, Mapping):
+        return key in source or any(_names_key(value, key) for value in source.values())
+    if isinstance(source, list | tuple):
+        return any(_names_key(value, key) for value in source)
+    return False

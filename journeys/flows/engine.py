@@ -73,6 +73,7 @@ from journeys.flows.inputs import (
     SegmentInput,
     StageInput,
     TrackedInput,
+    TraitsInput,
     from_ms,
     input_from_dict,
     to_ms,
@@ -126,6 +127,8 @@ class FlowState:
     timezone: list[Any] = field(default_factory=lambda: ["", 0])
     stage: list[Any] = field(default_factory=lambda: [None, 0])
     segments: dict[str, list[Any]] = field(default_factory=dict)  # segment → [member, at_ms]
+    # [trait id → value, at_ms]: the computed traits last reported (TraitsInput), by event time
+    computed: list[Any] = field(default_factory=lambda: [{}, 0])
     consent: dict[str, list[Any]] = field(default_factory=dict)  # channel or "*" → [yes, at_ms]
     entries: int = 0
     last_entered_ms: int | None = None
@@ -185,6 +188,9 @@ class _View:
         found = self._state.traits.get(name)
         return found[0] if found else None
 
+    def computed_trait(self, name: str) -> Any:
+        return self._state.computed[0].get(name)
+
     @property
     def stage(self) -> str | None:
         return self._state.stage[0]
@@ -235,9 +241,12 @@ class FlowEngine:
             self._by_event[flow_id] = found
             versions = self.catalog.versions.get(flow_id, {}).values()
             named = set().union(*(_keys(flow.source) for flow in versions))
-            self._kinds[flow_id] = frozenset(
+            kinds = {
                 kind for kind, key in (("stage", "stage"), ("segment", "segment")) if key in named
-            )
+            }
+            if any(flow.uses_computed_traits for flow in versions):
+                kinds.add(TraitsInput.kind)
+            self._kinds[flow_id] = frozenset(kinds)
         return found
 
     def observe(
@@ -282,6 +291,9 @@ class FlowEngine:
         The live worker keeps no state for the rest (page views …): they change nothing.
         """
         versions = self.catalog.versions.get(flow_id, {})
+        if isinstance(item, TraitsInput):
+            # Not activity: only a flow that branches on or renders computed traits keeps them.
+            return item.kind in self._reads(flow_id)
         if any(flow.enabled and flow.keeps_facts for flow in versions.values()):
             return True  # every input is activity, and may move the facts anchors read
         if isinstance(item, StageInput | SegmentInput):
@@ -521,6 +533,8 @@ class _Turn:
             # A stage reached on imported events is history, as the import itself.
             historical = historical or facts.last_activity_historical
             facts.observe_stage(item.stage, from_ms(item.at_ms))
+        elif isinstance(item, TraitsInput):
+            return  # not activity: the facts do not move
         elif item.segment.startswith(RFM_PREFIX) and item.entered:
             facts.segment = item.segment.removeprefix(RFM_PREFIX)
         self.replan()
@@ -670,6 +684,10 @@ class _Turn:
             if known is None or item.at_ms >= known[1]:
                 state.segments[item.segment] = [item.entered, item.at_ms]
             return
+        if isinstance(item, TraitsInput):
+            if item.at_ms >= state.computed[1]:
+                state.computed = [dict(item.values), item.at_ms]
+            return
         if item.timezone and item.at_ms >= state.timezone[1]:
             state.timezone = [item.timezone, item.at_ms]
         if item.type == "identify":
@@ -794,6 +812,8 @@ class _Turn:
         }
         if flow.keeps_facts:
             variables["data"] = self.payload()
+        if flow.reads_computed_traits:  # only then: the other flows' facts keep their ids
+            variables["computed_traits"] = dict(state.computed[0])
         try:
             # A trial: personal values are sealed here ({"$enc": …}) and only opened at
             # delivery, where the message is rendered for real (render_message).

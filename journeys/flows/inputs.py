@@ -138,10 +138,47 @@ class SegmentInput:
         )
 
 
-FlowInput = TrackedInput | StageInput | SegmentInput
-INPUT_KINDS: dict[str, type[TrackedInput] | type[StageInput] | type[SegmentInput]] = {
-    kind.kind: kind for kind in (TrackedInput, StageInput, SegmentInput)
-}
+@dataclass(frozen=True, slots=True)
+class TraitsInput:
+    """The customer's computed traits (journeys/segment_definitions.py) as the journey
+    worker's segment state gave them after folding the event ``event_id`` at ``at_ms``
+    (a ``TraitsChanged`` record of ``journey.segments``): trait id → value."""
+
+    kind: ClassVar[str] = "traits"
+    rank: ClassVar[int] = 3  # at one instant: after the event, stage and segments it moved
+
+    event_id: str
+    at_ms: int
+    values: Mapping[str, Any]
+    historical: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"traits:{self.at_ms}:{self.event_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "event_id": self.event_id,
+            "at_ms": self.at_ms,
+            "values": dict(self.values),
+            "historical": self.historical,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TraitsInput:
+        return cls(
+            data["event_id"],
+            int(data["at_ms"]),
+            dict(data.get("values") or {}),
+            bool(data.get("historical")),
+        )
+
+
+FlowInput = TrackedInput | StageInput | SegmentInput | TraitsInput
+INPUT_KINDS: dict[
+    str, type[TrackedInput] | type[StageInput] | type[SegmentInput] | type[TraitsInput]
+] = {kind.kind: kind for kind in (TrackedInput, StageInput, SegmentInput, TraitsInput)}
 
 
 def input_from_dict(data: Mapping[str, Any]) -> FlowInput:

@@ -5,6 +5,8 @@ these (any other name is a validation error, not a surprise at send time):
 
 - ``customer_id``: the customer key;
 - ``traits``: the identify traits as last identified (``traits.first_name``);
+- ``computed_traits``: the computed traits as the journey worker last reported
+  them at or before the send's instant (``computed_traits.lifetime_revenue``);
 - ``entry``: the properties of the event that entered the run (``entry.cart_id``);
 - ``event``: the properties of the event that moved the run on last (the one a
   ``wait_until`` waited for; the entry event until then);
@@ -36,7 +38,17 @@ from jinja2 import ChainableUndefined, TemplateError, meta
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
-VARIABLES = ("customer_id", "traits", "entry", "event", "flow", "node", "unsubscribe_url", "data")
+VARIABLES = (
+    "customer_id",
+    "traits",
+    "computed_traits",
+    "entry",
+    "event",
+    "flow",
+    "node",
+    "unsubscribe_url",
+    "data",
+)
 MAX_TEMPLATE = 20_000
 MAX_RENDERED = 100_000
 
@@ -44,6 +56,7 @@ _ENVIRONMENT = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=Fal
 _SAMPLE = {
     "customer_id": "c",
     "traits": {},
+    "computed_traits": {},
     "entry": {},
     "event": {},
     "flow": {"id": "f", "version": 1, "name": "f"},

@@ -30,6 +30,7 @@ a copy would sit between two steps, reads ``FINAL``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,10 +144,12 @@ class FunnelQueries:
 
     # --- answers ---------------------------------------------------------------------
 
-    def run(self, funnel: Funnel) -> FunnelReport:
-        """Counts, conversions and time to convert per step (and per breakdown value)."""
+    def run(self, funnel: Funnel, customers: Sequence[str] | None = None) -> FunnelReport:
+        """Counts, conversions and time to convert per step (and per breakdown value);
+        ``customers``: only these (a trait filter's answer, :func:`only_customers`)."""
         params = Params()
         inner, source = self.per_customer_sql(funnel, params)
+        inner = only_customers(inner, customers, params)
         if funnel.breakdown_segment is not None:
             inner = self._by_segment(inner, funnel, params)
         n = len(funnel.steps)
@@ -189,12 +192,20 @@ class FunnelQueries:
             overall = self._stats(funnel, [0, 0, 0] * n)
         return FunnelReport(overall, groups, source)
 
-    def dropped(self, funnel: Funnel, step: int, limit: int, offset: int) -> tuple[int, list[str]]:
+    def dropped(
+        self,
+        funnel: Funnel,
+        step: int,
+        limit: int,
+        offset: int,
+        customers: Sequence[str] | None = None,
+    ) -> tuple[int, list[str]]:
         """Customers who reached step ``step - 1`` but not ``step`` (1-based, >= 2): total, page."""
         if not 2 <= step <= len(funnel.steps):
             raise QueryProblem("dropped_at", f"must be between 2 and {len(funnel.steps)}")
         params = Params()
         inner, _ = self.per_customer_sql(funnel, params)
+        inner = only_customers(inner, customers, params)
         where = f"d{step - 1} >= 0 AND d{step} < 0"
         total = self._client.query(
             f"SELECT count() FROM ({inner}) WHERE {where}", parameters=params.values
@@ -422,6 +433,18 @@ class FunnelQueries:
                 GROUP BY customer_key
             )
         """
+
+
+def only_customers(inner: str, customers: Sequence[str] | None, params: Params) -> str:
+    """``inner`` (rows with a ``customer_key``) kept to ``customers``; all of it for None.
+
+    The keys are one Array parameter (a trait filter's customers, computed from the
+    worker's stored states: projections/segment_reads.py ``with_traits``); ClickHouse
+    builds a set of it once per query."""
+    if customers is None:
+        return inner
+    keys = params.add(list(customers), "Array(String)")
+    return f"SELECT * FROM ({inner}) WHERE has({keys}, customer_key)"
 
 
 def check_event_names(client: Client, database: str, named: list[tuple[str, str]]) -> None:

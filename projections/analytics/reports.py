@@ -23,6 +23,7 @@ Definitions (the reference in :mod:`projections.analytics.reference` follows the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -172,9 +173,13 @@ class Reports:
         periods: int,
         start: datetime | None = None,
         end: datetime | None = None,
+        customers: Sequence[str] | None = None,
     ) -> list[Cohort]:
-        """Cohorts in period order, each with its retained counts at offsets 1..periods."""
-        groups = self._retention(start_step, return_step, period, mode, periods, start, end, None)
+        """Cohorts in period order, each with its retained counts at offsets 1..periods
+        (``customers``: only these, a trait filter's answer)."""
+        groups = self._retention(
+            start_step, return_step, period, mode, periods, start, end, None, customers
+        )
         return groups.get("", [])
 
     def retention_by_segment(
@@ -187,6 +192,7 @@ class Reports:
         segment: str,
         start: datetime | None = None,
         end: datetime | None = None,
+        customers: Sequence[str] | None = None,
     ) -> tuple[list[Cohort], dict[str, list[Cohort]]]:
         """The cohorts overall and by membership of ``segment`` ("in" / "not in").
 
@@ -197,7 +203,7 @@ class Reports:
         to the overall table.
         """
         groups = self._retention(
-            start_step, return_step, period, mode, periods, start, end, segment
+            start_step, return_step, period, mode, periods, start, end, segment, customers
         )
         by_start: dict[date, list[int]] = {}
         for cohorts in groups.values():
@@ -219,6 +225,7 @@ class Reports:
         start: datetime | None,
         end: datetime | None,
         segment: str | None,
+        customers: Sequence[str] | None = None,
     ) -> dict[str, list[Cohort]]:
         if not 1 <= periods <= MAX_PERIODS:
             raise QueryProblem("periods", f"must be between 1 and {MAX_PERIODS}")
@@ -235,6 +242,8 @@ class Reports:
         s = step_sql(start_step, params, "start_event")
         r = step_sql(return_step, params, "return_event")
         where = params.time_range(start, end, "timestamp")
+        if customers is not None:
+            where += f" AND has({params.add(list(customers), 'Array(String)')}, customer_key)"
         # Each cohort entry (customer, c) with the time of its first start event (t).
         if mode is RetentionMode.FIRST_TIME:
             entries = (

@@ -42,6 +42,7 @@ from journeys.flows.inputs import (
     FlowInput,
     SegmentInput,
     StageInput,
+    TraitsInput,
     rfm_segment_inputs,
     to_ms,
     tracked_input,
@@ -274,6 +275,10 @@ class OutreachWorker:
             return
         inputs: list[tuple[str, FlowInput]] = []
         for _, value in fresh:
+            traits = traits_input(value)
+            if traits is not None:
+                inputs.append(traits)
+                continue
             try:
                 change = orjson.loads(value)
                 key, segment = str(change["customer_key"]), str(change["segment"])
@@ -687,3 +692,19 @@ def retry_delay(
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, max_s))
     return delay
+
+
+def traits_input(value: bytes) -> tuple[str, TraitsInput] | None:
+    """A ``TraitsChanged`` record of ``journey.segments`` as (customer, input); None for
+    any other record (membership changes) or a record that does not parse."""
+    try:
+        record = orjson.loads(value)
+        if record.get("type") != "TraitsChanged":
+            return None
+        key, values = str(record["customer_key"]), record["traits"]
+        at_ms, event_id = int(record["at_ms"]), str(record.get("event_id") or "")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not isinstance(values, dict):
+        return None
+    return key, TraitsInput(event_id, at_ms, values)

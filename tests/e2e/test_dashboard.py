@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -407,18 +408,27 @@ def test_an_admin_defines_a_segment_and_a_trait_from_the_dashboard_and_breaks_a_
     opened.wait_for_selector("#segments-table tbody tr")
     assert opened.is_visible("#definition-editor")
 
-    # A refusal lists its errors beside the editor, by path.
+    # The editor takes TOML, as the definitions file is written. Text that is not TOML is
+    # refused in the page (nothing is sent); a refusal lists its errors by node and field.
+    assert opened.input_value("#definition-format") == "toml"
     opened.fill("#definition-id", "dash_viewers")
-    opened.fill("#definition-body", '{"where": {"event": "Product Viewed", "count": -1}}')
+    opened.fill("#definition-body", "where = { event = ")
     opened.click("#definition-save")
     opened.wait_for_selector("#definition-errors li")
+    assert opened.text_content("#definition-errors li code") == "body"
+    assert "not valid TOML" in (opened.text_content("#definition-errors li") or "")
+    opened.fill("#definition-body", 'where = { event = "Product Viewed", count = -1 }')
+    opened.click("#definition-save")
+    opened.wait_for_selector("#definition-errors li >> text=integer >= 0")
     assert opened.text_content("#definition-errors li code") == "segments.dash_viewers.where.count"
-    assert "integer >= 0" in (opened.text_content("#definition-errors li") or "")
     assert node.read("GET", "/v1/segments/dash_viewers").status_code == 404
 
     # Defined: listed in the panel as the API lists it.
     body = {"name": "Dashboard viewers", "where": {"event": "Product Viewed", "count": 2}}
-    opened.fill("#definition-body", json.dumps(body))
+    opened.fill(
+        "#definition-body",
+        'name = "Dashboard viewers"\n[where]\nevent = "Product Viewed"\ncount = 2\n',
+    )
     opened.click("#definition-save")
     opened.wait_for_function(
         "document.getElementById('definition-status').textContent.includes('saved')"
@@ -430,7 +440,8 @@ def test_an_admin_defines_a_segment_and_a_trait_from_the_dashboard_and_breaks_a_
     listed = {row[0]: row[1] for row in table(opened, "#segments-table")}
     assert listed["dash_viewers"] == "Dashboard viewers"
 
-    # A computed trait the same way; its table shows it.
+    # A computed trait the same way (as JSON here); its table shows it.
+    opened.select_option("#definition-format", "json")
     opened.select_option("#definition-kind", "traits")
     opened.fill("#definition-id", "dash_views")
     opened.fill("#definition-body", '{"op": "count", "event": "Product Viewed", "within": "7d"}')
@@ -484,8 +495,37 @@ def test_an_admin_defines_a_segment_and_a_trait_from_the_dashboard_and_breaks_a_
     )
     assert node.read("GET", "/v1/segments/dash_viewers").status_code == 404
     assert node.read("GET", "/v1/traits/dash_views").status_code == 404
-    # The browser logs the deliberate refusal's status; nothing else went wrong.
-    assert len(errors) == 1 and "422" in errors[0], errors
+
+    # A definition loaded as TOML reads back as the stored table.
+    opened.select_option("#definition-format", "toml")
+    opened.select_option("#definition-choice", "segments:shoe_lookers")
+    opened.click("#definition-load")
+    shown = tomllib.loads(opened.input_value("#definition-body"))
+    assert shown == node.read("GET", "/v1/segments/shoe_lookers").json()["definition"]
+
+    # A static segment from a CSV file: a bad row is refused naming it, then the list is set.
+    opened.fill("#list-segment", "dash_list")
+    opened.set_input_files(
+        "#list-file", files=[{"name": "bad.csv", "mimeType": "text/csv", "buffer": b"ann\nb,c\n"}]
+    )
+    opened.click("#list-upload")
+    opened.wait_for_selector("#list-errors li")
+    assert opened.text_content("#list-errors li code") == "row 2"
+    assert node.read("GET", "/v1/segments/dash_list").status_code == 404
+    rows = b"customer_id\nann\nbob\nann\n"
+    opened.set_input_files(
+        "#list-file", files=[{"name": "vips.csv", "mimeType": "text/csv", "buffer": rows}]
+    )
+    opened.click("#list-upload")
+    opened.wait_for_function(
+        "document.getElementById('list-status').textContent.includes('2 members')"
+    )
+    assert opened.locator("#list-errors li").count() == 0
+    listed = node.read("GET", "/v1/segments/dash_list/list").json()
+    assert sorted(listed["members"]) == ["ann", "bob"], listed
+    opened.wait_for_selector("#segments-table tbody tr >> text=dash_list")
+    # The browser logs the deliberate refusals' statuses; nothing else went wrong.
+    assert len(errors) == 2 and all("422" in e for e in errors), errors
 
 
 def test_the_trigger_log_shows_abandoned_carts_and_their_delivery(

@@ -155,3 +155,40 @@ def test_bad_report_questions_get_a_400(api: TestClient) -> None:
     assert paths.status_code == 400 and paths.json()["errors"][0]["field"] == "event"
     far = api.post("/v1/paths", json={"event_type": "browse", "steps": 99}, headers=READ)
     assert far.status_code == 400
+
+
+def test_trait_filters_are_refused_naming_the_field_and_rule(api: TestClient) -> None:
+    base = {"steps": STEPS, "window_seconds": 3600}
+    unknown = {**base, "trait_filters": [{"trait": "lifetime_revenue", "op": "gt", "value": 5}]}
+    for path, body in (
+        ("/v1/funnels", unknown),
+        ("/v1/funnels/dropped", {**unknown, "dropped_at": 2}),
+        (
+            "/v1/retention",
+            {
+                "start_event": {"event_type": "browse"},
+                "return_event": {"event_type": "purchase"},
+                "trait_filters": unknown["trait_filters"],
+            },
+        ),
+    ):
+        answer = api.post(path, json=body, headers=READ)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["errors"] == [
+            {
+                "field": "trait_filters[0].trait",
+                "rule": "exists",
+                "message": "no computed trait 'lifetime_revenue'",
+            }
+        ]
+    for bad, rule_text in (
+        ({"trait": "x", "op": "gt", "value": "lots"}, "gt compares with a number"),
+        ({"trait": "x", "op": "in", "value": []}, "in takes a non-empty list of values"),
+        ({"trait": "x", "op": "exists", "value": 1}, "exists takes true or false"),
+        ({"trait": "x", "op": "eq", "value": ["a"]}, "eq takes one value, not a list"),
+    ):
+        answer = api.post("/v1/funnels", json={**base, "trait_filters": [bad]}, headers=READ)
+        assert answer.status_code == 400, answer.text
+        (error,) = answer.json()["errors"]
+        assert error["field"] == "trait_filters.0" and error["rule"] == "trait_filter"
+        assert error["message"] == rule_text

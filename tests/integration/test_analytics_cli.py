@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from stack.analysis_cli import duration_seconds, filter_body, step_body
+from stack.analysis_cli import duration_seconds, filter_body, step_body, trait_filter_body
 from stack.cli import main
 from tests.integration.test_analytics_api import api  # noqa: F401  (the fixture)
 
@@ -131,6 +131,14 @@ def test_an_api_error_is_shown_not_raised(served: str, capsys: pytest.CaptureFix
         ["funnel", "--url", served, "--read-key", "wrong", "--step", "browse", "--step", "cart"]
     )
     assert code == 1 and "401" in capsys.readouterr().err
+    # The trait filter reaches the API (no trait is defined there: its 400 is shown).
+    code = main(
+        [
+            *("funnel", "--url", served, "--read-key", "rk_test"),
+            *("--step", "browse", "--step", "cart", "--trait", "lifetime_revenue>5"),
+        ]
+    )
+    assert code == 1 and "trait_filters[0].trait" in capsys.readouterr().err
 
 
 def test_durations_and_steps_parse() -> None:
@@ -145,6 +153,21 @@ def test_durations_and_steps_parse() -> None:
     assert step_body("Order Completed") == {"event": "Order Completed"}
     assert filter_body("price>=10") == {"property": "price", "op": "gte", "value": 10}
     assert filter_body("campaign!=7") == {"property": "campaign", "op": "neq", "value": "7"}
+    assert trait_filter_body("lifetime_revenue>500") == {
+        "trait": "lifetime_revenue",
+        "op": "gt",
+        "value": 500,
+    }
+    assert trait_filter_body("favourite_brand!=acme") == {
+        "trait": "favourite_brand",
+        "op": "ne",
+        "value": "acme",
+    }
+    assert trait_filter_body("orders_90d in 1,2") == {
+        "trait": "orders_90d",
+        "op": "in",
+        "value": [1, 2],
+    }
     assert filter_body("revenue in 10, 25.5") == {
         "property": "revenue",
         "op": "in",

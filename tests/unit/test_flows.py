@@ -15,7 +15,15 @@ from journeys.flows.backtest import BacktestTally, run_history
 from journeys.flows.definitions import FlowCatalog, FlowError, parse_flow, parse_flows
 from journeys.flows.engine import FlowEngine, FlowState, render_message, sticky_bucket
 from journeys.flows.facts import FlowFact, Left, Sent, Skipped, fact_from_dict
-from journeys.flows.inputs import FlowInput, SegmentInput, StageInput, TrackedInput, to_ms
+from journeys.flows.inputs import (
+    FlowInput,
+    SegmentInput,
+    StageInput,
+    TrackedInput,
+    TraitsInput,
+    input_from_dict,
+    to_ms,
+)
 from journeys.flows.nodes import SendNode
 
 T0 = to_ms(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))  # a Monday, 10:00 UTC
@@ -416,6 +424,80 @@ def test_branch_on_trait_stage_and_segment_and_entry_on_a_segment() -> None:
     assert (left(facts).reason, left(facts).detail) == ("exit", "stage lapsed")
 
 
+# Entered by an order; after a day, a branch on the computed trait the worker reported.
+BIG_SPENDER = {
+    "version": 1,
+    "nodes": {
+        "ordered": {"kind": "entry", "event": "Order Completed", "next": "later"},
+        "later": {"kind": "wait", "duration": "1d", "next": "route"},
+        "route": {
+            "kind": "branch",
+            "cases": [
+                {
+                    "when": {"computed_trait": "lifetime_revenue", "gt": 500},
+                    "next": "thanks",
+                }
+            ],
+            "else": "nudge",
+        },
+        "thanks": {
+            "kind": "send",
+            "channel": "webhook",
+            "body": "{{ computed_traits.lifetime_revenue }} spent, "
+            "{{ computed_traits.favourite_brand | default('no brand') }}",
+        },
+        "nudge": {"kind": "send", "channel": "webhook", "body": "nudge"},
+    },
+}
+
+
+def traits(n: int, minutes: float, **values: Any) -> TraitsInput:
+    return TraitsInput(f"src/e{n}", T0 + int(minutes * MINUTE), values)
+
+
+def test_branch_on_a_computed_trait_at_the_decision_and_render_it() -> None:
+    order = ev(1, "Order Completed", 0, order_id="o1")
+    # The worker reported 420 after the order, then 620 after another order at 12 h.
+    history = [
+        order,
+        traits(1, 0, lifetime_revenue=420.0),
+        traits(2, 12 * 60, lifetime_revenue=620),
+    ]
+    facts, state = run(BIG_SPENDER, history, 2 * 24 * 60, key="c1", flow_id="f")
+    (message,) = sent(facts)
+    assert message.node == "thanks" and message.at_ms == T0 + DAY
+    assert text(message, BIG_SPENDER, "f")[1] == "620 spent, no brand"
+    assert message.variables["computed_traits"] == {"lifetime_revenue": 620}
+    assert state.computed == [{"lifetime_revenue": 620}, T0 + 12 * HOUR]
+    # A value reported after the decision's instant does not count (event time decides),
+    # whatever order the inputs arrive in: the later report comes first here.
+    late = [traits(2, 25 * 60, lifetime_revenue=620), order, traits(1, 0, lifetime_revenue=420.0)]
+    facts, _ = run(BIG_SPENDER, late, 2 * 24 * 60, key="c1", flow_id="f")
+    assert [text(s, BIG_SPENDER, "f")[1] for s in sent(facts)] == ["nudge"]
+    # No value reported: the comparison is false and the template's default renders.
+    facts, _ = run(BIG_SPENDER, [order], 2 * 24 * 60, key="c1", flow_id="f")
+    assert [s.node for s in sent(facts)] == ["nudge"]
+    # A report is an input kept in the state and read back as it was written.
+    item = traits(3, 5, lifetime_revenue=1.5, favourite_brand="acme")
+    assert input_from_dict(item.to_dict()) == item
+
+
+def test_computed_traits_reach_only_the_flows_that_read_them() -> None:
+    catalog = FlowCatalog.of(
+        [parse_flow("f", BIG_SPENDER), parse_flow("abandoned_cart", CART)]  # type: ignore[list-item]
+    )
+    engine = FlowEngine(catalog)
+    item = traits(1, 0, lifetime_revenue=1.0)
+    assert engine.wants("f", item) and not engine.wants("abandoned_cart", item)
+    rendering = copy.deepcopy(simple("always"))
+    rendering["nodes"]["hello"]["body"] = "{{ computed_traits.orders_90d }}"
+    catalog = FlowCatalog.of([parse_flow("r", rendering)])  # type: ignore[list-item]
+    assert FlowEngine(catalog).wants("r", item)
+    # Sends of a flow that does not render them carry no computed_traits (ids unchanged).
+    facts, _ = run(simple("always"), [ev(1, "Product Added", 0), item], 60, flow_id="s")
+    assert sent(facts) and all("computed_traits" not in s.variables for s in sent(facts))
+
+
 def test_entry_property_filters() -> None:
     flow = copy.deepcopy(CART)
     flow["nodes"]["cart_started"]["properties"] = {"price": {"gte": 50}}
@@ -562,3 +644,12 @@ def test_a_held_input_waits_for_the_resume_even_when_late() -> None:
         ("Left", "converted"),
     ]
     assert not state.inside and sent(resumed.facts) == []
+
+
+def test_computed_trait_conditions_are_validated_by_field() -> None:
+    flow = copy.deepcopy(BIG_SPENDER)
+    flow["nodes"]["route"]["cases"][0]["when"] = {"computed_trait": "lifetime_revenue", "gt": "x"}
+    flow["nodes"]["thanks"]["body"] = "{{ computed_trait.x }}"
+    errors = errors_of(flow)
+    assert errors["flows.f.nodes.route.cases[0].when.gt"] == "must be a number"
+    assert errors["flows.f.nodes.thanks.body"].startswith("unknown variable 'computed_trait'")

@@ -1,7 +1,9 @@
 // Segments and computed traits on the dashboard (issue 17): the traits list, an editor of a
-// segment's or a trait's table (JSON, as in the definitions file) for admins, with a refusal's
-// errors listed beside it by path, and the funnel and retention broken down by a segment.
-// Uses dashboard.js's helpers ($, api, row, fillTable, guarded, draw, funnelRequest, percent).
+// segment's or a trait's table (TOML as in the definitions file, or JSON) for admins, with a
+// refusal's errors listed beside it by path, a static segment's list uploaded as CSV, and the
+// funnel and retention broken down by a segment.
+// Uses dashboard.js's helpers ($, api, row, fillTable, guarded, draw, funnelRequest, percent)
+// and dashboard-toml.js's window.TOML.
 "use strict";
 
 // What "Example" puts in the editor: issue 17's three segments are of this shape.
@@ -54,8 +56,40 @@ function definitionPath() {
   return [kind, id, `/v1/${kind}/${encodeURIComponent(id)}`];
 }
 
-function showErrors(errors) {
-  const list = $("definition-errors");
+// The editor's text of a definition, and back, in the chosen format (TOML: the file's).
+function editorText(definition, format = $("definition-format").value) {
+  return format === "toml" ? window.TOML.stringify(definition) : JSON.stringify(definition, null, 2);
+}
+
+function editorValue(format = $("definition-format").value) {
+  const text = $("definition-body").value;
+  try {
+    return format === "toml" ? window.TOML.parse(text) : JSON.parse(text);
+  } catch (error) {
+    const problem = new Error(`not valid ${format.toUpperCase()}: ${error.message}`);
+    problem.field = "body";
+    throw problem;
+  }
+}
+
+// Switching the format rewrites the text in the other one (if it reads as the first).
+let editorFormat = "toml";
+function changeFormat() {
+  const format = $("definition-format").value;
+  if ($("definition-body").value.trim()) {
+    try {
+      $("definition-body").value = editorText(editorValue(editorFormat), format);
+      showErrors([]);
+    } catch (error) {
+      $("definition-format").value = editorFormat;
+      showErrors([{ field: error.field || "", message: error.message }]);
+      return;
+    }
+  }
+  editorFormat = format;
+}
+
+function showErrors(errors, list = $("definition-errors")) {
   list.replaceChildren(...errors.map(({ field, message }) => {
     const item = document.createElement("li");
     const path = document.createElement("code");
@@ -70,7 +104,7 @@ function loadDefinition() {
   if (!id) return;
   $("definition-kind").value = kind;
   $("definition-id").value = id;
-  $("definition-body").value = JSON.stringify(definitions[kind][id], null, 2);
+  $("definition-body").value = editorText(definitions[kind][id]);
   showErrors([]);
   $("definition-status").textContent = "";
 }
@@ -79,9 +113,9 @@ async function saveDefinition() {
   const [kind, id, path] = definitionPath();
   let body;
   try {
-    body = JSON.parse($("definition-body").value);
+    body = editorValue();
   } catch (error) {
-    showErrors([{ field: "body", message: `not valid JSON: ${error.message}` }]);
+    showErrors([{ field: error.field, message: error.message }]);
     return;
   }
   await changeDefinition(path, { method: "PUT", body: JSON.stringify(body) },
@@ -111,6 +145,35 @@ async function changeDefinition(path, options, done) {
     return;
   }
   $("definition-status").textContent = done;
+  await Promise.all([refreshSegments(), refreshDefinitions()]);
+}
+
+// --- a static segment's list from a CSV file ---------------------------------------------------
+
+async function uploadList() {
+  const errors = $("list-errors");
+  showErrors([], errors);
+  $("list-status").textContent = "";
+  const id = $("list-segment").value.trim();
+  const file = $("list-file").files[0];
+  if (!id || !file) {
+    showErrors([{ field: id ? "file" : "segment", message: "give the segment's id and a CSV file" }],
+               errors);
+    return;
+  }
+  let answer;
+  try {
+    answer = await api(`/v1/segments/${encodeURIComponent(id)}/members`, {
+      method: "POST", headers: { "Content-Type": "text/csv" }, body: await file.text(),
+    });
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    const found = error.body?.errors;
+    showErrors(found?.length ? found : [{ field: "", message: error.message }], errors);
+    return;
+  }
+  $("list-status").textContent =
+    `${answer.segment}: ${answer.members} members (${answer.added} added, ${answer.removed} removed)`;
   await Promise.all([refreshSegments(), refreshDefinitions()]);
 }
 
@@ -183,8 +246,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("definition-save").addEventListener("click", saveDefinition);
   $("definition-delete").addEventListener("click", deleteDefinition);
   $("definition-example").addEventListener("click", () => {
-    $("definition-body").value = JSON.stringify(DEFINITION_EXAMPLES[$("definition-kind").value], null, 2);
+    $("definition-body").value = editorText(DEFINITION_EXAMPLES[$("definition-kind").value]);
   });
+  $("definition-format").addEventListener("change", changeFormat);
+  $("list-upload").addEventListener("click", uploadList);
   $("funnel-form").addEventListener("submit", runFunnelBySegment);
   $("funnel-segment").addEventListener("change", runFunnelBySegment);
   $("retention-form").addEventListener("submit", runRetentionBySegment);
