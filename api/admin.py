@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 from api.auth import GatewayDep, require_admin_key
 from api.cors import origin_problem
 from api.dependencies import Gateway
-from api.errors import error_responses
+from api.errors import ApiProblem, error_responses
 from projections.write_keys import WriteKey
 
 router = APIRouter(
@@ -170,7 +170,7 @@ async def set_write_key_origins(key_id: str, body: OriginsIn, registry: Registry
     """Replace the browser origins a key accepts (empty list: the gateway's default)."""
     key = await asyncio.to_thread(registry.store.set_origins, key_id, tuple(body.allowed_origins))
     if key is None:
-        raise HTTPException(404, f"no write key {key_id!r}")
+        raise ApiProblem(404, "key_id", "exists", f"no write key {key_id!r}")
     registry.invalidate()
     return WriteKeyOut(**_out(key))
 
@@ -180,7 +180,7 @@ async def revoke_write_key(key_id: str, registry: Registry) -> WriteKeyOut:
     """Revoke a write key: refused at once here, within the cache time on other replicas."""
     key = await asyncio.to_thread(registry.store.revoke, key_id)
     if key is None:
-        raise HTTPException(404, f"no write key {key_id!r}")
+        raise ApiProblem(404, "key_id", "exists", f"no write key {key_id!r}")
     registry.invalidate()
     return WriteKeyOut(**_out(key))
 
@@ -215,7 +215,7 @@ async def dead_letters(
     try:
         letters = await asyncio.to_thread(gateway.dead_letters.page, limit, before, source)
     except ValueError as error:
-        raise HTTPException(400, f"before: {error}") from None
+        raise ApiProblem(400, "query.before", "cursor", str(error)) from None
     payloads = await asyncio.to_thread(lambda: [_opened(gateway, d.payload) for d in letters])
     return DeadLetterPage(
         dead_letters=[

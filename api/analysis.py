@@ -54,6 +54,9 @@ router = APIRouter(
     responses=error_responses(400, 401, 403),
 )
 T = TypeVar("T")
+# A page offset past any log's customers, and within ClickHouse's OFFSET (UInt64): a
+# larger one is a 400, not an engine error.
+MAX_OFFSET = 10**9
 
 # FastAPI reads bodies with json.loads, which takes NaN, Infinity and 1e999: a
 # filter compares with finite numbers only.
@@ -209,7 +212,7 @@ class DroppedRequest(FunnelRequest):
 
     dropped_at: Annotated[int, Field(ge=2, le=MAX_STEPS)]
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    offset: Annotated[int, Field(ge=0)] = 0
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0
 
 
 class FunnelStepOut(BaseModel):
@@ -550,7 +553,7 @@ async def rfm(
     reports: EventReports,
     as_of: AsOf = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Any:
     """RFM segments and purchase-frequency tiers: counts, and customers a page at a time."""
     moment = as_of or datetime.now(UTC)
@@ -579,7 +582,9 @@ async def customer_rfm(customer_id: str, reports: EventReports, as_of: AsOf = No
     if isinstance(row, JSONResponse):
         return row
     if row is None:
-        return problem(404, f"{customer_id} has no orders before {moment.isoformat()}")
+        message = f"{customer_id!r} has no orders before {moment.isoformat()}"
+        reason = {"field": "customer_id", "rule": "has_orders", "message": message}
+        return problem(404, f"customer_id: {message}", [reason])
     return _rfm_out(row)
 
 

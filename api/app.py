@@ -27,6 +27,7 @@ from api import (
     users,
 )
 from api.auth import GatewayDep
+from api.body_limit import BodyLimit
 from api.cors import CorsMiddleware, public_paths
 from api.dashboard import install_dashboard
 from api.dependencies import Gateway
@@ -69,6 +70,8 @@ def create_api(gateway: Gateway) -> FastAPI:
     install_dashboard(app)
     install_docs(app)
     public = ingest_routes()
+    # Inside CORS: a 413 carries the CORS headers too.
+    app.add_middleware(BodyLimit, own=public_paths([*public, *segments.list_upload_routes()]))
     app.add_middleware(
         CorsMiddleware,
         policy=gateway.cors,

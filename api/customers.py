@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import GatewayDep, require_read_key
 from api.dependencies import Gateway
-from api.errors import error_responses
+from api.errors import ApiProblem, error_responses
 from api.times import ApiTime
 from journeys.stages import Stage, StageRules
 from projections.analytics.reports import Reports
@@ -134,8 +134,10 @@ def _rules(gateway: Gateway) -> StageRules:
     return gateway.journeys.rules if gateway.journeys is not None else StageRules()
 
 
-def _unknown(customer_id: str) -> HTTPException:
-    return HTTPException(404, f"customer {customer_id!r}: no events from this customer were seen")
+def _unknown(customer_id: str) -> ApiProblem:
+    return ApiProblem(
+        404, "customer_id", "exists", f"no events from customer {customer_id!r} were seen"
+    )
 
 
 def _check_not_erased(gateway: Gateway, customer_id: str) -> None:

@@ -42,7 +42,7 @@ _MEANING = {
     403: "The caller's role may not do this (the role needed is named), or no CSRF token",
     404: "Not found",
     409: "Exists already, or conflicts with work in progress (retry once it is done)",
-    413: "Body too large (limits per call and per batch)",
+    413: "Body too large (ingest: per call and per batch; a list upload 4 MiB; else 1 MiB)",
     415: "Unsupported Content-Type or Content-Encoding",
     422: "A definition that breaks a rule: each problem names the node and the field",
     429: "Rate limit of the write key exceeded; see Retry-After",
@@ -53,6 +53,12 @@ _MEANING = {
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these statuses, each with the error body."""
     return {status: {"model": ErrorBody, "description": _MEANING[status]} for status in statuses}
+
+
+def _documented(status: int) -> dict[str, Any]:
+    """A response of the error body in the finished document (api/body_limit.py's 413)."""
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {"description": _MEANING[status], "content": {"application/json": {"schema": schema}}}
 
 
 def problem(
@@ -92,6 +98,27 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return problems
 
 
+# What an HTTP error raised without a named field is about (an unknown route, a
+# missing key, a body over the limit): every error body names a field and a rule.
+_SUBJECT = {
+    401: ("Authorization", "authenticated"),
+    404: ("path", "exists"),
+    405: ("method", "allowed"),
+    413: ("body", "size"),
+    415: ("content-type", "content_type"),
+    503: ("service", "available"),
+}
+
+
+def _subject(status: int, message: str) -> list[dict[str, Any]] | None:
+    """The one error item of an HTTP error raised with only a status and a sentence."""
+    found = _SUBJECT.get(status)
+    if found is None:
+        return None
+    field, rule = found
+    return [{"field": field, "rule": rule, "message": message}]
+
+
 def _unreadable_body(exc: StarletteHTTPException) -> dict[str, str] | None:
     """FastAPI's "There was an error parsing the body" with its cause named.
 
@@ -123,7 +150,11 @@ def install_error_handlers(app: FastAPI) -> None:
         unreadable = _unreadable_body(exc)
         if unreadable is not None:
             return problem(400, f"body: {unreadable['message']}", [unreadable])
-        return problem(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        message = str(exc.detail)
+        subject = _subject(exc.status_code, message)
+        if subject is not None:
+            message = f"{subject[0]['field']}: {message}"
+        return problem(exc.status_code, message, subject, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -149,6 +180,8 @@ def install_openapi(app: FastAPI) -> None:
                     # FastAPI's own; a route that answers 422 itself documents it (segments).
                     if responses.get("422", {}).get("description") != _MEANING[422]:
                         responses.pop("422", None)
+                    if "requestBody" in operation and "413" not in responses:
+                        responses["413"] = _documented(413)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
             app.openapi_schema = schema

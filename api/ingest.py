@@ -18,13 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import WriteKey, basic_user
 from api.dependencies import Gateway
-from api.errors import error_responses, problem
+from api.errors import ApiProblem, error_responses, problem
 from events.envelope import TrackedEvent
 from events.json_schemas import call_schemas
 from events.segment import CALL_MODELS, RejectedCall, SegmentCall, accept_call
@@ -641,5 +641,6 @@ async def schema(name: str) -> dict[str, Any]:
     """One schema document, e.g. ``/v1/schemas/track`` or ``/v1/schemas/cart.properties``."""
     documents = call_schemas()
     if name not in documents:
-        raise HTTPException(404, f"no schema {name!r}; known: {', '.join(sorted(documents))}")
+        known = ", ".join(sorted(documents))
+        raise ApiProblem(404, "name", "exists", f"no schema {name!r}; known: {known}")
     return documents[name]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 
 from api.auth import CurrentPrincipal, GatewayDep, require_admin_key
 from api.dependencies import PrivacyControl
-from api.errors import error_responses
+from api.errors import ApiProblem, error_responses
 
 router = APIRouter(
     prefix="/v1",
@@ -36,8 +36,8 @@ def _privacy(gateway: GatewayDep) -> PrivacyControl:
 Privacy = Annotated[PrivacyControl, Depends(_privacy)]
 
 
-def _unknown(customer_id: str) -> HTTPException:
-    return HTTPException(404, f"customer {customer_id!r}: unknown or already erased")
+def _unknown(customer_id: str) -> ApiProblem:
+    return ApiProblem(404, "customer_id", "exists", f"{customer_id!r} is unknown or already erased")
 
 
 @router.delete("/customers/{customer_id}", summary="Erase a customer (GDPR right to erasure)")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.routing import BaseRoute
 
 from api.analysis import DroppedRequest, trait_filtered
 from api.auth import GatewayDep, require_admin_key, require_read_key
@@ -199,8 +201,9 @@ async def segment_sizes(
     last = datetime.now(UTC) if end is None else end
     instants = [last - timedelta(days=back) for back in range(days - 1, -1, -1)]
     if instants[0].year < 1970:
-        reason = {"field": "end", "rule": "after_1970", "message": "the sizes start before 1970"}
-        return problem(400, "end: the sizes start before 1970", [reason])
+        message = "the sizes start before 1970"
+        reason = {"field": "query.end", "rule": "after_1970", "message": message}
+        return problem(400, f"query.end: {message}", [reason])
     counts = await asyncio.to_thread(reads.sizes, segment_id, instants)
     return SegmentSizes(
         segment=segment_id,
@@ -429,7 +432,7 @@ def parse_customer_list(text: str) -> list[str]:
     Raises _BadRow naming the 1-based row and the rule an id breaks.
     """
     found: list[str] = []
-    for number, fields in enumerate(csv.reader(io.StringIO(text)), 1):
+    for number, fields in enumerate(_csv_rows(text), 1):
         if not fields or all(not f.strip() for f in fields):
             continue  # blank lines
         if len(fields) != 1:
@@ -445,6 +448,20 @@ def parse_customer_list(text: str) -> list[str]:
             raise _BadRow(number, "customer_id", f"must be 1 to {MAX_ID_LENGTH} characters")
         found.append(value)
     return found
+
+
+def _csv_rows(text: str) -> Iterator[list[str]]:
+    """The rows of ``text``; one the csv reader refuses (a field over its limit) is a
+    _BadRow naming the row."""
+    rows = csv.reader(io.StringIO(text))
+    while True:
+        try:
+            fields = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise _BadRow(rows.line_num, "csv", f"not a CSV row: {error}") from error
+        yield fields
 
 
 def _too_many(count: int) -> JSONResponse:
@@ -507,7 +524,8 @@ async def upload_members(
             reason = {"field": "body", "rule": "size", "message": message}
             return problem(413, f"body: {message}", [reason])
     try:
-        keys = parse_customer_list(body.decode("utf-8"))
+        # utf-8-sig: a spreadsheet's byte order mark is not part of the first id.
+        keys = parse_customer_list(body.decode("utf-8-sig"))
     except UnicodeDecodeError:
         reason = {"field": "body", "rule": "utf8", "message": "must be UTF-8 text"}
         return problem(422, "body: must be UTF-8 text", [reason])
@@ -517,6 +535,11 @@ async def upload_members(
     if len(keys) > MAX_LIST_ROWS:
         return _too_many(len(keys))
     return await _save_list(reads, segment_id, keys, None)
+
+
+def list_upload_routes() -> list[BaseRoute]:
+    """The route reading its body itself, with its own limit (api/body_limit.py)."""
+    return [r for r in admin_router.routes if getattr(r, "endpoint", None) is upload_members]
 
 
 @router.get("/segments/{segment_id}/list", response_model=SegmentMembers)

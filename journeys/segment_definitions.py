@@ -47,6 +47,7 @@ from typing import Any
 
 from events import EventType, normalized_name
 from journeys.rfm import RFM_SEGMENTS
+from journeys.toml_text import load_toml
 
 TRAIT_OPS = ("count", "sum", "min", "max", "first", "last", "most_frequent", "days_since_last")
 # Ops whose value is a number read from the property: the property is required.
@@ -378,7 +379,7 @@ def parse_definitions(data: Mapping[str, Any]) -> Definitions:
 def definitions_from_toml(text: str) -> Definitions:
     """A definitions file's text (TOML) as :class:`Definitions`; raises DefinitionError."""
     try:
-        data = tomllib.loads(text)
+        data = load_toml(text)
     except tomllib.TOMLDecodeError as error:
         raise DefinitionError([("", f"not valid TOML: {error}")]) from error
     return parse_definitions(data)

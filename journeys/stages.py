@@ -7,11 +7,12 @@ The thresholds live in a rules file (TOML; the default is
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
+
+from journeys.toml_text import load_toml
 
 
 class Stage(StrEnum):
@@ -114,4 +115,4 @@ class StageRules:
     @classmethod
     def from_toml(cls, text: str) -> StageRules:
         """Rules from the text of a TOML rules file; unknown or invalid entries are errors."""
-        return cls.from_mapping(tomllib.loads(text))
+        return cls.from_mapping(load_toml(text))

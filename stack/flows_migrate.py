@@ -23,6 +23,7 @@ import httpx
 from journeys.flows.definitions import FlowError, flows_from_toml
 from journeys.flows.migration import flows_from_rules, flows_toml
 from journeys.outreach_rules import RuleError, TriggerRule, apply_overrides, parse_rules
+from journeys.toml_text import load_toml
 from stack.http_commands import connection, failed, key
 from stack.outreach import declared_rules
 from stack.settings import Settings
@@ -80,7 +81,7 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _rules(args: argparse.Namespace, settings: Settings) -> list[TriggerRule] | int:
     if args.rules_file is not None:
-        rules = parse_rules(tomllib.loads(args.rules_file.read_text(encoding="utf-8")))
+        rules = parse_rules(load_toml(args.rules_file.read_text(encoding="utf-8")))
     else:
         rules = declared_rules(settings)
     if not args.overrides_from_api:

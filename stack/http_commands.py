@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from events.history import batches, plan_import
+from journeys.toml_text import load_toml
 from stack.settings import Settings
 
 # Requests of the import: well under the 500 KB and 2500-event batch limits.
@@ -269,11 +269,14 @@ def definition_table(path: Path, section: str, key: str) -> dict[str, Any]:
     """A definition's table from a TOML or JSON file: the file itself, or its [section.KEY]
     (``journeys segments set``, ``journeys flows set``)."""
     text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        # Dates and times (since = 2026-01-01) travel as ISO-8601 text.
-        data = json.loads(json.dumps(tomllib.loads(text), default=lambda v: v.isoformat()))
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            # Dates and times (since = 2026-01-01) travel as ISO-8601 text.
+            data = json.loads(json.dumps(load_toml(text), default=lambda v: v.isoformat()))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("must hold a table")
     nested = data.get(section)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from journeys.outreach_rules import TriggerRule, apply_overrides, parse_rule, parse_rules
+from journeys.toml_text import load_toml
 from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.analytics.reports import Reports
 from projections.event_log import EventLog
@@ -32,8 +32,7 @@ def build_store(settings: Settings) -> OutreachStore:
 def declared_rules(settings: Settings) -> list[TriggerRule]:
     """The rules file's rules (the shipped defaults when none is configured)."""
     path = Path(settings.trigger_rules_file) if settings.trigger_rules_file else DEFAULT_RULES_FILE
-    with path.open("rb") as handle:
-        return parse_rules(tomllib.load(handle))
+    return parse_rules(load_toml(path.read_text(encoding="utf-8")))
 
 
 def unsubscribe_links(settings: Settings) -> UnsubscribeLinks:

@@ -53,10 +53,15 @@ from journeys.flows.nodes import (
 )
 from journeys.outreach_rules import QuietHours, RuleError, parse_quiet_hours
 from journeys.segment_definitions import DefinitionError
+from journeys.toml_text import load_toml
 
 REENTRY = ("never", "cooldown", "always")
 QUIET_POLICIES = ("defer", "skip")
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# A version is an SQLite INTEGER in the stores (2**63 made the worker fail writing it);
+# a node count bounds the graph walks (a 2000-node chain overflowed the recursion).
+MAX_VERSION = 2**31 - 1
+MAX_NODES = 200
 _FLOW_FIELDS = {
     "name",
     "description",
@@ -246,7 +251,7 @@ def parse_flow(
 def flows_from_toml(text: str) -> list[FlowDefinition]:
     """A flows file's text (TOML); raises :class:`FlowError`."""
     try:
-        data = tomllib.loads(text)
+        data = load_toml(text)
     except tomllib.TOMLDecodeError as error:
         raise FlowError([("", f"not valid TOML: {error}")]) from error
     return parse_flows(data)
@@ -264,6 +269,8 @@ def _flow(flow_id: str, raw: object, path: str, problems: Problems) -> FlowDefin
     version = raw.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         problems.add(f"{path}.version", "is required: an integer >= 1")
+    elif version > MAX_VERSION:
+        problems.add(f"{path}.version", f"must be at most {MAX_VERSION}")
     name = raw.get("name", flow_id)
     if not isinstance(name, str) or not name.strip():
         problems.add(f"{path}.name", "must be a non-empty string")
@@ -346,6 +353,9 @@ def _exits(raw: object, path: str, problems: Problems) -> tuple[Trigger, ...]:
 def _nodes(raw: object, path: str, problems: Problems) -> dict[str, Node]:
     if not isinstance(raw, Mapping) or not raw:
         problems.add(path, "must be a table of nodes, with at least one entry node")
+        return {}
+    if len(raw) > MAX_NODES:
+        problems.add(path, f"a flow has at most {MAX_NODES} nodes ({len(raw)} given)")
         return {}
     nodes: dict[str, Node] = {}
     for node_id, item in raw.items():

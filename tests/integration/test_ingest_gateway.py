@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
+import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -423,7 +424,8 @@ async def test_schemathesis_over_the_openapi_document_finds_no_5xx(harness: Harn
     statuses: Counter[int] = Counter()
 
     @hypothesis_settings(
-        max_examples=200,
+        # SCHEMATHESIS_INGEST_EXAMPLES: the longer run recorded in docs/architecture.md.
+        max_examples=int(os.environ.get("SCHEMATHESIS_INGEST_EXAMPLES", "200")),
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
