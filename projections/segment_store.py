@@ -333,12 +333,16 @@ class SegmentStore:
     def forget_backfills(self, keep: Iterable[str]) -> None:
         """Drop the backfills of segments not in ``keep`` (deleted: a new one starts afresh)."""
         kept = set(keep)
+        # Read before writing: this runs at every definitions reload (2 s) under the
+        # batch lock, and an empty write transaction would wait on the event store's
+        # write lock there, holding the journey batches behind it.
+        rows = self.tables.rows("SELECT DISTINCT segment FROM segment_backfills")
+        dropped = [segment for (segment,) in rows if segment not in kept]
+        if not dropped:
+            return
         with self.tables.transaction():
-            for (segment,) in self.tables.rows("SELECT DISTINCT segment FROM segment_backfills"):
-                if segment not in kept:
-                    self.tables.execute(
-                        "DELETE FROM segment_backfills WHERE segment = ?", [segment]
-                    )
+            for segment in dropped:
+                self.tables.execute("DELETE FROM segment_backfills WHERE segment = ?", [segment])
 
     def save_backfilled(
         self,

@@ -15,8 +15,32 @@ from pathlib import Path
 from typing import Any
 
 
+class _OwnedLock:
+    """A reentrant lock that knows whether the calling thread holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = threading.local()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._depth.n = getattr(self._depth, "n", 0) + 1
+
+    def __exit__(self, *_: object) -> None:
+        self._depth.n -= 1
+        self._lock.release()
+
+    def held(self) -> bool:
+        """True when the calling thread holds the lock."""
+        return getattr(self._depth, "n", 0) > 0
+
+
 class SqlTables:
     """One connection, serialised by a lock; autocommit unless in :meth:`transaction`.
+
+    On SQLite, :meth:`rows` from a thread not holding the lock reads through a second
+    connection: in WAL a read never waits for the write lock, so a reader (the API)
+    does not queue behind a transaction waiting for it (up to the 30 s busy timeout).
 
     A schema statement may say ``{serial}`` for an auto-numbered primary key and
     ``{blob}`` for bytes.
@@ -26,8 +50,10 @@ class SqlTables:
         self, schema: Sequence[str], sqlite_path: Path | None = None, postgres_dsn: str = ""
     ) -> None:
         # Held by every call; reentrant, so a caller may hold it across several.
-        self.lock = threading.RLock()
+        self.lock = _OwnedLock()
         self.postgres = bool(postgres_dsn)
+        self._reader: sqlite3.Connection | None = None
+        self._reading = threading.Lock()
         if postgres_dsn:
             import psycopg
 
@@ -45,6 +71,9 @@ class SqlTables:
                 str(sqlite_path), timeout=30, isolation_level=None, check_same_thread=False
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._reader = sqlite3.connect(
+                str(sqlite_path), timeout=30, isolation_level=None, check_same_thread=False
+            )
         types = (
             {"{serial}": "BIGSERIAL PRIMARY KEY", "{blob}": "BYTEA"}
             if self.postgres
@@ -64,7 +93,10 @@ class SqlTables:
             return self._conn.execute(sql, tuple(params))
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Every row of a query."""
+        """Every row of a query (what committed transactions wrote, or the caller's own)."""
+        if self._reader is not None and not self.lock.held():
+            with self._reading:
+                return list(self._reader.execute(sql, tuple(params)).fetchall())
         with self.lock:
             return list(self.execute(sql, params).fetchall())
 
@@ -81,6 +113,9 @@ class SqlTables:
             self.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
         with self.lock:
             self._conn.close()
+        if self._reader is not None:
+            with self._reading:
+                self._reader.close()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 from mode import Service
 from mode.types import ServiceT
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import create_api
 from stack.backup import NodeBackups
@@ -41,6 +44,53 @@ log = logging.getLogger(__name__)
 
 # How long a stopping node waits for the worker to catch up with what was accepted.
 DRAIN_TIMEOUT_S = 60.0
+# Threads of the worker's loops (each holds at most one at a time, waiting on a lock
+# included) and of the API's requests: two pools, so neither starves the other.
+WORKER_THREADS = 32
+API_THREADS = 16
+
+# True in the tasks serving an API request: their blocking calls take the API's threads.
+_SERVING_API: contextvars.ContextVar[bool] = contextvars.ContextVar("serving_api", default=False)
+
+
+class NodeThreads(ThreadPoolExecutor):
+    """The node's default executor (``asyncio.to_thread``): the worker's threads, and the
+    API's apart.
+
+    With the one default pool (6 threads on 2 cores) the worker's loops waiting on the
+    event store's write lock (a journey batch, the segment timers, the outreach loops,
+    each up to SQLite's 30 s) took every thread, and the API's reads queued behind
+    them: the node stopped answering while its worker waited.
+    """
+
+    def __init__(self, worker_threads: int = WORKER_THREADS, api_threads: int = API_THREADS):
+        super().__init__(worker_threads, thread_name_prefix="worker")
+        self.api = ThreadPoolExecutor(api_threads, thread_name_prefix="api")
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn`` on the API's threads when an API request asks, else the worker's."""
+        if _SERVING_API.get():
+            return self.api.submit(fn, *args, **kwargs)
+        return super().submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Both pools."""
+        self.api.shutdown(wait, cancel_futures=cancel_futures)
+        super().shutdown(wait, cancel_futures=cancel_futures)
+
+
+def serving_api(app: ASGIApp) -> ASGIApp:
+    """``app`` with its requests' blocking calls on the API's threads (:class:`NodeThreads`)."""
+
+    async def marked(scope: Scope, receive: Receive, send: Send) -> None:
+        # uvicorn runs each request in a task of its own: the mark stays in it.
+        token = _SERVING_API.set(True)
+        try:
+            await app(scope, receive, send)
+        finally:
+            _SERVING_API.reset(token)
+
+    return marked
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -78,13 +128,15 @@ class ApiServer(Service):
         self._backing_up: asyncio.Task[None] | None = None
         self.sink = event_sink(settings, journal)
         self.gateway = build_gateway(platform, self.sink, streams, registry)
-        api = create_api(self.gateway)
+        api = serving_api(create_api(self.gateway))
         config, self._sockets = api_server(api, settings)
         self.server = _EmbeddedUvicorn(config)
         self._serving: asyncio.Future[None] | None = None
 
     async def on_start(self) -> None:
         """Connect the producer, produce what the journal holds for a new broker, then serve."""
+        # First of the node's services: before any blocking call takes a thread.
+        asyncio.get_running_loop().set_default_executor(NodeThreads())
         await self.sink.start()
         if isinstance(self.sink, JournaledSink):
             # Before any new event: one customer's events stay in the order first accepted.

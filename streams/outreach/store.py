@@ -718,6 +718,14 @@ class OutreachStore:
 
     def claim_due_deliveries(self, now_ts: float, lease_s: float, limit: int) -> list[Delivery]:
         """Take pending deliveries whose next attempt is due, each leased for ``lease_s``."""
+        # Read first: this runs every tick, and a write transaction for nothing would
+        # wait on the event store's write lock, holding this store's lock meanwhile.
+        if not self._rows(
+            "SELECT 1 FROM trigger_deliveries WHERE state = 'pending' "
+            "AND next_attempt_ts <= ? AND lease_until <= ? LIMIT 1",
+            (now_ts, now_ts),
+        ):
+            return []
         claimed = []
         with self.transaction():
             rows = self._exec(

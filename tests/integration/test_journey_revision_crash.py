@@ -6,11 +6,17 @@ ClickHouse effects and committing it to the event store (its commit waits on a
 SQLite write lock this test takes), and is killed there. After a restart the
 batch is decided again, the same revision is written once, and the projections
 equal a from-scratch replay of the event store; `journeys verify` is clean.
+
+The lock is held for a while before the late event, so every loop of the worker
+(the segment timers' definitions reload, every 2 s, among them) has run meanwhile:
+none may hold the journey batch behind its own wait on the lock, and the node's API
+answers throughout, its reads of the segment states too.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +25,7 @@ import pytest
 
 from stack.processes import wait_until
 from stack.settings import Settings
+from streams.segment_timers import DEFINITIONS_RELOAD_S
 from tests.integration.test_worker_restarts import projection_tables
 from tests.node_process import NodeProcess, query_chdb_folder, run_cli, started_node
 
@@ -51,13 +58,23 @@ def test_a_revision_killed_before_its_commit_is_decided_again_once(settings: Set
         lock = sqlite3.connect(settings.sqlite_path, timeout=30, isolation_level=None)
         lock.execute("BEGIN IMMEDIATE")
         try:
+            time.sleep(DEFINITIONS_RELOAD_S + 0.5)
             # Earlier than everything "late" did: its awareness moves back an hour.
             send(node, "late", "Product Viewed", T0, "m3")
-            # The revision's rows reach ClickHouse while its commit waits on the lock.
+            # The revision's rows reach ClickHouse while its commit waits on the lock;
+            # well within SQLite's 30 s busy timeout, which a loop waiting first took.
             assert wait_until(
-                lambda: _awareness(node, T0 + HOUR / 2) == 1, 60, alive=lambda: True
+                lambda: _awareness(node, T0 + HOUR / 2) == 1, 15, alive=lambda: True
             ), node.log_tail()
             assert _stage_list(node, "late")[0] == ("awareness", T0 + HOUR)  # not committed
+            # The API answers while the commit waits, the segment states' reads too.
+            answered = httpx.get(
+                f"{node.base}/v1/customers/late",
+                headers={"Authorization": f"Bearer {node.settings.read_key}"},
+                timeout=5,
+            )
+            assert answered.json()["segments"] is not None, answered.text
+            assert httpx.get(f"{node.base}/health", timeout=10).status_code == 200
             node.kill()
         finally:
             lock.execute("ROLLBACK")
