@@ -497,12 +497,16 @@ class OutreachStore:
         )
         return [(key, flow, int(part), orjson.loads(text)) for _, key, flow, part, text in rows]
 
-    def flow_facts(self, customer_key: str, limit: int = 500) -> list[dict[str, Any]]:
-        """A customer's flow facts, in event time (then as recorded)."""
-        rows = self._rows(
+    def flow_facts(self, customer_key: str, limit: int | None = 500) -> list[dict[str, Any]]:
+        """A customer's flow facts, in event time (then as recorded); None: all of them."""
+        sql = (
             "SELECT body FROM flow_facts WHERE customer_key = ? "
-            "ORDER BY at_ms, recorded_ts, fact_id LIMIT ?",
-            (customer_key, limit),
+            "ORDER BY at_ms, recorded_ts, fact_id"
+        )
+        rows = (
+            self._rows(sql, (customer_key,))
+            if limit is None
+            else self._rows(f"{sql} LIMIT ?", (customer_key, limit))
         )
         return [orjson.loads(body) for (body,) in rows]
 
