@@ -161,7 +161,9 @@ class FlowsAdmin:
                 nodes = recorded[number].get("nodes") or {}
                 kinds.update({nid: str(node.get("kind", "")) for nid, node in nodes.items()})
         in_force = found.get(flow_id)
-        wanted = version if version is not None else None if in_force else max(recorded, default=0)
+        wanted = version  # the version whose nodes the counts are drawn against
+        if wanted is None and in_force is None:
+            wanted = max(recorded, default=0)  # deleted: its newest recorded version
         flow = in_force
         if wanted is not None and (in_force is None or in_force.version != wanted):
             flow = parse_flow(flow_id, recorded[wanted]) if wanted in recorded else None

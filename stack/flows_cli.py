@@ -72,7 +72,8 @@ def add_flows_parser(commands: Any) -> None:
 
 
 def run_flows(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``journeys flows <verb>``; 2 for invalid flows or an unknown flow."""
+    """Run ``journeys flows <verb>``; 2 for an invalid file or no API, 1 for the API's
+    refusal (an unknown flow's 404)."""
     if args.verb == "backtest":
         return _backtest(args, settings)
     if args.verb in _API_VERBS:
