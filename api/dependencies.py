@@ -114,8 +114,15 @@ class FlowControl(Protocol):
         """Let a paused flow go on; None when unknown."""
         ...
 
-    def results(self, flow_id: str) -> dict[str, Any] | None:
-        """Live counts per node and the holdout comparison; None when unknown."""
+    def results(
+        self,
+        flow_id: str,
+        version: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> dict[str, Any] | None:
+        """Live counts per node and the holdout comparison (of the runs entered on
+        ``version`` and in ``[start, end)`` when given); None when unknown."""
         ...
 
     def backtest(

@@ -12,10 +12,12 @@ over the event log in event time and sends nothing (docs/architecture.md,
 from __future__ import annotations
 
 import asyncio
+import json
+import tomllib
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -58,10 +60,21 @@ class BacktestIn(BaseModel):
     )
 
 
-class ValidateIn(BaseModel):
-    """A flows document: ``{"flows": {id: {...}}}``, as the TOML file loads."""
-
-    flows: dict[str, Any]
+# The validate route's body: JSON or a flows file's TOML text (the dashboard's editor).
+_VALIDATE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "description": 'a flows document ({"flows": {id: {...}}}), or with flow_id '
+                "one flow's table",
+            }
+        },
+        "application/toml": {"schema": {"type": "string", "description": "a flows file"}},
+    },
+}
+TOML_TYPES = frozenset({"application/toml", "text/toml", "text/plain"})
 
 
 def _invalid(error: FlowError, status: int = 400) -> JSONResponse:
@@ -84,14 +97,50 @@ async def list_flows(flows: Flows) -> dict[str, Any]:
     return {"flows": await asyncio.to_thread(flows.flows)}
 
 
-@router.post("/validate", summary="Validate a flows document")
-async def validate_flows(body: ValidateIn) -> Any:
-    """200 with the flows' summaries, or 400 with every error naming the node and field."""
+@router.post(
+    "/validate", summary="Validate a flows document", openapi_extra={"requestBody": _VALIDATE_BODY}
+)
+async def validate_flows(
+    request: Request,
+    flow_id: Annotated[
+        str | None,
+        Query(max_length=64, description="the body is this one flow's table, not a document"),
+    ] = None,
+) -> Any:
+    """JSON, or TOML (``Content-Type: application/toml``) as in the flows file: 200 with
+    each flow's summary and its definition as JSON (what ``PUT /v1/flows/{id}`` and a
+    backtest's ``definition`` take), or 400 with every error naming the node and field."""
+    raw = await request.body()
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
-        parsed = parse_flows({"flows": body.flows})
+        text = raw.decode("utf-8")
+        if media in TOML_TYPES:
+            document: Any = tomllib.loads(text)
+        else:
+            document = json.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as error:
+        kind = "TOML" if media in TOML_TYPES else "JSON"
+        return _invalid(FlowError([("body", f"not valid {kind}: {error}")]))
+    if flow_id is not None:
+        document = {"flows": {flow_id: document}}
+    try:
+        parsed = parse_flows(document)
     except FlowError as error:
         return _invalid(error)
-    return {"valid": True, "flows": [flow.summary() for flow in parsed]}
+    return {
+        "valid": True,
+        "flows": [{**flow.summary(), "definition": _plain(flow.source)} for flow in parsed],
+    }
+
+
+def _plain(table: Any) -> Any:
+    """A definition as JSON data (TOML's dates and times as ISO-8601 text)."""
+    return json.loads(
+        json.dumps(
+            table,
+            default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v),
+        )
+    )
 
 
 @router.get("/{flow_id}", summary="One flow as defined")
@@ -101,14 +150,39 @@ async def get_flow(flow_id: FlowId, flows: Flows) -> Any:
 
 
 @router.get("/{flow_id}/results", summary="A flow's live results, node by node")
-async def flow_results(flow_id: FlowId, flows: Flows) -> Any:
-    """Counted from the decisions the worker recorded (all versions): customers
-    entered, inside now, messages per channel, skipped by reason, left by reason,
-    converted; per node reached, waiting now, sent, skipped by reason, deliveries
-    (delivered, failed: retried to the end, pending, skipped: no address) and
-    conversions where the run stood; and treatment against holdout conversion,
-    the difference and its 95 % interval (the backtest's comparison)."""
-    return await _answer(flows.results, flow_id)
+async def flow_results(
+    flow_id: FlowId,
+    flows: Flows,
+    version: Annotated[
+        int | None, Query(ge=1, description="only the runs entered on this version")
+    ] = None,
+    start: Annotated[
+        ApiTime | None, Query(alias="from", description="only runs entered from this time on")
+    ] = None,
+    end: Annotated[
+        ApiTime | None, Query(alias="to", description="only runs entered before this time")
+    ] = None,
+) -> Any:
+    """Counted from the decisions the worker recorded (all versions, or the runs entered
+    on ``version`` and in ``[from, to)``: a cohort followed to now): customers entered,
+    inside now, messages per channel, skipped by reason, left by reason, converted; per
+    node reached, waiting now, sent, skipped by reason, deliveries (delivered, failed:
+    retried to the end, pending, skipped: no address) and conversions where the run
+    stood; and treatment against holdout conversion, the difference and its 95 %
+    interval (the backtest's comparison). A deleted flow's runs finish, so its results
+    stay (``deleted``: true, counted against its newest recorded version)."""
+    if start is not None and end is not None and end <= start:
+        reason = {"field": "to", "rule": "after_from", "message": "must be after from"}
+        return problem(400, "to: must be after from", [reason])
+    try:
+        shown = await asyncio.to_thread(flows.results, flow_id, version, start, end)
+    except LookupError as error:
+        raise HTTPException(503, str(error)) from error
+    if shown is None and version is not None:
+        message = f"flow {flow_id!r} has no version {version} recorded"
+        reason = {"field": "version", "rule": "exists", "message": message}
+        return problem(404, f"version: {message}", [reason])
+    return _not_found(flow_id) if shown is None else shown
 
 
 @router.put(

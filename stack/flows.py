@@ -21,7 +21,7 @@ from journeys.flows.definitions import (
     parse_flow,
 )
 from journeys.flows.engine import FlowEngine, FlowState
-from journeys.flows.facts import explain, fact_from_dict
+from journeys.flows.facts import Entered, FlowFact, Sent, explain, fact_from_dict
 from journeys.flows.inputs import iso, to_ms
 from journeys.flows.results import live_results
 from projections.flow_definition_store import FlowDefinitions, FlowsInForce
@@ -135,36 +135,68 @@ class FlowsAdmin:
             return None
         return self.flow(flow_id)
 
-    def results(self, flow_id: str) -> dict[str, Any] | None:
+    def results(
+        self,
+        flow_id: str,
+        version: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> dict[str, Any] | None:
         """The flow's live counts per node and its holdout comparison; None when the flow
-        is unknown (LookupError: no live store in this process)."""
+        (or that version) was never defined or recorded (LookupError: no live store).
+
+        ``version``: only the runs entered on it, counted against its nodes;
+        ``start``/``end``: only the runs entered in ``[start, end)`` (a cohort followed to
+        now). A deleted flow's results are its runs' (they finish on their versions),
+        counted against its newest recorded version, with ``deleted`` true.
+        """
         if self.store is None:
             raise LookupError("flows do not run in this process")
         found = self.in_force()
-        flow = found.get(flow_id)
+        recorded: dict[int, dict[str, Any]] = {}
+        kinds: dict[str, str] = {}
+        for fid, number, _, source in sorted(self.store.flow_versions()):
+            if fid == flow_id:
+                recorded[number] = json.loads(source)
+                nodes = recorded[number].get("nodes") or {}
+                kinds.update({nid: str(node.get("kind", "")) for nid, node in nodes.items()})
+        in_force = found.get(flow_id)
+        wanted = version  # the version whose nodes the counts are drawn against
+        if wanted is None and in_force is None:
+            wanted = max(recorded, default=0)  # deleted: its newest recorded version
+        flow = in_force
+        if wanted is not None and (in_force is None or in_force.version != wanted):
+            flow = parse_flow(flow_id, recorded[wanted]) if wanted in recorded else None
         if flow is None:
             return None
-        kinds: dict[str, str] = {}
-        for fid, _, _, source in self.store.flow_versions():
-            if fid == flow_id:
-                nodes = json.loads(source).get("nodes") or {}
-                kinds.update({nid: str(node.get("kind", "")) for nid, node in nodes.items()})
-        customers = (
-            (
-                key,
-                [fact_from_dict(fact) for fact in facts],
-                FlowState.from_dict(state),
-            )
-            for key, facts, state in self.store.flow_runs(flow_id)
+        kept = RunFilter(
+            version,
+            None if start is None else to_ms(start),
+            None if end is None else to_ms(end),
         )
+        # A list, not a generator: the filter collects the kept runs' messages before
+        # their deliveries are read.
+        customers = [
+            kept.of(key, [fact_from_dict(fact) for fact in facts], FlowState.from_dict(state))
+            for key, facts, state in self.store.flow_runs(flow_id)
+        ]
         report = live_results(
             flow,
             customers,
-            self.store.flow_deliveries(flow_id),
+            self.store.flow_deliveries(flow_id, kept.message_ids),
             int(time.time() * 1000),
             kinds,
         )
-        return {**report, "paused": flow_id in found.paused}
+        return {
+            **report,
+            "paused": flow_id in found.paused,
+            "deleted": in_force is None,
+            "runs_of": {
+                "version": version,
+                "from": None if start is None else iso(to_ms(start)),
+                "to": None if end is None else iso(to_ms(end)),
+            },
+        }
 
     def _stored(self) -> FlowDefinitions:
         if self.definitions is None:
@@ -216,6 +248,48 @@ class FlowsAdmin:
         if flow is None:
             return None
         return backtest(flow, FlowHistory(self.clickhouse, self.database), start, end)
+
+
+@dataclass
+class RunFilter:
+    """Which runs a flow's results count: those entered on ``version`` and in
+    ``[start_ms, end_ms)`` (None: any). A fact outside a run (a refused entry) is judged
+    by its own version and instant. The messages of the runs kept are collected in
+    ``message_ids`` (None: no filter), so their deliveries are counted alone."""
+
+    version: int | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    message_ids: set[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.version is not None or self.start_ms is not None or self.end_ms is not None:
+            self.message_ids = set()
+
+    def _takes(self, fact: FlowFact) -> bool:
+        return (
+            (self.version is None or fact.version == self.version)
+            and (self.start_ms is None or fact.at_ms >= self.start_ms)
+            and (self.end_ms is None or fact.at_ms < self.end_ms)
+        )
+
+    def of(
+        self, key: str, facts: list[FlowFact], state: FlowState
+    ) -> tuple[str, list[FlowFact], FlowState]:
+        """The customer's facts of the runs kept, and the state without a run not kept."""
+        if self.message_ids is None:
+            return key, facts, state
+        runs = {fact.run_id for fact in facts if isinstance(fact, Entered) and self._takes(fact)}
+        entered = {fact.run_id for fact in facts if isinstance(fact, Entered)}
+        kept = [
+            fact
+            for fact in facts
+            if fact.run_id in runs or (fact.run_id not in entered and self._takes(fact))
+        ]
+        self.message_ids.update(fact.message_id for fact in kept if isinstance(fact, Sent))
+        if state.run is not None and state.run.run_id not in runs:
+            state.run = None
+        return key, kept, state
 
 
 def _summary(flow: FlowDefinition, found: FlowsInForce) -> dict[str, Any]:

@@ -1,27 +1,29 @@
 """``journeys flows validate|list|show|backtest|results|set|delete|pause|resume``.
 
-Journey flows (issue 18). ``validate``, ``list`` and ``show`` read a flows file
-(no store, no running node; the file seeds the stored flows the first time
-only); ``backtest`` and ``results`` ask a running node's API, which reads the
-event log (the node holds the chdb folder); ``set``, ``delete``, ``pause`` and
-``resume`` change the stored flows through it (admin key), as ``journeys
-segments set`` does.
+Journey flows (issue 18). ``validate`` checks a flows file (no store, no running
+node; the file seeds the stored flows the first time only); ``list`` and
+``show`` read the stored flows through a running node's API (what the worker
+runs), ``backtest`` and ``results`` ask it too, as it reads the event log (the
+node holds the chdb folder); ``set``, ``delete``, ``pause`` and ``resume``
+change the stored flows through it (admin key), as ``journeys segments set``
+does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+
 from journeys.flows.definitions import FlowDefinition, FlowError
 from stack.flows import load_flows
 from stack.flows_migrate import MIGRATE_VERB, add_migrate_parser, run_migrate
-from stack.http_commands import ask_api, connection, definition_table
+from stack.http_commands import ask_api, connection, definition_table, failed, key
 from stack.settings import Settings
 
 FLOWS_COMMAND = "flows"
@@ -32,15 +34,14 @@ def add_flows_parser(commands: Any) -> None:
     """The ``flows`` subcommand and its verbs."""
     parser = commands.add_parser(FLOWS_COMMAND, help="journey flows: validate, list, backtest")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for name, help_text in (
-        ("validate", "check a flows file; errors name the node and the field"),
-        ("list", "the flows defined"),
-        ("show", "one flow's definition, as JSON"),
-    ):
-        verb = verbs.add_parser(name, help=help_text)
-        verb.add_argument("--file", type=Path, help=_FILE_HELP)
-        if name == "show":
-            verb.add_argument("flow_id")
+    check = verbs.add_parser(
+        "validate", help="check a flows file; errors name the node and the field"
+    )
+    check.add_argument("--file", type=Path, help=_FILE_HELP)
+    connection(verbs.add_parser("list", help="the stored flows in force (GET /v1/flows)"), "admin")
+    show = verbs.add_parser("show", help="one stored flow's definition, as JSON")
+    show.add_argument("flow_id")
+    connection(show, "admin")
     run = verbs.add_parser(
         "backtest", help="run a flow over recorded history in event time, sending nothing"
     )
@@ -51,6 +52,9 @@ def add_flows_parser(commands: Any) -> None:
     connection(run, "admin")
     results = verbs.add_parser("results", help="a flow's live counts per node and its uplift")
     results.add_argument("flow_id")
+    results.add_argument("--version", type=int, help="only the runs entered on this version")
+    results.add_argument("--from", dest="start", help="only runs entered from this time on")
+    results.add_argument("--to", dest="end", help="only runs entered before this time")
     connection(results, "admin")
     put = verbs.add_parser("set", help="define or replace a flow from FILE (TOML or JSON)")
     put.add_argument("flow_id")
@@ -68,12 +72,17 @@ def add_flows_parser(commands: Any) -> None:
 
 
 def run_flows(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``journeys flows <verb>``; 2 for invalid flows or an unknown flow."""
+    """Run ``journeys flows <verb>``; 2 for an invalid file or no API, 1 for the API's
+    refusal (an unknown flow's 404)."""
     if args.verb == "backtest":
         return _backtest(args, settings)
     if args.verb in _API_VERBS:
         method, tail = _API_VERBS[args.verb]
         body = None
+        params = {}
+        if args.verb == "results":
+            given = {"version": args.version, "from": args.start, "to": args.end}
+            params = {name: value for name, value in given.items() if value is not None}
         if args.verb == "set":
             try:
                 body = definition_table(args.file, "flows", args.flow_id)
@@ -81,29 +90,42 @@ def run_flows(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{args.file}: {error}", file=sys.stderr)
                 return 2
         path = f"/v1/flows/{quote(args.flow_id, safe='')}{tail}"
-        return ask_api(args, settings, "admin", method, path, json=body)
+        return ask_api(args, settings, "admin", method, path, json=body, params=params)
     if args.verb == MIGRATE_VERB:
         return run_migrate(args, settings)
+    if args.verb == "list":
+        return _list(args, settings)
     if args.file is not None:
         settings = settings.model_copy(update={"flows_file": args.file})
     flows = _loaded(settings)
     if flows is None:
         return 2
-    if args.verb == "validate":
-        nodes = sum(len(flow.nodes) for flow in flows)
-        print(f"ok: {len(flows)} flows, {nodes} nodes")
-        return 0
-    if args.verb == "list":
-        for flow in flows:
-            kinds = ", ".join(f"{nid} ({node.kind})" for nid, node in flow.nodes.items())
-            state = "" if flow.enabled else " [disabled]"
-            print(f"{flow.id} v{flow.version}: {flow.name}{state}, reentry {flow.reentry}: {kinds}")
-        return 0
-    found = next((flow for flow in flows if flow.id == args.flow_id), None)
-    if found is None:
-        print(f"flow_id: unknown flow {args.flow_id!r}", file=sys.stderr)
+    nodes = sum(len(flow.nodes) for flow in flows)
+    print(f"ok: {len(flows)} flows, {nodes} nodes")
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    """One line per stored flow: id, version, name, state, re-entry, nodes (kinds)."""
+    base = args.url or settings.api_base_url
+    try:
+        response = httpx.get(
+            f"{base}/v1/flows",
+            headers={"Authorization": f"Bearer {key(args, settings, 'admin')}"},
+            timeout=60,
+        )
+    except httpx.HTTPError as error:
+        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({**found.summary(), "definition": found.source}, indent=2, default=str))
+    if failed(response):
+        return 1
+    for flow in response.json()["flows"]:
+        kinds = ", ".join(f"{nid} ({kind})" for nid, kind in flow["nodes"].items())
+        state = " [paused]" if flow["paused"] else "" if flow["enabled"] else " [disabled]"
+        print(
+            f"{flow['id']} v{flow['version']}: {flow['name']}{state}, "
+            f"reentry {flow['reentry']}: {kinds}"
+        )
     return 0
 
 
@@ -135,6 +157,7 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
 
 # verb → (method, path after /v1/flows/ID)
 _API_VERBS = {
+    "show": ("GET", ""),
     "results": ("GET", "/results"),
     "set": ("PUT", ""),
     "delete": ("DELETE", ""),

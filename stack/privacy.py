@@ -261,6 +261,17 @@ class Privacy:
             for t in self._outreach.recent_triggers(limit=10_000, customer_key=key)
         ]
         timers = [t for key in ids for t in self._outreach.timers(key, limit=10_000)]
+        # Every flow state and decision (fact) kept, opened: the flows' "why" as stored.
+        flows = {
+            "states": [
+                self.vault.open_tree(s) for key in ids for s in self._outreach.flow_states(key)
+            ],
+            "facts": [
+                self.vault.open_tree(fact)
+                for key in ids
+                for fact in self._outreach.flow_facts(key, limit=None)
+            ],
+        }
         return _plain(
             {
                 "customer_id": customer_id,
@@ -280,7 +291,7 @@ class Privacy:
                 ),
                 "events": events,
                 "timeline": timeline,
-                "outreach": {"triggers": triggers, "timers": timers},
+                "outreach": {"triggers": triggers, "timers": timers, "flows": flows},
             }
         )
 

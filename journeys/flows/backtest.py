@@ -33,6 +33,7 @@ from journeys.flows.inputs import FlowInput, iso, order_key
 
 SAMPLE_CUSTOMERS = 20
 TOP_PATHS = 20
+PATH_CUSTOMERS = 5  # customers named per path (the dashboard opens their "why")
 
 
 def run_history(
@@ -75,6 +76,7 @@ class BacktestTally:
         self.left: Counter[str] = Counter()
         self.inside = 0
         self.paths: Counter[tuple[str, ...]] = Counter()
+        self.path_who: dict[tuple[str, ...], list[str]] = defaultdict(list)
         self.groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # group → [runs, converted]
 
     def add(self, customer_key: str, facts: Sequence[FlowFact], state: FlowState) -> None:
@@ -85,6 +87,7 @@ class BacktestTally:
         for fact in facts:
             if isinstance(fact, Entered):
                 self.runs += 1
+                self.reached[fact.node] += 1  # an entry is reached by entering
                 runs[fact.run_id].append(fact.node)
             elif isinstance(fact, NodeReached):
                 self.reached[fact.node] += 1
@@ -112,6 +115,9 @@ class BacktestTally:
             self.entered_customers += 1
         for run_id, path in runs.items():
             self.paths[tuple(path)] += 1
+            who = self.path_who[tuple(path)]
+            if len(who) < PATH_CUSTOMERS and customer_key not in who:
+                who.append(customer_key)
             left = ended.get(run_id)
             if left is not None:
                 group = "holdout" if left.holdout else "treatment"
@@ -154,7 +160,7 @@ class BacktestTally:
             "left": dict(self.left),
             "inside_at_end": self.inside,
             "paths": [
-                {"path": list(path), "runs": count}
+                {"path": list(path), "runs": count, "customers": self.path_who[path]}
                 for path, count in self.paths.most_common(TOP_PATHS)
             ],
             "conversions": compare_conversions(self.groups),

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -497,12 +497,16 @@ class OutreachStore:
         )
         return [(key, flow, int(part), orjson.loads(text)) for _, key, flow, part, text in rows]
 
-    def flow_facts(self, customer_key: str, limit: int = 500) -> list[dict[str, Any]]:
-        """A customer's flow facts, in event time (then as recorded)."""
-        rows = self._rows(
+    def flow_facts(self, customer_key: str, limit: int | None = 500) -> list[dict[str, Any]]:
+        """A customer's flow facts, in event time (then as recorded); None: all of them."""
+        sql = (
             "SELECT body FROM flow_facts WHERE customer_key = ? "
-            "ORDER BY at_ms, recorded_ts, fact_id LIMIT ?",
-            (customer_key, limit),
+            "ORDER BY at_ms, recorded_ts, fact_id"
+        )
+        rows = (
+            self._rows(sql, (customer_key,))
+            if limit is None
+            else self._rows(f"{sql} LIMIT ?", (customer_key, limit))
         )
         return [orjson.loads(body) for (body,) in rows]
 
@@ -533,14 +537,19 @@ class OutreachStore:
         for key in sorted(states):
             yield key, facts.get(key, []), orjson.loads(states[key])
 
-    def flow_deliveries(self, flow_id: str) -> list[tuple[str, str, int]]:
-        """(send node, delivery state, count) of the flow's messages."""
+    def flow_deliveries(
+        self, flow_id: str, message_ids: Set[str] | None = None
+    ) -> list[tuple[str, str, int]]:
+        """(send node, delivery state, count) of the flow's messages (only those of
+        ``message_ids`` when given)."""
         counts: dict[tuple[str, str], int] = {}
-        for body, state in self._rows(
-            "SELECT t.body, d.state FROM triggers t JOIN trigger_deliveries d "
+        for trigger_id, body, state in self._rows(
+            "SELECT t.trigger_id, t.body, d.state FROM triggers t JOIN trigger_deliveries d "
             "ON d.trigger_id = t.trigger_id WHERE t.rule_id = ?",
             (f"flow:{flow_id}",),
         ):
+            if message_ids is not None and trigger_id not in message_ids:
+                continue
             node = str(orjson.loads(body).get("node", ""))
             counts[(node, state)] = counts.get((node, state), 0) + 1
         return [(node, state, n) for (node, state), n in sorted(counts.items())]

@@ -752,3 +752,122 @@ def test_the_flows_panel_draws_the_flow_with_its_live_counts(
     assert entered["runs"] > 0
     opened.screenshot(path=str(artifacts_dir / "dashboard-flows.png"), full_page=True)
     assert errors == []
+
+
+def canonical_cart_toml(flow_id: str) -> str:
+    """The shipped abandoned cart's TOML, as a marketer copies it from the flows file."""
+    shipped = (Path(__file__).parents[2] / "journeys" / "flows.toml").read_text()
+    start = shipped.index("[flows.abandoned_cart]")
+    end = shipped.index("[flows.review_request]")
+    section = shipped[start:end].split("# The seven lifecycle")[0]
+    return section.replace("flows.abandoned_cart", f"flows.{flow_id}")
+
+
+def test_a_marketer_backtests_a_draft_launches_it_and_asks_why(
+    node: NodeProcess, page: tuple[Page, list[str]], artifacts_dir: Path
+) -> None:
+    """Issue 18's "done when": the canonical flow written as in the file, refused while a
+    node's field is wrong, backtested over the last month, launched, refused again when
+    changed without a new version, and a customer's "why" opened from the backtest."""
+    opened, errors = page
+    admin = {"Authorization": f"Bearer {node.settings.admin_key}"}
+    add_user(node, "dash-launcher", "admin")
+    opened.goto(f"{node.base}/dashboard")
+    sign_in_as(opened, "dash-launcher")
+    opened.wait_for_selector("#flows-graph li")
+    assert opened.locator("#flows-version option").all_text_contents() == ["all versions", "v1"]
+
+    text = canonical_cart_toml("cart_rescue")
+    broken = text.replace("entry.name | default('your item')", "cart.total")
+    opened.fill("#flows-edit-text", broken)
+    opened.click("#flows-edit-validate")
+    opened.wait_for_selector("#flows-edit-errors li")
+    assert opened.text_content("#flows-edit-errors li code") == (
+        "flows.cart_rescue.nodes.reminder.body"
+    )
+    assert "unknown variable 'cart'" in (opened.text_content("#flows-edit-errors li") or "")
+
+    opened.fill("#flows-edit-text", text)
+    opened.click("#flows-edit-backtest")
+    opened.wait_for_selector("#flows-backtest-result", state="visible")
+    assert opened.input_value("#flows-edit-id") == "cart_rescue"  # taken from the text
+    assert opened.locator("#flows-edit-errors li").count() == 0
+    parsed = httpx.post(
+        f"{node.base}/v1/flows/validate",
+        content=text,
+        headers={**admin, "Content-Type": "application/toml"},
+        timeout=30,
+    ).json()
+    definition = parsed["flows"][0]["definition"]
+    window = {
+        "from": opened.input_value("#flows-backtest-from"),
+        "to": opened.input_value("#flows-backtest-to"),
+    }
+    report = httpx.post(
+        f"{node.base}/v1/flows/cart_rescue/backtest",
+        json={**window, "definition": definition},
+        headers=admin,
+        timeout=120,
+    ).json()
+    assert report["entered"]["runs"] > 0, report
+    card = dict(
+        zip(
+            opened.locator("#flows-backtest dt").all_text_contents(),
+            opened.locator("#flows-backtest dd").all_text_contents(),
+            strict=True,
+        )
+    )
+    entered = report["entered"]
+    assert card["Entered"] == f"{entered['customers']} customers, {entered['runs']} runs"
+    assert card["Caps hit"] == str(report["caps_hit"])
+    holdout = report["conversions"]["holdout"]
+    assert card["Holdout converted"].startswith(f"{holdout['converted']}/{holdout['runs']} ")
+    assert table(opened, "#flows-backtest-paths") == [
+        [" → ".join(p["path"]), str(p["runs"]), "".join(p["customers"])] for p in report["paths"]
+    ]
+    assert table(opened, "#flows-backtest-days") == [
+        [d["day"], d["channel"], str(d["count"])] for d in report["messages_per_day"]
+    ]
+    drawn = opened.locator("#flows-backtest-graph li")
+    reached = report["nodes"]["reminder"]["reached"]
+    assert drawn.count() == len(definition["nodes"])
+    reminder = "#flows-backtest-graph li[data-node=reminder] .node-counts"
+    assert f"reached {reached}" in (opened.text_content(reminder) or "")
+    entry = "#flows-backtest-graph li[data-node=cart_started] .node-counts"
+    assert f"reached {entered['runs']}" in (opened.text_content(entry) or "")
+
+    opened.click("#flows-edit-launch")
+    opened.wait_for_function(
+        "document.getElementById('flows-edit-status').textContent === 'cart_rescue v1 launched'"
+    )
+    stored = httpx.get(f"{node.base}/v1/flows/cart_rescue", headers=admin, timeout=30).json()
+    assert (stored["version"], stored["definition"]) == (1, definition)
+    opened.wait_for_selector("#flows-table tbody tr >> text=cart_rescue")
+    assert opened.input_value("#flows-choice") == "cart_rescue"
+
+    # Changed without a new version: refused, and said apart from a broken field.
+    opened.fill("#flows-edit-text", text.replace('timeout = "1h"', 'timeout = "2h"'))
+    opened.click("#flows-edit-launch")
+    opened.wait_for_selector("#flows-edit-conflict:not(:empty)")
+    assert "without a new version" in (opened.text_content("#flows-edit-conflict") or "")
+    assert opened.text_content("#flows-edit-errors li code") == "flows.cart_rescue.version"
+    unchanged = httpx.get(f"{node.base}/v1/flows/cart_rescue", headers=admin, timeout=30).json()
+    assert unchanged["definition"] == definition
+
+    # Why: a customer of the commonest path, opened from the report.
+    opened.locator("#flows-backtest-paths tbody tr").first.locator("button").first.click()
+    customer = opened.input_value("#flows-why-id")
+    assert customer == report["paths"][0]["customers"][0]
+    opened.wait_for_selector("#flows-why .why-flow")
+    why = node.read("GET", f"/v1/customers/{customer}/flows").json()
+    shown_flows = opened.locator("#flows-why .why-flow")
+    assert [shown_flows.nth(i).get_attribute("data-flow") for i in range(shown_flows.count())] == [
+        flow["flow_id"] for flow in why["flows"]
+    ]
+    live = next(flow for flow in why["flows"] if flow["flow_id"] == "abandoned_cart")
+    facts = opened.locator("#flows-why .why-flow[data-flow=abandoned_cart] li span")
+    assert facts.all_text_contents() == [fact["why"] for fact in live["facts"]]
+    assert live["facts"], live
+    opened.screenshot(path=str(artifacts_dir / "dashboard-flows-draft.png"), full_page=True)
+    # The browser logs the two deliberate refusals' statuses (400, 409); nothing else.
+    assert len(errors) == 2 and "400" in errors[0] and "409" in errors[1], errors

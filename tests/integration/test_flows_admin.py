@@ -13,15 +13,20 @@ one due longer ago is skipped ``expired``, a customer who bought is converted).
 from __future__ import annotations
 
 import copy
+import json
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import uvicorn
 from clickhouse_connect.driver.client import Client
 from fastapi.testclient import TestClient
 
@@ -32,6 +37,7 @@ from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
 from projections.flow_definition_store import FlowDefinitions
 from projections.migrations import migrate
+from stack.cli import main
 from stack.flows import FlowsAdmin, build_flow_definitions, load_flows
 from stack.settings import Settings
 from streams.outreach import flows as live_flows
@@ -301,3 +307,96 @@ def test_results_count_the_live_decisions_and_their_deliveries(live: Live) -> No
     low, high = conversions["ci95"]
     assert low < conversions["difference"] < high
     assert live.api.get("/v1/flows/nope/results", headers=ADMIN).status_code == 404
+
+
+@pytest.fixture
+def served(live: Live) -> Iterator[str]:
+    """The live fixture's API behind a real HTTP server, for the CLI."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(live.api.app, host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_results_by_version_and_window_a_deleted_flows_results_and_the_cli_reads_the_store(
+    live: Live, served: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QUICK enters version 1, LATER version 2 (after a PUT); results of all runs, of each
+    version and of a window of entries; the CLI's list and show read the stored flows;
+    a deleted flow's results stay while its runs finish."""
+    api = live.api
+    live.arrive("q1", QUICK, "Product Added", 0, **CART)
+    live.tick(1)
+    changed = _cart(version=2)
+    changed["nodes"]["wait_for_order"]["timeout"] = "2h"
+    assert api.put("/v1/flows/abandoned_cart", json=changed, headers=ADMIN).status_code == 200
+    live.tick(2)
+    live.arrive("l1", LATER, "Product Added", 5, **CART)
+    live.tick(3 * 60)  # QUICK's reminder at 60 min (v1), LATER's at 125 min (v2)
+
+    def results(**params: Any) -> dict[str, Any]:
+        answer = api.get("/v1/flows/abandoned_cart/results", params=params, headers=ADMIN)
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()
+        return found
+
+    every = results()
+    assert every["entered"] == {"customers": 2, "runs": 2}
+    assert (every["version"], every["deleted"]) == (2, False)
+    assert every["deliveries"]["pending"] == 2
+    first, second = results(version=1), results(version=2)
+    assert (first["version"], first["entered"]["runs"], first["runs_of"]["version"]) == (1, 1, 1)
+    assert second["entered"]["runs"] == 1
+    # Each version's counts are its runs' alone, deliveries too.
+    assert first["nodes"]["reminder"]["sent"] == second["nodes"]["reminder"]["sent"] == 1
+    assert first["deliveries"]["pending"] == second["deliveries"]["pending"] == 1
+    assert first["nodes"]["wait_for_order"]["waiting"] == 0
+    assert first["inside_now"] == 1 and second["inside_now"] == 1
+    # A window of entries: LATER entered at 5 min, QUICK at 0.
+    since = (T0 + timedelta(minutes=3)).isoformat()
+    windowed = results(**{"from": since})
+    assert windowed["entered"] == {"customers": 1, "runs": 1}
+    assert windowed["runs_of"]["from"] is not None
+    before = results(to=since)
+    assert before["entered"] == {"customers": 1, "runs": 1}
+    assert before["nodes"]["reminder"]["deliveries"]["pending"] == 1
+    unknown = api.get("/v1/flows/abandoned_cart/results?version=9", headers=ADMIN)
+    assert unknown.status_code == 404 and unknown.json()["errors"][0]["field"] == "version"
+    backwards = api.get(
+        "/v1/flows/abandoned_cart/results", params={"from": since, "to": since}, headers=ADMIN
+    )
+    assert backwards.status_code == 400 and backwards.json()["errors"][0]["field"] == "to"
+
+    # The CLI reads the stored flows (version 2, put over the API), not the file (version 1).
+    connection = ["--url", served, "--admin-key", "ak_test"]
+    assert main(["flows", "list", *connection]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith("abandoned_cart v2: Abandoned cart, reentry cooldown:")
+    assert "holdout_split (split)" in listing[0] and "coupon (send)" in listing[0]
+    assert any(line.endswith("[disabled]") or "[disabled]," in line for line in listing[1:])
+    assert main(["flows", "show", "abandoned_cart", *connection]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 2
+    assert shown["definition"]["nodes"]["wait_for_order"]["timeout"] == "2h"
+    assert main(["flows", "show", "nope", *connection]) == 1
+    assert "no flow 'nope'" in capsys.readouterr().err
+    assert main(["flows", "results", "abandoned_cart", "--version", "1", *connection]) == 0
+    assert json.loads(capsys.readouterr().out)["entered"]["runs"] == 1
+
+    # Deleted: no new runs, but the runs inside finish, and their results are still shown.
+    assert api.delete("/v1/flows/abandoned_cart", headers=ADMIN).status_code == 200
+    live.tick(3 * 60 + 5)
+    gone = results()
+    assert gone["deleted"] is True and gone["version"] == 2
+    assert gone["entered"] == {"customers": 2, "runs": 2}
+    assert results(version=1)["entered"]["runs"] == 1
+    assert api.get("/v1/flows/nope/results", headers=ADMIN).status_code == 404

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,6 +129,7 @@ def test_backtest_of_the_abandoned_cart_over_the_event_log(api: TestClient) -> N
     assert report["conversions"]["holdout"] == {"runs": 1, "converted": 1, "rate": 1.0}
     assert report["left"] == {"converted": 3, "completed": 1}
     assert report["nodes"]["reminder"]["reached"] == 3
+    assert report["nodes"]["cart_started"]["reached"] == report["entered"]["runs"]
     assert report["nodes"]["reminder"]["skipped"] == {"holdout": 1}
     assert report["messages_per_day"] == [
         {"day": "2026-03-01", "channel": "webhook", "count": 2},
@@ -189,3 +191,16 @@ def test_a_draft_is_backtested_and_bad_input_is_a_400_naming_the_field(api: Test
     valid = api.post("/v1/flows/validate", json={"flows": {"x": draft}}, headers=ADMIN)
     assert valid.status_code == 400
     assert valid.json()["errors"][0]["field"] == "flows.x.nodes.reminder.body"
+    # A flows file's TOML, parsed as the CLI parses it: each flow's definition as JSON.
+    toml = {**ADMIN, "Content-Type": "application/toml"}
+    shipped = (Path(__file__).parents[2] / "journeys" / "flows.toml").read_text()
+    parsed = api.post("/v1/flows/validate", content=shipped, headers=toml)
+    assert parsed.status_code == 200, parsed.text
+    (cart,) = [f for f in parsed.json()["flows"] if f["id"] == "abandoned_cart"]
+    assert cart["definition"]["nodes"]["wait_for_order"]["timeout"] == "1h"
+    one = 'version = 1\n[nodes.start]\nkind = "entry"\nevent = "Signed Up"\n'
+    alone = api.post("/v1/flows/validate?flow_id=solo", content=one, headers=toml)
+    assert alone.status_code == 200 and alone.json()["flows"][0]["id"] == "solo", alone.text
+    broken = api.post("/v1/flows/validate", content="[flows\n", headers=toml)
+    assert broken.status_code == 400 and "not valid TOML" in broken.json()["message"]
+    assert broken.json()["errors"][0]["field"] == "body"

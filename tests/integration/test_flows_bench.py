@@ -18,13 +18,16 @@ def test_the_backtest_benchmark_prints_each_rate_beside_the_read_rate(tmp_path: 
     out = tmp_path / "flows.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.flows", "--events", "3000", "--customers", "300",
-         "--runs", "1", "--json", str(out)],
+         "--runs", "1", "--json", str(out), "--profile", str(tmp_path / "backtest.prof")],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "read (raw limit)" in done.stdout and "of the read rate" in done.stdout
+    assert "scan (raw limit)" in done.stdout and "of the scan rate" in done.stdout
     figures = json.loads(out.read_text())
-    assert figures["events_logged"] == 3000
+    assert figures["events_logged"] == figures["scanned_events"] == 3000
+    assert figures["scan_events_per_s"] > 0 and figures["backtest_over_scan"] > 0
+    assert any("run_history" in line or "observe" in line for line in figures["profile_top"])
     assert 0 < figures["inputs"] <= 3000
     assert figures["runs"] > 0 and figures["candidates"] > 0
     assert figures["backtest_inputs_per_s"] > 0 and figures["read_inputs_per_s"] > 0

@@ -184,6 +184,10 @@ def test_personal_data_is_only_ciphertext_at_rest_and_an_erased_customer_stays_e
         refused = {"userId": "alice", "traits": ALICE, "timestamp": "yesterday"}
         assert _post(node, "/v1/identify", refused).status_code == 400
         _wait_for(lambda: _orders(node, "alice") == 2 and _orders(node, "bob") == 1)
+        # Alice leaves a cart: she enters the shipped abandoned-cart flow and waits there.
+        cart = {"userId": "alice", "event": "Product Added", "properties": {"cart_id": "k1"}}
+        assert _post(node, "/v1/track", cart).status_code == 200
+        _wait_for(lambda: node.read("GET", "/v1/customers/alice/flows").status_code == 200)
 
         # Readers with the read key see the values opened; the export has everything.
         view = node.read("GET", "/v1/customers/alice").json()
@@ -195,6 +199,16 @@ def test_personal_data_is_only_ciphertext_at_rest_and_an_erased_customer_stays_e
         assert export["traits"]["phone"] == ALICE["phone"]
         assert len(export["orders"]) == 2 and export["profile"]["orders"] == 2
         assert export["timeline"] and export["events"]
+        # Her flow state and every decision recorded, personal values opened.
+        flows = export["outreach"]["flows"]
+        (state,) = [s for s in flows["states"] if s["flow_id"] == "abandoned_cart"]
+        assert state["state"]["run"]["node"] == "wait_for_order"
+        assert state["state"]["traits"]["email"][0] == ALICE["email"]  # [value, at_ms]
+        facts = [(f["flow_id"], f["type"], f["node"]) for f in flows["facts"]]
+        assert ("abandoned_cart", "Entered", "cart_started") in facts
+        assert len(facts) == len(
+            node.read("GET", "/v1/customers/alice/flows").json()["flows"][0]["facts"]
+        )
         assert _funnel(node) == [2, 2]
         # The admin reads the dead letter opened; it is stored sealed (checked below).
         _wait_for(lambda: any(ALICE["email"] in d["payload"] for d in _letters(node)))
@@ -222,6 +236,8 @@ def test_personal_data_is_only_ciphertext_at_rest_and_an_erased_customer_stays_e
         assert summary["rows_deleted"]["events"] >= 4
         assert summary["rows_deleted"]["dead_letters"] == 1
         assert summary["rows_deleted"]["customer_orders"] == 2
+        assert summary["rows_deleted"]["flow_states"] >= 1  # her flow states and facts too
+        assert summary["rows_deleted"]["flow_facts"] == len(facts)
         assert not any("alice" in d["payload"].lower() for d in _letters(node))
         again = _admin(node, "DELETE", "/v1/customers/alice")
         assert again.status_code == 404

@@ -1,7 +1,11 @@
 // The journey flows panel (marketers): the flows in force, the chosen flow's nodes in order
-// with their live counts (GET /v1/flows/{id}/results), its holdout uplift with the 95 %
-// interval, pause and resume for admins, and a backtest over recorded history.
-// Uses dashboard.js's helpers (api, $, row, fillTable, guarded, percent, handle).
+// with their live counts (GET /v1/flows/{id}/results, all versions or one), its holdout
+// uplift with the 95 % interval, pause and resume for admins, a backtest over recorded
+// history of the flow as stored or of a draft (TOML or JSON pasted in the editor), the
+// draft launched with PUT /v1/flows/{id} (admins; a refusal's errors listed beside the
+// text by node and field, a 409 said apart), and why a customer got or didn't get each
+// message (GET /v1/customers/{id}/flows).
+// Uses dashboard.js's helpers (api, $, row, fillTable, guarded, percent, handle, when).
 "use strict";
 
 let flowsShown = null; // the flow whose results the panel shows
@@ -38,7 +42,8 @@ function skippedText(skipped) {
   return reasons.length ? reasons.map(([reason, n]) => `${reason} ${n}`).join(", ") : "0";
 }
 
-function nodeItem(id, node, counts) {
+// One node drawn: its name, kind and targets, and its counts (live, or a backtest's).
+function nodeItem(id, node, counts, backtested = false) {
   const item = document.createElement("li");
   item.dataset.kind = node.kind;
   item.dataset.node = id;
@@ -57,8 +62,11 @@ function nodeItem(id, node, counts) {
   const figures = document.createElement("div");
   figures.className = "node-counts";
   const c = counts || {};
-  const parts = [`reached ${c.reached ?? 0}`, `waiting ${c.waiting ?? 0}`];
-  if (node.kind === "send") {
+  const parts = [`reached ${c.reached ?? 0}`];
+  if (backtested) {
+    if (Object.keys(c.skipped || {}).length) parts.push(`skipped ${skippedText(c.skipped)}`);
+  } else parts.push(`waiting ${c.waiting ?? 0}`);
+  if (node.kind === "send" && !backtested) {
     const d = c.deliveries || {};
     parts.push(`sent ${c.sent ?? 0}`, `skipped ${skippedText(c.skipped)}`,
                `delivered ${d.delivered ?? 0}`, `failed ${d.failed ?? 0}`);
@@ -80,6 +88,20 @@ function groupText(group) {
   return `${group.converted}/${group.runs} ${percent(group.rate)}`;
 }
 
+// The results' version choice: all versions, or the runs entered on one.
+function fillVersions(flow) {
+  const choice = $("flows-version");
+  const chosen = choice.dataset.flow === flow.id ? choice.value : "";
+  const versions = Array.from({ length: flow.version }, (_, i) => flow.version - i);
+  choice.replaceChildren(new Option("all versions", ""), ...versions.map((v) => new Option(`v${v}`, String(v))));
+  choice.value = versions.includes(Number(chosen)) ? chosen : "";
+  choice.dataset.flow = flow.id;
+}
+
+function drawGraph(list, nodes, counts, backtested = false) {
+  list.replaceChildren(...nodeOrder(nodes).map((n) => nodeItem(n, nodes[n], counts[n], backtested)));
+}
+
 async function showFlow(id) {
   if (id !== flowsShown) {
     flowReads.abort();
@@ -88,9 +110,15 @@ async function showFlow(id) {
   }
   const signal = AbortSignal.any([sessionReads.signal, flowReads.signal]);
   const path = `/v1/flows/${encodeURIComponent(id)}`;
-  const [flow, results] = await Promise.all([api(path, { signal }), api(`${path}/results`, { signal })]);
-  const nodes = flow.definition.nodes || {};
-  $("flows-graph").replaceChildren(...nodeOrder(nodes).map((n) => nodeItem(n, nodes[n], results.nodes[n])));
+  const flow = await api(path, { signal });
+  fillVersions(flow);
+  const version = $("flows-version").value;
+  const results = await api(`${path}/results${version ? `?version=${version}` : ""}`, { signal });
+  // A version's own nodes (the results name them), else the definition in force.
+  const nodes = version && Number(version) !== flow.version
+    ? Object.fromEntries(Object.entries(results.nodes).map(([n, c]) => [n, { kind: c.kind }]))
+    : flow.definition.nodes || {};
+  drawGraph($("flows-graph"), nodes, results.nodes);
   $("flows-entered").textContent = results.entered.runs;
   $("flows-inside").textContent = results.inside_now;
   $("flows-sent").textContent = Object.values(results.messages).reduce((a, b) => a + b, 0);
@@ -100,6 +128,7 @@ async function showFlow(id) {
   $("flows-holdout").textContent = groupText(results.conversions.holdout);
   $("flows-pause").disabled = flow.paused;
   $("flows-resume").disabled = !flow.paused;
+  return flow;
 }
 
 async function refreshFlows() {
@@ -126,33 +155,247 @@ async function pauseOrResume(verb) {
   });
 }
 
+function backtestWindow() {
+  return { from: $("flows-backtest-from").value, to: $("flows-backtest-to").value };
+}
+
+// The stored flow chosen above, over the window.
 async function runBacktest(event) {
   event.preventDefault();
   const id = $("flows-choice").value;
   if (!id) return;
   await guarded("flows-backtest-error", async () => {
-    const body = { from: $("flows-backtest-from").value, to: $("flows-backtest-to").value };
-    const report = await api(`/v1/flows/${encodeURIComponent(id)}/backtest`, {
-      method: "POST", body: JSON.stringify(body),
+    const path = `/v1/flows/${encodeURIComponent(id)}`;
+    const [flow, report] = await Promise.all([
+      api(path),
+      api(`${path}/backtest`, { method: "POST", body: JSON.stringify(backtestWindow()) }),
+    ]);
+    showBacktest(report, flow.definition.nodes || {}, `${id} v${report.version} as stored`);
+  });
+}
+
+function terms(card, figures) {
+  card.replaceChildren(...figures.flatMap(([label, value]) => {
+    const term = document.createElement("dt");
+    term.textContent = label;
+    const detail = document.createElement("dd");
+    detail.textContent = String(value);
+    return [term, detail];
+  }));
+}
+
+// A backtest's report: headline figures, the nodes with their counts, the commonest paths,
+// messages per day and channel, and the customers skipped (each opens their "why").
+function showBacktest(report, nodes, label) {
+  $("flows-backtest-title").textContent =
+    `Backtest of ${label}, ${report.from.slice(0, 10)} to ${report.to.slice(0, 10)} (nothing sent)`;
+  const messages = Object.entries(report.messages).map(([ch, n]) => `${ch} ${n}`).join(", ");
+  const c = report.conversions;
+  terms($("flows-backtest"), [
+    ["Customers considered", report.customers_considered],
+    ["Entered", `${report.entered.customers} customers, ${report.entered.runs} runs`],
+    ["Re-entries refused", report.reentry_refused],
+    ["Messages", messages || "0"],
+    ["Quiet hours", `${report.quiet_hours.deferred} deferred, ${report.quiet_hours.skipped} skipped`],
+    ["Caps hit", report.caps_hit],
+    ["Skipped", skippedText(report.skipped)],
+    ["Left", skippedText(report.left)],
+    ["Inside at the end", report.inside_at_end],
+    ["Treatment converted", groupText(c.treatment)],
+    ["Holdout converted", groupText(c.holdout)],
+    ["Holdout uplift", upliftText(c)],
+  ]);
+  drawGraph($("flows-backtest-graph"), nodes, report.nodes, true);
+  fillTable("flows-backtest-paths", report.paths.map((p) => {
+    const line = row([[p.path.join(" → "), false], [String(p.runs), true]]);
+    const who = document.createElement("td");
+    who.append(...p.customers.map(whyButton));
+    line.append(who);
+    return line;
+  }));
+  fillTable("flows-backtest-days", report.messages_per_day.map((d) => row([
+    [d.day, false], [d.channel, false], [String(d.count), true],
+  ])));
+  const who = $("flows-backtest-who");
+  who.replaceChildren(...Object.entries(report.skipped_customers).map(([reason, keys]) => {
+    const item = document.createElement("li");
+    item.append(`${reason}: `, ...keys.map(whyButton));
+    return item;
+  }));
+  $("flows-backtest-result").hidden = false;
+}
+
+// A customer key that opens their "why" below.
+function whyButton(key) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link";
+  button.textContent = key;
+  button.addEventListener("click", () => showWhy(key));
+  return button;
+}
+
+// --- the editor: a draft's text (TOML as in the flows file, or JSON) ----------------------
+
+function showDraftErrors(errors, conflict = "") {
+  $("flows-edit-conflict").textContent = conflict;
+  $("flows-edit-errors").replaceChildren(...errors.map(({ field, message }) => {
+    const item = document.createElement("li");
+    const path = document.createElement("code");
+    path.textContent = field;
+    item.append(path, message);
+    return item;
+  }));
+}
+
+// A refusal's errors by path; a lost session or an aborted read goes where every panel's does.
+function refused(error) {
+  if (error.name === "AbortError" || error instanceof Unauthorized) {
+    handle(error, "flows-edit-status");
+    return [];
+  }
+  const errors = error.body?.errors;
+  return errors?.length ? errors : [{ field: "", message: error.message }];
+}
+
+// The draft's flow id and table, validated by the API (which parses TOML as the CLI does);
+// null when refused (the errors are listed beside the text).
+async function draft() {
+  showDraftErrors([]);
+  $("flows-edit-status").textContent = "";
+  const text = $("flows-edit-text").value;
+  let id = $("flows-edit-id").value.trim();
+  const json = text.trimStart().startsWith("{");
+  let whole; // a document of [flows.ID] tables, not one flow's table
+  if (json) {
+    try {
+      whole = "flows" in JSON.parse(text);
+    } catch (error) {
+      showDraftErrors([{ field: "body", message: `not valid JSON: ${error.message}` }]);
+      return null;
+    }
+  } else whole = /^\s*\[+\s*flows\./m.test(text);
+  if (!whole && !id) {
+    showDraftErrors([{ field: "id", message: "give the flow's id (the text is one flow's table)" }]);
+    return null;
+  }
+  let answer;
+  try {
+    answer = await api(`/v1/flows/validate${whole ? "" : `?flow_id=${encodeURIComponent(id)}`}`, {
+      method: "POST", body: text, headers: { "Content-Type": json ? "application/json" : "application/toml" },
     });
-    const messages = Object.entries(report.messages).map(([ch, n]) => `${ch} ${n}`).join(", ");
-    const figures = [
-      ["Customers considered", report.customers_considered],
-      ["Entered", `${report.entered.customers} customers, ${report.entered.runs} runs`],
-      ["Messages", messages || "0"],
-      ["Skipped", skippedText(report.skipped)],
-      ["Left", skippedText(report.left)],
-      ["Holdout uplift", upliftText(report.conversions)],
-    ];
-    const card = $("flows-backtest");
-    card.replaceChildren(...figures.flatMap(([label, value]) => {
-      const term = document.createElement("dt");
-      term.textContent = label;
-      const detail = document.createElement("dd");
-      detail.textContent = String(value);
-      return [term, detail];
+  } catch (error) {
+    showDraftErrors(refused(error));
+    return null;
+  }
+  const found = answer.flows.find((f) => f.id === id) || (!id && answer.flows.length === 1 ? answer.flows[0] : null);
+  if (!found) {
+    const ids = answer.flows.map((f) => f.id).join(", ");
+    showDraftErrors([{ field: "id", message: `the text defines ${ids || "no flow"}: give the id of one` }]);
+    return null;
+  }
+  id = found.id;
+  $("flows-edit-id").value = id;
+  return { id, definition: found.definition, version: found.version };
+}
+
+async function validateDraft() {
+  const found = await draft();
+  if (found) $("flows-edit-status").textContent = `${found.id} v${found.version} is valid`;
+}
+
+async function backtestDraft() {
+  const found = await draft();
+  if (!found) return;
+  await guarded("flows-backtest-error", async () => {
+    let report;
+    try {
+      report = await api(`/v1/flows/${encodeURIComponent(found.id)}/backtest`, {
+        method: "POST", body: JSON.stringify({ ...backtestWindow(), definition: found.definition }),
+      });
+    } catch (error) {
+      showDraftErrors(refused(error));
+      return;
+    }
+    showBacktest(report, found.definition.nodes || {}, `the draft ${found.id} v${found.version}`);
+  });
+}
+
+// PUT: the flow is live within seconds (the worker polls the stored flows). A 409 (a changed
+// flow without a new version) is said apart from a 422 (a rule broken by a node's field).
+async function launchDraft() {
+  const found = await draft();
+  if (!found) return;
+  let shown;
+  try {
+    shown = await api(`/v1/flows/${encodeURIComponent(found.id)}`, {
+      method: "PUT", body: JSON.stringify(found.definition),
+    });
+  } catch (error) {
+    const errors = refused(error);
+    const conflict = error.status === 409
+      ? `Not launched: this flow changed without a new version. ${error.message}` : "";
+    showDraftErrors(errors, conflict);
+    return;
+  }
+  $("flows-edit-status").textContent =
+    `${shown.id} v${shown.version} ${shown.enabled ? "launched" : "saved (disabled)"}`;
+  $("flows-choice").value = shown.id;
+  flowsShown = shown.id;
+  await refreshFlows();
+}
+
+async function loadChosen() {
+  const id = $("flows-choice").value;
+  if (!id) return;
+  await guarded("flows-error", async () => {
+    const flow = await api(`/v1/flows/${encodeURIComponent(id)}`);
+    $("flows-edit-id").value = id;
+    $("flows-edit-text").value = JSON.stringify(flow.definition, null, 2);
+    showDraftErrors([]);
+  });
+}
+
+// --- why a customer got (or didn't get) each message -------------------------------------
+
+function factItem(fact) {
+  const item = document.createElement("li");
+  item.dataset.type = fact.type;
+  item.dataset.node = fact.node || "";
+  const at = document.createElement("time");
+  at.textContent = when(fact.at);
+  const what = document.createElement("b");
+  what.textContent = `${fact.type}${fact.node ? ` ${fact.node}` : ""}`;
+  const why = document.createElement("span");
+  why.textContent = fact.why;
+  item.append(at, what, why);
+  return item;
+}
+
+async function showWhy(customer) {
+  $("flows-why-id").value = customer;
+  const view = $("flows-why");
+  view.hidden = true;
+  await guarded("flows-why-error", async () => {
+    const found = await api(`/v1/customers/${encodeURIComponent(customer)}/flows`);
+    view.replaceChildren(...found.flows.map((flow) => {
+      const block = document.createElement("div");
+      block.className = "why-flow";
+      block.dataset.flow = flow.flow_id;
+      const head = document.createElement("h4");
+      const run = flow.run;
+      head.textContent = run
+        ? `${flow.flow_id} v${run.version}: inside at ${run.node || "the end"}` +
+          (run.waiting_until ? `, waiting until ${when(run.waiting_until)}` : "") +
+          (run.holdout ? " (holdout)" : run.group ? ` (${run.group})` : "")
+        : `${flow.flow_id}: not inside (entered ${flow.entries} times)`;
+      const facts = document.createElement("ol");
+      facts.className = "timeline";
+      facts.append(...flow.facts.map(factItem));
+      block.append(head, facts);
+      return block;
     }));
-    card.hidden = false;
+    view.hidden = false;
   });
 }
 
@@ -165,4 +408,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("flows-pause").addEventListener("click", () => pauseOrResume("pause"));
   $("flows-resume").addEventListener("click", () => pauseOrResume("resume"));
   $("flows-backtest-form").addEventListener("submit", runBacktest);
+  $("flows-version").addEventListener("change", () => guarded("flows-error", () => showFlow($("flows-choice").value)));
+  $("flows-edit-load").addEventListener("click", loadChosen);
+  $("flows-edit-validate").addEventListener("click", validateDraft);
+  $("flows-edit-backtest").addEventListener("click", backtestDraft);
+  $("flows-edit-launch").addEventListener("click", launchDraft);
+  $("flows-why-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    showWhy($("flows-why-id").value.trim());
+  });
 });
