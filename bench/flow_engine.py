@@ -39,14 +39,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from journeys.flows.definitions import FlowCatalog, FlowDefinition, flows_from_toml
-from journeys.flows.engine import FlowEngine, FlowState, FlowStep
+from journeys.flows.engine import CustomerMemory, CustomerStep, FlowEngine, FlowState, FlowStep
 from journeys.flows.inputs import FlowInput, TrackedInput
 from streams.outreach.flows import FlowRunner
 from streams.outreach.store import OutreachStore
@@ -115,46 +118,90 @@ def synthetic_inputs(events: int, customers: int, seed: int = 7) -> list[tuple[s
 def run_engine(flows: list[FlowDefinition], inputs: list[tuple[str, FlowInput]]) -> dict[str, Any]:
     """The inputs through the engine as the live runner takes them; counts of the work.
 
-    Each event is observed by the flows that want it (a state write), then the timer
-    advances every state whose wake-up time has come to the event's instant (a write
-    each); at the end every state is advanced 60 days on. ``digest`` hashes the ids of
-    all facts decided: equal digests, equal decisions.
+    Each event is observed by the flows that want it, the flows that keep facts sharing
+    one memory per customer (``observe_customer``: the event kept there, one row), then
+    the timer advances every state (or memory: the customer's sharing flows together)
+    whose wake-up time has come to the event's instant; each row is serialised (orjson,
+    as the store writes it) and counted as a write when it changed. At the end every
+    state is advanced 60 days on. ``digest`` hashes the ids of all facts decided: equal
+    digests, equal decisions.
     """
     engine = FlowEngine(FlowCatalog.of(flows))
     flow_ids = engine.catalog.flow_ids()
+    shared = [flow_id for flow_id in flow_ids if engine.shares_memory(flow_id)]
+    alone = [flow_id for flow_id in flow_ids if flow_id not in shared]
     states: dict[tuple[str, str], FlowState] = {}
-    due: list[tuple[int, str, str]] = []  # (wake, customer, flow): the timer's index
+    memories: dict[str, CustomerMemory] = {}
+    rows: dict[tuple[str, str], bytes] = {}  # as written last
+    due: list[tuple[int, str, str]] = []  # (wake, customer, flow or ""): the timer's index
     writes = 0
     fact_ids: list[str] = []
 
-    def written(step: FlowStep) -> None:
+    def row(key: str, name: str, data: dict[str, Any], wake: int | None) -> None:
         nonlocal writes
-        step.state.to_dict()  # the runner's state row
-        writes += 1
+        text = orjson.dumps(data)
+        if rows.get((key, name)) != text:
+            rows[(key, name)] = text
+            writes += 1
+        if wake is not None:
+            heapq.heappush(due, (wake, key, name))
+
+    def sharing(key: str) -> dict[str, FlowState]:
+        return {flow_id: state_of(key, flow_id) for flow_id in shared}
+
+    def state_of(key: str, flow_id: str) -> FlowState:
+        state = states.get((key, flow_id))
+        if state is None:
+            state = states[(key, flow_id)] = FlowState(key, flow_id)
+        return state
+
+    def written(step: FlowStep) -> None:
         fact_ids.extend(fact.fact_id for fact in step.facts)
-        if step.wake_ms is not None:
-            heapq.heappush(due, (step.wake_ms, step.state.customer_key, step.state.flow_id))
+        state = step.state
+        row(state.customer_key, state.flow_id, state.to_dict(), step.wake_ms)
+
+    def written_customer(key: str, step: CustomerStep) -> None:
+        fact_ids.extend(fact.fact_id for fact in step.facts)
+        row(key, "", memories[key].to_dict(), step.wake_ms)
+        for state in step.states:
+            row(key, state.flow_id, state.to_dict(), engine.wake(state))
 
     def tick(now_ms: int) -> None:
+        together: dict[str, None] = {}  # customers whose sharing flows advance as one
         while due and due[0][0] <= now_ms:
-            wake, key, flow_id = heapq.heappop(due)
-            state = states[(key, flow_id)]
-            if engine.wake(state) == wake:  # else moved since: another entry stands
-                written(engine.advance(state, now_ms, now_ms))
+            wake, key, name = heapq.heappop(due)
+            if name in alone:
+                state = states[(key, name)]
+                if engine.wake(state) == wake:  # else moved since: another entry stands
+                    written(engine.advance(state, now_ms, now_ms))
+            elif key not in together and wake in (
+                _wake_of(memories[key]),
+                *(engine.wake(state) for state in sharing(key).values()),
+            ):
+                together[key] = None
+        for key in together:
+            written_customer(
+                key, engine.advance_customer(memories[key], sharing(key), now_ms, now_ms)
+            )
 
     for key, item in inputs:
-        for flow_id in flow_ids:
-            if not engine.wants(flow_id, item):
-                continue
-            state = states.get((key, flow_id))
-            if state is None:
-                state = states[(key, flow_id)] = FlowState(key, flow_id)
-            written(engine.observe(state, item, item.at_ms))
+        for flow_id in alone:
+            if engine.wants(flow_id, item):
+                written(engine.observe(state_of(key, flow_id), item, item.at_ms))
+        if shared:
+            memory = memories.setdefault(key, CustomerMemory(key))
+            written_customer(
+                key, engine.observe_customer(memory, partial(sharing, key), item, item.at_ms)
+            )
         tick(item.at_ms)
     if inputs:
         tick(inputs[-1][1].at_ms + 60 * 86_400_000)
     digest = hashlib.sha256("\n".join(sorted(fact_ids)).encode()).hexdigest()[:16]
     return {"state_writes": writes, "facts": len(fact_ids), "digest": digest}
+
+
+def _wake_of(memory: CustomerMemory) -> int | None:
+    return memory.pending[0]["at_ms"] if memory.pending else None
 
 
 def _no_targets(
