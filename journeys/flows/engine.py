@@ -198,7 +198,11 @@ def join_memory(
     flow with its own clock, inputs kept, ids and facts): the most advanced state's clock,
     ids and facts become the memory's; each state keeps, as its own, only the inputs the
     memory does not hold (taken by that flow alone, its facts folded already)."""
-    own = [s for s in states.values() if s.clock_ms is not None or s.facts is not None]
+    own = [
+        s
+        for s in states.values()
+        if s.clock_ms is not None or s.facts is not None or s.pending or s.seen
+    ]
     if memory is None:
         memory = CustomerMemory(customer_key)
         if own:
