@@ -11,11 +11,14 @@ the rows end in the new shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from events import TrackedEvent
 from journeys.flows.backtest import run_history
 from journeys.flows.definitions import FlowCatalog
 from journeys.flows.engine import FlowEngine
@@ -28,10 +31,13 @@ from tests.integration.test_rules_as_flows_live import (
     GRACE_MS,
     TICK_MS,
     _switched_on,
-    _targets,
 )
 
 pytestmark = pytest.mark.integration
+
+
+def _targets(rule: str, channels: Sequence[str], message: dict[str, Any]) -> list[Any]:
+    return [("ep1", "webhook", "pending")] if "webhook" in channels else [("email", "email", "x")]
 
 
 def _rewrite_as_before(store: OutreachStore) -> int:
@@ -57,7 +63,7 @@ def test_flow_states_stored_per_flow_are_carried_into_the_shared_memory(
     now, position = to_ms(T0) - 60_000, 0
     end = to_ms(T0) + 14 * 86_400_000
 
-    def deliver(runner: FlowRunner, events: list) -> None:  # type: ignore[type-arg]
+    def deliver(runner: FlowRunner, events: list[TrackedEvent]) -> None:
         nonlocal now, position
         for event in events:
             arrives = to_ms(event.timestamp) + 2_000
