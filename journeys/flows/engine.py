@@ -27,9 +27,12 @@ The clock (the rules of journeys/triggers.py):
   (``expired``): a replay never sends.
 
 Date anchors (``date_entry`` nodes, journeys/flows/anchors.py): a flow with
-one keeps the customer's facts in its state (the fold of journeys/triggers.py
-``CustomerFacts``: cart lines, orders, tickets, birthday, last activity, stage)
-and plans each anchor's entry instant after every input (``anchors``); the
+one reads the customer's facts (the fold of journeys/triggers.py
+``CustomerFacts``: cart lines, orders, tickets, birthday, last activity, stage),
+kept once per customer in a :class:`CustomerMemory` shared by every such flow
+(``observe_customer`` / ``advance_customer``; a standalone state is its own
+memory), and plans each anchor's entry instant after an input that moved what
+the anchor reads (``anchors``); the
 instant is taken in event time like a deadline, and the run enters there.
 Each anchor is entered once (``anchored``); an exit event stamped after the
 anchor cancels it (the rules' exit); an anchor started by a historical input
@@ -132,7 +135,8 @@ class FlowState:
     last_entered_ms: int | None = None
     sends: dict[str, list[int]] = field(default_factory=dict)  # channel → send instants
     run: Run | None = None
-    # Kept only by flows with date anchors or templates reading ``data``: CustomerFacts.
+    # Standalone (its own memory), a flow with date anchors or templates reading ``data``
+    # keeps CustomerFacts here; sharing a CustomerMemory, these four fields stay empty.
     facts: dict[str, Any] | None = None
     anchors: dict[str, list[int]] = field(default_factory=dict)  # node → [anchor, due] planned
     # node → [[anchor, due, outcome]]: anchors entered (or settled) already
@@ -193,7 +197,7 @@ _MEMORY_FIELDS = tuple(CustomerMemory.__dataclass_fields__)
 
 def join_memory(
     memory: CustomerMemory | None, customer_key: str, states: Mapping[str, FlowState]
-) -> CustomerMemory:
+) -> tuple[CustomerMemory, list[FlowState]]:
     """The customer's shared memory, carrying forward flow states stored before it (each
     flow with its own clock, inputs kept, ids and facts): the most advanced state's clock,
     ids and facts become the memory's; each state keeps, as its own, only the inputs the
@@ -214,7 +218,7 @@ def join_memory(
     for state in own:
         state.pending = [p for p in state.pending if p["_key"] not in kept]
         state.clock_ms, state.facts, state.seen = None, None, []
-    return memory
+    return memory, own  # the states changed: to be saved with the memory
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -231,29 +231,27 @@ class FlowRunner:
         engine, paused = self._current
         held = [f for f in shared if f in paused]
         customers = self._customers(dict.fromkeys(key for key, _ in items), shared)
-        touched: dict[str, dict[str, FlowState]] = {}
+        changed = {key: {s.flow_id: s for s in joined} for key, (_, _, joined) in customers.items()}
         for key, item in items:
-            memory, states = customers[key]
+            memory, states, _ = customers[key]
             step = engine.observe_customer(memory, states, item, now_ms, paused=held)
-            if step.states:
-                touched[key] = states
+            changed[key].update((s.flow_id, s) for s in step.states)
             self._collect_all(write, step.facts, states, now_ms)
             for flow_id in held:
                 if not states[flow_id].inside:
                     refused = _entry_refused(engine, flow_id, key, item)
                     if refused is not None:
                         write.facts.append(refused.to_dict())
-        for key, (memory, states) in customers.items():
+        for key, (memory, _, _) in customers.items():
             write.states.append(self._memory_row(memory, partition))
-            if key in touched:
-                self._shared_rows(write, states, partition)
+            self._shared_rows(write, changed[key].values(), partition)
 
     def _customers(
         self, keys: Sequence[str] | Mapping[str, None], shared: Sequence[str]
-    ) -> dict[str, tuple[CustomerMemory, dict[str, FlowState]]]:
+    ) -> dict[str, tuple[CustomerMemory, dict[str, FlowState], list[FlowState]]]:
         """Each customer's memory and states in the flows sharing it (read from the store,
         or its memory of what it wrote), flow states stored before the memory carried
-        forward into it (join_memory)."""
+        forward into it (join_memory: those states are to be saved, as changed)."""
         stored = self.store.flow_states_of(keys, (SHARED_MEMORY, *shared))
         found = {}
         for key in keys:
@@ -264,8 +262,10 @@ class FlowRunner:
                 for flow_id in shared
             }
             row = stored.get((key, SHARED_MEMORY))
-            memory = join_memory(CustomerMemory.from_dict(row) if row else None, key, states)
-            found[key] = (memory, states)
+            memory, joined = join_memory(
+                CustomerMemory.from_dict(row) if row else None, key, states
+            )
+            found[key] = (memory, states, joined)
         return found
 
     def advance_due(self, ready: Sequence[int], now_ms: int) -> FlowWrite:
@@ -284,17 +284,17 @@ class FlowRunner:
             write.states.append(self._row(state, partition, engine))
         if together:
             held = [f for f in shared if f in paused]
-            for key, (memory, states) in self._customers(list(together), shared).items():
+            for key, (memory, states, joined) in self._customers(list(together), shared).items():
                 step = engine.advance_customer(memory, states, now_ms, now_ms, paused=held)
                 self._collect_all(write, step.facts, states, now_ms)
                 write.states.append(self._memory_row(memory, together[key]))
-                self._shared_rows(write, states, together[key])
+                saved = {s.flow_id: s for s in (*joined, *step.states)}
+                self._shared_rows(write, saved.values(), together[key])
         return write
 
-    def _shared_rows(
-        self, write: FlowWrite, states: Mapping[str, FlowState], partition: int
-    ) -> None:
-        for state in states.values():
+    def _shared_rows(self, write: FlowWrite, states: Iterable[FlowState], partition: int) -> None:
+        """The rows of the states a call changed (the others are as stored)."""
+        for state in states:
             if state.to_dict() != FlowState(state.customer_key, state.flow_id).to_dict():
                 write.states.append(self._row(state, partition, self.engine))
             # else: nothing known in this flow yet; no row (a row once written is kept)
