@@ -7,9 +7,10 @@ Generates ``N`` synthetic storefront events of ``C`` customers (seeded: identify
 with a birthday and a time zone, page views, carts, orders, tickets), in event
 time, and feeds them to :class:`journeys.flows.engine.FlowEngine` as the live
 runner does (streams/outreach/flows.py): each event to every flow that
-``wants`` it, observed, then the state advanced to the event's instant (the
-timer loop's step), and each state touched written out (``to_dict``, the
-runner's state row). Timed each ``R`` times, alternating the two set-ups
+``wants`` it, observed (the flows keeping facts through the customer's shared
+memory), then the states due advanced to the event's instant (the timer loop's
+step), and each row serialised, counted as a write when it changed (the store
+skips the rest). Timed each ``R`` times, alternating the two set-ups
 (medians of wall time and of the process's CPU time, which a loaded shared
 machine disturbs less):
 
@@ -39,17 +40,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from journeys.flows.definitions import FlowCatalog, FlowDefinition, flows_from_toml
-from journeys.flows.engine import FlowEngine, FlowState, FlowStep
+from journeys.flows.engine import CustomerMemory, CustomerStep, FlowEngine, FlowState, FlowStep
 from journeys.flows.inputs import FlowInput, TrackedInput
 from streams.outreach.flows import FlowRunner
-from streams.outreach.store import OutreachStore
+from streams.outreach.store import FlowWrite, OutreachStore
 
 START_MS = 1_790_000_000_000  # 2026-09-21
 _ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC")
@@ -115,46 +119,90 @@ def synthetic_inputs(events: int, customers: int, seed: int = 7) -> list[tuple[s
 def run_engine(flows: list[FlowDefinition], inputs: list[tuple[str, FlowInput]]) -> dict[str, Any]:
     """The inputs through the engine as the live runner takes them; counts of the work.
 
-    Each event is observed by the flows that want it (a state write), then the timer
-    advances every state whose wake-up time has come to the event's instant (a write
-    each); at the end every state is advanced 60 days on. ``digest`` hashes the ids of
-    all facts decided: equal digests, equal decisions.
+    Each event is observed by the flows that want it, the flows that keep facts sharing
+    one memory per customer (``observe_customer``: the event kept there, one row), then
+    the timer advances every state (or memory: the customer's sharing flows together)
+    whose wake-up time has come to the event's instant; each row is serialised (orjson,
+    as the store writes it) and counted as a write when it changed. At the end every
+    state is advanced 60 days on. ``digest`` hashes the ids of all facts decided: equal
+    digests, equal decisions.
     """
     engine = FlowEngine(FlowCatalog.of(flows))
     flow_ids = engine.catalog.flow_ids()
+    shared = [flow_id for flow_id in flow_ids if engine.shares_memory(flow_id)]
+    alone = [flow_id for flow_id in flow_ids if flow_id not in shared]
     states: dict[tuple[str, str], FlowState] = {}
-    due: list[tuple[int, str, str]] = []  # (wake, customer, flow): the timer's index
+    memories: dict[str, CustomerMemory] = {}
+    rows: dict[tuple[str, str], bytes] = {}  # as written last
+    due: list[tuple[int, str, str]] = []  # (wake, customer, flow or ""): the timer's index
     writes = 0
     fact_ids: list[str] = []
 
-    def written(step: FlowStep) -> None:
+    def row(key: str, name: str, data: dict[str, Any], wake: int | None) -> None:
         nonlocal writes
-        step.state.to_dict()  # the runner's state row
-        writes += 1
+        text = orjson.dumps(data)
+        if rows.get((key, name)) != text:
+            rows[(key, name)] = text
+            writes += 1
+        if wake is not None:
+            heapq.heappush(due, (wake, key, name))
+
+    def sharing(key: str) -> dict[str, FlowState]:
+        return {flow_id: state_of(key, flow_id) for flow_id in shared}
+
+    def state_of(key: str, flow_id: str) -> FlowState:
+        state = states.get((key, flow_id))
+        if state is None:
+            state = states[(key, flow_id)] = FlowState(key, flow_id)
+        return state
+
+    def written(step: FlowStep) -> None:
         fact_ids.extend(fact.fact_id for fact in step.facts)
-        if step.wake_ms is not None:
-            heapq.heappush(due, (step.wake_ms, step.state.customer_key, step.state.flow_id))
+        state = step.state
+        row(state.customer_key, state.flow_id, state.to_dict(), step.wake_ms)
+
+    def written_customer(key: str, step: CustomerStep) -> None:
+        fact_ids.extend(fact.fact_id for fact in step.facts)
+        row(key, "", memories[key].to_dict(), step.wake_ms)
+        for state in step.states:
+            row(key, state.flow_id, state.to_dict(), engine.wake(state))
 
     def tick(now_ms: int) -> None:
+        together: dict[str, None] = {}  # customers whose sharing flows advance as one
         while due and due[0][0] <= now_ms:
-            wake, key, flow_id = heapq.heappop(due)
-            state = states[(key, flow_id)]
-            if engine.wake(state) == wake:  # else moved since: another entry stands
-                written(engine.advance(state, now_ms, now_ms))
+            wake, key, name = heapq.heappop(due)
+            if name in alone:
+                state = states[(key, name)]
+                if engine.wake(state) == wake:  # else moved since: another entry stands
+                    written(engine.advance(state, now_ms, now_ms))
+            elif key not in together and wake in (
+                _wake_of(memories[key]),
+                *(engine.wake(state) for state in sharing(key).values()),
+            ):
+                together[key] = None
+        for key in together:
+            written_customer(
+                key, engine.advance_customer(memories[key], sharing(key), now_ms, now_ms)
+            )
 
     for key, item in inputs:
-        for flow_id in flow_ids:
-            if not engine.wants(flow_id, item):
-                continue
-            state = states.get((key, flow_id))
-            if state is None:
-                state = states[(key, flow_id)] = FlowState(key, flow_id)
-            written(engine.observe(state, item, item.at_ms))
+        for flow_id in alone:
+            if engine.wants(flow_id, item):
+                written(engine.observe(state_of(key, flow_id), item, item.at_ms))
+        if shared:
+            memory = memories.setdefault(key, CustomerMemory(key))
+            written_customer(
+                key, engine.observe_customer(memory, partial(sharing, key), item, item.at_ms)
+            )
         tick(item.at_ms)
     if inputs:
         tick(inputs[-1][1].at_ms + 60 * 86_400_000)
     digest = hashlib.sha256("\n".join(sorted(fact_ids)).encode()).hexdigest()[:16]
     return {"state_writes": writes, "facts": len(fact_ids), "digest": digest}
+
+
+def _wake_of(memory: CustomerMemory) -> int | None:
+    return memory.pending[0]["at_ms"] if memory.pending else None
 
 
 def _no_targets(
@@ -171,22 +219,34 @@ def run_live(
     by the timer's tick at the batch's last instant; at the end 60 days of ticks."""
     store = OutreachStore(sqlite_path=folder / "events.sqlite")
     runner = FlowRunner(store, flows, _no_targets, None)
+    last: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def changed(write: FlowWrite) -> int:
+        """Rows the store writes: those unlike the one it committed last (it skips the rest)."""
+        count = 0
+        for key, flow_id, _, state, wake in write.states:
+            row = (orjson.dumps(state), wake)
+            if last.get((key, flow_id)) != row:
+                last[(key, flow_id)] = row
+                count += 1
+        return count
+
     rows = 0
     now = START_MS
     for position, first in enumerate(range(0, len(inputs), batch), start=1):
         chunk = inputs[first : first + batch]
         now = chunk[-1][1].at_ms + 2_000
         write = runner.observe(0, chunk, now)
-        rows += len(write.states)
+        rows += changed(write)
         store.save_batch([], "events#0", position, write)
         due = runner.advance_due([0], now)
-        rows += len(due.states)
+        rows += changed(due)
         store.save_flows(due)
     end = now + 60 * 86_400_000
     while now < end:
         now += 86_400_000
         due = runner.advance_due([0], now)
-        rows += len(due.states)
+        rows += changed(due)
         store.save_flows(due)
     store.close()
     return {"state_writes": rows}

@@ -25,7 +25,7 @@ history) is never entered again. One registered class per kind
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
@@ -55,6 +55,11 @@ class Anchor(Protocol):
 
         ``entered_ms``: the entry instants of this node's anchors entered (or settled) before.
         """
+        ...
+
+    def reads(self, facts: CustomerFacts) -> Hashable:
+        """What of the facts ``due`` reads: the anchor is planned again only when it
+        changed (journeys/flows/engine.py)."""
         ...
 
     def describe(self) -> str: ...
@@ -93,6 +98,9 @@ class LastOrderAnchor:
         last = facts.last_order_at()
         return None if last is None else (to_ms(last), to_ms(last) + self.after_ms)
 
+    def reads(self, facts: CustomerFacts) -> Hashable:
+        return tuple(order["at"] for order in facts.orders)
+
     def describe(self) -> str:
         return f"{self.after_ms // 1000} s after the last order"
 
@@ -114,6 +122,9 @@ class EventAnchor:
     def due(self, facts: CustomerFacts, entered_ms: list[int]) -> tuple[int, int] | None:
         last = _ms(facts.last_by_name.get(self.event))
         return None if last is None else (last, last + self.after_ms)
+
+    def reads(self, facts: CustomerFacts) -> Hashable:
+        return facts.last_by_name.get(self.event)
 
     def describe(self) -> str:
         return f"{self.after_ms // 1000} s after the last {self.event!r}"
@@ -143,6 +154,9 @@ class PurchaseCycleAnchor:
             cycle.total_seconds() * 1000 * self.cycle_factor
         ) + self.after_ms
 
+    def reads(self, facts: CustomerFacts) -> Hashable:
+        return tuple(order["at"] for order in facts.orders)
+
     def describe(self) -> str:
         return f"one purchase cycle (x{self.cycle_factor:g}) after the last order"
 
@@ -166,6 +180,9 @@ class InactivityAnchor:
             return None
         last = _ms(facts.last_activity_at)
         return None if last is None else (last, last + self.after_ms)
+
+    def reads(self, facts: CustomerFacts) -> Hashable:
+        return (facts.stage, facts.last_activity_at)
 
     def describe(self) -> str:
         where = f" at stage {self.stage}" if self.stage else ""
@@ -201,6 +218,9 @@ class BirthdayAnchor:
                 return moment, moment
         return None
 
+    def reads(self, facts: CustomerFacts) -> Hashable:
+        return (facts.birthday, facts.birthday_known_at, facts.timezone)
+
     def describe(self) -> str:
         return f"the birthday at {self.at:%H:%M} local time"
 
@@ -220,6 +240,9 @@ class CartAnchor:
             return None
         last = _ms(facts.cart_activity_at) or 0
         return last, last + self.after_ms
+
+    def reads(self, facts: CustomerFacts) -> Hashable:
+        return (bool(facts.cart), facts.cart_activity_at, facts.cart_value)
 
     def describe(self) -> str:
         return f"{self.after_ms // 1000} s after the last cart activity"

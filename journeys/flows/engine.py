@@ -27,9 +27,12 @@ The clock (the rules of journeys/triggers.py):
   (``expired``): a replay never sends.
 
 Date anchors (``date_entry`` nodes, journeys/flows/anchors.py): a flow with
-one keeps the customer's facts in its state (the fold of journeys/triggers.py
-``CustomerFacts``: cart lines, orders, tickets, birthday, last activity, stage)
-and plans each anchor's entry instant after every input (``anchors``); the
+one reads the customer's facts (the fold of journeys/triggers.py
+``CustomerFacts``: cart lines, orders, tickets, birthday, last activity, stage),
+kept once per customer in a :class:`CustomerMemory` shared by every such flow
+(``observe_customer`` / ``advance_customer``; a standalone state is its own
+memory), and plans each anchor's entry instant after an input that moved what
+the anchor reads (``anchors``); the
 instant is taken in event time like a deadline, and the run enters there.
 Each anchor is entered once (``anchored``); an exit event stamped after the
 anchor cancels it (the rules' exit); an anchor started by a historical input
@@ -45,9 +48,10 @@ skipped with reason ``consent``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from bisect import insort
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -134,11 +138,15 @@ class FlowState:
     last_entered_ms: int | None = None
     sends: dict[str, list[int]] = field(default_factory=dict)  # channel → send instants
     run: Run | None = None
-    # Kept only by flows with date anchors or templates reading ``data``: CustomerFacts.
+    # Standalone (its own memory), a flow with date anchors or templates reading ``data``
+    # keeps CustomerFacts here; sharing a CustomerMemory, these four fields stay empty.
     facts: dict[str, Any] | None = None
     anchors: dict[str, list[int]] = field(default_factory=dict)  # node → [anchor, due] planned
     # node → [[anchor, due, outcome]]: anchors entered (or settled) already
     anchored: dict[str, list[list[Any]]] = field(default_factory=dict)
+    # The version of the flow in force the anchors were planned under (0: none in force);
+    # None: to be planned (a state saved before this was kept, a flow held by a pause).
+    planned_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow (the values are JSON data already; a saved row is serialised at once):
@@ -166,11 +174,71 @@ _STATE_FIELDS = tuple(FlowState.__dataclass_fields__)
 _RUN_FIELDS = tuple(Run.__dataclass_fields__)
 
 
+@dataclass
+class CustomerMemory:
+    """What the flows of one customer that keep facts share (``FlowEngine.observe_customer``):
+    one clock, the inputs kept for it, the ids taken and one facts fold (CustomerFacts), so
+    each event is folded once for all of them instead of once per flow (bench/flow_engine.py).
+    A standalone :class:`FlowState` carries the same four fields for itself."""
+
+    customer_key: str
+    clock_ms: int | None = None
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    facts: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _MEMORY_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CustomerMemory:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+_MEMORY_FIELDS = tuple(CustomerMemory.__dataclass_fields__)
+
+
+def join_memory(
+    memory: CustomerMemory | None, customer_key: str, states: Mapping[str, FlowState]
+) -> tuple[CustomerMemory, list[FlowState]]:
+    """The customer's shared memory, carrying forward flow states stored before it (each
+    flow with its own clock, inputs kept, ids and facts): the most advanced state's clock,
+    ids and facts become the memory's; each state keeps, as its own, only the inputs the
+    memory does not hold (taken by that flow alone, its facts folded already)."""
+    own = [
+        s
+        for s in states.values()
+        if s.clock_ms is not None or s.facts is not None or s.pending or s.seen
+    ]
+    if memory is None:
+        memory = CustomerMemory(customer_key)
+        if own:
+            ahead = max(own, key=lambda s: -1 if s.clock_ms is None else s.clock_ms)
+            memory.clock_ms, memory.facts = ahead.clock_ms, ahead.facts
+            memory.seen, memory.pending = list(ahead.seen), list(ahead.pending)
+            ahead.pending = []
+    kept = {p["_key"] for p in memory.pending}
+    for state in own:
+        state.pending = [p for p in state.pending if p["_key"] not in kept]
+        state.clock_ms, state.facts, state.seen = None, None, []
+    return memory, own  # the states changed: to be saved with the memory
+
+
 @dataclass(frozen=True)
 class FlowStep:
     """What one call decided: the state, when to advance it next, the facts."""
 
     state: FlowState
+    wake_ms: int | None
+    facts: list[FlowFact]
+
+
+@dataclass(frozen=True)
+class CustomerStep:
+    """What one call on a customer's shared flows decided: the flow states it ran (to be
+    saved), when to advance the memory next (an input kept), the facts."""
+
+    states: list[FlowState]
     wake_ms: int | None
     facts: list[FlowFact]
 
@@ -212,6 +280,7 @@ class FlowEngine:
         self._indexed: FlowCatalog | None = None
         self._by_event: dict[str, dict[str, list[EventTrigger]]] = {}
         self._kinds: dict[str, frozenset[str]] = {}
+        self._exits: dict[tuple[str, int], list[str]] = {}
 
     def _reads(self, flow_id: str) -> frozenset[str]:
         """Of ``stage`` and ``segment``, the inputs a version of the flow mentions."""
@@ -222,6 +291,7 @@ class FlowEngine:
         if self._indexed is not self.catalog:  # built for the catalog in force
             self._by_event = {}
             self._kinds = {}
+            self._exits = {}
             self._indexed = self.catalog
         found = self._by_event.get(flow_id)
         if found is None:
@@ -253,36 +323,66 @@ class FlowEngine:
         self, state: FlowState, item: FlowInput, wall_now_ms: int | None = None
     ) -> FlowStep:
         """Take an input: kept until the clock reaches it, or taken now if it is late."""
-        key = item.key
-        if key in state.seen or any(p.get("_key") == key for p in state.pending):
-            return FlowStep(state, self.wake(state), [])
-        if state.clock_ms is None or item.at_ms > state.clock_ms:
-            kept = {**item.to_dict(), "_key": key, "_rank": item.rank}
-            insort(state.pending, kept, key=_pending_order)
-            return FlowStep(state, self.wake(state), [])
-        turn = _Turn(self, state, wall_now_ms)
-        turn.take(item)
-        turn.run_until(state.clock_ms)
-        turn.finish()
-        return FlowStep(state, self.wake(state), turn.facts)
+        step = self.observe_customer(state, {state.flow_id: state}, item, wall_now_ms)
+        return FlowStep(state, self.wake(state), step.facts)
 
     def hold(self, state: FlowState, item: FlowInput) -> FlowStep:
         """Keep an input for later whatever its time (a paused flow: nothing is decided
         until it resumes, then in event time as :meth:`advance` takes it)."""
-        key = item.key
-        if key not in state.seen and not any(p.get("_key") == key for p in state.pending):
-            kept = {**item.to_dict(), "_key": key, "_rank": item.rank}
-            insort(state.pending, kept, key=_pending_order)
+        _keep(state, item)
         return FlowStep(state, self.wake(state), [])
 
     def advance(self, state: FlowState, until_ms: int, wall_now_ms: int | None = None) -> FlowStep:
         """Take every pending input and deadline up to ``until_ms``, in event time."""
-        turn = _Turn(self, state, wall_now_ms)
-        turn.replan()  # a flow given date anchors since the state was saved plans them now
-        turn.run_until(until_ms)
-        state.clock_ms = until_ms if state.clock_ms is None else max(state.clock_ms, until_ms)
-        turn.finish()
-        return FlowStep(state, self.wake(state), turn.facts)
+        step = self.advance_customer(state, {state.flow_id: state}, until_ms, wall_now_ms)
+        return FlowStep(state, self.wake(state), step.facts)
+
+    def shares_memory(self, flow_id: str) -> bool:
+        """Whether the flow keeps the customer's facts (date anchors, templates reading
+        ``data``): such flows share one :class:`CustomerMemory` per customer."""
+        versions = self.catalog.versions.get(flow_id, {})
+        return any(flow.enabled and flow.keeps_facts for flow in versions.values())
+
+    def observe_customer(
+        self,
+        memory: CustomerMemory | FlowState,
+        states: Mapping[str, FlowState] | Callable[[], Mapping[str, FlowState]],
+        item: FlowInput,
+        wall_now_ms: int | None = None,
+        paused: Collection[str] = (),
+    ) -> CustomerStep:
+        """An input into the customer's flows that share ``memory`` (or into one flow, its
+        state its own memory): kept until the clock reaches it (no flow state is read:
+        ``states`` may be a loader), or taken now, at its own time, if it is late."""
+        key = item.key
+        if key in memory.seen or any(p.get("_key") == key for p in memory.pending):
+            return CustomerStep([], _memory_wake(memory), [])
+        if memory.clock_ms is None or item.at_ms > memory.clock_ms:
+            _keep(memory, item)
+            return CustomerStep([], _memory_wake(memory), [])
+        customer = _Customer(
+            self, memory, states() if callable(states) else states, wall_now_ms, paused
+        )
+        customer.take(item)
+        customer.run_until(memory.clock_ms)
+        return customer.finish()
+
+    def advance_customer(
+        self,
+        memory: CustomerMemory | FlowState,
+        states: Mapping[str, FlowState],
+        until_ms: int,
+        wall_now_ms: int | None = None,
+        paused: Collection[str] = (),
+    ) -> CustomerStep:
+        """Take the memory's inputs kept and every flow's own inputs, deadlines and anchors
+        up to ``until_ms``, in event time (a paused flow's are left where they are)."""
+        customer = _Customer(self, memory, states, wall_now_ms, paused)
+        for turn in customer.turns:
+            turn.replan_if_moved()
+        customer.run_until(until_ms)
+        memory.clock_ms = until_ms if memory.clock_ms is None else max(memory.clock_ms, until_ms)
+        return customer.finish()
 
     def wants(self, flow_id: str, item: FlowInput) -> bool:
         """Whether ``item`` can matter to the flow: a trigger of one of its versions, or
@@ -311,14 +411,56 @@ class FlowEngine:
         ]
         return any(t.matches(item) for t in candidates)
 
+    def exit_names(self, flow: FlowDefinition) -> list[str]:
+        """The event names of the flow's exits (an exit after an anchor cancels it)."""
+        if self._indexed is not self.catalog:
+            self._event_triggers(flow.id)  # the indexes are rebuilt for the catalog in force
+        found = self._exits.get((flow.id, flow.version))
+        if found is None:
+            found = self._exits[(flow.id, flow.version)] = [
+                normalized_name(t.match.name)
+                for t in flow.exits
+                if isinstance(t, EventTrigger) and t.match.name
+            ]
+        return found
+
     @staticmethod
     def wake(state: FlowState) -> int | None:
-        """The next instant the state must be advanced to (an input kept, a deadline)."""
+        """The next instant the state must be advanced to (an input kept, a deadline, an
+        anchor; of a flow sharing a memory, its own: the memory's inputs wake the memory)."""
         times = [state.pending[0]["at_ms"]] if state.pending else []
         if state.run is not None and state.run.deadline_ms is not None:
             times.append(state.run.deadline_ms)
         times.extend(due for _, due in state.anchors.values())
         return min(times) if times else None
+
+
+def _keep(memory: CustomerMemory | FlowState, item: FlowInput) -> None:
+    key = item.key
+    if key not in memory.seen and not any(p.get("_key") == key for p in memory.pending):
+        insort(
+            memory.pending, {**item.to_dict(), "_key": key, "_rank": item.rank}, key=_pending_order
+        )
+
+
+def _plain(item: FlowInput) -> bool:
+    """An event that changes no flow's own memory (traits, zone, consent, stage, segments)."""
+    return (
+        isinstance(item, TrackedInput)
+        and not item.timezone
+        and item.type != "identify"
+        and item.name not in _CONSENT_EVENTS
+    )
+
+
+def _memory_wake(memory: CustomerMemory | FlowState) -> int | None:
+    return memory.pending[0]["at_ms"] if memory.pending else None
+
+
+def _taken(data: dict[str, Any]) -> FlowInput:
+    data.pop("_key", None)
+    data.pop("_rank", None)
+    return input_from_dict(data)
 
 
 def _keys(source: Any) -> set[str]:
@@ -350,23 +492,127 @@ def _pending_order(data: Mapping[str, Any]) -> tuple[int, int, str]:
     return (data["at_ms"], data["_rank"], data["_key"])
 
 
-class _Turn:
-    """One call's work on one state; implements the nodes' RunContext."""
+class _Customer:
+    """One call's work on a customer's flows that share a memory, in event time: each
+    input kept in the memory is folded into the facts once, then taken by every flow;
+    between two inputs each flow runs its own deadlines, anchors and inputs kept for it
+    alone. Flows affect each other only through the facts, which only inputs change, so
+    the flows' timed steps between two inputs may run flow by flow."""
 
-    def __init__(self, engine: FlowEngine, state: FlowState, wall_now_ms: int | None) -> None:
+    def __init__(
+        self,
+        engine: FlowEngine,
+        memory: CustomerMemory | FlowState,
+        states: Mapping[str, FlowState],
+        wall_now_ms: int | None,
+        paused: Collection[str],
+    ) -> None:
+        self.memory = memory
+        self._facts: CustomerFacts | None = None
+        every = [_Turn(engine, state, wall_now_ms, self) for state in states.values()]
+        # A paused flow inside keeps its inputs, undecided; one not inside takes them as
+        # history (what they say of the customer, never an entry).
+        self.turns = [t for t in every if not (t.state.flow_id in paused and t.state.inside)]
+        self.held = [t for t in every if t.state.flow_id in paused and t.state.inside]
+        self.paused = frozenset(paused)
+        self._folds = any(t.keeps_facts() is not None for t in every)
+
+    @property
+    def facts(self) -> list[FlowFact]:
+        return [fact for turn in self.turns for fact in turn.facts]
+
+    def customer_facts(self) -> CustomerFacts:
+        if self._facts is None:
+            known = self.memory.facts
+            self._facts = (
+                CustomerFacts.from_dict(known) if known else CustomerFacts(self.memory.customer_key)
+            )
+        return self._facts
+
+    def run_until(self, until_ms: int) -> None:
+        pending = self.memory.pending
+        for _ in range(_MAX_HOPS * 10):
+            next_input = pending[0]["at_ms"] if pending else None
+            if next_input is not None and next_input > until_ms:
+                next_input = None
+            # An input is taken before a deadline or anchor at its own instant.
+            limit = until_ms if next_input is None else next_input - 1
+            for turn in self.turns:
+                turn.run_until(limit)
+            if next_input is None:
+                return
+            self.take(_taken(pending.pop(0)))
+        raise AssertionError("a customer's flows did not settle")  # an engine bug, not input
+
+    def take(self, item: FlowInput) -> None:
+        seen = self.memory.seen
+        seen.append(item.key)
+        del seen[:-_SEEN]
+        historical = item.historical
+        if self._folds:
+            facts = self.customer_facts()
+            for turn in self.turns:
+                # What the stored anchors were planned from (every input plans again what
+                # it moved): after the fold, a flow whose anchors read nothing that
+                # changed is not planned again.
+                turn.note_plan_reads()
+            if isinstance(item, TrackedInput):
+                facts.observe(_Observed(item))
+                facts.recent_ids.clear()  # ``seen`` recognises copies
+            elif isinstance(item, StageInput):
+                # A stage reached on imported events is history, as the import itself.
+                historical = historical or facts.last_activity_historical
+                facts.observe_stage(item.stage, from_ms(item.at_ms))
+            elif isinstance(item, TraitsInput):
+                pass  # not activity: the facts do not move
+            elif item.segment.startswith(RFM_PREFIX) and item.entered:
+                facts.segment = item.segment.removeprefix(RFM_PREFIX)
+        for turn in self.held:
+            _keep(turn.state, item)
+            turn.state.planned_version = None  # its anchors are planned again on resume
+            turn.dirty = True
+        for turn in self.turns:
+            if turn.state.flow_id in self.paused:
+                turn.take(dataclasses.replace(item, historical=True), True)
+            else:
+                turn.take(item, historical)
+
+    def finish(self) -> CustomerStep:
+        """Write the facts back into the memory (when this call read them)."""
+        if self._facts is not None:
+            self.memory.facts = self._facts.to_dict()
+        return CustomerStep(
+            [t.state for t in self.turns if t.dirty] + [t.state for t in self.held if t.dirty],
+            _memory_wake(self.memory),
+            self.facts,
+        )
+
+
+class _Turn:
+    """One call's work on one flow's state; implements the nodes' RunContext."""
+
+    def __init__(
+        self, engine: FlowEngine, state: FlowState, wall_now_ms: int | None, customer: _Customer
+    ) -> None:
         self.engine = engine
         self.state = state
         self.wall_now_ms = wall_now_ms
         self.facts: list[FlowFact] = []
         self._view = _View(state)
-        self._customer: CustomerFacts | None = None
+        self._customer = customer
+        self._planned: tuple[Any, ...] | None = None  # what the anchors were planned from
+        self.dirty = False  # the state changed in this call (it is saved only then)
+        # A state that shares a memory keeps here only inputs of its own (held by a pause,
+        # or carried over by join_memory); a standalone state's inputs are its memory's.
+        self._own = customer.memory is not state
 
     # -- the loop ------------------------------------------------------------------------
 
     def run_until(self, until_ms: int) -> None:
+        """This flow's deadlines, anchors and own inputs up to ``until_ms``, in event time."""
         state = self.state
         for _ in range(_MAX_HOPS * 10):
-            next_input = state.pending[0]["at_ms"] if state.pending else None
+            next_input = state.pending[0]["at_ms"] if self._own and state.pending else None
             if next_input is not None and next_input > until_ms:
                 next_input = None
             run = state.run
@@ -380,23 +626,35 @@ class _Turn:
             timed = [t for t in (deadline, planned[0] if planned else None) if t is not None]
             if next_input is None and not timed:
                 return
+            self.dirty = True
             if next_input is not None and (not timed or next_input <= min(timed)):
-                data = state.pending.pop(0)
-                data.pop("_key", None)
-                data.pop("_rank", None)
-                self.take(input_from_dict(data))
+                self.take(_taken(state.pending.pop(0)), None)
             elif deadline is not None and (planned is None or deadline <= planned[0]):
                 self._deadline(deadline)
             elif planned is not None:
                 self._anchor_due(planned[1])
         raise AssertionError("a flow state did not settle")  # an engine bug, not input
 
-    def take(self, item: FlowInput) -> None:
+    def take(self, item: FlowInput, historical: bool | None) -> None:
+        """``historical``: whether anchors the input planned are history (the facts were
+        folded by the customer); None for an input of this flow alone (folded before)."""
         state = self.state
-        state.seen.append(item.key)
-        del state.seen[:-_SEEN]
+        facts, anchors, inside = len(self.facts), state.anchors, state.run is not None
+        self._take(item, historical)
+        if not self.dirty and (
+            inside
+            or state.run is not None
+            or len(self.facts) != facts
+            or state.anchors != anchors
+            or not _plain(item)
+        ):
+            self.dirty = True
+
+    def _take(self, item: FlowInput, historical: bool | None) -> None:
+        state = self.state
         self._fold(item)
-        self._fold_facts(item)
+        if historical is not None:
+            self._replan_after(historical)
         run = state.run
         if run is not None:
             flow = self.engine.catalog.definition(state.flow_id, run.version)
@@ -504,14 +762,9 @@ class _Turn:
     # -- date anchors ----------------------------------------------------------------------
 
     def _customer_facts(self) -> CustomerFacts:
-        if self._customer is None:
-            known = self.state.facts
-            self._customer = (
-                CustomerFacts.from_dict(known) if known else CustomerFacts(self.state.customer_key)
-            )
-        return self._customer
+        return self._customer.customer_facts()
 
-    def _keeps_facts(self) -> FlowDefinition | None:
+    def keeps_facts(self) -> FlowDefinition | None:
         flow = self.engine.catalog.current(self.state.flow_id)
         run = self.state.run
         if run is not None and (flow is None or flow.version != run.version):
@@ -520,29 +773,42 @@ class _Turn:
                 return inside
         return flow if flow is not None and flow.keeps_facts else None
 
-    def _fold_facts(self, item: FlowInput) -> None:
-        if self._keeps_facts() is None:
+    def _replan_after(self, historical: bool) -> None:
+        """The anchors again after an input moved the facts; those it planned are history
+        when it was."""
+        flow = self.keeps_facts()
+        if flow is None:
             return
-        facts = self._customer_facts()
+        current = self.engine.catalog.current(self.state.flow_id)
+        if self._planned is not None and self._planned == self._plan_reads(current):
+            return  # nothing an anchor (or an exit cancelling one) reads has changed
         before = set(self._planned_keys())
-        historical = item.historical
-        if isinstance(item, TrackedInput):
-            facts.observe(_Observed(item))
-            facts.recent_ids.clear()  # the state's ``seen`` recognises copies
-        elif isinstance(item, StageInput):
-            # A stage reached on imported events is history, as the import itself.
-            historical = historical or facts.last_activity_historical
-            facts.observe_stage(item.stage, from_ms(item.at_ms))
-        elif isinstance(item, TraitsInput):
-            return  # not activity: the facts do not move
-        elif item.segment.startswith(RFM_PREFIX) and item.entered:
-            facts.segment = item.segment.removeprefix(RFM_PREFIX)
         self.replan()
         if historical:
             for node, (anchor, due) in list(self.state.anchors.items()):
                 if (node, anchor) not in before:
                     self._settle(node, anchor, due, "historical")
             self.replan()
+
+    def note_plan_reads(self) -> None:
+        if self._planned is None and self.keeps_facts() is not None:
+            self._planned = self._plan_reads(self.engine.catalog.current(self.state.flow_id))
+
+    def _plan_reads(self, flow: FlowDefinition | None) -> tuple[Any, ...]:
+        """What :meth:`replan` reads: the flow, the facts its anchors and exits read, the
+        anchors settled last."""
+        if flow is None or not flow.enabled or not flow.date_entries:
+            return (flow,)
+        facts, anchored = self._customer_facts(), self.state.anchored
+        return (
+            flow,
+            [node.anchor.reads(facts) for node in flow.date_entries],
+            [facts.last_by_name.get(name) for name in self.engine.exit_names(flow)],
+            [
+                anchored[node.id][-1] if anchored.get(node.id) else None
+                for node in flow.date_entries
+            ],
+        )
 
     def _planned_keys(self) -> list[tuple[str, int]]:
         return [(node, anchor) for node, (anchor, _) in self.state.anchors.items()]
@@ -552,19 +818,28 @@ class _Turn:
         done.append([anchor, due, outcome])
         del done[:-_ANCHORED_PER_NODE]
 
+    def replan_if_moved(self) -> None:
+        """Plan the anchors when the flow in force is not the version they were planned
+        under (a flow given date anchors since the state was saved; a state saved before
+        the version was kept; a flow held by a pause). Otherwise the plan stands: only an
+        input moves the facts, and each input plans again what it moved."""
+        flow = self.engine.catalog.current(self.state.flow_id)
+        if self.state.planned_version != _plan_version(flow):
+            anchors = self.state.anchors
+            self.replan()
+            self.dirty = self.dirty or self.state.anchors != anchors
+
     def replan(self) -> None:
         """The entry instants of the current version's date anchors, from the facts."""
         state = self.state
         flow = self.engine.catalog.current(state.flow_id)
+        self._planned = self._plan_reads(flow)
+        state.planned_version = _plan_version(flow)
         if flow is None or not flow.enabled or not flow.date_entries:
             state.anchors = {}
             return
         facts = self._customer_facts()
-        exits = [
-            normalized_name(t.match.name)
-            for t in flow.exits
-            if isinstance(t, EventTrigger) and t.match.name
-        ]
+        exits = self.engine.exit_names(flow)
         planned: dict[str, list[int]] = {}
         for node in flow.date_entries:
             done = state.anchored.get(node.id, [])
@@ -587,11 +862,6 @@ class _Turn:
             inside = "inside the flow already" if state.run is not None else ""
             self._enter(flow, node, due, f"anchor:{node_id}:{anchor}", {}, refused=inside)
         self.replan()
-
-    def finish(self) -> None:
-        """Write the facts back into the state (when this turn read them)."""
-        if self._customer is not None:
-            self.state.facts = self._customer.to_dict()
 
     def payload(self) -> dict[str, Any]:
         """The customer's facts as the templates' ``data`` (the rules' payloads)."""
@@ -828,6 +1098,10 @@ class _Turn:
         sends.append(at_ms)
         del sends[:-_SENDS_PER_CHANNEL]
         return Go(node.next, at_ms, f"{node.id}: sent")
+
+
+def _plan_version(flow: FlowDefinition | None) -> int:
+    return 0 if flow is None or not flow.enabled else flow.version
 
 
 def _later(stamp: str | None, anchor_ms: int) -> bool:

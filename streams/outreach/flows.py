@@ -30,19 +30,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from journeys.flows.definitions import FlowCatalog, FlowDefinition, FlowError, parse_flow
-from journeys.flows.engine import FlowEngine, FlowState, FlowStep, render_message
-from journeys.flows.facts import Sent, Skipped
+from journeys.flows.engine import (
+    CustomerMemory,
+    FlowEngine,
+    FlowState,
+    FlowStep,
+    join_memory,
+    render_message,
+)
+from journeys.flows.facts import FlowFact, Sent, Skipped
 from journeys.flows.inputs import FlowInput, iso
 from journeys.flows.nodes import SendNode
 from journeys.flows.templates import RenderFailed
 from projections.flow_definition_store import FlowDefinitions, FlowsInForce
-from streams.outreach.store import FlowWrite, OutreachStore
+from streams.outreach.store import SHARED_MEMORY, FlowWrite, OutreachStore
 
 log = logging.getLogger(__name__)
 
@@ -177,47 +184,127 @@ class FlowRunner:
         """Inputs of one partition into the states of the flows they can matter to."""
         engine, paused = self._current
         flow_ids = engine.catalog.flow_ids()
+        shared = tuple(f for f in flow_ids if engine.shares_memory(f))
+        alone = [f for f in flow_ids if f not in shared]
         relevant = [
             (key, flow_id, item)
             for key, item in items
-            for flow_id in flow_ids
+            for flow_id in alone
             if engine.wants(flow_id, item)
         ]
-        if not relevant:
-            return FlowWrite()
-        stored = self.store.flow_states_of((key for key, _, _ in relevant), flow_ids)
-        states: dict[tuple[str, str], FlowState] = {}
         write = FlowWrite()
-        for key, flow_id, item in relevant:
-            state = states.get((key, flow_id))
-            if state is None:
-                found = stored.get((key, flow_id))
-                state = FlowState.from_dict(found) if found else FlowState(key, flow_id)
-                states[(key, flow_id)] = state
-            if flow_id not in paused:
-                self._collect(write, engine.observe(state, item, now_ms), now_ms)
-            elif state.inside:
-                engine.hold(state, item)  # decided on resume, in event time
-            else:
-                # No entry while paused; what it says of the customer is kept.
-                engine.observe(state, dataclasses.replace(item, historical=True), now_ms)
-                refused = _entry_refused(engine, flow_id, key, item)
-                if refused is not None:  # said once: the fact's id is the input's
-                    write.facts.append(refused.to_dict())
-        for state in states.values():
-            write.states.append(self._row(state, partition, engine))
+        if relevant:
+            stored = self.store.flow_states_of((key for key, _, _ in relevant), alone)
+            states: dict[tuple[str, str], FlowState] = {}
+            for key, flow_id, item in relevant:
+                state = states.get((key, flow_id))
+                if state is None:
+                    found = stored.get((key, flow_id))
+                    state = FlowState.from_dict(found) if found else FlowState(key, flow_id)
+                    states[(key, flow_id)] = state
+                if flow_id not in paused:
+                    self._collect(write, engine.observe(state, item, now_ms), now_ms)
+                elif state.inside:
+                    engine.hold(state, item)  # decided on resume, in event time
+                else:
+                    # No entry while paused; what it says of the customer is kept.
+                    engine.observe(state, dataclasses.replace(item, historical=True), now_ms)
+                    refused = _entry_refused(engine, flow_id, key, item)
+                    if refused is not None:  # said once: the fact's id is the input's
+                        write.facts.append(refused.to_dict())
+            for state in states.values():
+                write.states.append(self._row(state, partition, engine))
+        if shared and items:
+            self._observe_shared(write, partition, items, shared, now_ms)
         return write
+
+    def _observe_shared(
+        self,
+        write: FlowWrite,
+        partition: int,
+        items: Sequence[tuple[str, FlowInput]],
+        shared: Sequence[str],
+        now_ms: int,
+    ) -> None:
+        """Every input into the customer's memory shared by the flows that keep facts: kept
+        there (one row) until the timer advances it, or taken at once by the flows if late."""
+        engine, paused = self._current
+        held = [f for f in shared if f in paused]
+        customers = self._customers(dict.fromkeys(key for key, _ in items), shared)
+        changed = {key: {s.flow_id: s for s in joined} for key, (_, _, joined) in customers.items()}
+        for key, item in items:
+            memory, states, _ = customers[key]
+            step = engine.observe_customer(memory, states, item, now_ms, paused=held)
+            changed[key].update((s.flow_id, s) for s in step.states)
+            self._collect_all(write, step.facts, states, now_ms)
+            for flow_id in held:
+                if not states[flow_id].inside:
+                    refused = _entry_refused(engine, flow_id, key, item)
+                    if refused is not None:
+                        write.facts.append(refused.to_dict())
+        for key, (memory, _, _) in customers.items():
+            write.states.append(self._memory_row(memory, partition))
+            self._shared_rows(write, changed[key].values(), partition)
+
+    def _customers(
+        self, keys: Sequence[str] | Mapping[str, None], shared: Sequence[str]
+    ) -> dict[str, tuple[CustomerMemory, dict[str, FlowState], list[FlowState]]]:
+        """Each customer's memory and states in the flows sharing it (read from the store,
+        or its memory of what it wrote), flow states stored before the memory carried
+        forward into it (join_memory: those states are to be saved, as changed)."""
+        stored = self.store.flow_states_of(keys, (SHARED_MEMORY, *shared))
+        found = {}
+        for key in keys:
+            states = {
+                flow_id: FlowState.from_dict(stored[(key, flow_id)])
+                if (key, flow_id) in stored
+                else FlowState(key, flow_id)
+                for flow_id in shared
+            }
+            row = stored.get((key, SHARED_MEMORY))
+            memory, joined = join_memory(
+                CustomerMemory.from_dict(row) if row else None, key, states
+            )
+            found[key] = (memory, states, joined)
+        return found
 
     def advance_due(self, ready: Sequence[int], now_ms: int) -> FlowWrite:
         """States of ready partitions whose wake-up time has come, advanced to now."""
         write = FlowWrite()
         engine, paused = self._current
         due = self.store.due_flow_states(ready, now_ms / 1000, held=sorted(paused))
-        for _, _, partition, data in due:
+        shared = tuple(f for f in engine.catalog.flow_ids() if engine.shares_memory(f))
+        together: dict[str, int] = {}  # customer → partition: their shared flows advance as one
+        for key, flow_id, partition, data in due:
+            if flow_id == SHARED_MEMORY or flow_id in shared:
+                together.setdefault(key, partition)
+                continue
             state = FlowState.from_dict(data)
             self._collect(write, engine.advance(state, now_ms, now_ms), now_ms)
             write.states.append(self._row(state, partition, engine))
+        if together:
+            held = [f for f in shared if f in paused]
+            for key, (memory, states, joined) in self._customers(list(together), shared).items():
+                step = engine.advance_customer(memory, states, now_ms, now_ms, paused=held)
+                self._collect_all(write, step.facts, states, now_ms)
+                write.states.append(self._memory_row(memory, together[key]))
+                saved = {s.flow_id: s for s in (*joined, *step.states)}
+                self._shared_rows(write, saved.values(), together[key])
         return write
+
+    def _shared_rows(self, write: FlowWrite, states: Iterable[FlowState], partition: int) -> None:
+        """The rows of the states a call changed (the others are as stored)."""
+        for state in states:
+            if state.to_dict() != FlowState(state.customer_key, state.flow_id).to_dict():
+                write.states.append(self._row(state, partition, self.engine))
+            # else: nothing known in this flow yet; no row (a row once written is kept)
+
+    @staticmethod
+    def _memory_row(
+        memory: CustomerMemory, partition: int
+    ) -> tuple[str, str, int, dict[str, Any], float | None]:
+        wake = memory.pending[0]["at_ms"] / 1000 if memory.pending else None
+        return (memory.customer_key, SHARED_MEMORY, partition, memory.to_dict(), wake)
 
     @staticmethod
     def _row(
@@ -233,10 +320,19 @@ class FlowRunner:
         )
 
     def _collect(self, write: FlowWrite, step: FlowStep, now_ms: int) -> None:
-        for fact in step.facts:
+        self._collect_all(write, step.facts, {step.state.flow_id: step.state}, now_ms)
+
+    def _collect_all(
+        self,
+        write: FlowWrite,
+        facts: Sequence[FlowFact],
+        states: Mapping[str, FlowState],
+        now_ms: int,
+    ) -> None:
+        for fact in facts:
             write.facts.append(fact.to_dict())
             if isinstance(fact, Sent):
-                message = self.message(fact, step.state, now_ms)
+                message = self.message(fact, states[fact.flow_id], now_ms)
                 targets = self._targets(message["rule"], [fact.channel], message)
                 write.sends.append((message, targets))
 

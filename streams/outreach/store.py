@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +28,13 @@ from journeys.triggers import CustomerFacts, Timer, TriggerFired
 
 # Keys bound in one IN (...) query: below SQLite's oldest limit of 999 variables.
 _KEYS_PER_QUERY = 500
+# Flow state rows kept in memory per customer kept (a few flows each, on average).
+_FLOW_ROWS_PER_CUSTOMER = 4
 # Customers' facts kept in memory as this store last committed them (a few KB each).
 KEPT_FACTS = 10_000
+# The flow_states row of a customer's memory shared by the flows that keep facts
+# (journeys/flows/engine.py CustomerMemory): no flow has this id.
+SHARED_MEMORY = ""
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS trigger_positions (
@@ -151,6 +156,14 @@ class OutreachStore:
         self._kept_max = kept_facts
         # Saved in the open transaction, by customer: kept once it commits.
         self._saving: dict[str, tuple[CustomerFacts, int, tuple[Timer, ...]]] = {}
+        # Flow state rows as committed last ((customer, flow) → (partition, JSON text, wake),
+        # None: known absent), so a batch reads no row it wrote and an unchanged row is
+        # not written again; valid while this process owns the partitions (dropped with
+        # the facts, forget_kept_facts). The open transaction's rows wait in _saving_flows.
+        self._kept_flows: OrderedDict[tuple[str, str], tuple[int, str, float | None] | None] = (
+            OrderedDict()
+        )
+        self._saving_flows: dict[tuple[str, str], tuple[int, str, float | None]] = {}
         self._postgres = bool(postgres_dsn)
         if postgres_dsn:
             import psycopg
@@ -202,13 +215,16 @@ class OutreachStore:
                 yield
             except BaseException:
                 self._saving.clear()
+                self._saving_flows.clear()
                 self._exec("ROLLBACK")
                 raise
             try:
                 self._exec("COMMIT")
             finally:
                 saved, self._saving = self._saving, {}
+                flows, self._saving_flows = self._saving_flows, {}
             self._keep(saved.values())
+            self._keep_flows(flows)
 
     def _keep(self, saved: Iterable[tuple[CustomerFacts, int, tuple[Timer, ...]]]) -> None:
         if not self._kept_max:
@@ -224,12 +240,23 @@ class OutreachStore:
             while len(memory) > self._kept_max:
                 memory.popitem(last=False)
 
+    def _keep_flows(self, rows: Mapping[tuple[str, str], tuple[int, str, float | None]]) -> None:
+        if not self._kept_max:
+            return
+        kept = self._kept_flows
+        for key, row in rows.items():
+            kept[key] = row
+            kept.move_to_end(key)
+        while len(kept) > self._kept_max * _FLOW_ROWS_PER_CUSTOMER:
+            kept.popitem(last=False)
+
     def forget_kept_facts(self) -> None:
-        """Drop the facts kept in memory: another process may have written them since
-        (a rebalance gave their partitions to another worker for a while)."""
+        """Drop the facts (and flow states) kept in memory: another process may have
+        written them since (a rebalance gave their partitions to another worker)."""
         with self._lock:
             self._kept.clear()
             self._kept_timers.clear()
+            self._kept_flows.clear()
 
     def forget_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
         """Delete everything held about ``customer_keys`` (an erasure): their facts,
@@ -264,6 +291,9 @@ class OutreachStore:
             for key in keys:
                 self._kept.pop(key, None)
                 self._kept_timers.pop(key, None)
+            gone = set(keys)
+            for row_key in [k for k in self._kept_flows if k[0] in gone]:
+                del self._kept_flows[row_key]
                 self._saving.pop(key, None)
         return deleted
 
@@ -397,15 +427,19 @@ class OutreachStore:
 
     def _save_flows(self, flows: FlowWrite) -> None:
         now = time.time()
+        changed = []
+        for key, flow_id, partition, state, wake in flows.states:
+            row = (partition, orjson.dumps(state).decode(), wake)
+            if self._kept_flows.get((key, flow_id)) == row:
+                continue  # as committed already: nothing to write
+            self._saving_flows[(key, flow_id)] = row
+            changed.append((key, flow_id, *row))
         self._exec_many(
             "INSERT INTO flow_states (customer_key, flow_id, partition_no, state, wake_ts) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_key, flow_id) DO UPDATE SET "
             "partition_no = excluded.partition_no, state = excluded.state, "
             "wake_ts = excluded.wake_ts",
-            [
-                (key, flow_id, partition, orjson.dumps(state).decode(), wake)
-                for key, flow_id, partition, state, wake in flows.states
-            ],
+            changed,
         )
         self._exec_many(
             "INSERT INTO flow_facts (fact_id, customer_key, flow_id, run_id, fact_type, at_ms, "
@@ -450,22 +484,42 @@ class OutreachStore:
     def flow_states_of(
         self, customer_keys: Iterable[str], flow_ids: Sequence[str]
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        """Stored flow states of these customers in these flows, by (customer, flow)."""
+        """Stored flow states of these customers in these flows (``SHARED_MEMORY``: their
+        shared memory), by (customer, flow); from memory when this store wrote them."""
         found: dict[tuple[str, str], dict[str, Any]] = {}
-        keys = list(dict.fromkeys(customer_keys))
         if not flow_ids:
             return found
-        flow_marks = ", ".join("?" for _ in flow_ids)
-        for first in range(0, len(keys), _KEYS_PER_QUERY):
-            chunk = keys[first : first + _KEYS_PER_QUERY]
-            marks = ", ".join("?" for _ in chunk)
-            rows = self._rows(
-                "SELECT customer_key, flow_id, state FROM flow_states "
-                f"WHERE customer_key IN ({marks}) AND flow_id IN ({flow_marks})",
-                (*chunk, *flow_ids),
-            )
-            for key, flow_id, text in rows:
-                found[(key, flow_id)] = orjson.loads(text)
+        keys = []
+        with self._lock:
+            kept = self._kept_flows
+            for key in dict.fromkeys(customer_keys):
+                if any((key, flow_id) not in kept for flow_id in flow_ids):
+                    keys.append(key)  # not all known here: read from the store
+                    continue
+                for flow_id in flow_ids:
+                    known = kept[(key, flow_id)]
+                    if known is not None:
+                        found[(key, flow_id)] = orjson.loads(known[1])
+            flow_marks = ", ".join("?" for _ in flow_ids)
+            for first in range(0, len(keys), _KEYS_PER_QUERY):
+                chunk = keys[first : first + _KEYS_PER_QUERY]
+                marks = ", ".join("?" for _ in chunk)
+                stored_rows = self._rows(
+                    "SELECT customer_key, flow_id, partition_no, state, wake_ts FROM flow_states "
+                    f"WHERE customer_key IN ({marks}) AND flow_id IN ({flow_marks})",
+                    (*chunk, *flow_ids),
+                )
+                read = {
+                    (key, flow_id): (int(part), text, wake)
+                    for key, flow_id, part, text, wake in stored_rows
+                }
+                for key in chunk:
+                    for flow_id in flow_ids:
+                        row = read.get((key, flow_id))
+                        if row is not None:
+                            found[(key, flow_id)] = orjson.loads(row[1])
+                        if self._kept_max and not self._saving_flows:
+                            kept[(key, flow_id)] = row  # as stored (None: absent)
         return found
 
     def due_flow_states(
@@ -514,8 +568,8 @@ class OutreachStore:
         """A customer's stored flow states."""
         rows = self._rows(
             "SELECT flow_id, state, wake_ts FROM flow_states WHERE customer_key = ? "
-            "ORDER BY flow_id",
-            (customer_key,),
+            "AND flow_id <> ? ORDER BY flow_id",
+            (customer_key, SHARED_MEMORY),
         )
         return [
             {"flow_id": flow_id, "state": orjson.loads(text), "wake_ts": wake}
