@@ -104,6 +104,16 @@ class OutreachAdmin:
         """Unsubscribe."""
         return self.store.remove_endpoint(endpoint_id)
 
+    def retired(self) -> str | None:
+        """On flows the rules engine is off: its rules and timers live in the flows."""
+        if self.settings.outreach_engine == "rules":
+            return None
+        return (
+            "outreach runs on flows (JOURNEYS_OUTREACH_ENGINE=flows): the rules became the "
+            "lifecycle flows; read and change them with GET|PUT /v1/flows/{id}, and a "
+            "customer's waits with GET /v1/customers/{id}/flows"
+        )
+
     def rules(self) -> list[dict[str, Any]]:
         """The rules in force, as data."""
         return [rule.to_dict() for rule in self.rules_in_force()]
