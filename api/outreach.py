@@ -85,9 +85,7 @@ def _gone(outreach: OutreachControl, path: str) -> JSONResponse | None:
     return problem(410, f"{path}: {successor}", [reason])
 
 
-_GONE: dict[int | str, dict[str, Any]] = {
-    410: {"description": "Outreach runs on flows: the rules' routes are retired"}
-}
+_GONE = error_responses(410)
 
 
 @router.get("/rules", summary="List the rules in force", responses=_GONE)
