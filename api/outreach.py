@@ -126,16 +126,15 @@ async def list_triggers(
     return {"triggers": found}
 
 
-@router.get("/timers", summary="Running timers", responses=_GONE)
+@router.get("/timers", summary="Running timers")
 async def list_timers(
     outreach: Outreach,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     customer_id: Annotated[str | None, Query(max_length=255)] = None,
-) -> Any:
-    """The rules' clocks that are running, soonest first (410 on flows)."""
-    return _gone(outreach, "/v1/outreach/timers") or {
-        "timers": await asyncio.to_thread(outreach.timers, customer_id, limit)
-    }
+) -> dict[str, Any]:
+    """Clocks that are running, soonest first: on flows, each flow state waiting to be
+    advanced (``rule`` = ``flow:<id>``, ``fire_at`` its wake time)."""
+    return {"timers": await asyncio.to_thread(outreach.timers, customer_id, limit)}
 
 
 @router.post(

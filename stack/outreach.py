@@ -110,8 +110,8 @@ class OutreachAdmin:
             return None
         return (
             "outreach runs on flows (JOURNEYS_OUTREACH_ENGINE=flows): the rules became the "
-            "lifecycle flows; read and change them with GET|PUT /v1/flows/{id}, and a "
-            "customer's waits with GET /v1/customers/{id}/flows"
+            "lifecycle flows; read and change them with GET|PUT /v1/flows/{id} (a "
+            "customer's waits: GET /v1/customers/{id}/flows)"
         )
 
     def rules(self) -> list[dict[str, Any]]:
@@ -129,7 +129,9 @@ class OutreachAdmin:
         return self.store.recent_triggers(limit, customer_id)
 
     def timers(self, customer_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """Running timers."""
+        """Running timers: the rules', or on flows the flows' states waiting to wake."""
+        if self.settings.outreach_engine == "flows":
+            return self.store.flow_waits(customer_id, limit)
         return self.store.timers(customer_id, limit)
 
     def redeliver(self, trigger_id: str) -> int | None:

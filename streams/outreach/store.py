@@ -497,6 +497,29 @@ class OutreachStore:
                     (done[0], done[1], time.time()),
                 )
 
+    def flow_waits(self, customer_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The flows' states waiting to be advanced (a wait, a send deferred, a date anchor
+        planned), soonest first, in the shape of the rules' timers."""
+        where, params = ("AND customer_key = ?", [customer_key]) if customer_key else ("", [])
+        rows = self._rows(
+            "SELECT customer_key, flow_id, wake_ts FROM flow_states "
+            f"WHERE wake_ts IS NOT NULL {where} ORDER BY wake_ts LIMIT ?",
+            (*params, limit),
+        )
+        waits = []
+        for key, flow_id, wake in rows:
+            at = datetime.fromtimestamp(float(wake), UTC).isoformat()
+            waits.append(
+                {
+                    "timer_id": f"flow:{flow_id}:{key}",
+                    "customer_id": key,
+                    "rule": f"flow:{flow_id}",
+                    "due_at": at,
+                    "fire_at": at,
+                }
+            )
+        return waits
+
     def drop_timers(self) -> int:
         """Delete every rule timer (the rules no longer run); how many there were."""
         with self.transaction():

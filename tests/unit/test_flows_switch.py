@@ -22,7 +22,7 @@ from journeys.triggers import CustomerFacts, TriggerEngine
 from stack.demo import RULES_FILE as DEMO_RULES
 from stack.flows import build_flow_definitions
 from stack.flows_switch import shipped_rules, switch_to_flows
-from stack.outreach import build_store
+from stack.outreach import OutreachAdmin, build_store
 from stack.settings import Settings
 from streams.outreach.flows import FlowRunner
 
@@ -112,6 +112,14 @@ def test_a_store_with_rule_history_is_carried_forward(tmp_path: Path) -> None:
     c3 = {row["flow_id"]: row["state"] for row in store.flow_states("c3")}
     assert c3["satisfaction_survey"]["anchored"]["due"][0][2] == "fired"
     c2_due = to_ms(T0 + timedelta(days=9))
+    # The rules' routes on flows: the rules retired naming the flows API, the timers the
+    # flows' states waiting (c2's review request wakes at its due time).
+    admin = OutreachAdmin(settings, store)
+    assert "/v1/flows" in (admin.retired() or "")
+    waits = {(t["customer_id"], t["rule"]): t["fire_at"] for t in admin.timers(None, 100)}
+    assert waits[("c2", "flow:review_request")] == (T0 + timedelta(days=9)).isoformat()
+    ruled = OutreachAdmin(settings.model_copy(update={"outreach_engine": "rules"}), store)
+    assert ruled.retired() is None
     due = runner.advance_due([0], c2_due)
     store.save_flows(due)
     assert sends(due) == [
