@@ -252,7 +252,7 @@ def lifecycle_flows(
 def seeded_state(flow: FlowDefinition, facts: CustomerFacts) -> FlowState:
     """A customer's first state for a lifecycle flow, carried forward from the rule's.
 
-    The store kept the rules' facts per customer (``customer_facts``: orders, tickets,
+    The store kept the rules' facts per customer (``trigger_customers``: orders, tickets,
     birthday, stage, segment…) and each rule's ended clocks (``settled``: anchor, due,
     outcome). The flow of the rule of the same id gets those facts as its own (so the
     orders before the switch count), each settled clock as an anchor entered already

@@ -167,11 +167,17 @@ def test_a_flow_changed_over_the_api_is_kept(tmp_path: Path) -> None:
 def test_the_rules_file_is_read_through_the_migration(tmp_path: Path) -> None:
     # The shipped abandoned-cart rule is the canonical flow: it migrates to nothing.
     assert "abandoned_cart" not in lifecycle_flows(shipped_rules(), shipped_rules())
-    settings = Settings(data_dir=tmp_path, trigger_rules_file=str(DEMO_RULES))
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        DEMO_RULES.read_text()
+        + '\n[[rule]]\nid = "abandoned_cart"\ntrigger = "abandoned_cart"\ndelay = "15s"\n'
+        + 'frequency_cap = "24h"\nexit = ["Order Completed"]\nchannels = ["webhook"]\n'
+    )
+    settings = Settings(data_dir=tmp_path, trigger_rules_file=str(rules))
     store, definitions = build_store(settings), build_flow_definitions(settings)
     report = switch_to_flows(settings, definitions, store)
-    # The demo's own 15 s cart rule was configured on purpose: it replaces the canonical
-    # flow; the lifecycle flows it has no rule for stay off.
+    # A cart rule of its own (15 s) was configured on purpose: it replaces the canonical
+    # flow; the lifecycle flows the file has no rule for stay off.
     assert sorted(report.switched_on) == [
         "abandoned_cart",
         "high_value_welcome",
