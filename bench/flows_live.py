@@ -421,7 +421,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     # In force: the canonical flow, the seven lifecycle flows (switched on at start from
     # the shipped rules) and the custom ones; with --engines, the rules instead of the
     # lifecycle flows in the first setup (the code before the switch).
-    flow_count = sum(1 for flow in flows_from_toml(with_flows) if flow.enabled) + 7
+    from journeys.flows.migration import lifecycle_flows
+    from stack.flows_switch import shipped_rules
+
+    switched_on = lifecycle_flows(shipped_rules(), shipped_rules())
+    flow_count = sum(
+        1 for flow in flows_from_toml(with_flows) if flow.enabled or flow.id in switched_on
+    )
     payloads = live_events(args.events)
     rates: dict[str, list[float]] = {"no flow": [], "flows": []}
     # Events per CPU-second of the node (all its threads): steadier than the rate on a
