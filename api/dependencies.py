@@ -62,6 +62,10 @@ class OutreachControl(Protocol):
         """Unsubscribe; False when unknown."""
         ...
 
+    def retired(self) -> str | None:
+        """Where the rules' and timers' routes went (outreach runs on flows); None: here."""
+        ...
+
     def rules(self) -> list[dict[str, Any]]:
         """The rules in force (file, then API overrides)."""
         ...

@@ -43,6 +43,7 @@ _MEANING = {
     404: "Not found",
     409: "Exists already, or conflicts with work in progress (retry once it is done)",
     413: "Body too large (ingest: per call and per batch; a list upload 4 MiB; else 1 MiB)",
+    410: "Retired: outreach runs on flows; the answer names the route that replaces it",
     415: "Unsupported Content-Type or Content-Encoding",
     422: "A definition that breaks a rule: each problem names the node and the field",
     429: "Rate limit of the write key exceeded; see Retry-After",

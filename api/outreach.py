@@ -76,15 +76,32 @@ async def remove_webhook(endpoint_id: str, outreach: Outreach) -> Any:
     return {"removed": endpoint_id}
 
 
-@router.get("/rules", summary="List the rules in force")
-async def list_rules(outreach: Outreach) -> dict[str, Any]:
-    """The rules file's rules with the API's overrides applied."""
-    return {"rules": await asyncio.to_thread(outreach.rules)}
+def _gone(outreach: OutreachControl, path: str) -> JSONResponse | None:
+    """410 naming the flows API once outreach runs on flows (the rules engine is off)."""
+    successor = outreach.retired()
+    if successor is None:
+        return None
+    reason = {"field": "path", "rule": "gone", "message": successor}
+    return problem(410, f"{path}: {successor}", [reason])
 
 
-@router.put("/rules/{rule_id}", summary="Declare or replace a rule")
+_GONE = error_responses(410)
+
+
+@router.get("/rules", summary="List the rules in force", responses=_GONE)
+async def list_rules(outreach: Outreach) -> Any:
+    """The rules file's rules with the API's overrides applied (410 on flows)."""
+    return _gone(outreach, "/v1/outreach/rules") or {
+        "rules": await asyncio.to_thread(outreach.rules)
+    }
+
+
+@router.put("/rules/{rule_id}", summary="Declare or replace a rule", responses=_GONE)
 async def put_rule(rule_id: str, body: dict[str, Any], outreach: Outreach) -> Any:
-    """A full rule in the rules-file shape (durations as '1h' or seconds)."""
+    """A full rule in the rules-file shape (durations as '1h' or seconds; 410 on flows)."""
+    gone = _gone(outreach, f"/v1/outreach/rules/{rule_id}")
+    if gone is not None:
+        return gone
     if body.get("id", rule_id) != rule_id:
         reason = {"field": "id", "rule": "match", "message": "must equal the id in the path"}
         return problem(400, "id: must equal the id in the path", [reason])
@@ -115,7 +132,8 @@ async def list_timers(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     customer_id: Annotated[str | None, Query(max_length=255)] = None,
 ) -> dict[str, Any]:
-    """Clocks that are running, soonest first."""
+    """Clocks that are running, soonest first: on flows, each flow state waiting to be
+    advanced (``rule`` = ``flow:<id>``, ``fire_at`` its wake time)."""
     return {"timers": await asyncio.to_thread(outreach.timers, customer_id, limit)}
 
 

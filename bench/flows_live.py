@@ -420,8 +420,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.shipped_on:  # the issue's setup: the eight shipped flows on (rules run as well)
         shipped = shipped.replace("enabled = false", "enabled = true")
     with_flows = shipped + custom_flows(args.custom)
-    # In force: the lifecycle rules' flows ship switched off while the rules run.
-    flow_count = sum(1 for flow in flows_from_toml(with_flows) if flow.enabled)
+    # In force: the canonical flow, the seven lifecycle flows (switched on at start from
+    # the shipped rules) and the custom ones; with --engines, the rules instead of the
+    # lifecycle flows in the first setup (the code before the switch).
+    from journeys.flows.migration import lifecycle_flows
+    from stack.flows_switch import shipped_rules
+
+    switched_on = lifecycle_flows(shipped_rules(), shipped_rules())
+    flow_count = sum(
+        1 for flow in flows_from_toml(with_flows) if flow.enabled or flow.id in switched_on
+    )
     payloads = live_events(args.events)
     rates: dict[str, list[float]] = {"no flow": [], "flows": []}
     # Events per CPU-second of the node (all its threads): steadier than the rate on a
@@ -432,6 +440,15 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         files = {"no flow": folder / "none.toml", "flows": folder / "flows.toml"}
         files["no flow"].write_text("")
         files["flows"].write_text(with_flows)
+        no_rules = folder / "no-rules.toml"
+        no_rules.write_text("")
+        # "no flow": nothing sends (the raw limit); --engines: the rules (before).
+        setups: dict[str, dict[str, Any]] = {
+            "no flow": {"flows_file": files["no flow"], "trigger_rules_file": str(no_rules)},
+            "flows": {"flows_file": files["flows"]},
+        }
+        if args.engines:
+            setups["no flow"] = {"flows_file": files["flows"], "outreach_engine": "rules"}
         broker = EmbeddedBroker(folder / "broker.log")
         broker.start()
         memory = PeakMemory()
@@ -441,7 +458,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 for setup in ("no flow", "flows"):
                     attempt += 1
                     settings = node_settings(folder, broker.bootstrap_servers, attempt)
-                    settings = settings.model_copy(update={"flows_file": files[setup]})
+                    settings = settings.model_copy(update=setups[setup])
                     ensure_topics(
                         broker.bootstrap_servers,
                         settings.all_topics,
@@ -477,8 +494,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     pairs = [f / n for n, f in zip(rates["no flow"], rates["flows"], strict=True)]
     cpu_none, cpu_flows = (statistics.median(per_cpu[k]) for k in ("no flow", "flows"))
     cpu_ratio = cpu_flows / cpu_none
+    baseline = "the shipped rules (before the switch)" if args.engines else "no flow (raw limit)"
     figures = {
         "events": args.events,
+        "baseline": baseline,
         "flows_active": flow_count,
         "rates": rates,
         "no_flow_events_per_s": round(none_rate),
@@ -489,12 +508,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ratio": round(cpu_ratio, 3),
     }
     print(
-        f"{args.events} storefront events, rules as shipped in both; medians of {args.runs}: "
-        f"no flow (raw limit) {none_rate:,.0f} events/s, {flow_count} flows "
+        f"{args.events} storefront events; medians of {args.runs}: "
+        f"{baseline} {none_rate:,.0f} events/s, {flow_count} flows "
         f"{flows_rate:,.0f} events/s; run by run {', '.join(f'{r:.2f}' for r in pairs)}"
     )
     print(
-        f"events per node CPU-second, medians: no flow {cpu_none:,.0f}, {flow_count} flows "
+        f"events per node CPU-second, medians: {baseline} {cpu_none:,.0f}, {flow_count} flows "
         f"{cpu_flows:,.0f}"
     )
     print(
@@ -580,6 +599,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--shipped-on", action="store_true", help="the seven lifecycle flows on as well"
     )
     worker_args.add_argument("--json", type=Path)
+    worker_args.add_argument(
+        "--engines",
+        action="store_true",
+        help="the shipped rules (before the switch to flows) against the shipped flows",
+    )
     args = parser.parse_args(argv)
     figures = timers(args) if args.command == "timers" else worker(args)
     if args.json:

@@ -1,7 +1,8 @@
 """Demo traffic: the synthetic storefront, sent live to a running platform over HTTP.
 
-``journeys up --demo`` also runs the outreach rules of :data:`RULES_FILE`
-(abandoned carts fire after seconds, not an hour) and subscribes a local
+``journeys up --demo`` also runs the flows of :data:`FLOWS_FILE` (the canonical
+abandoned cart, reminding after seconds, not an hour) and the outreach rules of
+:data:`RULES_FILE` (read through the migration into flows) and subscribes a local
 :class:`~simulation.webhook_inbox.WebhookInbox`, so fired triggers have a
 delivery state. Production defaults are untouched: only the demo does this.
 """
@@ -24,6 +25,7 @@ from simulation.webhook_inbox import WebhookInbox
 from stack.settings import Settings
 
 RULES_FILE = Path(__file__).resolve().parent / "demo_rules.toml"
+FLOWS_FILE = Path(__file__).resolve().parent / "demo_flows.toml"
 # A month of history from a few hundred shoppers: enough for retention cohorts,
 # times to convert and RFM spread, sent in seconds.
 HISTORY_DAYS = 30
@@ -107,10 +109,13 @@ def send(
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """``settings`` with the demo's outreach rules, unless a rules file is configured."""
-    if settings.trigger_rules_file:
-        return settings
-    return settings.model_copy(update={"trigger_rules_file": str(RULES_FILE)})
+    """``settings`` with the demo's flows and outreach rules, each unless configured."""
+    update: dict[str, Any] = {}
+    if not settings.trigger_rules_file:
+        update["trigger_rules_file"] = str(RULES_FILE)
+    if settings.flows_file is None:
+        update["flows_file"] = FLOWS_FILE
+    return settings.model_copy(update=update)
 
 
 def subscribe_inbox(base_url: str, admin_key: str, inbox: WebhookInbox) -> str:
@@ -138,10 +143,10 @@ class DemoRun:
         self.inbox = WebhookInbox()
         self.endpoint_id = subscribe_inbox(base_url, settings.admin_key, self.inbox)
         self._stop = threading.Event()
-        rules = Path(settings.trigger_rules_file or RULES_FILE)
+        flows = settings.flows_file or FLOWS_FILE
         print(
-            f"demo traffic: {rate:g} storefront calls/s; outreach rules {rules} "
-            f"(abandoned carts fire after seconds); webhooks go to {self.inbox.url}",
+            f"demo traffic: {rate:g} storefront calls/s; outreach flows {flows} "
+            f"(abandoned carts remind after seconds); webhooks go to {self.inbox.url}",
             flush=True,
         )
         self._write_key, self._rate = settings.write_key, rate

@@ -28,6 +28,7 @@ from api.app import create_api
 from stack.backup import NodeBackups
 from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
 from stack.flows import load_flows
+from stack.flows_switch import switch_to_flows
 from stack.metrics import register_gateway_counters, register_node_gauges
 from stack.outreach import OutreachAdmin, segment_reader
 from stack.processes import api_server
@@ -270,12 +271,18 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
     streams = JourneyStreams(
         settings, platform.pipeline(), platform.dead_letters, journal, metrics=metrics
     )
-    # The trigger and outreach agents share the worker's Faust app.
+    if settings.outreach_engine == "flows" and platform.flow_definitions is not None:
+        # Before anything is consumed: the lifecycle flows on, the rules' history seeded.
+        switch_to_flows(settings, platform.flow_definitions, platform.outreach)
+    # The trigger and outreach agents share the worker's Faust app. On flows, no rule
+    # runs: the worker keeps only the customers' facts (the RFM scan's edges read them).
     outreach = OutreachWorker(
         settings,
         streams.batches,
         platform.outreach,
-        OutreachAdmin(settings, platform.outreach).rules_in_force,
+        OutreachAdmin(settings, platform.outreach).rules_in_force
+        if settings.outreach_engine == "rules"
+        else list,
         segment_reader(platform.event_log),
         lateness=metrics.trigger_lateness_seconds.observe,
         vault=platform.vault,

@@ -103,6 +103,16 @@ class OutreachAdmin:
         """Unsubscribe."""
         return self.store.remove_endpoint(endpoint_id)
 
+    def retired(self) -> str | None:
+        """On flows the rules engine is off: its rules and timers live in the flows."""
+        if self.settings.outreach_engine == "rules":
+            return None
+        return (
+            "outreach runs on flows (JOURNEYS_OUTREACH_ENGINE=flows): the rules became the "
+            "lifecycle flows; read and change them with GET|PUT /v1/flows/{id} (a "
+            "customer's waits: GET /v1/customers/{id}/flows)"
+        )
+
     def rules(self) -> list[dict[str, Any]]:
         """The rules in force, as data."""
         return [rule.to_dict() for rule in self.rules_in_force()]
@@ -118,7 +128,9 @@ class OutreachAdmin:
         return self.store.recent_triggers(limit, customer_id)
 
     def timers(self, customer_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """Running timers."""
+        """Running timers: the rules', or on flows the flows' states waiting to wake."""
+        if self.settings.outreach_engine == "flows":
+            return self.store.flow_waits(customer_id, limit)
         return self.store.timers(customer_id, limit)
 
     def redeliver(self, trigger_id: str) -> int | None:

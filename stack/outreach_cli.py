@@ -33,7 +33,10 @@ def add_parser(commands: Any) -> None:
     remove = verb(verbs, "remove")
     remove.add_argument("endpoint_id")
 
-    rules = areas.add_parser("rules", help="the rules in force")
+    rules = areas.add_parser(
+        "rules",
+        help="the rules in force (only with JOURNEYS_OUTREACH_ENGINE=rules; on flows: 410)",
+    )
     verbs = rules.add_subparsers(dest="verb", required=True)
     verb(verbs, "list")
     put = verb(verbs, "set", help="declare or replace a rule from JSON")

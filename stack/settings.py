@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     # Outreach triggers (journeys/triggers.py explains the clock). The rules
     # file is TOML; empty means the shipped defaults (journeys/rules.toml).
     trigger_rules_file: str = ""
+    # What sends lifecycle outreach. "flows" (the default): the shipped lifecycle
+    # flows, with the rules file (if set) read through the migration at start and a
+    # store's rule history seeded into the flows (stack/flows.py switch_to_flows);
+    # the rules engine does not run. "rules": the trigger rules of the file run as
+    # before and the lifecycle flows stay as stored (off) — kept for the rules'
+    # own tests and a store not ready to switch.
+    outreach_engine: Literal["flows", "rules"] = "flows"
     # A timer whose fire time is further behind the wall clock than this expires
     # instead of firing: replays and backfills never send for carts due long ago.
     trigger_grace_s: float = Field(default=900.0, gt=0)

@@ -28,10 +28,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from journeys.flows.definitions import FlowDefinition
+from journeys.flows.engine import FlowState
+from journeys.flows.nodes import SendNode
 from journeys.outreach_rules import TriggerRule
+from journeys.segment_state import to_ms
+from journeys.triggers import CustomerFacts
 
 # Templates per trigger kind: (webhook body, e-mail subject, e-mail body). ``data`` is
 # what the rules' payloads carried (journeys/flows/templates.py).
@@ -220,6 +225,67 @@ def _title(name: str) -> str:
 def flows_from_rules(rules: Sequence[TriggerRule]) -> dict[str, dict[str, Any]]:
     """Every rule as a flow table, by id (a rule id with ``-`` becomes ``_``)."""
     return {rule.id.replace("-", "_"): flow_from_rule(rule) for rule in rules}
+
+
+def lifecycle_flows(
+    rules: Sequence[TriggerRule], shipped: Sequence[TriggerRule]
+) -> dict[str, dict[str, Any]]:
+    """The rules in force as the flows switched on at start (``outreach_engine = "flows"``).
+
+    Every rule becomes its flow, as :func:`flows_from_rules`, except an
+    ``abandoned_cart`` rule equal to the shipped one (``shipped``: journeys/rules.toml's):
+    the canonical ``abandoned_cart`` flow (journeys/flows.toml) is the shipped
+    abandoned cart, so that rule migrates to nothing and the canonical flow stands.
+    A rules file whose ``abandoned_cart`` differs (the demo's 15 s reminder, a store's
+    own delay) was configured on purpose: it migrates to the rule's own reminder,
+    replacing the canonical flow under that id.
+    """
+    shipped_by_id = {rule.id: rule for rule in shipped}
+    kept = [
+        rule
+        for rule in rules
+        if not (rule.trigger == "abandoned_cart" and shipped_by_id.get(rule.id) == rule)
+    ]
+    return flows_from_rules(kept)
+
+
+def seeded_state(flow: FlowDefinition, facts: CustomerFacts) -> FlowState:
+    """A customer's first state for a lifecycle flow, carried forward from the rule's.
+
+    The store kept the rules' facts per customer (``trigger_customers``: orders, tickets,
+    birthday, stage, segment…) and each rule's ended clocks (``settled``: anchor, due,
+    outcome). The flow of the rule of the same id gets those facts as its own (so the
+    orders before the switch count), each settled clock as an anchor entered already
+    (``anchored``: a clock the rule fired, capped, expired or took as history is never
+    entered again), and the fired ones' due times as its sends per channel (so the
+    frequency cap counts the rule's sends). The e-mail address, time zone and stage the
+    rule knew become the state's, until newer events say otherwise.
+    """
+    state = FlowState(facts.customer_key, flow.id)
+    state.facts = facts.to_dict()
+    settled = facts.settled.get(flow.id, [])
+    ended = [[_ms(item["anchor"]), _ms(item["due"]), item["outcome"]] for item in settled]
+    for node in flow.date_entries:
+        if ended:
+            state.anchored[node.id] = [list(item) for item in ended]
+    fired = sorted(_ms(item["due"]) for item in settled if item["outcome"] == "fired")
+    if fired:
+        for channel in dict.fromkeys(
+            node.channel for node in flow.nodes.values() if isinstance(node, SendNode)
+        ):
+            state.sends[channel] = list(fired)
+    if facts.email is not None:
+        state.traits["email"] = [facts.email, 0]
+    if facts.timezone:
+        state.timezone = [facts.timezone, 0]
+    if facts.stage is not None:
+        state.stage = [facts.stage, _ms(facts.stage_at) if facts.stage_at else 0]
+    return state
+
+
+def _ms(value: str) -> int:
+    moment = datetime.fromisoformat(value)
+    return to_ms(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
 # --- writing TOML (the flows file's shape only: tables of scalars, lists, inline tables) ---

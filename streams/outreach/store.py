@@ -85,6 +85,10 @@ _SCHEMA = [
         flow_id TEXT NOT NULL, version INTEGER NOT NULL, fingerprint TEXT NOT NULL,
         source TEXT NOT NULL, recorded_ts DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (flow_id, version))""",
+    # Lifecycle flows whose states were seeded from the rules' facts (the switch to flows).
+    """CREATE TABLE IF NOT EXISTS flow_seeds (
+        flow_id TEXT PRIMARY KEY, customers INTEGER NOT NULL,
+        seeded_ts DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS outreach_rule_overrides (
         rule_id TEXT PRIMARY KEY, body TEXT NOT NULL, updated_ts DOUBLE PRECISION NOT NULL)""",
 ]
@@ -480,6 +484,83 @@ class OutreachStore:
             )
             if cursor.rowcount:
                 self._insert_deliveries(message["trigger_id"], targets, now)
+
+    # --- the switch from the rules to flows (stack/flows_switch.py) -------------------
+
+    def flow_seeded(self, flow_id: str) -> bool:
+        """Whether the flow's states were seeded from the rules' facts already."""
+        return bool(self._rows("SELECT 1 FROM flow_seeds WHERE flow_id = ?", (flow_id,)))
+
+    def customers_without_flow_state(
+        self, flow_id: str, after_key: str, limit: int
+    ) -> list[tuple[str, int, CustomerFacts]]:
+        """Customers with rule facts and no state in ``flow_id``, by key after ``after_key``."""
+        rows = self._rows(
+            "SELECT c.customer_key, c.partition_no, c.facts FROM trigger_customers c "
+            "LEFT JOIN flow_states s ON s.customer_key = c.customer_key AND s.flow_id = ? "
+            "WHERE s.customer_key IS NULL AND c.customer_key > ? "
+            "ORDER BY c.customer_key LIMIT ?",
+            (flow_id, after_key, limit),
+        )
+        return [
+            (key, int(partition), CustomerFacts.from_dict(orjson.loads(text)))
+            for key, partition, text in rows
+        ]
+
+    def seed_flow_states(
+        self,
+        rows: Sequence[tuple[str, str, int, dict[str, Any], float | None]],
+        done: tuple[str, int] | None = None,
+    ) -> None:
+        """First states of customers in a flow; one a worker wrote meanwhile is kept.
+        ``done``: (flow id, customers seeded) marks the flow seeded in the same transaction.
+        """
+        with self.transaction():
+            self._exec_many(
+                "INSERT INTO flow_states (customer_key, flow_id, partition_no, state, wake_ts) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_key, flow_id) DO NOTHING",
+                [
+                    (key, flow_id, partition, orjson.dumps(state).decode(), wake)
+                    for key, flow_id, partition, state, wake in rows
+                ],
+            )
+            if done is not None:
+                self._exec(
+                    "INSERT INTO flow_seeds (flow_id, customers, seeded_ts) VALUES (?, ?, ?) "
+                    "ON CONFLICT (flow_id) DO NOTHING",
+                    (done[0], done[1], time.time()),
+                )
+
+    def flow_waits(self, customer_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The flows' states waiting to be advanced (a wait, a send deferred, a date anchor
+        planned), soonest first, in the shape of the rules' timers."""
+        where, params = ("AND customer_key = ?", [customer_key]) if customer_key else ("", [])
+        rows = self._rows(
+            "SELECT customer_key, flow_id, wake_ts FROM flow_states "
+            f"WHERE wake_ts IS NOT NULL {where} ORDER BY wake_ts LIMIT ?",
+            (*params, limit),
+        )
+        waits = []
+        for key, flow_id, wake in rows:
+            at = datetime.fromtimestamp(float(wake), UTC).isoformat()
+            waits.append(
+                {
+                    "timer_id": f"flow:{flow_id}:{key}",
+                    "customer_id": key,
+                    "rule": f"flow:{flow_id}",
+                    "due_at": at,
+                    "fire_at": at,
+                }
+            )
+        return waits
+
+    def drop_timers(self) -> int:
+        """Delete every rule timer (the rules no longer run); how many there were."""
+        with self.transaction():
+            count = self._exec("DELETE FROM trigger_timers").rowcount
+        with self._lock:
+            self._kept_timers.clear()
+        return int(count or 0)
 
     def flow_states_of(
         self, customer_keys: Iterable[str], flow_ids: Sequence[str]

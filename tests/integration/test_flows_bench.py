@@ -58,7 +58,7 @@ def test_the_worker_benchmark_compares_flows_with_none(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "flows / none" in done.stdout
     figures = json.loads(out.read_text())
-    assert (
-        figures["flows_active"] == 3
-    )  # the shipped abandoned cart (the rest ship off) and two custom ones
+    # The shipped abandoned cart, the seven lifecycle flows (switched on at start from
+    # the shipped rules) and two custom ones.
+    assert figures["flows_active"] == 10
     assert figures["no_flow_events_per_s"] > 0 and figures["flows_events_per_s"] > 0

@@ -57,7 +57,11 @@ def test_metrics_count_exactly_what_was_sent_and_show_the_pipeline(
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
     settings = platform_settings(
-        tmp_path / "data", unique, broker.bootstrap_servers, trigger_rules_file=str(rules)
+        tmp_path / "data",
+        unique,
+        broker.bootstrap_servers,
+        trigger_rules_file=str(rules),
+        outreach_engine="rules",
     )
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, 2, 1)
     node = NodeProcess(settings, tmp_path / "node.log")

@@ -61,7 +61,11 @@ def test_timers_move_with_their_partitions_and_fire_once(
         f'delay = "{DELAY_S}s"\nchannels = ["webhook"]\n'
     )
     settings = settings.model_copy(
-        update={"trigger_rules_file": str(rules), "trigger_grace_s": 300.0}
+        update={
+            "trigger_rules_file": str(rules),
+            "outreach_engine": "rules",
+            "trigger_grace_s": 300.0,
+        }
     )
     ensure_topics(
         settings.kafka_bootstrap_servers,

@@ -159,7 +159,10 @@ def start_node(settings: Settings, rules: str, tmp_path: Path, **updates: Any) -
     """A started node with ``rules`` as its rules file and ``updates`` to its settings."""
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(rules)
-    settings = settings.model_copy(update={"trigger_rules_file": str(rules_file), **updates})
+    # The rules engine itself is tested here: selected, as flows are the default.
+    settings = settings.model_copy(
+        update={"trigger_rules_file": str(rules_file), "outreach_engine": "rules", **updates}
+    )
     node = started_node(settings)
     return node
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from journeys.flows.nodes import SendNode, WaitUntilNode
 from simulation.webhook_inbox import WebhookInbox
 from stack import demo
+from stack.flows import load_flows
 from stack.outreach import declared_rules
 from stack.settings import Settings
 
@@ -22,10 +24,20 @@ def inbox() -> Iterator[WebhookInbox]:
     receiver.close()
 
 
-def test_the_demo_fires_abandoned_carts_within_seconds(tmp_path: Path) -> None:
-    rules = {r.id: r for r in declared_rules(demo.demo_settings(Settings(data_dir=tmp_path)))}
-    assert rules["abandoned_cart"].delay == timedelta(seconds=15)
-    assert set(rules["abandoned_cart"].channels) == {"webhook", "email"}
+def test_the_demo_reminds_of_abandoned_carts_within_seconds(tmp_path: Path) -> None:
+    settings = demo.demo_settings(Settings(data_dir=tmp_path))
+    cart = next(flow for flow in load_flows(settings) if flow.id == "abandoned_cart")
+    wait = cart.nodes["wait_for_order"]
+    assert isinstance(wait, WaitUntilNode) and wait.timeout_ms == 15_000
+    assert {node.channel for node in cart.nodes.values() if isinstance(node, SendNode)} == {
+        "webhook",
+        "email",
+    }
+    # Its other outreach is rules, read through the migration at start (no cart rule:
+    # the canonical flow is the demo's abandoned cart).
+    rules = {r.id: r for r in declared_rules(settings)}
+    assert set(rules) == {"satisfaction_survey", "high_value_welcome"}
+    assert rules["satisfaction_survey"].delay == timedelta(seconds=30)
 
 
 def test_production_keeps_the_shipped_rules(tmp_path: Path) -> None:
@@ -34,8 +46,13 @@ def test_production_keeps_the_shipped_rules(tmp_path: Path) -> None:
 
 
 def test_a_configured_rules_file_wins_over_the_demo_rules(tmp_path: Path) -> None:
-    configured = Settings(data_dir=tmp_path, trigger_rules_file=str(tmp_path / "mine.toml"))
+    configured = Settings(
+        data_dir=tmp_path,
+        trigger_rules_file=str(tmp_path / "mine.toml"),
+        flows_file=tmp_path / "mine-flows.toml",
+    )
     assert demo.demo_settings(configured).trigger_rules_file == str(tmp_path / "mine.toml")
+    assert demo.demo_settings(configured).flows_file == tmp_path / "mine-flows.toml"
 
 
 def test_the_webhook_inbox_keeps_what_it_is_sent(inbox: WebhookInbox) -> None:
