@@ -21,7 +21,6 @@ application leaves.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -32,9 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.outcomes import keyed_producer_config
 
-log = logging.getLogger(__name__)
-
-# Rows per record at most, and bytes: under the broker's default message size.
+# Bytes per record at most: under the broker's default message size (1 MB).
 MAX_RECORD_BYTES = 900_000
 
 
