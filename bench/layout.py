@@ -40,6 +40,7 @@ import psutil
 from bench.run import Figure, Run, post_request, read_answer, render, track_to_stage_latency
 from stack.processes import free_port
 from stack.settings import Settings
+from streams.journal import partition_of
 
 BARE_APP = """
 async def app(scope, receive, send):
@@ -140,6 +141,9 @@ class BatchTotals:
     seconds: float = 0.0
     events: float = 0.0
     clickhouse_seconds: float = 0.0
+    # ClickHouse writes timed: the journey batches', or (journey workers apart) the
+    # node's applications of their projection records.
+    clickhouse_writes: float = 0.0
 
     def __sub__(self, earlier: BatchTotals) -> BatchTotals:
         return BatchTotals(
@@ -147,9 +151,16 @@ class BatchTotals:
             self.seconds - earlier.seconds,
             self.events - earlier.events,
             self.clickhouse_seconds - earlier.clickhouse_seconds,
+            self.clickhouse_writes - earlier.clickhouse_writes,
         )
 
     def __str__(self) -> str:
+        if not self.batches and self.clickhouse_writes:
+            # The journey batches are the workers' (not in the node's /metrics).
+            return (
+                f"{self.clickhouse_writes:.0f} projection applications of "
+                f"{self.clickhouse_seconds / self.clickhouse_writes * 1000:.0f} ms each in the node"
+            )
         if not self.batches:
             return "no journey batch"
         return (
@@ -220,6 +231,8 @@ class UpStack:
                 found["node"] = child
             elif "stack.cli gateway" in line:
                 found[f"gateway {line.rsplit(' ', 1)[-1]}"] = child
+            elif "stack.cli journey-worker" in line:
+                found[f"journey worker {line.rsplit(' ', 1)[-1]}"] = child
         return found
 
     def lag_events(self) -> int:
@@ -245,6 +258,7 @@ class UpStack:
             total("journeys_batch_duration_seconds_sum"),
             total("journeys_batch_events_sum"),
             total("journeys_clickhouse_insert_seconds_sum"),
+            total("journeys_clickhouse_insert_seconds_count"),
         )
 
     def close(self) -> None:
@@ -295,11 +309,77 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     return seconds
 
 
+async def pipeline_rate(stack: UpStack, events: int, senders: int = 4) -> tuple[float, float]:
+    """Events/s from the first ``/v1/batch`` post until every event is visible through the
+    API; and the ingest seconds of it. The posts outpace the pipeline, so this is the
+    pipeline's rate (journeys, commit, ClickHouse) over a backlog of ``events``.
+
+    Visible: the last event of each partition is a sentinel customer's only event, and a
+    partition's events are processed in order, so every sentinel's stage through the API
+    (a ClickHouse row) means every event before it is in too.
+    """
+    partitions = stack.settings.topic_partitions
+    sentinels: dict[int, str] = {}
+    n = 0
+    while len(sentinels) < partitions:
+        key = f"pipeline-end-{n}"
+        sentinels.setdefault(partition_of(key.encode(), partitions), key)
+        n += 1
+    calls = [
+        {
+            "type": "track",
+            "userId": f"pipeline-{i % 2000}",
+            "event": "Product Viewed",
+            "messageId": f"pipeline-{i}",
+            "properties": {"product_id": f"p{i % 97}"},
+        }
+        for i in range(events)
+    ]
+    requests = [calls[i : i + 100] for i in range(0, events, 100)]
+    ends = [
+        {"type": "track", "userId": key, "event": "Product Viewed", "messageId": key}
+        for key in sentinels.values()
+    ]
+    reader = {"Authorization": f"Bearer {stack.read_key}"}
+    async with httpx.AsyncClient(
+        base_url=stack.base, auth=(stack.write_key, ""), timeout=60
+    ) as client:
+        began = time.perf_counter()
+
+        async def sender() -> None:
+            while requests:
+                batch = requests.pop()
+                while (await client.post("/v1/batch", json={"batch": batch})).status_code != 200:
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(sender() for _ in range(senders)))
+        assert (await client.post("/v1/batch", json={"batch": ends})).status_code == 200
+        ingested = time.perf_counter() - began
+        waiting = set(sentinels.values())
+        deadline = time.perf_counter() + 900
+        while waiting and time.perf_counter() < deadline:
+            for key in list(waiting):
+                # Without the client's write key (its Basic auth would replace the bearer).
+                answer = await client.get(f"/v1/customers/{key}", headers=reader, auth=None)
+                if answer.status_code == 200:
+                    waiting.discard(key)
+            await asyncio.sleep(0.1)
+        if waiting:
+            raise RuntimeError(f"never visible: {sorted(waiting)}")
+        return (events + len(ends)) / (time.perf_counter() - began), ingested
+
+
 def measure_layout(
-    name: str, gateways: int | None, args: argparse.Namespace, run: Run, bare: Callable[[], float]
+    name: str,
+    gateways: int | None,
+    args: argparse.Namespace,
+    run: Run,
+    bare: Callable[[], float],
+    journey_workers: int = 0,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-layout-") as folder:
-        stack = UpStack(Path(folder), gateways)
+        extra = {"JOURNEYS_JOURNEY_WORKERS": str(journey_workers)} if journey_workers else None
+        stack = UpStack(Path(folder), gateways, extra)
         try:
             roles = stack.children()
             client = psutil.Process()
@@ -369,9 +449,24 @@ def measure_layout(
                     note=profile,
                 )
             )
+            if args.pipeline_events:
+                rate, ingested = asyncio.run(pipeline_rate(stack, args.pipeline_events))
+                run.figures.append(
+                    Figure(
+                        f"{name}: pipeline, until visible through the API",
+                        rate,
+                        "events/s",
+                        note=f"{args.pipeline_events:,} events by /v1/batch of 100, "
+                        f"ingested in {ingested:.1f} s",
+                    )
+                )
             for rate in (args.latency_low_rate, args.latency_rate):
                 batches_before = stack.batches()
-                latency = asyncio.run(track_to_stage_latency(stack, rate, args.latency_seconds))
+                latency = asyncio.run(
+                    track_to_stage_latency(
+                        stack, rate, args.latency_seconds, through_api=journey_workers > 0
+                    )
+                )
                 batches = stack.batches() - batches_before
                 target = STAGE_P99_TARGET_MS.get(rate)
                 judged = (
@@ -406,6 +501,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=15)
     parser.add_argument("--gateways", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
+        "--journey-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="a third layout: the gateways and this many journey worker processes (0: skip)",
+    )
+    parser.add_argument(
+        "--pipeline-events", type=int, default=20_000, help="backlog for the pipeline row (0: skip)"
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy gateway 0 and the node under load into this folder"
     )
     args = parser.parse_args(argv)
@@ -426,6 +530,15 @@ def main(argv: list[str] | None = None) -> int:
 
     measure_layout("node on the socket", 0, args, run, bare_one)
     measure_layout(f"{args.gateways} gateways", args.gateways, args, run, bare_many)
+    if args.journey_workers:
+        measure_layout(
+            f"{args.gateways} gateways + {args.journey_workers} journey workers",
+            args.gateways,
+            args,
+            run,
+            bare_many,
+            journey_workers=args.journey_workers,
+        )
     print(render(run))
     return 0
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import gc
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -94,13 +97,19 @@ class Platform:
         assert self.flow_definitions is not None
         return any(flow.uses_computed_traits for flow in self.flow_definitions.current().flows)
 
-    def pipeline(self) -> JourneyPipeline:
-        """The journey pipeline over these stores (keeping segments when the store is there)."""
+    def pipeline(self, *, reads_clickhouse: bool = True) -> JourneyPipeline:
+        """The journey pipeline over these stores (keeping segments when the store is there).
+
+        ``reads_clickhouse`` false: a journey worker writing through the projection feed,
+        which cannot read the event log, so no segment backfills, no revision of
+        segments by late events and no RFM segments (they read ClickHouse).
+        """
         maintainer = None
         if self.segments is not None and self.segment_definitions is not None:
             log = SegmentChangeLog(self.clickhouse, self.event_log.database)
             source = self.segment_definitions.current
-            history = SegmentHistory(self.clickhouse, self.event_log.database)
+            reads = reads_clickhouse
+            history = SegmentHistory(self.clickhouse, self.event_log.database) if reads else None
             maintainer = SegmentMaintainer(
                 source(),
                 self.segments,
@@ -108,7 +117,7 @@ class Platform:
                 source,
                 history,
                 self.settings.topic_partitions,
-                segment_reader(self.event_log),  # the buyers' RFM segments
+                segment_reader(self.event_log) if reads else None,  # the buyers' RFM segments
                 self._flows_read_traits if self.flow_definitions is not None else None,
             )
         return JourneyPipeline(
@@ -243,22 +252,32 @@ def build_platform(settings: Settings, *, stages_in_flight: bool = False) -> Pla
 
 
 def platform_on(
-    settings: Settings, clickhouse: Client, *, stages_in_flight: bool = False
+    settings: Settings,
+    clickhouse: Client,
+    *,
+    stages_in_flight: bool = False,
+    migrate_schema: bool = True,
 ) -> Platform:
-    """The platform's stores over an open ClickHouse client (chdb: one per process)."""
+    """The platform's stores over an open ClickHouse client (chdb: one per process).
+
+    ``migrate_schema`` false: the client is a journey worker's projection feed, and
+    the node that applies it migrates chdb.
+    """
     database = database_name(settings.clickhouse_database)
     in_flight = (
         StagesInFlight(settings.stages_in_flight)
         if stages_in_flight and settings.stages_in_flight
         else None
     )
-    migrate(clickhouse, database)
-    journeys = JourneyApplication(rules=load_rules(settings), env=event_store_env(settings))
-    journeys.stored_journeys = stored_journeys_query(journeys.recorder)
-    outreach = build_store(settings)
-    segments = build_segment_store(settings)
-    segment_definitions = build_segment_definitions(settings)
-    vault = open_vault(settings)
+    if migrate_schema:
+        migrate(clickhouse, database)
+    with creating_stores(settings):
+        journeys = JourneyApplication(rules=load_rules(settings), env=event_store_env(settings))
+        journeys.stored_journeys = stored_journeys_query(journeys.recorder)
+        outreach = build_store(settings)
+        segments = build_segment_store(settings)
+        segment_definitions = build_segment_definitions(settings)
+        vault = open_vault(settings)
     return Platform(
         settings=settings,
         clickhouse=clickhouse,
@@ -279,6 +298,24 @@ def platform_on(
         unsubscribe=unsubscribe_links(settings),
         flow_definitions=build_flow_definitions(settings),
     )
+
+
+@contextlib.contextmanager
+def creating_stores(settings: Settings) -> Iterator[None]:
+    """One process at a time opens the SQLite stores: `journeys up` starts the node,
+    its journey workers and gateways together, and eventsourcing takes a "database is
+    locked" while another process first sets up the file for "no tracking table yet",
+    then fails on the migration record the other wrote (IntegrityError)."""
+    if settings.event_store != "sqlite":
+        yield
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.data_dir / "stores.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def segment_reads(platform: Platform) -> SegmentReads | None:

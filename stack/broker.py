@@ -128,10 +128,20 @@ class EmbeddedBrokers:
 
 def ensure_platform_topics(settings: Settings) -> list[str]:
     """Create the platform's topics on ``settings``' broker (with their configs); those made."""
-    return ensure_topics(
+    made = ensure_topics(
         settings.kafka_bootstrap_servers,
         settings.all_topics,
         settings.topic_partitions,
         settings.topic_replication_factor,
         settings.topic_configs,
     )
+    if settings.journey_workers:
+        # One partition: the node applies every worker's writes in one order.
+        made += ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.projections_topic],
+            1,
+            settings.topic_replication_factor,
+            {settings.projections_topic: settings.topic_configs[settings.stage_changes_topic]},
+        )
+    return made

@@ -3,6 +3,7 @@
 journeys up       broker + node + ingest gateways, until Ctrl-C (--demo: with traffic)
 journeys node     worker and API in one process (the embedded shape)
 journeys gateway  an ingest gateway (run by `journeys up`: forwards all but ingest to the node)
+journeys journey-worker  one of `journeys up`'s journey workers (JOURNEYS_JOURNEY_WORKERS)
 journeys worker   the journey worker alone (scale-out)
 journeys api      the API alone (scale-out, needs a ClickHouse server)
 journeys topics   create the platform's topics
@@ -62,6 +63,8 @@ from stack.supervisor import CrashLoop, RestartPolicy, Standby, Supervised, slee
 
 STARTUP_TIMEOUT_S = 180.0
 NODE_STOP_TIMEOUT_S = 90.0
+# A journey worker stops once it has caught up with the topic (its drain).
+JOURNEY_WORKER_STOP_TIMEOUT_S = 90.0
 # A gateway stops in its requests' time (uvicorn's graceful shutdown) and a flush.
 GATEWAY_STOP_TIMEOUT_S = 30.0
 # How often `journeys up` reads the embedded broker's resident size.
@@ -178,6 +181,13 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
             pass_fds=[listener.fileno()],
         )
 
+    def start_journey_worker(index: int) -> subprocess.Popen[bytes]:
+        return spawn(
+            [sys.executable, "-m", "stack.cli", "journey-worker", "--index", str(index)],
+            logs / f"journey-worker-{index}.log",
+            env=node_settings().to_env(),
+        )
+
     standby = Standby(
         lambda: spawn(
             [sys.executable, "-m", "stack.cli", "node", "--standby"],
@@ -200,13 +210,30 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         )
         for index in range(gateway_count)
     ]
+    journey_workers = [
+        Supervised(
+            f"journey worker {index}",
+            logs / f"journey-worker-{index}.log",
+            functools.partial(start_journey_worker, index),
+            JOURNEY_WORKER_STOP_TIMEOUT_S,
+            depends_on=depends,
+        )
+        for index in range(settings.journey_workers)
+    ]
+    if journey_workers:
+        print(
+            f"{len(journey_workers)} journey workers; the node applies their ClickHouse "
+            "writes and serves reads",
+            flush=True,
+        )
     if gateway_count:
         print(
             f"{gateway_count} ingest gateways on {settings.api_host}:{settings.api_port}; "
             f"the node on {node_socket_path}",
             flush=True,
         )
-    children = [node, *gateways]
+    # Stopped in reverse: gateways, journey workers (drained), the node (drained), broker.
+    children = [node, *journey_workers, *gateways]
     if brokers is not None:
         children.insert(0, Supervised("broker", brokers.log_path, brokers.start, 10.0))
     base = f"http://{settings.api_host}:{settings.api_port}"
@@ -237,7 +264,7 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
                     standby,
                     children[0],
                     node,
-                    gateways,
+                    [*journey_workers, *gateways],
                     settings,
                     policy,
                     lambda: stopping,
@@ -342,7 +369,7 @@ def _roll_if_full(
     standby: Standby,
     broker: Supervised,
     node: Supervised,
-    gateways: list[Supervised],
+    beside: list[Supervised],
     settings: Settings,
     policy: RestartPolicy,
     stopping: Callable[[], bool],
@@ -385,16 +412,17 @@ def _roll_if_full(
         print(f"could not start the next broker ({error}); not rolling now", file=sys.stderr)
         return False
     prepared = time.monotonic()
-    # Gateways first: what they acknowledged is in the old broker, which the node drains.
-    for gateway in gateways:
-        gateway.stop()
+    # ``beside``: the journey workers, then the gateways; stopped gateways first: what
+    # they acknowledged is in the old broker, which the workers and the node drain.
+    for child in reversed(beside):
+        child.stop(settings.broker_roll_drain_s if child.name.startswith("journey") else None)
     node.stop(settings.broker_roll_drain_s)
     drained = time.monotonic()
     broker.stop()
     _start(broker, policy, stopping)
     _start(node, policy, stopping)
-    for gateway in gateways:
-        _start(gateway, policy, stopping)
+    for child in beside:
+        _start(child, policy, stopping)
     print(
         f"broker rolled (next broker ready in {prepared - began:.1f} s, node stopped in "
         f"{drained - prepared:.1f} s); the node is starting",
@@ -595,6 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     gateway_command.add_argument(
         "--index", type=int, default=0, help="which of `journeys up`'s gateways (logs only)"
     )
+    journey_worker = commands.add_parser(
+        "journey-worker", help="a journey worker of `journeys up` (ClickHouse via the node)"
+    )
+    journey_worker.add_argument(
+        "--index", type=int, default=0, help="which of `journeys up`'s workers (logs only)"
+    )
     commands.add_parser("worker", help="the journey worker alone")
     commands.add_parser("api", help="the API alone (needs a ClickHouse server)")
     commands.add_parser("topics", help="create the platform's topics")
@@ -687,7 +721,12 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here: `up` and `topics` need none of the worker's packages.
     from stack import node
 
-    runners = {"node": node.run_node, "worker": node.run_worker, "api": node.run_api}
+    runners = {
+        "node": node.run_node,
+        "worker": node.run_worker,
+        "journey-worker": node.run_journey_worker,
+        "api": node.run_api,
+    }
     runners[args.command](settings)
     return 0
 

@@ -40,7 +40,13 @@ from api.rate_limit import TokenBuckets
 from api.write_keys import DEV_SOURCE, WriteKeyRegistry
 from journeys.application import JourneyApplication
 from projections.privacy.vault import SealingSink, Vault
-from stack.bootstrap import event_sink, event_store_env, open_journal, settle_heap
+from stack.bootstrap import (
+    creating_stores,
+    event_sink,
+    event_store_env,
+    open_journal,
+    settle_heap,
+)
 from stack.privacy import open_vault
 from stack.processes import api_server
 from stack.settings import Settings
@@ -96,7 +102,8 @@ class IngestGateway:
         self.vault = open_vault(settings)
         # Only for the worker's committed positions (tracking records): nothing is written.
         # (No stage rules: nothing is decided here, and a bad rules file is the node's to report.)
-        self.positions_store = JourneyApplication(env=event_store_env(settings))
+        with creating_stores(settings):
+            self.positions_store = JourneyApplication(env=event_store_env(settings))
         self.write_key_source = NodeWriteKeys(settings.node_socket, settings.admin_key)
         self.backlog = Backlog()
         self.sink.on_delivered = self.backlog.delivered

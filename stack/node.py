@@ -14,10 +14,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
 import uvicorn
+from clickhouse_connect.driver.client import Client
 from fastapi import FastAPI
 from mode import Service
 from mode.types import ServiceT
@@ -25,8 +26,17 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import create_api
+from projections.clickhouse import TableInsert
+from projections.feed_positions import FeedPositions
 from stack.backup import NodeBackups
-from stack.bootstrap import Platform, build_gateway, build_platform, event_sink, open_journal
+from stack.bootstrap import (
+    Platform,
+    build_gateway,
+    build_platform,
+    event_sink,
+    open_journal,
+    platform_on,
+)
 from stack.flows import load_flows
 from stack.flows_switch import switch_to_flows
 from stack.metrics import register_gateway_counters, register_node_gauges
@@ -34,11 +44,13 @@ from stack.outreach import OutreachAdmin, segment_reader
 from stack.processes import api_server
 from stack.settings import Settings
 from streams.app import JourneyStreams
+from streams.gateway_lag import BacklogPoller
 from streams.journal import Journal, JournaledSink, Segment, trim_periodically
 from streams.metrics import WorkerMetrics
 from streams.outreach.flows import FlowRunner
 from streams.outreach.worker import OutreachWorker
 from streams.pipeline import source_name
+from streams.projection_feed import ProjectionApplier, ProjectionFeed, ProjectionRecorder
 from streams.topics import end_offsets
 
 log = logging.getLogger(__name__)
@@ -201,6 +213,17 @@ async def drain(streams: JourneyStreams, settings: Settings) -> bool:
     """
     ends = await end_offsets(settings.kafka_bootstrap_servers, settings.events_topic)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    if not await _drain_journeys(streams, settings, ends, deadline):
+        return False
+    if streams.feed is not None:
+        # The journey workers (stopped before the node) wrote ClickHouse over the feed.
+        return await _drain_feed(streams, settings, deadline)
+    return True
+
+
+async def _drain_journeys(
+    streams: JourneyStreams, settings: Settings, ends: dict[int, int], deadline: float
+) -> bool:
     while True:
         if not streams.consuming:
             # A crash marks every service of the worker crashed, the journey
@@ -219,6 +242,21 @@ async def drain(streams: JourneyStreams, settings: Settings) -> bool:
             log.warning("stopping with events not yet processed, per partition: %s", behind)
             return False
         await asyncio.sleep(0.1)
+
+
+async def _drain_feed(streams: JourneyStreams, settings: Settings, deadline: float) -> bool:
+    ends = await end_offsets(settings.kafka_bootstrap_servers, settings.projections_topic)
+    while streams.consuming:
+        applied = await asyncio.to_thread(streams.feed_positions, list(ends))
+        behind = {p: ends[p] - applied[p] for p in ends if applied[p] < ends[p]}
+        if not behind:
+            return True
+        if time.monotonic() > deadline:
+            log.warning("stopping with projection records not yet applied: %s", behind)
+            return False
+        await asyncio.sleep(0.1)
+    log.warning("the projection consumer has stopped; not waiting for it to catch up")
+    return False
 
 
 class NodeWorker(faust.Worker):
@@ -248,6 +286,84 @@ class NodeWorker(faust.Worker):
         await super().on_stop()
 
 
+class Drained(Service):
+    """A journey worker's last service to stop: it waits for the worker to catch up.
+
+    Stopped first (``NodeWorker(api=)``), while the journey consumer still runs.
+    """
+
+    def __init__(self, streams: JourneyStreams, settings: Settings) -> None:
+        super().__init__()
+        self.streams = streams
+        self.settings = settings
+
+    async def on_stop(self) -> None:
+        if self.settings.kafka_epoch:  # the embedded broker's log goes with it
+            await drain(self.streams, self.settings)
+
+
+class BacklogPolling(Service):
+    """The node's backlog, read from the event store and the broker (workers run apart)."""
+
+    def __init__(self, poller: BacklogPoller) -> None:
+        super().__init__()
+        self.poller = poller
+
+    async def on_start(self) -> None:
+        await self.poller.start()
+
+    async def on_stop(self) -> None:
+        await self.poller.stop()
+
+
+def run_journey_worker(settings: Settings) -> None:
+    """One of `journeys up`'s journey workers: its partitions' journeys, in a group with
+    the others, writing ClickHouse through the projection feed (the node owns chdb)."""
+    # A Faust group of their own (their app's agent, dead letters, is not the node's):
+    # one group of members subscribing to different topics is not Faust's shape.
+    settings = settings.model_copy(update={"worker_group": f"{settings.worker_group}-journeys"})
+    recorder = ProjectionRecorder(
+        settings.kafka_bootstrap_servers,
+        settings.projections_topic,
+        idempotence=settings.kafka_idempotence,
+    )
+    # The recorder takes every call the projection writers make of a client (see it).
+    platform = platform_on(settings, cast(Client, recorder), migrate_schema=False)
+    metrics = WorkerMetrics(CollectorRegistry())
+    # Dead letters are kept here too (over the feed): the node's Faust app has its own agents.
+    streams = JourneyStreams(
+        settings, platform.pipeline(reads_clickhouse=False), platform.dead_letters, metrics=metrics
+    )
+    worker = NodeWorker(
+        streams.app,
+        streams.journey_consumer,
+        api=Drained(streams, settings),
+        loglevel=settings.log_level,
+    )
+    try:
+        worker.execute_from_commandline()
+    finally:
+        platform.close()
+
+
+def _chdb_feed(platform: Platform) -> ProjectionFeed:
+    """The node's side of the projection feed: applied to its ClickHouse, positions saved."""
+    client = platform.clickhouse
+    inserts: dict[tuple[str, tuple[str, ...]], TableInsert] = {}
+
+    def insert(table: str, columns: list[str], rows: list[list[Any]]) -> None:
+        key = (table, tuple(columns))
+        if key not in inserts:
+            inserts[key] = TableInsert(client, table, columns)
+        inserts[key].insert(rows)
+
+    def command(sql: str, parameters: dict[str, Any]) -> None:
+        client.command(sql, parameters=parameters)
+
+    positions = FeedPositions(platform.settings.feed_positions_path)
+    return ProjectionFeed(ProjectionApplier(insert, command), positions.position, positions.save)
+
+
 def run_node(settings: Settings) -> None:
     """The embedded shape: journey worker and API in this process, until SIGTERM/SIGINT."""
     _run_worker(settings, with_api=True)
@@ -259,7 +375,10 @@ def run_worker(settings: Settings) -> None:
 
 
 def _run_worker(settings: Settings, *, with_api: bool) -> None:
-    platform = build_platform(settings, stages_in_flight=with_api)
+    # With journey workers apart (`journeys up`, JOURNEYS_JOURNEY_WORKERS), the node
+    # applies their projection feed instead of consuming journey events.
+    apart = with_api and settings.journey_workers > 0
+    platform = build_platform(settings, stages_in_flight=with_api and not apart)
     # Before any event is consumed: a store restored from before an erasure forgets it again.
     platform.privacy.reapply_ledger()
     # The node journals what its gateway accepts (and its worker's identity messages).
@@ -269,7 +388,12 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     streams = JourneyStreams(
-        settings, platform.pipeline(), platform.dead_letters, journal, metrics=metrics
+        settings,
+        platform.pipeline(),
+        None if apart else platform.dead_letters,  # apart, the journey workers keep them
+        journal,
+        metrics=metrics,
+        feed=_chdb_feed(platform) if apart else None,
     )
     if settings.outreach_engine == "flows" and platform.flow_definitions is not None:
         # Before anything is consumed: the lifecycle flows on, the rules' history seeded.
@@ -297,6 +421,16 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
     register_node_gauges(registry, None, None, outreach.consumer_lag)
     register_gateway_counters(registry, settings.gateway_metrics_dir)
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
+    if streams.feed_consumer is not None:
+        poller = BacklogPoller(
+            streams.backlog,
+            settings.kafka_bootstrap_servers,
+            settings.events_topic,
+            settings.topic_partitions,
+            streams.consumed_position,
+            settings.gateway_lag_poll_s,
+        )
+        services = [streams.feed_consumer, outreach.trigger_consumer, BacklogPolling(poller)]
     api = ApiServer(platform, streams, journal, unproduced, registry) if with_api else None
     node = NodeWorker(streams.app, *services, api=api, loglevel=settings.log_level)
     try:

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     # them; every other path they forward to the node. Unset: one per core. 0: none,
     # the node serves the socket itself (the layout before issue 19).
     gateways: int | None = Field(default=None, ge=0)
+    # Journey worker processes `journeys up` runs (`journeys journey-worker`, one
+    # consumer group over the event partitions, one shared SQLite event store); their
+    # ClickHouse writes reach the node over the projections topic (chdb: one process
+    # per folder). 0: the journey worker runs in the node (the default layout).
+    journey_workers: int = Field(default=0, ge=0)
     # Set by `journeys up` for a gateway: the node's private Unix socket.
     node_socket: str = ""
     # Set by `journeys up` with gateways: where they keep their counters (prometheus
@@ -348,6 +353,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.triggers.dlq"
 
     @property
+    def projections_topic(self) -> str:
+        """Journey workers' ClickHouse writes, for the node that owns chdb (one partition)."""
+        return f"{self.topic_prefix}.projections"
+
+    @property
     def trigger_grace(self) -> timedelta:
         """:attr:`trigger_grace_s` as a duration."""
         return timedelta(seconds=self.trigger_grace_s)
@@ -444,6 +454,11 @@ class Settings(BaseSettings):
     def journal_path(self) -> Path:
         """The ingest journal's folder."""
         return self.journal_dir or self.data_dir / "journal"
+
+    @property
+    def feed_positions_path(self) -> Path:
+        """How far the node applied the journey workers' projection records."""
+        return self.data_dir / "projection-feed.sqlite"
 
     @property
     def gateways_path(self) -> Path:

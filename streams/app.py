@@ -24,12 +24,13 @@ from faust.types import EventT
 from projections.dead_letters import DeadLetterLog
 from streams.backlog import Backlog
 from streams.batches import BatchLoop
-from streams.consumer import TopicRecords, worker_consumer
+from streams.consumer import BatchConsumer, TopicRecords, worker_consumer
 from streams.dead_letters import DeadLetterRecord, store_dead_letters
 from streams.journal import Journal
 from streams.metrics import WorkerMetrics
 from streams.outcomes import OutcomePublisher, OutcomeRecord
 from streams.pipeline import JourneyPipeline, PartitionBatch, PreparedBatch, source_name
+from streams.projection_feed import ProjectionFeed
 from streams.segment_timers import SegmentTimers
 from streams.segments import segment_record, traits_record
 from streams.settings import JourneyWorkerSettings
@@ -47,8 +48,12 @@ class JourneyStreams:
         dead_letters: DeadLetterLog | None = None,
         journal: Journal | None = None,
         metrics: WorkerMetrics | None = None,
+        feed: ProjectionFeed | None = None,
     ) -> None:
         self.settings = settings
+        # Set in the node when journey workers run in processes of their own: it applies
+        # their projection records to ClickHouse instead of consuming journey events.
+        self.feed = feed
         self.pipeline = pipeline
         self.metrics = metrics
         if metrics is not None:
@@ -101,9 +106,21 @@ class JourneyStreams:
         )
         if dead_letters is not None:
             self.app.agent(self.dead_letter_topic, name="dead-letters")(self._dead_letter_agent)
-        # Time passing alone changes segment membership (rolling windows): a timer loop.
+        self.feed_consumer = None
+        if feed is not None:
+            self.feed_consumer = worker_consumer(
+                settings,
+                name="projections",
+                group="projections",
+                topics=[settings.projections_topic],
+                stored_position=lambda _topic, p: feed.position(self._feed_source(p)),
+                handle=self._feed_batch,
+                on_failure=self.app.crash,
+            )
+        # Time passing alone changes segment membership (rolling windows): a timer loop,
+        # where the journeys' partitions are (not in a node whose workers run apart).
         self.segment_timers: SegmentTimers | None = None
-        if pipeline is not None and pipeline.segments is not None:
+        if feed is None and pipeline is not None and pipeline.segments is not None:
             self.segment_timers = SegmentTimers(
                 pipeline.segments,
                 self.ready_partitions,
@@ -128,6 +145,27 @@ class JourneyStreams:
         if self.metrics is not None:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_events.observe(sum(len(b.records) for b in batches))
+
+    async def _feed_batch(self, records: TopicRecords) -> None:
+        started = time.perf_counter()
+        await asyncio.to_thread(self._apply_feed_batch, records[self.settings.projections_topic])
+        if self.metrics is not None:
+            self.metrics.clickhouse_insert_seconds.observe(time.perf_counter() - started)
+
+    def _apply_feed_batch(self, by_partition: dict[int, list[tuple[int, bytes]]]) -> None:
+        assert self.feed is not None
+        with self._batch_lock:  # a backup sees ClickHouse between two applications
+            for partition, items in sorted(by_partition.items()):
+                self.feed.applier.apply([value for _, value in items])
+                self.feed.save(self._feed_source(partition), items[-1][0] + 1)
+
+    def _feed_source(self, partition: int) -> str:
+        return source_name(self.settings.projections_topic, partition, self.settings.kafka_epoch)
+
+    def feed_positions(self, partitions: Sequence[int]) -> dict[int, int]:
+        """How far the projection records are applied, per partition (the node's drain)."""
+        assert self.feed is not None
+        return {p: self.feed.position(self._feed_source(p)) for p in partitions}
 
     def _apply_journey_batch(self, batches: Sequence[PartitionBatch]) -> None:
         with self._batch_lock:
@@ -241,6 +279,8 @@ class JourneyStreams:
 
     def status(self) -> dict[str, Any]:
         """What the worker is doing, for the health endpoint."""
+        if self.feed_consumer is not None:
+            return self._feed_status(self.feed_consumer)
         consumer = self.journey_consumer
         assigned = consumer.assigned_partitions()
         # Lag: what the broker has (highwater, as last fetched) beyond what is committed.
@@ -257,10 +297,29 @@ class JourneyStreams:
             "lag": lag,
         }
 
+    def _feed_status(self, consumer: BatchConsumer) -> dict[str, Any]:
+        # The journeys' lag is the backlog's (fed from the event store's positions);
+        # the projections' is what this node has yet to apply to ClickHouse.
+        assert self.feed is not None
+        pending = 0
+        for partition in consumer.assigned_partitions():
+            end = consumer.highwater(self.settings.projections_topic, partition)
+            if end is not None:
+                pending += max(0, end - self.feed.position(self._feed_source(partition)))
+        return {
+            "ok": bool(consumer.assigned_partitions())
+            and not consumer.rebalancing
+            and consumer.failed is None,
+            "journey_workers": "apart",
+            "lag": self.backlog.events(),
+            "projection_records_pending": pending,
+        }
+
     @property
     def consuming(self) -> bool:
-        """False once the journey consumer stopped for good (a failure, a crash, a stop)."""
-        consumer = self.journey_consumer
+        """False once the journey consumer (the feed's, in a node whose journey workers
+        run apart) stopped for good (a failure, a crash, a stop)."""
+        consumer = self.feed_consumer or self.journey_consumer
         return not consumer.should_stop and consumer.failed is None
 
     def ready_partitions(self) -> list[int]:
