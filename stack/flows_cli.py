@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from journeys.flows.definitions import FlowDefinition, FlowError
 from stack.flows import load_flows
 from stack.flows_migrate import MIGRATE_VERB, add_migrate_parser, run_migrate
-from stack.http_commands import ask_api, connection, definition_table, failed, key
+from stack.http_commands import (
+    api_response,
+    ask_api,
+    connection,
+    definition_table,
+    failed,
+)
 from stack.settings import Settings
 
 FLOWS_COMMAND = "flows"
@@ -107,16 +111,9 @@ def run_flows(args: argparse.Namespace, settings: Settings) -> int:
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     """One line per stored flow: id, version, name, state, re-entry, nodes (kinds)."""
-    base = args.url or settings.api_base_url
-    try:
-        response = httpx.get(
-            f"{base}/v1/flows",
-            headers={"Authorization": f"Bearer {key(args, settings, 'admin')}"},
-            timeout=60,
-        )
-    except httpx.HTTPError as error:
-        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
-        return 2
+    response = api_response(args, settings, "admin", "GET", "/v1/flows")
+    if isinstance(response, int):
+        return response
     if failed(response):
         return 1
     for flow in response.json()["flows"]:

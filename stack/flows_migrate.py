@@ -18,13 +18,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from journeys.flows.definitions import FlowError, flows_from_toml
 from journeys.flows.migration import flows_from_rules, flows_toml
 from journeys.outreach_rules import RuleError, TriggerRule, apply_overrides, parse_rules
 from journeys.toml_text import load_toml
-from stack.http_commands import connection, failed, key
+from stack.http_commands import api_response, connection, failed
 from stack.outreach import declared_rules
 from stack.settings import Settings
 
@@ -86,16 +84,9 @@ def _rules(args: argparse.Namespace, settings: Settings) -> list[TriggerRule] | 
         rules = declared_rules(settings)
     if not args.overrides_from_api:
         return rules
-    base = args.url or settings.api_base_url
-    try:
-        response = httpx.get(
-            f"{base}/v1/outreach/rules",
-            headers={"Authorization": f"Bearer {key(args, settings, 'admin')}"},
-            timeout=30,
-        )
-    except httpx.HTTPError as error:
-        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
-        return 2
+    response = api_response(args, settings, "admin", "GET", "/v1/outreach/rules", timeout=30)
+    if isinstance(response, int):
+        return response
     if failed(response):
         return 1
     return apply_overrides(rules, [_as_declared(rule) for rule in response.json()["rules"]])

@@ -119,6 +119,31 @@ def key(args: argparse.Namespace, settings: Settings, kind: str) -> str:
     return ""
 
 
+def api_response(
+    args: argparse.Namespace,
+    settings: Settings,
+    kind: str,
+    method: str,
+    path: str,
+    timeout: float = 60,
+    **request: Any,
+) -> httpx.Response | int:
+    """Send ``method path`` to the API with the ``kind`` key: its answer, or exit code 2
+    (said on stderr) when the API cannot be reached."""
+    base = args.url or settings.api_base_url
+    try:
+        return httpx.request(
+            method,
+            f"{base}{path}",
+            headers={"Authorization": f"Bearer {key(args, settings, kind)}"},
+            timeout=timeout,
+            **request,
+        )
+    except httpx.HTTPError as error:
+        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
+        return 2
+
+
 def ask_api(
     args: argparse.Namespace,
     settings: Settings,
@@ -130,19 +155,8 @@ def ask_api(
 ) -> int:
     """Send ``method path`` to the API with the ``kind`` key, print its JSON answer;
     the exit code (2 when the API cannot be reached)."""
-    base = args.url or settings.api_base_url
-    try:
-        response = httpx.request(
-            method,
-            f"{base}{path}",
-            headers={"Authorization": f"Bearer {key(args, settings, kind)}"},
-            timeout=timeout,
-            **request,
-        )
-    except httpx.HTTPError as error:
-        print(f"cannot reach the API at {base}: {error}", file=sys.stderr)
-        return 2
-    return print_answer(response)
+    response = api_response(args, settings, kind, method, path, timeout, **request)
+    return response if isinstance(response, int) else print_answer(response)
 
 
 def print_answer(response: httpx.Response) -> int:

@@ -124,21 +124,17 @@ class FlowDefinition:
     def keeps_facts(self) -> bool:
         """Whether the flow's states keep the customer's facts: date anchors plan from
         them, and a template reading ``data`` (cart lines, orders…) renders them."""
-        if self.date_entries:
-            return True
-        return any(
-            "data" in template.names
-            for node in self.nodes.values()
-            if isinstance(node, SendNode)
-            for template in (node.body, node.subject)
-            if template is not None
-        )
+        return bool(self.date_entries) or self._templates_read("data")
 
     @cached_property
     def reads_computed_traits(self) -> bool:
         """Whether a template renders ``computed_traits`` (its sends carry them)."""
+        return self._templates_read("computed_traits")
+
+    def _templates_read(self, name: str) -> bool:
+        """Whether a send's subject or body reads the template variable ``name``."""
         return any(
-            "computed_traits" in template.names
+            name in template.names
             for node in self.nodes.values()
             if isinstance(node, SendNode)
             for template in (node.body, node.subject)
