@@ -142,6 +142,8 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
     settings = settings.model_copy(update={"api_socket_fd": node_listener.fileno()})
     if gateway_count:
         settings = settings.model_copy(update={"gateway_metrics_dir": _metrics_dir(settings)})
+    # The journey workers' metrics files (the node's /metrics reads them): this stack's only.
+    shutil.rmtree(settings.journey_worker_metrics_dir, ignore_errors=True)
     brokers = (
         EmbeddedBrokers(settings, logs / "broker.log")
         if not settings.kafka_bootstrap_servers
@@ -182,10 +184,16 @@ def up(settings: Settings, demo_rate: float = 0) -> int:
         )
 
     def start_journey_worker(index: int) -> subprocess.Popen[bytes]:
+        worker_settings = node_settings().model_copy(
+            update={
+                "journal_dir": settings.journey_worker_journal_path(index),
+                "journey_worker_index": index,
+            }
+        )
         return spawn(
             [sys.executable, "-m", "stack.cli", "journey-worker", "--index", str(index)],
             logs / f"journey-worker-{index}.log",
-            env=node_settings().to_env(),
+            env=worker_settings.to_env(),
         )
 
     standby = Standby(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -39,7 +40,12 @@ from stack.bootstrap import (
 )
 from stack.flows import load_flows
 from stack.flows_switch import switch_to_flows
-from stack.metrics import register_gateway_counters, register_node_gauges
+from stack.metrics import (
+    register_gateway_counters,
+    register_journey_worker_metrics,
+    register_node_gauges,
+    write_metrics_file,
+)
 from stack.outreach import OutreachAdmin, segment_reader
 from stack.processes import api_server
 from stack.settings import Settings
@@ -316,27 +322,79 @@ class BacklogPolling(Service):
         await self.poller.stop()
 
 
+class Periodic(Service):
+    """Runs ``rounds`` (each in a thread) every ``every_s`` while the process runs, and
+    once more at its stop: a journey worker's journal trim and metrics file."""
+
+    def __init__(self, rounds: Sequence[Callable[[], None]], every_s: float) -> None:
+        super().__init__()
+        self.rounds = list(rounds)
+        self.every_s = every_s
+        self._rounds_running: list[asyncio.Task[None]] = []
+
+    async def on_start(self) -> None:
+        self._rounds_running = [
+            asyncio.ensure_future(trim_periodically(one, self.every_s)) for one in self.rounds
+        ]
+
+    async def on_stop(self) -> None:
+        for task in self._rounds_running:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for one in self.rounds:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(one)
+
+
 def run_journey_worker(settings: Settings) -> None:
     """One of `journeys up`'s journey workers: its partitions' journeys, in a group with
     the others, writing ClickHouse through the projection feed (the node owns chdb)."""
     # A Faust group of their own (their app's agent, dead letters, is not the node's):
     # one group of members subscribing to different topics is not Faust's shape.
     settings = settings.model_copy(update={"worker_group": f"{settings.worker_group}-journeys"})
+    # Its projection records stay on disk until the node applied them: a broker that
+    # dies between the worker's commit and the node's apply would take them otherwise.
+    journal = open_journal(settings) if settings.uses_journal else None
+    unproduced = journal.open() if journal is not None else []
     recorder = ProjectionRecorder(
         settings.kafka_bootstrap_servers,
         settings.projections_topic,
         idempotence=settings.kafka_idempotence,
+        journal=journal,
     )
+    applied = FeedPositions(settings.feed_positions_path)
+
+    def feed_position(epoch: str, partition: int) -> int:
+        # The node's position on journey.projections in ``epoch``: what it has applied.
+        return applied.position(source_name(settings.projections_topic, partition, epoch))
+
+    if unproduced:
+        # Before any new batch: the node applies what the last broker lost first.
+        produced = recorder.replay(unproduced, feed_position)
+        log.info("journey worker: %d projection records produced again", produced)
     # The recorder takes every call the projection writers make of a client (see it).
     platform = platform_on(settings, cast(Client, recorder), migrate_schema=False)
-    metrics = WorkerMetrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
     # Dead letters are kept here too (over the feed): the node's Faust app has its own agents.
     streams = JourneyStreams(
         settings, platform.pipeline(reads_clickhouse=False), platform.dead_letters, metrics=metrics
     )
+    rounds: list[Callable[[], None]] = [
+        functools.partial(write_metrics_file, registry, settings.journey_worker_metrics_file)
+    ]
+    if journal is not None:
+        trimmed_journal = journal
+
+        def trim() -> None:
+            trimmed_journal.trim(feed_position)
+
+        rounds.append(trim)
     worker = NodeWorker(
         streams.app,
         streams.journey_consumer,
+        Periodic(rounds, settings.journal_trim_s),
         api=Drained(streams, settings),
         loglevel=settings.log_level,
     )
@@ -344,6 +402,9 @@ def run_journey_worker(settings: Settings) -> None:
         worker.execute_from_commandline()
     finally:
         platform.close()
+        if journal is not None:
+            journal.close()
+        applied.close()
 
 
 def _chdb_feed(platform: Platform) -> ProjectionFeed:
@@ -420,6 +481,8 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
     )
     register_node_gauges(registry, None, None, outreach.consumer_lag)
     register_gateway_counters(registry, settings.gateway_metrics_dir)
+    if apart:
+        register_journey_worker_metrics(registry, settings.journey_worker_metrics_dir)
     services: list[ServiceT] = [streams.journey_consumer, outreach.trigger_consumer]
     if streams.feed_consumer is not None:
         poller = BacklogPoller(

@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     # ClickHouse writes reach the node over the projections topic (chdb: one process
     # per folder). 0: the journey worker runs in the node (the default layout).
     journey_workers: int = Field(default=0, ge=0)
+    # Which of them this process is (set by `journeys up` for each journey worker).
+    journey_worker_index: int = Field(default=0, ge=0)
     # Set by `journeys up` for a gateway: the node's private Unix socket.
     node_socket: str = ""
     # Set by `journeys up` with gateways: where they keep their counters (prometheus
@@ -468,6 +470,20 @@ class Settings(BaseSettings):
     def gateway_journal_path(self, index: int) -> Path:
         """Gateway ``index``'s ingest journal: only that gateway replays it."""
         return self.gateways_path / str(index) / "journal"
+
+    def journey_worker_journal_path(self, index: int) -> Path:
+        """Journey worker ``index``'s journal of projection records (only it replays it)."""
+        return self.data_dir / "journey-workers" / str(index) / "journal"
+
+    @property
+    def journey_worker_metrics_dir(self) -> Path:
+        """Where `journeys up`'s journey workers leave their metrics for the node's /metrics."""
+        return self.data_dir / "journey-worker-metrics"
+
+    @property
+    def journey_worker_metrics_file(self) -> Path:
+        """This journey worker's metrics, rewritten every second (stack/metrics.py)."""
+        return self.journey_worker_metrics_dir / f"{self.journey_worker_index}.prom"
 
     def gateway_journal_paths(self) -> dict[int, Path]:
         """The gateways' journals on disk, by gateway index."""

@@ -17,10 +17,17 @@ segment deletes can be repeated), so a record applied twice (the node died
 before it saved its position), or a batch recorded twice (a worker died before
 its commit, and the partition's next owner did it again), leaves what one
 application leaves.
+
+Against a broker that forgets (the embedded ``memory://`` one), a recorder with a
+:class:`~streams.journal.Journal` also appends every record to it, fsynced before
+the call returns (so before the batch's commit), until the node's feed position
+shows it applied; at the worker's next start, in a new broker, what was not
+applied is produced again (:meth:`ProjectionRecorder.replay`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -29,6 +36,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streams.journal import Delivery, Journal, Position, Segment, replay_segments
 from streams.outcomes import keyed_producer_config
 
 # Bytes per record at most: under the broker's default message size (1 MB).
@@ -110,10 +118,17 @@ class ProjectionRecorder:
     """
 
     def __init__(
-        self, bootstrap_servers: str, topic: str, idempotence: bool = False, timeout_s: float = 30.0
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        idempotence: bool = False,
+        timeout_s: float = 30.0,
+        journal: Journal | None = None,
     ) -> None:
         self.topic = topic
         self.timeout_s = timeout_s
+        # Opened by the caller; trimmed against the node's feed positions (stack/node.py).
+        self.journal = journal
         config = keyed_producer_config(bootstrap_servers, idempotence)
         config["message.max.bytes"] = 2 * MAX_RECORD_BYTES
         self._producer = Producer(config)
@@ -151,12 +166,40 @@ class ProjectionRecorder:
     def close(self) -> None:
         self._producer.flush(self.timeout_s)
 
-    def _send(self, values: Sequence[bytes]) -> None:
-        failures: list[KafkaError] = []
+    def replay(self, segments: Sequence[Segment], old_position: Position | None = None) -> int:
+        """Produce the journal's ``segments`` (from its ``open``) again, in journal order;
+        records the node applied in their old epoch (``old_position``) are skipped."""
+        assert self.journal is not None
 
-        def delivered(error: KafkaError | None, _message: Message) -> None:
+        async def produce(records: Sequence[tuple[bytes, bytes]]) -> list[Delivery]:
+            return self._produce([value for _, value in records])
+
+        # One partition: every record's key is empty and lands in partition 0.
+        report = asyncio.run(replay_segments(self.journal, segments, produce, 1, old_position))
+        return report.produced
+
+    def _send(self, values: Sequence[bytes]) -> None:
+        ticket = None
+        if self.journal is not None:
+            # Not bounded: refusing would stall the worker, not ingest (as its identity
+            # messages). The fsync runs while the broker acknowledges (_produce).
+            ticket = self.journal.append([(b"", value) for value in values], bounded=False)
+        deliveries = self._produce(values, ticket)
+        if self.journal is not None and ticket is not None:
+            self.journal.resolve(ticket, deliveries)
+        if self.on_sent is not None:
+            self.on_sent(len(values), sum(map(len, values)))
+
+    def _produce(self, values: Sequence[bytes], ticket: Any = None) -> list[Delivery]:
+        failures: list[KafkaError] = []
+        landed: list[Delivery] = []
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
             if error is not None:
                 failures.append(error)
+                landed.append(None)
+            else:
+                landed.append((message.partition() or 0, message.offset() or 0))
 
         for value in values:
             while True:
@@ -168,13 +211,16 @@ class ProjectionRecorder:
                     break
                 except BufferError:
                     self._producer.poll(0.01)
+        if ticket is not None and self.journal is not None:
+            self.journal.sync(ticket)
         unacknowledged = self._producer.flush(self.timeout_s)
-        if failures:
-            raise KafkaException(failures[0])
-        if unacknowledged:
+        if failures or unacknowledged:
+            if ticket is not None and self.journal is not None:
+                self.journal.resolve(ticket, landed + [None] * (len(values) - len(landed)))
+            if failures:
+                raise KafkaException(failures[0])
             raise TimeoutError(f"{unacknowledged} projection records unacknowledged")
-        if self.on_sent is not None:
-            self.on_sent(len(values), sum(map(len, values)))
+        return landed
 
 
 # Runs one decoded write on the real client: (table, columns, rows) or (sql, parameters).

@@ -5,10 +5,15 @@ event partitions, one SQLite event store) and one ingest gateway. The workers
 write ClickHouse over the projection feed and the node applies it. Senders post
 /v1/batch requests (each re-sent until 200); a third of the way in one journey
 worker is SIGKILLed mid-batch and the supervisor starts it again, the other
-taking its partitions meanwhile. Through the API every customer's stage and
-event count show what was acknowledged; the timeline reads the shared event
+taking its partitions meanwhile; at two thirds the broker is SIGKILLed (a new
+one is a new epoch: the gateways' journals bring back the events, the workers'
+journals the projection records the node had not applied). Through the API
+every customer's stage and event count show what was acknowledged; the timeline
+reads the shared event
 store; after a clean stop every acknowledged event is one row in the event log
-and one count in the customer counters, and `journeys verify` agrees.
+and one count in the customer counters, and `journeys verify` agrees. The node's
+/metrics shows each worker's batch figures, and the workers' journals are trimmed
+once the node applied everything.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ def test_a_killed_journey_worker_loses_no_acknowledged_event_and_counts_none_twi
         journey_workers="2",
         gateways="1",
         ingest_rate_per_s="0",
+        journal_segment_s="2",
+        supervisor_max_restarts="10",
     )
     write_key, read_key = stack.wait_for_banner()
     reader = {"Authorization": f"Bearer {read_key}"}
@@ -95,9 +102,15 @@ def test_a_killed_journey_worker_loses_no_acknowledged_event_and_counts_none_twi
             ),
             timeout=120,
         ), stack.output()
+        assert wait_for(lambda: sender.done() >= 2 * EVENTS / 3, timeout=300), stack.output()
+        broker = stack.child("tansu")
+        assert broker is not None, stack.output()
+        broker.send_signal(signal.SIGKILL)
+        assert wait_for(lambda: restarted(stack, "tansu", broker.pid), 60), stack.output()
         for thread in threads:
             thread.join(timeout=600)
         assert sender.done() == EVENTS
+        assert "the broker exited" in stack.output()
         assert "the journey worker 0 exited" in stack.output() or (
             "the journey worker 1 exited" in stack.output()
         )
@@ -109,6 +122,15 @@ def test_a_killed_journey_worker_loses_no_acknowledged_event_and_counts_none_twi
         assert customer["stage"] == "loyalty", customer  # ten orders: a repeat buyer
         timeline = httpx.get(f"{stack.base}/v1/customers/u9/journey", headers=reader, timeout=30)
         assert timeline.status_code == 200, timeline.text
+        # Each worker's batches in the node's /metrics, labelled by worker.
+        metrics = httpx.get(f"{stack.base}/metrics", timeout=30).text
+        for index in ("0", "1"):
+            count = sample(
+                metrics, "journeys_journey_worker_batch_events_count", f'journey_worker="{index}"'
+            )
+            assert count > 0, metrics
+        # Everything applied: each worker's journal trimmed down to its empty active segment.
+        assert wait_for(lambda: worker_journals_empty(tmp_path / "data"), 60), stack.output()
     finally:
         code, children = stack.interrupt(signal.SIGTERM)
     assert code == 0, stack.output()
@@ -117,3 +139,22 @@ def test_a_killed_journey_worker_loses_no_acknowledged_event_and_counts_none_twi
     verified = run_cli(Settings(data_dir=tmp_path / "data"), "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"{CUSTOMERS} journeys with {EVENTS} events" in verified.stdout
+
+
+def restarted(stack: RunningStack, marker: str, old: int) -> bool:
+    child = stack.child(marker)
+    return child is not None and child.pid != old
+
+
+def sample(metrics: str, name: str, label: str) -> float:
+    """The value of ``name``'s sample carrying ``label`` in a /metrics text (0 if none)."""
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def worker_journals_empty(data: Path) -> bool:
+    journals = sorted((data / "journey-workers").glob("*/journal"))
+    held = [[p.stat().st_size for p in j.glob("*.seg")] for j in journals]
+    return len(journals) == 2 and all(sizes == [6] for sizes in held)
