@@ -375,7 +375,7 @@ def backfill(
     history = SegmentHistory(client, DATABASE)
     spent: dict[str, float] = defaultdict(float)
     history.customers_after = _timed(history.customers_after, spent, "list customers")  # type: ignore[method-assign]
-    history.events_of = _timed(history.events_of, spent, "read histories")  # type: ignore[method-assign]
+    history.histories = _timed(history.histories, spent, "read histories")  # type: ignore[method-assign]
     store = SegmentStore(sqlite_path=work / "segments.sqlite")
     try:
         definitions = parse_definitions({"segments": {BACKFILL_SEGMENT: BACKFILL_DEFINITION}})

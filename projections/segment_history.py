@@ -41,12 +41,20 @@ class SegmentHistory:
 
     def events_of(self, customer_keys: Sequence[str]) -> dict[str, list[SegmentEvent]]:
         """Each customer's events (one row per event: FINAL), oldest first."""
+        return self.histories(customer_keys)[0]
+
+    def histories(
+        self, customer_keys: Sequence[str]
+    ) -> tuple[dict[str, list[SegmentEvent]], dict[str, int]]:
+        """As :meth:`events_of`, and each event's arrival (epoch ms) by event id."""
+        received: dict[str, int] = {}
         if not customer_keys:
-            return {}
+            return {}, received
         columns = ", ".join(TYPED_FIELDS)
         result = self._client.query(
             "SELECT customer_key, event_id, event_name, event_type,"
-            f" toUnixTimestamp64Milli(timestamp), {columns}, properties"
+            f" toUnixTimestamp64Milli(timestamp), {columns}, properties,"
+            " toUnixTimestamp64Milli(received_at)"
             f" FROM {self._db}.events FINAL WHERE customer_key IN {{keys:Array(String)}}"
             " ORDER BY customer_key, timestamp, event_id",
             parameters={"keys": list(customer_keys)},
@@ -55,16 +63,17 @@ class SegmentHistory:
         for row in result.result_rows:
             key, event_id, name, kind, at_ms = row[:5]
             typed = row[5 : 5 + len(TYPED_FIELDS)]
+            received[event_id] = int(row[-1])
             found[key].append(
                 SegmentEvent(
                     event_id=event_id,
                     at_ms=int(at_ms),
                     name=name,
                     type=kind,
-                    properties=_properties(typed, row[-1]),
+                    properties=_properties(typed, row[-2]),
                 )
             )
-        return found
+        return found, received
 
 
 def _properties(typed: Sequence[Any], rest: dict[str, str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ query, as the outreach timers do.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +35,13 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS segment_due_by_time ON segment_due (partition, due_ms)",
     # A segment's backfill at one definition (fingerprint), per partition: every
     # customer of the partition with a key <= cursor is done; total: customers in
-    # the event log when it started (all partitions).
+    # the event log when it started (all partitions); started_ms: when the worker took
+    # the definition (changes caused by what arrived before are history).
     """CREATE TABLE IF NOT EXISTS segment_backfills (
         segment TEXT NOT NULL, partition INTEGER NOT NULL, fingerprint TEXT NOT NULL,
         cursor TEXT NOT NULL, done BIGINT NOT NULL, total BIGINT NOT NULL,
-        finished INTEGER NOT NULL, PRIMARY KEY (segment, partition))""",
+        finished INTEGER NOT NULL, started_ms BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (segment, partition))""",
     # Static segments: each one's list as uploaded (or saved from a funnel's drop-outs),
     # and the changes to it the worker has not applied to the states yet (the latest
     # change per customer wins: listed 1 on, 0 off, at its instant).
@@ -73,6 +76,8 @@ class Backfill:
     fingerprint: str
     total: int
     parts: Mapping[int, BackfillPart]
+    # Epoch ms from which what arrives is live: a change it caused is not flagged.
+    started_ms: int = 0
 
     @property
     def finished(self) -> bool:
@@ -100,6 +105,27 @@ class SegmentStore:
 
     def __init__(self, sqlite_path: Path | None = None, postgres_dsn: str = "") -> None:
         self.tables = SqlTables(SCHEMA, sqlite_path=sqlite_path, postgres_dsn=postgres_dsn)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        # Stores made before started_ms: a backfill under way counts as started now,
+        # so nothing that arrived before this version ran is taken as live.
+        if self.tables.postgres:
+            sql = (
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = 'segment_backfills'"
+            )
+        else:
+            sql = "SELECT name FROM pragma_table_info('segment_backfills')"
+        if "started_ms" in {str(row[0]) for row in self.tables.rows(sql)}:
+            return
+        with self.tables.transaction():
+            self.tables.execute(
+                "ALTER TABLE segment_backfills ADD COLUMN started_ms BIGINT NOT NULL DEFAULT 0"
+            )
+            self.tables.execute(
+                "UPDATE segment_backfills SET started_ms = ?", [int(time.time() * 1000)]
+            )
 
     def close(self) -> None:
         self.tables.close()
@@ -297,7 +323,7 @@ class SegmentStore:
     def backfills(self) -> dict[str, Backfill]:
         """Every segment's backfill as recorded (at the fingerprint it was started for)."""
         rows = self.tables.rows(
-            "SELECT segment, partition, fingerprint, cursor, done, total, finished"
+            "SELECT segment, partition, fingerprint, cursor, done, total, finished, started_ms"
             " FROM segment_backfills ORDER BY segment, partition"
         )
         grouped: dict[str, list[tuple[Any, ...]]] = {}
@@ -309,12 +335,18 @@ class SegmentStore:
                 str(found[0][2]),
                 int(found[0][5]),
                 {int(r[1]): BackfillPart(str(r[3]), int(r[4]), bool(r[6])) for r in found},
+                int(found[0][7]),
             )
             for segment, found in grouped.items()
         }
 
-    def start_backfill(self, segment: str, fingerprint: str, partitions: int, total: int) -> bool:
-        """Start the segment's backfill at ``fingerprint`` unless it is; True if started here."""
+    def start_backfill(
+        self, segment: str, fingerprint: str, partitions: int, total: int, started_ms: int = 0
+    ) -> bool:
+        """Start the segment's backfill at ``fingerprint`` unless it is; True if started here.
+
+        ``started_ms``: from when what arrives is live (the definition was taken then).
+        """
         with self.tables.transaction():
             rows = self.tables.rows(
                 "SELECT fingerprint FROM segment_backfills WHERE segment = ?", [segment]
@@ -325,8 +357,8 @@ class SegmentStore:
             for partition in range(partitions):
                 self.tables.execute(
                     "INSERT INTO segment_backfills (segment, partition, fingerprint, cursor,"
-                    " done, total, finished) VALUES (?, ?, ?, '', 0, ?, 0)",
-                    [segment, partition, fingerprint, total],
+                    " done, total, finished, started_ms) VALUES (?, ?, ?, '', 0, ?, 0, ?)",
+                    [segment, partition, fingerprint, total, started_ms],
                 )
         return True
 

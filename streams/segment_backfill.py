@@ -14,8 +14,11 @@ lock and only for partitions owned here and caught up:
    evaluator and ticked to now, so their state and membership are what a
    from-scratch evaluation gives;
 2. the segment's changes through that history are written to
-   ``segment_changes`` flagged ``backfill = 1`` and published with
-   ``"backfill": true`` (outreach never treats them as live entries);
+   ``segment_changes`` and published on ``journey.segments``; those caused by
+   what arrived before the backfill started (an event received before it, a
+   window that slid before it) are flagged ``backfill`` (outreach never treats
+   them as live entries); one caused by an event received since is live, as
+   the worker would have recorded it had the customer been covered;
 3. the states, their due instants and the part's cursor are saved in one
    transaction.
 
@@ -33,7 +36,7 @@ import logging
 from dataclasses import dataclass, field
 
 from journeys.segment_state import MembershipChange, SegmentState
-from projections.segment_store import BackfillPart, Due
+from projections.segment_store import Backfill, BackfillPart, Due
 from streams.journal import partition_of
 from streams.segments import SegmentMaintainer
 
@@ -53,7 +56,8 @@ class BackfillChunk:
     part: BackfillPart
     states: dict[str, SegmentState] = field(default_factory=dict)
     due: dict[str, Due] = field(default_factory=dict)
-    changes: list[tuple[str, MembershipChange]] = field(default_factory=list)
+    # (customer, change, found in history: arrived before the backfill started).
+    changes: list[tuple[str, MembershipChange, bool]] = field(default_factory=list)
 
 
 class SegmentBackfill:
@@ -65,10 +69,11 @@ class SegmentBackfill:
         self.history = maintainer.history
         self.chunk = chunk
 
-    def start(self) -> list[str]:
+    def start(self, started_ms: int = 0) -> list[str]:
         """Start the backfill of every segment whose definition it was not started for.
 
-        The segments started here (another worker may have started some first).
+        ``started_ms``: when the worker took the definitions (what arrives from then on
+        is live). The segments started here (another worker may have started some first).
         """
         maintainer = self.maintainer
         maintainer.store.forget_backfills(maintainer.fingerprints)
@@ -82,7 +87,9 @@ class SegmentBackfill:
             if sid in maintainer.definitions.segments:
                 maintainer.log.forget_segment(sid)
             total = self.history.customer_count()
-            if maintainer.store.start_backfill(sid, fingerprint, maintainer.partitions, total):
+            if maintainer.store.start_backfill(
+                sid, fingerprint, maintainer.partitions, total, started_ms
+            ):
                 started.append(sid)
                 log.info("segment %s: backfill started over %d customers", sid, total)
         maintainer.backfills = maintainer.store.backfills()
@@ -99,12 +106,13 @@ class SegmentBackfill:
                 part = found.parts.get(partition)
                 if part is None or part.finished:
                     continue
-                return self._chunk(sid, found.fingerprint, partition, part, now_ms)
+                return self._chunk(sid, found, partition, part, now_ms)
         return None
 
     def _chunk(
-        self, sid: str, fingerprint: str, partition: int, part: BackfillPart, now_ms: int
+        self, sid: str, found: Backfill, partition: int, part: BackfillPart, now_ms: int
     ) -> BackfillChunk:
+        fingerprint = found.fingerprint
         maintainer = self.maintainer
         keys = self.history.customers_after(part.cursor, self.chunk)
         own = [k for k in keys if partition_of(k.encode(), maintainer.partitions) == partition]
@@ -117,7 +125,7 @@ class SegmentBackfill:
             partition,
             BackfillPart(keys[-1] if keys else part.cursor, part.done + len(own), finished),
         )
-        histories = self.history.events_of(own)
+        histories, received = self.history.histories(own)
         live = maintainer.store.states(own)
         evaluator = maintainer.evaluator
         for key in own:
@@ -137,12 +145,19 @@ class SegmentBackfill:
             state.evaluated_by = ""  # not what the definitions give: the next evaluation is full
             chunk.states[key] = state
             chunk.due[key] = maintainer.due(state, partition)
-            chunk.changes.extend((key, c) for c in changes if c.segment == sid)
+            chunk.changes.extend(
+                (key, c, received.get(c.event_id, c.at_ms) < found.started_ms)
+                for c in changes
+                if c.segment == sid
+            )
         return chunk
 
     def write(self, chunk: BackfillChunk) -> None:
-        """The chunk's changes into ``segment_changes``, flagged as found by a backfill."""
-        self.maintainer.log.append(chunk.changes, backfill=True)
+        """The chunk's changes into ``segment_changes``, those found in history flagged."""
+        for flag in (False, True):
+            self.maintainer.log.append(
+                [(k, c) for k, c, past in chunk.changes if past is flag], backfill=flag
+            )
 
     def commit(self, chunk: BackfillChunk) -> bool:
         """Save the chunk's states, due instants and cursor, atomically; False if restarted."""

@@ -83,6 +83,9 @@ class SegmentTimers:
         self._rfm_scan_s = rfm_scan_s
         self._rfm_scanned = -math.inf
         self._rfm_ready: list[int] = []
+        # When the maintainer's definitions were taken (it was built just before the API
+        # serves): a backfill of them counts what arrives from then on as live.
+        self._taken_ms = int(clock() * 1000)
 
     def register(self, app: faust.App, tick_s: float) -> None:
         """Run :meth:`fire_due` every ``tick_s`` on ``app``."""
@@ -106,8 +109,10 @@ class SegmentTimers:
         with self._lock:
             self._reloaded = time.monotonic()
             changed = self.maintainer.reload()
+            if changed:
+                self._taken_ms = int(self._clock() * 1000)
             if self.backfill is not None:
-                self.backfill.start()
+                self.backfill.start(self._taken_ms)
             return changed
 
     def backfill_due(self, budget_s: float = BACKFILL_BUDGET_S) -> int:
@@ -128,9 +133,9 @@ class SegmentTimers:
                         (
                             self._topic,
                             key.encode(),
-                            orjson.dumps(segment_record(key, change, backfill=True)),
+                            orjson.dumps(segment_record(key, change, backfill=past)),
                         )
-                        for key, change in chunk.changes
+                        for key, change, past in chunk.changes
                     ]
                 )
                 self.backfill.commit(chunk)

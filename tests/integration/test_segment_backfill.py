@@ -282,3 +282,30 @@ def test_a_trait_changed_alone_is_backfilled_from_history(
     # Nothing was recorded as a membership change by the traits' backfill.
     assert _topic(settings) == []
     worker.close()
+
+
+def test_an_entry_received_after_the_backfill_started_is_live(
+    settings: Settings, clickhouse: Client
+) -> None:
+    """Issue 17: an order arriving before the customer is covered is not history."""
+    ensure_topics(settings.kafka_bootstrap_servers, [settings.segments_topic], 1, 1)
+    now = [T0 + 10 * MINUTE]  # the worker takes the definition then
+    seed = {"traits": {}, "segments": {"buyers": {"where": {"event": "Order Completed"}}}}
+    worker = Worker(settings, clickhouse, now, backfill=True, seed=seed)
+    # Both folded before any backfill chunk: neither customer is covered yet, so the
+    # live fold records nothing and the backfill finds both entries in the log.
+    worker.process(
+        [
+            make_event("old", "c-old", "Order Completed", 5),  # received before the start
+            make_event("new", "c-new", "Order Completed", 20),  # received after it
+        ],
+        {},
+    )
+    now[0] = T0 + 30 * MINUTE
+    worker.settle()
+    assert worker.maintainer.backfills["buyers"].finished
+    flags = {c: flag for c, _, entered, flag in worker.log.backfilled_changes("buyers")}
+    assert flags == {"c-old": True, "c-new": False}
+    published = {r["customer_key"]: r["backfill"] for r in _topic(settings)}
+    assert published == {"c-old": True, "c-new": False}
+    worker.close()
