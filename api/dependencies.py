@@ -129,6 +129,13 @@ class FlowControl(Protocol):
         ``version`` and in ``[start, end)`` when given); None when unknown."""
         ...
 
+    def node_customers(
+        self, flow_id: str, node: str, limit: int, offset: int
+    ) -> dict[str, Any] | None:
+        """The customers at a node now and those who passed it, one page; None for an
+        unknown flow, ValueError for a node it never had."""
+        ...
+
     def backtest(
         self, flow_id: str, draft: dict[str, Any] | None, start: datetime, end: datetime
     ) -> dict[str, Any] | None:

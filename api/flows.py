@@ -185,6 +185,31 @@ async def flow_results(
     return _not_found(flow_id) if shown is None else shown
 
 
+MAX_NODE_PAGE = 500
+
+
+@router.get("/{flow_id}/nodes/{node_id}/customers", summary="Who is at a node of a flow")
+async def node_customers(
+    flow_id: FlowId,
+    node_id: Annotated[str, Path(description="the node's id", max_length=64)],
+    flows: Flows,
+    limit: Annotated[int, Query(ge=1, le=MAX_NODE_PAGE, description="customers per page")] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="customers skipped")] = 0,
+) -> Any:
+    """The customers whose run stands at the node now (``at_node``: ``now``, waiting
+    until ``waiting_until``), newest first, then each earlier arrival of a run that went
+    on (``passed``), newest first; ``now`` and ``passed`` count them all. Any version's
+    node, a deleted flow's too (its runs finish)."""
+    try:
+        found = await asyncio.to_thread(flows.node_customers, flow_id, node_id, limit, offset)
+    except LookupError as error:
+        raise HTTPException(503, str(error)) from error
+    except ValueError as error:
+        reason = {"field": "node_id", "rule": "exists", "message": str(error)}
+        return problem(404, f"node_id: {error}", [reason])
+    return _not_found(flow_id) if found is None else found
+
+
 @router.put(
     "/{flow_id}",
     summary="Define or replace a flow",

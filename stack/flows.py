@@ -97,7 +97,15 @@ class FlowsAdmin:
         flow = found.get(flow_id)
         if flow is None:
             return None
-        return {**_summary(flow, found), "definition": dict(flow.source)}
+        # The versions runs were started on, and the one in force (no run on it yet, maybe).
+        versions = {flow.version}
+        if self.store is not None:
+            versions.update(v for fid, v, _, _ in self.store.flow_versions() if fid == flow_id)
+        return {
+            **_summary(flow, found),
+            "versions": sorted(versions),
+            "definition": dict(flow.source),
+        }
 
     def put(self, flow_id: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """Define or replace a flow; (whether it existed, the flow as shown).
@@ -196,6 +204,64 @@ class FlowsAdmin:
                 "from": None if start is None else iso(to_ms(start)),
                 "to": None if end is None else iso(to_ms(end)),
             },
+        }
+
+    def node_customers(
+        self, flow_id: str, node: str, limit: int, offset: int
+    ) -> dict[str, Any] | None:
+        """The customers at ``node`` now (their run stands there: waiting, or held while
+        paused) and those who reached it before and went on, newest first, one list
+        paginated (``limit``/``offset``); None for an unknown flow, ValueError for a node
+        it never had (LookupError: no live store)."""
+        if self.store is None:
+            raise LookupError("flows do not run in this process")
+        in_force = self.in_force().get(flow_id)
+        known = set(in_force.nodes) if in_force is not None else set()
+        for fid, _, _, source in self.store.flow_versions():
+            if fid == flow_id:
+                known.update((json.loads(source).get("nodes") or {}).keys())
+        if not known:
+            return None
+        if node not in known:
+            raise ValueError(f"flow {flow_id!r} has no node {node!r}")
+        states, arrivals = self.store.flow_node_rows(flow_id)
+        here: list[dict[str, Any]] = []
+        standing: set[str] = set()
+        for key, stored in states:
+            run = FlowState.from_dict(stored).run
+            if run is not None and run.node == node:
+                standing.add(run.run_id)
+                until = iso(run.deadline_ms) if run.deadline_ms else None
+                here.append(
+                    {
+                        "customer_id": key,
+                        "at_node": "now",
+                        "version": run.version,
+                        "since": iso(run.since_ms),
+                        "waiting_until": until,
+                    }
+                )
+        here.sort(key=lambda c: str(c["since"]), reverse=True)
+        passed = [
+            {
+                "customer_id": key,
+                "at_node": "passed",
+                "version": fact["version"],
+                "since": fact["at"],
+                "waiting_until": None,
+            }
+            for key, fact in arrivals
+            if fact.get("node") == node and fact["run_id"] not in standing
+        ]
+        everyone = here + passed
+        return {
+            "flow_id": flow_id,
+            "node": node,
+            "now": len(here),
+            "passed": len(passed),
+            "limit": limit,
+            "offset": offset,
+            "customers": everyone[offset : offset + limit],
         }
 
     def _stored(self) -> FlowDefinitions:

@@ -672,6 +672,30 @@ class OutreachStore:
         for key in sorted(states):
             yield key, facts.get(key, []), orjson.loads(states[key])
 
+    def flow_node_rows(
+        self, flow_id: str
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+        """The flow's (customer, state) rows, and its arrivals at nodes (entries and nodes
+        reached: (customer, fact)) newest first, for the customers at one node."""
+        states = [
+            (key, orjson.loads(text))
+            for key, text in self._rows(
+                "SELECT customer_key, state FROM flow_states WHERE flow_id = ? "
+                "ORDER BY customer_key",
+                (flow_id,),
+            )
+        ]
+        arrivals = [
+            (key, orjson.loads(body))
+            for key, body in self._rows(
+                "SELECT customer_key, body FROM flow_facts WHERE flow_id = ? "
+                "AND fact_type IN ('Entered', 'NodeReached') "
+                "ORDER BY at_ms DESC, recorded_ts DESC, fact_id",
+                (flow_id,),
+            )
+        ]
+        return states, arrivals
+
     def flow_deliveries(
         self, flow_id: str, message_ids: Set[str] | None = None
     ) -> list[tuple[str, str, int]]:

@@ -703,7 +703,7 @@ def test_the_flows_panel_draws_the_flow_with_its_live_counts(
     add_user(node, "dash-flows", "admin")
     opened.goto(f"{node.base}/dashboard")
     sign_in_as(opened, "dash-flows")
-    opened.wait_for_selector("#flows-graph li")
+    opened.wait_for_selector("#flows-graph .flow-node")
     listed = httpx.get(f"{node.base}/v1/flows", headers=admin, timeout=30).json()["flows"]
     shown_flows = table(opened, "#flows-table")
     assert shown_flows[0] == ["abandoned_cart", "Abandoned cart", "1", "live"]
@@ -719,7 +719,7 @@ def test_the_flows_panel_draws_the_flow_with_its_live_counts(
     }
     assert len(shown_flows) == len(listed) > 1
     assert count(opened.text_content("#flows-entered") or "") == results["entered"]["runs"]
-    drawn = opened.locator("#flows-graph li")
+    drawn = opened.locator("#flows-graph .flow-node")
     assert [drawn.nth(i).get_attribute("data-node") for i in range(drawn.count())] == [
         "cart_started",
         "holdout_split",
@@ -728,14 +728,63 @@ def test_the_flows_panel_draws_the_flow_with_its_live_counts(
         "wait_a_day",
         "coupon",
     ]
-    entry = opened.text_content("#flows-graph li[data-node=cart_started] .node-counts") or ""
+    counts = "#flows-graph .flow-node[data-node={}] .node-counts"
+    entry = opened.text_content(counts.format("cart_started")) or ""
     assert f"reached {results['nodes']['cart_started']['reached']}" in entry
     waiting = results["nodes"]["wait_for_order"]["waiting"]
-    shown = opened.text_content("#flows-graph li[data-node=wait_for_order] .node-counts") or ""
-    assert f"waiting {waiting}" in shown
-    assert "→ timeout: reminder" in (
-        opened.text_content("#flows-graph li[data-node=wait_for_order] .node-next") or ""
+    assert f"waiting {waiting}" in (opened.text_content(counts.format("wait_for_order")) or "")
+    sent = f"sent {results['nodes']['reminder']['sent']}"
+    assert sent in (opened.text_content(counts.format("reminder")) or "")
+    # Laid out: one layer per depth from the entry, top to bottom; the edges labelled.
+    tops = opened.eval_on_selector_all(
+        "#flows-graph .flow-node",
+        "nodes => Object.fromEntries(nodes.map(n => [n.dataset.node, n.getBBox().y"
+        " + n.transform.baseVal.consolidate().matrix.f]))",
     )
+    assert tops["cart_started"] < tops["holdout_split"] < tops["wait_for_order"]
+    assert tops["wait_for_order"] < tops["reminder"] < tops["wait_a_day"] < tops["coupon"]
+    edges = opened.eval_on_selector_all(
+        "#flows-graph .edge",
+        "edges => edges.map(e => [e.dataset.from, e.dataset.to,"
+        " e.querySelector('text')?.textContent ?? ''])",
+    )
+    assert ["wait_for_order", "reminder", "timeout"] in edges
+    assert any(f == "holdout_split" and "%" in label for f, _, label in edges), edges
+    # A node clicked: who is there now, then who passed it, each opening their "why".
+    at_node = httpx.get(f"{base}/nodes/wait_for_order/customers", headers=admin, timeout=30).json()
+    assert at_node["now"] + at_node["passed"] > 0, at_node
+    opened.click("#flows-graph .flow-node[data-node=wait_for_order]")
+    opened.wait_for_selector("#flows-node-who li")
+    assert opened.text_content("#flows-node-title") == (
+        f"wait_for_order: {at_node['now']} at the node now, {at_node['passed']} passed it"
+    )
+    who = opened.locator("#flows-node-who li")
+    assert [who.nth(i).get_attribute("data-at") for i in range(who.count())] == [
+        c["at_node"] for c in at_node["customers"]
+    ]
+    first = at_node["customers"][0]["customer_id"]
+    assert opened.locator("#flows-node-who li button").first.text_content() == first
+    opened.locator("#flows-node-who li button").first.click()
+    opened.wait_for_selector("#flows-why .why-flow[data-flow=abandoned_cart]")
+    assert opened.input_value("#flows-why-id") == first
+    # "Runs of" offers the versions that exist; a window of entries narrows the counts.
+    defined = httpx.get(base, headers=admin, timeout=30).json()["versions"]
+    versions = [f"v{v}" for v in sorted(defined, reverse=True)]
+    assert opened.locator("#flows-version option").all_text_contents() == [
+        "all versions",
+        *versions,
+    ]
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    opened.fill("#flows-results-from", tomorrow)
+    opened.dispatch_event("#flows-results-from", "change")
+    opened.wait_for_function("document.getElementById('flows-entered').textContent === '0'")
+    windowed = httpx.get(
+        f"{base}/results", params={"from": tomorrow}, headers=admin, timeout=30
+    ).json()
+    assert windowed["entered"]["runs"] == 0 < results["entered"]["runs"]
+    opened.fill("#flows-results-from", "")
+    opened.dispatch_event("#flows-results-from", "change")
+    opened.wait_for_function("document.getElementById('flows-entered').textContent !== '0'")
 
     opened.click("#flows-pause")
     opened.wait_for_function(
@@ -790,7 +839,7 @@ def test_a_marketer_backtests_a_draft_launches_it_and_asks_why(
     add_user(node, "dash-launcher", "admin")
     opened.goto(f"{node.base}/dashboard")
     sign_in_as(opened, "dash-launcher")
-    opened.wait_for_selector("#flows-graph li")
+    opened.wait_for_selector("#flows-graph .flow-node")
     assert opened.locator("#flows-version option").all_text_contents() == ["all versions", "v1"]
 
     text = canonical_cart_toml("cart_rescue")
@@ -844,12 +893,12 @@ def test_a_marketer_backtests_a_draft_launches_it_and_asks_why(
     assert table(opened, "#flows-backtest-days") == [
         [d["day"], d["channel"], str(d["count"])] for d in report["messages_per_day"]
     ]
-    drawn = opened.locator("#flows-backtest-graph li")
+    drawn = opened.locator("#flows-backtest-graph .flow-node")
     reached = report["nodes"]["reminder"]["reached"]
     assert drawn.count() == len(definition["nodes"])
-    reminder = "#flows-backtest-graph li[data-node=reminder] .node-counts"
+    reminder = "#flows-backtest-graph .flow-node[data-node=reminder] .node-counts"
     assert f"reached {reached}" in (opened.text_content(reminder) or "")
-    entry = "#flows-backtest-graph li[data-node=cart_started] .node-counts"
+    entry = "#flows-backtest-graph .flow-node[data-node=cart_started] .node-counts"
     assert f"reached {entered['runs']}" in (opened.text_content(entry) or "")
 
     opened.click("#flows-edit-launch")
@@ -887,3 +936,19 @@ def test_a_marketer_backtests_a_draft_launches_it_and_asks_why(
     opened.screenshot(path=str(artifacts_dir / "dashboard-flows-draft.png"), full_page=True)
     # The browser logs the two deliberate refusals' statuses (400, 409); nothing else.
     assert len(errors) == 2 and "400" in errors[0] and "409" in errors[1], errors
+
+    # Delete, confirmed: dismissed, nothing changes; accepted, the flow leaves the list.
+    opened.select_option("#flows-choice", "cart_rescue")
+    opened.once("dialog", lambda dialog: dialog.dismiss())
+    opened.click("#flows-delete")
+    assert httpx.get(f"{node.base}/v1/flows/cart_rescue", headers=admin, timeout=30).is_success
+    opened.once("dialog", lambda dialog: dialog.accept())
+    opened.click("#flows-delete")
+    opened.wait_for_function(
+        "![...document.querySelectorAll('#flows-table tbody td')]"
+        ".some(td => td.textContent === 'cart_rescue')"
+    )
+    gone = httpx.get(f"{node.base}/v1/flows/cart_rescue", headers=admin, timeout=30)
+    assert gone.status_code == 404
+    choices = opened.eval_on_selector_all("#flows-choice option", "os => os.map(o => o.value)")
+    assert "cart_rescue" not in choices

@@ -400,3 +400,54 @@ def test_results_by_version_and_window_a_deleted_flows_results_and_the_cli_reads
     assert gone["entered"] == {"customers": 2, "runs": 2}
     assert results(version=1)["entered"]["runs"] == 1
     assert api.get("/v1/flows/nope/results", headers=ADMIN).status_code == 404
+
+
+def test_a_nodes_customers_are_those_waiting_there_then_those_who_passed(live: Live) -> None:
+    """Who is at a node (the dashboard's drill-down): QUICK and NEVER wait for an order;
+    after the hour QUICK has bought (passed, converted) and NEVER waits a day after the
+    reminder. One page at a time; an unknown node or flow, or a bad page, is a 4xx."""
+    api = live.api
+
+    def at(node: str, **params: Any) -> dict[str, Any]:
+        path = f"/v1/flows/abandoned_cart/nodes/{node}/customers"
+        answer = api.get(path, params=params, headers=ADMIN)
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()
+        return found
+
+    live.arrive("q1", QUICK, "Product Added", 0, **CART)
+    live.arrive("n1", NEVER, "Product Added", 1, **CART)
+    live.tick(10)
+    waiting = at("wait_for_order")
+    assert (waiting["now"], waiting["passed"]) == (2, 0)
+    # Newest arrival first: NEVER came a minute after QUICK.
+    assert [c["customer_id"] for c in waiting["customers"]] == [NEVER, QUICK]
+    assert {c["at_node"] for c in waiting["customers"]} == {"now"}
+    assert all(c["waiting_until"] is not None for c in waiting["customers"])
+    assert at("cart_started")["passed"] == 2
+    page = at("wait_for_order", limit=1, offset=1)
+    assert [c["customer_id"] for c in page["customers"]] == [QUICK]
+    assert (page["limit"], page["offset"], page["now"]) == (1, 1, 2)
+
+    live.arrive("q2", QUICK, "Order Completed", 30, cart_id="k1", revenue=12.0)
+    live.tick(70)  # NEVER's reminder at 61 min, then a day's wait
+    left = at("wait_for_order")
+    assert (left["now"], left["passed"]) == (0, 2)
+    assert [(c["customer_id"], c["at_node"]) for c in left["customers"]] == [
+        (NEVER, "passed"),
+        (QUICK, "passed"),
+    ]
+    later = at("wait_a_day")
+    assert [(c["customer_id"], c["at_node"]) for c in later["customers"]] == [(NEVER, "now")]
+    assert at("coupon")["customers"] == []
+
+    unknown = api.get("/v1/flows/abandoned_cart/nodes/nope/customers", headers=ADMIN)
+    assert unknown.status_code == 404 and unknown.json()["errors"][0]["field"] == "node_id"
+    no_flow = api.get("/v1/flows/nope/nodes/reminder/customers", headers=ADMIN)
+    assert no_flow.status_code == 404 and no_flow.json()["errors"][0]["field"] == "flow_id"
+    too_many = api.get(
+        "/v1/flows/abandoned_cart/nodes/reminder/customers?limit=100000", headers=ADMIN
+    )
+    assert too_many.status_code == 400 and too_many.json()["errors"][0]["field"] == "query.limit"
+    # The flow's versions: the one in force (runs were started on it).
+    assert api.get("/v1/flows/abandoned_cart", headers=ADMIN).json()["versions"] == [1]

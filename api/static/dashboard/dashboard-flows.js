@@ -1,6 +1,7 @@
-// The journey flows panel (marketers): the flows in force, the chosen flow's nodes in order
-// with their live counts (GET /v1/flows/{id}/results, all versions or one), its holdout
-// uplift with the 95 % interval, pause and resume for admins, a backtest over recorded
+// The journey flows panel (marketers): the flows in force, the chosen flow drawn as a graph
+// (SVG, layers by depth) with its live counts (GET /v1/flows/{id}/results, all versions or
+// one that exists, runs entered in a from/to window), who is at a node (clicked), its holdout
+// uplift with the 95 % interval, pause, resume and delete (confirmed) for admins, a backtest over recorded
 // history of the flow as stored or of a draft (TOML or JSON pasted in the editor), the
 // draft launched with PUT /v1/flows/{id} (admins; a refusal's errors listed beside the
 // text by node and field, a 409 said apart), and why a customer got or didn't get each
@@ -11,10 +12,11 @@
 let flowsShown = null; // the flow whose results the panel shows
 let flowReads = new AbortController(); // a newer choice aborts the older one's reads
 
-// Where a node goes next: its `next`, a wait's outcomes, a branch's cases, a split's branches.
-function nodeTargets(node) {
+// Where a node goes next: its `next`, a wait's outcomes, a branch's cases, a split's
+// branches, each with the edge's label ("" for a plain next).
+function nodeEdges(node) {
   const found = [];
-  const add = (label, target) => { if (target) found.push(label ? `${label}: ${target}` : target); };
+  const add = (label, target) => { if (target) found.push({ label, target }); };
   add("", node.next);
   add("event", node.on_event);
   add("timeout", node.on_timeout);
@@ -24,17 +26,39 @@ function nodeTargets(node) {
   return found;
 }
 
+function nodeTargets(node) {
+  return nodeEdges(node).map(({ label, target }) => (label ? `${label}: ${target}` : target));
+}
+
 // The definition's nodes from each entry, following every target (the graph is acyclic).
 function nodeOrder(nodes) {
   const order = [];
   const visit = (id) => {
     if (!nodes[id] || order.includes(id)) return;
     order.push(id);
-    for (const target of nodeTargets(nodes[id])) visit(target.split(": ").pop());
+    for (const { target } of nodeEdges(nodes[id])) visit(target);
   };
   for (const [id, node] of Object.entries(nodes)) if (node.kind === "entry") visit(id);
   for (const id of Object.keys(nodes)) visit(id); // anything left (not reachable: invalid)
   return order;
+}
+
+// Each node's layer: its longest path from an entry (a DAG, so |nodes| rounds settle it).
+function nodeDepths(nodes, order) {
+  const depth = Object.fromEntries(order.map((id) => [id, 0]));
+  for (let round = 0; round < order.length; round += 1) {
+    let moved = false;
+    for (const id of order) {
+      for (const { target } of nodeEdges(nodes[id])) {
+        if (target in depth && depth[target] < depth[id] + 1) {
+          depth[target] = depth[id] + 1;
+          moved = true;
+        }
+      }
+    }
+    if (!moved) break;
+  }
+  return depth;
 }
 
 function skippedText(skipped) {
@@ -42,39 +66,106 @@ function skippedText(skipped) {
   return reasons.length ? reasons.map(([reason, n]) => `${reason} ${n}`).join(", ") : "0";
 }
 
-// One node drawn: its name, kind and targets, and its counts (live, or a backtest's).
-function nodeItem(id, node, counts, backtested = false) {
-  const item = document.createElement("li");
-  item.dataset.kind = node.kind;
-  item.dataset.node = id;
-  const head = document.createElement("div");
-  const name = document.createElement("span");
-  name.className = "node-name";
-  name.textContent = id;
-  const kind = document.createElement("span");
-  kind.className = "node-kind";
-  kind.textContent = node.kind;
-  const next = document.createElement("span");
-  next.className = "node-next";
-  const targets = nodeTargets(node);
-  next.textContent = targets.length ? `→ ${targets.join(" · ")}` : "→ end";
-  head.append(name, kind, next);
-  const figures = document.createElement("div");
-  figures.className = "node-counts";
+// One node's counts (live, or a backtest's), as lines of text.
+function nodeFigures(node, counts, backtested) {
   const c = counts || {};
-  const parts = [`reached ${c.reached ?? 0}`];
+  const first = [`reached ${c.reached ?? 0}`];
   if (backtested) {
-    if (Object.keys(c.skipped || {}).length) parts.push(`skipped ${skippedText(c.skipped)}`);
-  } else parts.push(`waiting ${c.waiting ?? 0}`);
+    if (Object.keys(c.skipped || {}).length) first.push(`skipped ${skippedText(c.skipped)}`);
+  } else first.push(`waiting ${c.waiting ?? 0}`);
+  if (c.converted) first.push(`converted ${c.converted}`);
+  const lines = [first.join(" · ")];
   if (node.kind === "send" && !backtested) {
     const d = c.deliveries || {};
-    parts.push(`sent ${c.sent ?? 0}`, `skipped ${skippedText(c.skipped)}`,
-               `delivered ${d.delivered ?? 0}`, `failed ${d.failed ?? 0}`);
+    lines.push(`sent ${c.sent ?? 0} · skipped ${skippedText(c.skipped)}`,
+               `delivered ${d.delivered ?? 0} · failed ${d.failed ?? 0}`);
   }
-  if (c.converted) parts.push(`converted ${c.converted}`);
-  figures.textContent = parts.join(" · ");
-  item.append(head, figures);
-  return item;
+  return lines;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+const NODE_W = 250;
+const NODE_GAP_X = 40;
+const LAYER_GAP = 56;
+
+function svg(tag, attributes = {}, text = "") {
+  const element = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, String(value));
+  if (text) element.textContent = text;
+  return element;
+}
+
+// The flow as a laid-out graph (SVG): nodes in layers by depth from the entry, each with
+// its name, kind and counts; edges with their branch, split or outcome labels. A live
+// node opens its customers (onNode) when clicked.
+function drawGraph(box, nodes, counts, backtested = false, onNode = null) {
+  const order = nodeOrder(nodes);
+  const depth = nodeDepths(nodes, order);
+  const layers = [];
+  for (const id of order) (layers[depth[id]] ||= []).push(id);
+  const lineCount = Math.max(1, ...order.map((id) => nodeFigures(nodes[id], counts[id], backtested).length));
+  const nodeH = 30 + 16 * lineCount;
+  const widest = Math.max(1, ...layers.map((layer) => layer.length));
+  const width = widest * (NODE_W + NODE_GAP_X) + NODE_GAP_X;
+  const height = layers.length * (nodeH + LAYER_GAP) + LAYER_GAP / 2;
+  const where = {};
+  layers.forEach((layer, row) => {
+    const offset = (width - layer.length * (NODE_W + NODE_GAP_X) + NODE_GAP_X) / 2;
+    layer.forEach((id, i) => {
+      where[id] = { x: offset + i * (NODE_W + NODE_GAP_X), y: LAYER_GAP / 2 + row * (nodeH + LAYER_GAP) };
+    });
+  });
+  const drawing = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
+  drawing.append(svg("title", {}, `The flow's ${order.length} nodes and where each goes next`));
+  const defs = svg("defs");
+  const marker = svg("marker", { id: `${box.id}-arrow`, viewBox: "0 0 10 10", refX: 10, refY: 5,
+                                 markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+  marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "edge-head" }));
+  defs.append(marker);
+  drawing.append(defs);
+  const edges = svg("g", { class: "edges" });
+  for (const id of order) {
+    for (const { label, target } of nodeEdges(nodes[id])) {
+      if (!where[target]) continue;
+      const from = where[id];
+      const to = where[target];
+      const [x1, y1, x2, y2] = [from.x + NODE_W / 2, from.y + nodeH, to.x + NODE_W / 2, to.y];
+      const bend = Math.max(24, (y2 - y1) / 2);
+      const edge = svg("g", { class: "edge", "data-from": id, "data-to": target });
+      edge.append(svg("path", { d: `M ${x1} ${y1} C ${x1} ${y1 + bend}, ${x2} ${y2 - bend}, ${x2} ${y2}`,
+                                 "marker-end": `url(#${box.id}-arrow)` }));
+      if (label) {
+        edge.append(svg("text", { class: "edge-label", x: (x1 + x2) / 2 + 4, y: (y1 + y2) / 2,
+                                  "text-anchor": x2 < x1 ? "end" : "start" }, label));
+      }
+      edges.append(edge);
+    }
+  }
+  drawing.append(edges);
+  for (const id of order) {
+    const node = nodes[id];
+    const { x, y } = where[id];
+    const group = svg("g", { class: "flow-node", "data-node": id, "data-kind": node.kind,
+                             transform: `translate(${x} ${y})` });
+    const lines = nodeFigures(node, counts[id], backtested);
+    group.append(svg("title", {}, `${id} (${node.kind}): ${lines.join(" · ")}`));
+    group.append(svg("rect", { width: NODE_W, height: nodeH, rx: 6 }));
+    group.append(svg("rect", { class: "node-band", width: 5, height: nodeH, rx: 2 }));
+    const head = svg("text", { x: 12, y: 19 });
+    head.append(svg("tspan", { class: "node-name" }, id), svg("tspan", { class: "node-kind", dx: 8 }, node.kind));
+    const figures = svg("text", { class: "node-counts", x: 12, y: 19 });
+    // Lines joined by " · " in the text (what a reader copies), each on its own row.
+    lines.forEach((line, i) => figures.append(svg("tspan", { x: 12, dy: 16 }, i ? ` · ${line}` : line)));
+    group.append(head, figures);
+    if (onNode) {
+      group.setAttribute("tabindex", "0");
+      group.setAttribute("role", "button");
+      group.addEventListener("click", () => onNode(id));
+      group.addEventListener("keydown", (event) => { if (event.key === "Enter") onNode(id); });
+    }
+    drawing.append(group);
+  }
+  box.replaceChildren(drawing);
 }
 
 function upliftText(conversions) {
@@ -92,14 +183,11 @@ function groupText(group) {
 function fillVersions(flow) {
   const choice = $("flows-version");
   const chosen = choice.dataset.flow === flow.id ? choice.value : "";
-  const versions = Array.from({ length: flow.version }, (_, i) => flow.version - i);
+  // Only versions that exist: those runs were started on, and the one in force.
+  const versions = [...(flow.versions || [flow.version])].sort((a, b) => b - a);
   choice.replaceChildren(new Option("all versions", ""), ...versions.map((v) => new Option(`v${v}`, String(v))));
   choice.value = versions.includes(Number(chosen)) ? chosen : "";
   choice.dataset.flow = flow.id;
-}
-
-function drawGraph(list, nodes, counts, backtested = false) {
-  list.replaceChildren(...nodeOrder(nodes).map((n) => nodeItem(n, nodes[n], counts[n], backtested)));
 }
 
 async function showFlow(id) {
@@ -113,12 +201,17 @@ async function showFlow(id) {
   const flow = await api(path, { signal });
   fillVersions(flow);
   const version = $("flows-version").value;
-  const results = await api(`${path}/results${version ? `?version=${version}` : ""}`, { signal });
+  const query = new URLSearchParams();
+  if (version) query.set("version", version);
+  // The results' window: the runs entered in [from, to) (the API's from/to).
+  if ($("flows-results-from").value) query.set("from", $("flows-results-from").value);
+  if ($("flows-results-to").value) query.set("to", $("flows-results-to").value);
+  const results = await api(`${path}/results${query.toString() ? `?${query}` : ""}`, { signal });
   // A version's own nodes (the results name them), else the definition in force.
   const nodes = version && Number(version) !== flow.version
     ? Object.fromEntries(Object.entries(results.nodes).map(([n, c]) => [n, { kind: c.kind }]))
     : flow.definition.nodes || {};
-  drawGraph($("flows-graph"), nodes, results.nodes);
+  drawGraph($("flows-graph"), nodes, results.nodes, false, (node) => showNode(id, node));
   $("flows-entered").textContent = results.entered.runs;
   $("flows-inside").textContent = results.inside_now;
   $("flows-sent").textContent = Object.values(results.messages).reduce((a, b) => a + b, 0);
@@ -128,6 +221,7 @@ async function showFlow(id) {
   $("flows-holdout").textContent = groupText(results.conversions.holdout);
   $("flows-pause").disabled = flow.paused;
   $("flows-resume").disabled = !flow.paused;
+  if ($("flows-node").dataset.flow !== id) $("flows-node").hidden = true;
   return flow;
 }
 
@@ -152,6 +246,56 @@ async function pauseOrResume(verb) {
   await guarded("flows-error", async () => {
     await api(`/v1/flows/${encodeURIComponent(id)}/${verb}`, { method: "POST" });
     await refreshFlows();
+  });
+}
+
+// DELETE /v1/flows/{id} after a confirmation: no new runs; those inside finish.
+async function deleteChosen() {
+  const id = $("flows-choice").value;
+  if (!id) return;
+  const asked = `Delete the flow ${id}? No one new enters it; customers inside finish on ` +
+    "their version. It can be defined again later with a new version.";
+  if (!window.confirm(asked)) return;
+  await guarded("flows-error", async () => {
+    await api(`/v1/flows/${encodeURIComponent(id)}`, { method: "DELETE" });
+    $("flows-choice").value = "";
+    flowsShown = null;
+    $("flows-node").hidden = true;
+    $("flows-graph").replaceChildren();
+    await refreshFlows();
+  });
+}
+
+const NODE_PAGE = 50;
+
+// Who is at a node: waiting there now, then those who passed it, newest first; each key
+// opens their "why" below. "More" reads the next page.
+async function showNode(flowId, node, offset = 0) {
+  const view = $("flows-node");
+  await guarded("flows-error", async () => {
+    const found = await api(`/v1/flows/${encodeURIComponent(flowId)}/nodes/` +
+      `${encodeURIComponent(node)}/customers?limit=${NODE_PAGE}&offset=${offset}`);
+    view.dataset.flow = flowId;
+    view.dataset.node = node;
+    $("flows-node-title").textContent =
+      `${node}: ${found.now} at the node now, ${found.passed} passed it`;
+    const items = found.customers.map((c) => {
+      const item = document.createElement("li");
+      item.dataset.at = c.at_node;
+      const detail = c.at_node === "now"
+        ? ` now (v${c.version}, since ${when(c.since)}${c.waiting_until ? `, waiting until ${when(c.waiting_until)}` : ""})`
+        : ` passed (v${c.version}, ${when(c.since)})`;
+      item.append(whyButton(c.customer_id), detail);
+      return item;
+    });
+    const list = $("flows-node-who");
+    if (offset) list.append(...items);
+    else list.replaceChildren(...items);
+    const next = offset + found.customers.length;
+    const more = $("flows-node-more");
+    more.hidden = next >= found.now + found.passed;
+    more.dataset.offset = String(next);
+    view.hidden = false;
   });
 }
 
@@ -407,6 +551,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("flows-choice").addEventListener("change", () => guarded("flows-error", () => showFlow($("flows-choice").value)));
   $("flows-pause").addEventListener("click", () => pauseOrResume("pause"));
   $("flows-resume").addEventListener("click", () => pauseOrResume("resume"));
+  $("flows-delete").addEventListener("click", deleteChosen);
+  $("flows-node-more").addEventListener("click", () => {
+    const view = $("flows-node");
+    showNode(view.dataset.flow, view.dataset.node, Number($("flows-node-more").dataset.offset));
+  });
+  for (const bound of ["flows-results-from", "flows-results-to"]) {
+    $(bound).addEventListener("change", () => guarded("flows-error", () => showFlow($("flows-choice").value)));
+  }
   $("flows-backtest-form").addEventListener("submit", runBacktest);
   $("flows-version").addEventListener("change", () => guarded("flows-error", () => showFlow($("flows-choice").value)));
   $("flows-edit-load").addEventListener("click", loadChosen);
