@@ -87,6 +87,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/flows/{flow_id}"): _MARKETER,
     ("POST", "/v1/flows/{flow_id}/backtest"): _MARKETER,
     ("GET", "/v1/flows/{flow_id}/results"): _MARKETER,
+    ("GET", "/v1/flows/{flow_id}/nodes/{node_id}/customers"): _MARKETER_CHANGE,  # names customers
     ("PUT", "/v1/flows/{flow_id}"): _ADMIN_CHANGE,
     ("DELETE", "/v1/flows/{flow_id}"): _ADMIN_CHANGE,
     ("POST", "/v1/flows/{flow_id}/pause"): _ADMIN_CHANGE,
