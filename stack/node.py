@@ -323,10 +323,11 @@ class BacklogPolling(Service):
 
 
 class Periodic(Service):
-    """Runs ``rounds`` (each in a thread) every ``every_s`` while the process runs, and
-    once more at its stop: a journey worker's journal trim and metrics file."""
+    """Runs ``rounds`` (what each does, and it: in a thread) every ``every_s`` while the
+    process runs, and once more at its stop: a journey worker's journal trim and metrics
+    file."""
 
-    def __init__(self, rounds: Sequence[Callable[[], None]], every_s: float) -> None:
+    def __init__(self, rounds: Sequence[tuple[str, Callable[[], object]]], every_s: float) -> None:
         super().__init__()
         self.rounds = list(rounds)
         self.every_s = every_s
@@ -334,7 +335,8 @@ class Periodic(Service):
 
     async def on_start(self) -> None:
         self._rounds_running = [
-            asyncio.ensure_future(trim_periodically(one, self.every_s)) for one in self.rounds
+            asyncio.ensure_future(trim_periodically(one, self.every_s, what=what))
+            for what, one in self.rounds
         ]
 
     async def on_stop(self) -> None:
@@ -342,7 +344,7 @@ class Periodic(Service):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for one in self.rounds:
+        for _, one in self.rounds:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(one)
 
@@ -381,16 +383,14 @@ def run_journey_worker(settings: Settings) -> None:
     streams = JourneyStreams(
         settings, platform.pipeline(reads_clickhouse=False), platform.dead_letters, metrics=metrics
     )
-    rounds: list[Callable[[], None]] = [
-        functools.partial(write_metrics_file, registry, settings.journey_worker_metrics_file)
+    rounds: list[tuple[str, Callable[[], object]]] = [
+        (
+            "write the metrics file",
+            functools.partial(write_metrics_file, registry, settings.journey_worker_metrics_file),
+        )
     ]
     if journal is not None:
-        trimmed_journal = journal
-
-        def trim() -> None:
-            trimmed_journal.trim(feed_position)
-
-        rounds.append(trim)
+        rounds.append(("trim the journal", functools.partial(journal.trim, feed_position)))
     worker = NodeWorker(
         streams.app,
         streams.journey_consumer,

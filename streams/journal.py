@@ -611,15 +611,17 @@ def _processed_partitions(segment: Segment, old_position: Position | None) -> se
     }
 
 
-async def trim_periodically(trim: Callable[[], None], every_s: float) -> None:
+async def trim_periodically(
+    trim: Callable[[], object], every_s: float, what: str = "trim the ingest journal"
+) -> None:
     """Run ``trim`` (in a thread: it reads positions) every ``every_s`` until cancelled;
-    a failed round is logged and the next one tries again."""
+    a failed round is logged (``what`` it did) and the next one tries again."""
     while True:
         await asyncio.sleep(every_s)
         try:
             await asyncio.to_thread(trim)
         except Exception:
-            log.exception("could not trim the ingest journal")
+            log.exception("could not %s", what)
 
 
 def retained_on_disk(folder: Path) -> tuple[int, int]:
