@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -371,11 +372,12 @@ def event_sink(settings: Settings, journal: Journal | None = None) -> GatewaySin
     return JournaledSink(producer, journal, settings.topic_partitions)
 
 
-def open_journal(settings: Settings) -> Journal:
-    """The node's ingest journal (not yet opened), sized by the settings."""
+def open_journal(settings: Settings, directory: Path | None = None) -> Journal:
+    """The node's ingest journal, or one in ``directory`` (not yet opened), sized by the
+    settings."""
     mib = 1024 * 1024
     return Journal(
-        settings.journal_path,
+        directory or settings.journal_path,
         settings.kafka_epoch,
         segment_bytes=settings.journal_segment_mib * mib,
         segment_age_s=settings.journal_segment_s,

@@ -51,7 +51,14 @@ from stack.processes import api_server
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.gateway_lag import BacklogPoller
-from streams.journal import Journal, JournaledSink, Segment, trim_periodically
+from streams.journal import (
+    Journal,
+    JournaledSink,
+    Position,
+    ReplayReport,
+    Segment,
+    trim_periodically,
+)
 from streams.metrics import WorkerMetrics
 from streams.outreach.flows import FlowRunner
 from streams.outreach.worker import OutreachWorker
@@ -355,10 +362,21 @@ def run_journey_worker(settings: Settings) -> None:
     # A Faust group of their own (their app's agent, dead letters, is not the node's):
     # one group of members subscribing to different topics is not Faust's shape.
     settings = settings.model_copy(update={"worker_group": f"{settings.worker_group}-journeys"})
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
     # Its projection records stay on disk until the node applied them: a broker that
     # dies between the worker's commit and the node's apply would take them otherwise.
     journal = open_journal(settings) if settings.uses_journal else None
     unproduced = journal.open() if journal is not None else []
+    # Its identity messages (links, merged histories, re-keyed events) to journey.events,
+    # until the pipeline processed them: the batch that sent them is committed, so a
+    # broker dying before their receiver's commit would take the merge (as the node's).
+    identities = (
+        open_journal(settings, settings.journey_worker_identity_journal_path())
+        if settings.uses_journal
+        else None
+    )
+    unsent_identities = identities.open() if identities is not None else []
     recorder = ProjectionRecorder(
         settings.kafka_bootstrap_servers,
         settings.projections_topic,
@@ -371,17 +389,30 @@ def run_journey_worker(settings: Settings) -> None:
         # The node's position on journey.projections in ``epoch``: what it has applied.
         return applied.position(source_name(settings.projections_topic, partition, epoch))
 
-    if unproduced:
+    if journal is not None:
         # Before any new batch: the node applies what the last broker lost first.
-        produced = recorder.replay(unproduced, feed_position)
-        log.info("journey worker: %d projection records produced again", produced)
+        metrics.replayed("projections", recorder.replay(unproduced, feed_position))
     # The recorder takes every call the projection writers make of a client (see it).
     platform = platform_on(settings, cast(Client, recorder), migrate_schema=False)
-    registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
+
+    def event_position(epoch: str, partition: int) -> int:
+        # The journey pipeline's tracked position in ``epoch`` (every worker's: one store).
+        topic = settings.events_topic
+        return platform.journeys.consumed_position(source_name(topic, partition, epoch))
+
+    if identities is not None:
+        # Before this worker consumes: a merge's messages go round before newer events.
+        report = asyncio.run(
+            replay_event_journal(settings, identities, unsent_identities, event_position)
+        )
+        metrics.replayed("identity", report)
     # Dead letters are kept here too (over the feed): the node's Faust app has its own agents.
     streams = JourneyStreams(
-        settings, platform.pipeline(reads_clickhouse=False), platform.dead_letters, metrics=metrics
+        settings,
+        platform.pipeline(reads_clickhouse=False),
+        platform.dead_letters,
+        identities,
+        metrics=metrics,
     )
     rounds: list[tuple[str, Callable[[], object]]] = [
         (
@@ -391,6 +422,9 @@ def run_journey_worker(settings: Settings) -> None:
     ]
     if journal is not None:
         rounds.append(("trim the journal", functools.partial(journal.trim, feed_position)))
+    if identities is not None:
+        trim = functools.partial(identities.trim, event_position)
+        rounds.append(("trim the identity journal", trim))
     worker = NodeWorker(
         streams.app,
         streams.journey_consumer,
@@ -402,9 +436,25 @@ def run_journey_worker(settings: Settings) -> None:
         worker.execute_from_commandline()
     finally:
         platform.close()
-        if journal is not None:
-            journal.close()
+        for one in (journal, identities):
+            if one is not None:
+                one.close()
         applied.close()
+
+
+async def replay_event_journal(
+    settings: Settings, journal: Journal, segments: Sequence[Segment], position: Position
+) -> ReplayReport:
+    """Produce a journal of journey.events records (``segments``) again, keyed as they were."""
+    if not segments:
+        return ReplayReport(0, 0, 0, 0, 0.0)
+    sink = event_sink(settings, journal)
+    assert isinstance(sink, JournaledSink)
+    await sink.start()
+    try:
+        return await sink.replay(segments, position)
+    finally:
+        await sink.stop()
 
 
 def _chdb_feed(platform: Platform) -> ProjectionFeed:

@@ -475,6 +475,10 @@ class Settings(BaseSettings):
         """Journey worker ``index``'s journal of projection records (only it replays it)."""
         return self.data_dir / "journey-workers" / str(index) / "journal"
 
+    def journey_worker_identity_journal_path(self) -> Path:
+        """This journey worker's journal of the identity messages it sent (only it replays it)."""
+        return self.data_dir / "journey-workers" / str(self.journey_worker_index) / "identities"
+
     @property
     def journey_worker_metrics_dir(self) -> Path:
         """Where `journeys up`'s journey workers leave their metrics for the node's /metrics."""

@@ -36,7 +36,14 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streams.journal import Delivery, Journal, Position, Segment, replay_segments
+from streams.journal import (
+    Delivery,
+    Journal,
+    Position,
+    ReplayReport,
+    Segment,
+    replay_segments,
+)
 from streams.outcomes import keyed_producer_config
 
 # Bytes per record at most: under the broker's default message size (1 MB).
@@ -166,7 +173,9 @@ class ProjectionRecorder:
     def close(self) -> None:
         self._producer.flush(self.timeout_s)
 
-    def replay(self, segments: Sequence[Segment], old_position: Position | None = None) -> int:
+    def replay(
+        self, segments: Sequence[Segment], old_position: Position | None = None
+    ) -> ReplayReport:
         """Produce the journal's ``segments`` (from its ``open``) again, in journal order;
         records the node applied in their old epoch (``old_position``) are skipped."""
         assert self.journal is not None
@@ -175,8 +184,7 @@ class ProjectionRecorder:
             return self._produce([value for _, value in records])
 
         # One partition: every record's key is empty and lands in partition 0.
-        report = asyncio.run(replay_segments(self.journal, segments, produce, 1, old_position))
-        return report.produced
+        return asyncio.run(replay_segments(self.journal, segments, produce, 1, old_position))
 
     def _send(self, values: Sequence[bytes]) -> None:
         ticket = None

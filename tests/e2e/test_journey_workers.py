@@ -12,7 +12,9 @@ every customer's stage and event count show what was acknowledged; the timeline
 reads the shared event
 store; after a clean stop every acknowledged event is one row in the event log
 and one count in the customer counters, and `journeys verify` agrees. The node's
-/metrics shows each worker's batch figures, and the workers' journals are trimmed
+/metrics shows each worker's batch figures and, for the workers started after the
+broker's death, the projection records their journals produced again (so a replay
+ran, and the counts above stayed exactly once); the workers' journals are trimmed
 once the node applied everything.
 """
 
@@ -105,6 +107,8 @@ def test_a_killed_journey_worker_loses_no_acknowledged_event_and_counts_none_twi
         assert wait_for(lambda: sender.done() >= 2 * EVENTS / 3, timeout=300), stack.output()
         broker = stack.child("tansu")
         assert broker is not None, stack.output()
+        # Records the node may not have applied yet: a worker's segment without offsets.
+        assert wait_for(lambda: unresolved_records_held(tmp_path / "data"), 30), stack.output()
         broker.send_signal(signal.SIGKILL)
         assert wait_for(lambda: restarted(stack, "tansu", broker.pid), 60), stack.output()
         for thread in threads:
@@ -129,6 +133,18 @@ def test_a_killed_journey_worker_loses_no_acknowledged_event_and_counts_none_twi
                 metrics, "journeys_journey_worker_batch_events_count", f'journey_worker="{index}"'
             )
             assert count > 0, metrics
+        # The workers started after the broker's death replayed their journals into the
+        # new one (counted once all the same, below): the projection records it lacked.
+        # Both journals' replays ran (a worker's counters start at 0 with each start).
+        replayed = "journeys_journey_worker_journal_replayed_records_total"
+        workers_replayed = [
+            sample(metrics, replayed, f'journey_worker="{i}"', 'journal="projections"')
+            for i in "01"
+        ]
+        assert sum(workers_replayed) > 0, metrics
+        for index in ("0", "1"):
+            identity = (f'journey_worker="{index}"', 'journal="identity"')
+            assert sample(metrics, replayed, *identity, default=-1) >= 0, metrics
         # Everything applied: each worker's journal trimmed down to its empty active segment.
         assert wait_for(lambda: worker_journals_empty(tmp_path / "data"), 60), stack.output()
     finally:
@@ -146,15 +162,29 @@ def restarted(stack: RunningStack, marker: str, old: int) -> bool:
     return child is not None and child.pid != old
 
 
-def sample(metrics: str, name: str, label: str) -> float:
-    """The value of ``name``'s sample carrying ``label`` in a /metrics text (0 if none)."""
+def sample(metrics: str, name: str, *labels: str, default: float = 0.0) -> float:
+    """The value of ``name``'s sample carrying every one of ``labels`` in a /metrics text."""
     for line in metrics.splitlines():
-        if line.startswith(name + "{") and label in line:
+        if line.startswith(name + "{") and all(label in line for label in labels):
             return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return default
 
 
 def worker_journals_empty(data: Path) -> bool:
     journals = sorted((data / "journey-workers").glob("*/journal"))
     held = [[p.stat().st_size for p in j.glob("*.seg")] for j in journals]
     return len(journals) == 2 and all(sizes == [6] for sizes in held)
+
+
+def unresolved_records_held(data: Path) -> bool:
+    """A worker's projection journal holds records whose offsets it has not saved: the
+    active segment (a SIGKILLed worker replays it all at its next start)."""
+    for journal in (data / "journey-workers").glob("*/journal"):
+        for segment in journal.glob("*.seg"):
+            try:
+                size = segment.stat().st_size
+            except FileNotFoundError:
+                continue  # trimmed meanwhile
+            if size > 6 and not segment.with_suffix(".offsets").exists():
+                return True
+    return False
