@@ -57,6 +57,12 @@ from streams.pipeline import source_name
 
 log = logging.getLogger(__name__)
 
+# At SIGTERM, how long calls in flight may take before they are cancelled. A call
+# forwarded to a node that is down (its probe, a read) waits with no deadline in the
+# node's socket: unbounded, the stop waited for it until the supervisor's SIGKILL,
+# which also skipped the flush and trim below. An ingest call is done in milliseconds.
+GRACEFUL_SHUTDOWN_S = 5
+
 
 class NodeWriteKeys:
     """The node's active write keys (digests), read over its private socket."""
@@ -213,6 +219,7 @@ def run_gateway(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     gateway = IngestGateway(settings)
     config, sockets = api_server(gateway.app, settings)
+    config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_S
     server = uvicorn.Server(config)
 
     async def serve() -> None:
