@@ -435,10 +435,14 @@ class OutreachWorker:
         if self.flows is not None and ready:
             # Flows of caught-up partitions, advanced to now; their messages join the
             # tick's triggers on the topic (recorded first: the same outbox).
-            write = self.flows.advance_due(ready, _now_ms())
+            now_ms = _now_ms()
+            write = self.flows.advance_due(ready, now_ms)
             if write:
                 self.store.save_flows(write)
                 triggers += [message for message, _ in write.sends]
+                if self._lateness is not None:
+                    for message, _ in write.sends:
+                        self._lateness(max(0.0, now_ms / 1000 - message["due_ts"]))
         return triggers
 
     def _decide(self, timer: Timer, ready: Sequence[int]) -> dict[str, Any] | None:
