@@ -48,7 +48,7 @@ class AccessKeys:
 
 
 class OutreachControl(Protocol):
-    """What the outreach admin API needs: endpoints, rules, triggers (wired in stack/)."""
+    """What the outreach admin API needs: endpoints, triggers, waits (wired in stack/)."""
 
     def endpoints(self) -> list[dict[str, Any]]:
         """Subscribed webhook endpoints (secrets not shown)."""
@@ -62,16 +62,8 @@ class OutreachControl(Protocol):
         """Unsubscribe; False when unknown."""
         ...
 
-    def retired(self) -> str | None:
-        """Where the rules' and timers' routes went (outreach runs on flows); None: here."""
-        ...
-
-    def rules(self) -> list[dict[str, Any]]:
-        """The rules in force (file, then API overrides)."""
-        ...
-
-    def set_rule(self, rule: dict[str, Any]) -> dict[str, Any]:
-        """Declare or replace a rule; raises ValueError (RuleError) naming the field."""
+    def retired(self) -> str:
+        """Where the rules' routes went (the rules became the lifecycle flows)."""
         ...
 
     def triggers(self, limit: int, customer_id: str | None) -> list[dict[str, Any]]:

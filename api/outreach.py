@@ -1,4 +1,5 @@
-"""Outreach administration: webhook endpoints, rules, recent triggers, re-delivery.
+"""Outreach administration: webhook endpoints, recent triggers, timers, re-delivery (the
+rules' old routes answer 410, naming the flows API).
 
 Admin key only. The delivery itself happens in the worker (streams/outreach/);
 this module only reads and changes what the worker acts on.
@@ -76,11 +77,9 @@ async def remove_webhook(endpoint_id: str, outreach: Outreach) -> Any:
     return {"removed": endpoint_id}
 
 
-def _gone(outreach: OutreachControl, path: str) -> JSONResponse | None:
-    """410 naming the flows API once outreach runs on flows (the rules engine is off)."""
+def _gone(outreach: OutreachControl, path: str) -> JSONResponse:
+    """410 naming the flows API: the rules engine was removed (the rules became flows)."""
     successor = outreach.retired()
-    if successor is None:
-        return None
     reason = {"field": "path", "rule": "gone", "message": successor}
     return problem(410, f"{path}: {successor}", [reason])
 
@@ -88,31 +87,16 @@ def _gone(outreach: OutreachControl, path: str) -> JSONResponse | None:
 _GONE = error_responses(410)
 
 
-@router.get("/rules", summary="List the rules in force", responses=_GONE)
-async def list_rules(outreach: Outreach) -> Any:
-    """The rules file's rules with the API's overrides applied (410 on flows)."""
-    return _gone(outreach, "/v1/outreach/rules") or {
-        "rules": await asyncio.to_thread(outreach.rules)
-    }
+@router.get("/rules", summary="The rules (gone: they became flows)", responses=_GONE)
+async def list_rules(outreach: Outreach) -> JSONResponse:
+    """Always 410: the rules became the lifecycle flows (``GET /v1/flows``)."""
+    return _gone(outreach, "/v1/outreach/rules")
 
 
-@router.put("/rules/{rule_id}", summary="Declare or replace a rule", responses=_GONE)
-async def put_rule(rule_id: str, body: dict[str, Any], outreach: Outreach) -> Any:
-    """A full rule in the rules-file shape (durations as '1h' or seconds; 410 on flows)."""
-    gone = _gone(outreach, f"/v1/outreach/rules/{rule_id}")
-    if gone is not None:
-        return gone
-    if body.get("id", rule_id) != rule_id:
-        reason = {"field": "id", "rule": "match", "message": "must equal the id in the path"}
-        return problem(400, "id: must equal the id in the path", [reason])
-    try:
-        return await asyncio.to_thread(outreach.set_rule, {**body, "id": rule_id})
-    except ValueError as error:
-        field = getattr(error, "field", "body")
-        rule = getattr(error, "rule", "invalid")
-        message = getattr(error, "message", str(error))
-        reason = {"field": field, "rule": rule, "message": message}
-        return problem(400, f"{field}: {message}", [reason])
+@router.put("/rules/{rule_id}", summary="A rule (gone: they became flows)", responses=_GONE)
+async def put_rule(rule_id: str, outreach: Outreach) -> JSONResponse:
+    """Always 410: change a lifecycle flow with ``PUT /v1/flows/{id}``."""
+    return _gone(outreach, f"/v1/outreach/rules/{rule_id}")
 
 
 @router.get("/triggers", summary="Recent triggers with their delivery state")

@@ -21,11 +21,11 @@ no consumer: a consumer's batch holds the same lock in the worker, so under
 ingest load a tick also waits for the batch in hand (``worker`` measures that
 cost the other way round).
 
-**worker** — the worker's events/s with the shipped rules and flows plus
+**worker** — the worker's events/s with the shipped flows plus
 ``--custom`` flows active, against the same run with no flow (target ≥ 0.8).
 Each run starts a broker-backed ``journeys node`` in a temporary folder (its
 own topics), produces ``--events`` storefront events and times until both the
-journey consumer and the trigger consumer (rules and flows) have consumed
+journey consumer and the trigger consumer (facts and flows) have consumed
 every record of their topics. Runs alternate between the two setups; medians.
 
 Each prints a row per target with "met" or the gap. CPU is shared with other
@@ -417,18 +417,15 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from streams.topics import ensure_topics
 
     shipped = (Path(__file__).resolve().parent.parent / "journeys" / "flows.toml").read_text()
-    if args.shipped_on:  # the setup: the eight shipped flows on (rules run as well)
+    if args.shipped_on:  # on in the file too (the switch at start turns them on anyway)
         shipped = shipped.replace("enabled = false", "enabled = true")
     with_flows = shipped + custom_flows(args.custom)
-    # In force: the canonical flow, the seven lifecycle flows (switched on at start from
-    # the shipped rules) and the custom ones; with --engines, the rules instead of the
-    # lifecycle flows in the first setup (the code before the switch).
-    from journeys.flows.migration import lifecycle_flows
-    from stack.flows_switch import shipped_rules
+    # In force: the canonical flow, the seven lifecycle flows (switched on at start)
+    # and the custom ones.
+    from journeys.flows.migration import LIFECYCLE
 
-    switched_on = lifecycle_flows(shipped_rules(), shipped_rules())
     flow_count = sum(
-        1 for flow in flows_from_toml(with_flows) if flow.enabled or flow.id in switched_on
+        1 for flow in flows_from_toml(with_flows) if flow.enabled or flow.id in LIFECYCLE
     )
     payloads = live_events(args.events)
     rates: dict[str, list[float]] = {"no flow": [], "flows": []}
@@ -442,13 +439,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         files["flows"].write_text(with_flows)
         no_rules = folder / "no-rules.toml"
         no_rules.write_text("")
-        # "no flow": nothing sends (the raw limit); --engines: the rules (before).
+        # "no flow": nothing sends (the raw limit): no flows file, an empty rules file
+        # (so the switch at start turns no lifecycle flow on).
         setups: dict[str, dict[str, Any]] = {
             "no flow": {"flows_file": files["no flow"], "trigger_rules_file": str(no_rules)},
             "flows": {"flows_file": files["flows"]},
         }
-        if args.engines:
-            setups["no flow"] = {"flows_file": files["flows"], "outreach_engine": "rules"}
         broker = EmbeddedBroker(folder / "broker.log")
         broker.start()
         memory = PeakMemory()
@@ -494,7 +490,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     pairs = [f / n for n, f in zip(rates["no flow"], rates["flows"], strict=True)]
     cpu_none, cpu_flows = (statistics.median(per_cpu[k]) for k in ("no flow", "flows"))
     cpu_ratio = cpu_flows / cpu_none
-    baseline = "the shipped rules (before the switch)" if args.engines else "no flow (raw limit)"
+    baseline = "no flow (raw limit)"
     figures = {
         "events": args.events,
         "baseline": baseline,
@@ -599,11 +595,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--shipped-on", action="store_true", help="the seven lifecycle flows on as well"
     )
     worker_args.add_argument("--json", type=Path)
-    worker_args.add_argument(
-        "--engines",
-        action="store_true",
-        help="the shipped rules (before the switch to flows) against the shipped flows",
-    )
     args = parser.parse_args(argv)
     figures = timers(args) if args.command == "timers" else worker(args)
     if args.json:

@@ -6,8 +6,8 @@ The synthetic storefront's events go through the journey pipeline once (in
 process, 4 partitions, batches of 2000) to get the stage changes it publishes
 for them; then the events and those stage changes, batch by batch and
 partition by partition as the trigger consumer hands them over, go through the
-outreach worker's fact path (facts, timers and consumed positions in the
-trigger store, SQLite) with the shipped rules. Prints the fact path's events
+outreach worker's fact path (facts and consumed positions in the trigger
+store, SQLite; no flow). Prints the fact path's events
 per CPU second, median of 3 (each run on a fresh store); ``--profile`` prints
 cProfile's top functions of one more run instead.
 """
@@ -28,7 +28,6 @@ import faust
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from stack.bootstrap import build_platform
-from stack.outreach import declared_rules
 from stack.settings import Settings
 from streams.app import JourneyStreams
 from streams.batches import BatchLoop
@@ -92,9 +91,7 @@ def fact_path_cpu_seconds(batches: list[TopicRecords], folder: Path, settings: S
     settings = settings.model_copy(update={"data_dir": folder})
     store = OutreachStore(sqlite_path=folder / "events.sqlite")
     app = faust.App("bench-outreach", broker="kafka://localhost:1", web_enabled=False)
-    worker = OutreachWorker(
-        settings, BatchLoop(app, BATCH, 0.1), store, lambda: declared_rules(settings)
-    )
+    worker = OutreachWorker(settings, BatchLoop(app, BATCH, 0.1), store)
     try:
         started = time.process_time()
         for records in batches:

@@ -1,11 +1,13 @@
-"""Measure how late abandoned-cart triggers fire: a real broker, a real node, N carts.
+"""Measure how late abandoned-cart sends go out: a real broker, a real node, N carts.
 
     .venv/bin/python scripts/bench_trigger_lateness.py --carts 300 --delay 5
 
 Starts Tansu and `journeys node` in a temporary folder, registers a local
 webhook receiver, adds N carts within about a second, and reports the
-lateness of each trigger (fired minus fire time, wall clock; as recorded by
-the worker) and the receiver-side delay (received minus due time).
+lateness of each send (sent minus due time, wall clock; as recorded by the
+worker) and the receiver-side delay (received minus due time). The cart rule
+written here becomes a flow at the node's start (the rules file is migrated:
+stack/flows_switch.py), a single reminder ``--delay`` after the last cart activity.
 """
 
 from __future__ import annotations

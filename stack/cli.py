@@ -19,9 +19,9 @@ journeys backup DEST [--also DEST2]   a consistent backup of the running node's 
 journeys restore SRC                  a backup into an empty data folder (node stopped)
 journeys replay   rebuild the projections from the event store (node stopped);
                   --rules FILE: re-run history under other stage rules and compare
-journeys outreach webhooks, rules and triggers, over the API (admin key)
+journeys outreach webhooks and triggers, over the API (admin key)
 journeys flows    validate|list|show the flows file; backtest FLOW --from --to (admin key);
-                  migrate-rules [RULES_FILE] [--overrides-from-api] [--out FILE]
+                  migrate-rules [RULES_FILE] [--out FILE]
 journeys funnel   run a funnel through the API and print it (--csv to export)
 journeys retention  print a retention table from the API (--csv to export)
 """

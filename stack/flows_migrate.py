@@ -1,13 +1,10 @@
-"""``journeys flows migrate-rules [RULES_FILE] [--overrides-from-api] [--out FILE]``.
+"""``journeys flows migrate-rules [RULES_FILE] [--out FILE]``.
 
-Writes a flows file (TOML) from a trigger rules file (journeys/rules.toml's
-format; default: JOURNEYS_TRIGGER_RULES_FILE, else the shipped one), the rules
-becoming flows as journeys/flows/migration.py says. With
-``--overrides-from-api`` the running node's rules in force (``GET
-/v1/outreach/rules``, admin key: its rules file with the overrides stored by
-``PUT /v1/outreach/rules/{id}``) replace the file's rules of the same id and add
-the others, so what the API changed is migrated too. The output is validated
-before it is written.
+Writes a flows file (TOML) from a trigger rules file (journeys/outreach_rules.py's
+format; default: JOURNEYS_TRIGGER_RULES_FILE), the rules becoming flows as
+journeys/flows/migration.py says, to edit and load as flows. The output is
+validated before it is written. A worker does the same at its start for a
+configured rules file and a store's rule overrides (stack/flows_switch.py).
 """
 
 from __future__ import annotations
@@ -20,10 +17,8 @@ from typing import Any
 
 from journeys.flows.definitions import FlowError, flows_from_toml
 from journeys.flows.migration import flows_from_rules, flows_toml
-from journeys.outreach_rules import RuleError, TriggerRule, apply_overrides, parse_rules
+from journeys.outreach_rules import RuleError, TriggerRule, parse_rules
 from journeys.toml_text import load_toml
-from stack.http_commands import api_response, connection, failed
-from stack.outreach import declared_rules
 from stack.settings import Settings
 
 MIGRATE_VERB = "migrate-rules"
@@ -36,31 +31,27 @@ def add_migrate_parser(verbs: Any) -> None:
         "rules_file",
         nargs="?",
         type=Path,
-        help="default: JOURNEYS_TRIGGER_RULES_FILE, else journeys/rules.toml",
-    )
-    verb.add_argument(
-        "--overrides-from-api",
-        action="store_true",
-        help="also the running node's rules in force (the API's overrides; admin key)",
+        help="default: JOURNEYS_TRIGGER_RULES_FILE",
     )
     verb.add_argument("--out", type=Path, help="the flows file to write (default: stdout)")
-    connection(verb, "admin")
 
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the verb: 0 written, 1 the API refused, 2 a bad rules file or unreachable API."""
-    try:
-        rules = _rules(args, settings)
-    except (RuleError, tomllib.TOMLDecodeError, OSError) as error:
-        print(f"{args.rules_file or 'rules file'}: {error}", file=sys.stderr)
+    """Run the verb: 0 written, 2 no or a bad rules file."""
+    source = args.rules_file or (
+        Path(settings.trigger_rules_file) if settings.trigger_rules_file else None
+    )
+    if source is None:
+        print("no rules file: name one (or set JOURNEYS_TRIGGER_RULES_FILE)", file=sys.stderr)
         return 2
-    if isinstance(rules, int):
-        return rules
-    source = args.rules_file or settings.trigger_rules_file or "journeys/rules.toml"
+    try:
+        rules = _rules(source)
+    except (RuleError, tomllib.TOMLDecodeError, OSError) as error:
+        print(f"{source}: {error}", file=sys.stderr)
+        return 2
     header = (
         f"Flows migrated from the trigger rules of {source}"
-        + (" with the API's overrides" if args.overrides_from_api else "")
-        + "\nby `journeys flows migrate-rules` (journeys/flows/migration.py)."
+        "\nby `journeys flows migrate-rules` (journeys/flows/migration.py)."
     )
     text = flows_toml(flows_from_rules(rules), header)
     try:
@@ -77,26 +68,5 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _rules(args: argparse.Namespace, settings: Settings) -> list[TriggerRule] | int:
-    if args.rules_file is not None:
-        rules = parse_rules(load_toml(args.rules_file.read_text(encoding="utf-8")))
-    else:
-        rules = declared_rules(settings)
-    if not args.overrides_from_api:
-        return rules
-    response = api_response(args, settings, "admin", "GET", "/v1/outreach/rules", timeout=30)
-    if isinstance(response, int):
-        return response
-    if failed(response):
-        return 1
-    return apply_overrides(rules, [_as_declared(rule) for rule in response.json()["rules"]])
-
-
-def _as_declared(rule: dict[str, Any]) -> dict[str, Any]:
-    """A rule as the API lists it (``TriggerRule.to_dict``) in the rules file's shape."""
-    declared = {k: v for k, v in rule.items() if k not in ("delay_s", "frequency_cap_s")}
-    declared["delay"] = rule.get("delay_s", 0)
-    declared["frequency_cap"] = rule.get("frequency_cap_s", 0)
-    if declared.get("quiet_hours") is None:
-        declared.pop("quiet_hours", None)
-    return declared
+def _rules(path: Path) -> list[TriggerRule]:
+    return parse_rules(load_toml(path.read_text(encoding="utf-8")))

@@ -1,14 +1,16 @@
-"""The switch from the trigger rules to flows, at a worker's start (``outreach_engine = "flows"``).
+"""The lifecycle flows switched on at a worker's start, before it consumes.
 
-1. **The lifecycle flows on.** The rules in force (the rules file — the
-   ``JOURNEYS_TRIGGER_RULES_FILE``, the demo's ``stack/demo_rules.toml``, else the
-   shipped journeys/rules.toml — with the API's stored overrides) are read through
-   the migration (journeys/flows/migration.py ``lifecycle_flows``: an
-   ``abandoned_cart`` rule equal to the shipped one is the canonical flow) and
-   put into the stored flows with a new version where the stored flow is still
-   the shipped one (the lifecycle flows ship switched off, ``enabled = false``) or
-   is missing. A stored flow someone changed (``PUT /v1/flows``) is kept as it is,
-   and said so in the log. The same flow again changes nothing, so every start
+1. **The lifecycle flows on.** Without a configured rules file, the shipped
+   lifecycle flows (journeys/flows.toml's, ``enabled = false``) are switched on
+   as they are. A configured rules file (``JOURNEYS_TRIGGER_RULES_FILE``, the
+   demo's ``stack/demo_rules.toml``) is read through the migration instead
+   (journeys/flows/migration.py ``lifecycle_flows``: an ``abandoned_cart`` rule
+   equal to the one that shipped is the canonical flow; a lifecycle flow the file
+   has no rule for stays off). Rule overrides a store kept from the rules' API
+   (``outreach_rule_overrides``) are migrated over either. Each is put into the
+   stored flows with a new version where the stored flow is still the shipped one
+   or is missing. A stored flow someone changed (``PUT /v1/flows``) is kept as it
+   is, and said so in the log. The same flow again changes nothing, so every start
    after the first is a no-op.
 2. **A store with rule history carried forward.** For each lifecycle flow that
    keeps facts, every customer with rule facts (``trigger_customers``) and no
@@ -16,8 +18,8 @@
    facts, the rule's settled clocks as anchors entered, its fired dues as the
    cap's sends), waking at once so the timer loop plans its anchors; done once
    per flow (``flow_seeds``), a state a worker wrote meanwhile is kept.
-3. **The rule timers dropped** (``trigger_timers``: no rule runs any more; the
-   table stays, empty, for a store switched back with ``outreach_engine = "rules"``).
+3. **The rules' timer table dropped** (``trigger_timers``, with its rows: the rules
+   engine was removed, and the seeded anchors stand for its clocks).
 
 Run by the first worker that starts on the new code, before it consumes: with
 several workers, start one first for an upgrade (another one's seeding would only
@@ -28,15 +30,15 @@ from __future__ import annotations
 
 import logging
 import time
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 from journeys.flows.definitions import FlowDefinition, flows_from_toml, parse_flow
-from journeys.flows.migration import lifecycle_flows, seeded_state
-from journeys.outreach_rules import TriggerRule, parse_rules
+from journeys.flows.migration import LIFECYCLE, lifecycle_flows, seeded_state
+from journeys.outreach_rules import apply_overrides
 from projections.flow_definition_store import FlowConflict, FlowDefinitions
-from stack.outreach import DEFAULT_RULES_FILE, OutreachAdmin
+from stack.outreach import declared_rules
 from stack.settings import Settings
 from streams.outreach.store import OutreachStore
 
@@ -55,11 +57,6 @@ class SwitchReport:
     timers_dropped: int = 0
 
 
-def shipped_rules() -> list[TriggerRule]:
-    with DEFAULT_RULES_FILE.open("rb") as handle:
-        return parse_rules(tomllib.load(handle))
-
-
 def _shipped_flows() -> dict[str, FlowDefinition]:
     text = resources.files("journeys").joinpath("flows.toml").read_text("utf-8")
     return {flow.id: flow for flow in flows_from_toml(text)}
@@ -74,9 +71,8 @@ def switch_to_flows(
 ) -> SwitchReport:
     """Switch the lifecycle outreach of this store to flows (see the module's text)."""
     report = SwitchReport()
-    rules = OutreachAdmin(settings, store).rules_in_force()
-    migrated = lifecycle_flows(rules, shipped_rules())
     shipped = _shipped_flows()
+    migrated = lifecycle_tables(settings, store, shipped)
     recorded: dict[str, dict[int, str]] = {}
     for flow_id, version, fingerprint, _ in store.flow_versions():
         recorded.setdefault(flow_id, {})[version] = fingerprint
@@ -99,8 +95,8 @@ def switch_to_flows(
         report.switched_on.append(flow_id)
     if report.kept:
         log.warning(
-            "flows %s were changed over the API: kept as stored, not replaced by the rules "
-            "file's migration",
+            "flows %s were changed over the API: kept as stored, not replaced by the "
+            "lifecycle flows",
             ", ".join(report.kept),
         )
     for flow in definitions.current().flows:
@@ -115,6 +111,21 @@ def switch_to_flows(
         report.timers_dropped,
     )
     return report
+
+
+def lifecycle_tables(
+    settings: Settings, store: OutreachStore, shipped: dict[str, FlowDefinition]
+) -> dict[str, dict[str, Any]]:
+    """The lifecycle flows to switch on, as flow tables by id (see the module's text)."""
+    overrides = store.rule_overrides()
+    if settings.trigger_rules_file:
+        return lifecycle_flows(apply_overrides(declared_rules(settings), overrides))
+    tables = {
+        flow_id: {**shipped[flow_id].source, "enabled": True}
+        for flow_id in LIFECYCLE
+        if flow_id in shipped
+    }
+    return tables | lifecycle_flows(apply_overrides([], overrides))
 
 
 def _seed(flow: FlowDefinition, store: OutreachStore) -> int:

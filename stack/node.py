@@ -46,7 +46,7 @@ from stack.metrics import (
     register_node_gauges,
     write_metrics_file,
 )
-from stack.outreach import OutreachAdmin, segment_reader
+from stack.outreach import segment_reader
 from stack.processes import api_server
 from stack.settings import Settings
 from streams.app import JourneyStreams
@@ -506,18 +506,14 @@ def _run_worker(settings: Settings, *, with_api: bool) -> None:
         metrics=metrics,
         feed=_chdb_feed(platform) if apart else None,
     )
-    if settings.outreach_engine == "flows" and platform.flow_definitions is not None:
+    if platform.flow_definitions is not None:
         # Before anything is consumed: the lifecycle flows on, the rules' history seeded.
         switch_to_flows(settings, platform.flow_definitions, platform.outreach)
-    # The trigger and outreach agents share the worker's Faust app. On flows, no rule
-    # runs: the worker keeps only the customers' facts (the RFM scan's edges read them).
+    # The trigger and outreach agents share the worker's Faust app.
     outreach = OutreachWorker(
         settings,
         streams.batches,
         platform.outreach,
-        OutreachAdmin(settings, platform.outreach).rules_in_force
-        if settings.outreach_engine == "rules"
-        else list,
         segment_reader(platform.event_log),
         lateness=metrics.trigger_lateness_seconds.observe,
         vault=platform.vault,

@@ -1,4 +1,4 @@
-"""Wiring of outreach: the rules file, the trigger store, the admin API's collaborator."""
+"""Wiring of outreach: the trigger store, a configured rules file, the admin API's collaborator."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from journeys.outreach_rules import TriggerRule, apply_overrides, parse_rule, parse_rules
+from journeys.outreach_rules import TriggerRule, parse_rules
 from journeys.toml_text import load_toml
 from journeys.unsubscribe_links import UnsubscribeLinks
 from projections.analytics.reports import Reports
@@ -18,8 +18,6 @@ from stack.privacy import write_private
 from stack.settings import Settings
 from streams.outreach.store import Endpoint, OutreachStore
 from streams.outreach.worker import SegmentReader
-
-DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "journeys" / "rules.toml"
 
 
 def build_store(settings: Settings) -> OutreachStore:
@@ -30,8 +28,11 @@ def build_store(settings: Settings) -> OutreachStore:
 
 
 def declared_rules(settings: Settings) -> list[TriggerRule]:
-    """The rules file's rules (the shipped defaults when none is configured)."""
-    path = Path(settings.trigger_rules_file) if settings.trigger_rules_file else DEFAULT_RULES_FILE
+    """The configured rules file's rules (none when no file is configured): what the
+    switch at start migrates into the lifecycle flows."""
+    if not settings.trigger_rules_file:
+        return []
+    path = Path(settings.trigger_rules_file)
     return parse_rules(load_toml(path.read_text(encoding="utf-8")))
 
 
@@ -64,15 +65,11 @@ def segment_reader(events: EventLog) -> SegmentReader:
 
 
 class OutreachAdmin:
-    """The admin API's view of outreach, over the store and the rules file."""
+    """The admin API's view of outreach, over the store."""
 
     def __init__(self, settings: Settings, store: OutreachStore) -> None:
         self.settings = settings
         self.store = store
-
-    def rules_in_force(self) -> list[TriggerRule]:
-        """The rules file with the API's overrides on top."""
-        return apply_overrides(declared_rules(self.settings), self.store.rule_overrides())
 
     def endpoints(self) -> list[dict[str, Any]]:
         """Subscribed endpoints, secrets withheld."""
@@ -103,35 +100,20 @@ class OutreachAdmin:
         """Unsubscribe."""
         return self.store.remove_endpoint(endpoint_id)
 
-    def retired(self) -> str | None:
-        """On flows the rules engine is off: its rules and timers live in the flows."""
-        if self.settings.outreach_engine == "rules":
-            return None
+    def retired(self) -> str:
+        """What replaced the rules' routes: the rules became the lifecycle flows."""
         return (
-            "outreach runs on flows (JOURNEYS_OUTREACH_ENGINE=flows): the rules became the "
-            "lifecycle flows; read and change them with GET|PUT /v1/flows/{id} (a "
-            "customer's waits: GET /v1/customers/{id}/flows)"
+            "outreach runs on flows: the rules became the lifecycle flows; read and change "
+            "them with GET|PUT /v1/flows/{id} (a customer's waits: GET /v1/customers/{id}/flows)"
         )
-
-    def rules(self) -> list[dict[str, Any]]:
-        """The rules in force, as data."""
-        return [rule.to_dict() for rule in self.rules_in_force()]
-
-    def set_rule(self, rule: dict[str, Any]) -> dict[str, Any]:
-        """Validate (RuleError names the field), then store the override."""
-        parsed = parse_rule(rule, where="")
-        self.store.set_rule_override(rule)
-        return parsed.to_dict()
 
     def triggers(self, limit: int, customer_id: str | None) -> list[dict[str, Any]]:
         """Recent triggers with deliveries."""
         return self.store.recent_triggers(limit, customer_id)
 
     def timers(self, customer_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """Running timers: the rules', or on flows the flows' states waiting to wake."""
-        if self.settings.outreach_engine == "flows":
-            return self.store.flow_waits(customer_id, limit)
-        return self.store.timers(customer_id, limit)
+        """Running timers: the flows' states waiting to wake."""
+        return self.store.flow_waits(customer_id, limit)
 
     def redeliver(self, trigger_id: str) -> int | None:
         """Dead deliveries back to pending."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 from stack.http_commands import ask_api, connection
@@ -13,7 +11,7 @@ from stack.settings import Settings
 
 def add_parser(commands: Any) -> None:
     """The ``outreach`` subcommand and its verbs."""
-    parser = commands.add_parser("outreach", help="webhooks, rules and triggers (admin key)")
+    parser = commands.add_parser("outreach", help="webhooks and triggers (admin key)")
     connection(parser, "admin")
     areas = parser.add_subparsers(dest="area", required=True)
     verbs_made: list[argparse.ArgumentParser] = []
@@ -32,16 +30,6 @@ def add_parser(commands: Any) -> None:
     add.add_argument("--secret", help="signing secret (default: generated, shown once)")
     remove = verb(verbs, "remove")
     remove.add_argument("endpoint_id")
-
-    rules = areas.add_parser(
-        "rules",
-        help="the rules in force (only with JOURNEYS_OUTREACH_ENGINE=rules; on flows: 410)",
-    )
-    verbs = rules.add_subparsers(dest="verb", required=True)
-    verb(verbs, "list")
-    put = verb(verbs, "set", help="declare or replace a rule from JSON")
-    put.add_argument("rule_id")
-    put.add_argument("json", help="the rule as JSON, or @file.json")
 
     triggers = areas.add_parser("triggers", help="recent triggers and re-delivery")
     verbs = triggers.add_subparsers(dest="verb", required=True)
@@ -73,13 +61,6 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, Any]]:
                 body["secret"] = args.secret
             return "POST", "/webhooks", body, {}
         return "DELETE", f"/webhooks/{args.endpoint_id}", None, {}
-    if args.area == "rules":
-        if args.verb == "list":
-            return "GET", "/rules", None, {}
-        raw = args.json
-        if raw.startswith("@"):
-            raw = Path(raw[1:]).read_text()
-        return "PUT", f"/rules/{args.rule_id}", json.loads(raw), {}
     if args.verb == "list":
         params: dict[str, Any] = {"limit": args.limit}
         if args.customer:

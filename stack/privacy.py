@@ -260,7 +260,7 @@ class Privacy:
             for key in ids
             for t in self._outreach.recent_triggers(limit=10_000, customer_key=key)
         ]
-        timers = [t for key in ids for t in self._outreach.timers(key, limit=10_000)]
+        timers = [t for key in ids for t in self._outreach.flow_waits(key, limit=10_000)]
         # Every flow state and decision (fact) kept, opened: the flows' "why" as stored.
         flows = {
             "states": [

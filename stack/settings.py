@@ -183,23 +183,17 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.2, gt=0)
 
-    # Outreach triggers (journeys/triggers.py explains the clock). The rules
-    # file is TOML; empty means the shipped defaults (journeys/rules.toml).
+    # A trigger rules file (TOML, journeys/outreach_rules.py's format) to carry into the
+    # lifecycle flows: read through the migration at a worker's start (stack/flows_switch.py).
+    # Empty: the shipped lifecycle flows (journeys/flows.toml) are switched on as they are.
     trigger_rules_file: str = ""
-    # What sends lifecycle outreach. "flows" (the default): the shipped lifecycle
-    # flows, with the rules file (if set) read through the migration at start and a
-    # store's rule history seeded into the flows (stack/flows.py switch_to_flows);
-    # the rules engine does not run. "rules": the trigger rules of the file run as
-    # before and the lifecycle flows stay as stored (off) — kept for the rules'
-    # own tests and a store not ready to switch.
-    outreach_engine: Literal["flows", "rules"] = "flows"
-    # A timer whose fire time is further behind the wall clock than this expires
-    # instead of firing: replays and backfills never send for carts due long ago.
+    # A flow's send due further behind the wall clock than this is skipped (expired)
+    # instead of sent: replays and backfills never send for carts due long ago.
     trigger_grace_s: float = Field(default=900.0, gt=0)
-    # How often due timers and due deliveries are looked for.
+    # How often due flow states and due deliveries are looked for.
     trigger_tick_s: float = Field(default=0.1, gt=0)
-    # How often RFM segments are recomputed over all buyers, for rules that
-    # watch a customer enter a segment (high-value welcome).
+    # How often RFM segments are recomputed over all buyers, for flows that
+    # enter on a customer entering one (``rfm:champions``: the high-value welcome).
     rfm_scan_s: float = Field(default=60.0, gt=0)
     # Webhook and e-mail delivery: per-attempt timeout, exponential backoff with
     # jitter (doubling from base, capped), and the horizon after which a

@@ -1,4 +1,4 @@
-"""Trigger rules (journeys/rules.toml's format) as flows: ``journeys flows migrate-rules``.
+"""Trigger rules (the rules file format) as flows: ``journeys flows migrate-rules``.
 
 Pure: :func:`flows_from_rules` turns parsed rules into flow tables (the flows
 file's shape) and :func:`flows_toml` writes them as TOML. One function per
@@ -18,10 +18,11 @@ parts every rule has are the same for all:
 - ``reentry = "always"``: the rules ran every clock; the cap is what held one back;
 - ``enabled`` carries over.
 
-The shipped flows file holds the seven lifecycle rules migrated so
-(tests/unit/test_rules_as_flows.py keeps them equal), beside the canonical
-abandoned cart; a rules file's ``abandoned_cart`` rule migrates to the rule's
-own single reminder (a ``cart`` anchor), not to the canonical flow.
+The shipped flows file holds the seven lifecycle rules that shipped
+(tests/data/lifecycle_rules.toml) migrated so (tests/unit/test_rules_as_flows.py
+keeps them equal), beside the canonical abandoned cart; a rules file's
+``abandoned_cart`` rule migrates to the rule's own single reminder (a ``cart``
+anchor), not to the canonical flow, unless it is the one that shipped.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 from journeys.flows.definitions import FlowDefinition
 from journeys.flows.engine import FlowState
 from journeys.flows.nodes import SendNode
-from journeys.outreach_rules import TriggerRule
+from journeys.outreach_rules import TriggerRule, parse_rule
 from journeys.segment_state import to_ms
 from journeys.triggers import CustomerFacts
 
@@ -95,7 +96,31 @@ NAMES = {
     "birthday": "Birthday",
     "high_value": "High-value welcome",
 }
-VOIDED = ("Order Refunded", "Order Cancelled")  # a review request's own exits (triggers.py)
+VOIDED = ("Order Refunded", "Order Cancelled")  # a review request's own exits (as the rule's)
+# journeys/flows.toml's lifecycle flows: shipped off, switched on at a worker's start
+# (stack/flows_switch.py), or replaced by a configured rules file's migration.
+LIFECYCLE = (
+    "review_request",
+    "satisfaction_survey",
+    "ticket_escalation",
+    "repurchase_reminder",
+    "win_back",
+    "birthday",
+    "high_value_welcome",
+)
+# The abandoned-cart rule as the rules file shipped it: a rules file holding it
+# unchanged (a copy of the shipped file) keeps the canonical abandoned-cart flow.
+SHIPPED_ABANDONED_CART = parse_rule(
+    {
+        "id": "abandoned_cart",
+        "trigger": "abandoned_cart",
+        "delay": "1h",
+        "frequency_cap": "24h",
+        "exit": ["Order Completed"],
+        "channels": ["webhook", "email"],
+        "conditions": {"min_cart_value": 0},
+    }
+)
 
 
 def duration(value: timedelta) -> str:
@@ -227,25 +252,18 @@ def flows_from_rules(rules: Sequence[TriggerRule]) -> dict[str, dict[str, Any]]:
     return {rule.id.replace("-", "_"): flow_from_rule(rule) for rule in rules}
 
 
-def lifecycle_flows(
-    rules: Sequence[TriggerRule], shipped: Sequence[TriggerRule]
-) -> dict[str, dict[str, Any]]:
-    """The rules in force as the flows switched on at start (``outreach_engine = "flows"``).
+def lifecycle_flows(rules: Sequence[TriggerRule]) -> dict[str, dict[str, Any]]:
+    """A configured rules file's rules as the flows switched on at a worker's start.
 
     Every rule becomes its flow, as :func:`flows_from_rules`, except an
-    ``abandoned_cart`` rule equal to the shipped one (``shipped``: journeys/rules.toml's):
-    the canonical ``abandoned_cart`` flow (journeys/flows.toml) is the shipped
-    abandoned cart, so that rule migrates to nothing and the canonical flow stands.
-    A rules file whose ``abandoned_cart`` differs (the demo's 15 s reminder, a store's
-    own delay) was configured on purpose: it migrates to the rule's own reminder,
-    replacing the canonical flow under that id.
+    ``abandoned_cart`` rule equal to :data:`SHIPPED_ABANDONED_CART`: the canonical
+    ``abandoned_cart`` flow (journeys/flows.toml) is the shipped abandoned cart, so
+    that rule migrates to nothing and the canonical flow stands. A rules file whose
+    ``abandoned_cart`` differs (the demo's 15 s reminder, a store's own delay) was
+    configured on purpose: it migrates to the rule's own reminder, replacing the
+    canonical flow under that id.
     """
-    shipped_by_id = {rule.id: rule for rule in shipped}
-    kept = [
-        rule
-        for rule in rules
-        if not (rule.trigger == "abandoned_cart" and shipped_by_id.get(rule.id) == rule)
-    ]
+    kept = [rule for rule in rules if rule != SHIPPED_ABANDONED_CART]
     return flows_from_rules(kept)
 
 

@@ -1,7 +1,7 @@
 """Trigger and delivery state in the event store's database (SQLite or PostgreSQL).
 
 Why plain tables next to the eventsourcing ones rather than aggregates: the
-timer loop asks "which timers are due now?" many times a second, and
+timer loop asks "which flow states are due now?" many times a second, and
 deliveries are claimed by "pending and due" — both are index range queries an
 aggregate repository cannot answer. Every write that goes with a consumed
 Kafka position saves that position in the same transaction (table
@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from journeys.triggers import CustomerFacts, Timer, TriggerFired
+from journeys.triggers import CustomerFacts
 
 # Keys bound in one IN (...) query: below SQLite's oldest limit of 999 variables.
 _KEYS_PER_QUERY = 500
@@ -41,12 +41,6 @@ _SCHEMA = [
         source TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS trigger_customers (
         customer_key TEXT PRIMARY KEY, partition_no INTEGER NOT NULL, facts TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS trigger_timers (
-        timer_id TEXT PRIMARY KEY, customer_key TEXT NOT NULL, rule_id TEXT NOT NULL,
-        partition_no INTEGER NOT NULL, anchor TEXT NOT NULL, due_at TEXT NOT NULL,
-        fire_at TEXT NOT NULL, fire_ts DOUBLE PRECISION NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS trigger_timers_due ON trigger_timers (partition_no, fire_ts)",
-    "CREATE INDEX IF NOT EXISTS trigger_timers_customer ON trigger_timers (customer_key)",
     """CREATE TABLE IF NOT EXISTS triggers (
         trigger_id TEXT PRIMARY KEY, customer_key TEXT NOT NULL, rule_id TEXT NOT NULL,
         trigger_kind TEXT NOT NULL, due_at TEXT NOT NULL, fire_at TEXT NOT NULL,
@@ -142,7 +136,8 @@ class Delivery:
 
 
 class OutreachStore:
-    """Timers, customer facts, fired triggers, deliveries, endpoints and rule overrides."""
+    """Customer facts, flow states, sent messages (triggers), deliveries, endpoints and the
+    rule overrides a store kept from the rules' API (read once, by the switch to flows)."""
 
     def __init__(
         self, sqlite_path: Path | None = None, postgres_dsn: str = "", kept_facts: int = KEPT_FACTS
@@ -154,12 +149,9 @@ class OutreachStore:
         # reader changes and does not save, or a rolled-back transaction, is never
         # seen here. Other processes' writes are not: see forget_kept_facts.
         self._kept: OrderedDict[str, CustomerFacts] = OrderedDict()
-        # The timer rows (partition, plan) of customers as this store committed them,
-        # so an unchanged plan is not deleted and inserted again.
-        self._kept_timers: OrderedDict[str, tuple[int, tuple[Timer, ...]]] = OrderedDict()
         self._kept_max = kept_facts
         # Saved in the open transaction, by customer: kept once it commits.
-        self._saving: dict[str, tuple[CustomerFacts, int, tuple[Timer, ...]]] = {}
+        self._saving: dict[str, CustomerFacts] = {}
         # Flow state rows as committed last ((customer, flow) → (partition, JSON text, wake),
         # None: known absent), so a batch reads no row it wrote and an unchanged row is
         # not written again; valid while this process owns the partitions (dropped with
@@ -230,19 +222,16 @@ class OutreachStore:
             self._keep(saved.values())
             self._keep_flows(flows)
 
-    def _keep(self, saved: Iterable[tuple[CustomerFacts, int, tuple[Timer, ...]]]) -> None:
+    def _keep(self, saved: Iterable[CustomerFacts]) -> None:
         if not self._kept_max:
             return
-        kept, timers = self._kept, self._kept_timers
-        for facts, partition, plan in saved:
+        kept = self._kept
+        for facts in saved:
             key = facts.customer_key
             kept[key] = facts
             kept.move_to_end(key)
-            timers[key] = (partition, plan)
-            timers.move_to_end(key)
-        for memory in (kept, timers):
-            while len(memory) > self._kept_max:
-                memory.popitem(last=False)
+        while len(kept) > self._kept_max:
+            kept.popitem(last=False)
 
     def _keep_flows(self, rows: Mapping[tuple[str, str], tuple[int, str, float | None]]) -> None:
         if not self._kept_max:
@@ -259,22 +248,13 @@ class OutreachStore:
         written them since (a rebalance gave their partitions to another worker)."""
         with self._lock:
             self._kept.clear()
-            self._kept_timers.clear()
             self._kept_flows.clear()
 
     def forget_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
         """Delete everything held about ``customer_keys`` (an erasure): their facts,
-        timers (cancelled), fired triggers and those triggers' deliveries. Rows
-        deleted, by table."""
+        flow states and facts, sent messages and their deliveries. Rows deleted, by table."""
         deleted = dict.fromkeys(
-            (
-                "trigger_deliveries",
-                "triggers",
-                "trigger_timers",
-                "trigger_customers",
-                "flow_states",
-                "flow_facts",
-            ),
+            ("trigger_deliveries", "triggers", "trigger_customers", "flow_states", "flow_facts"),
             0,
         )
         keys = list(dict.fromkeys(customer_keys))
@@ -287,14 +267,13 @@ class OutreachStore:
                     f"(SELECT trigger_id FROM triggers WHERE customer_key IN ({marks}))",
                     chunk,
                 ).rowcount
-                tables = ("triggers", "trigger_timers", "trigger_customers")
-                for table in (*tables, "flow_states", "flow_facts"):
+                tables = ("triggers", "trigger_customers", "flow_states", "flow_facts")
+                for table in tables:
                     deleted[table] += self._exec(
                         f"DELETE FROM {table} WHERE customer_key IN ({marks})", chunk
                     ).rowcount
             for key in keys:
                 self._kept.pop(key, None)
-                self._kept_timers.pop(key, None)
             gone = set(keys)
             for row_key in [k for k in self._kept_flows if k[0] in gone]:
                 del self._kept_flows[row_key]
@@ -315,7 +294,7 @@ class OutreachStore:
             (source, position),
         )
 
-    # --- customers and timers ---------------------------------------------------
+    # --- customers' facts --------------------------------------------------------
 
     def facts(self, customer_key: str) -> CustomerFacts | None:
         """A customer's facts, if any were recorded."""
@@ -329,7 +308,7 @@ class OutreachStore:
         return CustomerFacts.from_dict(orjson.loads(rows[0][0])) if rows else None
 
     def partition_of(self, customer_key: str) -> int | None:
-        """The partition a customer's events arrive on (where its timers belong)."""
+        """The partition a customer's events arrive on (where its flow states belong)."""
         rows = self._rows(
             "SELECT partition_no FROM trigger_customers WHERE customer_key = ?", (customer_key,)
         )
@@ -358,64 +337,28 @@ class OutreachStore:
                     found[facts.customer_key] = facts
         return found
 
-    def _save_customers(
-        self, customers: Sequence[tuple[CustomerFacts, int, Iterable[Timer]]]
-    ) -> None:
+    def _save_customers(self, customers: Sequence[tuple[CustomerFacts, int]]) -> None:
         # A customer listed twice: the last entry is the truth, as if saved one by one.
-        latest = {
-            facts.customer_key: (facts, partition, tuple(timers))
-            for facts, partition, timers in customers
-        }
+        latest = {facts.customer_key: (facts, partition) for facts, partition in customers}
         self._exec_many(
             "INSERT INTO trigger_customers (customer_key, partition_no, facts) VALUES (?, ?, ?) "
             "ON CONFLICT (customer_key) DO UPDATE SET partition_no = excluded.partition_no, "
             "facts = excluded.facts",
             [
                 (key, partition, orjson.dumps(facts.to_dict()).decode())
-                for key, (facts, partition, _) in latest.items()
+                for key, (facts, partition) in latest.items()
             ],
         )
-        # The plan is the whole truth for the customer: replace, do not merge (unless
-        # the rows are that plan already: as this transaction or the last commit left them).
-        saving, known = self._saving, self._kept_timers
-        replaced = {}
-        for key, (_, partition, timers) in latest.items():
-            pending = saving.get(key)
-            stored = (pending[1], pending[2]) if pending is not None else known.get(key)
-            if stored != (partition, timers):
-                replaced[key] = (partition, timers)
-        saving.update(latest)
-        self._exec_many(
-            "DELETE FROM trigger_timers WHERE customer_key = ?", [(key,) for key in replaced]
-        )
-        self._exec_many(
-            "INSERT INTO trigger_timers (timer_id, customer_key, rule_id, partition_no, "
-            "anchor, due_at, fire_at, fire_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    timer.timer_id,
-                    timer.customer_key,
-                    timer.rule_id,
-                    partition,
-                    timer.anchor.isoformat(),
-                    timer.due_at.isoformat(),
-                    timer.fire_at.isoformat(),
-                    timer.fire_at.timestamp(),
-                )
-                for partition, timers in replaced.values()
-                for timer in timers
-            ],
-        )
+        self._saving.update((key, facts) for key, (facts, _) in latest.items())
 
     def save_batch(
         self,
-        customers: Sequence[tuple[CustomerFacts, int, Sequence[Timer]]],
+        customers: Sequence[tuple[CustomerFacts, int]],
         source: str,
         position: int,
         flows: FlowWrite | None = None,
     ) -> None:
-        """Customers' facts and timers (and flow states), with the consumed position,
-        atomically."""
+        """Customers' facts (and flow states), with the consumed position, atomically."""
         with self.transaction():
             self._save_customers(customers)
             if flows:
@@ -533,7 +476,7 @@ class OutreachStore:
 
     def flow_waits(self, customer_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The flows' states waiting to be advanced (a wait, a send deferred, a date anchor
-        planned), soonest first, in the shape of the rules' timers."""
+        planned), soonest first, in the timers' shape (``GET /v1/outreach/timers``)."""
         where, params = ("AND customer_key = ?", [customer_key]) if customer_key else ("", [])
         rows = self._rows(
             "SELECT customer_key, flow_id, wake_ts FROM flow_states "
@@ -555,12 +498,21 @@ class OutreachStore:
         return waits
 
     def drop_timers(self) -> int:
-        """Delete every rule timer (the rules no longer run); how many there were."""
+        """Drop the rules' timer table (the rules engine was removed; the switch to flows
+        seeded the clocks from the facts); how many timers it held."""
         with self.transaction():
-            count = self._exec("DELETE FROM trigger_timers").rowcount
-        with self._lock:
-            self._kept_timers.clear()
-        return int(count or 0)
+            if self._postgres:
+                exists = self._exec("SELECT to_regclass('trigger_timers')").fetchone()[0]
+            else:
+                exists = self._exec(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    ("trigger_timers",),
+                ).fetchone()
+            if not exists:
+                return 0
+            count = self._exec("SELECT COUNT(*) FROM trigger_timers").fetchone()[0]
+            self._exec("DROP TABLE trigger_timers")
+        return int(count)
 
     def flow_states_of(
         self, customer_keys: Iterable[str], flow_ids: Sequence[str]
@@ -731,78 +683,10 @@ class OutreachStore:
         )
         return [(f, int(v), fp, src) for f, v, fp, src in rows]
 
-    def save_customers(
-        self, customers: Sequence[tuple[CustomerFacts, int, Sequence[Timer]]]
-    ) -> None:
-        """Customers' facts and timers, atomically (facts that come from no topic position)."""
+    def save_customers(self, customers: Sequence[tuple[CustomerFacts, int]]) -> None:
+        """Customers' facts, atomically (facts that come from no topic position)."""
         with self.transaction():
             self._save_customers(customers)
-
-    def save_decision(
-        self,
-        facts: CustomerFacts,
-        partition: int,
-        timers: Sequence[Timer],
-        fired: TriggerFired | None,
-        targets: Sequence[tuple[str, str, str]] = (),
-    ) -> bool:
-        """A timer's outcome, the customer's new timers and (if fired) the trigger with its
-        deliveries (endpoint id, channel, initial state), atomically.
-
-        Returns False when this trigger id was already recorded (it fired before).
-        """
-        with self.transaction():
-            self._save_customers([(facts, partition, timers)])
-            if fired is None:
-                return True
-            lateness_ms = (fired.fired_at - fired.fire_at).total_seconds() * 1000
-            cursor = self._exec(
-                "INSERT INTO triggers (trigger_id, customer_key, rule_id, trigger_kind, due_at, "
-                "fire_at, fired_at, fired_ts, lateness_ms, body, published) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (trigger_id) DO NOTHING",
-                (
-                    fired.trigger_id,
-                    fired.customer_key,
-                    fired.rule_id,
-                    fired.trigger,
-                    fired.due_at.isoformat(),
-                    fired.fire_at.isoformat(),
-                    fired.fired_at.isoformat(),
-                    fired.fired_at.timestamp(),
-                    lateness_ms,
-                    orjson.dumps(fired.to_dict()).decode(),
-                ),
-            )
-            if not cursor.rowcount:
-                return False
-            self._insert_deliveries(fired.trigger_id, targets, time.time())
-            return True
-
-    def due_timers(self, partitions: Sequence[int], now_ts: float, limit: int = 200) -> list[Timer]:
-        """Timers of these partitions whose fire time has come, earliest first."""
-        if not partitions:
-            return []
-        marks = ", ".join("?" for _ in partitions)
-        rows = self._rows(
-            "SELECT customer_key, rule_id, anchor, due_at, fire_at FROM trigger_timers "
-            f"WHERE partition_no IN ({marks}) AND fire_ts <= ? ORDER BY fire_ts LIMIT ?",
-            (*partitions, now_ts, limit),
-        )
-        return [
-            Timer(key, rule, _at(anchor), _at(due), _at(fire))
-            for key, rule, anchor, due, fire in rows
-        ]
-
-    def timers(self, customer_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Running timers (all, or one customer's), soonest first."""
-        where, params = ("WHERE customer_key = ?", [customer_key]) if customer_key else ("", [])
-        rows = self._rows(
-            "SELECT timer_id, customer_key, rule_id, anchor, due_at, fire_at FROM trigger_timers "
-            f"{where} ORDER BY fire_ts LIMIT ?",
-            (*params, limit),
-        )
-        names = ("timer_id", "customer_id", "rule", "started_at", "due_at", "fire_at")
-        return [dict(zip(names, row, strict=True)) for row in rows]
 
     # --- fired triggers ------------------------------------------------------------
 
@@ -1001,21 +885,7 @@ class OutreachStore:
         return next((e for e in self.endpoints() if e.endpoint_id == endpoint_id), None)
 
     def rule_overrides(self) -> list[dict[str, Any]]:
-        """Rules set through the API, which win over the rules file."""
+        """Rules a store kept from the rules' API (``PUT /v1/outreach/rules``, before the
+        rules engine was removed): the switch to flows migrates them."""
         rows = self._rows("SELECT body FROM outreach_rule_overrides ORDER BY rule_id")
         return [orjson.loads(body) for (body,) in rows]
-
-    def set_rule_override(self, rule: dict[str, Any]) -> None:
-        """Declare or replace a rule through the API."""
-        with self.transaction():
-            self._exec(
-                "INSERT INTO outreach_rule_overrides (rule_id, body, updated_ts) VALUES (?, ?, ?) "
-                "ON CONFLICT (rule_id) DO UPDATE SET body = excluded.body, "
-                "updated_ts = excluded.updated_ts",
-                (rule["id"], orjson.dumps(rule).decode(), time.time()),
-            )
-
-
-def _at(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

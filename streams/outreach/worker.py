@@ -4,17 +4,17 @@
   ``<prefix>.segments`` (for the flows only), read
   with aiokafka in a group of its own like the journey consumer (every event
   passes here; the topics are co-partitioned, so one worker owns all of a
-  customer's facts) → customer facts and timers (journeys/triggers.py
-  decides), saved with the consumed position in one transaction.
-- timer loop: every ``trigger_tick_s``, the due timers of the partitions this
-  worker owns *and has consumed up to the broker's high-water mark* are
-  decided; fired triggers are recorded, then published on ``<prefix>.triggers``.
+  customer's facts) → customer facts (journeys/triggers.py) and the flows'
+  states, saved with the consumed position in one transaction.
+- timer loop: every ``trigger_tick_s``, the flows of the partitions this worker
+  owns *and has consumed up to the broker's high-water mark* are advanced to
+  now; their messages are recorded, then published on ``<prefix>.triggers``.
 - outreach agent: ``<prefix>.triggers`` → one delivery per subscribed endpoint
   (and the e-mail channel), saved with the consumed position.
 - segment loop: every ``rfm_scan_s``, the customers' RFM segments (computed
   over all buyers, by the read side) are brought into the facts of the
-  customers this worker owns, for rules that watch a customer enter a
-  segment (high-value welcome); the engine decides, as for events.
+  customers this worker owns, and their edges into the flows that enter on
+  one (``rfm:champions``: the high-value welcome).
 - delivery loop: claims due deliveries and attempts each in its own task, so
   one slow or failing endpoint holds up nobody; retries with exponential
   backoff and jitter until the retry horizon, then ``<prefix>.triggers.dlq``.
@@ -48,8 +48,7 @@ from journeys.flows.inputs import (
     tracked_input,
 )
 from journeys.flows.templates import RenderFailed
-from journeys.outreach_rules import TriggerRule
-from journeys.triggers import CustomerFacts, Timer, TriggerEngine
+from journeys.triggers import CustomerFacts
 from projections.privacy.vault import Vault, is_sealed
 from streams.batches import BatchLoop, by_partition
 from streams.consumer import TopicRecords, worker_consumer
@@ -63,7 +62,6 @@ from streams.settings import OutreachWorkerSettings
 log = logging.getLogger(__name__)
 
 EMAIL_ENDPOINT = "email"
-RULES_RELOAD_S = 1.0
 DELIVERY_LEASE_MARGIN_S = 30.0
 # Segment changes applied per lock hold, so consumption is not held up for long.
 SEGMENT_CHUNK = 500
@@ -80,7 +78,6 @@ class OutreachWorker:
         settings: OutreachWorkerSettings,
         batches: BatchLoop,
         store: OutreachStore,
-        load_rules: Callable[[], list[TriggerRule]],
         segments: SegmentReader | None = None,
         lateness: Callable[[float], None] | None = None,
         vault: Vault | None = None,
@@ -91,18 +88,15 @@ class OutreachWorker:
         # (customer key, channel) → the signed one-click unsubscribe link every message
         # carries (e-mail: List-Unsubscribe; flows: {{ unsubscribe_url }}); None: none.
         self._unsubscribe_url = unsubscribe_url
-        # Opens sealed personal fields where a rule or a delivery needs the value
+        # Opens sealed personal fields where the facts or a delivery need the value
         # (a birthday's month and day, the recipient's address); None: as stored.
         self._vault = vault
-        # Told how late each trigger fired, in seconds (a metric), when set.
+        # Told how late each flow send went out, in seconds (a metric), when set.
         self._lateness = lateness
         # The worker app's batch loop: a failed batch stops the worker, as for journeys.
         self.batches = batches
         self.app = app = batches.app
         self.store = store
-        self._load_rules = load_rules
-        self.engine = TriggerEngine(load_rules(), settings.trigger_grace)
-        self._rules_loaded = time.monotonic()
         # Event consumption and timer firing change the same customers: one at a time.
         self._lock = asyncio.Lock()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -136,7 +130,7 @@ class OutreachWorker:
         app.timer(settings.trigger_tick_s, name="outreach-deliveries")(self._deliver_due)
         if segments is not None:
             app.timer(settings.rfm_scan_s, name="trigger-segments")(self._observe_segments)
-        # Journey flows beside the rules (streams/outreach/flows.py); made with this
+        # Journey flows (streams/outreach/flows.py): the outreach engine; made with this
         # worker, as their messages are delivered to its endpoints and channels.
         self._flow_runner = flows(self) if flows is not None else None
 
@@ -210,9 +204,8 @@ class OutreachWorker:
                 continue  # the journey pipeline dead-letters it; nothing to trigger on
             touches.append(self._birthday_opened(touch))
         customers = self._facts_of(touch.customer_key for touch in touches)
-        engine = self.engine
         for touch in touches:
-            engine.observe(customers[touch.customer_key], touch)
+            customers[touch.customer_key].observe(touch)
         flows = None
         if self.flows is not None:
             inputs = [(touch.customer_key, tracked_input(touch)) for touch in touches]
@@ -221,7 +214,7 @@ class OutreachWorker:
 
     def _birthday_opened(self, touch: TriggerEvent) -> TriggerEvent:
         """An identify event with its sealed birthday opened: the facts keep only its
-        month and day (journeys/triggers.py), which the birthday rule's clock needs."""
+        month and day (journeys/triggers.py), which the birthday flow's anchor needs."""
         birthday = touch.properties.get("birthday")
         if self._vault is None or touch.event_type is not EventType.IDENTIFY:
             return touch
@@ -238,9 +231,9 @@ class OutreachWorker:
         changes: list[tuple[str, str, datetime, tuple[str, bool]]] = []
         for _, value in fresh:
             try:
-                # A revised change ("revised": true) goes through the same rules: the
+                # A revised change ("revised": true) is folded in the same way: the
                 # facts keep the latest stage by event time, so one moved into the past
-                # changes nothing, and what fired stays fired (its anchor, its cap).
+                # changes nothing.
                 change = orjson.loads(value)
                 key, stage = str(change["customer_key"]), str(change["stage"])
                 at = datetime.fromisoformat(change["at"])
@@ -251,9 +244,8 @@ class OutreachWorker:
             cause = (str(change.get("event_id") or ""), change.get("revised") is True)
             changes.append((key, stage, at, cause))
         customers = self._facts_of(key for key, _, _, _ in changes)
-        engine = self.engine
         for key, stage, at, _ in changes:
-            engine.observe_stage(customers[key], stage, at)
+            customers[key].observe_stage(stage, at)
         flows = None
         if self.flows is not None:
             inputs: list[tuple[str, FlowInput]] = [
@@ -306,12 +298,8 @@ class OutreachWorker:
         position: int,
         flows: FlowWrite | None = None,
     ) -> None:
-        engine = self.engine
         self.store.save_batch(
-            [(facts, partition, engine.plan(facts)) for facts in customers.values()],
-            source,
-            position,
-            flows,
+            [(facts, partition) for facts in customers.values()], source, position, flows
         )
 
     async def _observe_segments(self, *_: Any) -> None:
@@ -342,9 +330,7 @@ class OutreachWorker:
             log.exception("segment loop failed; retrying on the next scan")
 
     def _watches_rfm(self) -> bool:
-        """A rule or a flow in force (an ``rfm:<segment>`` entry) watches RFM segments."""
-        if any(rule.trigger == "high_value" for rule in self.engine.rules):
-            return True
+        """A flow in force (an ``rfm:<segment>`` entry) watches RFM segments."""
         if self.flows is None:
             return False
         catalog = self.flows.engine.catalog
@@ -358,7 +344,7 @@ class OutreachWorker:
         )
 
     def _apply_segments(self, scores: Sequence[tuple[str, str]], ready: Sequence[int]) -> None:
-        customers: list[tuple[CustomerFacts, int, list[Timer]]] = []
+        customers: list[tuple[CustomerFacts, int]] = []
         # partition → (customer, segment input) for the flows (journeys/flows/inputs.py)
         flow_inputs: dict[int, list[tuple[str, FlowInput]]] = {}
         known: dict[str, str] = {}
@@ -371,8 +357,8 @@ class OutreachWorker:
                 if facts is None:
                     continue
                 previous = facts.segment
-                if self.engine.observe_segment(facts, segment):
-                    customers.append((facts, partition, self.engine.plan(facts)))
+                if facts.observe_segment(segment):
+                    customers.append((facts, partition))
                     edges = rfm_segment_inputs(previous, segment, facts.latest_order())
                     flow_inputs.setdefault(partition, []).extend((key, i) for i in edges)
             elif partition in self._segments_assigned:
@@ -396,84 +382,47 @@ class OutreachWorker:
     def ready_partitions(self) -> list[int]:
         """Partitions owned here whose events were consumed up to the high-water mark.
 
-        Until then a timer could overtake an accepted event that cancels it
-        (a purchase waiting in the backlog), so its timers wait.
+        Until then a flow's due step could overtake an accepted event that ends
+        it (a purchase waiting in the backlog), so it waits.
         """
         events = self.settings.events_topic
         return self.trigger_consumer.caught_up(events, lambda p: self._position(events, p))
 
     async def _fire_due(self, *_: Any) -> None:
         # A tick that outlasts trigger_tick_s makes mode log "Timer ... is overlapping":
-        # runs never overlap (the next one waits), it only fires later. Each thread hop
-        # waits for the GIL behind the agents' batches, so a tick makes two at most, and
-        # the rules file and overrides are read off the event loop.
+        # runs never overlap (the next one waits), it only sends later. Each thread hop
+        # waits for the GIL behind the agents' batches, so a tick makes two at most.
         try:
-            unpublished, ready, due = await asyncio.to_thread(self._tick_reads)
+            unpublished, ready = await asyncio.to_thread(self._tick_reads)
             await self._publish(unpublished)
-            if not due and (self.flows is None or not ready):
+            if self.flows is None or not ready:
                 return
             async with self._lock:
-                fired = await asyncio.to_thread(self._decide_all, due, ready)
-            # One round of acknowledgements for the tick's triggers, not one per trigger.
-            await self._publish(fired)
+                sent = await asyncio.to_thread(self._advance_flows, ready)
+            # One round of acknowledgements for the tick's messages, not one per message.
+            await self._publish(sent)
         except Exception:
             log.exception("trigger timer loop failed; retrying on the next tick")
 
-    def _tick_reads(self) -> tuple[list[dict[str, Any]], list[int], list[Timer]]:
-        """Triggers recorded but not yet published, ready partitions and their due timers
-        (the rules reloaded first, at most every RULES_RELOAD_S)."""
-        self._reload_rules()
+    def _tick_reads(self) -> tuple[list[dict[str, Any]], list[int]]:
+        """Messages recorded but not yet published, and the ready partitions."""
         if self._flow_runner is not None:
             self._flow_runner.reload()  # stored flows changed over the API: taken here
-        ready = self.ready_partitions()
-        due = self.store.due_timers(ready, time.time()) if ready else []
-        return self.store.unpublished(), ready, due
+        return self.store.unpublished(), self.ready_partitions()
 
-    def _decide_all(self, due: Sequence[Timer], ready: Sequence[int]) -> list[dict[str, Any]]:
-        fired = (self._decide(timer, ready) for timer in due)
-        triggers = [trigger for trigger in fired if trigger is not None]
-        if self.flows is not None and ready:
-            # Flows of caught-up partitions, advanced to now; their messages join the
-            # tick's triggers on the topic (recorded first: the same outbox).
-            write = self.flows.advance_due(ready, _now_ms())
-            if write:
-                self.store.save_flows(write)
-                triggers += [message for message, _ in write.sends]
-        return triggers
-
-    def _decide(self, timer: Timer, ready: Sequence[int]) -> dict[str, Any] | None:
-        facts = self.store.facts(timer.customer_key)
-        if facts is None:
-            return None
-        partition = self._partition_of(timer.customer_key)
-        if partition is None or partition not in ready:
-            return None
-        decision = self.engine.decide(facts, timer, datetime.now(UTC))
-        fired = decision.fired
-        # The deliveries are planned with the trigger, in its transaction, so they do not
-        # wait for the topic round trip; the outreach agent's copy then adds nothing.
-        targets = (
-            self._targets(fired.rule_id, fired.channels, fired.to_dict(), self.store.endpoints())
-            if fired
-            else []
-        )
-        timers = self.engine.plan(facts)
-        recorded = self.store.save_decision(facts, partition, timers, fired, targets)
-        if fired is None:
-            if decision.outcome != "held":
-                log.info("timer %s for %s: %s", timer.rule_id, timer.customer_key, decision.outcome)
-            return None
-        lateness = (fired.fired_at - fired.fire_at).total_seconds()
+    def _advance_flows(self, ready: Sequence[int]) -> list[dict[str, Any]]:
+        """Flows of caught-up partitions, advanced to now; their messages, recorded first
+        (the outbox), for the topic."""
+        assert self.flows is not None
+        now_ms = _now_ms()
+        write = self.flows.advance_due(ready, now_ms)
+        if not write:
+            return []
+        self.store.save_flows(write)
         if self._lateness is not None:
-            self._lateness(lateness)
-        log.info(
-            "trigger %s fired for %s (%s), %.3fs after its fire time",
-            fired.rule_id,
-            fired.customer_key,
-            fired.trigger_id,
-            lateness,
-        )
-        return fired.to_dict() if recorded else None
+            for message, _ in write.sends:
+                self._lateness(max(0.0, now_ms / 1000 - message["due_ts"]))
+        return [message for message, _ in write.sends]
 
     def _partition_of(self, customer_key: str) -> int | None:
         return self.store.partition_of(customer_key)
@@ -493,15 +442,6 @@ class OutreachWorker:
         await asyncio.gather(*pending)
         ids = [str(trigger["trigger_id"]) for trigger in triggers]
         await asyncio.to_thread(self.store.mark_published, ids)
-
-    def _reload_rules(self) -> None:
-        if time.monotonic() - self._rules_loaded < RULES_RELOAD_S:
-            return
-        self._rules_loaded = time.monotonic()
-        try:
-            self.engine = TriggerEngine(self._load_rules(), self.settings.trigger_grace)
-        except ValueError:
-            log.exception("rules could not be loaded; keeping the previous ones")
 
     # --- delivering ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import pytest
 
 from stack.processes import wait_until
 from stack.settings import Settings
-from tests.integration.test_outreach_fail_fast import RULES, _execute
+from tests.integration.test_outreach_fail_fast import FLOWS, _execute
 from tests.integration.test_outreach_triggers import start_node
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ CRASH_EXIT_S = 40
 def test_a_failing_journey_batch_stops_the_worker_and_is_redone_after_restart(
     settings: Settings, tmp_path: Path
 ) -> None:
-    node = start_node(settings, RULES, tmp_path)
+    node = start_node(settings, FLOWS, tmp_path)
     settings = node.settings
     try:
         before = committed_batches(settings.sqlite_path)

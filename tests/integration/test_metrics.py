@@ -2,7 +2,7 @@
 
 Real parts: a Tansu broker, the node process (worker, API, journal), chdb,
 SQLite. Traffic of every kind goes in (single calls, a batch with invalid items,
-an invalid call, an unknown key, an abandoned cart with a one-second rule);
+an invalid call, an unknown key, an abandoned cart with a one-second flow);
 the scrape after it differs from the one before by exactly that, and the
 worker's histograms, the lag per partition and the journal's bytes are there.
 """
@@ -24,14 +24,21 @@ from tests.node_process import NodeProcess, platform_settings
 
 pytestmark = pytest.mark.integration
 
-RULES = """
-[[rule]]
-id = "abandoned_cart"
-trigger = "abandoned_cart"
-delay = "1s"
-frequency_cap = "24h"
-exit = ["Order Completed"]
-channels = ["webhook"]
+FLOWS = """
+[flows.abandoned_cart]
+name = "Abandoned cart"
+version = 1
+
+[flows.abandoned_cart.nodes.due]
+kind = "date_entry"
+anchor = "cart"
+after = "1s"
+next = "send"
+
+[flows.abandoned_cart.nodes.send]
+kind = "send"
+channel = "webhook"
+body = "cart"
 """
 
 
@@ -54,14 +61,16 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 def test_metrics_count_exactly_what_was_sent_and_show_the_pipeline(
     tmp_path: Path, unique: str, broker: EmbeddedBroker
 ) -> None:
+    flows = tmp_path / "flows.toml"
+    flows.write_text(FLOWS)
     rules = tmp_path / "rules.toml"
-    rules.write_text(RULES)
+    rules.write_text("")  # no rules file to migrate: only this flow sends
     settings = platform_settings(
         tmp_path / "data",
         unique,
         broker.bootstrap_servers,
+        flows_file=flows,
         trigger_rules_file=str(rules),
-        outreach_engine="rules",
     )
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, 2, 1)
     node = NodeProcess(settings, tmp_path / "node.log")
@@ -103,7 +112,7 @@ def test_metrics_count_exactly_what_was_sent_and_show_the_pipeline(
         rejected["write_key"] += 1
         accepted = 5 + 1 + 3
 
-        # The worker catches up and the cart's one-second rule fires.
+        # The worker catches up and the cart's one-second flow sends.
         def caught_up_and_fired() -> bool:
             now = scrape(node)
             lag = [v for (name, _), v in now.items() if name == "journeys_consumer_lag_events"]

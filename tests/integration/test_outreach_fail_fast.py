@@ -1,11 +1,11 @@
 """A failing batch in an outreach agent stops the worker; after a restart nothing was skipped.
 
 The failure is a real one of the database: a SQLite trigger refuses to store
-one customer's trigger facts, so the trigger agent's batch (and the stage
-agent's) raises. Were the agent restarted in-process, it would go on with
-later offsets and save positions past the refused events, and that
-customer's cart would never fire. Instead the node exits; once the database
-accepts again, the restarted node re-reads the batch and fires exactly once.
+one customer's flow state, so the trigger consumer's batch raises. Were the
+consumer restarted in-process, it would go on with later offsets and save
+positions past the refused events, and that customer's cart would never be
+sent for. Instead the node exits; once the database accepts again, the
+restarted node re-reads the batch and sends exactly once.
 """
 
 from __future__ import annotations
@@ -31,16 +31,27 @@ from tests.integration.test_outreach_triggers import (
 
 pytestmark = pytest.mark.integration
 
-RULES = """
-[[rule]]
-id = "abandoned_cart"
-trigger = "abandoned_cart"
-delay = "2s"
-frequency_cap = "24h"
-exit = ["Order Completed"]
+FLOWS = """
+[flows.abandoned_cart]
+name = "Abandoned cart"
+version = 1
+reentry = "always"
+frequency_cap = "1d"
+exit = [{ event = "Order Completed" }]
+
+[flows.abandoned_cart.nodes.due]
+kind = "date_entry"
+anchor = "cart"
+after = "2s"
+next = "send_webhook"
+
+[flows.abandoned_cart.nodes.send_webhook]
+kind = "send"
+channel = "webhook"
+body = "value {{ data.cart.value }}"
 """
 POISON = (
-    "CREATE TRIGGER refuse_poison BEFORE INSERT ON trigger_customers "
+    "CREATE TRIGGER refuse_poison BEFORE INSERT ON flow_states "
     "WHEN NEW.customer_key = 'c-poison' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
 )
 
@@ -83,7 +94,7 @@ def test_a_failing_trigger_batch_stops_the_worker_and_is_redone_after_restart(
     settings: Settings, fail_fast_receiver: Receiver, tmp_path: Path
 ) -> None:
     receiver = fail_fast_receiver
-    node = start_node(settings, RULES, tmp_path, trigger_grace_s=600.0)
+    node = start_node(settings, FLOWS, tmp_path, trigger_grace_s=600.0)
     settings = node.settings
     try:
         hook = {"url": f"{receiver.base}/ok"}
@@ -112,6 +123,6 @@ def test_a_failing_trigger_batch_stops_the_worker_and_is_redone_after_restart(
         time.sleep(3)  # room for a double, were there one
         [accepted] = receiver.seen("/ok", "c-poison")
         payload = json.loads(accepted["body"])
-        assert payload["rule"] == "abandoned_cart" and payload["data"]["value"] == 40.0
+        assert payload["rule"] == "flow:abandoned_cart" and payload["body"] == "value 40.0"
     finally:
         node.stop()

@@ -5,17 +5,16 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from journeys.triggers import CustomerFacts, Timer, TriggerFired
-from streams.outreach.store import Endpoint, OutreachStore
+from journeys.triggers import CustomerFacts
+from streams.outreach.store import Endpoint, FlowWrite, OutreachStore
 
 pytestmark = pytest.mark.integration
-
-NOW = datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OutreachSt
             for table in (
                 "trigger_positions",
                 "trigger_customers",
-                "trigger_timers",
                 "triggers",
                 "trigger_deliveries",
                 "outreach_endpoints",
@@ -51,49 +49,45 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OutreachSt
     opened.close()
 
 
-def timer(customer: str, seconds: float) -> Timer:
-    """A timer firing ``seconds`` from now (now when called: collection may be long before)."""
-    now = datetime.now(UTC)
-    at = now + timedelta(seconds=seconds)
-    return Timer(customer, "abandoned_cart", now, at, at)
+def message(customer: str) -> dict[str, Any]:
+    """A flow's message (streams/outreach/flows.py ``FlowRunner.message``'s shape), due
+    40 ms ago."""
+    due = time.time() - 0.04
+    at = datetime.fromtimestamp(due, UTC).isoformat()
+    return {
+        "trigger_id": f"t-{customer}",
+        "rule": "flow:abandoned_cart",
+        "trigger": "flow",
+        "customer_id": customer,
+        "channels": ["webhook"],
+        "due_at": at,
+        "fire_at": at,
+        "fired_at": datetime.now(UTC).isoformat(),
+        "due_ts": due,
+    }
 
 
-def fired(customer: str) -> TriggerFired:
-    return TriggerFired(
-        trigger_id=f"t-{customer}",
-        rule_id="abandoned_cart",
-        trigger="abandoned_cart",
-        customer_key=customer,
-        anchor=NOW,
-        due_at=NOW,
-        fire_at=NOW,
-        fired_at=NOW + timedelta(milliseconds=40),
-        channels=("webhook",),
-        data={"value": 1.0},
-    )
+def sent(customer: str) -> FlowWrite:
+    return FlowWrite(sends=[(message(customer), [])])
 
 
-def test_timers_positions_and_triggers_are_kept_and_fire_once(store: OutreachStore) -> None:
+def test_facts_positions_and_messages_are_kept_and_recorded_once(store: OutreachStore) -> None:
     a, b = CustomerFacts("a"), CustomerFacts("b")
-    store.save_batch([(a, 0, [timer("a", -1)]), (b, 1, [timer("b", 60)])], "events#0", 42)
+    store.save_batch([(a, 0), (b, 1)], "events#0", 42)
     assert store.position("events#0") == 42 and store.position("events#1") == 0
-    assert [t.customer_key for t in store.due_timers([0, 1], time.time())] == ["a"]
-    assert store.due_timers([1], time.time()) == []
     assert store.partition_of("b") == 1
-    # The plan replaces the customer's timers.
-    assert store.save_decision(a, 0, [], fired("a"))
-    assert not store.save_decision(a, 0, [], fired("a"))  # the same trigger id: recorded once
-    assert store.due_timers([0], time.time()) == []
+    store.save_flows(sent("a"))
+    store.save_flows(sent("a"))  # the same message id: recorded once
     assert [t["trigger_id"] for t in store.unpublished()] == ["t-a"]
     store.mark_published(["t-a"])
     assert store.unpublished() == []
-    assert store.recent_triggers(10)[0]["lateness_ms"] == 40.0
+    assert store.recent_triggers(10)[0]["lateness_ms"] >= 40.0
     facts = store.facts("a")
     assert facts is not None and facts.customer_key == "a"
 
 
 def test_deliveries_are_claimed_once_retried_and_redelivered(store: OutreachStore) -> None:
-    store.save_decision(CustomerFacts("a"), 0, [], fired("a"))
+    store.save_flows(sent("a"))
     targets = [("wh1", "webhook", "pending"), ("email", "email", "skipped")]
     store.add_deliveries([("t-a", targets)], "triggers#0", 1)
     store.add_deliveries([("t-a", targets)], "triggers#0", 2)  # a re-published copy adds nothing
@@ -112,13 +106,10 @@ def test_deliveries_are_claimed_once_retried_and_redelivered(store: OutreachStor
     assert [d.state for d in store.deliveries("t-a")] == ["skipped", "pending"]
 
 
-def test_endpoints_and_rule_overrides(store: OutreachStore) -> None:
+def test_endpoints(store: OutreachStore) -> None:
     store.add_endpoint(Endpoint("wh1", "http://x/hook", "s" * 20, ("abandoned_cart",), "now"))
     assert store.endpoint("wh1") is not None and store.endpoints()[0].wants("abandoned_cart")
     assert not store.endpoints()[0].wants("birthday")
-    store.set_rule_override({"id": "vip", "trigger": "high_value"})
-    store.set_rule_override({"id": "vip", "trigger": "high_value", "enabled": False})
-    assert store.rule_overrides() == [{"id": "vip", "trigger": "high_value", "enabled": False}]
     assert store.remove_endpoint("wh1") and not store.remove_endpoint("wh1")
 
 
@@ -131,7 +122,7 @@ def same_database(store: OutreachStore, tmp_path: Path) -> OutreachStore:
 
 def test_facts_kept_in_memory_are_only_what_was_committed(store: OutreachStore) -> None:
     facts = CustomerFacts("a", stage="awareness")
-    store.save_batch([(facts, 0, [])], "events#0", 1)
+    store.save_batch([(facts, 0)], "events#0", 1)
     read = store.facts("a")
     assert read is not None and read.stage == "awareness"
     read.stage = "purchase"  # changed and never saved
@@ -140,7 +131,7 @@ def test_facts_kept_in_memory_are_only_what_was_committed(store: OutreachStore) 
     # A save that rolls back leaves the committed facts.
     again.stage = "loyalty"
     with pytest.raises(RuntimeError), store.transaction():
-        store._save_customers([(again, 0, [])])
+        store._save_customers([(again, 0)])
         raise RuntimeError("the batch failed")
     found = store.facts_of(["a", "nobody"])
     assert list(found) == ["a"] and found["a"].stage == "awareness"
@@ -149,11 +140,11 @@ def test_facts_kept_in_memory_are_only_what_was_committed(store: OutreachStore) 
 def test_kept_facts_are_forgotten_when_another_store_may_have_written(
     store: OutreachStore, tmp_path: Path
 ) -> None:
-    store.save_batch([(CustomerFacts("a", stage="awareness"), 0, [])], "events#0", 1)
+    store.save_batch([(CustomerFacts("a", stage="awareness"), 0)], "events#0", 1)
     # Another worker (its own store on the same database) had the partition meanwhile.
     other = same_database(store, tmp_path)
     try:
-        other.save_batch([(CustomerFacts("a", stage="retention"), 0, [])], "events#0", 2)
+        other.save_batch([(CustomerFacts("a", stage="retention"), 0)], "events#0", 2)
     finally:
         other.close()
     store.forget_kept_facts()
@@ -161,34 +152,19 @@ def test_kept_facts_are_forgotten_when_another_store_may_have_written(
     assert facts is not None and facts.stage == "retention"
 
 
-def test_timers_are_the_plan_last_saved_whatever_was_skipped(
-    store: OutreachStore, tmp_path: Path
-) -> None:
-    def planned() -> list[str]:
-        return [t["rule"] + "@" + t["due_at"] for t in store.timers("a")]
-
-    first, second = timer("a", -60), timer("a", -30)
-    store.save_batch([(CustomerFacts("a"), 0, [first])], "events#0", 1)
-    store.save_batch([(CustomerFacts("a"), 0, [first])], "events#0", 2)  # the same plan
-    assert planned() == [f"abandoned_cart@{first.due_at.isoformat()}"]
-    # A plan saved in a transaction that rolled back was never written.
-    with pytest.raises(RuntimeError), store.transaction():
-        store._save_customers([(CustomerFacts("a"), 0, [second])])
-        raise RuntimeError("the batch failed")
-    store.save_batch([(CustomerFacts("a"), 0, [second])], "events#0", 3)
-    assert planned() == [f"abandoned_cart@{second.due_at.isoformat()}"]
-    # Saved twice in one transaction: the last plan is what is left.
+def test_the_rules_timer_table_of_an_old_store_is_dropped(store: OutreachStore) -> None:
+    # As the rules engine created and filled it (the switch to flows drops it at start).
     with store.transaction():
-        store._save_customers([(CustomerFacts("a"), 0, [first])])
-        store._save_customers([(CustomerFacts("a"), 0, [second])])
-    assert planned() == [f"abandoned_cart@{second.due_at.isoformat()}"]
-    # Another worker's store replaced the timers; after forgetting, ours are written again.
-    other = same_database(store, tmp_path)
-    try:
-        other.save_batch([(CustomerFacts("a"), 0, [])], "events#0", 4)
-    finally:
-        other.close()
-    store.forget_kept_facts()
-    store.save_batch([(CustomerFacts("a"), 0, [second])], "events#0", 5)
-    assert planned() == [f"abandoned_cart@{second.due_at.isoformat()}"]
-    assert [t.customer_key for t in store.due_timers([0], time.time())] == ["a"]
+        store._exec(
+            """CREATE TABLE trigger_timers (
+            timer_id TEXT PRIMARY KEY, customer_key TEXT NOT NULL, rule_id TEXT NOT NULL,
+            partition_no INTEGER NOT NULL, anchor TEXT NOT NULL, due_at TEXT NOT NULL,
+            fire_at TEXT NOT NULL, fire_ts DOUBLE PRECISION NOT NULL)"""
+        )
+        for timer_id in ("t1", "t2"):
+            store._exec(
+                "INSERT INTO trigger_timers VALUES (?, 'a', 'abandoned_cart', 0, '', '', '', 0)",
+                (timer_id,),
+            )
+    assert store.drop_timers() == 2
+    assert store.drop_timers() == 0  # gone: nothing to drop again

@@ -1,6 +1,9 @@
-"""Abandoned-cart triggers end to end: real broker, real node, real HTTP receivers, real SMTP.
+"""Abandoned-cart sends end to end: real broker, real node, real HTTP receivers, real SMTP.
 
-One node drives every scenario with its own customers. Receivers:
+One node drives every scenario with its own customers, on flows: the abandoned
+cart as a date anchor on the cart's last activity (a purchase stamped before the
+due time cancels it, however late it arrives), beside two lifecycle flows on the
+same engine. Receivers:
 ``/ok`` always accepts, ``/flaky`` answers 503 twice per trigger id and then
 accepts, ``/dead`` always answers 500 (until the test revives it to check
 re-delivery). The e-mail channel goes to an aiosmtpd server.
@@ -38,27 +41,70 @@ pytestmark = pytest.mark.integration
 
 DELAY_S = 5.0
 BACKLOG = 3000
-RULES = f"""
-[[rule]]
-id = "abandoned_cart"
-trigger = "abandoned_cart"
-delay = "{DELAY_S}s"
-frequency_cap = "24h"
-exit = ["Order Completed"]
-channels = ["webhook", "email"]
+# The cart's contents and value at the due time, from the customer's facts.
+CART_BODY = (
+    "{% for l in data.cart.lines %}{{ l.product_id }} {{ l.name }} x{{ l.quantity }} "
+    "at {{ l.price }}; {% endfor %}value {{ data.cart.value }}"
+)
+FLOWS = f"""
+[flows.abandoned_cart]
+name = "Abandoned cart"
+version = 1
+reentry = "always"
+frequency_cap = "1d"
+exit = [{{ event = "Order Completed" }}]
 
-[[rule]]
-id = "satisfaction_survey"
-trigger = "ticket_resolved"
-delay = "2s"
-channels = ["webhook"]
+[flows.abandoned_cart.nodes.due]
+kind = "date_entry"
+anchor = "cart"
+after = "{DELAY_S:g}s"
+next = "send_webhook"
 
-[[rule]]
-id = "win_back"
-trigger = "win_back"
-delay = "3s"
-channels = ["webhook"]
-conditions = {{ stage = "loyalty" }}
+[flows.abandoned_cart.nodes.send_webhook]
+kind = "send"
+channel = "webhook"
+body = {json.dumps(CART_BODY)}
+next = "send_email"
+
+[flows.abandoned_cart.nodes.send_email]
+kind = "send"
+channel = "email"
+subject = "Your cart is waiting"
+body = "You left {{{{ data.cart.lines | length }}}} items in your cart."
+
+[flows.satisfaction_survey]
+name = "Satisfaction survey"
+version = 1
+reentry = "always"
+
+[flows.satisfaction_survey.nodes.due]
+kind = "date_entry"
+anchor = "event"
+event = "Ticket Resolved"
+after = "2s"
+next = "send_webhook"
+
+[flows.satisfaction_survey.nodes.send_webhook]
+kind = "send"
+channel = "webhook"
+body = "ticket {{{{ data.ticket_id }}}}"
+
+[flows.win_back]
+name = "Win-back"
+version = 1
+reentry = "always"
+
+[flows.win_back.nodes.due]
+kind = "date_entry"
+anchor = "inactivity"
+stage = "loyalty"
+after = "3s"
+next = "send_webhook"
+
+[flows.win_back.nodes.send_webhook]
+kind = "send"
+channel = "webhook"
+body = "we miss you"
 """
 
 
@@ -155,16 +201,14 @@ def receiver() -> Iterator[Receiver]:
         yield running
 
 
-def start_node(settings: Settings, rules: str, tmp_path: Path, **updates: Any) -> NodeProcess:
-    """A started node with ``rules`` as its rules file and ``updates`` to its settings."""
+def start_node(settings: Settings, flows: str, tmp_path: Path, **updates: Any) -> NodeProcess:
+    """A started node with ``flows`` as its flows file and ``updates`` to its settings."""
+    flows_file = tmp_path / "flows.toml"
+    flows_file.write_text(flows)
     rules_file = tmp_path / "rules.toml"
-    rules_file.write_text(rules)
-    # The rules engine itself is tested here: selected, as flows are the default.
-    settings = settings.model_copy(
-        update={"trigger_rules_file": str(rules_file), "outreach_engine": "rules", **updates}
-    )
-    node = started_node(settings)
-    return node
+    rules_file.write_text("")  # no rules file to migrate: only these flows send
+    update = {"flows_file": flows_file, "trigger_rules_file": str(rules_file), **updates}
+    return started_node(settings.model_copy(update=update))
 
 
 @pytest.fixture
@@ -206,6 +250,11 @@ def triggers_of(node: NodeProcess, customer: str) -> list[dict[str, Any]]:
     return list(response.json()["triggers"])
 
 
+def webhook_triggers(node: NodeProcess, customer: str) -> list[dict[str, Any]]:
+    """The customer's messages on the webhook channel (a flow sends one per channel)."""
+    return [t for t in triggers_of(node, customer) if t["channels"] == ["webhook"]]
+
+
 def timers_of(node: NodeProcess, customer: str) -> list[dict[str, Any]]:
     response = admin(node, "GET", "/v1/outreach/timers", params={"customer_id": customer})
     assert response.status_code == 200, response.text
@@ -232,7 +281,7 @@ def dead_letters(settings: Settings) -> list[dict[str, Any]]:
     return [json.loads(record.value) for record in records]
 
 
-def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_kill(
+def test_abandoned_carts_send_once_signed_retried_dead_lettered_and_survive_a_kill(
     settings: Settings,
     receiver: Receiver,
     mailbox: tuple[Mailbox, int],
@@ -242,7 +291,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
     box, smtp_port = mailbox
     node = start_node(
         settings,
-        RULES,
+        FLOWS,
         tmp_path,
         trigger_grace_s=180.0,
         outreach_backoff_base_s=0.3,
@@ -280,18 +329,11 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
             )
             assert created.status_code == 201, created.text
             secrets[path] = created.json()["secret"]
-        # Rules: a bad one is refused naming the field; a good one is in force.
+        # The rules' routes are gone, naming the flows API (after authentication).
         unauthorised = httpx.get(f"{node.base}/v1/outreach/rules", timeout=30)
         assert unauthorised.status_code == 401
-        refused = admin(
-            node, "PUT", "/v1/outreach/rules/vip", json={"trigger": "high_value", "delay": "soon"}
-        )
-        assert refused.status_code == 400
-        assert refused.json()["errors"][0]["field"] == "delay"
-        vip = {"trigger": "high_value", "conditions": {"segment": "champions"}, "enabled": False}
-        assert admin(node, "PUT", "/v1/outreach/rules/vip", json=vip).status_code == 200
-        in_force = {r["id"] for r in admin(node, "GET", "/v1/outreach/rules").json()["rules"]}
-        assert in_force == {"abandoned_cart", "satisfaction_survey", "win_back", "vip"}
+        gone = admin(node, "PUT", "/v1/outreach/rules/vip", json={"trigger": "high_value"})
+        assert gone.status_code == 410 and "/v1/flows" in gone.json()["errors"][0]["message"]
         bad = admin(node, "POST", "/v1/outreach/webhooks", json={"url": "ftp://x"})
         assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "url"
         assert (
@@ -334,7 +376,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         # A backfill of a cart abandoned three days ago.
         old = (datetime.now(UTC) - timedelta(days=3)).isoformat()
         add_to_cart(node, "c-old", 1, timestamp=old)
-        # Lifecycle rules on the same engine: a resolved ticket; a loyal customer gone quiet
+        # Lifecycle flows on the same engine: a resolved ticket; a loyal customer gone quiet
         # (loyalty comes from the journey worker's stage changes).
         for n, (customer, event, props) in enumerate(
             [
@@ -364,16 +406,20 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
             alive=lambda: True,
             interval=0.2,
         ), node.log_tail()
-        for customer, rule in (("c-ticket", "satisfaction_survey"), ("c-loyal", "win_back")):
+        for customer, flow, body in (
+            ("c-ticket", "satisfaction_survey", "ticket t1"),
+            ("c-loyal", "win_back", "we miss you"),
+        ):
             [life] = receiver.seen("/ok", customer, 200)
-            assert json.loads(life["body"])["rule"] == rule
+            assert (json.loads(life["body"])["rule"], json.loads(life["body"])["body"]) == (
+                f"flow:{flow}",
+                body,
+            )
         first = receiver.seen("/ok", "c-abandon", 200)[0]
         payload = json.loads(first["body"])
-        assert payload["rule"] == "abandoned_cart" and payload["customer_id"] == "c-abandon"
-        assert payload["data"]["value"] == 40.0
-        assert payload["data"]["items"] == [
-            {"product_id": "p1", "name": "Mug", "quantity": 2, "price": 20}
-        ]
+        assert payload["rule"] == "flow:abandoned_cart" and payload["customer_id"] == "c-abandon"
+        # The cart's contents and value at the due time, from the customer's facts.
+        assert payload["body"] == "p1 Mug x2 at 20.0; value 40.0"
         assert first["key"] == payload["trigger_id"]
         for path in ("/ok", "/flaky", "/dead"):
             for request in receiver.seen(path):
@@ -387,12 +433,11 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
             lambda: (
                 all(
                     d["state"] == "dead"
-                    for t in triggers_of(node, "c-abandon")
+                    for t in webhook_triggers(node, "c-abandon")
                     for d in t["deliveries"]
-                    if d["endpoint_id"] != "email"
-                    and "/dead" in _endpoint_url(node, d["endpoint_id"])
+                    if "/dead" in _endpoint_url(node, d["endpoint_id"])
                 )
-                and len(triggers_of(node, "c-abandon")) == 1
+                and len(webhook_triggers(node, "c-abandon")) == 1
             ),
             timeout=30,
             alive=lambda: True,
@@ -400,7 +445,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         )
         # The dead endpoint did not hold the others up: the good one had it first.
         assert first["at"] < max(r["at"] for r in receiver.seen("/dead", "c-abandon"))
-        # Cart activity after the trigger: the frequency cap (24 h) allows no second one.
+        # Cart activity after the send: the frequency cap (1 day) allows no second one.
         add_to_cart(node, "c-abandon", 2)
         time.sleep(DELAY_S + 3)
 
@@ -413,7 +458,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
             timeout=DELAY_S - 1,
             alive=lambda: True,
             interval=0.1,
-        ), "the timers were not persisted before they were due"
+        ), "the flows' waits were not persisted before they were due"
         late_due = datetime.fromisoformat(timers_of(node, "c-late")[0]["due_at"])
         node.kill()
         assert not receiver.seen("/ok", "c-kill"), "fired before the kill: the test proves nothing"
@@ -433,7 +478,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         assert late.received_at > late_due > late.timestamp
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
         # A backlog ahead of the purchase on its partition: the restarted worker needs
-        # several batches to reach it, and no timer of that partition may fire meanwhile.
+        # several batches to reach it, and no wait of that partition may end meanwhile.
         for n in range(BACKLOG):
             browse = TrackCall.model_validate(
                 {
@@ -460,7 +505,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         for customer in ["c-abandon", "c-kill", *bench]:
             accepted = receiver.seen("/ok", customer, 200)
             assert len(accepted) == 1, (customer, len(accepted))
-            assert len(triggers_of(node, customer)) == 1
+            assert len(webhook_triggers(node, customer)) == 1
             flaky = receiver.seen("/flaky", customer)
             assert [r["status"] for r in flaky] == [503, 503, 200], customer
             assert len({r["key"] for r in flaky}) == 1
@@ -478,9 +523,13 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
 
         # E-mail: one message to the customer with an address; the others are skipped.
         mails = [m for m in box.messages if m["To"] == "a@example.com"]
-        assert len(mails) == 1 and abandon_id in mails[0]["Message-ID"]
-        listed = triggers_of(node, "c-kill")[0]
-        assert {d["state"] for d in listed["deliveries"] if d["channel"] == "email"} == {"skipped"}
+        [mailed] = [t for t in triggers_of(node, "c-abandon") if t["channels"] == ["email"]]
+        assert len(mails) == 1 and mailed["trigger_id"] in mails[0]["Message-ID"]
+        assert mails[0].get_payload().strip() == "You left 1 items in your cart."
+        listed = triggers_of(node, "c-kill")
+        assert {d["state"] for t in listed for d in t["deliveries"] if d["channel"] == "email"} == {
+            "skipped"
+        }
 
         # Re-deliver the dead-lettered trigger once the receiver is back (through the CLI).
         receiver.dead_revived = True
@@ -509,17 +558,15 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
         missing = admin(node, "POST", "/v1/outreach/triggers/nope/redeliver")
         assert missing.status_code == 404
         assert missing.json()["errors"][0]["field"] == "trigger_id"
-        huge = admin(node, "PUT", "/v1/outreach/rules/vip", json={**vip, "delay": 1e20})
-        assert huge.status_code == 400 and huge.json()["errors"][0]["field"] == "delay"
 
         # Lateness of firing (fired minus due, wall clock), measured, not asserted.
-        lateness = [triggers_of(node, c)[0]["lateness_ms"] for c in ["c-abandon", *bench]]
+        lateness = [webhook_triggers(node, c)[0]["lateness_ms"] for c in ["c-abandon", *bench]]
         # Receiver side: accepted by /ok minus the due time (event time + delay).
         at_receiver = [
             round(
                 (
                     receiver.seen("/ok", c, 200)[0]["at"]
-                    - datetime.fromisoformat(triggers_of(node, c)[0]["due_at"]).timestamp()
+                    - datetime.fromisoformat(webhook_triggers(node, c)[0]["due_at"]).timestamp()
                 )
                 * 1000,
                 1,
@@ -531,7 +578,7 @@ def test_abandoned_carts_fire_once_signed_retried_dead_lettered_and_survive_a_ki
             "lateness_ms": lateness,
             "median_ms": statistics.median(lateness),
             "max_ms": max(lateness),
-            "after_kill_ms": triggers_of(node, "c-kill")[0]["lateness_ms"],
+            "after_kill_ms": webhook_triggers(node, "c-kill")[0]["lateness_ms"],
         }
         (artifacts_dir / "trigger-lateness.json").write_text(json.dumps(report, indent=2))
         print("trigger lateness:", report)

@@ -40,9 +40,12 @@ def test_the_demo_reminds_of_abandoned_carts_within_seconds(tmp_path: Path) -> N
     assert rules["satisfaction_survey"].delay == timedelta(seconds=30)
 
 
-def test_production_keeps_the_shipped_rules(tmp_path: Path) -> None:
-    shipped = {r.id: r for r in declared_rules(Settings(data_dir=tmp_path))}
-    assert shipped["abandoned_cart"].delay == timedelta(hours=1)
+def test_production_runs_the_shipped_flows_and_no_rules(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert declared_rules(settings) == []  # no rules file by default: nothing to migrate
+    cart = next(flow for flow in load_flows(settings) if flow.id == "abandoned_cart")
+    wait = cart.nodes["wait_for_order"]
+    assert isinstance(wait, WaitUntilNode) and wait.timeout_ms == 3_600_000
 
 
 def test_a_configured_rules_file_wins_over_the_demo_rules(tmp_path: Path) -> None:

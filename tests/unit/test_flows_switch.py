@@ -1,15 +1,21 @@
 """The switch from the trigger rules to flows (stack/flows_switch.py) over a real SQLite
-store: a store with rule history is carried forward (nothing a rule sent is sent again,
-orders before the switch count, the next due send still happens), the rules file is
-read through the migration (the canonical abandoned cart reconciled), a flow changed
-over the API is kept, and lifecycle sends now honour consent."""
+store: a store the rules engine wrote (its facts, settled clocks, timer table and API
+overrides) is carried forward (nothing a rule sent is sent again, orders before the
+switch count, the next due send still happens, the timer table is dropped), a
+configured rules file is read through the migration (the canonical abandoned cart
+reconciled), a flow changed over the API is kept, and lifecycle sends now honour
+consent."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from events import TrackedEvent, event_type_for
 from journeys.flows.backtest import run_history
@@ -17,16 +23,17 @@ from journeys.flows.definitions import FlowCatalog, parse_flow
 from journeys.flows.engine import FlowEngine
 from journeys.flows.facts import Sent, Skipped
 from journeys.flows.inputs import to_ms, tracked_input
-from journeys.flows.migration import lifecycle_flows
-from journeys.triggers import CustomerFacts, TriggerEngine
+from journeys.flows.migration import LIFECYCLE, SHIPPED_ABANDONED_CART, lifecycle_flows
+from journeys.triggers import CustomerFacts
 from stack.demo import RULES_FILE as DEMO_RULES
 from stack.flows import build_flow_definitions
-from stack.flows_switch import shipped_rules, switch_to_flows
+from stack.flows_switch import switch_to_flows
 from stack.outreach import OutreachAdmin, build_store
 from stack.settings import Settings
 from streams.outreach.flows import FlowRunner
 
 GRACE = timedelta(minutes=15)
+SHIPPED = tomllib.loads((Path(__file__).parents[2] / "journeys/flows.toml").read_text())["flows"]
 DAY_MS = 86_400_000
 # The switch is now (the seeded states wake at its wall time); the history lies at noon
 # UTC on the days before, clear of the flows' quiet hours (21:00-08:00).
@@ -54,33 +61,53 @@ def order(customer: str, n: int, at: datetime) -> TrackedEvent:
     )
 
 
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
 def rule_era(settings: Settings) -> None:
-    """The rules ran, as the worker ran them: c1 ordered 8 days ago and got the review
-    request a day ago; c2 ordered 6 days ago and its review request is still due; c3's
-    ticket was resolved 65 minutes ago and the survey went out 5 minutes ago (within the
-    grace: a flow not told would send it again)."""
-    store = build_store(settings)
-    engine = TriggerEngine(shipped_rules(), GRACE)
+    """A store as the rules engine left it: c1 ordered 8 days ago and got the review
+    request a day ago; c2 ordered 6 days ago and its review request is still due (a row
+    of the rules' timer table); c3's ticket was resolved 65 minutes ago and the survey
+    went out 5 minutes ago (within the grace: a flow not told would send it again). The
+    facts are folded by the code that still keeps them; the ended clocks (``settled``)
+    and the timer row are written as the engine wrote them."""
+    build_store(settings).close()  # today's tables; the rules' own ones added below
     resolved = SWITCH - timedelta(minutes=65)
     history = {
         "c1": order("c1", 1, T0),
         "c2": order("c2", 1, T0 + timedelta(days=2)),
         "c3": tracked("c3", "c3-t", "Ticket Resolved", resolved, ticket_id="t1"),
     }
-    fired = []
-    saved = []
-    for key, event in history.items():
-        facts = CustomerFacts(key)
-        engine.observe(facts, event)
-        for timer in engine.plan(facts):
-            if timer.fire_at <= SWITCH:
-                decision = engine.decide(facts, timer, timer.fire_at)
-                fired.append((key, timer.rule_id, decision.outcome))
-        saved.append((facts, 0, engine.plan(facts)))
-    assert fired == [("c1", "review_request", "fired"), ("c3", "satisfaction_survey", "fired")]
-    store.save_customers(saved)
-    assert [t["rule"] for t in store.timers()] == ["review_request"]  # c2's, running
-    store.close()
+    ended = {
+        "c1": ("review_request", T0, T0 + timedelta(days=7)),
+        "c3": ("satisfaction_survey", resolved, resolved + timedelta(hours=1)),
+    }
+    with sqlite3.connect(settings.sqlite_path) as db:
+        for key, event in history.items():
+            facts = CustomerFacts(key)
+            assert facts.observe(event)
+            if key in ended:
+                rule_id, anchor, due = ended[key]
+                facts.settled[rule_id] = [
+                    {"anchor": iso(anchor), "due": iso(due), "outcome": "fired"}
+                ]
+            db.execute(
+                "INSERT INTO trigger_customers (customer_key, partition_no, facts) "
+                "VALUES (?, 0, ?)",
+                (key, orjson.dumps(facts.to_dict()).decode()),
+            )
+        db.execute(
+            """CREATE TABLE trigger_timers (
+            timer_id TEXT PRIMARY KEY, customer_key TEXT NOT NULL, rule_id TEXT NOT NULL,
+            partition_no INTEGER NOT NULL, anchor TEXT NOT NULL, due_at TEXT NOT NULL,
+            fire_at TEXT NOT NULL, fire_ts DOUBLE PRECISION NOT NULL)"""
+        )
+        anchor, due = T0 + timedelta(days=2), T0 + timedelta(days=9)
+        db.execute(
+            "INSERT INTO trigger_timers VALUES ('t-c2', 'c2', 'review_request', 0, ?, ?, ?, ?)",
+            (iso(anchor), iso(due), iso(due), due.timestamp()),
+        )
 
 
 def sends(write: Any) -> list[tuple[str, str, str]]:
@@ -93,11 +120,14 @@ def test_a_store_with_rule_history_is_carried_forward(tmp_path: Path) -> None:
 
     store, definitions = build_store(settings), build_flow_definitions(settings)
     report = switch_to_flows(settings, definitions, store)
-    lifecycle = [rule.id for rule in shipped_rules() if rule.id != "abandoned_cart"]
+    lifecycle = list(LIFECYCLE)
     assert sorted(report.switched_on) == sorted(lifecycle)
     # Every lifecycle flow keeps facts (date anchors, or templates reading ``data``).
     assert report.seeded == {flow_id: 3 for flow_id in lifecycle}
-    assert report.timers_dropped == 1 and store.timers() == []
+    assert report.timers_dropped == 1  # the rules' table, dropped with its row
+    with sqlite3.connect(settings.sqlite_path) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "trigger_timers" not in tables and "flow_states" in tables
     in_force = definitions.current()
     assert all(in_force.get(f).enabled and in_force.get(f).version == 2 for f in lifecycle)
     assert in_force.get("abandoned_cart").version == 1  # the canonical flow, as shipped
@@ -115,11 +145,9 @@ def test_a_store_with_rule_history_is_carried_forward(tmp_path: Path) -> None:
     # The rules' routes on flows: the rules retired naming the flows API, the timers the
     # flows' states waiting (c2's review request wakes at its due time).
     admin = OutreachAdmin(settings, store)
-    assert "/v1/flows" in (admin.retired() or "")
+    assert "/v1/flows" in admin.retired()
     waits = {(t["customer_id"], t["rule"]): t["fire_at"] for t in admin.timers(None, 100)}
     assert waits[("c2", "flow:review_request")] == (T0 + timedelta(days=9)).isoformat()
-    ruled = OutreachAdmin(settings.model_copy(update={"outreach_engine": "rules"}), store)
-    assert ruled.retired() is None
     due = runner.advance_due([0], c2_due)
     store.save_flows(due)
     assert sends(due) == [
@@ -147,7 +175,7 @@ def test_a_store_with_rule_history_is_carried_forward(tmp_path: Path) -> None:
 
     # A second start changes nothing: switched on and seeded once.
     again = switch_to_flows(settings, definitions, store)
-    assert (again.switched_on, again.seeded, again.kept) == ([], {}, [])
+    assert (again.switched_on, again.seeded, again.kept, again.timers_dropped) == ([], {}, [], 0)
     store.close()
     definitions.close()
 
@@ -164,9 +192,36 @@ def test_a_flow_changed_over_the_api_is_kept(tmp_path: Path) -> None:
     definitions.close()
 
 
+def test_a_stores_rule_overrides_are_migrated(tmp_path: Path) -> None:
+    """Rules once changed over the rules' API (``outreach_rule_overrides``) become their
+    flows at the switch, over the shipped lifecycle flows; a new rule id, a new flow."""
+    settings = Settings(data_dir=tmp_path)
+    build_store(settings).close()
+    overrides = [
+        {"id": "review_request", "trigger": "post_purchase", "delay": "3d", "channels": ["email"]},
+        {"id": "vip-two", "trigger": "high_value", "frequency_cap": "30d"},
+    ]
+    with sqlite3.connect(settings.sqlite_path) as db:
+        db.executemany(
+            "INSERT INTO outreach_rule_overrides (rule_id, body, updated_ts) VALUES (?, ?, 0)",
+            [(rule["id"], orjson.dumps(rule).decode()) for rule in overrides],
+        )
+    store, definitions = build_store(settings), build_flow_definitions(settings)
+    report = switch_to_flows(settings, definitions, store)
+    assert sorted(report.switched_on) == sorted([*LIFECYCLE, "vip_two"])
+    in_force = definitions.current()
+    review = in_force.get("review_request")
+    assert review.enabled and review.date_entries[0].anchor.after_ms == 3 * DAY_MS
+    assert [node for node in review.source["nodes"]] == ["due", "send_email"]
+    assert in_force.get("vip_two").enabled
+    assert in_force.get("win_back").source == {**SHIPPED["win_back"], "enabled": True, "version": 2}
+    store.close()
+    definitions.close()
+
+
 def test_the_rules_file_is_read_through_the_migration(tmp_path: Path) -> None:
     # The shipped abandoned-cart rule is the canonical flow: it migrates to nothing.
-    assert "abandoned_cart" not in lifecycle_flows(shipped_rules(), shipped_rules())
+    assert lifecycle_flows([SHIPPED_ABANDONED_CART]) == {}
     rules = tmp_path / "rules.toml"
     rules.write_text(
         DEMO_RULES.read_text()
@@ -192,7 +247,7 @@ def test_the_rules_file_is_read_through_the_migration(tmp_path: Path) -> None:
 
 def test_a_lifecycle_send_is_skipped_for_consent() -> None:
     """The rules knew no consent; their flows skip an unsubscribed customer."""
-    table = lifecycle_flows(shipped_rules(), shipped_rules())["review_request"]
+    table = {**SHIPPED["review_request"], "enabled": True}  # as the switch turns it on
     engine = FlowEngine(FlowCatalog.of([parse_flow("review_request", table)]))  # type: ignore[list-item]
     unsubscribed = TrackedEvent(
         event_id="u1",
