@@ -374,8 +374,8 @@ def backfill(
     generated = prepare(client, data, events, customers, seed=42)
     history = SegmentHistory(client, DATABASE)
     spent: dict[str, float] = defaultdict(float)
-    history.customers_after = _timed(history.customers_after, spent, "list customers")  # type: ignore[method-assign]
-    history.histories = _timed(history.histories, spent, "read histories")  # type: ignore[method-assign]
+    history.partition_keys = _timed(history.partition_keys, spent, "list customers")  # type: ignore[method-assign]
+    history.partition_histories = _timed(history.partition_histories, spent, "read histories")  # type: ignore[method-assign]
     store = SegmentStore(sqlite_path=work / "segments.sqlite")
     try:
         definitions = parse_definitions({"segments": {BACKFILL_SEGMENT: BACKFILL_DEFINITION}})
