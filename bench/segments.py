@@ -387,7 +387,8 @@ def backfill(
             partitions=partitions,
         )
         store.save_backfilled = _timed(store.save_backfilled, spent, "save states")  # type: ignore[method-assign]
-        maintainer.log.append = _timed(maintainer.log.append, spent, "write changes")  # type: ignore[method-assign]
+        changes = maintainer.log
+        changes.append_flagged = _timed(changes.append_flagged, spent, "write changes")  # type: ignore[method-assign]
         runner = SegmentBackfill(maintainer)
         began = time.perf_counter()
         runner.start()

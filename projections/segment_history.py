@@ -102,15 +102,17 @@ class SegmentHistory:
         received: dict[str, int] = {}
         typed_end = 5 + len(TYPED_FIELDS)
         for row in result.result_rows:
-            key, event_id, name, kind, at_ms = row[:5]
-            received[event_id] = int(row[-1])
-            event = SegmentEvent(
-                event_id=event_id,
-                at_ms=int(at_ms),
-                name=name,
-                type=kind,
-                properties=_properties(row[5:typed_end], row[-2]),
-            )
+            key, event_id = row[0], row[1]
+            received[event_id] = row[-1]
+            # Absent typed properties: empty strings and NULL numbers; the rest is JSON text.
+            properties = {
+                name: value
+                for name, value, absent in zip(TYPED_FIELDS, row[5:typed_end], _ABSENT, strict=True)
+                if value != absent
+            }
+            if rest := row[-2]:
+                properties.update(_decoded(rest))
+            event = SegmentEvent(event_id, row[4], row[2], row[3], properties)
             events = found.get(key)
             if events is None:
                 found[key] = [event]
@@ -119,14 +121,12 @@ class SegmentHistory:
         return found, received
 
 
-def _properties(typed: Sequence[Any], rest: dict[str, str]) -> dict[str, Any]:
-    # The inverse of projections.event_log.split_properties: empty strings and NULL
-    # numbers were absent properties; the others are JSON text.
+# What an absent typed property reads as (projections.event_log.split_properties).
+_ABSENT = tuple("" if name in STRING_FIELDS else None for name in TYPED_FIELDS)
+
+
+def _decoded(rest: dict[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for name, value in zip(TYPED_FIELDS, typed, strict=True):
-        absent = value == "" if name in STRING_FIELDS else value is None
-        if not absent:
-            found[name] = value
     for name, text in rest.items():
         try:
             found[name] = orjson.loads(text)

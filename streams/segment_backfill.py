@@ -182,10 +182,7 @@ class SegmentBackfill:
 
     def write(self, chunk: BackfillChunk) -> None:
         """The chunk's changes into ``segment_changes``, those found in history flagged."""
-        for flag in (False, True):
-            self.maintainer.log.append(
-                [(k, c) for k, c, past in chunk.changes if past is flag], backfill=flag
-            )
+        self.maintainer.log.append_flagged(chunk.changes)
 
     def commit(self, chunk: BackfillChunk) -> bool:
         """Save the chunk's states, due instants and cursor, atomically; False if restarted."""
