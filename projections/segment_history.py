@@ -12,7 +12,7 @@ follows the range read, not the table's size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -53,11 +53,17 @@ class SegmentHistory:
         return [row[0] for row in result.result_rows]
 
     def partition_histories(
-        self, partition: int, partitions: int, after: str, through: str | None
+        self,
+        partition: int,
+        partitions: int,
+        after: str,
+        through: str | None,
+        properties: Collection[str] | None = None,
     ) -> tuple[dict[str, list[SegmentEvent]], dict[str, int]]:
         """As :meth:`histories`, for the keys of ``partition`` in ``(after, through]``.
 
-        ``through`` None: every key after ``after``.
+        ``through`` None: every key after ``after``. ``properties``: only these are
+        read (those the evaluator reads; None: all).
         """
         bound = "" if through is None else " AND customer_key <= {through:String}"
         return self._read(
@@ -69,6 +75,7 @@ class SegmentHistory:
                 "partitions": partitions,
             },
             {},
+            properties,
         )
 
     def events_of(self, customer_keys: Sequence[str]) -> dict[str, list[SegmentEvent]]:
@@ -88,31 +95,47 @@ class SegmentHistory:
         )
 
     def _read(
-        self, where: str, parameters: dict[str, Any], found: dict[str, list[SegmentEvent]]
+        self,
+        where: str,
+        parameters: dict[str, Any],
+        found: dict[str, list[SegmentEvent]],
+        properties: Collection[str] | None = None,
     ) -> tuple[dict[str, list[SegmentEvent]], dict[str, int]]:
-        columns = ", ".join(TYPED_FIELDS)
+        # Only the columns and JSON keys asked for: fetching and decoding the rest
+        # was most of a backfill's read (a property may also sit in the JSON when
+        # its value does not fit its typed column, so both are filtered).
+        typed = [n for n in TYPED_FIELDS if properties is None or n in properties]
+        absent = [_ABSENT[n] for n in typed]
+        columns = "".join(f" {n}," for n in typed)
+        if properties is None:
+            rest = " properties,"
+        elif properties:
+            rest = " mapFilter((k, v) -> has({wanted:Array(String)}, k), properties),"
+            parameters = {**parameters, "wanted": sorted(properties)}
+        else:
+            rest = ""
         result = self._client.query(
             "SELECT customer_key, event_id, event_name, event_type,"
-            f" toUnixTimestamp64Milli(timestamp), {columns}, properties,"
+            f" toUnixTimestamp64Milli(timestamp),{columns}{rest}"
             " toUnixTimestamp64Milli(received_at)"
             f" FROM {self._db}.events FINAL WHERE {where}"
             " ORDER BY customer_key, timestamp, event_id",
             parameters=parameters,
         )
         received: dict[str, int] = {}
-        typed_end = 5 + len(TYPED_FIELDS)
+        typed_end = 5 + len(typed)
         for row in result.result_rows:
             key, event_id = row[0], row[1]
             received[event_id] = row[-1]
             # Absent typed properties: empty strings and NULL numbers; the rest is JSON text.
-            properties = {
+            found_properties = {
                 name: value
-                for name, value, absent in zip(TYPED_FIELDS, row[5:typed_end], _ABSENT, strict=True)
-                if value != absent
+                for name, value, none in zip(typed, row[5:typed_end], absent, strict=True)
+                if value != none
             }
-            if rest := row[-2]:
-                properties.update(_decoded(rest))
-            event = SegmentEvent(event_id, row[4], row[2], row[3], properties)
+            if rest and (text := row[-2]):
+                found_properties.update(_decoded(text))
+            event = SegmentEvent(event_id, row[4], row[2], row[3], found_properties)
             events = found.get(key)
             if events is None:
                 found[key] = [event]
@@ -122,7 +145,7 @@ class SegmentHistory:
 
 
 # What an absent typed property reads as (projections.event_log.split_properties).
-_ABSENT = tuple("" if name in STRING_FIELDS else None for name in TYPED_FIELDS)
+_ABSENT = {name: "" if name in STRING_FIELDS else None for name in TYPED_FIELDS}
 
 
 def _decoded(rest: dict[str, str]) -> dict[str, Any]:

@@ -129,7 +129,11 @@ class SegmentBackfill:
         # finishes, live.
         through = None if last else listed[-1]
         histories, received = self.history.partition_histories(
-            partition, maintainer.partitions, part.cursor, through
+            partition,
+            maintainer.partitions,
+            part.cursor,
+            through,
+            maintainer.evaluator.read_properties,
         )
         own = sorted(set(listed).union(histories))
         cursor = through if through is not None else own[-1] if own else part.cursor

@@ -80,3 +80,15 @@ def test_partition_reads_decode_every_property_as_the_key_lookup_does(
             seen[key] = [e.properties for e in found]
         assert all(e.event_id in received for found in low.values() for e in found)
     assert seen == {k: wanted for k in keys}
+
+    # Only the properties asked for, typed or in the JSON (a value not fitting its
+    # typed column is there), and none at all.
+    asked = {"category", "price", "note", "absent_everywhere"}
+    some, _ = history.partition_histories(0, PARTITIONS, "", None, asked)
+    none, _ = history.partition_histories(0, PARTITIONS, "", None, ())
+    want = [{k: v for k, v in read.items() if k in asked} for read in wanted]
+    assert want[2] == {"price": 3.25} and want[3] == {"price": "cheap", "note": {"a": [1, "x"]}}
+    first = sorted(k for k in keys if partition_of(k.encode(), PARTITIONS) == 0)
+    assert sorted(some) == sorted(none) == first
+    assert {k: [e.properties for e in v] for k, v in some.items()} == {k: want for k in first}
+    assert {k: [e.properties for e in v] for k, v in none.items()} == {k: [{}] * 5 for k in first}
