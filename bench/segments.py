@@ -357,7 +357,13 @@ PLAIN_QUERY = """
 
 
 def backfill(
-    data: Path, events: int, customers: int, partitions: int, plain_runs: int, work: Path
+    data: Path,
+    events: int,
+    customers: int,
+    partitions: int,
+    plain_runs: int,
+    work: Path,
+    chunk_size: int = 0,
 ) -> dict[str, Any]:
     """The worker's backfill of a new segment over the event log, beside the plain query."""
     from bench.funnel import DATABASE, prepare
@@ -366,7 +372,7 @@ def backfill(
     from projections.segment_changes import SegmentChangeLog
     from projections.segment_history import SegmentHistory
     from projections.segment_store import SegmentStore
-    from streams.segment_backfill import SegmentBackfill
+    from streams.segment_backfill import BACKFILL_CHUNK, SegmentBackfill
     from streams.segments import SegmentMaintainer
 
     data.mkdir(parents=True, exist_ok=True)
@@ -374,8 +380,8 @@ def backfill(
     generated = prepare(client, data, events, customers, seed=42)
     history = SegmentHistory(client, DATABASE)
     spent: dict[str, float] = defaultdict(float)
-    history.customers_after = _timed(history.customers_after, spent, "list customers")  # type: ignore[method-assign]
-    history.histories = _timed(history.histories, spent, "read histories")  # type: ignore[method-assign]
+    history.partition_keys = _timed(history.partition_keys, spent, "list customers")  # type: ignore[method-assign]
+    history.partition_histories = _timed(history.partition_histories, spent, "read histories")  # type: ignore[method-assign]
     store = SegmentStore(sqlite_path=work / "segments.sqlite")
     try:
         definitions = parse_definitions({"segments": {BACKFILL_SEGMENT: BACKFILL_DEFINITION}})
@@ -387,16 +393,23 @@ def backfill(
             partitions=partitions,
         )
         store.save_backfilled = _timed(store.save_backfilled, spent, "save states")  # type: ignore[method-assign]
-        maintainer.log.append = _timed(maintainer.log.append, spent, "write changes")  # type: ignore[method-assign]
-        runner = SegmentBackfill(maintainer)
+        changes = maintainer.log
+        changes.append_flagged = _timed(changes.append_flagged, spent, "write changes")  # type: ignore[method-assign]
+        runner = SegmentBackfill(maintainer, chunk_size or BACKFILL_CHUNK)
         began = time.perf_counter()
         runner.start()
         now_ms = int(time.time() * 1000)
-        chunks, done, shown = 0, 0, began
-        while (chunk := runner.next_chunk(list(range(partitions)), now_ms)) is not None:
+        done, shown = 0, began
+        # Each chunk's time: what the worker holds the journey batch lock for.
+        held: list[float] = []
+        while True:
+            taken = time.perf_counter()
+            chunk = runner.next_chunk(list(range(partitions)), now_ms)
+            if chunk is None:
+                break
             runner.write(chunk)
             runner.commit(chunk)
-            chunks += 1
+            held.append(time.perf_counter() - taken)
             done += len(chunk.states)
             if time.perf_counter() - shown > 30:  # a run stopped early still says its rate
                 shown = time.perf_counter()
@@ -421,7 +434,10 @@ def backfill(
         "partitions": partitions,
         "generate_seconds": generated,
         "backfill_seconds": took,
-        "chunks": chunks,
+        "chunk_customers": runner.chunk,
+        "chunks": len(held),
+        "chunk_median_seconds": statistics.median(held) if held else 0.0,
+        "chunk_max_seconds": max(held, default=0.0),
         "plain_median_seconds": plain,
         "members": members,
         "plain_members": plain_count,
@@ -507,6 +523,7 @@ def measure(args: argparse.Namespace) -> Report:
                 args.partitions,
                 args.plain_runs,
                 work,
+                args.backfill_chunk,
             )
             report.details["backfill"] = found
             target = args.backfill_events >= 10_000_000 and args.backfill_customers >= 1_000_000
@@ -539,7 +556,12 @@ def render(report: Report) -> str:
     backfill_found = report.details.get("backfill")
     if backfill_found:
         split = ", ".join(f"{k} {v:.1f} s" for k, v in backfill_found["split_seconds"].items())
-        lines.append(f"backfill time split: {split}; {backfill_found['chunks']} chunks")
+        lines.append(
+            f"backfill time split: {split}; {backfill_found['chunks']} chunks of "
+            f"{backfill_found['chunk_customers']} customers, each (the batch lock held) "
+            f"median {backfill_found['chunk_median_seconds'] * 1000:,.0f} ms, "
+            f"max {backfill_found['chunk_max_seconds'] * 1000:,.0f} ms"
+        )
     return "\n".join(lines)
 
 
@@ -555,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-nodes", action="store_true", help="only the backfill")
     parser.add_argument("--backfill-events", type=int, default=10_000_000, help="0: skipped")
     parser.add_argument("--backfill-customers", type=int, default=1_000_000)
+    parser.add_argument("--backfill-chunk", type=int, default=0, help="customers (0: the worker's)")
     partitions = Settings.model_fields["topic_partitions"].default
     parser.add_argument("--partitions", type=int, default=partitions, help="of the events topic")
     parser.add_argument("--plain-runs", type=int, default=3)

@@ -357,6 +357,17 @@ class SegmentEvaluator:
         self.key_of = {id(c): c.key for c in self.event_conditions}
         self.fingerprints = {t.id: t.fingerprint for t in definitions.traits.values()}
         self.identify_traits = definitions.identify_traits()
+        # Every event property the fold reads: a backfill reads only these from history.
+        self.read_properties = frozenset(
+            {f.name for c in self.event_conditions for f in c.match.filters}
+            | {
+                name
+                for t in definitions.traits.values()
+                for name in (t.property_name, *(f.name for f in t.match.filters))
+                if name
+            }
+            | self.identify_traits
+        )
         used = {
             n.trait
             for s in definitions.segments.values()

@@ -32,6 +32,15 @@ class SegmentChangeLog:
             ]
         )
 
+    def append_flagged(self, changes: Sequence[tuple[str, MembershipChange, bool]]) -> None:
+        """Insert (customer key, change, found by a backfill) rows in one insert."""
+        self._insert.insert(
+            [
+                [c.segment, customer, from_ms(c.at_ms), int(c.entered), c.event_id, int(flag)]
+                for customer, c, flag in changes
+            ]
+        )
+
     def changes_of(
         self, customer_keys: Sequence[str]
     ) -> dict[str, list[tuple[MembershipChange, bool]]]:

@@ -5,9 +5,14 @@ fingerprint: its tree and the traits and segments it refers to), it starts
 that segment's backfill (the traits no segment compares have one of their
 own, ``TRAITS_BACKFILL``, which rebuilds states and records no change): the
 segment's recorded changes are deleted, and one part per partition of the
-events topic walks the customers in key order from ClickHouse
-(projections/segment_history.py). For each chunk, under the journey batch
-lock and only for partitions owned here and caught up:
+events topic walks that partition's customers in key order from ClickHouse
+(projections/segment_history.py). A chunk is the key range from the part's
+cursor through the last of its next ``chunk`` keys, taken from a listing of
+many chunks' keys read once (a key listed may since be gone, one since come:
+the chunk folds the keys listed and those the range read finds, so a stale
+listing only moves the range's end; the last chunk's range is open). For
+each chunk, under the journey batch lock and only for partitions owned here
+and caught up:
 
 1. each customer's history (their events in the event log, which then holds
    exactly what the segment states folded) is folded afresh by the pure
@@ -33,17 +38,19 @@ key collapses.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from journeys.segment_state import MembershipChange, SegmentState
 from projections.segment_store import Backfill, BackfillPart, Due
-from streams.journal import partition_of
 from streams.segments import SegmentMaintainer
 
 log = logging.getLogger(__name__)
 
-# Customers listed per chunk (each worker lists all, and folds those of its partitions).
+# Customers of one partition folded per chunk (under the batch lock).
 BACKFILL_CHUNK = 200
+# Chunks' worth of a partition's keys listed per listing query.
+LISTED_CHUNKS = 50
 
 
 @dataclass
@@ -68,6 +75,8 @@ class SegmentBackfill:
         self.maintainer = maintainer
         self.history = maintainer.history
         self.chunk = chunk
+        # Per partition: the cursor listed after, the keys listed, whether they run to the end.
+        self._listed: dict[int, tuple[str, list[str], bool]] = {}
 
     def start(self, started_ms: int = 0) -> list[str]:
         """Start the backfill of every segment whose definition it was not started for.
@@ -114,18 +123,26 @@ class SegmentBackfill:
     ) -> BackfillChunk:
         fingerprint = found.fingerprint
         maintainer = self.maintainer
-        keys = self.history.customers_after(part.cursor, self.chunk)
-        own = [k for k in keys if partition_of(k.encode(), maintainer.partitions) == partition]
-        # Listed under the batch lock: a customer not listed now gets their first event
-        # after the part finishes, live.
-        finished = len(keys) < self.chunk
+        listed, last = self._next_keys(partition, part.cursor)
+        # Read under the batch lock, the open range of the last chunk takes every key
+        # there now: a customer not read now gets their first event after the part
+        # finishes, live.
+        through = None if last else listed[-1]
+        histories, received = self.history.partition_histories(
+            partition,
+            maintainer.partitions,
+            part.cursor,
+            through,
+            maintainer.evaluator.read_properties,
+        )
+        own = sorted(set(listed).union(histories))
+        cursor = through if through is not None else own[-1] if own else part.cursor
         chunk = BackfillChunk(
             sid,
             fingerprint,
             partition,
-            BackfillPart(keys[-1] if keys else part.cursor, part.done + len(own), finished),
+            BackfillPart(cursor, part.done + len(own), last),
         )
-        histories, received = self.history.histories(own)
         live = maintainer.store.states(own)
         evaluator = maintainer.evaluator
         for key in own:
@@ -137,7 +154,7 @@ class SegmentBackfill:
                 rfm=old.rfm if old is not None else "",
                 listed=set(old.listed) if old is not None else set(),
             )
-            changes = evaluator.advance(state, histories.get(key, []), stage=stage)
+            changes = evaluator.advance(state, histories.get(key, ()), stage=stage)
             changes += evaluator.tick(state, max(now_ms, old.clock or 0) if old else now_ms)
             # The other segments keep their recorded membership (their own backfill or
             # their live changes say when it changed).
@@ -152,12 +169,24 @@ class SegmentBackfill:
             )
         return chunk
 
+    def _next_keys(self, partition: int, cursor: str) -> tuple[list[str], bool]:
+        """Up to ``chunk`` keys of ``partition`` after ``cursor``; True: the listing's last."""
+        listed = self._listed.get(partition)
+        if listed is not None and listed[0] <= cursor:
+            _, keys, complete = listed
+            start = bisect_right(keys, cursor)
+            if complete or len(keys) - start >= self.chunk:
+                end = start + self.chunk
+                return keys[start:end], complete and end >= len(keys)
+        limit = self.chunk * LISTED_CHUNKS
+        keys = self.history.partition_keys(partition, self.maintainer.partitions, cursor, limit)
+        complete = len(keys) < limit
+        self._listed[partition] = (cursor, keys, complete)
+        return keys[: self.chunk], complete and len(keys) <= self.chunk
+
     def write(self, chunk: BackfillChunk) -> None:
         """The chunk's changes into ``segment_changes``, those found in history flagged."""
-        for flag in (False, True):
-            self.maintainer.log.append(
-                [(k, c) for k, c, past in chunk.changes if past is flag], backfill=flag
-            )
+        self.maintainer.log.append_flagged(chunk.changes)
 
     def commit(self, chunk: BackfillChunk) -> bool:
         """Save the chunk's states, due instants and cursor, atomically; False if restarted."""
