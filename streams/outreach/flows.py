@@ -187,10 +187,7 @@ class FlowRunner:
         shared = tuple(f for f in flow_ids if engine.shares_memory(f))
         alone = [f for f in flow_ids if f not in shared]
         relevant = [
-            (key, flow_id, item)
-            for key, item in items
-            for flow_id in alone
-            if engine.wants(flow_id, item)
+            (key, flow_id, item) for key, item in items for flow_id in engine.wanting(alone, item)
         ]
         write = FlowWrite()
         if relevant:

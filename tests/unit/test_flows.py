@@ -12,7 +12,13 @@ import pytest
 
 from events import event_type_for
 from journeys.flows.backtest import BacktestTally, run_history
-from journeys.flows.definitions import FlowCatalog, FlowError, parse_flow, parse_flows
+from journeys.flows.definitions import (
+    FlowCatalog,
+    FlowError,
+    flows_from_toml,
+    parse_flow,
+    parse_flows,
+)
 from journeys.flows.engine import FlowEngine, FlowState, render_message, sticky_bucket
 from journeys.flows.facts import FlowFact, Left, Sent, Skipped, fact_from_dict
 from journeys.flows.inputs import (
@@ -480,6 +486,60 @@ def test_branch_on_a_computed_trait_at_the_decision_and_render_it() -> None:
     # A report is an input kept in the state and read back as it was written.
     item = traits(3, 5, lifetime_revenue=1.5, favourite_brand="acme")
     assert input_from_dict(item.to_dict()) == item
+
+
+def test_wanting_answers_as_wants_per_flow_and_follows_the_catalog() -> None:
+    """The live runner asks ``wanting`` once per input over all the flows: the same flows,
+    in the same order, as asking ``wants`` of each (whatever the input's kind)."""
+    on = FLOWS_FILE.read_text().replace("enabled = false", "enabled = true")
+    shipped = flows_from_toml(on)  # the lifecycle flows (sharing memory) on
+    page = copy.deepcopy(simple("always"))
+    page["nodes"]["start"] = {"kind": "entry", "type": "browse", "next": "hello"}
+    costly = copy.deepcopy(simple("always"))
+    costly["nodes"]["start"] = {
+        "kind": "entry",
+        "event": "Order Completed",
+        "properties": {"revenue": {"gt": 100}},
+        "next": "hello",
+    }
+    catalog = FlowCatalog.of(
+        [
+            *shipped,
+            parse_flow("s", simple("always")),
+            parse_flow("p", page),
+            parse_flow("o", costly),
+        ]  # type: ignore[list-item]
+    )
+    engine = FlowEngine(catalog)
+    ids = catalog.flow_ids()
+    items: list[FlowInput] = [
+        ev(1, "Product Added", 0),
+        ev(2, "Order Completed", 1, revenue=150),
+        ev(3, "Order Completed", 2, revenue=50),
+        ev(4, "Home", 3, "page"),
+        ev(5, "Product Viewed", 4),
+        ev(6, "Identify", 5, "identify", email="a@example.com"),
+        ev(7, "Unsubscribed", 6),
+        ev(8, "Product Viewed", 7, _timezone="Europe/Berlin"),
+        StageInput("src/e9", T0, "customer"),
+        SegmentInput("src/e10", T0, "vip", True),
+        traits(11, 0, lifetime_revenue=1.0),
+    ]
+    answers = {}
+    for item in items:
+        answers[item.event_id] = per_flow = [f for f in ids if engine.wants(f, item)]
+        assert engine.wanting(ids, item) == per_flow, item
+        alone = [f for f in ids if not engine.shares_memory(f)]
+        assert engine.wanting(alone, item) == [f for f in per_flow if f in alone], item
+    # Not all or nothing: the inputs reach different flows (a filter, a type, a name).
+    assert "o" in answers["src/e2"] and "o" not in answers["src/e3"]
+    assert "p" in answers["src/e4"] and "s" not in answers["src/e4"]
+    assert "s" in answers["src/e1"] and "p" not in answers["src/e1"]
+    # A new catalog: the index is built again for it.
+    assert engine.wanting(["p", "s"], ev(12, "Product Added", 8)) == ["s"]
+    engine.catalog = FlowCatalog.of([parse_flow("p", page)])  # type: ignore[list-item]
+    assert engine.wanting(["p", "s"], ev(12, "Product Added", 8)) == []
+    assert engine.wanting(["p", "s"], ev(13, "Home", 9, "page")) == ["p"]
 
 
 def test_computed_traits_reach_only_the_flows_that_read_them() -> None:
