@@ -272,12 +272,12 @@ class OutreachStore:
                     deleted[table] += self._exec(
                         f"DELETE FROM {table} WHERE customer_key IN ({marks})", chunk
                     ).rowcount
+            # The caches only: this transaction saved nothing, so none is pending.
             for key in keys:
                 self._kept.pop(key, None)
             gone = set(keys)
             for row_key in [k for k in self._kept_flows if k[0] in gone]:
                 del self._kept_flows[row_key]
-                self._saving.pop(key, None)
         return deleted
 
     # --- consumed positions ------------------------------------------------------

@@ -168,3 +168,24 @@ def test_the_rules_timer_table_of_an_old_store_is_dropped(store: OutreachStore) 
             )
     assert store.drop_timers() == 2
     assert store.drop_timers() == 0  # gone: nothing to drop again
+
+
+def test_an_erasure_deletes_a_customers_rows_and_the_copies_kept_in_memory(
+    store: OutreachStore,
+) -> None:
+    state = {"node": "wait", "entered_at": "2026-01-01T00:00:00Z"}
+    states = [(key, "cart", 0, state, None) for key in ("a", "b")]  # the same state for both
+    customers = [(CustomerFacts(key, stage="purchase"), 0) for key in ("a", "b")]
+    store.save_batch(customers, "events#0", 1, FlowWrite(states=states))
+
+    deleted = store.forget_customers(["a", "a", "nobody"])
+    assert deleted["trigger_customers"] == 1
+    assert deleted["flow_states"] == 1
+    assert store.facts("a") is None
+    assert store.flow_states("a") == []
+    assert store.facts("b") is not None and len(store.flow_states("b")) == 1
+
+    # Were the committed row still kept in memory, the same state saved again would be
+    # taken as written already and skipped: the customer's flow would be lost.
+    store.save_flows(FlowWrite(states=[("a", "cart", 0, state, None)]))
+    assert [row["state"] for row in store.flow_states("a")] == [state]
