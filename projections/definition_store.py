@@ -23,6 +23,8 @@ from projections.sql_tables import SqlTables
 
 # A definitions document: {kind: {id: table}}.
 Document = dict[str, dict[str, Any]]
+# One change: (kind, id, the definition's table, or None to delete it).
+Edit = tuple[str, str, Mapping[str, Any] | None]
 Parsed = TypeVar("Parsed")
 
 
@@ -99,30 +101,36 @@ class DefinitionStore(Generic[Parsed]):
         body: Mapping[str, Any] | None,
         check: Callable[[Document], Parsed] | None = None,
         guard: Callable[[Mapping[str, Any] | None], None] | None = None,
+        together: Sequence[Edit] = (),
     ) -> tuple[bool, Parsed]:
         """Put (``body``) or delete (None) one definition, if ``check`` accepts the result.
 
         ``check`` (default: the store's parser) raises to refuse the document after
-        the change, ``guard`` to refuse it given the definition it replaces (None: new).
-        Returns (whether it existed before, the definitions now in force); a refusal
-        leaves everything as it was.
+        the change, ``guard`` to refuse it given the definition it replaces (None: new);
+        ``together``: more (kind, id, body or None) made in the same transaction (a
+        flow's pause deleted with the flow). Returns (whether it existed before, the
+        definitions now in force); a refusal leaves everything as it was.
         """
         with self.tables.transaction():
             document = self.document()
             previous = document.get(kind, {}).get(key)
             if guard is not None:
                 guard(previous)
-            if body is None:
-                document.get(kind, {}).pop(key, None)
-            else:
-                document.setdefault(kind, {})[key] = dict(body)
+            edits = [(kind, key, body), *together]
+            for edit_kind, edit_key, edit_body in edits:
+                if edit_body is None:
+                    document.get(edit_kind, {}).pop(edit_key, None)
+                else:
+                    document.setdefault(edit_kind, {})[edit_key] = dict(edit_body)
             parsed = (check or self._parse)(document)
-            if body is None:
-                self.tables.execute(
-                    f"DELETE FROM {self._table} WHERE kind = ? AND id = ?", [kind, key]
-                )
-            else:
-                self._write(kind, key, body)
+            for edit_kind, edit_key, edit_body in edits:
+                if edit_body is None:
+                    self.tables.execute(
+                        f"DELETE FROM {self._table} WHERE kind = ? AND id = ?",
+                        [edit_kind, edit_key],
+                    )
+                else:
+                    self._write(edit_kind, edit_key, edit_body)
             self._set_meta("seeded", 1)
             version = self._bump()
         self._parsed = (version, parsed)

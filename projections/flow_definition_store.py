@@ -86,27 +86,48 @@ class FlowDefinitions(DefinitionStore[FlowsInForce]):
         return self.change("flows", flow.id, dict(flow.source), guard=guard)
 
     def delete(self, flow_id: str) -> bool:
-        """Remove a flow (and its pause); runs inside finish on their version. False: unknown."""
-        existed, _ = self.change("flows", flow_id, None)
-        self.change("paused", flow_id, None)
+        """Remove a flow and its pause, in one transaction (a pause left behind would
+        hold a flow defined again under the id); runs inside finish on their version.
+        False: unknown."""
+        existed, _ = self.change("flows", flow_id, None, together=[("paused", flow_id, None)])
         return existed
 
     def pause(self, flow_id: str, at_ms: int) -> bool:
         """Hold the flow from ``at_ms`` (kept if already paused); False when unknown."""
-        if self.current().get(flow_id) is None:
-            return False
-        in_force = self.current()
-        if flow_id not in in_force.paused:
-            self.change("paused", flow_id, {"at_ms": at_ms})
-        return True
+        return self._set_pause(flow_id, {"at_ms": at_ms})
 
     def resume(self, flow_id: str) -> bool:
         """Let a paused flow go on; False when unknown."""
-        if self.current().get(flow_id) is None:
+        return self._set_pause(flow_id, None)
+
+    def _set_pause(self, flow_id: str, pause: Mapping[str, int] | None) -> bool:
+        # The flow's existence is checked in the change's transaction, so a pause
+        # never lands beside a flow deleted meanwhile; a pause that would change
+        # nothing (paused already, or not paused) writes nothing.
+        def known(document: Document) -> FlowsInForce:
+            if flow_id not in document.get("flows", {}):
+                raise _Unknown
+            return parse_flows_in_force(document)
+
+        def changes(previous: Mapping[str, object] | None) -> None:
+            if (previous is None) == (pause is None):
+                raise _Unchanged
+
+        try:
+            self.change("paused", flow_id, pause, check=known, guard=changes)
+        except _Unknown:
             return False
-        if flow_id in self.current().paused:
-            self.change("paused", flow_id, None)
+        except _Unchanged:
+            return self.current().get(flow_id) is not None
         return True
+
+
+class _Unknown(Exception):
+    """The flow to pause or resume is not in force: nothing is written."""
+
+
+class _Unchanged(Exception):
+    """The pause or resume changes nothing: nothing is written."""
 
 
 class FlowConflict(FlowError):

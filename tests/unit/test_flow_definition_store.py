@@ -97,12 +97,20 @@ def test_pause_and_resume_are_changes_the_runner_sees(tmp_path: Path) -> None:
     assert store.current().paused == {"abandoned_cart": 1234}
     assert store.version() == before + 1
     assert not store.pause("nope", 1)
+    assert not store.resume("nope")
+    assert store.document()["paused"] == {"abandoned_cart": {"at_ms": 1234}}  # none for nope
     assert store.resume("abandoned_cart")
     assert store.current().paused == {}
+    assert store.resume("abandoned_cart")  # not paused: nothing written
     assert store.version() == before + 2
-    # A deleted flow takes its pause with it: defined again, it is not paused.
+    # A deleted flow takes its pause with it, in the same transaction (one version):
+    # defined again, it is not paused.
     store.pause("abandoned_cart", 5)
-    store.delete("abandoned_cart")
+    deleting = store.version()
+    assert store.delete("abandoned_cart")
+    assert store.version() == deleting + 1
+    assert store.document() == {"flows": {}, "paused": {}}
+    assert not store.pause("abandoned_cart", 6)  # deleted: unknown
     store.put(_flow(_cart()))
     assert store.current().paused == {}
     store.close()
