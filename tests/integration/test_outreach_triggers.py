@@ -261,6 +261,13 @@ def timers_of(node: NodeProcess, customer: str) -> list[dict[str, Any]]:
     return list(response.json()["timers"])
 
 
+def reminder_due(node: NodeProcess, customer: str) -> datetime | None:
+    """When the abandoned-cart flow's wait ends, once the cart entered it (before, the
+    customer's shared memory waits for the clock to reach the cart: ``flow:``)."""
+    waits = [t for t in timers_of(node, customer) if t["rule"] == "flow:abandoned_cart"]
+    return datetime.fromisoformat(waits[0]["due_at"]) if waits else None
+
+
 def topic_records(settings: Settings, topic: str) -> list[ConsumerRecord]:
     """Every record on ``topic`` so far, read outside any consumer group."""
     consumer = KafkaConsumer(
@@ -454,12 +461,16 @@ def test_abandoned_carts_send_once_signed_retried_dead_lettered_and_survive_a_ki
         add_to_cart(node, "c-late", 1)
         scheduled_at = time.time()
         assert wait_until(
-            lambda: bool(timers_of(node, "c-kill")) and bool(timers_of(node, "c-late")),
+            lambda: (
+                reminder_due(node, "c-kill") is not None
+                and reminder_due(node, "c-late") is not None
+            ),
             timeout=DELAY_S - 1,
             alive=lambda: True,
             interval=0.1,
         ), "the flows' waits were not persisted before they were due"
-        late_due = datetime.fromisoformat(timers_of(node, "c-late")[0]["due_at"])
+        late_due = reminder_due(node, "c-late")
+        assert late_due is not None
         node.kill()
         assert not receiver.seen("/ok", "c-kill"), "fired before the kill: the test proves nothing"
         # While the worker is down, the purchase reaches the log: stamped a second before
@@ -476,6 +487,8 @@ def test_abandoned_carts_send_once_signed_retried_dead_lettered_and_survive_a_ki
         )
         late = to_tracked_event(call, received_at=datetime.now(UTC))
         assert late.received_at > late_due > late.timestamp
+        # Inside the wait: after the cart that entered it (an order before the cart ends nothing).
+        assert late.timestamp > late_due - timedelta(seconds=DELAY_S)
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
         # A backlog ahead of the purchase on its partition: the restarted worker needs
         # several batches to reach it, and no wait of that partition may end meanwhile.
