@@ -4,8 +4,9 @@ A gateway (``journeys gateway``) shares no process with the worker, so the
 in-memory :class:`~streams.backlog.Backlog` is fed from outside: its own
 delivery reports as they come (exact, with when: the lag in seconds), and every
 ``interval_s`` the worker's committed positions (the event store's tracking
-records, one read per partition) and the broker's end offsets (one ListOffsets
-request on a consumer kept open), which count what the other gateways and the
+records, one read per partition) and the broker's end offsets (a ListOffsets
+request and a fetch of each partition's last batch, on a consumer kept open:
+streams/topics.py ``log_ends``), which count what the other gateways and the
 worker's identity messages wrote. The lag limit is therefore stale by up to one
 interval plus the read's own time: a burst can overshoot it by what the
 gateways accept in that time. Not more often by default: every read of the
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.backlog import Backlog
+from streams.topics import log_end_reader, log_ends
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,10 @@ class BacklogPoller:
         positions = await asyncio.to_thread(self.positions)
         self.latest = positions
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+            consumer = log_end_reader(self._bootstrap)
             await consumer.start()
             self._consumer = consumer
-        ends = await self._consumer.end_offsets(self._partitions)
+        ends = await log_ends(self._consumer, self._partitions)
         for tp, end in ends.items():
             self.backlog.fetched(tp.partition, end)
         for partition, position in positions.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping
 
@@ -47,14 +48,54 @@ def ensure_topics(
 
 async def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
     """The next offset to be written in each partition of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = log_end_reader(bootstrap_servers)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
             await consumer.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic) or set()
-        offsets = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        offsets = await log_ends(consumer, [TopicPartition(topic, p) for p in partitions])
         return {tp.partition: offset for tp, offset in offsets.items()}
     finally:
         await consumer.stop()
+
+
+def log_end_reader(bootstrap_servers: str) -> AIOKafkaConsumer:
+    """A consumer for :func:`log_ends` (no group; a fetch hardly waits for records)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,  # Tansu answers a fetch with a wait of 0 with nothing
+        max_partition_fetch_bytes=1024,
+    )
+
+
+async def log_ends(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], timeout_s: float = 10.0
+) -> dict[TopicPartition, int]:
+    """Each partition's end: the offset the next record will get.
+
+    Tansu's ListOffsets (latest) answers the last record batch's base offset + 1,
+    not the end of the log (batches of 10 then 5 records: 11, not 15), which would
+    end a drain or a backlog count one batch early. A fetch's high watermark is the
+    true end, so ``consumer`` (assigned ``partitions`` here) fetches the last batch
+    from just before the listed offset and takes the high watermark it answers.
+    """
+    listed = await consumer.end_offsets(partitions)
+    consumer.assign(partitions)
+    for tp in partitions:
+        consumer.seek(tp, max(0, listed[tp] - 1))
+    ends: dict[TopicPartition, int] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while len(ends) < len(partitions):
+        await consumer.getmany(*partitions, timeout_ms=50)
+        for tp in partitions:
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                ends[tp] = max(listed[tp], highwater)
+        if loop.time() > deadline:
+            missing = sorted(set(partitions) - set(ends))
+            raise TimeoutError(f"no fetch answered the end of {missing}")
+    return ends
