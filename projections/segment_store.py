@@ -113,7 +113,7 @@ class SegmentStore:
         if self.tables.postgres:
             sql = (
                 "SELECT column_name FROM information_schema.columns"
-                " WHERE table_name = 'segment_backfills'"
+                " WHERE table_name = 'segment_backfills' AND table_schema = current_schema()"
             )
         else:
             sql = "SELECT name FROM pragma_table_info('segment_backfills')"
