@@ -856,6 +856,9 @@ class _Turn:
         return [(node, anchor) for node, (anchor, _) in self.state.anchors.items()]
 
     def _settle(self, node: str, anchor: int, due: int, outcome: str) -> None:
+        # Saved even when the plan is as before (settled and planned again: none): a state
+        # read back without it would plan the anchor again, as if never settled.
+        self.dirty = True
         done = self.state.anchored.setdefault(node, [])
         done.append([anchor, due, outcome])
         del done[:-_ANCHORED_PER_NODE]

@@ -11,7 +11,7 @@ import pytest
 from events import event_type_for
 from journeys.flows.backtest import run_history
 from journeys.flows.definitions import FlowCatalog, FlowError, parse_flow
-from journeys.flows.engine import FlowEngine, FlowState
+from journeys.flows.engine import CustomerMemory, CustomerStep, FlowEngine, FlowState
 from journeys.flows.facts import FlowFact, Sent, Skipped
 from journeys.flows.inputs import FlowInput, StageInput, TrackedInput, rfm_segment_inputs, to_ms
 from journeys.triggers import CustomerFacts
@@ -268,3 +268,41 @@ def test_bad_paired_waits_and_local_times_name_the_field() -> None:
         "flows.f.nodes.pair.timeout",
         "flows.f.nodes.late.at",
     } <= paths
+
+
+def test_a_state_is_returned_as_changed_whenever_it_changed() -> None:
+    """The worker saves only the states a call returns (streams/outreach/flows.py): an
+    imported order taken late is settled as history with the plan as before (none), and
+    a state read back without that settlement planned the anchor again and sent."""
+    engine = FlowEngine(FlowCatalog.of([parse_flow("f", ORDER_PLUS_7D)]))  # type: ignore[list-item]
+    memory = CustomerMemory("c1")
+    stored: dict[str, dict[str, Any]] = {}
+
+    def states() -> dict[str, FlowState]:
+        return {"f": FlowState.from_dict(stored["f"]) if "f" in stored else FlowState("c1", "f")}
+
+    def kept(state: FlowState) -> dict[str, Any]:
+        # planned_version only says the plan is current; a state read back without it is
+        # planned again from the same facts
+        return {**state.to_dict(), "planned_version": None}
+
+    def saved(step: CustomerStep, given: dict[str, FlowState], before: dict[str, Any]) -> None:
+        returned = {state.flow_id for state in step.states}
+        for flow_id, state in given.items():
+            if flow_id not in returned:
+                assert kept(state) == before[flow_id], "changed but not returned"
+        stored.update((state.flow_id, state.to_dict()) for state in step.states)
+
+    sends: list[FlowFact] = []
+    for call in range(3):
+        given = states()
+        before = {flow_id: kept(state) for flow_id, state in given.items()}
+        if call == 1:  # stamped before the clock: taken at once
+            imported = ev(1, "Order Completed", T0 - HOUR, _historical=True)
+            step = engine.observe_customer(memory, given, imported, T0)
+        else:
+            step = engine.advance_customer(memory, given, T0 + call * 8 * DAY, T0)
+        saved(step, given, before)
+        sends += step.facts
+    assert sent_at(sends) == []
+    assert stored["f"]["anchored"]["after_order"][0][2] == "historical"
