@@ -82,8 +82,9 @@ class OutreachControl(Protocol):
 class FlowControl(Protocol):
     """What the flows routes need (api/flows.py; wired in stack/flows.py FlowsAdmin)."""
 
-    def flows(self) -> list[dict[str, Any]]:
-        """The newest version of each flow, summarised."""
+    def flows(self, include_deleted: bool = False) -> list[dict[str, Any]]:
+        """The newest version of each flow, summarised (``include_deleted``: then each
+        deleted flow whose runs left facts, its newest recorded version)."""
         ...
 
     def flow(self, flow_id: str) -> dict[str, Any] | None:

@@ -92,9 +92,19 @@ def _not_found(flow_id: str) -> JSONResponse:
 
 
 @router.get("", summary="List the flows in force")
-async def list_flows(flows: Flows) -> dict[str, Any]:
-    """Each flow's newest version: id, version, name, re-entry policy, node kinds."""
-    return {"flows": await asyncio.to_thread(flows.flows)}
+async def list_flows(
+    flows: Flows,
+    include_deleted: Annotated[
+        bool,
+        Query(
+            description="also each deleted flow whose runs left facts (their results stay "
+            "readable: runs inside finish on their version), with deleted true"
+        ),
+    ] = False,
+) -> dict[str, Any]:
+    """Each flow's newest version: id, version, name, re-entry policy, node kinds,
+    whether it is paused (since when, and its ended pauses) or deleted."""
+    return {"flows": await asyncio.to_thread(flows.flows, include_deleted)}
 
 
 @router.post(
@@ -253,12 +263,17 @@ async def pause_flow(flow_id: FlowId, flows: Flows) -> Any:
     their due steps are taken in event time, as after an outage: one who converted
     during the pause leaves converted, and a send that came due longer than the
     trigger grace (JOURNEYS_TRIGGER_GRACE_S) before the resume is skipped ``expired``
-    rather than sent late. Pausing a paused flow changes nothing."""
+    rather than sent late. Entries are judged by their event time: one stamped during
+    the pause is refused (``Skipped`` paused) even when it arrives after the resume,
+    and one stamped before it that arrives during it enters on resume. Pausing a
+    paused flow changes nothing."""
     return await _answer(flows.pause, flow_id)
 
 
 @router.post("/{flow_id}/resume", summary="Resume a paused flow")
 async def resume_flow(flow_id: FlowId, flows: Flows) -> Any:
+    """The flow goes on from now; the pause is kept as an ended one (``pauses``), so
+    an entry stamped inside it that arrives later is still refused."""
     return await _answer(flows.resume, flow_id)
 
 

@@ -57,6 +57,9 @@ from streams.topics import ensure_topics
 MIB = 1024 * 1024
 # Longer than the supervisor's RSS check interval (stack/cli.py: BROKER_RSS_CHECK_S).
 SETTLE_S = 5.0
+# A roll begun by then is waited for (a standby node and a broker start, the node
+# drains): on a loaded machine it outlasts the settle, and would go uncounted.
+ROLL_WAIT_S = 120.0
 # Distinct storefront events cycled with a fresh id each: realistic sizes and keys
 # without the load generator's own cost in the measurement.
 DISTINCT_EVENTS = 5_000
@@ -175,6 +178,12 @@ def _broker_pid(up: subprocess.Popen[bytes]) -> int | None:
     return None
 
 
+def _rolling(stack: RunningStack) -> bool:
+    """A broker roll the supervisor began has not ended (rolled, or given up)."""
+    said = stack.output.read_text(errors="replace")
+    return said.count("): rolling it") > said.count("broker rolled") + said.count("not rolling now")
+
+
 def _drive(args: argparse.Namespace, stack: RunningStack) -> int:
     senders = Senders(stack, args.events, args.senders, seed=11)
     started = time.perf_counter()
@@ -189,11 +198,18 @@ def _drive(args: argparse.Namespace, stack: RunningStack) -> int:
     )
     print(f"{'events acked':>12} {'MiB sent':>9} {'broker RSS MiB':>15} {'rolls':>6}")
     settled: float | None = None
+    finished = started
     while True:
-        # Sampled a little past the last 200, so a roll the load called for is seen.
+        # Sampled a little past the last 200, so a roll the load called for is seen,
+        # and until a roll under way has ended.
         if settled is None and not senders.alive():
             settled = time.monotonic() + SETTLE_S
-        alive = settled is None or time.monotonic() < settled
+            finished = time.perf_counter()
+        alive = (
+            settled is None
+            or time.monotonic() < settled
+            or (_rolling(stack) and time.monotonic() < settled + ROLL_WAIT_S)
+        )
         pid = _broker_pid(stack.process)
         rss = rss_mib(pid) if pid else 0.0
         peak = max(peak, rss)
@@ -206,7 +222,7 @@ def _drive(args: argparse.Namespace, stack: RunningStack) -> int:
         if not alive:
             break
         time.sleep(0.5)
-    elapsed = time.perf_counter() - started - SETTLE_S
+    elapsed = finished - started
     rolls = stack.output.read_text(errors="replace").count("broker rolled")
     print(
         f"acknowledged {senders.acked:,} events in {elapsed:,.0f} s "

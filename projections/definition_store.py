@@ -98,12 +98,14 @@ class DefinitionStore(Generic[Parsed]):
         self,
         kind: str,
         key: str,
-        body: Mapping[str, Any] | None,
+        body: Mapping[str, Any] | Callable[[Mapping[str, Any] | None], Mapping[str, Any]] | None,
         check: Callable[[Document], Parsed] | None = None,
         guard: Callable[[Mapping[str, Any] | None], None] | None = None,
         together: Sequence[Edit] = (),
     ) -> tuple[bool, Parsed]:
         """Put (``body``) or delete (None) one definition, if ``check`` accepts the result.
+        A callable ``body`` is given the definition it replaces (None: new), inside the
+        transaction (a flow's pauses appended to).
 
         ``check`` (default: the store's parser) raises to refuse the document after
         the change, ``guard`` to refuse it given the definition it replaces (None: new);
@@ -116,6 +118,8 @@ class DefinitionStore(Generic[Parsed]):
             previous = document.get(kind, {}).get(key)
             if guard is not None:
                 guard(previous)
+            if callable(body):
+                body = body(previous)
             edits = [(kind, key, body), *together]
             for edit_kind, edit_key, edit_body in edits:
                 if edit_body is None:

@@ -4,27 +4,35 @@ The shape of the segment definitions' store (projections/definition_store.py):
 the flows file (``JOURNEYS_FLOWS_FILE`` or journeys/flows.toml) seeds the table
 once, when it has never held flows; from then on the admin API (``PUT`` /
 ``DELETE /v1/flows/{id}``, ``POST /v1/flows/{id}/pause|resume``) changes it.
-Kinds: ``flows`` (each flow's table as in the file) and ``paused`` (``{"at_ms"}``
-of each paused flow). The worker's flow runner polls the version and takes a
-change between two ticks, with no restart.
+Kinds: ``flows`` (each flow's table as in the file) and ``paused`` (each flow's
+pauses, journeys/flows/pauses.py: ``{"at_ms"}`` of the one in force, ``"ended"``
+spans; kept with the flow, deleted with it). The worker's flow runner polls the
+version and takes a change between two ticks, with no restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from journeys.flows.definitions import FlowDefinition, FlowError, parse_flow, parse_flows
+from journeys.flows.pauses import FlowPause
 from projections.definition_store import DefinitionStore, Document
 
 
 @dataclass(frozen=True)
 class FlowsInForce:
-    """The flows in force and which of them are paused (flow id → paused since, ms)."""
+    """The flows in force and their pauses (flow id → pauses)."""
 
     flows: tuple[FlowDefinition, ...] = ()
-    paused: Mapping[str, int] = field(default_factory=dict)
+    pauses: Mapping[str, FlowPause] = field(default_factory=dict)
+
+    @property
+    def paused(self) -> dict[str, int]:
+        """The flows paused now: flow id → paused since (epoch ms)."""
+        return {key: p.since_ms for key, p in self.pauses.items() if p.since_ms is not None}
 
     def get(self, flow_id: str) -> FlowDefinition | None:
         return next((flow for flow in self.flows if flow.id == flow_id), None)
@@ -34,12 +42,12 @@ def parse_flows_in_force(document: Document) -> FlowsInForce:
     """A stored document; raises FlowError (naming the node and field) for invalid flows."""
     flows = tuple(parse_flows({"flows": document.get("flows", {})}))
     known = {flow.id for flow in flows}
-    paused = {
-        key: int(body.get("at_ms", 0))
+    pauses = {
+        key: FlowPause.from_dict(body)
         for key, body in document.get("paused", {}).items()
         if key in known
     }
-    return FlowsInForce(flows, paused)
+    return FlowsInForce(flows, pauses)
 
 
 class FlowDefinitions(DefinitionStore[FlowsInForce]):
@@ -94,13 +102,15 @@ class FlowDefinitions(DefinitionStore[FlowsInForce]):
 
     def pause(self, flow_id: str, at_ms: int) -> bool:
         """Hold the flow from ``at_ms`` (kept if already paused); False when unknown."""
-        return self._set_pause(flow_id, {"at_ms": at_ms})
+        return self._set_pause(flow_id, lambda pauses: pauses.paused(at_ms))
 
-    def resume(self, flow_id: str) -> bool:
-        """Let a paused flow go on; False when unknown."""
-        return self._set_pause(flow_id, None)
+    def resume(self, flow_id: str, at_ms: int) -> bool:
+        """Let a paused flow go on from ``at_ms`` (the pause kept as an ended one: an
+        entry stamped inside it that arrives later is still refused); False when
+        unknown."""
+        return self._set_pause(flow_id, lambda pauses: pauses.resumed(at_ms))
 
-    def _set_pause(self, flow_id: str, pause: Mapping[str, int] | None) -> bool:
+    def _set_pause(self, flow_id: str, move: Callable[[FlowPause], FlowPause]) -> bool:
         # The flow's existence is checked in the change's transaction, so a pause
         # never lands beside a flow deleted meanwhile; a pause that would change
         # nothing (paused already, or not paused) writes nothing.
@@ -109,12 +119,15 @@ class FlowDefinitions(DefinitionStore[FlowsInForce]):
                 raise _Unknown
             return parse_flows_in_force(document)
 
-        def changes(previous: Mapping[str, object] | None) -> None:
-            if (previous is None) == (pause is None):
+        def moved(previous: Mapping[str, Any] | None) -> dict[str, Any]:
+            before = FlowPause.from_dict(previous or {})
+            after = move(before)
+            if after == before:
                 raise _Unchanged
+            return after.to_dict()
 
         try:
-            self.change("paused", flow_id, pause, check=known, guard=changes)
+            self.change("paused", flow_id, moved, check=known)
         except _Unknown:
             return False
         except _Unchanged:

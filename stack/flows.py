@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -23,6 +24,7 @@ from journeys.flows.definitions import (
 from journeys.flows.engine import FlowEngine, FlowState
 from journeys.flows.facts import Entered, FlowFact, Sent, explain, fact_from_dict
 from journeys.flows.inputs import iso, to_ms
+from journeys.flows.pauses import FlowPause
 from journeys.flows.results import live_results
 from projections.flow_definition_store import FlowDefinitions, FlowsInForce
 from projections.flow_history import FlowHistory
@@ -82,15 +84,37 @@ class FlowsAdmin:
     store: OutreachStore | None = None
     # The flows in force (seeded from the file); None: the file, read per request.
     definitions: FlowDefinitions | None = None
+    # Epoch seconds now: the instant a pause or resume takes effect (inputs are judged
+    # by their stamps against it).
+    clock: Callable[[], float] = time.time
 
     def in_force(self) -> FlowsInForce:
         if self.definitions is None:
             return FlowsInForce(tuple(load_flows(self.settings)))
         return self.definitions.current()
 
-    def flows(self) -> list[dict[str, Any]]:
+    def flows(self, include_deleted: bool = False) -> list[dict[str, Any]]:
         found = self.in_force()
-        return [_summary(flow, found) for flow in found.flows]
+        listed = [_summary(flow, found) for flow in found.flows]
+        if include_deleted and self.store is not None:
+            recorded: dict[str, list[tuple[int, str]]] = {}
+            for flow_id, number, _, source in self.store.flow_versions():
+                if found.get(flow_id) is None:
+                    recorded.setdefault(flow_id, []).append((number, source))
+            for flow_id, versions in sorted(recorded.items()):
+                try:
+                    flow = parse_flow(flow_id, json.loads(max(versions)[1]))
+                except FlowError:
+                    continue  # a version today's rules refuse (the runner logs it)
+                if flow is not None and self.store.has_flow_facts(flow_id):
+                    listed.append(
+                        {
+                            **_summary(flow, FlowsInForce()),
+                            "deleted": True,
+                            "versions": sorted(number for number, _ in versions),
+                        }
+                    )
+        return listed
 
     def flow(self, flow_id: str) -> dict[str, Any] | None:
         found = self.in_force()
@@ -134,12 +158,12 @@ class FlowsAdmin:
         return shown
 
     def pause(self, flow_id: str) -> dict[str, Any] | None:
-        if not self._stored().pause(flow_id, int(time.time() * 1000)):
+        if not self._stored().pause(flow_id, int(self.clock() * 1000)):
             return None
         return self.flow(flow_id)
 
     def resume(self, flow_id: str) -> dict[str, Any] | None:
-        if not self._stored().resume(flow_id):
+        if not self._stored().resume(flow_id, int(self.clock() * 1000)):
             return None
         return self.flow(flow_id)
 
@@ -359,9 +383,11 @@ class RunFilter:
 
 
 def _summary(flow: FlowDefinition, found: FlowsInForce) -> dict[str, Any]:
-    paused = found.paused.get(flow.id)
+    pauses = found.pauses.get(flow.id, FlowPause())
     return {
         **flow.summary(),
-        "paused": paused is not None,
-        "paused_at": None if paused is None else iso(paused),
+        "deleted": False,
+        "paused": pauses.in_force,
+        "paused_at": None if pauses.since_ms is None else iso(pauses.since_ms),
+        "pauses": [{"from": iso(start), "to": iso(end)} for start, end in pauses.ended],
     }

@@ -48,10 +48,9 @@ skipped with reason ``consent``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from bisect import insort
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -83,6 +82,7 @@ from journeys.flows.inputs import (
     to_ms,
 )
 from journeys.flows.nodes import DateEntryNode, EntryNode, Go, SendNode, Stay, Step
+from journeys.flows.pauses import FlowPause
 from journeys.flows.templates import RenderFailed
 from journeys.triggers import CustomerFacts, after_quiet_hours, customer_zone
 
@@ -94,6 +94,7 @@ _RUN_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-run")
 _MESSAGE_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-message")
 # Bounded memories.
 _SEEN = 500
+_NO_PAUSES: Mapping[str, FlowPause] = {}
 _TRAITS = 100
 _SENDS_PER_CHANNEL = 20
 _PROPERTIES = 100
@@ -328,11 +329,28 @@ class FlowEngine:
         return found
 
     def observe(
-        self, state: FlowState, item: FlowInput, wall_now_ms: int | None = None
+        self,
+        state: FlowState,
+        item: FlowInput,
+        wall_now_ms: int | None = None,
+        pause: FlowPause | None = None,
     ) -> FlowStep:
-        """Take an input: kept until the clock reaches it, or taken now if it is late."""
-        step = self.observe_customer(state, {state.flow_id: state}, item, wall_now_ms)
+        """Take an input: kept until the clock reaches it, or taken now if it is late.
+        ``pause``: the flow's pauses (an entry they cover is refused); a state the
+        pause in force holds (:meth:`holds`) is given to :meth:`hold` instead."""
+        paused = {state.flow_id: pause} if pause is not None else {}
+        step = self.observe_customer(state, {state.flow_id: state}, item, wall_now_ms, paused)
         return FlowStep(state, self.wake(state), step.facts)
+
+    @staticmethod
+    def holds(state: FlowState, item: FlowInput, pause: FlowPause | None) -> bool:
+        """Whether a flow's own state keeps ``item`` undecided until the resume: its pause
+        is in force and the customer is inside, or has inputs held already (kept in
+        order), or the input is from before the pause (it enters on resume, as if it
+        had come in time). Otherwise a paused flow takes it, refusing the entry."""
+        if pause is None or not pause.in_force:
+            return False
+        return state.inside or bool(state.pending) or pause.holds(item.at_ms)
 
     def hold(self, state: FlowState, item: FlowInput) -> FlowStep:
         """Keep an input for later whatever its time (a paused flow: nothing is decided
@@ -340,9 +358,17 @@ class FlowEngine:
         _keep(state, item)
         return FlowStep(state, self.wake(state), [])
 
-    def advance(self, state: FlowState, until_ms: int, wall_now_ms: int | None = None) -> FlowStep:
-        """Take every pending input and deadline up to ``until_ms``, in event time."""
-        step = self.advance_customer(state, {state.flow_id: state}, until_ms, wall_now_ms)
+    def advance(
+        self,
+        state: FlowState,
+        until_ms: int,
+        wall_now_ms: int | None = None,
+        pause: FlowPause | None = None,
+    ) -> FlowStep:
+        """Take every pending input and deadline up to ``until_ms``, in event time
+        (``pause``: the flow's ended pauses, whose entries are refused)."""
+        paused = {state.flow_id: pause} if pause is not None else {}
+        step = self.advance_customer(state, {state.flow_id: state}, until_ms, wall_now_ms, paused)
         return FlowStep(state, self.wake(state), step.facts)
 
     def shares_memory(self, flow_id: str) -> bool:
@@ -357,11 +383,12 @@ class FlowEngine:
         states: Mapping[str, FlowState] | Callable[[], Mapping[str, FlowState]],
         item: FlowInput,
         wall_now_ms: int | None = None,
-        paused: Collection[str] = (),
+        paused: Mapping[str, FlowPause] = _NO_PAUSES,
     ) -> CustomerStep:
         """An input into the customer's flows that share ``memory`` (or into one flow, its
         state its own memory): kept until the clock reaches it (no flow state is read:
-        ``states`` may be a loader), or taken now, at its own time, if it is late."""
+        ``states`` may be a loader), or taken now, at its own time, if it is late.
+        ``paused``: the flows' pauses (journeys/flows/pauses.py), judged by event time."""
         key = item.key
         if key in memory.seen or any(p.get("_key") == key for p in memory.pending):
             return CustomerStep([], _memory_wake(memory), [])
@@ -381,10 +408,11 @@ class FlowEngine:
         states: Mapping[str, FlowState],
         until_ms: int,
         wall_now_ms: int | None = None,
-        paused: Collection[str] = (),
+        paused: Mapping[str, FlowPause] = _NO_PAUSES,
     ) -> CustomerStep:
         """Take the memory's inputs kept and every flow's own inputs, deadlines and anchors
-        up to ``until_ms``, in event time (a paused flow's are left where they are)."""
+        up to ``until_ms``, in event time (those of a flow paused now are left where they
+        are; entries inside a pause are refused)."""
         customer = _Customer(self, memory, states, wall_now_ms, paused)
         for turn in customer.turns:
             turn.replan_if_moved()
@@ -547,16 +575,17 @@ class _Customer:
         memory: CustomerMemory | FlowState,
         states: Mapping[str, FlowState],
         wall_now_ms: int | None,
-        paused: Collection[str],
+        paused: Mapping[str, FlowPause],
     ) -> None:
         self.memory = memory
         self._facts: CustomerFacts | None = None
+        self.pauses = paused
         every = [_Turn(engine, state, wall_now_ms, self) for state in states.values()]
-        # A paused flow inside keeps its inputs, undecided; one not inside takes them as
-        # history (what they say of the customer, never an entry).
-        self.turns = [t for t in every if not (t.state.flow_id in paused and t.state.inside)]
-        self.held = [t for t in every if t.state.flow_id in paused and t.state.inside]
-        self.paused = frozenset(paused)
+        # A flow paused now keeps the inputs of a customer inside (or with inputs held
+        # already), undecided; the others take them, their entries refused.
+        held = [t.held_now() for t in every]
+        self.held = [t for t, waits in zip(every, held, strict=True) if waits]
+        self.turns = [t for t, waits in zip(every, held, strict=True) if not waits]
         self._folds = any(t.keeps_facts() is not None for t in every)
 
     @property
@@ -609,15 +638,17 @@ class _Customer:
                 pass  # not activity: the facts do not move
             elif item.segment.startswith(RFM_PREFIX) and item.entered:
                 facts.segment = item.segment.removeprefix(RFM_PREFIX)
+        for turn in list(self.turns):
+            if turn.pause is not None and turn.pause.holds(item.at_ms):
+                # From before the pause in force: decided on resume, as if in time.
+                self.turns.remove(turn)
+                self.held.append(turn)
         for turn in self.held:
             _keep(turn.state, item)
             turn.state.planned_version = None  # its anchors are planned again on resume
             turn.dirty = True
         for turn in self.turns:
-            if turn.state.flow_id in self.paused:
-                turn.take(dataclasses.replace(item, historical=True), True)
-            else:
-                turn.take(item, historical)
+            turn.take(item, historical)
 
     def finish(self) -> CustomerStep:
         """Write the facts back into the memory (when this call read them)."""
@@ -642,6 +673,7 @@ class _Turn:
         self.facts: list[FlowFact] = []
         self._view = _View(state)
         self._customer = customer
+        self.pause = customer.pauses.get(state.flow_id)
         self._planned: tuple[Any, ...] | None = None  # what the anchors were planned from
         self.dirty = False  # the state changed in this call (it is saved only then)
         # A state that shares a memory keeps here only inputs of its own (held by a pause,
@@ -650,8 +682,20 @@ class _Turn:
 
     # -- the loop ------------------------------------------------------------------------
 
+    def held_now(self) -> bool:
+        """Paused now with the customer inside, or with inputs held for the resume."""
+        pause = self.pause
+        return pause is not None and pause.in_force and (self.state.inside or self._holding())
+
+    def _holding(self) -> bool:
+        # A shared state's own inputs are those a pause held (or join_memory carried).
+        return self._own and bool(self.state.pending)
+
     def run_until(self, until_ms: int) -> None:
-        """This flow's deadlines, anchors and own inputs up to ``until_ms``, in event time."""
+        """This flow's deadlines, anchors and own inputs up to ``until_ms``, in event time;
+        nothing timed while the flow is paused (its anchors come due on resume)."""
+        if self.pause is not None and self.pause.in_force:
+            return
         state = self.state
         for _ in range(_MAX_HOPS * 10):
             next_input = state.pending[0]["at_ms"] if self._own and state.pending else None
@@ -769,7 +813,9 @@ class _Turn:
     ) -> None:
         state = self.state
         run_id = str(uuid5(_RUN_NAMESPACE, f"{flow.id}|{state.customer_key}|{key}"))
-        refused = refused or self._reentry_refused(flow, at_ms)
+        reason, refused = "reentry", refused or self._reentry_refused(flow, at_ms)
+        if self.paused_at(at_ms):
+            reason, refused = "paused", f"not entered by {key}"
         if refused:
             self.facts.append(
                 Skipped(
@@ -779,7 +825,7 @@ class _Turn:
                     run_id,
                     at_ms,
                     entry.id,
-                    reason="reentry",
+                    reason=reason,
                     detail=refused,
                 )
             )
@@ -897,10 +943,14 @@ class _Turn:
             planned[node.id] = [anchor, due]
         state.anchors = planned
 
+    def paused_at(self, at_ms: int) -> bool:
+        """An entry at ``at_ms`` lies inside one of the flow's pauses: refused."""
+        return self.pause is not None and self.pause.covers(at_ms)
+
     def _anchor_due(self, node_id: str) -> None:
         state = self.state
         anchor, due = state.anchors.pop(node_id)
-        self._settle(node_id, anchor, due, "entered")
+        self._settle(node_id, anchor, due, "paused" if self.paused_at(due) else "entered")
         flow = self.engine.catalog.current(state.flow_id)
         node = flow.nodes.get(node_id) if flow is not None else None
         if flow is not None and isinstance(node, DateEntryNode):

@@ -18,16 +18,17 @@ their version every ``DEFINITIONS_RELOAD_S`` and takes a change (a new version,
 a deleted flow, a pause or a resume) between two ticks, with no restart.
 
 A paused flow takes no new runs and decides nothing for the runs inside: their
-inputs are kept in their states (those of customers not inside are taken as
-history: traits and consent, never an entry) and their due steps are not
-advanced; on resume they are advanced in event time, as after an outage: a
-customer who bought during the pause converts, and a send that came due longer
-than the grace before the resume is skipped ``expired``.
+inputs are kept in their states and their due steps are not advanced; on resume
+they are advanced in event time, as after an outage: a customer who bought during
+the pause converts, and a send that came due longer than the grace before the
+resume is skipped ``expired``. Entries are judged by their stamps
+(journeys/flows/pauses.py): one stamped inside a pause is refused (``Skipped``
+paused), also when it arrives after the resume; one stamped before the pause that
+arrives during it is held and enters on resume.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,9 +45,10 @@ from journeys.flows.engine import (
     join_memory,
     render_message,
 )
-from journeys.flows.facts import FlowFact, Sent, Skipped
+from journeys.flows.facts import FlowFact, Sent
 from journeys.flows.inputs import FlowInput, iso
 from journeys.flows.nodes import SendNode
+from journeys.flows.pauses import FlowPause
 from journeys.flows.templates import RenderFailed
 from projections.flow_definition_store import FlowDefinitions, FlowsInForce
 from streams.outreach.store import SHARED_MEMORY, FlowWrite, OutreachStore
@@ -58,28 +60,6 @@ Targets = Callable[[str, Sequence[str], dict[str, Any]], list[tuple[str, str, st
 
 # How often the stored flows' version is read (a one-row query), as segments' definitions.
 DEFINITIONS_RELOAD_S = 2.0
-
-
-def _entry_refused(
-    engine: FlowEngine, flow_id: str, customer_key: str, item: FlowInput
-) -> Skipped | None:
-    """The ``Skipped`` (paused) fact of an input that would have started a run."""
-    flow = engine.catalog.current(flow_id)
-    if flow is None or not flow.enabled or item.historical:
-        return None
-    entry = next((node for node in flow.entries if node.trigger.matches(item)), None)
-    if entry is None:
-        return None
-    return Skipped(
-        flow_id,
-        flow.version,
-        customer_key,
-        "",  # no run was started
-        item.at_ms,
-        entry.id,
-        reason="paused",
-        detail=f"not entered by {item.key}",
-    )
 
 
 class FlowRunner:
@@ -99,8 +79,11 @@ class FlowRunner:
         self._stored = flows if isinstance(flows, FlowDefinitions) else None
         self._version = -1
         self._checked = 0.0
-        # The engine and the paused flows, swapped as one (a reload runs beside batches).
-        self._current: tuple[FlowEngine, Mapping[str, int]] = (FlowEngine(FlowCatalog()), {})
+        # The engine and the flows' pauses, swapped as one (a reload runs beside batches).
+        self._current: tuple[FlowEngine, Mapping[str, FlowPause]] = (
+            FlowEngine(FlowCatalog()),
+            {},
+        )
         if isinstance(flows, FlowDefinitions):
             self._take(self._stored_flows())
         else:
@@ -111,9 +94,9 @@ class FlowRunner:
         return self._current[0]
 
     @property
-    def paused(self) -> Mapping[str, int]:
-        """Paused flows: flow id → paused since (epoch ms)."""
-        return self._current[1]
+    def paused(self) -> list[str]:
+        """The flows paused now."""
+        return sorted(key for key, pause in self._current[1].items() if pause.in_force)
 
     def _stored_flows(self) -> FlowsInForce:
         assert self._stored is not None
@@ -122,7 +105,7 @@ class FlowRunner:
         return self._stored.current()
 
     def _take(self, flows: FlowsInForce) -> None:
-        self._current = (FlowEngine(self.catalog(flows.flows), self._grace_ms), dict(flows.paused))
+        self._current = (FlowEngine(self.catalog(flows.flows), self._grace_ms), dict(flows.pauses))
 
     def reload(self) -> bool:
         """Take the stored flows again if they changed (at most every DEFINITIONS_RELOAD_S);
@@ -138,7 +121,7 @@ class FlowRunner:
         except Exception:
             log.exception("stored flows could not be read; keeping the previous ones")
             return False
-        log.info("flows reloaded (version %s); paused: %s", self._version, sorted(self.paused))
+        log.info("flows reloaded (version %s); paused: %s", self._version, self.paused)
         return True
 
     def catalog(self, flows: Sequence[FlowDefinition]) -> FlowCatalog:
@@ -182,7 +165,7 @@ class FlowRunner:
         self, partition: int, items: Sequence[tuple[str, FlowInput]], now_ms: int
     ) -> FlowWrite:
         """Inputs of one partition into the states of the flows they can matter to."""
-        engine, paused = self._current
+        engine, pauses = self._current
         flow_ids = engine.catalog.flow_ids()
         shared = tuple(f for f in flow_ids if engine.shares_memory(f))
         alone = [f for f in flow_ids if f not in shared]
@@ -199,16 +182,11 @@ class FlowRunner:
                     found = stored.get((key, flow_id))
                     state = FlowState.from_dict(found) if found else FlowState(key, flow_id)
                     states[(key, flow_id)] = state
-                if flow_id not in paused:
-                    self._collect(write, engine.observe(state, item, now_ms), now_ms)
-                elif state.inside:
+                pause = pauses.get(flow_id)
+                if engine.holds(state, item, pause):
                     engine.hold(state, item)  # decided on resume, in event time
                 else:
-                    # No entry while paused; what it says of the customer is kept.
-                    engine.observe(state, dataclasses.replace(item, historical=True), now_ms)
-                    refused = _entry_refused(engine, flow_id, key, item)
-                    if refused is not None:  # said once: the fact's id is the input's
-                        write.facts.append(refused.to_dict())
+                    self._collect(write, engine.observe(state, item, now_ms, pause), now_ms)
             for state in states.values():
                 write.states.append(self._row(state, partition, engine))
         if shared and items:
@@ -225,20 +203,15 @@ class FlowRunner:
     ) -> None:
         """Every input into the customer's memory shared by the flows that keep facts: kept
         there (one row) until the timer advances it, or taken at once by the flows if late."""
-        engine, paused = self._current
-        held = [f for f in shared if f in paused]
+        engine, pauses = self._current
+        paused = {f: pauses[f] for f in shared if f in pauses}
         customers = self._customers(dict.fromkeys(key for key, _ in items), shared)
         changed = {key: {s.flow_id: s for s in joined} for key, (_, _, joined) in customers.items()}
         for key, item in items:
             memory, states, _ = customers[key]
-            step = engine.observe_customer(memory, states, item, now_ms, paused=held)
+            step = engine.observe_customer(memory, states, item, now_ms, paused)
             changed[key].update((s.flow_id, s) for s in step.states)
             self._collect_all(write, step.facts, states, now_ms)
-            for flow_id in held:
-                if not states[flow_id].inside:
-                    refused = _entry_refused(engine, flow_id, key, item)
-                    if refused is not None:
-                        write.facts.append(refused.to_dict())
         for key, (memory, _, _) in customers.items():
             write.states.append(self._memory_row(memory, partition))
             self._shared_rows(write, changed[key].values(), partition)
@@ -268,8 +241,9 @@ class FlowRunner:
     def advance_due(self, ready: Sequence[int], now_ms: int) -> FlowWrite:
         """States of ready partitions whose wake-up time has come, advanced to now."""
         write = FlowWrite()
-        engine, paused = self._current
-        due = self.store.due_flow_states(ready, now_ms / 1000, held=sorted(paused))
+        engine, pauses = self._current
+        held = sorted(f for f, pause in pauses.items() if pause.in_force)
+        due = self.store.due_flow_states(ready, now_ms / 1000, held=held)
         shared = tuple(f for f in engine.catalog.flow_ids() if engine.shares_memory(f))
         together: dict[str, int] = {}  # customer → partition: their shared flows advance as one
         for key, flow_id, partition, data in due:
@@ -277,12 +251,13 @@ class FlowRunner:
                 together.setdefault(key, partition)
                 continue
             state = FlowState.from_dict(data)
-            self._collect(write, engine.advance(state, now_ms, now_ms), now_ms)
+            advanced = engine.advance(state, now_ms, now_ms, pauses.get(flow_id))
+            self._collect(write, advanced, now_ms)
             write.states.append(self._row(state, partition, engine))
         if together:
-            held = [f for f in shared if f in paused]
+            paused = {f: pauses[f] for f in shared if f in pauses}
             for key, (memory, states, joined) in self._customers(list(together), shared).items():
-                step = engine.advance_customer(memory, states, now_ms, now_ms, paused=held)
+                step = engine.advance_customer(memory, states, now_ms, now_ms, paused)
                 self._collect_all(write, step.facts, states, now_ms)
                 write.states.append(self._memory_row(memory, together[key]))
                 saved = {s.flow_id: s for s in (*joined, *step.states)}

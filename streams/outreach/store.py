@@ -683,6 +683,10 @@ class OutreachStore:
         )
         return [(f, int(v), fp, src) for f, v, fp, src in rows]
 
+    def has_flow_facts(self, flow_id: str) -> bool:
+        """Whether any customer's run of the flow left a fact (one index probe)."""
+        return bool(self._rows("SELECT 1 FROM flow_facts WHERE flow_id = ? LIMIT 1", [flow_id]))
+
     def save_customers(self, customers: Sequence[tuple[CustomerFacts, int]]) -> None:
         """Customers' facts, atomically (facts that come from no topic position)."""
         with self.transaction():

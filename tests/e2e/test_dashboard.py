@@ -30,6 +30,7 @@ from simulation.storefront import Storefront
 from simulation.webhook_inbox import WebhookInbox
 from stack import demo
 from stack.broker import EmbeddedBroker
+from stack.processes import wait_until
 from streams.topics import ensure_topics
 from tests.node_process import NodeProcess, platform_settings
 
@@ -937,7 +938,18 @@ def test_a_marketer_backtests_a_draft_launches_it_and_asks_why(
     # The browser logs the two deliberate refusals' statuses (400, 409); nothing else.
     assert len(errors) == 2 and "400" in errors[0] and "409" in errors[1], errors
 
-    # Delete, confirmed: dismissed, nothing changes; accepted, the flow leaves the list.
+    # A shopper enters the launched flow live; their run is inside when it is deleted.
+    cart = {"cart_id": "rescue-cart", "product_id": "p-rescue", "name": "Kettle", "price": 30}
+    assert node.track("rescue-1", "Product Added", "rescue-1-add", **cart) == 200
+    rescue = f"{node.base}/v1/flows/cart_rescue/results"
+
+    def entered() -> int:
+        return int(httpx.get(rescue, headers=admin, timeout=30).json()["entered"]["runs"])
+
+    assert wait_until(lambda: entered() == 1, timeout=60, alive=lambda: True, interval=0.3)
+
+    # Delete, confirmed: dismissed, nothing changes; accepted, the flow is out of force,
+    # listed as deleted with its run's results (the run finishes on its version).
     opened.select_option("#flows-choice", "cart_rescue")
     opened.once("dialog", lambda dialog: dialog.dismiss())
     opened.click("#flows-delete")
@@ -945,10 +957,20 @@ def test_a_marketer_backtests_a_draft_launches_it_and_asks_why(
     opened.once("dialog", lambda dialog: dialog.accept())
     opened.click("#flows-delete")
     opened.wait_for_function(
-        "![...document.querySelectorAll('#flows-table tbody td')]"
-        ".some(td => td.textContent === 'cart_rescue')"
+        "[...document.querySelectorAll('#flows-table tbody td')]"
+        ".some(td => td.textContent === 'deleted (runs inside finish)')"
     )
     gone = httpx.get(f"{node.base}/v1/flows/cart_rescue", headers=admin, timeout=30)
     assert gone.status_code == 404
-    choices = opened.eval_on_selector_all("#flows-choice option", "os => os.map(o => o.value)")
-    assert "cart_rescue" not in choices
+    rows = {cells[0]: cells for cells in table(opened, "#flows-table")}
+    assert rows["cart_rescue"][1:] == ["Abandoned cart", "1", "deleted (runs inside finish)"]
+    opened.select_option("#flows-choice", "cart_rescue")
+    opened.wait_for_function("document.getElementById('flows-delete').disabled")
+    assert opened.text_content("#flows-entered") == "1"
+    assert opened.is_disabled("#flows-pause") and opened.is_disabled("#flows-resume")
+    choices = opened.eval_on_selector_all(
+        "#flows-choice option", "os => os.map(o => [o.value, o.textContent])"
+    )
+    assert ["cart_rescue", "Abandoned cart (deleted)"] in choices
+    opened.select_option("#flows-choice", "abandoned_cart")  # in force: its buttons again
+    opened.wait_for_function("!document.getElementById('flows-delete').disabled")

@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_api
 from api.dependencies import AccessKeys, Gateway
-from journeys.flows.inputs import to_ms, tracked_input
+from journeys.flows.inputs import iso, to_ms, tracked_input
 from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
 from projections.flow_definition_store import FlowDefinitions
@@ -53,6 +53,7 @@ GRACE_MS = 15 * 60_000
 MINUTE = 60_000
 AT = to_ms(T0)
 LATE = _key(False, "late")
+EARLY, DURING = _key(False, "early"), _key(False, "during")
 
 
 def _targets(
@@ -73,10 +74,18 @@ class Live:
     now: float = -1.0  # minutes after T0
 
     def arrive(
-        self, event_id: str, customer: str, event_name: str, minutes: float, /, **props: Any
+        self,
+        event_id: str,
+        customer: str,
+        event_name: str,
+        minutes: float,
+        /,
+        arrived: float | None = None,
+        **props: Any,
     ) -> None:
+        """An event stamped T0 + minutes, consumed 2 s later (or at T0 + ``arrived``)."""
         event = _track(event_id, customer, event_name, minutes, **props)
-        now = to_ms(event.timestamp) + 2_000
+        now = to_ms(event.timestamp) + 2_000 if arrived is None else AT + int(arrived * MINUTE)
         self.store.save_flows(self.runner.observe(0, [(customer, tracked_input(event))], now))
 
     def tick(self, minutes: float) -> None:
@@ -102,6 +111,7 @@ def live(tmp_path: Path, clickhouse: Client, monkeypatch: pytest.MonkeyPatch) ->
     worker_flows = build_flow_definitions(settings)
     api_flows = build_flow_definitions(settings)
     runner = FlowRunner(store, worker_flows, _targets, GRACE_MS)
+    made: list[Live] = []  # its simulated wall clock stamps a pause or a resume
     gateway = Gateway(
         sink=NoSink(),
         keys=AccessKeys(
@@ -111,10 +121,13 @@ def live(tmp_path: Path, clickhouse: Client, monkeypatch: pytest.MonkeyPatch) ->
         ),
         event_log=EventLog(clickhouse, db),
         stages=CustomerStageView(clickhouse, db),
-        flows=FlowsAdmin(settings, clickhouse, db, store, api_flows),
+        flows=FlowsAdmin(
+            settings, clickhouse, db, store, api_flows, lambda: (AT + made[0].now * MINUTE) / 1000
+        ),
     )
     with TestClient(create_api(gateway)) as client:
-        yield Live(client, runner, store)
+        made.append(Live(client, runner, store))
+        yield made[0]
     for opened in (worker_flows, api_flows, store):
         opened.close()
     clickhouse.command(f"DROP DATABASE {db}")
@@ -191,6 +204,19 @@ def test_a_put_reaches_the_running_flows_and_runs_inside_keep_their_version(live
     live.arrive("w2", LATE, "Signed Up", 3 * 60 + 2)  # deleted: no new runs
     live.tick(3 * 60 + 3)
     assert live.facts(LATE, "Entered") == []
+    # Out of the list in force; listed as deleted on asking, its runs' results kept.
+    assert "welcome" not in [f["id"] for f in api.get("/v1/flows", headers=ADMIN).json()["flows"]]
+    everything = api.get("/v1/flows", params={"include_deleted": "true"}, headers=ADMIN)
+    deleted = [f for f in everything.json()["flows"] if f["deleted"]]
+    assert [(f["id"], f["name"], f["version"], f["versions"]) for f in deleted] == [
+        ("welcome", "Welcome", 1, [1])
+    ]
+    # A flow deleted before anyone entered it leaves nothing to show: not listed.
+    api.put("/v1/flows/unused", json={**welcome, "name": "Unused"}, headers=ADMIN)
+    live.tick(3 * 60 + 4)  # the runner records its version
+    assert api.delete("/v1/flows/unused", headers=ADMIN).status_code == 200
+    everything = api.get("/v1/flows", params={"include_deleted": "true"}, headers=ADMIN)
+    assert [f["id"] for f in everything.json()["flows"] if f["deleted"]] == ["welcome"]
 
 
 def test_a_paused_flow_holds_its_runs_and_resumes_in_event_time(live: Live) -> None:
@@ -203,6 +229,8 @@ def test_a_paused_flow_holds_its_runs_and_resumes_in_event_time(live: Live) -> N
     assert api.post("/v1/flows/nope/pause", headers=ADMIN).status_code == 404
     live.tick(10)
     live.arrive("l1", LATER, "Product Added", 20, **CART)  # paused: does not enter
+    # Judged by its stamp: from before the pause, it comes late, and enters on resume.
+    live.arrive("e1", EARLY, "Product Added", 0.5, arrived=10, **CART)
     live.arrive("n2", NEVER, "Order Completed", 30, cart_id="k1", revenue=12.0)
     live.tick(65)  # QUICK's reminder came due at 60: held, not sent
     assert live.facts(QUICK, "Sent") == []
@@ -211,8 +239,17 @@ def test_a_paused_flow_holds_its_runs_and_resumes_in_event_time(live: Live) -> N
 
     resumed = api.post("/v1/flows/abandoned_cart/resume", headers=ADMIN)
     assert resumed.status_code == 200 and not resumed.json()["paused"]
+    assert resumed.json()["pauses"] == [{"from": iso(AT + MINUTE), "to": iso(AT + 65 * MINUTE)}]
+    # Stamped inside the pause and consumed after it: refused all the same.
+    live.arrive("d1", DURING, "Product Added", 40, arrived=66, **CART)
     live.tick(70)  # 10 min after it was due: within the 15 min grace, sent
     assert [f["at_ms"] - AT for f in live.facts(QUICK, "Sent")] == [60 * MINUTE]
+    assert [f["at_ms"] - AT for f in live.facts(EARLY, "Entered")] == [MINUTE // 2]
+    assert [f["at_ms"] - AT for f in live.facts(EARLY, "Sent")] == [60 * MINUTE + MINUTE // 2]
+    assert live.facts(DURING, "Entered") == []
+    assert [(f["reason"], f["at_ms"] - AT) for f in live.facts(DURING, "Skipped")] == [
+        ("paused", 40 * MINUTE)
+    ]
     assert [f["reason"] for f in live.facts(NEVER, "Left")] == ["converted"]
     assert live.facts(NEVER, "Sent") == []
     assert live.facts(LATER, "Entered") == []
@@ -233,7 +270,8 @@ def test_a_paused_flow_holds_its_runs_and_resumes_in_event_time(live: Live) -> N
     assert [(f["reason"], f["node"]) for f in live.facts(LATE, "Skipped")] == [
         ("expired", "reminder")
     ]
-    assert [t["customer_id"] for t in live.store.recent_triggers(limit=10)] == [QUICK]
+    sent_to = sorted(t["customer_id"] for t in live.store.recent_triggers(limit=10))
+    assert sent_to == sorted([QUICK, EARLY])
 
 
 def test_the_flows_file_seeds_the_store_once(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from journeys.flows.definitions import FlowError, parse_flow
+from journeys.flows.pauses import FlowPause
 from projections.flow_definition_store import FlowConflict, FlowDefinitions
 from projections.segment_definition_store import SegmentDefinitions
 from stack.flows import load_flows
@@ -97,22 +98,35 @@ def test_pause_and_resume_are_changes_the_runner_sees(tmp_path: Path) -> None:
     assert store.current().paused == {"abandoned_cart": 1234}
     assert store.version() == before + 1
     assert not store.pause("nope", 1)
-    assert not store.resume("nope")
-    assert store.document()["paused"] == {"abandoned_cart": {"at_ms": 1234}}  # none for nope
-    assert store.resume("abandoned_cart")
+    assert not store.resume("nope", 1)
+    assert store.document()["paused"] == {"abandoned_cart": {"at_ms": 1234, "ended": []}}
+    assert store.resume("abandoned_cart", 2000)
     assert store.current().paused == {}
-    assert store.resume("abandoned_cart")  # not paused: nothing written
+    assert store.resume("abandoned_cart", 3000)  # not paused: nothing written
     assert store.version() == before + 2
-    # A deleted flow takes its pause with it, in the same transaction (one version):
-    # defined again, it is not paused.
-    store.pause("abandoned_cart", 5)
+    # The pause is kept as an ended one: an entry stamped inside it is still refused.
+    assert store.current().pauses["abandoned_cart"] == FlowPause(None, ((1234, 2000),))
+    assert store.pause("abandoned_cart", 2500) and store.resume("abandoned_cart", 2600)
+    assert store.current().pauses["abandoned_cart"].ended == ((1234, 2000), (2500, 2600))
+    # A deleted flow takes its pauses with it, in the same transaction (one version):
+    # defined again, it is not paused and was never paused.
+    store.pause("abandoned_cart", 5000)
     deleting = store.version()
     assert store.delete("abandoned_cart")
     assert store.version() == deleting + 1
     assert store.document() == {"flows": {}, "paused": {}}
-    assert not store.pause("abandoned_cart", 6)  # deleted: unknown
+    assert not store.pause("abandoned_cart", 6000)  # deleted: unknown
     store.put(_flow(_cart()))
-    assert store.current().paused == {}
+    assert store.current().pauses == {}
+    store.close()
+
+
+def test_a_pause_stored_before_ended_pauses_were_kept_reads_as_in_force(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.change("paused", "abandoned_cart", {"at_ms": 1234})  # the shape stored before
+    assert store.current().pauses["abandoned_cart"] == FlowPause(1234)
+    assert store.resume("abandoned_cart", 2000)
+    assert store.current().pauses["abandoned_cart"] == FlowPause(None, ((1234, 2000),))
     store.close()
 
 

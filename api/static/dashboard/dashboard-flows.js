@@ -10,6 +10,8 @@
 "use strict";
 
 let flowsShown = null; // the flow whose results the panel shows
+// The list's entries by id: a deleted flow is known only there (no GET /v1/flows/{id}).
+let flowsListed = new Map();
 let flowReads = new AbortController(); // a newer choice aborts the older one's reads
 
 // Where a node goes next: its `next`, a wait's outcomes, a branch's cases, a split's
@@ -198,7 +200,9 @@ async function showFlow(id) {
   }
   const signal = AbortSignal.any([sessionReads.signal, flowReads.signal]);
   const path = `/v1/flows/${encodeURIComponent(id)}`;
-  const flow = await api(path, { signal });
+  // A deleted flow's runs finish on their versions: its results stay readable.
+  const listed = flowsListed.get(id);
+  const flow = listed?.deleted ? listed : await api(path, { signal });
   fillVersions(flow);
   const version = $("flows-version").value;
   const query = new URLSearchParams();
@@ -208,7 +212,7 @@ async function showFlow(id) {
   if ($("flows-results-to").value) query.set("to", $("flows-results-to").value);
   const results = await api(`${path}/results${query.toString() ? `?${query}` : ""}`, { signal });
   // A version's own nodes (the results name them), else the definition in force.
-  const nodes = version && Number(version) !== flow.version
+  const nodes = flow.deleted || (version && Number(version) !== flow.version)
     ? Object.fromEntries(Object.entries(results.nodes).map(([n, c]) => [n, { kind: c.kind }]))
     : flow.definition.nodes || {};
   drawGraph($("flows-graph"), nodes, results.nodes, false, (node) => showNode(id, node));
@@ -219,22 +223,28 @@ async function showFlow(id) {
   $("flows-uplift").textContent = upliftText(results.conversions);
   $("flows-treatment").textContent = groupText(results.conversions.treatment);
   $("flows-holdout").textContent = groupText(results.conversions.holdout);
-  $("flows-pause").disabled = flow.paused;
-  $("flows-resume").disabled = !flow.paused;
+  $("flows-pause").disabled = flow.deleted || flow.paused;
+  $("flows-resume").disabled = flow.deleted || !flow.paused;
+  $("flows-delete").disabled = flow.deleted;
+  $("flows-edit-load").disabled = flow.deleted;
   if ($("flows-node").dataset.flow !== id) $("flows-node").hidden = true;
   return flow;
 }
 
 async function refreshFlows() {
   await guarded("flows-error", async () => {
-    const { flows } = await api("/v1/flows");
+    const { flows } = await api("/v1/flows?include_deleted=true");
+    flowsListed = new Map(flows.map((f) => [f.id, f]));
+    const status = (f) => f.deleted ? "deleted (runs inside finish)"
+      : f.paused ? `paused since ${when(f.paused_at)}` : (f.enabled ? "live" : "disabled");
     fillTable("flows-table", flows.map((f) => row([
-      [f.id, false], [f.name, false], [String(f.version), true],
-      [f.paused ? `paused since ${when(f.paused_at)}` : (f.enabled ? "live" : "disabled"), false],
+      [f.id, false], [f.name, false], [String(f.version), true], [status(f), false],
     ])));
     const choice = $("flows-choice");
     const chosen = choice.value || flowsShown;
-    choice.replaceChildren(...flows.map((f) => new Option(f.name, f.id)));
+    choice.replaceChildren(
+      ...flows.map((f) => new Option(f.deleted ? `${f.name} (deleted)` : f.name, f.id)),
+    );
     if (flows.some((f) => f.id === chosen)) choice.value = chosen;
     if (choice.value) await showFlow(choice.value);
   });
