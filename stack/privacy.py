@@ -272,6 +272,21 @@ class Privacy:
                 for fact in self._outreach.flow_facts(key, limit=None)
             ],
         }
+        # The segments' states (memberships, computed traits' folds, lists, identify
+        # traits) and every recorded entry and exit.
+        states = self._segments.states(ids) if self._segments is not None else {}
+        segments = {
+            "states": [
+                {"customer_key": key, "state": self.vault.open_tree(state.to_dict())}
+                for key, state in sorted(states.items())
+            ],
+            "changes": self._rows(
+                "SELECT segment, customer_key, at, entered, event_id, backfill "
+                "FROM {db}.segment_changes FINAL "
+                "WHERE customer_key IN {ids:Array(String)} ORDER BY at, segment",
+                ids,
+            ),
+        }
         return _plain(
             {
                 "customer_id": customer_id,
@@ -291,6 +306,7 @@ class Privacy:
                 ),
                 "events": events,
                 "timeline": timeline,
+                "segments": segments,
                 "outreach": {"triggers": triggers, "timers": timers, "flows": flows},
             }
         )

@@ -92,9 +92,9 @@ _WantIndex = tuple[tuple[int, ...], dict[str, list[tuple[int, list[EventTrigger]
 
 _RUN_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-run")
 _MESSAGE_NAMESPACE = uuid5(NAMESPACE_URL, "urn:customer-journeys:flow-message")
+_NO_PAUSES: Mapping[str, FlowPause] = {}
 # Bounded memories.
 _SEEN = 500
-_NO_PAUSES: Mapping[str, FlowPause] = {}
 _TRAITS = 100
 _SENDS_PER_CHANNEL = 20
 _PROPERTIES = 100
@@ -366,7 +366,8 @@ class FlowEngine:
         pause: FlowPause | None = None,
     ) -> FlowStep:
         """Take every pending input and deadline up to ``until_ms``, in event time
-        (``pause``: the flow's ended pauses, whose entries are refused)."""
+        (``pause``: the flow's pauses; an entry inside one is refused, and a pause in
+        force runs no deadline or anchor)."""
         paused = {state.flow_id: pause} if pause is not None else {}
         step = self.advance_customer(state, {state.flow_id: state}, until_ms, wall_now_ms, paused)
         return FlowStep(state, self.wake(state), step.facts)

@@ -178,6 +178,8 @@ def test_personal_data_is_only_ciphertext_at_rest_and_an_erased_customer_stays_e
 ) -> None:
     node = started_node(settings)
     try:
+        buyers = {"name": "Buyers", "where": {"event": "Order Completed"}}
+        assert _admin(node, "PUT", "/v1/segments/buyers", json=buyers).status_code == 201
         _send_customer(node, "alice", ALICE, orders=2)
         _send_customer(node, "bob", BOB, orders=1)
         # Refused (a bad timestamp) and dead-lettered, with Alice's address in it.
@@ -189,6 +191,13 @@ def test_personal_data_is_only_ciphertext_at_rest_and_an_erased_customer_stays_e
         assert _post(node, "/v1/track", cart).status_code == 200
         _wait_for(lambda: node.read("GET", "/v1/customers/alice/flows").status_code == 200)
 
+        # Her orders put her in the segment (folded live, or backfilled when they came
+        # before the worker took the definition).
+        _wait_for(
+            lambda: (
+                "buyers" in node.read("GET", "/v1/customers/alice").json()["segments"]["segments"]
+            )
+        )
         # Readers with the read key see the values opened; the export has everything.
         view = node.read("GET", "/v1/customers/alice").json()
         assert view["traits"]["email"] == ALICE["email"]
@@ -206,6 +215,15 @@ def test_personal_data_is_only_ciphertext_at_rest_and_an_erased_customer_stays_e
         assert state["state"]["traits"]["email"][0] == ALICE["email"]  # [value, at_ms]
         facts = [(f["flow_id"], f["type"], f["node"]) for f in flows["facts"]]
         assert ("abandoned_cart", "Entered", "cart_started") in facts
+        # Her segments' state (the computed traits' folds, memberships) and her entries.
+        segments = export["segments"]
+        (held,) = segments["states"]
+        assert held["customer_key"] == "alice"
+        assert {"lifetime_revenue", "orders_90d"} <= set(held["state"]["traits"])
+        changes = segments["changes"]
+        assert ("buyers", 1) in [(c["segment"], c["entered"]) for c in changes]
+        assert {c["customer_key"] for c in changes} == {"alice"}
+        assert [c["at"] for c in changes] == sorted(c["at"] for c in changes)
         # Every flow she is in (the lifecycle flows run too): the why route's facts, all.
         why = node.read("GET", "/v1/customers/alice/flows").json()["flows"]
         assert len(facts) == sum(len(flow["facts"]) for flow in why)
