@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 from bisect import bisect_right, insort
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -630,7 +630,11 @@ class SegmentEvaluator:
     # folding and reporting changes
 
     def advance(
-        self, state: SegmentState, events: Iterable[SegmentEvent], stage: str | None = None
+        self,
+        state: SegmentState,
+        events: Iterable[SegmentEvent],
+        stage: str | None = None,
+        stage_times: Sequence[tuple[int, str]] = (),
     ) -> list[MembershipChange]:
         """Fold ``events`` in (in event-time order) and return the membership changes.
 
@@ -638,18 +642,40 @@ class SegmentEvaluator:
         are stamped at their own instants; an event older than the clock (late) is
         folded in and membership re-evaluated at the clock, the change stamped with
         the late event's time.
+
+        ``stage``: the customer's stage after the events. ``stage_times``: the stage
+        changes the events caused, (at_ms, stage): each is taken at its instant, with
+        the event stamped then, so a stage condition reads the stage of that moment (a
+        shopper whose order of the batch made them loyal was not "loyal, no order in
+        60 days" at the page view before it); ``stage`` is then taken after the events
+        if it still differs. Without them the events read ``stage`` throughout.
         """
-        if stage is not None and stage != state.stage:
-            state.stage = stage
-            state.dirty.add(_STAGE)
+        if not stage_times:
+            self._take_stage(state, stage)
+        times = sorted(stage_times)
+        taken = 0
         changes: list[MembershipChange] = []
         for event in sorted(events, key=lambda e: e.order):
             if state.clock is not None and event.at_ms > state.clock:
                 changes.extend(self.tick(state, event.at_ms - 1))
+            while taken < len(times) and times[taken][0] <= event.at_ms:
+                self._take_stage(state, times[taken][1])
+                taken += 1
             self.apply(state, event)
             assert state.clock is not None
             changes.extend(self._diff(state, state.clock, event.at_ms, event.event_id))
+        if stage_times and self._take_stage(state, stage) and state.clock is not None:
+            changes.extend(self._diff(state, state.clock, state.clock, ""))
         return changes
+
+    @staticmethod
+    def _take_stage(state: SegmentState, stage: str | None) -> bool:
+        """The customer's stage is now ``stage`` (None: unknown, kept); True if it moved."""
+        if stage is None or stage == state.stage:
+            return False
+        state.stage = stage
+        state.dirty.add(_STAGE)
+        return True
 
     def tick(self, state: SegmentState, until_ms: int) -> list[MembershipChange]:
         """Move the clock to ``until_ms``, reporting what windows sliding changed on the way."""

@@ -25,7 +25,7 @@ from eventsourcing.persistence import Tracking
 from events import TrackedEvent
 from journeys.application import JourneyApplication, JourneyUpdate
 from journeys.domainmodel import CustomerJourney
-from journeys.segment_state import SegmentState
+from journeys.segment_state import SegmentState, to_ms
 from projections.customer_stages import CustomerStageView
 from projections.event_log import EventLog
 from projections.profiles import ProfileView
@@ -214,8 +214,22 @@ class JourneyPipeline:
                 for e in [*update.merge_requests, *update.absorbed]
                 if id(e) in offsets
             ]
+            # The stage at each instant of the batch, not only after it: decided in event
+            # time (a change a revision moved into the past is left to the stage after).
+            stage_times: dict[str, list[tuple[int, str]]] = {}
+            for change in update.stage_changes:
+                if not (change.revised or change.restated):
+                    stage_times.setdefault(change.customer_key, []).append(
+                        (to_ms(change.at), change.stage.value)
+                    )
             segments = self.segments.fold(
-                batch.source, position, recorded, stages, in_flight_segments, identity
+                batch.source,
+                position,
+                recorded,
+                stages,
+                in_flight_segments,
+                identity,
+                stage_times,
             )
         return PreparedBatch(update=update, rejected=rejected, segments=segments)
 

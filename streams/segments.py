@@ -172,14 +172,17 @@ class SegmentMaintainer:
         stages: Mapping[str, str],
         in_flight: Mapping[str, SegmentState] | None = None,
         identity: Sequence[tuple[int, TrackedEvent]] = (),
+        stage_times: Mapping[str, Sequence[tuple[int, str]]] | None = None,
     ) -> SegmentBatch | None:
         """Fold the (offset, event) pairs not yet folded; None if the batch was folded already.
 
         ``position``: the offset after the batch; ``stages``: each customer's stage
-        after it; ``in_flight``: states of earlier, uncommitted batches of the same call;
-        ``identity``: the batch's (offset, message) link requests that merged an
-        anonymous key (it leaves its segments) and merge messages a customer
-        absorbed (their state is revised from their whole history).
+        after it; ``stage_times``: each customer's stage changes of the batch, (at_ms,
+        stage), taken at their instants (SegmentEvaluator.advance); ``in_flight``:
+        states of earlier, uncommitted batches of the same call; ``identity``: the
+        batch's (offset, message) link requests that merged an anonymous key (it
+        leaves its segments) and merge messages a customer absorbed (their state is
+        revised from their whole history).
         """
         if not self.definitions.segments and not self.definitions.traits:
             return None  # nothing defined: no segment work at all
@@ -241,7 +244,9 @@ class SegmentMaintainer:
                     folded,
                 )
             else:
-                changes = self.evaluator.advance(state, events, stage=stages.get(key))
+                changes = self.evaluator.advance(
+                    state, events, stages.get(key), (stage_times or {}).get(key, ())
+                )
                 folded.changes.extend(self._live(key, partition, changes))
             if key in merged_away:
                 link = merged_away[key]

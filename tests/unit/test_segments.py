@@ -258,3 +258,44 @@ def test_state_stays_bounded_per_condition() -> None:
     evaluator.advance(state, views)
     (times,) = [v["t"] for v in state.conditions.values() if "t" in v]
     assert len(times) == 4  # count = 3: the newest 3 + 1 decide it
+
+
+LOYAL_LAPSING = """
+[segments.loyal_lapsing]
+name = "Loyal but no order in 60 days"
+where.and = [
+  { stage = "loyalty" },
+  { event = "Order Completed", within = "60d", absent = true },
+]
+"""
+
+
+def test_a_stage_condition_reads_the_stage_of_each_instant_in_a_batch() -> None:
+    """A page view, then the order that makes the shopper loyal, folded in one batch: at
+    the view they were not loyal yet, so "loyal but no order in 60 days" never held (a
+    flow on entering it would have sent a win-back to someone buying)."""
+    evaluator = SegmentEvaluator(parse_definitions(tomllib.loads(LOYAL_LAPSING)))
+    view = event("Product Viewed", T0, 1)
+    order = event("Order Completed", T0 + 1000, 2, "purchase", revenue=10)
+    state = SegmentState(stage="purchase")
+    changes = evaluator.advance(state, [view, order], "loyalty", [(T0 + 1000, "loyalty")])
+    assert changes == [] and state.stage == "loyalty"
+    # Read with the stage after the batch throughout, the view was "loyal".
+    throughout = SegmentState(stage="purchase")
+    changes = evaluator.advance(throughout, [view, order], "loyalty")
+    assert [(c.segment, c.entered, c.at_ms) for c in changes] == [
+        ("loyal_lapsing", True, T0),
+        ("loyal_lapsing", False, T0 + 1000),
+    ]
+    # Sixty days after the order they lapse, as ever.
+    changes = evaluator.tick(state, T0 + 1000 + 61 * DAY_MS)
+    assert [(c.segment, c.entered, c.at_ms) for c in changes] == [
+        ("loyal_lapsing", True, T0 + 1000 + 60 * DAY_MS)
+    ]
+    # A stage after the batch that no event's instant carries (a merge) is taken last.
+    merged = SegmentState(stage="purchase")
+    changes = evaluator.advance(merged, [view], "loyalty", [(T0 - 5, "consideration")])
+    assert merged.stage == "loyalty"
+    assert [(c.segment, c.entered, c.at_ms, c.event_id) for c in changes] == [
+        ("loyal_lapsing", True, T0, "")
+    ]
