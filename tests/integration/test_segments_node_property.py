@@ -14,8 +14,10 @@ events known then (tests/unit/test_segments_property.py), where the merged
 customer's history holds the visitor's, and the visitor is in nothing from the
 merge on (what it was before stays as it was).
 
-Stage and identify-trait conditions are left out: the stage a segment reads is
-the journey's after each batch, not the stage at each instant (docs).
+Stage and identify-trait conditions are left out: the plain evaluation would need
+the journey's stage rules at each instant, and a revision (the late events and
+the merge here) reads the stage after the batch (docs; the stage at each instant
+of a live batch is tests/unit/test_segments.py's).
 """
 
 from __future__ import annotations
