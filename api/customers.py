@@ -153,12 +153,13 @@ async def _traits(gateway: Gateway, customer_id: str) -> dict[str, Any] | None:
 
 
 async def _segments(
-    gateway: Gateway, customer_key: str, moment: datetime
+    gateway: Gateway, customer_key: str, moment: datetime, now: bool
 ) -> CustomerSegments | None:
     if gateway.segments is None:
         return None
     reads = gateway.segments
-    traits, segments = await asyncio.to_thread(reads.customer, customer_key, moment)
+    # Now: with the states the node's batch in hand has folded (as the stage rows).
+    traits, segments = await asyncio.to_thread(reads.customer, customer_key, moment, now)
     backfilled = await asyncio.to_thread(reads.all_backfilled)
     return CustomerSegments(computed_traits=traits, segments=segments, backfilled=backfilled)
 
@@ -174,7 +175,7 @@ async def customer(customer_id: str, gateway: GatewayDep, as_of: AsOf = None) ->
     found = await asyncio.to_thread(gateway.stages.get, customer_id, as_of is None)
     if found is None:
         raise _unknown(customer_id)
-    segments = await _segments(gateway, found.customer_key, moment)
+    segments = await _segments(gateway, found.customer_key, moment, as_of is None)
     if as_of is not None and gateway.journeys is not None:
         view = await asyncio.to_thread(_customer_as_of, gateway, found.customer_key, moment)
         view.segments = segments

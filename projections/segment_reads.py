@@ -82,12 +82,15 @@ class SegmentReads:
         return all(self.backfilled(sid) for sid in self.definitions.segments)
 
     def customer(
-        self, customer_key: str, as_of: datetime
+        self, customer_key: str, as_of: datetime, held: bool = False
     ) -> tuple[dict[str, Any] | None, list[str]]:
-        """Computed traits (None before the latest event folded) and segments at ``as_of``."""
+        """Computed traits (None before the latest event folded) and segments at ``as_of``;
+        ``held``: from the state of a batch folded and not yet saved, if any (a reading of
+        now; an as-of reading is of what is saved, as for the stage)."""
         at = to_ms(as_of)
         evaluator = self.evaluator
-        state = self.store.states([customer_key]).get(customer_key)
+        read = self.store.current_states if held else self.store.states
+        state = read([customer_key]).get(customer_key)
         if state is None or state.clock is None or at >= state.clock:
             state = state or SegmentState()
             traits = evaluator.trait_values(state, at)

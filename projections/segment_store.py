@@ -12,7 +12,9 @@ query, as the outreach timers do.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,9 @@ SCHEMA = [
 
 # (partition, due instant in epoch ms or None) of a customer's state.
 Due = tuple[int, int | None]
+# States of batches folded and not yet saved, served to readers: at most this many
+# (the oldest go; a reader then sees the saved state until the batch is saved).
+HELD_STATES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,10 @@ class SegmentStore:
     def __init__(self, sqlite_path: Path | None = None, postgres_dsn: str = "") -> None:
         self.tables = SqlTables(SCHEMA, sqlite_path=sqlite_path, postgres_dsn=postgres_dsn)
         self._migrate()
+        # customer → (batch token, state JSON) of batches folded, not yet saved
+        self._held: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._held_lock = threading.Lock()  # the batch's thread beside the API's
+        self._tokens = 0
 
     def _migrate(self) -> None:
         # Stores made before started_ms: a backfill under way counts as started now,
@@ -160,8 +169,47 @@ class SegmentStore:
         )
         return [(str(key), int(partition)) for key, partition in rows]
 
+    # --- states of batches in flight ------------------------------------------------------
+
+    def hold(self, states: Mapping[str, SegmentState]) -> tuple[int, dict[str, str]]:
+        """Serve ``states`` (a batch's, folded and not yet saved) to :meth:`current_states`
+        until :meth:`landed`; the batch's token and the states' JSON (for :meth:`save`:
+        serialised once). Before the batch's ClickHouse inserts,
+        most of its time: a held state is what a replay of the batch folds again (a state
+        is a function of the saved one and the partition's records in order), so serving
+        it early shows no membership a crash could take back (as StagesInFlight's rows)."""
+        texts = {key: orjson.dumps(state.to_dict()).decode() for key, state in states.items()}
+        with self._held_lock:
+            self._tokens += 1
+            for key, text in texts.items():
+                self._held[key] = (self._tokens, text)
+                self._held.move_to_end(key)
+            while len(self._held) > HELD_STATES:
+                self._held.popitem(last=False)
+            return self._tokens, texts
+
+    def landed(self, customer_keys: Iterable[str], token: int) -> None:
+        """The batch of ``token`` is saved: its held states go (a later batch's stay)."""
+        with self._held_lock:
+            for key in customer_keys:
+                held = self._held.get(key)
+                if held is not None and held[0] <= token:
+                    del self._held[key]
+
+    def current_states(self, customer_keys: Iterable[str]) -> dict[str, SegmentState]:
+        """As :meth:`states`, with the states of batches folded and not yet saved (the
+        readers'; the worker folds from the saved ones)."""
+        keys = list(dict.fromkeys(customer_keys))
+        with self._held_lock:
+            texts = {key: self._held[key][1] for key in keys if key in self._held}
+        texts |= self.stored_texts(key for key in keys if key not in texts)
+        return {key: SegmentState.from_dict(orjson.loads(text)) for key, text in texts.items()}
+
     def forget_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
         """Delete the customers' states (erasure); the count deleted, by table."""
+        with self._held_lock:
+            for key in customer_keys:
+                self._held.pop(key, None)
         deleted = 0
         with self.tables.transaction():
             for key in customer_keys:
@@ -270,11 +318,13 @@ class SegmentStore:
         self,
         batches: Sequence[tuple[str, int, Mapping[str, SegmentState]]],
         due: Mapping[str, Due] | None = None,
+        texts: Mapping[str, str] | None = None,
     ) -> None:
-        """Save each (source, position, states) and the states' due instants, all atomically."""
+        """Save each (source, position, states) and the states' due instants, all atomically
+        (``texts``: states' JSON made already, by :meth:`hold`)."""
         with self.tables.transaction():
             for source, position, states in batches:
-                self._save_states(states)
+                self._save_states(states, texts or {})
                 self.tables.execute(_UPSERT_POSITION, [source, position])
             self._save_due(due or {})
 
@@ -405,9 +455,11 @@ class SegmentStore:
             return False
         return True
 
-    def _save_states(self, states: Mapping[str, SegmentState]) -> None:
+    def _save_states(
+        self, states: Mapping[str, SegmentState], texts: Mapping[str, str] | None = None
+    ) -> None:
         for key, state in states.items():
-            text = orjson.dumps(state.to_dict()).decode()
+            text = (texts or {}).get(key) or orjson.dumps(state.to_dict()).decode()
             self.tables.execute(_UPSERT_STATE, [key, text])
 
     def _save_due(self, due: Mapping[str, Due]) -> None:

@@ -120,6 +120,8 @@ class Platform:
                 self.settings.topic_partitions,
                 segment_reader(self.event_log) if reads else None,  # the buyers' RFM segments
                 self._flows_read_traits if self.flow_definitions is not None else None,
+                # As the stage rows: held for the API of this process (the node).
+                serves_readers=self.stages.in_flight is not None,
             )
         return JourneyPipeline(
             self.journeys,

@@ -157,6 +157,8 @@ class JourneyPipeline:
                 journey.summary() for p in prepared for journey in p.update.journeys.values()
             ]
             self.stages.hold(summaries)
+            if self.segments is not None:
+                self.segments.hold([p.segments for p in prepared if p.segments is not None])
             if decided is not None and prepared:
                 decided(prepared)
             started = time.perf_counter()

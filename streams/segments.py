@@ -63,6 +63,10 @@ class SegmentBatch:
     # Computed traits that the batch moved: (customer, at_ms, event id, every trait's
     # value), at the customer's latest event of the batch (the flows' TraitsInput).
     traits: list[tuple[str, int, str, dict[str, Any]]] = field(default_factory=list)
+    # The store's token for the states held for readers until saved (0: not held),
+    # and their JSON as held (saved as it is).
+    held: int = 0
+    held_texts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,8 +99,12 @@ class SegmentMaintainer:
         partitions: int = 1,
         rfm: RfmReader | None = None,
         traits_wanted: Callable[[], bool] | None = None,
+        serves_readers: bool = False,
     ) -> None:
         self.store = store
+        # The API reads the store in this process (the node): folded states are held
+        # for it before the batch's inserts (:meth:`hold`).
+        self._serves_readers = serves_readers
         # Whether some flow in force reads computed traits (None: always): only then are
         # TraitsChanged records published (measured: they cost the fold a sixth, and are
         # nearly one record per event with the bench's 10 traits). Asked on each reload.
@@ -350,13 +358,26 @@ class SegmentMaintainer:
                 backfill=flag,
             )
 
+    def hold(self, batches: Sequence[SegmentBatch]) -> None:
+        """Serve the batches' folded states to the API's readers before their inserts and
+        commit (SegmentStore.hold): a membership is visible once folded. Only where the
+        API reads this store (the node); a worker alone holds nothing."""
+        if not self._serves_readers:
+            return
+        for batch in batches:
+            batch.held, batch.held_texts = self.store.hold(batch.states)
+
     def commit(self, batches: Sequence[SegmentBatch]) -> None:
         """Save the batches' states, due instants and positions, atomically."""
         if batches:
             due: dict[str, Due] = {}
             for batch in batches:
                 due.update(batch.due)
-            self.store.save([(b.source, b.position, b.states) for b in batches], due)
+            texts = {key: text for b in batches for key, text in b.held_texts.items()}
+            self.store.save([(b.source, b.position, b.states) for b in batches], due, texts)
+            for batch in batches:
+                if batch.held:
+                    self.store.landed(batch.states, batch.held)
 
     def tick(self, due: Sequence[tuple[str, int]], now_ms: int) -> SegmentTick:
         """Advance the states of the (customer, partition) pairs ``due`` to ``now_ms``.

@@ -64,7 +64,7 @@ def pipeline_for(settings: Settings, clickhouse: Client) -> tuple[JourneyPipelin
         JourneyApplication(env=event_store_env(settings)),
         EventLog(clickhouse, settings.clickhouse_database),
         CustomerStageView(clickhouse, settings.clickhouse_database),
-        segments=SegmentMaintainer(DEFINITIONS, store, log),
+        segments=SegmentMaintainer(DEFINITIONS, store, log, serves_readers=True),
     )
     return pipeline, store
 
@@ -91,6 +91,15 @@ def test_changes_are_recorded_once_whatever_crashes(settings: Settings, clickhou
     # Crash 1: effects written, nothing committed.
     prepared = pipeline.prepare(batch(history()))
     assert prepared is not None and prepared.segments is not None
+    # Folded and not saved: the API's readers see the membership already; the worker
+    # folds the next batch from the saved states.
+    reads = SegmentReads(DEFINITIONS, store, log)
+    assert reads.customer("bob", T0 + timedelta(minutes=8), held=True) == (
+        {"orders": 2},
+        ["repeat_buyers"],
+    )
+    assert reads.customer("bob", T0 + timedelta(minutes=8)) == ({"orders": 0}, [])
+    assert store.states(["bob"]) == {}
     store.close()
     # Crash 2: the restarted worker commits the segment states, then dies before the journeys.
     pipeline, store = pipeline_for(settings, clickhouse)
