@@ -42,7 +42,11 @@ def add_flows_parser(commands: Any) -> None:
         "validate", help="check a flows file; errors name the node and the field"
     )
     check.add_argument("--file", type=Path, help=_FILE_HELP)
-    connection(verbs.add_parser("list", help="the stored flows in force (GET /v1/flows)"), "admin")
+    listing = verbs.add_parser("list", help="the stored flows in force (GET /v1/flows)")
+    listing.add_argument(
+        "--deleted", action="store_true", help="also deleted flows whose runs left facts"
+    )
+    connection(listing, "admin")
     show = verbs.add_parser("show", help="one stored flow's definition, as JSON")
     show.add_argument("flow_id")
     connection(show, "admin")
@@ -111,14 +115,23 @@ def run_flows(args: argparse.Namespace, settings: Settings) -> int:
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     """One line per stored flow: id, version, name, state, re-entry, nodes (kinds)."""
-    response = api_response(args, settings, "admin", "GET", "/v1/flows")
+    params = {"include_deleted": "true"} if args.deleted else {}
+    response = api_response(args, settings, "admin", "GET", "/v1/flows", params=params)
     if isinstance(response, int):
         return response
     if failed(response):
         return 1
     for flow in response.json()["flows"]:
         kinds = ", ".join(f"{nid} ({kind})" for nid, kind in flow["nodes"].items())
-        state = " [paused]" if flow["paused"] else "" if flow["enabled"] else " [disabled]"
+        state = (
+            " [deleted]"
+            if flow["deleted"]
+            else " [paused]"
+            if flow["paused"]
+            else ""
+            if flow["enabled"]
+            else " [disabled]"
+        )
         print(
             f"{flow['id']} v{flow['version']}: {flow['name']}{state}, "
             f"reentry {flow['reentry']}: {kinds}"

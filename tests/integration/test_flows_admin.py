@@ -438,6 +438,11 @@ def test_results_by_version_and_window_a_deleted_flows_results_and_the_cli_reads
     assert gone["entered"] == {"customers": 2, "runs": 2}
     assert results(version=1)["entered"]["runs"] == 1
     assert api.get("/v1/flows/nope/results", headers=ADMIN).status_code == 404
+    assert main(["flows", "list", *connection]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if "abandoned_cart" in line]
+    assert main(["flows", "list", "--deleted", *connection]) == 0
+    (listed,) = [line for line in capsys.readouterr().out.splitlines() if "abandoned_cart" in line]
+    assert listed.startswith("abandoned_cart v2: Abandoned cart [deleted], reentry cooldown:")
 
 
 def test_a_nodes_customers_are_those_waiting_there_then_those_who_passed(live: Live) -> None:
