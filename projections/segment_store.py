@@ -324,7 +324,7 @@ class SegmentStore:
         (``texts``: states' JSON made already, by :meth:`hold`)."""
         with self.tables.transaction():
             for source, position, states in batches:
-                self._save_states(states, texts or {})
+                self._save_states(states, texts)
                 self.tables.execute(_UPSERT_POSITION, [source, position])
             self._save_due(due or {})
 
@@ -458,8 +458,9 @@ class SegmentStore:
     def _save_states(
         self, states: Mapping[str, SegmentState], texts: Mapping[str, str] | None = None
     ) -> None:
+        made = texts or {}
         for key, state in states.items():
-            text = (texts or {}).get(key) or orjson.dumps(state.to_dict()).decode()
+            text = made.get(key) or orjson.dumps(state.to_dict()).decode()
             self.tables.execute(_UPSERT_STATE, [key, text])
 
     def _save_due(self, due: Mapping[str, Due]) -> None:

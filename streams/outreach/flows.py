@@ -62,6 +62,10 @@ Targets = Callable[[str, Sequence[str], dict[str, Any]], list[tuple[str, str, st
 DEFINITIONS_RELOAD_S = 2.0
 
 
+def _paused_now(pauses: Mapping[str, FlowPause]) -> list[str]:
+    return sorted(flow_id for flow_id, pause in pauses.items() if pause.in_force)
+
+
 class FlowRunner:
     """The flows in force, and every recorded version, over the outreach store."""
 
@@ -96,7 +100,7 @@ class FlowRunner:
     @property
     def paused(self) -> list[str]:
         """The flows paused now."""
-        return sorted(key for key, pause in self._current[1].items() if pause.in_force)
+        return _paused_now(self._current[1])
 
     def _stored_flows(self) -> FlowsInForce:
         assert self._stored is not None
@@ -242,8 +246,7 @@ class FlowRunner:
         """States of ready partitions whose wake-up time has come, advanced to now."""
         write = FlowWrite()
         engine, pauses = self._current
-        held = sorted(f for f, pause in pauses.items() if pause.in_force)
-        due = self.store.due_flow_states(ready, now_ms / 1000, held=held)
+        due = self.store.due_flow_states(ready, now_ms / 1000, held=_paused_now(pauses))
         shared = tuple(f for f in engine.catalog.flow_ids() if engine.shares_memory(f))
         together: dict[str, int] = {}  # customer → partition: their shared flows advance as one
         for key, flow_id, partition, data in due:
